@@ -1,0 +1,352 @@
+//! Configuration from environment variables (12-factor), parsed once at start.
+//!
+//! Every variable is read through [`Env`], which remembers the variable's name so a bad or
+//! missing value fails start-up with a message that names it (`JWT_ISSUER is missing`), instead
+//! of a panic deep inside a handler. Secrets are kept in [`Secret`], whose `Debug` prints
+//! nothing, so logging the config cannot leak them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use domain::region::Region;
+
+/// A configuration error naming the variable at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0} is missing")]
+    Missing(&'static str),
+    #[error("{name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+/// A secret value: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub Vec<u8>);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// How JWTs are verified: at least one key must be configured.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub issuer: String,
+    pub audience: String,
+    pub leeway_secs: u64,
+    /// HS256 shared secret (local/dev use), at least 32 bytes.
+    pub hs256_secret: Option<Secret>,
+    /// Key id expected in the header for the HS256 key (optional).
+    pub hs256_kid: Option<String>,
+    /// RS256 public keys (PEM), by key id.
+    pub rs256_public_keys: BTreeMap<String, Vec<u8>>,
+    /// EdDSA (Ed25519) public keys (PEM), by key id.
+    pub eddsa_public_keys: BTreeMap<String, Vec<u8>>,
+}
+
+/// The whole origin configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database_url: Secret,
+    pub db_max_connections: u32,
+    pub bind_addr: SocketAddr,
+    /// The regions this origin is the home of; vehicles of other regions are not served here.
+    pub regions: Vec<Region>,
+    pub jwt: JwtConfig,
+    /// Quote-signing secrets by key id; `quote_active_kid` signs, all verify (rotation).
+    pub quote_keys: Vec<(String, Secret)>,
+    pub quote_active_kid: String,
+    pub quote_ttl: Duration,
+    pub hold_ttl: Duration,
+    pub sweeper_interval: Duration,
+    pub request_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub log_json: bool,
+}
+
+/// A source of variables: the process environment, or a map in tests.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    }
+}
+
+impl Env for BTreeMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned().filter(|v| !v.trim().is_empty())
+    }
+}
+
+fn required(env: &dyn Env, name: &'static str) -> Result<String, ConfigError> {
+    env.var(name).ok_or(ConfigError::Missing(name))
+}
+
+fn parsed<T: std::str::FromStr>(
+    env: &dyn Env,
+    name: &'static str,
+    default: T,
+) -> Result<T, ConfigError>
+where
+    T::Err: fmt::Display,
+{
+    match env.var(name) {
+        None => Ok(default),
+        Some(v) => v.trim().parse().map_err(|e: T::Err| ConfigError::Invalid {
+            name,
+            reason: format!("{e} (got {v:?})"),
+        }),
+    }
+}
+
+fn millis(env: &dyn Env, name: &'static str, default_ms: u64) -> Result<Duration, ConfigError> {
+    let ms: u64 = parsed(env, name, default_ms)?;
+    if ms == 0 {
+        return Err(ConfigError::Invalid {
+            name,
+            reason: "must be greater than 0".into(),
+        });
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn secs(env: &dyn Env, name: &'static str, default_s: u64) -> Result<Duration, ConfigError> {
+    let s: u64 = parsed(env, name, default_s)?;
+    if s == 0 {
+        return Err(ConfigError::Invalid {
+            name,
+            reason: "must be greater than 0".into(),
+        });
+    }
+    Ok(Duration::from_secs(s))
+}
+
+/// Parses `kid=value,kid2=value2`.
+fn keyed_list(name: &'static str, raw: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    raw.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            let (kid, value) = item.split_once('=').ok_or_else(|| ConfigError::Invalid {
+                name,
+                reason: "expected comma-separated kid=value pairs".into(),
+            })?;
+            if kid.trim().is_empty() || value.trim().is_empty() {
+                return Err(ConfigError::Invalid {
+                    name,
+                    reason: "empty key id or value".into(),
+                });
+            }
+            Ok((kid.trim().to_owned(), value.trim().to_owned()))
+        })
+        .collect()
+}
+
+fn pem_files(env: &dyn Env, name: &'static str) -> Result<BTreeMap<String, Vec<u8>>, ConfigError> {
+    let Some(raw) = env.var(name) else {
+        return Ok(BTreeMap::new());
+    };
+    keyed_list(name, &raw)?
+        .into_iter()
+        .map(|(kid, path)| {
+            std::fs::read(&path)
+                .map(|pem| (kid, pem))
+                .map_err(|e| ConfigError::Invalid {
+                    name,
+                    reason: format!("cannot read {path}: {e}"),
+                })
+        })
+        .collect()
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from(&ProcessEnv)
+    }
+
+    /// Reads the configuration from any [`Env`].
+    pub fn from(env: &dyn Env) -> Result<Self, ConfigError> {
+        let regions_raw = env.var("ORIGIN_REGIONS").unwrap_or_else(|| "EUW,EUN".into());
+        let mut regions = Vec::new();
+        for part in regions_raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let region: Region = part.parse().map_err(|_| ConfigError::Invalid {
+                name: "ORIGIN_REGIONS",
+                reason: format!("unknown region {part:?} (expected EUW, EUN)"),
+            })?;
+            if !regions.contains(&region) {
+                regions.push(region);
+            }
+        }
+        if regions.is_empty() {
+            return Err(ConfigError::Invalid {
+                name: "ORIGIN_REGIONS",
+                reason: "name at least one region".into(),
+            });
+        }
+
+        let hs256_secret = match env.var("JWT_HS256_SECRET") {
+            Some(s) if s.len() < 32 => {
+                return Err(ConfigError::Invalid {
+                    name: "JWT_HS256_SECRET",
+                    reason: "must be at least 32 bytes".into(),
+                })
+            }
+            other => other.map(|s| Secret(s.into_bytes())),
+        };
+        let jwt = JwtConfig {
+            issuer: required(env, "JWT_ISSUER")?,
+            audience: required(env, "JWT_AUDIENCE")?,
+            leeway_secs: parsed(env, "JWT_LEEWAY_SECS", 30)?,
+            hs256_secret,
+            hs256_kid: env.var("JWT_HS256_KID"),
+            rs256_public_keys: pem_files(env, "JWT_RS256_PUBLIC_KEYS")?,
+            eddsa_public_keys: pem_files(env, "JWT_EDDSA_PUBLIC_KEYS")?,
+        };
+        if jwt.hs256_secret.is_none()
+            && jwt.rs256_public_keys.is_empty()
+            && jwt.eddsa_public_keys.is_empty()
+        {
+            return Err(ConfigError::Missing(
+                "JWT_HS256_SECRET (or JWT_RS256_PUBLIC_KEYS / JWT_EDDSA_PUBLIC_KEYS)",
+            ));
+        }
+
+        let quote_keys = keyed_list(
+            "QUOTE_SIGNING_KEYS",
+            &required(env, "QUOTE_SIGNING_KEYS")?,
+        )?
+        .into_iter()
+        .map(|(kid, secret)| {
+            if secret.len() < 32 {
+                return Err(ConfigError::Invalid {
+                    name: "QUOTE_SIGNING_KEYS",
+                    reason: format!("secret of key {kid:?} must be at least 32 bytes"),
+                });
+            }
+            Ok((kid, Secret(secret.into_bytes())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+        let quote_active_kid = match env.var("QUOTE_ACTIVE_KID") {
+            Some(kid) => kid,
+            None => quote_keys
+                .first()
+                .map(|(kid, _)| kid.clone())
+                .ok_or(ConfigError::Missing("QUOTE_SIGNING_KEYS"))?,
+        };
+        if !quote_keys.iter().any(|(kid, _)| *kid == quote_active_kid) {
+            return Err(ConfigError::Invalid {
+                name: "QUOTE_ACTIVE_KID",
+                reason: format!("{quote_active_kid:?} is not a key id in QUOTE_SIGNING_KEYS"),
+            });
+        }
+
+        let log_format = env.var("LOG_FORMAT").unwrap_or_else(|| "pretty".into());
+        let log_json = match log_format.as_str() {
+            "json" => true,
+            "pretty" | "text" => false,
+            other => {
+                return Err(ConfigError::Invalid {
+                    name: "LOG_FORMAT",
+                    reason: format!("{other:?} (expected json or pretty)"),
+                })
+            }
+        };
+
+        Ok(Config {
+            database_url: Secret(required(env, "DATABASE_URL")?.into_bytes()),
+            db_max_connections: parsed(env, "DB_MAX_CONNECTIONS", 16)?,
+            bind_addr: parsed(env, "BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            regions,
+            jwt,
+            quote_keys,
+            quote_active_kid,
+            quote_ttl: secs(env, "QUOTE_TTL_SECS", 300)?,
+            hold_ttl: secs(env, "HOLD_TTL_SECS", 600)?,
+            sweeper_interval: millis(env, "SWEEPER_INTERVAL_MS", 5_000)?,
+            request_timeout: millis(env, "REQUEST_TIMEOUT_MS", 10_000)?,
+            max_body_bytes: parsed(env, "MAX_BODY_BYTES", 64 * 1024)?,
+            log_json,
+        })
+    }
+
+    /// The database URL as a string (it may hold a password: never log it).
+    pub fn database_url(&self) -> String {
+        String::from_utf8_lossy(&self.database_url.0).into_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> BTreeMap<String, String> {
+        [
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1/test"),
+            ("JWT_ISSUER", "iss"),
+            ("JWT_AUDIENCE", "aud"),
+            ("JWT_HS256_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("QUOTE_SIGNING_KEYS", "k1=0123456789abcdef0123456789abcdef"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+    }
+
+    #[test]
+    fn a_complete_environment_parses_with_defaults() -> Result<(), ConfigError> {
+        let config = Config::from(&base())?;
+        assert_eq!(config.regions, vec![Region::Euw, Region::Eun]);
+        assert_eq!(config.hold_ttl, Duration::from_secs(600));
+        assert_eq!(config.quote_active_kid, "k1");
+        Ok(())
+    }
+
+    #[test]
+    fn a_missing_variable_is_named() {
+        let mut env = base();
+        env.remove("JWT_ISSUER");
+        let err = Config::from(&env).err().map(|e| e.to_string());
+        assert_eq!(err.as_deref(), Some("JWT_ISSUER is missing"));
+    }
+
+    #[test]
+    fn a_bad_variable_is_named() {
+        for (name, value) in [
+            ("HOLD_TTL_SECS", "ten"),
+            ("HOLD_TTL_SECS", "0"),
+            ("ORIGIN_REGIONS", "USE"),
+            ("BIND_ADDR", "localhost"),
+            ("JWT_HS256_SECRET", "short"),
+            ("QUOTE_ACTIVE_KID", "nope"),
+            ("LOG_FORMAT", "xml"),
+        ] {
+            let mut env = base();
+            env.insert(name.into(), value.into());
+            let err = Config::from(&env).err().map(|e| e.to_string());
+            assert!(
+                err.as_deref().is_some_and(|e| e.starts_with(name)),
+                "{name}={value} gave {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn secrets_are_not_printed() -> Result<(), ConfigError> {
+        let config = Config::from(&base())?;
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("0123456789abcdef"));
+        assert!(!printed.contains("postgres://"));
+        Ok(())
+    }
+}

@@ -1,0 +1,254 @@
+//! The one HTTP error type: every failure leaves the origin as RFC 9457 `application/problem+json`.
+//!
+//! Each variant has a stable `type` (a relative URI, `/problems/<slug>`) that clients can match
+//! on, a status, and a human `detail`. Internal errors are logged with their cause and leave
+//! with a generic detail: a 5xx never tells a client about our database.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// A problem details body (RFC 9457).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
+pub struct Problem {
+    /// Stable identifier of the error kind, e.g. `/problems/conflict`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// The field at fault, for validation errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// Every error a handler can return.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Unparseable input: malformed JSON, a bad query string, a bad header.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Well-formed input that breaks a rule; `field` names the culprit when there is one.
+    #[error("{detail}")]
+    Validation {
+        field: Option<String>,
+        detail: String,
+    },
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// The vehicle is taken for (part of) that window.
+    #[error("{0}")]
+    Conflict(String),
+    /// The booking is not in a state that allows this action.
+    #[error("{0}")]
+    InvalidState(String),
+    /// The hold expired before it was confirmed.
+    #[error("{0}")]
+    HoldExpired(String),
+    #[error("{0}")]
+    QuoteInvalid(String),
+    #[error("{0}")]
+    QuoteExpired(String),
+    #[error("{0}")]
+    QuoteUsed(String),
+    /// The same Idempotency-Key is being processed by another request right now.
+    #[error("a request with this Idempotency-Key is still in progress; retry later")]
+    IdempotencyInProgress,
+    /// The same Idempotency-Key was used with another request.
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyMismatch,
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("no route for {0}")]
+    NoRoute(String),
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// A dependency is down or the server is overloaded; the client may retry.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    /// Shorthand for a validation error on a named field.
+    pub fn field(field: &str, detail: impl Into<String>) -> Self {
+        ApiError::Validation {
+            field: Some(field.to_owned()),
+            detail: detail.into(),
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        use ApiError::*;
+        match self {
+            BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "Bad request"),
+            Validation { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                "Invalid request",
+            ),
+            Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
+            NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            Conflict(_) => (StatusCode::CONFLICT, "conflict", "Vehicle not available"),
+            InvalidState(_) => (
+                StatusCode::CONFLICT,
+                "invalid-state",
+                "Action not allowed in this state",
+            ),
+            HoldExpired(_) => (StatusCode::CONFLICT, "hold-expired", "Hold expired"),
+            QuoteInvalid(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "quote-invalid",
+                "Invalid quote token",
+            ),
+            QuoteExpired(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "quote-expired",
+                "Quote expired",
+            ),
+            QuoteUsed(_) => (StatusCode::CONFLICT, "quote-used", "Quote already used"),
+            IdempotencyInProgress => (
+                StatusCode::CONFLICT,
+                "idempotency-in-progress",
+                "Request in progress",
+            ),
+            IdempotencyMismatch => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-mismatch",
+                "Idempotency-Key reused",
+            ),
+            PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
+            UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            NoRoute(_) => (StatusCode::NOT_FOUND, "no-route", "No such route"),
+            MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            ),
+            Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+            Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal server error",
+            ),
+        }
+    }
+
+    /// The problem body this error becomes.
+    pub fn problem(&self) -> Problem {
+        let (status, slug, title) = self.parts();
+        let detail = match self {
+            ApiError::Internal(_) => "the server failed to handle this request".to_owned(),
+            other => other.to_string(),
+        };
+        Problem {
+            kind: format!("/problems/{slug}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail,
+            field: match self {
+                ApiError::Validation { field, .. } => field.clone(),
+                _ => None,
+            },
+        }
+    }
+
+    /// The HTTP status of this error.
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+}
+
+/// Renders a problem body as a response.
+pub fn problem_response(problem: &Problem) -> Response {
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::to_vec(problem).unwrap_or_default();
+    let mut response = (status, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::Internal(e) => tracing::error!(error = ?e, "internal error"),
+            ApiError::Unavailable(e) => tracing::warn!(error = %e, "unavailable"),
+            _ => {}
+        }
+        let mut response = problem_response(&self.problem());
+        let headers = response.headers_mut();
+        match self {
+            ApiError::Unauthorized(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer"),
+                );
+            }
+            ApiError::Unavailable(_) | ApiError::IdempotencyInProgress => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// Maps database errors: constraint violations become client errors, never 500s.
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        if let sqlx::Error::Database(db) = &e {
+            match db.code().as_deref() {
+                // exclusion_violation: the vehicle is taken for that window.
+                Some("23P01") => {
+                    return ApiError::Conflict(
+                        "the vehicle is already booked for part of that window".into(),
+                    )
+                }
+                // deadlock_detected / serialization_failure: a concurrent booking won.
+                Some("40P01") | Some("40001") => {
+                    return ApiError::Conflict(
+                        "a concurrent booking for this vehicle won; try another window".into(),
+                    )
+                }
+                // unique violation on the quote: the quote was already used for a booking.
+                Some("23505") if db.constraint() == Some("bookings_quote") => {
+                    return ApiError::QuoteUsed("this quote was already used for a booking".into())
+                }
+                _ => {}
+            }
+        }
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                ApiError::Unavailable(format!("database unavailable: {e}"))
+            }
+            other => ApiError::Internal(anyhow::Error::new(other).context("database error")),
+        }
+    }
+}
+
+/// Result alias for handlers.
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,159 @@
+//! Domain events written to the transactional outbox.
+//!
+//! Every state change writes its events in the same transaction as the booking row and its
+//! history row, so nothing is published that was not committed and nothing committed is lost.
+//! Each event carries a stable UUIDv7 id (consumers deduplicate on it) and is keyed by the
+//! vehicle id, so one vehicle's events keep their order through the broker's partitioning.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::bookings::model::Booking;
+
+/// The outbox topics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub enum Topic {
+    #[serde(rename = "booking.created")]
+    BookingCreated,
+    #[serde(rename = "booking.confirmed")]
+    BookingConfirmed,
+    #[serde(rename = "booking.started")]
+    BookingStarted,
+    #[serde(rename = "booking.completed")]
+    BookingCompleted,
+    #[serde(rename = "booking.cancelled")]
+    BookingCancelled,
+    #[serde(rename = "booking.failed")]
+    BookingFailed,
+    #[serde(rename = "booking.extended")]
+    BookingExtended,
+    #[serde(rename = "vehicle.reserved")]
+    VehicleReserved,
+    #[serde(rename = "vehicle.released")]
+    VehicleReleased,
+}
+
+impl Topic {
+    /// Every topic, for topic creation and consumers.
+    pub const ALL: [Topic; 9] = [
+        Topic::BookingCreated,
+        Topic::BookingConfirmed,
+        Topic::BookingStarted,
+        Topic::BookingCompleted,
+        Topic::BookingCancelled,
+        Topic::BookingFailed,
+        Topic::BookingExtended,
+        Topic::VehicleReserved,
+        Topic::VehicleReleased,
+    ];
+
+    /// The topic's name on the broker.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Topic::BookingCreated => "booking.created",
+            Topic::BookingConfirmed => "booking.confirmed",
+            Topic::BookingStarted => "booking.started",
+            Topic::BookingCompleted => "booking.completed",
+            Topic::BookingCancelled => "booking.cancelled",
+            Topic::BookingFailed => "booking.failed",
+            Topic::BookingExtended => "booking.extended",
+            Topic::VehicleReserved => "vehicle.reserved",
+            Topic::VehicleReleased => "vehicle.released",
+        }
+    }
+}
+
+/// The booking as events describe it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct BookingSnapshot {
+    pub id: String,
+    pub vehicle_id: String,
+    pub user_id: String,
+    pub status: String,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub price_minor: i64,
+    pub currency: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_expires_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancellation_fee_minor: Option<i64>,
+}
+
+/// The event envelope (documented as `Event` in the OpenAPI components).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Event {
+    pub event_id: Uuid,
+    #[serde(rename = "type")]
+    pub topic: Topic,
+    pub occurred_at: DateTime<Utc>,
+    pub region: String,
+    pub booking: BookingSnapshot,
+    /// Why the change happened, when it was not the user's own action (e.g. `hold_expired`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The booking's uuid (the outbox's aggregate id); not part of the payload.
+    #[serde(skip)]
+    pub aggregate_id: Uuid,
+}
+
+impl Event {
+    /// A new event about `booking` (its state after the change).
+    pub fn new(topic: Topic, booking: &Booking, at: DateTime<Utc>, reason: Option<&str>) -> Self {
+        Event {
+            event_id: Uuid::now_v7(),
+            topic,
+            occurred_at: at,
+            region: booking.region().code().to_owned(),
+            booking: BookingSnapshot {
+                id: booking.id.to_string(),
+                vehicle_id: booking.vehicle_id.to_string(),
+                user_id: booking.user_id.clone(),
+                status: booking.status.as_str().to_owned(),
+                start: booking.window.start(),
+                end: booking.window.end(),
+                price_minor: booking.price.minor,
+                currency: booking.price.currency.code().to_owned(),
+                hold_expires_at: booking.hold_expires_at,
+                cancellation_fee_minor: booking.cancellation_fee.map(|m| m.minor),
+            },
+            reason: reason.map(str::to_owned),
+            aggregate_id: booking.id.uuid,
+        }
+    }
+}
+
+/// Appends events to the outbox, in order, inside the caller's transaction.
+pub async fn append(conn: &mut PgConnection, events: &[Event]) -> sqlx::Result<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(events.len());
+    let mut topics = Vec::with_capacity(events.len());
+    let mut keys = Vec::with_capacity(events.len());
+    let mut aggregates = Vec::with_capacity(events.len());
+    let mut payloads = Vec::with_capacity(events.len());
+    for event in events {
+        ids.push(event.event_id);
+        topics.push(event.topic.as_str().to_owned());
+        keys.push(event.booking.vehicle_id.clone());
+        aggregates.push(event.aggregate_id);
+        payloads.push(serde_json::to_value(event).unwrap_or_default());
+    }
+    sqlx::query(
+        "insert into outbox (event_id, topic, partition_key, aggregate_id, payload)
+         select event_id, topic, partition_key, aggregate_id, payload from unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[])
+             with ordinality as t(event_id, topic, partition_key, aggregate_id, payload, n)
+         order by n",
+    )
+    .bind(&ids)
+    .bind(&topics)
+    .bind(&keys)
+    .bind(&aggregates)
+    .bind(&payloads)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

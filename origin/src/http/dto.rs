@@ -1,0 +1,378 @@
+//! Wire types shared by the v1 and v2 handlers.
+//!
+//! v1 is the stable, compact form (prices as decimal strings, flat windows); v2 is the richer
+//! form (money in minor units with currency, itemised breakdown, multipliers, extensions).
+//! Requests are strict: unknown fields are refused, so a typo is a 422, not a silent default.
+
+use chrono::{DateTime, Utc};
+use domain::cancellation::{CancellationFee, FeeTier};
+use domain::money::Money;
+use domain::pricing::PriceLine;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::bookings::model::{Booking, Extension};
+
+/// Money in minor units (v2).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MoneyDto {
+    /// Amount in minor units (cents, öre).
+    pub minor: i64,
+    /// ISO 4217 code: EUR or SEK.
+    pub currency: String,
+}
+
+impl From<Money> for MoneyDto {
+    fn from(m: Money) -> Self {
+        MoneyDto {
+            minor: m.minor,
+            currency: m.currency.code().to_owned(),
+        }
+    }
+}
+
+/// A decimal string with two fraction digits, e.g. "12.50" (v1).
+pub fn decimal(m: Money) -> String {
+    let sign = if m.minor < 0 { "-" } else { "" };
+    let abs = m.minor.unsigned_abs();
+    format!("{sign}{}.{:02}", abs / 100, abs % 100)
+}
+
+/// One line of a price breakdown (v2). The lines sum exactly to the total.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PriceLineDto {
+    /// base, time_of_day, surge, risk, discount, floor or ceiling.
+    pub kind: String,
+    pub label: String,
+    pub amount_minor: i64,
+}
+
+impl From<&PriceLine> for PriceLineDto {
+    fn from(line: &PriceLine) -> Self {
+        PriceLineDto {
+            kind: serde_json::to_value(line.kind)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            label: line.label.clone(),
+            amount_minor: line.amount_minor,
+        }
+    }
+}
+
+/// A half-open time window [start, end) in UTC.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WindowDto {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+/// Body of `POST /v{1,2}/quotes`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QuoteRequest {
+    /// e.g. `veh_euw_0190…`
+    pub vehicle_id: String,
+    /// RFC 3339, on a whole minute.
+    pub start: DateTime<Utc>,
+    /// RFC 3339, on a whole minute, after `start`.
+    pub end: DateTime<Utc>,
+    #[serde(default)]
+    pub destination_bay_id: Option<Uuid>,
+    #[serde(default)]
+    pub promo_code: Option<String>,
+}
+
+/// A quote (v1).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QuoteV1 {
+    pub quote_id: Uuid,
+    /// Present this token to `POST /v1/bookings` before `expires_at`.
+    pub quote_token: String,
+    pub vehicle_id: String,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// Decimal total, e.g. "42.50".
+    pub price: String,
+    pub currency: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The multipliers a quote applied (v2), as factors (1.25 = +25 %).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MultipliersDto {
+    pub time_of_day: f64,
+    pub surge: f64,
+    pub risk: f64,
+    /// Total discount in basis points (1500 = 15 %).
+    pub discount_bp: u32,
+}
+
+/// A quote (v2).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct QuoteV2 {
+    pub quote_id: Uuid,
+    pub quote_token: String,
+    pub vehicle_id: String,
+    pub region: String,
+    pub window: WindowDto,
+    pub total: MoneyDto,
+    pub breakdown: Vec<PriceLineDto>,
+    pub multipliers: MultipliersDto,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Body of `POST /v{1,2}/bookings`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBookingRequest {
+    /// The token of a quote made for the caller.
+    pub quote_token: String,
+}
+
+/// Body of `POST /v{1,2}/bookings/{id}/extend`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    /// The new end, later than the current one, on a whole minute.
+    pub end: DateTime<Utc>,
+}
+
+/// What a cancellation costs (v1 decimals).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CancellationV1 {
+    pub fee: String,
+    pub refund: String,
+    /// free, late or very_late (present in the cancel response).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+}
+
+/// What a cancellation costs (v2).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CancellationV2 {
+    pub fee: MoneyDto,
+    pub refund: MoneyDto,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+}
+
+/// A booking (v1).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BookingV1 {
+    pub id: String,
+    pub vehicle_id: String,
+    /// RESERVING, CONFIRMED, IN_PROGRESS, COMPLETED, FAILED or CANCELLED.
+    pub status: String,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub price: String,
+    pub currency: String,
+    /// When an unconfirmed hold lapses.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_expires_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancellation: Option<CancellationV1>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A booking (v2).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BookingV2 {
+    pub id: String,
+    pub vehicle_id: String,
+    pub region: String,
+    pub status: String,
+    pub window: WindowDto,
+    /// Total price, extensions included.
+    pub price: MoneyDto,
+    /// The quote's breakdown.
+    pub breakdown: Vec<PriceLineDto>,
+    pub extensions: Vec<Extension>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_expires_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancellation: Option<CancellationV2>,
+    pub bay_id: Uuid,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination_bay_id: Option<Uuid>,
+    pub quote_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+fn tier_name(tier: FeeTier) -> String {
+    serde_json::to_value(tier)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn cancellation_parts(
+    booking: &Booking,
+    fee: Option<&CancellationFee>,
+) -> Option<(Money, Money, Option<String>)> {
+    if let Some(fee) = fee {
+        return Some((fee.fee, fee.refund, Some(tier_name(fee.tier))));
+    }
+    booking.cancellation_fee.map(|f| {
+        (
+            f,
+            Money::new(booking.price.minor - f.minor, booking.price.currency),
+            None,
+        )
+    })
+}
+
+impl BookingV1 {
+    /// Renders a booking; `fee` is the cancellation just computed, if any.
+    pub fn render(b: &Booking, fee: Option<&CancellationFee>) -> Self {
+        BookingV1 {
+            id: b.id.to_string(),
+            vehicle_id: b.vehicle_id.to_string(),
+            status: b.status.as_str().to_owned(),
+            start: b.window.start(),
+            end: b.window.end(),
+            price: decimal(b.price),
+            currency: b.price.currency.code().to_owned(),
+            hold_expires_at: b.hold_expires_at,
+            cancellation: cancellation_parts(b, fee).map(|(fee, refund, tier)| CancellationV1 {
+                fee: decimal(fee),
+                refund: decimal(refund),
+                tier,
+            }),
+            created_at: b.created_at,
+        }
+    }
+}
+
+impl BookingV2 {
+    /// Renders a booking; `fee` is the cancellation just computed, if any.
+    pub fn render(b: &Booking, fee: Option<&CancellationFee>) -> Self {
+        BookingV2 {
+            id: b.id.to_string(),
+            vehicle_id: b.vehicle_id.to_string(),
+            region: b.region().code().to_owned(),
+            status: b.status.as_str().to_owned(),
+            window: WindowDto {
+                start: b.window.start(),
+                end: b.window.end(),
+            },
+            price: b.price.into(),
+            breakdown: b.breakdown.iter().map(PriceLineDto::from).collect(),
+            extensions: b.extensions.clone(),
+            hold_expires_at: b.hold_expires_at,
+            cancellation: cancellation_parts(b, fee).map(|(fee, refund, tier)| CancellationV2 {
+                fee: fee.into(),
+                refund: refund.into(),
+                tier,
+            }),
+            bay_id: b.bay_id,
+            destination_bay_id: b.destination_bay_id,
+            quote_id: b.quote_id,
+            created_at: b.created_at,
+            updated_at: b.updated_at,
+        }
+    }
+}
+
+/// A page of bookings.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BookingPage<T> {
+    pub items: Vec<T>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// Query of `GET /v{1,2}/bookings`.
+#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Only bookings in this status.
+    pub status: Option<String>,
+    /// Page size, 1–100 (default 20).
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+    /// Ops only: list another user's bookings.
+    pub user_id: Option<String>,
+}
+
+/// Query of `GET /v{1,2}/vehicles/search`.
+#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SearchParams {
+    /// Latitude of the search centre.
+    pub lat: f64,
+    /// Longitude of the search centre.
+    pub lon: f64,
+    /// Radius in metres, 1–50000 (default 2000).
+    pub radius_m: Option<u32>,
+    /// Window start, RFC 3339 (encode `+` as `%2B`).
+    pub start: DateTime<Utc>,
+    /// Window end, RFC 3339.
+    pub end: DateTime<Utc>,
+    /// compact, sedan, suv, van or premium.
+    pub class: Option<String>,
+    /// At least this many seats.
+    pub min_seats: Option<i16>,
+    /// petrol, diesel, hybrid or electric.
+    pub fuel: Option<String>,
+    /// Only electric vehicles (same as fuel=electric).
+    pub electric: Option<bool>,
+    /// Highest indicative price in minor units.
+    pub max_price_minor: Option<i64>,
+    /// Page size, 1–100 (default 20).
+    pub limit: Option<u32>,
+    pub cursor: Option<String>,
+}
+
+/// A parking bay in a search hit.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BayDto {
+    pub id: Uuid,
+    pub name: String,
+    pub lat: f64,
+    pub lon: f64,
+}
+
+/// A search hit (v1: decimal price; v2: minor units).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VehicleHitV1 {
+    pub vehicle_id: String,
+    pub class: String,
+    pub make: String,
+    pub model: String,
+    pub seats: i16,
+    pub fuel: String,
+    pub bay: BayDto,
+    pub distance_m: u32,
+    /// Indicative price for the window (time of day included; surge, risk and discounts not).
+    pub price: String,
+    pub currency: String,
+}
+
+/// A search hit (v2).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct VehicleHitV2 {
+    pub vehicle_id: String,
+    pub class: String,
+    pub make: String,
+    pub model: String,
+    pub seats: i16,
+    pub fuel: String,
+    pub bay: BayDto,
+    pub distance_m: u32,
+    pub indicative_price: MoneyDto,
+}
+
+/// A page of search hits.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SearchPage<T> {
+    pub items: Vec<T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}

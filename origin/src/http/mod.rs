@@ -1,0 +1,197 @@
+//! The HTTP surface: routes, middleware, health and the OpenAPI document.
+//!
+//! Routes are registered through `utoipa_axum::OpenApiRouter`, so the router and
+//! `/openapi.json` come from the same list and cannot drift apart.
+
+pub mod bookings;
+pub mod dto;
+pub mod quotes;
+pub mod search;
+
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderName, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::trace::TraceLayer;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::{problem_response, ApiError, Problem};
+use crate::state::AppState;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::builder().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Booking & Pricing API (origin)",
+        description = "Search vehicles, get signed quotes, hold, confirm, extend and cancel bookings. \
+                       Errors are RFC 9457 problem+json. v1 is stable and compact; v2 adds breakdowns \
+                       and minor units.",
+        license(name = "Apache-2.0")
+    ),
+    components(schemas(Problem, crate::events::Event)),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "search", description = "Available vehicles near a point"),
+        (name = "quotes", description = "Signed price quotes"),
+        (name = "bookings", description = "Holds and bookings"),
+        (name = "health", description = "Liveness and readiness"),
+    )
+)]
+struct ApiDoc;
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "Alive", body = serde_json::Value)))]
+async fn healthz() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Readiness: PostgreSQL answers. Details name each dependency.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = serde_json::Value),
+        (status = 503, description = "Not ready", body = serde_json::Value)))]
+async fn readyz(State(state): State<AppState>) -> Response {
+    let db = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query_scalar::<_, i32>("select 1").fetch_one(&state.db),
+    )
+    .await;
+    let db_ok = matches!(db, Ok(Ok(1)));
+    let status = if db_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "status": if db_ok { "ready" } else { "not_ready" },
+        "checks": { "postgres": if db_ok { "ok" } else { "down" } },
+        "regions": state.config.regions.iter().map(|r| r.code()).collect::<Vec<_>>(),
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+/// The router and the OpenAPI document, built from one list of routes.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(search::search_v1))
+        .routes(routes!(search::search_v2))
+        .routes(routes!(quotes::create_quote_v1))
+        .routes(routes!(quotes::create_quote_v2))
+        .routes(routes!(bookings::create_v1, bookings::list_v1))
+        .routes(routes!(bookings::create_v2, bookings::list_v2))
+        .routes(routes!(bookings::get_v1))
+        .routes(routes!(bookings::get_v2))
+        .routes(routes!(bookings::confirm_v1))
+        .routes(routes!(bookings::confirm_v2))
+        .routes(routes!(bookings::cancel_v1))
+        .routes(routes!(bookings::cancel_v2))
+        .routes(routes!(bookings::extend_v1))
+        .routes(routes!(bookings::extend_v2))
+        .routes(routes!(bookings::start_v1))
+        .routes(routes!(bookings::start_v2))
+        .routes(routes!(bookings::complete_v1))
+        .routes(routes!(bookings::complete_v2))
+        .split_for_parts()
+}
+
+/// The OpenAPI document as served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().1
+}
+
+async fn no_route(request: Request) -> Response {
+    ApiError::NoRoute(format!("{} {}", request.method(), request.uri().path())).into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    ApiError::MethodNotAllowed.into_response()
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    tracing::error!("handler panicked");
+    problem_response(&ApiError::Internal(anyhow::anyhow!("panic")).problem())
+}
+
+/// Ends a request that runs past the configured time with a 503 problem, so a client never
+/// waits on a stuck dependency for longer than the budget.
+async fn deadline(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::Unavailable("the request took too long".into()).into_response(),
+    }
+}
+
+/// Turns axum's plain-text 413 (body limit) into a problem.
+async fn problem_for_plain_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_problem {
+        return ApiError::PayloadTooLarge("the request body is too large".into()).into_response();
+    }
+    response
+}
+
+/// The complete application: routes, `/openapi.json`, fallbacks and middleware.
+pub fn app(state: AppState) -> Router {
+    let (router, doc) = api();
+    let doc_json = serde_json::to_value(&doc).unwrap_or_default();
+    let timeout = state.config.request_timeout;
+    let body_limit = state.config.max_body_bytes;
+    router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc_json.clone();
+                async move { axum::Json(doc) }
+            }),
+        )
+        .fallback(no_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(problem_for_plain_errors))
+        .layer(middleware::from_fn_with_state(timeout, deadline))
+        .with_state(state)
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+            let request_id = req
+                .headers()
+                .get(REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
+        }))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            header::AUTHORIZATION,
+            header::COOKIE,
+        ]))
+        .layer(CatchPanicLayer::custom(panic_response))
+}

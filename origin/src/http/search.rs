@@ -1,0 +1,184 @@
+//! `GET /v{1,2}/vehicles/search`: available vehicles near a point for a window.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use domain::money::Money;
+use domain::search::{GeoPoint, SearchCursor};
+
+use super::dto::{
+    decimal, BayDto, MoneyDto, SearchPage, SearchParams, VehicleHitV1, VehicleHitV2,
+};
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::ApiQuery;
+use crate::http::quotes::parse_window;
+use crate::search::{self, Hit, SearchQuery, MAX_LIMIT, MAX_RADIUS_M};
+use crate::state::AppState;
+
+const CLASSES: [&str; 5] = ["compact", "sedan", "suv", "van", "premium"];
+const FUELS: [&str; 4] = ["petrol", "diesel", "hybrid", "electric"];
+
+fn validate(state: &AppState, p: SearchParams) -> ApiResult<SearchQuery> {
+    let now = Utc::now();
+    let center = GeoPoint::new(p.lat, p.lon)
+        .map_err(|e| ApiError::BadRequest(format!("lat/lon: {e}")))?;
+    let radius_m = p.radius_m.unwrap_or(2_000);
+    if !(1..=MAX_RADIUS_M).contains(&radius_m) {
+        return Err(ApiError::BadRequest(format!(
+            "radius_m: must be between 1 and {MAX_RADIUS_M}"
+        )));
+    }
+    let limit = p.limit.unwrap_or(20);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::BadRequest(format!(
+            "limit: must be between 1 and {MAX_LIMIT}"
+        )));
+    }
+    if let Some(class) = &p.class {
+        if !CLASSES.contains(&class.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "class: must be one of {}",
+                CLASSES.join(", ")
+            )));
+        }
+    }
+    let fuel = match (p.fuel, p.electric) {
+        (Some(f), Some(true)) if f != "electric" => {
+            return Err(ApiError::BadRequest(
+                "fuel and electric=true contradict each other".into(),
+            ))
+        }
+        (_, Some(true)) => Some("electric".to_owned()),
+        (f, _) => f,
+    };
+    if let Some(f) = &fuel {
+        if !FUELS.contains(&f.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "fuel: must be one of {}",
+                FUELS.join(", ")
+            )));
+        }
+    }
+    if p.min_seats.is_some_and(|s| !(1..=9).contains(&s)) {
+        return Err(ApiError::BadRequest("min_seats: must be between 1 and 9".into()));
+    }
+    if p.max_price_minor.is_some_and(|m| m < 0) {
+        return Err(ApiError::BadRequest("max_price_minor: must not be negative".into()));
+    }
+    let window = parse_window(state, p.start, p.end, now)?;
+    let mut query = SearchQuery {
+        center,
+        radius_m,
+        window,
+        class: p.class,
+        min_seats: p.min_seats,
+        fuel,
+        max_price_minor: p.max_price_minor,
+        limit,
+        cursor: None,
+    };
+    if let Some(raw) = p.cursor {
+        let cursor = SearchCursor::decode(&raw)
+            .map_err(|e| ApiError::BadRequest(format!("cursor: {e}")))?;
+        if cursor.query_hash != query.fingerprint() {
+            return Err(ApiError::BadRequest(
+                "cursor: it belongs to a different search".into(),
+            ));
+        }
+        query.cursor = Some(cursor);
+    }
+    Ok(query)
+}
+
+fn bay(h: &Hit) -> BayDto {
+    BayDto {
+        id: h.bay_id,
+        name: h.bay_name.clone(),
+        lat: h.lat,
+        lon: h.lon,
+    }
+}
+
+/// Search available vehicles near a point (v1).
+#[utoipa::path(
+    get, path = "/v1/vehicles/search", tag = "search",
+    params(SearchParams),
+    responses(
+        (status = 200, description = "Available vehicles, nearest first, then cheapest", body = SearchPage<VehicleHitV1>),
+        (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid window", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn search_v1(
+    State(state): State<AppState>,
+    _user: AuthUser,
+    ApiQuery(p): ApiQuery<SearchParams>,
+) -> ApiResult<Response> {
+    let query = validate(&state, p)?;
+    let page = search::search(&state.db, &state.config.regions, &query, Utc::now()).await?;
+    let items = page
+        .hits
+        .iter()
+        .map(|h| VehicleHitV1 {
+            vehicle_id: h.vehicle_id.to_string(),
+            class: h.class.clone(),
+            make: h.make.clone(),
+            model: h.model.clone(),
+            seats: h.seats,
+            fuel: h.fuel.clone(),
+            bay: bay(h),
+            distance_m: h.distance_m,
+            price: decimal(Money::new(h.price_minor, h.currency)),
+            currency: h.currency.code().to_owned(),
+        })
+        .collect();
+    Ok(axum::Json(SearchPage {
+        items,
+        next_cursor: page.next.map(|c| c.encode()),
+    })
+    .into_response())
+}
+
+/// Search available vehicles near a point (v2).
+#[utoipa::path(
+    get, path = "/v2/vehicles/search", tag = "search",
+    params(SearchParams),
+    responses(
+        (status = 200, description = "Available vehicles, nearest first, then cheapest", body = SearchPage<VehicleHitV2>),
+        (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid window", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn search_v2(
+    State(state): State<AppState>,
+    _user: AuthUser,
+    ApiQuery(p): ApiQuery<SearchParams>,
+) -> ApiResult<Response> {
+    let query = validate(&state, p)?;
+    let page = search::search(&state.db, &state.config.regions, &query, Utc::now()).await?;
+    let items = page
+        .hits
+        .iter()
+        .map(|h| VehicleHitV2 {
+            vehicle_id: h.vehicle_id.to_string(),
+            class: h.class.clone(),
+            make: h.make.clone(),
+            model: h.model.clone(),
+            seats: h.seats,
+            fuel: h.fuel.clone(),
+            bay: bay(h),
+            distance_m: h.distance_m,
+            indicative_price: MoneyDto::from(Money::new(h.price_minor, h.currency)),
+        })
+        .collect();
+    Ok(axum::Json(SearchPage {
+        items,
+        next_cursor: page.next.map(|c| c.encode()),
+    })
+    .into_response())
+}

@@ -1,0 +1,52 @@
+//! The one cloneable application state shared by every handler.
+
+use std::sync::Arc;
+
+use domain::auth::JwtVerifier;
+use domain::cancellation::CancellationPolicy;
+use domain::quote_token::QuoteSigner;
+use domain::window::BookingPolicy;
+use sqlx::PgPool;
+
+use crate::config::Config;
+
+/// Cheap to clone: everything behind an `Arc` or already a handle.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub config: Arc<Config>,
+    pub jwt: Arc<JwtVerifier>,
+    pub quotes: Arc<QuoteSigner>,
+    pub policy: Arc<BookingPolicy>,
+    pub cancellation: Arc<CancellationPolicy>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("regions", &self.config.regions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Builds the state from configuration and an open pool.
+    pub fn new(config: Config, db: PgPool) -> anyhow::Result<Self> {
+        let jwt = crate::auth::verifier(&config.jwt)?;
+        let keys = config
+            .quote_keys
+            .iter()
+            .map(|(kid, secret)| (kid.clone(), secret.0.clone()))
+            .collect();
+        let quotes = QuoteSigner::new(&config.quote_active_kid, keys)
+            .map_err(|e| anyhow::anyhow!("quote signing keys: {e}"))?;
+        Ok(AppState {
+            db,
+            config: Arc::new(config),
+            jwt: Arc::new(jwt),
+            quotes: Arc::new(quotes),
+            policy: Arc::new(BookingPolicy::default()),
+            cancellation: Arc::new(CancellationPolicy::default()),
+        })
+    }
+}

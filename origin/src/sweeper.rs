@@ -1,0 +1,52 @@
+//! The hold sweeper: ends holds that were not confirmed in time and records why.
+//!
+//! Several origins may sweep at once: each batch locks its rows with `FOR UPDATE SKIP LOCKED`,
+//! so two sweepers never end the same hold twice. A hold is also ended lazily when a new hold
+//! wants its window (see `bookings::expire_overlapping_holds`), so the vehicle is free the
+//! moment the hold expires, not one sweep later.
+
+use chrono::Utc;
+use tokio::sync::watch;
+
+use crate::state::AppState;
+
+/// Holds ended per transaction.
+const BATCH: i64 = 200;
+
+/// Runs the sweeper until `stop` turns true.
+pub fn spawn(state: AppState, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(state.config.sweeper_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_purge = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+            loop {
+                match crate::bookings::sweep_expired_holds(&state.db, Utc::now(), BATCH).await {
+                    Ok(n) if n > 0 => {
+                        tracing::info!(expired = n, "sweeper ended expired holds");
+                        if (n as i64) < BATCH {
+                            break;
+                        }
+                    }
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sweeper failed; retrying next tick");
+                        break;
+                    }
+                }
+            }
+            if last_purge.elapsed() > std::time::Duration::from_secs(3600) {
+                last_purge = std::time::Instant::now();
+                if let Err(e) =
+                    crate::idempotency::purge_older_than(&state.db, chrono::Duration::hours(24)).await
+                {
+                    tracing::warn!(error = %e, "idempotency key purge failed");
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,60 @@
+//! The OpenAPI document matches the router.
+
+use e2e::*;
+use sqlx::PgPool;
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_openapi_document_lists_every_route_and_each_exists(pool: PgPool) -> TestResult {
+    let app = spawn_app(pool).await?;
+    let doc = app.get("/openapi.json", None).await?;
+    assert_eq!(doc.status.as_u16(), 200);
+    let paths = doc.body["paths"].as_object().cloned().unwrap_or_default();
+    let mut documented: Vec<String> = Vec::new();
+    for (path, item) in &paths {
+        for method in item.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    documented.sort();
+    let mut expected: Vec<String> = [
+        "GET /healthz",
+        "GET /readyz",
+        "GET /v1/vehicles/search",
+        "GET /v2/vehicles/search",
+        "POST /v1/quotes",
+        "POST /v2/quotes",
+        "POST /v1/bookings",
+        "POST /v2/bookings",
+        "GET /v1/bookings",
+        "GET /v2/bookings",
+        "GET /v1/bookings/{id}",
+        "GET /v2/bookings/{id}",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(["confirm", "cancel", "extend", "start", "complete"].iter().flat_map(|a| {
+        ["v1", "v2"].map(|v| format!("POST /{v}/bookings/{{id}}/{a}"))
+    }))
+    .collect();
+    expected.sort();
+    assert_eq!(documented, expected);
+
+    // Each documented route is served: no "no-route" or 405 answer for any of them.
+    for route in &documented {
+        let (method, path) = route.split_once(' ').unwrap_or_default();
+        let path = path.replace("{id}", "bkg_euw_00000000000000000000000000000000");
+        let req = match method {
+            "GET" => app.client.get(format!("{}{path}", app.base)),
+            _ => app.client.post(format!("{}{path}", app.base)).json(&serde_json::json!({})),
+        };
+        let reply = req.send().await?;
+        let status = reply.status().as_u16();
+        let body: serde_json::Value = reply.json().await.unwrap_or_default();
+        assert_ne!(body["type"], "/problems/no-route", "{route}");
+        assert_ne!(status, 405, "{route}");
+        assert!(status < 500, "{route}: {status}");
+    }
+    // The event schema is documented for consumers.
+    assert!(doc.body["components"]["schemas"]["Event"].is_object());
+    app.stop().await
+}

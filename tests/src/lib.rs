@@ -1,0 +1,302 @@
+//! Test harness: a real origin on an ephemeral port, in front of a database of its own.
+//!
+//! Each test gets a fresh database from `#[sqlx::test]` (created on the machine's PostgreSQL
+//! and dropped afterwards), a small demo fleet, and an origin bound to port 0, so tests run in
+//! parallel and never depend on what earlier runs left on the server.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use domain::auth::{sign_hs256, Claims};
+use origin::config::Config;
+use origin::startup::Running;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+/// Test result alias.
+pub type TestResult<T = ()> = anyhow::Result<T>;
+
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
+pub const ISSUER: &str = "booking-test";
+pub const AUDIENCE: &str = "booking-api";
+/// Vehicles per city in the test fleet.
+pub const FLEET_PER_CITY: usize = 12;
+
+/// A response: status, headers and JSON body (Null when empty or not JSON).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The problem `type` of an error body.
+    pub fn problem_type(&self) -> &str {
+        self.body["type"].as_str().unwrap_or("")
+    }
+
+    /// Asserts an RFC 9457 problem body with this status.
+    pub fn assert_problem(&self, status: u16) -> &Self {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.body);
+        assert!(
+            self.content_type.starts_with("application/problem+json"),
+            "content type {} for {}",
+            self.content_type,
+            self.body
+        );
+        assert_eq!(self.body["status"].as_u64(), Some(u64::from(status)));
+        assert!(self.problem_type().starts_with("/problems/"), "{}", self.body);
+        assert!(self.body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+        self
+    }
+}
+
+/// A running origin with its own database.
+#[derive(Debug)]
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub pool: PgPool,
+    running: Option<Running>,
+}
+
+/// Configuration overrides for [`spawn_app_with`].
+pub type Overrides<'a> = &'a [(&'a str, &'a str)];
+
+/// Starts an origin on `pool`'s database with the test fleet.
+pub async fn spawn_app(pool: PgPool) -> TestResult<TestApp> {
+    spawn_app_with(pool, &[]).await
+}
+
+/// Starts an origin with configuration overrides (e.g. a short hold TTL).
+pub async fn spawn_app_with(pool: PgPool, overrides: Overrides<'_>) -> TestResult<TestApp> {
+    let mut env: BTreeMap<String, String> = [
+        ("DATABASE_URL", "postgres://unused"),
+        ("BIND_ADDR", "127.0.0.1:0"),
+        ("JWT_ISSUER", ISSUER),
+        ("JWT_AUDIENCE", AUDIENCE),
+        ("JWT_HS256_SECRET", JWT_SECRET),
+        (
+            "QUOTE_SIGNING_KEYS",
+            "k1=quote-key-one-quote-key-one-quote-key-one,k0=old-quote-key-old-quote-key-old-quote",
+        ),
+        ("QUOTE_ACTIVE_KID", "k1"),
+        ("SWEEPER_INTERVAL_MS", "200"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    for (k, v) in overrides {
+        env.insert((*k).to_owned(), (*v).to_owned());
+    }
+    let config = Config::from(&env)?;
+    origin::startup::MIGRATOR.run(&pool).await?;
+    origin::demo::seed_demo(&pool, FLEET_PER_CITY).await?;
+    let running = origin::startup::start(config, pool.clone(), false).await?;
+    Ok(TestApp {
+        base: format!("http://{}", running.addr),
+        client: reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()?,
+        pool,
+        running: Some(running),
+    })
+}
+
+/// Mints a token with the given claims tweaks.
+pub fn token_with(sub: &str, f: impl FnOnce(&mut Claims)) -> String {
+    let now = Utc::now().timestamp();
+    let mut claims = Claims {
+        sub: sub.to_owned(),
+        iss: ISSUER.to_owned(),
+        aud: Value::String(AUDIENCE.to_owned()),
+        exp: now + 3600,
+        nbf: Some(now - 10),
+        iat: Some(now),
+        roles: vec![],
+        membership: None,
+    };
+    f(&mut claims);
+    sign_hs256(&claims, JWT_SECRET.as_bytes(), None).unwrap_or_default()
+}
+
+/// A valid user token.
+pub fn token(sub: &str) -> String {
+    token_with(sub, |_| {})
+}
+
+/// A valid ops token.
+pub fn ops_token(sub: &str) -> String {
+    token_with(sub, |c| c.roles = vec!["ops".into()])
+}
+
+/// A window `days` from now at a whole hour, lasting `hours`.
+pub fn window(days: i64, hours: i64) -> (DateTime<Utc>, DateTime<Utc>) {
+    let start = (Utc::now() + Duration::days(days))
+        .duration_trunc(Duration::hours(1))
+        .unwrap_or_else(|_| Utc::now());
+    (start, start + Duration::hours(hours))
+}
+
+impl TestApp {
+    async fn send(&self, req: reqwest::RequestBuilder) -> TestResult<Reply> {
+        let resp = req.send().await.context("send request")?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let content_type = headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let bytes = resp.bytes().await?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Reply {
+            status,
+            content_type,
+            headers,
+            body,
+        })
+    }
+
+    /// GET with an optional bearer token.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> TestResult<Reply> {
+        let mut req = self.client.get(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        self.send(req).await
+    }
+
+    /// POST a JSON body with an optional token and Idempotency-Key.
+    pub async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+        key: Option<&str>,
+    ) -> TestResult<Reply> {
+        let mut req = self.client.post(format!("{}{path}", self.base)).json(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        self.send(req).await
+    }
+
+    /// POST raw bytes with a content type.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> TestResult<Reply> {
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        self.send(req).await
+    }
+
+    /// Active vehicle ids of a region ("EUW"/"EUN"), in a stable order.
+    pub async fn vehicles(&self, region: &str) -> TestResult<Vec<String>> {
+        let rows: Vec<(uuid::Uuid,)> = sqlx::query_as(
+            "select id from vehicles where region = $1 and status = 'active' order by id",
+        )
+        .bind(region)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id,)| format!("veh_{}_{}", region.to_lowercase(), id.simple()))
+            .collect())
+    }
+
+    /// A v1 quote for `user`; fails the test unless it is 201.
+    pub async fn quote(
+        &self,
+        user: &str,
+        vehicle: &str,
+        (start, end): (DateTime<Utc>, DateTime<Utc>),
+    ) -> TestResult<Value> {
+        let reply = self
+            .post(
+                "/v1/quotes",
+                Some(&token(user)),
+                &json!({ "vehicle_id": vehicle, "start": start, "end": end }),
+                None,
+            )
+            .await?;
+        anyhow::ensure!(reply.status == StatusCode::CREATED, "quote: {reply:?}");
+        Ok(reply.body)
+    }
+
+    /// Quote then hold; returns the hold reply (any status).
+    pub async fn hold(
+        &self,
+        user: &str,
+        vehicle: &str,
+        window: (DateTime<Utc>, DateTime<Utc>),
+    ) -> TestResult<Reply> {
+        let quote = self.quote(user, vehicle, window).await?;
+        self.post(
+            "/v1/bookings",
+            Some(&token(user)),
+            &json!({ "quote_token": quote["quote_token"] }),
+            Some(&uuid::Uuid::new_v4().to_string()),
+        )
+        .await
+    }
+
+    /// A confirmed booking's id.
+    pub async fn confirmed(
+        &self,
+        user: &str,
+        vehicle: &str,
+        window: (DateTime<Utc>, DateTime<Utc>),
+    ) -> TestResult<String> {
+        let hold = self.hold(user, vehicle, window).await?;
+        anyhow::ensure!(hold.status == StatusCode::CREATED, "hold: {hold:?}");
+        let id = hold.body["id"].as_str().context("booking id")?.to_owned();
+        let confirm = self
+            .post(
+                &format!("/v1/bookings/{id}/confirm"),
+                Some(&token(user)),
+                &Value::Null,
+                None,
+            )
+            .await?;
+        anyhow::ensure!(confirm.status == StatusCode::OK, "confirm: {confirm:?}");
+        Ok(id)
+    }
+
+    /// Counts rows of a table matching an SQL condition.
+    pub async fn count(&self, table: &str, condition: &str) -> TestResult<i64> {
+        let sql = format!("select count(*) from {table} where {condition}");
+        Ok(sqlx::query_scalar(&sql).fetch_one(&self.pool).await?)
+    }
+
+    /// Stops the server.
+    pub async fn stop(mut self) -> TestResult {
+        if let Some(r) = self.running.take() {
+            r.stop().await?;
+        }
+        Ok(())
+    }
+}
+
+/// The uuid inside a public id (`bkg_euw_<hex>`).
+pub fn uuid_of(public_id: &str) -> TestResult<uuid::Uuid> {
+    let hex = public_id.rsplit('_').next().context("id")?;
+    Ok(uuid::Uuid::try_parse(hex)?)
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every check and test: formatting, clippy, the shared crate's wasm builds, and the whole
+# test suite against the real PostgreSQL (each test makes its own database).
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$ROOT"
+T0=$SECONDS
+
+ensure_postgres
+ensure_redis
+ensure_wasm_targets
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+log "cargo clippy (all targets, -D warnings)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log "shared domain crate for wasm32-unknown-unknown and wasm32-wasip2"
+cargo build -p domain --locked --target wasm32-unknown-unknown
+cargo build -p domain --locked --target wasm32-wasip2
+
+log "tests (DATABASE_URL=$DATABASE_URL)"
+if command -v cargo-nextest >/dev/null; then
+  cargo nextest run --workspace --locked --no-fail-fast
+else
+  cargo test --workspace --locked --no-fail-fast
+fi
+log "all checks passed in $((SECONDS - T0))s"

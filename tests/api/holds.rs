@@ -12,7 +12,15 @@ async fn an_expired_hold_frees_the_vehicle_for_a_new_hold(pool: PgPool) -> TestR
     let w = window(1, 2);
     let first = app.hold("alice", &vehicle, w).await?;
     assert_eq!(first.status.as_u16(), 201, "{}", first.body);
-    let blocked = app.hold("bob", &vehicle, w).await?;
+    // While the hold lives, nobody else can even get a quote for that window.
+    let blocked = app
+        .post(
+            "/v1/quotes",
+            Some(&token("bob")),
+            &serde_json::json!({ "vehicle_id": vehicle, "start": w.0, "end": w.1 }),
+            None,
+        )
+        .await?;
     blocked.assert_problem(409);
 
     tokio::time::sleep(std::time::Duration::from_millis(1_300)).await;

@@ -78,8 +78,9 @@ async fn concurrent_requests_with_one_key_run_the_effect_once(pool: PgPool) -> T
     let vehicle = app.vehicles("EUN").await?[3].clone();
     let quote = app.quote("gina", &vehicle, window(2, 2)).await?;
     let body = json!({ "quote_token": quote["quote_token"] });
-    let replies = join_all((0..12).map(|_| app.post("/v1/bookings", Some(&token("gina")), &body, Some("burst"))))
-        .await;
+    let gina = token("gina");
+    let replies =
+        join_all((0..12).map(|_| app.post("/v1/bookings", Some(&gina), &body, Some("burst")))).await;
     let mut bodies = Vec::new();
     for reply in replies {
         let reply = reply?;

@@ -177,9 +177,15 @@ impl Config {
 
     /// Reads the configuration from any [`Env`].
     pub fn from(env: &dyn Env) -> Result<Self, ConfigError> {
-        let regions_raw = env.var("ORIGIN_REGIONS").unwrap_or_else(|| "EUW,EUN".into());
+        let regions_raw = env
+            .var("ORIGIN_REGIONS")
+            .unwrap_or_else(|| "EUW,EUN".into());
         let mut regions = Vec::new();
-        for part in regions_raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        for part in regions_raw
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             let region: Region = part.parse().map_err(|_| ConfigError::Invalid {
                 name: "ORIGIN_REGIONS",
                 reason: format!("unknown region {part:?} (expected EUW, EUN)"),
@@ -222,21 +228,18 @@ impl Config {
             ));
         }
 
-        let quote_keys = keyed_list(
-            "QUOTE_SIGNING_KEYS",
-            &required(env, "QUOTE_SIGNING_KEYS")?,
-        )?
-        .into_iter()
-        .map(|(kid, secret)| {
-            if secret.len() < 32 {
-                return Err(ConfigError::Invalid {
-                    name: "QUOTE_SIGNING_KEYS",
-                    reason: format!("secret of key {kid:?} must be at least 32 bytes"),
-                });
-            }
-            Ok((kid, Secret(secret.into_bytes())))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        let quote_keys = keyed_list("QUOTE_SIGNING_KEYS", &required(env, "QUOTE_SIGNING_KEYS")?)?
+            .into_iter()
+            .map(|(kid, secret)| {
+                if secret.len() < 32 {
+                    return Err(ConfigError::Invalid {
+                        name: "QUOTE_SIGNING_KEYS",
+                        reason: format!("secret of key {kid:?} must be at least 32 bytes"),
+                    });
+                }
+                Ok((kid, Secret(secret.into_bytes())))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let quote_active_kid = match env.var("QUOTE_ACTIVE_KID") {
             Some(kid) => kid,
             None => quote_keys

@@ -203,10 +203,7 @@ impl IntoResponse for ApiError {
         let headers = response.headers_mut();
         match self {
             ApiError::Unauthorized(_) => {
-                headers.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static("Bearer"),
-                );
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             ApiError::Unavailable(_) | ApiError::IdempotencyInProgress => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -243,7 +240,8 @@ impl From<sqlx::Error> for ApiError {
         }
         match e {
             sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                ApiError::Unavailable(format!("database unavailable: {e}"))
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::Unavailable("the database is unavailable; retry shortly".into())
             }
             other => ApiError::Internal(anyhow::Error::new(other).context("database error")),
         }

@@ -101,9 +101,9 @@ where
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
-            Err(PathRejection::FailedToDeserializePathParams(e)) => {
-                Err(ApiError::NotFound(format!("no such resource: {}", e.body_text())))
-            }
+            Err(PathRejection::FailedToDeserializePathParams(e)) => Err(ApiError::NotFound(
+                format!("no such resource: {}", e.body_text()),
+            )),
             Err(other) => Err(ApiError::BadRequest(other.body_text())),
         }
     }

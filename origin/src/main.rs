@@ -32,7 +32,9 @@ async fn main() -> anyhow::Result<()> {
         }
         "seed-demo" => {
             let per_city: usize = match args.get(1) {
-                Some(n) => n.parse().context("seed-demo takes a vehicle count per city")?,
+                Some(n) => n
+                    .parse()
+                    .context("seed-demo takes a vehicle count per city")?,
                 None => 120,
             };
             let pool = origin::startup::connect(&config).await?;
@@ -41,7 +43,10 @@ async fn main() -> anyhow::Result<()> {
                 .await
                 .context("run migrations")?;
             let summary = origin::demo::seed_demo(&pool, per_city).await?;
-            println!("demo fleet: {} bays, {} vehicles", summary.bays, summary.vehicles);
+            println!(
+                "demo fleet: {} bays, {} vehicles",
+                summary.bays, summary.vehicles
+            );
             Ok(())
         }
         "dev-token" => {
@@ -63,8 +68,9 @@ async fn main() -> anyhow::Result<()> {
                 roles: if ops { vec!["ops".into()] } else { vec![] },
                 membership: None,
             };
-            let token = domain::auth::sign_hs256(&claims, &secret.0, config.jwt.hs256_kid.as_deref())
-                .map_err(|e| anyhow::anyhow!("sign: {e}"))?;
+            let token =
+                domain::auth::sign_hs256(&claims, &secret.0, config.jwt.hs256_kid.as_deref())
+                    .map_err(|e| anyhow::anyhow!("sign: {e}"))?;
             println!("{token}");
             Ok(())
         }

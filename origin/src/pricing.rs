@@ -47,7 +47,11 @@ fn config_error(what: impl std::fmt::Display) -> ApiError {
 }
 
 /// Loads the rate card (base rates + floor/ceiling) for a class.
-pub async fn rate_card(conn: &mut PgConnection, region: Region, class: &str) -> ApiResult<RateCard> {
+pub async fn rate_card(
+    conn: &mut PgConnection,
+    region: Region,
+    class: &str,
+) -> ApiResult<RateCard> {
     let row: Option<(String, i64, i64, i64, i64)> = sqlx::query_as(
         "select r.currency, r.per_hour_minor, r.per_day_minor, c.floor_minor, c.ceiling_minor
            from base_rates r

@@ -170,8 +170,7 @@ pub async fn search(
         let Some(ctx) = contexts.get(&key) else {
             continue;
         };
-        let price_minor =
-            pricing::indicative_price(ctx, &query.window, pricing::parse_tz(&tz)?)?;
+        let price_minor = pricing::indicative_price(ctx, &query.window, pricing::parse_tz(&tz)?)?;
         if query.max_price_minor.is_some_and(|max| price_minor > max) {
             continue;
         }

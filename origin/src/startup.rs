@@ -46,9 +46,16 @@ impl Running {
 }
 
 /// Binds, migrates and serves. `shutdown_on_signal` makes SIGINT/SIGTERM stop the server.
-pub async fn start(config: Config, pool: PgPool, shutdown_on_signal: bool) -> anyhow::Result<Running> {
+pub async fn start(
+    config: Config,
+    pool: PgPool,
+    shutdown_on_signal: bool,
+) -> anyhow::Result<Running> {
     use anyhow::Context;
-    MIGRATOR.run(&pool).await.context("run database migrations")?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .context("run database migrations")?;
     let listener = TcpListener::bind(config.bind_addr)
         .await
         .with_context(|| format!("bind {}", config.bind_addr))?;

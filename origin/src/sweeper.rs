@@ -42,7 +42,8 @@ pub fn spawn(state: AppState, mut stop: watch::Receiver<bool>) {
             if last_purge.elapsed() > std::time::Duration::from_secs(3600) {
                 last_purge = std::time::Instant::now();
                 if let Err(e) =
-                    crate::idempotency::purge_older_than(&state.db, chrono::Duration::hours(24)).await
+                    crate::idempotency::purge_older_than(&state.db, chrono::Duration::hours(24))
+                        .await
                 {
                     tracing::warn!(error = %e, "idempotency key purge failed");
                 }

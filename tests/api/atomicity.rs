@@ -20,7 +20,12 @@ async fn each_state_change_writes_history_and_events_in_order(pool: PgPool) -> T
         .await?;
     assert_eq!(extend.status.as_u16(), 200, "{}", extend.body);
     let cancel = app
-        .post(&format!("/v1/bookings/{id}/cancel"), Some(&token("ivy")), &Value::Null, None)
+        .post(
+            &format!("/v1/bookings/{id}/cancel"),
+            Some(&token("ivy")),
+            &Value::Null,
+            None,
+        )
         .await?;
     assert_eq!(cancel.status.as_u16(), 200, "{}", cancel.body);
 
@@ -73,7 +78,9 @@ async fn each_state_change_writes_history_and_events_in_order(pool: PgPool) -> T
     // The extended event carries the new end.
     assert_eq!(
         topics[3].2["booking"]["end"].as_str().map(|s| s.to_owned()),
-        Some((end + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+        Some(
+            (end + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+        )
     );
     app.stop().await
 }
@@ -85,7 +92,9 @@ async fn a_failed_change_leaves_no_history_and_no_events(pool: PgPool) -> TestRe
     let (start, end) = window(5, 2);
     let mine = app.confirmed("jo", &vehicle, (start, end)).await?;
     // Someone else takes the two hours after it.
-    let _theirs = app.confirmed("kim", &vehicle, (end, end + chrono::Duration::hours(2))).await?;
+    let _theirs = app
+        .confirmed("kim", &vehicle, (end, end + chrono::Duration::hours(2)))
+        .await?;
     let before = (
         app.count("booking_history", "true").await?,
         app.count("outbox", "true").await?,
@@ -112,7 +121,12 @@ async fn a_failed_change_leaves_no_history_and_no_events(pool: PgPool) -> TestRe
     quote_blocked.assert_problem(409);
     // An illegal transition is a 409 and writes nothing.
     let complete = app
-        .post(&format!("/v1/bookings/{mine}/complete"), Some(&token("jo")), &Value::Null, None)
+        .post(
+            &format!("/v1/bookings/{mine}/complete"),
+            Some(&token("jo")),
+            &Value::Null,
+            None,
+        )
         .await?;
     complete.assert_problem(409);
     assert_eq!(complete.problem_type(), "/problems/invalid-state");

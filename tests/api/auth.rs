@@ -11,11 +11,20 @@ async fn a_user_cannot_read_cancel_or_extend_another_users_booking(pool: PgPool)
     let (start, end) = window(3, 2);
     let id = app.confirmed("ann", &vehicle, (start, end)).await?;
     let bob = token("bob");
-    app.get(&format!("/v1/bookings/{id}"), Some(&bob)).await?.assert_problem(404);
-    app.get(&format!("/v2/bookings/{id}"), Some(&bob)).await?.assert_problem(404);
-    app.post(&format!("/v1/bookings/{id}/cancel"), Some(&bob), &Value::Null, None)
+    app.get(&format!("/v1/bookings/{id}"), Some(&bob))
         .await?
         .assert_problem(404);
+    app.get(&format!("/v2/bookings/{id}"), Some(&bob))
+        .await?
+        .assert_problem(404);
+    app.post(
+        &format!("/v1/bookings/{id}/cancel"),
+        Some(&bob),
+        &Value::Null,
+        None,
+    )
+    .await?
+    .assert_problem(404);
     app.post(
         &format!("/v1/bookings/{id}/extend"),
         Some(&bob),
@@ -24,24 +33,47 @@ async fn a_user_cannot_read_cancel_or_extend_another_users_booking(pool: PgPool)
     )
     .await?
     .assert_problem(404);
-    app.post(&format!("/v1/bookings/{id}/confirm"), Some(&bob), &Value::Null, None)
-        .await?
-        .assert_problem(404);
+    app.post(
+        &format!("/v1/bookings/{id}/confirm"),
+        Some(&bob),
+        &Value::Null,
+        None,
+    )
+    .await?
+    .assert_problem(404);
     let bobs = app.get("/v1/bookings", Some(&bob)).await?;
     assert_eq!(bobs.body["items"].as_array().map(Vec::len), Some(0));
-    app.get("/v1/bookings?user_id=ann", Some(&bob)).await?.assert_problem(403);
+    app.get("/v1/bookings?user_id=ann", Some(&bob))
+        .await?
+        .assert_problem(403);
     // Nothing changed.
-    let got = app.get(&format!("/v1/bookings/{id}"), Some(&token("ann"))).await?;
+    let got = app
+        .get(&format!("/v1/bookings/{id}"), Some(&token("ann")))
+        .await?;
     assert_eq!(got.body["status"], "CONFIRMED");
-    assert_eq!(got.body["end"].as_str().map(str::to_owned), Some(end.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)));
+    assert_eq!(
+        got.body["end"].as_str().map(str::to_owned),
+        Some(end.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))
+    );
     // Ops may read it and list ann's bookings, but not act on it.
     let ops = ops_token("olga");
-    assert_eq!(app.get(&format!("/v1/bookings/{id}"), Some(&ops)).await?.status.as_u16(), 200);
+    assert_eq!(
+        app.get(&format!("/v1/bookings/{id}"), Some(&ops))
+            .await?
+            .status
+            .as_u16(),
+        200
+    );
     let listed = app.get("/v1/bookings?user_id=ann", Some(&ops)).await?;
     assert_eq!(listed.body["items"].as_array().map(Vec::len), Some(1));
-    app.post(&format!("/v1/bookings/{id}/cancel"), Some(&ops), &Value::Null, None)
-        .await?
-        .assert_problem(404);
+    app.post(
+        &format!("/v1/bookings/{id}/cancel"),
+        Some(&ops),
+        &Value::Null,
+        None,
+    )
+    .await?
+    .assert_problem(404);
     app.stop().await
 }
 
@@ -53,7 +85,8 @@ async fn bad_tokens_are_401(pool: PgPool) -> TestResult {
     let parts: Vec<&str> = good.split('.').collect();
     let alg_none = {
         use base64::Engine;
-        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"alg":"none","typ":"JWT"}"#);
         format!("{header}.{}.", parts[1])
     };
     let wrong_secret = domain::auth::sign_hs256(
@@ -72,10 +105,19 @@ async fn bad_tokens_are_401(pool: PgPool) -> TestResult {
     )?;
     let cases = [
         ("wrong signature", wrong_secret),
-        ("wrong issuer", token_with("ann", |c| c.iss = "someone-else".into())),
-        ("wrong audience", token_with("ann", |c| c.aud = Value::String("other-api".into()))),
+        (
+            "wrong issuer",
+            token_with("ann", |c| c.iss = "someone-else".into()),
+        ),
+        (
+            "wrong audience",
+            token_with("ann", |c| c.aud = Value::String("other-api".into())),
+        ),
         ("expired", token_with("ann", |c| c.exp = now - 3600)),
-        ("not yet valid", token_with("ann", |c| c.nbf = Some(now + 3600))),
+        (
+            "not yet valid",
+            token_with("ann", |c| c.nbf = Some(now + 3600)),
+        ),
         ("alg none", alg_none),
         ("garbage", "not.a.jwt".to_owned()),
     ];
@@ -83,7 +125,10 @@ async fn bad_tokens_are_401(pool: PgPool) -> TestResult {
         let reply = app.get("/v1/bookings", Some(&bad)).await?;
         reply.assert_problem(401);
         assert_eq!(
-            reply.headers.get("www-authenticate").and_then(|v| v.to_str().ok()),
+            reply
+                .headers
+                .get("www-authenticate")
+                .and_then(|v| v.to_str().ok()),
             Some("Bearer"),
             "{name}"
         );
@@ -96,6 +141,9 @@ async fn bad_tokens_are_401(pool: PgPool) -> TestResult {
         .send()
         .await?;
     assert_eq!(reply.status().as_u16(), 401);
-    assert_eq!(app.get("/v1/bookings", Some(&good)).await?.status.as_u16(), 200);
+    assert_eq!(
+        app.get("/v1/bookings", Some(&good)).await?.status.as_u16(),
+        200
+    );
     app.stop().await
 }

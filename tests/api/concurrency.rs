@@ -77,19 +77,17 @@ async fn holds_on_distinct_vehicles_all_succeed_concurrently(pool: PgPool) -> Te
     let app = spawn_app(pool).await?;
     let vehicles = app.vehicles("EUN").await?;
     let w = window(2, 3);
-    let replies = join_all(
-        vehicles
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                let app = &app;
-                async move { app.hold(&format!("u{i}"), v, w).await }
-            }),
-    )
+    let replies = join_all(vehicles.iter().enumerate().map(|(i, v)| {
+        let app = &app;
+        async move { app.hold(&format!("u{i}"), v, w).await }
+    }))
     .await;
     for reply in replies {
         assert_eq!(reply?.status.as_u16(), 201);
     }
-    assert_eq!(app.count("bookings", "status = 'RESERVING'").await?, vehicles.len() as i64);
+    assert_eq!(
+        app.count("bookings", "status = 'RESERVING'").await?,
+        vehicles.len() as i64
+    );
     app.stop().await
 }

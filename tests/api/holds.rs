@@ -7,7 +7,11 @@ use sqlx::PgPool;
 #[sqlx::test(migrations = "../migrations")]
 async fn an_expired_hold_frees_the_vehicle_for_a_new_hold(pool: PgPool) -> TestResult {
     // A long sweeper period: the second hold must succeed through lazy expiry alone.
-    let app = spawn_app_with(pool, &[("HOLD_TTL_SECS", "1"), ("SWEEPER_INTERVAL_MS", "600000")]).await?;
+    let app = spawn_app_with(
+        pool,
+        &[("HOLD_TTL_SECS", "1"), ("SWEEPER_INTERVAL_MS", "600000")],
+    )
+    .await?;
     let vehicle = app.vehicles("EUW").await?[1].clone();
     let w = window(1, 2);
     let first = app.hold("alice", &vehicle, w).await?;
@@ -36,7 +40,9 @@ async fn an_expired_hold_frees_the_vehicle_for_a_new_hold(pool: PgPool) -> TestR
     assert_eq!(
         app.count(
             "booking_history",
-            &format!("booking_id = '{first_id}' and to_status = 'FAILED' and reason = 'hold_expired'")
+            &format!(
+                "booking_id = '{first_id}' and to_status = 'FAILED' and reason = 'hold_expired'"
+            )
         )
         .await?,
         1
@@ -44,7 +50,9 @@ async fn an_expired_hold_frees_the_vehicle_for_a_new_hold(pool: PgPool) -> TestR
     assert_eq!(
         app.count(
             "outbox",
-            &format!("aggregate_id = '{first_id}' and topic in ('booking.failed', 'vehicle.released')")
+            &format!(
+                "aggregate_id = '{first_id}' and topic in ('booking.failed', 'vehicle.released')"
+            )
         )
         .await?,
         2
@@ -54,16 +62,31 @@ async fn an_expired_hold_frees_the_vehicle_for_a_new_hold(pool: PgPool) -> TestR
 
 #[sqlx::test(migrations = "../migrations")]
 async fn the_sweeper_expires_holds_and_confirming_late_is_refused(pool: PgPool) -> TestResult {
-    let app = spawn_app_with(pool, &[("HOLD_TTL_SECS", "1"), ("SWEEPER_INTERVAL_MS", "100")]).await?;
+    let app = spawn_app_with(
+        pool,
+        &[("HOLD_TTL_SECS", "1"), ("SWEEPER_INTERVAL_MS", "100")],
+    )
+    .await?;
     let vehicle = app.vehicles("EUN").await?[0].clone();
     let hold = app.hold("carol", &vehicle, window(1, 2)).await?;
     assert_eq!(hold.status.as_u16(), 201);
     let id = hold.body["id"].as_str().unwrap_or_default().to_owned();
     tokio::time::sleep(std::time::Duration::from_millis(1_800)).await;
-    let got = app.get(&format!("/v1/bookings/{id}"), Some(&token("carol"))).await?;
-    assert_eq!(got.body["status"], "FAILED", "the sweeper ended it: {}", got.body);
+    let got = app
+        .get(&format!("/v1/bookings/{id}"), Some(&token("carol")))
+        .await?;
+    assert_eq!(
+        got.body["status"], "FAILED",
+        "the sweeper ended it: {}",
+        got.body
+    );
     let confirm = app
-        .post(&format!("/v1/bookings/{id}/confirm"), Some(&token("carol")), &Value::Null, None)
+        .post(
+            &format!("/v1/bookings/{id}/confirm"),
+            Some(&token("carol")),
+            &Value::Null,
+            None,
+        )
         .await?;
     confirm.assert_problem(409);
     app.stop().await

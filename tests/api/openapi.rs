@@ -11,7 +11,11 @@ async fn the_openapi_document_lists_every_route_and_each_exists(pool: PgPool) ->
     let paths = doc.body["paths"].as_object().cloned().unwrap_or_default();
     let mut documented: Vec<String> = Vec::new();
     for (path, item) in &paths {
-        for method in item.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default() {
+        for method in item
+            .as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
             documented.push(format!("{} {path}", method.to_uppercase()));
         }
     }
@@ -32,9 +36,11 @@ async fn the_openapi_document_lists_every_route_and_each_exists(pool: PgPool) ->
     ]
     .iter()
     .map(|s| s.to_string())
-    .chain(["confirm", "cancel", "extend", "start", "complete"].iter().flat_map(|a| {
-        ["v1", "v2"].map(|v| format!("POST /{v}/bookings/{{id}}/{a}"))
-    }))
+    .chain(
+        ["confirm", "cancel", "extend", "start", "complete"]
+            .iter()
+            .flat_map(|a| ["v1", "v2"].map(|v| format!("POST /{v}/bookings/{{id}}/{a}"))),
+    )
     .collect();
     expected.sort();
     assert_eq!(documented, expected);
@@ -45,7 +51,10 @@ async fn the_openapi_document_lists_every_route_and_each_exists(pool: PgPool) ->
         let path = path.replace("{id}", "bkg_euw_00000000000000000000000000000000");
         let req = match method {
             "GET" => app.client.get(format!("{}{path}", app.base)),
-            _ => app.client.post(format!("{}{path}", app.base)).json(&serde_json::json!({})),
+            _ => app
+                .client
+                .post(format!("{}{path}", app.base))
+                .json(&serde_json::json!({})),
         };
         let reply = req.send().await?;
         let status = reply.status().as_u16();

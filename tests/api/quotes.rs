@@ -23,7 +23,12 @@ async fn tampered_expired_and_foreign_quote_tokens_are_refused(pool: PgPool) -> 
     variants.push("garbage".to_owned());
     for bad in variants {
         let reply = app
-            .post("/v1/bookings", Some(&token("quinn")), &json!({ "quote_token": bad }), None)
+            .post(
+                "/v1/bookings",
+                Some(&token("quinn")),
+                &json!({ "quote_token": bad }),
+                None,
+            )
             .await?;
         reply.assert_problem(422);
         assert_eq!(reply.problem_type(), "/problems/quote-invalid", "{bad}");
@@ -31,14 +36,24 @@ async fn tampered_expired_and_foreign_quote_tokens_are_refused(pool: PgPool) -> 
 
     // Another user's quote.
     let foreign = app
-        .post("/v1/bookings", Some(&token("rita")), &json!({ "quote_token": token_str }), None)
+        .post(
+            "/v1/bookings",
+            Some(&token("rita")),
+            &json!({ "quote_token": token_str }),
+            None,
+        )
         .await?;
     foreign.assert_problem(403);
 
     // Expired.
     tokio::time::sleep(std::time::Duration::from_millis(1_300)).await;
     let expired = app
-        .post("/v1/bookings", Some(&token("quinn")), &json!({ "quote_token": token_str }), None)
+        .post(
+            "/v1/bookings",
+            Some(&token("quinn")),
+            &json!({ "quote_token": token_str }),
+            None,
+        )
         .await?;
     expired.assert_problem(422);
     assert_eq!(expired.problem_type(), "/problems/quote-expired");
@@ -52,14 +67,23 @@ async fn a_quote_buys_one_booking_only(pool: PgPool) -> TestResult {
     let vehicles = app.vehicles("EUN").await?;
     let quote = app.quote("sam", &vehicles[6], window(2, 2)).await?;
     let body = json!({ "quote_token": quote["quote_token"] });
-    let first = app.post("/v1/bookings", Some(&token("sam")), &body, None).await?;
+    let first = app
+        .post("/v1/bookings", Some(&token("sam")), &body, None)
+        .await?;
     assert_eq!(first.status.as_u16(), 201);
     let id = first.body["id"].as_str().unwrap_or_default().to_owned();
     let cancel = app
-        .post(&format!("/v1/bookings/{id}/cancel"), Some(&token("sam")), &serde_json::Value::Null, None)
+        .post(
+            &format!("/v1/bookings/{id}/cancel"),
+            Some(&token("sam")),
+            &serde_json::Value::Null,
+            None,
+        )
         .await?;
     assert_eq!(cancel.status.as_u16(), 200);
-    let reuse = app.post("/v1/bookings", Some(&token("sam")), &body, None).await?;
+    let reuse = app
+        .post("/v1/bookings", Some(&token("sam")), &body, None)
+        .await?;
     reuse.assert_problem(409);
     assert_eq!(reuse.problem_type(), "/problems/quote-used");
     app.stop().await
@@ -71,20 +95,36 @@ async fn promo_codes_and_membership_lower_the_quote(pool: PgPool) -> TestResult 
     let vehicle = app.vehicles("EUW").await?[8].clone();
     let w = window(2, 3);
     let body = json!({ "vehicle_id": vehicle, "start": w.0, "end": w.1 });
-    let plain = app.post("/v2/quotes", Some(&token("tom")), &body, None).await?;
+    let plain = app
+        .post("/v2/quotes", Some(&token("tom")), &body, None)
+        .await?;
     let mut promo_body = body.clone();
     promo_body["promo_code"] = json!("welcome10");
-    let promo = app.post("/v2/quotes", Some(&token("tom")), &promo_body, None).await?;
+    let promo = app
+        .post("/v2/quotes", Some(&token("tom")), &promo_body, None)
+        .await?;
     let gold = app
-        .post("/v2/quotes", Some(&token_with("tom", |c| c.membership = Some("gold".into()))), &body, None)
+        .post(
+            "/v2/quotes",
+            Some(&token_with("tom", |c| c.membership = Some("gold".into()))),
+            &body,
+            None,
+        )
         .await?;
     let total = |r: &Reply| r.body["total"]["minor"].as_i64().unwrap_or_default();
-    assert!(total(&promo) < total(&plain), "{} vs {}", promo.body, plain.body);
+    assert!(
+        total(&promo) < total(&plain),
+        "{} vs {}",
+        promo.body,
+        plain.body
+    );
     assert!(total(&gold) < total(&promo), "15 % beats 10 %");
     assert_eq!(promo.body["multipliers"]["discount_bp"], 1000);
     let mut unknown = body.clone();
     unknown["promo_code"] = json!("NOPE");
-    let reply = app.post("/v2/quotes", Some(&token("tom")), &unknown, None).await?;
+    let reply = app
+        .post("/v2/quotes", Some(&token("tom")), &unknown, None)
+        .await?;
     reply.assert_problem(422);
     assert_eq!(reply.body["field"], "promo_code");
     app.stop().await

@@ -7,7 +7,9 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 fn url(start: &str, end: &str, extra: &str) -> String {
-    format!("/v1/vehicles/search?lat=50.1109&lon=8.6821&radius_m=20000&start={start}&end={end}{extra}")
+    format!(
+        "/v1/vehicles/search?lat=50.1109&lon=8.6821&radius_m=20000&start={start}&end={end}{extra}"
+    )
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -23,17 +25,27 @@ async fn search_ranks_by_distance_then_price_and_pages_stably_while_bookings_cha
     assert_eq!(all.status.as_u16(), 200, "{}", all.body);
     let items = all.body["items"].as_array().cloned().unwrap_or_default();
     let active_euw = app.vehicles("EUW").await?.len();
-    assert_eq!(items.len(), active_euw, "every active Frankfurt vehicle is within 20 km");
+    assert_eq!(
+        items.len(),
+        active_euw,
+        "every active Frankfurt vehicle is within 20 km"
+    );
     let keys: Vec<(u64, f64)> = items
         .iter()
         .map(|i| {
             (
                 i["distance_m"].as_u64().unwrap_or_default(),
-                i["price"].as_str().and_then(|p| p.parse().ok()).unwrap_or_default(),
+                i["price"]
+                    .as_str()
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or_default(),
             )
         })
         .collect();
-    assert!(keys.windows(2).all(|w| w[0] <= w[1]), "sorted by (distance, price): {keys:?}");
+    assert!(
+        keys.windows(2).all(|w| w[0] <= w[1]),
+        "sorted by (distance, price): {keys:?}"
+    );
 
     // Page through 5 at a time while someone books a vehicle of a later page.
     let mut seen = Vec::new();
@@ -50,7 +62,10 @@ async fn search_ranks_by_distance_then_price_and_pages_stably_while_bookings_cha
             seen.push(item["vehicle_id"].as_str().unwrap_or_default().to_owned());
         }
         if booked.is_none() {
-            let victim = items[8]["vehicle_id"].as_str().unwrap_or_default().to_owned();
+            let victim = items[8]["vehicle_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             let hold = app.hold("other", &victim, (start, end)).await?;
             assert_eq!(hold.status.as_u16(), 201);
             booked = Some(victim);
@@ -67,14 +82,23 @@ async fn search_ranks_by_distance_then_price_and_pages_stably_while_bookings_cha
         .map(|i| i["vehicle_id"].as_str().unwrap_or_default().to_owned())
         .filter(|v| Some(v) != booked.as_ref())
         .collect();
-    assert_eq!(seen, expected, "pages are the ranking minus the vehicle booked meanwhile");
+    assert_eq!(
+        seen, expected,
+        "pages are the ranking minus the vehicle booked meanwhile"
+    );
 
     // A cursor from one search does not continue another.
     let page = app.get(&url(&s, &e, "&limit=2"), Some(&t)).await?;
-    let c = page.body["next_cursor"].as_str().unwrap_or_default().to_owned();
-    app.get(&url(&s, &e, &format!("&limit=2&class=van&cursor={c}")), Some(&t))
-        .await?
-        .assert_problem(400);
+    let c = page.body["next_cursor"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    app.get(
+        &url(&s, &e, &format!("&limit=2&class=van&cursor={c}")),
+        Some(&t),
+    )
+    .await?
+    .assert_problem(400);
     app.stop().await
 }
 
@@ -86,10 +110,16 @@ async fn search_filters_by_class_seats_fuel_and_price(pool: PgPool) -> TestResul
     let s = start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let e = end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let items = |r: &Reply| r.body["items"].as_array().cloned().unwrap_or_default();
-    let ev = app.get(&url(&s, &e, "&limit=100&electric=true"), Some(&t)).await?;
+    let ev = app
+        .get(&url(&s, &e, "&limit=100&electric=true"), Some(&t))
+        .await?;
     assert!(items(&ev).iter().all(|i| i["fuel"] == "electric"));
-    let seats = app.get(&url(&s, &e, "&limit=100&min_seats=7"), Some(&t)).await?;
-    assert!(items(&seats).iter().all(|i| i["seats"].as_i64().unwrap_or(0) >= 7));
+    let seats = app
+        .get(&url(&s, &e, "&limit=100&min_seats=7"), Some(&t))
+        .await?;
+    assert!(items(&seats)
+        .iter()
+        .all(|i| i["seats"].as_i64().unwrap_or(0) >= 7));
     let all = app.get(&url(&s, &e, "&limit=100"), Some(&t)).await?;
     let prices: Vec<i64> = app
         .get(&url(&s, &e, "&limit=100").replace("/v1/", "/v2/"), Some(&t))
@@ -105,11 +135,18 @@ async fn search_filters_by_class_seats_fuel_and_price(pool: PgPool) -> TestResul
     sorted.sort();
     let median = sorted[sorted.len() / 2];
     let cheap = app
-        .get(&url(&s, &e, &format!("&limit=100&max_price_minor={median}")).replace("/v1/", "/v2/"), Some(&t))
+        .get(
+            &url(&s, &e, &format!("&limit=100&max_price_minor={median}")).replace("/v1/", "/v2/"),
+            Some(&t),
+        )
         .await?;
-    assert!(items(&cheap).iter().all(|i| i["indicative_price"]["minor"].as_i64().unwrap_or(i64::MAX) <= median));
+    assert!(items(&cheap)
+        .iter()
+        .all(|i| i["indicative_price"]["minor"].as_i64().unwrap_or(i64::MAX) <= median));
     assert!(items(&cheap).len() < items(&all).len());
-    let vans = app.get(&url(&s, &e, "&limit=100&class=van"), Some(&t)).await?;
+    let vans = app
+        .get(&url(&s, &e, "&limit=100&class=van"), Some(&t))
+        .await?;
     assert!(items(&vans).iter().all(|i| i["class"] == "van"));
     // Nothing in Frankfurt is within 1 km of Stockholm.
     let far = app

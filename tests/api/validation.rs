@@ -16,7 +16,12 @@ async fn malformed_bodies_are_4xx_problems(pool: PgPool) -> TestResult {
         ("/v1/quotes", "application/json", b"".to_vec(), 400),
         ("/v1/quotes", "text/plain", b"{}".to_vec(), 415),
         ("/v1/bookings", "application/json", b"[1,2,3]".to_vec(), 422),
-        ("/v1/bookings", "application/json", vec![0xff, 0xfe, 0x00], 400),
+        (
+            "/v1/bookings",
+            "application/json",
+            vec![0xff, 0xfe, 0x00],
+            400,
+        ),
     ];
     for (path, ct, body, status) in raw_cases {
         let reply = app.post_raw(path, Some(&t), ct, body.clone()).await?;
@@ -24,15 +29,42 @@ async fn malformed_bodies_are_4xx_problems(pool: PgPool) -> TestResult {
     }
 
     let json_cases = vec![
-        (json!({ "vehicle_id": 42, "start": start, "end": end }), "vehicle_id"),
-        (json!({ "vehicle_id": vehicle, "start": "yesterday", "end": end }), "start"),
-        (json!({ "vehicle_id": vehicle, "start": start, "end": end, "admin": true }), ""),
-        (json!({ "vehicle_id": vehicle, "start": end, "end": start }), "end"),
-        (json!({ "vehicle_id": vehicle, "start": start, "end": start }), "end"),
-        (json!({ "vehicle_id": vehicle, "start": start + chrono::Duration::seconds(30), "end": end }), "start"),
-        (json!({ "vehicle_id": "veh_xxx_123", "start": start, "end": end }), "vehicle_id"),
-        (json!({ "vehicle_id": vehicle, "start": start, "end": start + chrono::Duration::days(90) }), "start"),
-        (json!({ "vehicle_id": vehicle, "start": "2020-01-01T00:00:00Z", "end": "2020-01-01T02:00:00Z" }), "start"),
+        (
+            json!({ "vehicle_id": 42, "start": start, "end": end }),
+            "vehicle_id",
+        ),
+        (
+            json!({ "vehicle_id": vehicle, "start": "yesterday", "end": end }),
+            "start",
+        ),
+        (
+            json!({ "vehicle_id": vehicle, "start": start, "end": end, "admin": true }),
+            "",
+        ),
+        (
+            json!({ "vehicle_id": vehicle, "start": end, "end": start }),
+            "end",
+        ),
+        (
+            json!({ "vehicle_id": vehicle, "start": start, "end": start }),
+            "end",
+        ),
+        (
+            json!({ "vehicle_id": vehicle, "start": start + chrono::Duration::seconds(30), "end": end }),
+            "start",
+        ),
+        (
+            json!({ "vehicle_id": "veh_xxx_123", "start": start, "end": end }),
+            "vehicle_id",
+        ),
+        (
+            json!({ "vehicle_id": vehicle, "start": start, "end": start + chrono::Duration::days(90) }),
+            "start",
+        ),
+        (
+            json!({ "vehicle_id": vehicle, "start": "2020-01-01T00:00:00Z", "end": "2020-01-01T02:00:00Z" }),
+            "start",
+        ),
         (json!({ "vehicle_id": vehicle }), ""),
     ];
     for (body, field) in json_cases {
@@ -44,7 +76,12 @@ async fn malformed_bodies_are_4xx_problems(pool: PgPool) -> TestResult {
     }
 
     let ext = app
-        .post("/v1/bookings/bkg_euw_00000000000000000000000000000000/extend", Some(&t), &json!({ "end": 5 }), None)
+        .post(
+            "/v1/bookings/bkg_euw_00000000000000000000000000000000/extend",
+            Some(&t),
+            &json!({ "end": 5 }),
+            None,
+        )
         .await?;
     ext.assert_problem(422);
     let unknown_booking = app.get("/v1/bookings/not-an-id", Some(&t)).await?;
@@ -53,7 +90,9 @@ async fn malformed_bodies_are_4xx_problems(pool: PgPool) -> TestResult {
     let mut body = b"{\"quote_token\":\"".to_vec();
     body.extend_from_slice(&huge);
     body.extend_from_slice(b"\"}");
-    app.post_raw("/v1/bookings", Some(&t), "application/json", body).await?.assert_problem(413);
+    app.post_raw("/v1/bookings", Some(&t), "application/json", body)
+        .await?
+        .assert_problem(413);
     assert_eq!(app.count("bookings", "true").await?, 0);
     assert_eq!(app.count("booking_history", "true").await?, 0);
     app.stop().await
@@ -80,7 +119,7 @@ async fn bad_queries_huge_pages_and_bad_cursors_are_400(pool: PgPool) -> TestRes
         format!("{base}&unknown=1"),
         format!("/v1/vehicles/search?lat=91&lon=8.68&start={s}&end={e}"),
         format!("/v1/vehicles/search?lat=abc&lon=8.68&start={s}&end={e}"),
-        format!("/v1/vehicles/search?lat=50&lon=8.68"),
+        "/v1/vehicles/search?lat=50&lon=8.68".to_owned(),
         "/v1/bookings?limit=1000".to_owned(),
         "/v1/bookings?status=PARTYING".to_owned(),
         "/v1/bookings?cursor=%%%".to_owned(),
@@ -92,7 +131,10 @@ async fn bad_queries_huge_pages_and_bad_cursors_are_400(pool: PgPool) -> TestRes
     }
     // An inverted window in a search.
     let inverted = app
-        .get(&format!("/v1/vehicles/search?lat=50.11&lon=8.68&start={e}&end={s}"), Some(&t))
+        .get(
+            &format!("/v1/vehicles/search?lat=50.11&lon=8.68&start={e}&end={s}"),
+            Some(&t),
+        )
         .await?;
     inverted.assert_problem(422);
     app.stop().await
@@ -118,7 +160,10 @@ async fn unknown_routes_and_methods_are_problems(pool: PgPool) -> TestResult {
         .send()
         .await?;
     assert_eq!(
-        reply.headers().get("x-request-id").and_then(|v| v.to_str().ok()),
+        reply
+            .headers()
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok()),
         Some("trace-me-123")
     );
     app.stop().await

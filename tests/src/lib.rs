@@ -49,7 +49,11 @@ impl Reply {
             self.body
         );
         assert_eq!(self.body["status"].as_u64(), Some(u64::from(status)));
-        assert!(self.problem_type().starts_with("/problems/"), "{}", self.body);
+        assert!(
+            self.problem_type().starts_with("/problems/"),
+            "{}",
+            self.body
+        );
         assert!(self.body["detail"].as_str().is_some_and(|d| !d.is_empty()));
         self
     }

@@ -213,7 +213,11 @@ pub async fn expire_overlapping_holds(
     Ok(count)
 }
 
-async fn expire_hold(conn: &mut PgConnection, before: Booking, now: DateTime<Utc>) -> ApiResult<()> {
+async fn expire_hold(
+    conn: &mut PgConnection,
+    before: Booking,
+    now: DateTime<Utc>,
+) -> ApiResult<()> {
     let status = before
         .status
         .apply(BookingEvent::Fail)
@@ -240,7 +244,11 @@ async fn expire_hold(conn: &mut PgConnection, before: Booking, now: DateTime<Utc
 
 /// The sweeper's batch: ends up to `batch` expired holds, skipping rows another origin is
 /// working on. Returns how many it ended.
-pub async fn sweep_expired_holds(pool: &PgPool, now: DateTime<Utc>, batch: i64) -> ApiResult<usize> {
+pub async fn sweep_expired_holds(
+    pool: &PgPool,
+    now: DateTime<Utc>,
+    batch: i64,
+) -> ApiResult<usize> {
     let mut tx = pool.begin().await?;
     let sql = format!(
         "select {COLUMNS} from bookings
@@ -425,9 +433,10 @@ pub async fn act(
             &[Topic::BookingConfirmed]
         }
         Action::Cancel => {
-            let fee = rules
-                .cancellation
-                .fee(before.price, before.window.start(), now, before.status);
+            let fee =
+                rules
+                    .cancellation
+                    .fee(before.price, before.window.start(), now, before.status);
             after.cancellation_fee = Some(fee.fee);
             cancellation = Some(fee);
             &[Topic::BookingCancelled, Topic::VehicleReleased]
@@ -445,7 +454,9 @@ pub async fn act(
         Action::Extend { .. } => &[],
     };
     let details = match &cancellation {
-        Some(fee) => serde_json::json!({ "fee_minor": fee.fee.minor, "refund_minor": fee.refund.minor }),
+        Some(fee) => {
+            serde_json::json!({ "fee_minor": fee.fee.minor, "refund_minor": fee.refund.minor })
+        }
         None => serde_json::json!({}),
     };
     write_transition(
@@ -476,7 +487,9 @@ async fn extend(
     now: DateTime<Utc>,
 ) -> ApiResult<Outcome> {
     let Action::Extend { new_end } = action else {
-        return Err(ApiError::Internal(anyhow::anyhow!("extend called for {action:?}")));
+        return Err(ApiError::Internal(anyhow::anyhow!(
+            "extend called for {action:?}"
+        )));
     };
     if !matches!(
         before.status,

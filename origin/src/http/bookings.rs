@@ -76,10 +76,15 @@ async fn create(
     req: CreateBookingRequest,
 ) -> ApiResult<Response> {
     let now = Utc::now();
-    let claims = state.quotes.verify(&req.quote_token, now).map_err(|e| match e {
-        TokenError::Expired => ApiError::QuoteExpired("the quote has expired; get a new one".into()),
-        other => ApiError::QuoteInvalid(format!("quote_token: {other}")),
-    })?;
+    let claims = state
+        .quotes
+        .verify(&req.quote_token, now)
+        .map_err(|e| match e {
+            TokenError::Expired => {
+                ApiError::QuoteExpired("the quote has expired; get a new one".into())
+            }
+            other => ApiError::QuoteInvalid(format!("quote_token: {other}")),
+        })?;
     claims
         .check_binding(&user.id)
         .map_err(|_| ApiError::Forbidden("this quote was issued to another user".into()))?;
@@ -152,7 +157,12 @@ async fn act(
     Ok(stored.into_response())
 }
 
-async fn get(state: AppState, user: AuthUser, version: Version, raw_id: String) -> ApiResult<Response> {
+async fn get(
+    state: AppState,
+    user: AuthUser,
+    version: Version,
+    raw_id: String,
+) -> ApiResult<Response> {
     let id = parse_id(&raw_id)?;
     let booking = bookings::get_visible(&state.db, &user, &id).await?;
     Ok(axum::Json(version.render(&outcome(booking))).into_response())
@@ -184,7 +194,12 @@ fn decode_list_cursor(raw: &str) -> ApiResult<(DateTime<Utc>, Uuid)> {
     Ok((at, id))
 }
 
-async fn list(state: AppState, user: AuthUser, version: Version, q: ListQuery) -> ApiResult<Response> {
+async fn list(
+    state: AppState,
+    user: AuthUser,
+    version: Version,
+    q: ListQuery,
+) -> ApiResult<Response> {
     let status = q
         .status
         .as_deref()
@@ -195,7 +210,9 @@ async fn list(state: AppState, user: AuthUser, version: Version, q: ListQuery) -
         .transpose()?;
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return Err(ApiError::BadRequest("limit: must be between 1 and 100".into()));
+        return Err(ApiError::BadRequest(
+            "limit: must be between 1 and 100".into(),
+        ));
     }
     let user_id = match q.user_id {
         Some(other) if other != user.id => {

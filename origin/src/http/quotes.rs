@@ -3,9 +3,9 @@
 //! A quote is the only way to a price: the booking that follows presents the quote's token and
 //! gets exactly that price, so the token binds user, vehicle, window, total, region and expiry.
 
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::extract::State;
 use chrono::{DateTime, Utc};
 use domain::ids::VehicleId;
 use domain::pricing::PriceBreakdown;
@@ -30,7 +30,9 @@ pub fn parse_window(
     now: DateTime<Utc>,
 ) -> ApiResult<TimeWindow> {
     let window = TimeWindow::new(start, end).map_err(|e| {
-        let field = if matches!(e, domain::window::WindowError::NotWholeMinute) && start.timestamp() % 60 != 0 {
+        let field = if matches!(e, domain::window::WindowError::NotWholeMinute)
+            && start.timestamp() % 60 != 0
+        {
             "start"
         } else {
             "end"

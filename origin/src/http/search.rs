@@ -6,9 +6,7 @@ use chrono::Utc;
 use domain::money::Money;
 use domain::search::{GeoPoint, SearchCursor};
 
-use super::dto::{
-    decimal, BayDto, MoneyDto, SearchPage, SearchParams, VehicleHitV1, VehicleHitV2,
-};
+use super::dto::{decimal, BayDto, MoneyDto, SearchPage, SearchParams, VehicleHitV1, VehicleHitV2};
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiQuery;
@@ -21,8 +19,8 @@ const FUELS: [&str; 4] = ["petrol", "diesel", "hybrid", "electric"];
 
 fn validate(state: &AppState, p: SearchParams) -> ApiResult<SearchQuery> {
     let now = Utc::now();
-    let center = GeoPoint::new(p.lat, p.lon)
-        .map_err(|e| ApiError::BadRequest(format!("lat/lon: {e}")))?;
+    let center =
+        GeoPoint::new(p.lat, p.lon).map_err(|e| ApiError::BadRequest(format!("lat/lon: {e}")))?;
     let radius_m = p.radius_m.unwrap_or(2_000);
     if !(1..=MAX_RADIUS_M).contains(&radius_m) {
         return Err(ApiError::BadRequest(format!(
@@ -61,10 +59,14 @@ fn validate(state: &AppState, p: SearchParams) -> ApiResult<SearchQuery> {
         }
     }
     if p.min_seats.is_some_and(|s| !(1..=9).contains(&s)) {
-        return Err(ApiError::BadRequest("min_seats: must be between 1 and 9".into()));
+        return Err(ApiError::BadRequest(
+            "min_seats: must be between 1 and 9".into(),
+        ));
     }
     if p.max_price_minor.is_some_and(|m| m < 0) {
-        return Err(ApiError::BadRequest("max_price_minor: must not be negative".into()));
+        return Err(ApiError::BadRequest(
+            "max_price_minor: must not be negative".into(),
+        ));
     }
     let window = parse_window(state, p.start, p.end, now)?;
     let mut query = SearchQuery {
@@ -79,8 +81,8 @@ fn validate(state: &AppState, p: SearchParams) -> ApiResult<SearchQuery> {
         cursor: None,
     };
     if let Some(raw) = p.cursor {
-        let cursor = SearchCursor::decode(&raw)
-            .map_err(|e| ApiError::BadRequest(format!("cursor: {e}")))?;
+        let cursor =
+            SearchCursor::decode(&raw).map_err(|e| ApiError::BadRequest(format!("cursor: {e}")))?;
         if cursor.query_hash != query.fingerprint() {
             return Err(ApiError::BadRequest(
                 "cursor: it belongs to a different search".into(),

@@ -127,7 +127,10 @@ impl std::fmt::Debug for VerifyKey {
             VerifyKey::Rs256Pem { kid, .. } => ("RS256", kid),
             VerifyKey::EdDsaPem { kid, .. } => ("EdDSA", kid),
         };
-        f.debug_struct("VerifyKey").field("alg", &alg).field("kid", kid).finish()
+        f.debug_struct("VerifyKey")
+            .field("alg", &alg)
+            .field("kid", kid)
+            .finish()
     }
 }
 
@@ -147,7 +150,11 @@ pub struct JwtVerifier {
 
 impl std::fmt::Debug for JwtVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let keys: Vec<_> = self.keys.iter().map(|k| (k.alg, k.kid.as_deref())).collect();
+        let keys: Vec<_> = self
+            .keys
+            .iter()
+            .map(|k| (k.alg, k.kid.as_deref()))
+            .collect();
         f.debug_struct("JwtVerifier")
             .field("keys", &keys)
             .field("issuer", &self.issuer)
@@ -171,7 +178,9 @@ impl JwtVerifier {
         leeway_secs: u64,
     ) -> Result<Self, AuthError> {
         if keys.is_empty() {
-            return Err(AuthError::InvalidKey("no verification keys configured".into()));
+            return Err(AuthError::InvalidKey(
+                "no verification keys configured".into(),
+            ));
         }
         let mut entries: Vec<Entry> = Vec::with_capacity(keys.len());
         for key in keys {
@@ -182,7 +191,11 @@ impl JwtVerifier {
                             "HS256 secret must be at least 32 bytes".into(),
                         ));
                     }
-                    Entry { kid, alg: Algorithm::HS256, key: DecodingKey::from_secret(&secret) }
+                    Entry {
+                        kid,
+                        alg: Algorithm::HS256,
+                        key: DecodingKey::from_secret(&secret),
+                    }
                 }
                 VerifyKey::Rs256Pem { kid, pem } => Entry {
                     kid,
@@ -273,7 +286,9 @@ impl JwtVerifier {
         }
         let aud_ok = match &claims.aud {
             serde_json::Value::String(a) => *a == self.audience,
-            serde_json::Value::Array(items) => items.iter().any(|a| a.as_str() == Some(&self.audience)),
+            serde_json::Value::Array(items) => {
+                items.iter().any(|a| a.as_str() == Some(&self.audience))
+            }
             _ => false,
         };
         if !aud_ok {
@@ -335,7 +350,10 @@ mod tests {
 
     fn verifier() -> JwtVerifier {
         JwtVerifier::new(
-            vec![VerifyKey::Hs256 { kid: None, secret: SECRET.to_vec() }],
+            vec![VerifyKey::Hs256 {
+                kid: None,
+                secret: SECRET.to_vec(),
+            }],
             "https://id.example".into(),
             "booking-api".into(),
             30,
@@ -359,13 +377,38 @@ mod tests {
 
     #[test]
     fn configuration_errors_are_reported() {
-        let short = JwtVerifier::new(vec![VerifyKey::Hs256 { kid: None, secret: vec![1; 31] }], "i".into(), "a".into(), 0);
+        let short = JwtVerifier::new(
+            vec![VerifyKey::Hs256 {
+                kid: None,
+                secret: vec![1; 31],
+            }],
+            "i".into(),
+            "a".into(),
+            0,
+        );
         assert!(matches!(short, Err(AuthError::InvalidKey(_))));
-        assert!(matches!(JwtVerifier::new(vec![], "i".into(), "a".into(), 0), Err(AuthError::InvalidKey(_))));
-        let bad_pem = JwtVerifier::new(vec![VerifyKey::Rs256Pem { kid: None, pem: b"nope".to_vec() }], "i".into(), "a".into(), 0);
+        assert!(matches!(
+            JwtVerifier::new(vec![], "i".into(), "a".into(), 0),
+            Err(AuthError::InvalidKey(_))
+        ));
+        let bad_pem = JwtVerifier::new(
+            vec![VerifyKey::Rs256Pem {
+                kid: None,
+                pem: b"nope".to_vec(),
+            }],
+            "i".into(),
+            "a".into(),
+            0,
+        );
         assert!(matches!(bad_pem, Err(AuthError::InvalidKey(_))));
-        let k = || VerifyKey::Hs256 { kid: Some("a".into()), secret: SECRET.to_vec() };
-        assert!(matches!(JwtVerifier::new(vec![k(), k()], "i".into(), "a".into(), 0), Err(AuthError::InvalidKey(_))));
+        let k = || VerifyKey::Hs256 {
+            kid: Some("a".into()),
+            secret: SECRET.to_vec(),
+        };
+        assert!(matches!(
+            JwtVerifier::new(vec![k(), k()], "i".into(), "a".into(), 0),
+            Err(AuthError::InvalidKey(_))
+        ));
         assert!(!format!("{:?}", k()).contains("0123"));
     }
 }

@@ -119,7 +119,12 @@ mod tests {
         Utc.with_ymd_and_hms(2027, 6, 10, 12, 0, 0).unwrap()
     }
 
-    fn fee_at(hours_before: i64, minutes: i64, status: BookingStatus, minor: i64) -> CancellationFee {
+    fn fee_at(
+        hours_before: i64,
+        minutes: i64,
+        status: BookingStatus,
+        minor: i64,
+    ) -> CancellationFee {
         let now = start() - Duration::hours(hours_before) - Duration::minutes(minutes);
         CancellationPolicy::default().fee(Money::new(minor, Currency::EUR), start(), now, status)
     }
@@ -131,7 +136,10 @@ mod tests {
         assert_eq!(fee_at(23, 59, Confirmed, 1000).tier, FeeTier::Late);
         assert_eq!(fee_at(2, 0, Confirmed, 1000).tier, FeeTier::Late);
         assert_eq!(fee_at(1, 59, Confirmed, 1000).tier, FeeTier::VeryLate);
-        assert_eq!(fee_at(-3, 0, BookingStatus::InProgress, 1000).tier, FeeTier::VeryLate);
+        assert_eq!(
+            fee_at(-3, 0, BookingStatus::InProgress, 1000).tier,
+            FeeTier::VeryLate
+        );
     }
 
     #[test]

@@ -148,14 +148,32 @@ mod tests {
     #[test]
     fn parse_rejects_everything_else_with_a_specific_error() {
         let cases: [(String, IdError); 9] = [
-            (format!("bkg_euw_{HEX}"), IdError::WrongPrefix { expected: "veh" }),
-            (format!("VEH_euw_{HEX}"), IdError::WrongPrefix { expected: "veh" }),
-            (format!("vehx_euw_{HEX}"), IdError::WrongPrefix { expected: "veh" }),
-            (format!("veh_EUW_{HEX}"), IdError::UnknownRegion("EUW".into())),
-            (format!("veh_usa_{HEX}"), IdError::UnknownRegion("usa".into())),
+            (
+                format!("bkg_euw_{HEX}"),
+                IdError::WrongPrefix { expected: "veh" },
+            ),
+            (
+                format!("VEH_euw_{HEX}"),
+                IdError::WrongPrefix { expected: "veh" },
+            ),
+            (
+                format!("vehx_euw_{HEX}"),
+                IdError::WrongPrefix { expected: "veh" },
+            ),
+            (
+                format!("veh_EUW_{HEX}"),
+                IdError::UnknownRegion("EUW".into()),
+            ),
+            (
+                format!("veh_usa_{HEX}"),
+                IdError::UnknownRegion("usa".into()),
+            ),
             (format!("veh_euw_{}", &HEX[..31]), IdError::BadUuid),
             (format!("veh_euw_{HEX}0"), IdError::BadUuid),
-            ("veh_euw_0190f0c5-a4c3-7d3e-8b1e-2f3a4b5c".to_owned(), IdError::BadUuid),
+            (
+                "veh_euw_0190f0c5-a4c3-7d3e-8b1e-2f3a4b5c".to_owned(),
+                IdError::BadUuid,
+            ),
             ("veh_euw".to_owned(), IdError::Malformed),
         ];
         for (input, expected) in cases {
@@ -165,7 +183,9 @@ mod tests {
             format!("veh_euw_{HEX}{}", "0".repeat(64)).parse::<VehicleId>(),
             Err(IdError::Malformed)
         );
-        assert!(format!("veh_euw_{}g", &HEX[..31]).parse::<VehicleId>().is_err());
+        assert!(format!("veh_euw_{}g", &HEX[..31])
+            .parse::<VehicleId>()
+            .is_err());
         assert!(format!(" veh_euw_{HEX}").parse::<VehicleId>().is_err());
     }
 

@@ -22,10 +22,6 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// ISO 4217 currency of a price. Only the currencies of our regions exist.
-#[expect(
-    clippy::upper_case_acronyms,
-    reason = "ISO 4217 codes are upper case by definition"
-)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Currency {
     /// Euro, charged in region EUW.
@@ -181,14 +177,15 @@ pub fn round_div_half_even(num: i128, den: i128) -> i128 {
     let q = num.div_euclid(den);
     let r = num.rem_euclid(den); // 0 <= r < den, so q is the floor
     let rest = den - r; // distance to the next integer, no overflow
-    if r > rest {
+    let round_up = match r.cmp(&rest) {
+        std::cmp::Ordering::Greater => true,
+        std::cmp::Ordering::Less => false,
+        std::cmp::Ordering::Equal => q & 1 == 1, // a tie: go to the even neighbour
+    };
+    if round_up {
         q + 1
-    } else if r < rest {
-        q
-    } else if q % 2 == 0 {
-        q
     } else {
-        q + 1
+        q
     }
 }
 
@@ -252,7 +249,9 @@ mod tests {
         assert_eq!(Money::new(5, Currency::SEK).to_string(), "0.05 SEK");
         assert_eq!(Money::new(-5, Currency::SEK).to_string(), "-0.05 SEK");
         assert_eq!(Money::new(0, Currency::EUR).to_string(), "0.00 EUR");
-        assert!(Money::new(i64::MIN, Currency::EUR).to_string().starts_with('-'));
+        assert!(Money::new(i64::MIN, Currency::EUR)
+            .to_string()
+            .starts_with('-'));
     }
 
     #[test]

@@ -86,7 +86,11 @@ impl fmt::Display for Multiplier {
         let whole = self.0 / Self::SCALE;
         let frac = format!("{:04}", self.0 % Self::SCALE);
         let trimmed = frac.trim_end_matches('0');
-        let shown = if trimmed.len() < 2 { &frac[..2] } else { trimmed };
+        let shown = if trimmed.len() < 2 {
+            &frac[..2]
+        } else {
+            trimmed
+        };
         write!(f, "×{whole}.{shown}")
     }
 }
@@ -115,7 +119,10 @@ mod tests {
 
     #[test]
     fn serialises_as_integer_basis_points_and_validates_on_the_way_in() {
-        assert_eq!(serde_json::to_string(&Multiplier::from_bp(12_500)).unwrap(), "12500");
+        assert_eq!(
+            serde_json::to_string(&Multiplier::from_bp(12_500)).unwrap(),
+            "12500"
+        );
         assert_eq!(
             serde_json::from_str::<Multiplier>("11000").unwrap(),
             Multiplier::from_bp(11_000)

@@ -40,11 +40,12 @@ const MAX_KID_LEN: usize = 32;
 /// Why a token was rejected or a signer could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
-    /// Not a token of our format (or too long).
-    #[error("malformed quote token")]
+    /// Not a token of our format (or too long). At construction: a key id that is empty,
+    /// longer than 32 bytes, duplicated or not `[A-Za-z0-9_-]` (it must not contain `.`).
+    #[error("malformed quote token or quote key id")]
     Malformed,
-    /// The key id is not (or no longer) known.
-    #[error("quote token signed with an unknown key")]
+    /// The key id is not (or no longer) known; at construction: the active kid has no key.
+    #[error("unknown quote signing key id")]
     UnknownKey,
     /// The MAC does not match: the token was altered or forged.
     #[error("quote token signature is invalid")]
@@ -52,12 +53,9 @@ pub enum TokenError {
     /// The quote's validity ended.
     #[error("quote has expired")]
     Expired,
-    /// A configured secret is too short.
-    #[error("quote signing key {0:?} is shorter than 32 bytes")]
-    WeakKey(String),
-    /// A key id is empty, too long, duplicated or uses characters outside `[A-Za-z0-9_-]`.
-    #[error("invalid quote key id {0:?}")]
-    InvalidKeyId(String),
+    /// A configured secret is shorter than [`MIN_SECRET_LEN`] bytes.
+    #[error("quote signing keys must be at least 32 bytes long")]
+    WeakKey,
     /// The quote was issued to a different user.
     #[error("quote was issued to a different user")]
     WrongUser,
@@ -142,24 +140,30 @@ impl QuoteSigner {
         let mut built: Vec<(String, HmacSha256)> = Vec::with_capacity(keys.len());
         for (kid, secret) in keys {
             if !valid_kid(&kid) || built.iter().any(|(k, _)| *k == kid) {
-                return Err(TokenError::InvalidKeyId(kid));
+                return Err(TokenError::Malformed);
             }
             if secret.len() < MIN_SECRET_LEN {
-                return Err(TokenError::WeakKey(kid));
+                return Err(TokenError::WeakKey);
             }
-            let mac = HmacSha256::new_from_slice(&secret).map_err(|_| TokenError::WeakKey(kid.clone()))?;
+            let mac = HmacSha256::new_from_slice(&secret).map_err(|_| TokenError::WeakKey)?;
             built.push((kid, mac));
         }
         let active = built
             .iter()
             .position(|(k, _)| k == active_kid)
             .ok_or(TokenError::UnknownKey)?;
-        Ok(QuoteSigner { active, keys: built })
+        Ok(QuoteSigner {
+            active,
+            keys: built,
+        })
     }
 
     /// The key id new tokens are signed with.
     pub fn active_kid(&self) -> &str {
-        self.keys.get(self.active).map(|(k, _)| k.as_str()).unwrap_or_default()
+        self.keys
+            .get(self.active)
+            .map(|(k, _)| k.as_str())
+            .unwrap_or_default()
     }
 
     /// Signs `claims` with the active key.
@@ -206,14 +210,16 @@ impl QuoteSigner {
             .map_err(|_| TokenError::BadSignature)?;
         let mut mac = mac.clone();
         mac.update(signed.as_bytes());
-        mac.verify_slice(&tag).map_err(|_| TokenError::BadSignature)?;
+        mac.verify_slice(&tag)
+            .map_err(|_| TokenError::BadSignature)?;
 
         // Authentic from here on; decoding failures mean a signer bug, still reported as
         // malformed.
         let json = URL_SAFE_NO_PAD
             .decode(payload_b64)
             .map_err(|_| TokenError::Malformed)?;
-        let claims: QuoteClaims = serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
+        let claims: QuoteClaims =
+            serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
         if now >= claims.expires_at {
             return Err(TokenError::Expired);
         }
@@ -241,7 +247,11 @@ mod tests {
             region: Region::Euw,
             window: TimeWindow::new(start, start + Duration::hours(3)).unwrap(),
             total: Money::new(3_000, Currency::EUR),
-            breakdown: vec![PriceLine { kind: LineKind::Base, label: "Base (3 h)".into(), amount_minor: 3_000 }],
+            breakdown: vec![PriceLine {
+                kind: LineKind::Base,
+                label: "Base (3 h)".into(),
+                amount_minor: 3_000,
+            }],
             destination_bay_id: None,
             issued_at: now(),
             expires_at: now() + Duration::minutes(15),
@@ -249,7 +259,11 @@ mod tests {
     }
 
     fn signer() -> QuoteSigner {
-        QuoteSigner::new("k2", vec![("k1".into(), vec![1; 32]), ("k2".into(), vec![2; 32])]).unwrap()
+        QuoteSigner::new(
+            "k2",
+            vec![("k1".into(), vec![1; 32]), ("k2".into(), vec![2; 32])],
+        )
+        .unwrap()
     }
 
     #[test]
@@ -282,15 +296,33 @@ mod tests {
         assert_eq!(other.verify(&token, now()), Err(TokenError::UnknownKey));
         // Same kid, different secret.
         let impostor = QuoteSigner::new("k1", vec![("k1".into(), vec![9; 32])]).unwrap();
-        assert_eq!(signer().verify(&impostor.sign(&claims()), now()), Err(TokenError::BadSignature));
+        assert_eq!(
+            signer().verify(&impostor.sign(&claims()), now()),
+            Err(TokenError::BadSignature)
+        );
     }
 
     #[test]
     fn construction_rejects_weak_keys_and_bad_kids() {
-        assert_eq!(QuoteSigner::new("a", vec![("a".into(), vec![0; 31])]).unwrap_err(), TokenError::WeakKey("a".into()));
-        assert_eq!(QuoteSigner::new("a.b", vec![("a.b".into(), vec![0; 32])]).unwrap_err(), TokenError::InvalidKeyId("a.b".into()));
-        assert!(matches!(QuoteSigner::new("a", vec![("a".into(), vec![0; 32]), ("a".into(), vec![1; 32])]), Err(TokenError::InvalidKeyId(_))));
-        assert_eq!(QuoteSigner::new("b", vec![("a".into(), vec![0; 32])]).unwrap_err(), TokenError::UnknownKey);
+        assert_eq!(
+            QuoteSigner::new("a", vec![("a".into(), vec![0; 31])]).unwrap_err(),
+            TokenError::WeakKey
+        );
+        assert_eq!(
+            QuoteSigner::new("a.b", vec![("a.b".into(), vec![0; 32])]).unwrap_err(),
+            TokenError::Malformed
+        );
+        assert!(matches!(
+            QuoteSigner::new(
+                "a",
+                vec![("a".into(), vec![0; 32]), ("a".into(), vec![1; 32])]
+            ),
+            Err(TokenError::Malformed)
+        ));
+        assert_eq!(
+            QuoteSigner::new("b", vec![("a".into(), vec![0; 32])]).unwrap_err(),
+            TokenError::UnknownKey
+        );
         let dbg = format!("{:?}", signer());
         assert!(dbg.contains("k2") && !dbg.contains("[2, 2"), "{dbg}");
     }
@@ -301,12 +333,24 @@ mod tests {
         let token = s.sign(&claims());
         assert_eq!(s.verify("", now()), Err(TokenError::Malformed));
         assert_eq!(s.verify("v1.k2.abc", now()), Err(TokenError::Malformed));
-        assert_eq!(s.verify(&format!("{token}.x"), now()), Err(TokenError::Malformed));
-        assert_eq!(s.verify(&token.replacen("v1", "v2", 1), now()), Err(TokenError::Malformed));
-        assert_eq!(s.verify(&"a".repeat(MAX_TOKEN_LEN + 1), now()), Err(TokenError::Malformed));
+        assert_eq!(
+            s.verify(&format!("{token}.x"), now()),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(
+            s.verify(&token.replacen("v1", "v2", 1), now()),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(
+            s.verify(&"a".repeat(MAX_TOKEN_LEN + 1), now()),
+            Err(TokenError::Malformed)
+        );
         // A forged payload with a syntactically valid but wrong MAC is refused before parsing.
         let (head, _) = token.rsplit_once('.').unwrap();
-        assert_eq!(s.verify(&format!("{head}.AAAA"), now()), Err(TokenError::BadSignature));
+        assert_eq!(
+            s.verify(&format!("{head}.AAAA"), now()),
+            Err(TokenError::BadSignature)
+        );
     }
 
     #[test]

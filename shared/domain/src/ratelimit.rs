@@ -116,7 +116,10 @@ fn needed_e_ceil(w: u128, room_w: u128, count: u128) -> u128 {
 mod tests {
     use super::*;
 
-    const L: RateLimit = RateLimit { limit: 10, window_ms: 60_000 };
+    const L: RateLimit = RateLimit {
+        limit: 10,
+        window_ms: 60_000,
+    };
 
     #[test]
     fn exactly_limit_requests_are_allowed_and_the_next_is_blocked() {
@@ -132,10 +135,11 @@ mod tests {
         let d = sliding_window(&L, 0, curr, 1_000);
         assert!(!d.allowed);
         assert_eq!(d.remaining, 0);
-        // No previous window: allowed again as soon as the window rolls over.
-        assert_eq!(d.retry_after_ms, 59_000);
+        // This window is full; in the next one its 10 requests still weigh
+        // 10 × (60 − e'')/60, which drops to 9 at e'' = 6 s: 59 s + 6 s.
+        assert_eq!(d.retry_after_ms, 65_000);
         assert_eq!(d.reset_ms, 59_000);
-        assert_eq!(d.retry_after_secs(), 59);
+        assert_eq!(d.retry_after_secs(), 65);
     }
 
     #[test]
@@ -163,21 +167,38 @@ mod tests {
 
     #[test]
     fn retry_after_seconds_round_up_and_are_at_least_one() {
-        let d = Decision { allowed: false, remaining: 0, retry_after_ms: 1, reset_ms: 0 };
+        let d = Decision {
+            allowed: false,
+            remaining: 0,
+            retry_after_ms: 1,
+            reset_ms: 0,
+        };
         assert_eq!(d.retry_after_secs(), 1);
-        let d = Decision { retry_after_ms: 1_001, ..d };
+        let d = Decision {
+            retry_after_ms: 1_001,
+            ..d
+        };
         assert_eq!(d.retry_after_secs(), 2);
-        let d = Decision { retry_after_ms: 0, ..d };
+        let d = Decision {
+            retry_after_ms: 0,
+            ..d
+        };
         assert_eq!(d.retry_after_secs(), 1);
     }
 
     #[test]
     fn degenerate_limits_do_not_panic() {
-        let zero = RateLimit { limit: 0, window_ms: 1_000 };
+        let zero = RateLimit {
+            limit: 0,
+            window_ms: 1_000,
+        };
         let d = sliding_window(&zero, 0, 0, 0);
         assert!(!d.allowed);
         assert!(d.retry_after_secs() >= 1);
-        let no_window = RateLimit { limit: 1, window_ms: 0 };
+        let no_window = RateLimit {
+            limit: 1,
+            window_ms: 0,
+        };
         assert!(sliding_window(&no_window, 0, 0, 5).allowed);
         let d = sliding_window(&L, u64::MAX, u64::MAX, u64::MAX);
         assert!(!d.allowed);
@@ -198,7 +219,11 @@ mod tests {
                     } else {
                         sliding_window(&L, curr, 0, later - 60_000).allowed
                     };
-                    assert!(ok, "prev={prev} curr={curr} e={e} retry={}", d.retry_after_ms);
+                    assert!(
+                        ok,
+                        "prev={prev} curr={curr} e={e} retry={}",
+                        d.retry_after_ms
+                    );
                     // And one millisecond earlier is still blocked.
                     let earlier = later - 1;
                     let blocked = if earlier < 60_000 {
@@ -206,7 +231,10 @@ mod tests {
                     } else {
                         !sliding_window(&L, curr, 0, earlier - 60_000).allowed
                     };
-                    assert!(blocked || d.retry_after_ms == 1, "prev={prev} curr={curr} e={e}");
+                    assert!(
+                        blocked || d.retry_after_ms == 1,
+                        "prev={prev} curr={curr} e={e}"
+                    );
                 }
             }
         }

@@ -197,16 +197,33 @@ mod tests {
 
     #[test]
     fn cursor_round_trips_and_is_strict() {
-        let c = SearchCursor { distance_m: 1234, price_minor: -5, vehicle: Uuid::from_u128(42), query_hash: u64::MAX };
+        let c = SearchCursor {
+            distance_m: 1234,
+            price_minor: -5,
+            vehicle: Uuid::from_u128(42),
+            query_hash: u64::MAX,
+        };
         let s = c.encode();
         assert_eq!(s.len(), 50);
         assert_eq!(SearchCursor::decode(&s), Ok(c));
         assert!(c.belongs_to(u64::MAX) && !c.belongs_to(0));
-        assert_eq!(SearchCursor::decode(&"A".repeat(65)), Err(CursorError::TooLong));
-        assert_eq!(SearchCursor::decode("not base64!"), Err(CursorError::NotBase64));
+        assert_eq!(
+            SearchCursor::decode(&"A".repeat(65)),
+            Err(CursorError::TooLong)
+        );
+        assert_eq!(
+            SearchCursor::decode("not base64!"),
+            Err(CursorError::NotBase64)
+        );
         assert_eq!(SearchCursor::decode(""), Err(CursorError::WrongLength));
-        assert_eq!(SearchCursor::decode(&URL_SAFE_NO_PAD.encode([1u8; 10])), Err(CursorError::WrongLength));
-        assert_eq!(SearchCursor::decode(&URL_SAFE_NO_PAD.encode([2u8; 37])), Err(CursorError::UnsupportedVersion(2)));
+        assert_eq!(
+            SearchCursor::decode(&URL_SAFE_NO_PAD.encode([1u8; 10])),
+            Err(CursorError::WrongLength)
+        );
+        assert_eq!(
+            SearchCursor::decode(&URL_SAFE_NO_PAD.encode([2u8; 37])),
+            Err(CursorError::UnsupportedVersion(2))
+        );
         // Padded or standard-alphabet variants are not accepted.
         assert!(SearchCursor::decode(&format!("{s}==")).is_err());
     }

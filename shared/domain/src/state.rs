@@ -226,7 +226,10 @@ mod tests {
 
     #[test]
     fn occupying_states_are_reserving_confirmed_in_progress() {
-        let occ: Vec<_> = S::ALL.into_iter().filter(|s| s.occupies_vehicle()).collect();
+        let occ: Vec<_> = S::ALL
+            .into_iter()
+            .filter(|s| s.occupies_vehicle())
+            .collect();
         assert_eq!(occ, [S::Reserving, S::Confirmed, S::InProgress]);
     }
 

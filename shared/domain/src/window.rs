@@ -200,11 +200,20 @@ mod tests {
     #[test]
     fn new_rejects_empty_inverted_and_unaligned_windows() {
         assert_eq!(TimeWindow::new(t(10, 0), t(10, 0)), Err(WindowError::Empty));
-        assert_eq!(TimeWindow::new(t(11, 0), t(10, 0)), Err(WindowError::Inverted));
+        assert_eq!(
+            TimeWindow::new(t(11, 0), t(10, 0)),
+            Err(WindowError::Inverted)
+        );
         let odd = t(10, 0) + Duration::seconds(30);
-        assert_eq!(TimeWindow::new(odd, t(11, 0)), Err(WindowError::NotWholeMinute));
+        assert_eq!(
+            TimeWindow::new(odd, t(11, 0)),
+            Err(WindowError::NotWholeMinute)
+        );
         let nanos = t(11, 0) + Duration::nanoseconds(1);
-        assert_eq!(TimeWindow::new(t(10, 0), nanos), Err(WindowError::NotWholeMinute));
+        assert_eq!(
+            TimeWindow::new(t(10, 0), nanos),
+            Err(WindowError::NotWholeMinute)
+        );
         assert_eq!(w((10, 0), (11, 30)).duration_minutes(), 90);
     }
 
@@ -231,13 +240,19 @@ mod tests {
     fn serde_round_trips_as_rfc3339_and_refuses_invalid_windows() {
         let a = w((10, 0), (11, 0));
         let json = serde_json::to_string(&a).unwrap();
-        assert_eq!(json, r#"{"start":"2027-05-10T10:00:00Z","end":"2027-05-10T11:00:00Z"}"#);
+        assert_eq!(
+            json,
+            r#"{"start":"2027-05-10T10:00:00Z","end":"2027-05-10T11:00:00Z"}"#
+        );
         assert_eq!(serde_json::from_str::<TimeWindow>(&json).unwrap(), a);
         let inverted = r#"{"start":"2027-05-10T11:00:00Z","end":"2027-05-10T10:00:00Z"}"#;
         let err = serde_json::from_str::<TimeWindow>(inverted).unwrap_err();
         assert!(err.to_string().contains("end must be after start"), "{err}");
+        // Offsets are accepted and normalised to UTC.
         let offset = r#"{"start":"2027-05-10T12:00:00+02:00","end":"2027-05-10T11:00:00Z"}"#;
-        assert!(serde_json::from_str::<TimeWindow>(offset).is_err());
+        assert_eq!(serde_json::from_str::<TimeWindow>(offset).unwrap(), a);
+        let seconds = r#"{"start":"2027-05-10T10:00:30Z","end":"2027-05-10T11:00:00Z"}"#;
+        assert!(serde_json::from_str::<TimeWindow>(seconds).is_err());
     }
 
     #[test]
@@ -247,23 +262,34 @@ mod tests {
         assert_eq!(p.check(&w((10, 0), (11, 0)), now), Ok(()));
         assert_eq!(
             p.check(&w((9, 4), (11, 0)), now),
-            Err(WindowError::TooSoon { min_notice_minutes: 5 })
+            Err(WindowError::TooSoon {
+                min_notice_minutes: 5
+            })
         );
         assert_eq!(p.check(&w((9, 5), (11, 0)), now), Ok(()));
         assert_eq!(
             p.check(&w((10, 0), (10, 29)), now),
-            Err(WindowError::TooShort { min_duration_minutes: 30 })
+            Err(WindowError::TooShort {
+                min_duration_minutes: 30
+            })
         );
         let long = TimeWindow::new(t(10, 0), t(10, 1) + Duration::days(30)).unwrap();
         assert_eq!(
             p.check(&long, now),
-            Err(WindowError::TooLong { max_duration_minutes: 43_200 })
+            Err(WindowError::TooLong {
+                max_duration_minutes: 43_200
+            })
         );
-        let far = TimeWindow::new(t(10, 0) + Duration::days(181), t(11, 0) + Duration::days(181))
-            .unwrap();
+        let far = TimeWindow::new(
+            t(10, 0) + Duration::days(181),
+            t(11, 0) + Duration::days(181),
+        )
+        .unwrap();
         assert_eq!(
             p.check(&far, now),
-            Err(WindowError::TooFarAhead { max_advance_minutes: 259_200 })
+            Err(WindowError::TooFarAhead {
+                max_advance_minutes: 259_200
+            })
         );
     }
 }

@@ -6,11 +6,18 @@
 //! 2027-03-28 02:00 CET → 03:00 CEST (spring forward) and 2027-10-31 03:00 CEST → 02:00 CET
 //! (fall back), both Sundays.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a panic is the failure report"
+)]
+
 use chrono::{DateTime, Duration, TimeZone, Utc, Weekday};
 use chrono_tz::Tz;
 use domain::money::Currency;
 use domain::multiplier::Multiplier;
-use domain::pricing::{price, HourOfWeekTable, PriceBreakdown, PriceInput, RateCard, TimeMultiplierRule};
+use domain::pricing::{
+    price, HourOfWeekTable, PriceBreakdown, PriceInput, RateCard, TimeMultiplierRule,
+};
 use domain::window::TimeWindow;
 
 const ZONES: [(Tz, Currency); 2] = [
@@ -19,7 +26,13 @@ const ZONES: [(Tz, Currency); 2] = [
 ];
 
 fn card(currency: Currency) -> RateCard {
-    RateCard { currency, per_hour_minor: 1_000, per_day_minor: 10_000, floor_minor: 0, ceiling_minor: 10_000_000 }
+    RateCard {
+        currency,
+        per_hour_minor: 1_000,
+        per_day_minor: 10_000,
+        floor_minor: 0,
+        ceiling_minor: 10_000_000,
+    }
 }
 
 fn rule(day: Weekday, start: u8, end: u8, bp: u32) -> HourOfWeekTable {
@@ -37,13 +50,31 @@ fn utc(y: i32, mo: u32, d: u32, h: u32) -> DateTime<Utc> {
 }
 
 fn local(tz: Tz, y: i32, mo: u32, d: u32, h: u32) -> DateTime<Utc> {
-    tz.with_ymd_and_hms(y, mo, d, h, 0, 0).single().unwrap().with_timezone(&Utc)
+    tz.with_ymd_and_hms(y, mo, d, h, 0, 0)
+        .single()
+        .unwrap()
+        .with_timezone(&Utc)
 }
 
-fn price_of(tz: Tz, currency: Currency, table: &HourOfWeekTable, start: DateTime<Utc>, end: DateTime<Utc>) -> PriceBreakdown {
+fn price_of(
+    tz: Tz,
+    currency: Currency,
+    table: &HourOfWeekTable,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> PriceBreakdown {
     let window = TimeWindow::new(start, end).unwrap();
     let rate = card(currency);
-    price(&PriceInput { rate: &rate, window: &window, tz, time_table: table, surge: Multiplier::ONE, risk: Multiplier::ONE, discounts: &[] }).unwrap()
+    price(&PriceInput {
+        rate: &rate,
+        window: &window,
+        tz,
+        time_table: table,
+        surge: Multiplier::ONE,
+        risk: Multiplier::ONE,
+        discounts: &[],
+    })
+    .unwrap()
 }
 
 #[test]
@@ -95,18 +126,46 @@ fn friday_evening_rule_shifts_by_one_utc_hour_between_summer_and_winter() {
     for (tz, cur) in ZONES {
         // 2027-07-16 and 2027-01-15 are Fridays.
         // 14:00–15:00 UTC: summer local 16 → ×1.5 → 1500; winter local 15 → ×1.0 → 1000.
-        assert_eq!(price_of(tz, cur, &table, utc(2027, 7, 16, 14), utc(2027, 7, 16, 15)).total.minor, 1_500);
-        assert_eq!(price_of(tz, cur, &table, utc(2027, 1, 15, 14), utc(2027, 1, 15, 15)).total.minor, 1_000);
+        assert_eq!(
+            price_of(tz, cur, &table, utc(2027, 7, 16, 14), utc(2027, 7, 16, 15))
+                .total
+                .minor,
+            1_500
+        );
+        assert_eq!(
+            price_of(tz, cur, &table, utc(2027, 1, 15, 14), utc(2027, 1, 15, 15))
+                .total
+                .minor,
+            1_000
+        );
         // 17:00–18:00 UTC: summer local 19 → 1000; winter local 18 → 1500.
-        assert_eq!(price_of(tz, cur, &table, utc(2027, 7, 16, 17), utc(2027, 7, 16, 18)).total.minor, 1_000);
-        assert_eq!(price_of(tz, cur, &table, utc(2027, 1, 15, 17), utc(2027, 1, 15, 18)).total.minor, 1_500);
+        assert_eq!(
+            price_of(tz, cur, &table, utc(2027, 7, 16, 17), utc(2027, 7, 16, 18))
+                .total
+                .minor,
+            1_000
+        );
+        assert_eq!(
+            price_of(tz, cur, &table, utc(2027, 1, 15, 17), utc(2027, 1, 15, 18))
+                .total
+                .minor,
+            1_500
+        );
         // 13:00–17:00 UTC (4 h, base 4000):
         //   summer local 15–19 → hours 16, 17, 18 in the rule: (1 + 3 × 1.5) / 4 = 1.375 → 5500;
         //   winter local 14–18 → hours 16, 17 in the rule:     (2 + 2 × 1.5) / 4 = 1.25  → 5000.
         let summer = price_of(tz, cur, &table, utc(2027, 7, 16, 13), utc(2027, 7, 16, 17));
-        assert_eq!((summer.time_multiplier.bp(), summer.total.minor), (13_750, 5_500), "{tz}");
+        assert_eq!(
+            (summer.time_multiplier.bp(), summer.total.minor),
+            (13_750, 5_500),
+            "{tz}"
+        );
         let winter = price_of(tz, cur, &table, utc(2027, 1, 15, 13), utc(2027, 1, 15, 17));
-        assert_eq!((winter.time_multiplier.bp(), winter.total.minor), (12_500, 5_000), "{tz}");
+        assert_eq!(
+            (winter.time_multiplier.bp(), winter.total.minor),
+            (12_500, 5_000),
+            "{tz}"
+        );
     }
 }
 
@@ -122,6 +181,12 @@ fn partial_hours_are_weighted_by_minutes() {
     // A half-hour zone: Asia/Kolkata (UTC+5:30). 10:30–11:30 UTC = 16:00–17:00 local → ×1.5.
     let kolkata: Tz = chrono_tz::Asia::Kolkata;
     let start = utc(2027, 7, 16, 10) + Duration::minutes(30);
-    let b = price_of(kolkata, Currency::EUR, &table, start, start + Duration::hours(1));
+    let b = price_of(
+        kolkata,
+        Currency::EUR,
+        &table,
+        start,
+        start + Duration::hours(1),
+    );
     assert_eq!((b.time_multiplier.bp(), b.total.minor), (15_000, 1_500));
 }

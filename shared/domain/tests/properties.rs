@@ -1,5 +1,10 @@
 //! Property tests for the rules that combine: pricing, windows, quote tokens, cancellation.
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a panic is the failure report"
+)]
+
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use chrono_tz::Tz;
 use domain::cancellation::CancellationPolicy;
@@ -29,35 +34,41 @@ fn arb_window(max_minutes: i64) -> impl Strategy<Value = TimeWindow> {
 }
 
 fn arb_rate() -> impl Strategy<Value = RateCard> {
-    (1..100_000i64, 1..1_000_000i64, 0..200_000i64, 0..10_000_000i64, prop::bool::ANY).prop_map(
-        |(hour, day, floor, span, eur)| RateCard {
+    (
+        1..100_000i64,
+        1..1_000_000i64,
+        0..200_000i64,
+        0..10_000_000i64,
+        prop::bool::ANY,
+    )
+        .prop_map(|(hour, day, floor, span, eur)| RateCard {
             currency: if eur { Currency::EUR } else { Currency::SEK },
             per_hour_minor: hour,
             per_day_minor: day,
             floor_minor: floor,
             ceiling_minor: floor + span,
-        },
-    )
+        })
 }
 
 fn arb_table() -> impl Strategy<Value = HourOfWeekTable> {
-    prop::collection::vec(prop::option::of((0..24u8, 1..=24u8, 1..=100_000u32)), 7).prop_map(|days| {
-        let rules: Vec<TimeMultiplierRule> = days
-            .into_iter()
-            .enumerate()
-            .filter_map(|(d, r)| {
-                let (a, b, bp) = r?;
-                let (start, end) = if a < b { (a, b) } else { (b.min(23), a.max(b) + 1).min((23, 24)) };
-                (start < end).then(|| TimeMultiplierRule {
-                    days: 1 << d,
-                    start_hour: start,
-                    end_hour: end.min(24),
-                    multiplier: Multiplier::from_bp(bp),
+    prop::collection::vec(prop::option::of((0..24u8, 1..=24u8, 1..=100_000u32)), 7).prop_map(
+        |days| {
+            let rules: Vec<TimeMultiplierRule> = days
+                .into_iter()
+                .enumerate()
+                .filter_map(|(d, r)| {
+                    let (start, len, bp) = r?;
+                    Some(TimeMultiplierRule {
+                        days: 1 << d,
+                        start_hour: start,
+                        end_hour: (start + len).min(24),
+                        multiplier: Multiplier::from_bp(bp),
+                    })
                 })
-            })
-            .collect();
-        HourOfWeekTable::from_rules(&rules).unwrap()
-    })
+                .collect();
+            HourOfWeekTable::from_rules(&rules).unwrap()
+        },
+    )
 }
 
 fn arb_discounts() -> impl Strategy<Value = Vec<DiscountRule>> {
@@ -65,7 +76,11 @@ fn arb_discounts() -> impl Strategy<Value = Vec<DiscountRule>> {
         v.into_iter()
             .map(|(k, bp, id)| DiscountRule {
                 id: Uuid::from_u128(id),
-                kind: [DiscountKind::Promo, DiscountKind::LongDuration, DiscountKind::Membership][usize::from(k)],
+                kind: [
+                    DiscountKind::Promo,
+                    DiscountKind::LongDuration,
+                    DiscountKind::Membership,
+                ][usize::from(k)],
                 code: Some("CODE".into()),
                 percent_bp: bp,
                 min_duration_minutes: None,

@@ -170,11 +170,19 @@ mod tests {
     }
 
     fn promo(n: u128, code: &str, bp: u32) -> DiscountRule {
-        DiscountRule { code: Some(code.into()), ..rule(n, DiscountKind::Promo, bp) }
+        DiscountRule {
+            code: Some(code.into()),
+            ..rule(n, DiscountKind::Promo, bp)
+        }
     }
 
     fn ctx<'a>(code: Option<&'a str>, tier: Option<&'a str>, minutes: i64) -> DiscountContext<'a> {
-        DiscountContext { promo_code: code, membership_tier: tier, duration_minutes: minutes, now: now() }
+        DiscountContext {
+            promo_code: code,
+            membership_tier: tier,
+            duration_minutes: minutes,
+            now: now(),
+        }
     }
 
     #[test]
@@ -182,34 +190,82 @@ mod tests {
         let rules = [promo(1, "SUMMER", 1500)];
         let got = applicable_discounts(&rules, &ctx(Some(" summer "), None, 60)).unwrap();
         assert_eq!(got.len(), 1);
-        assert_eq!(applicable_discounts(&rules, &ctx(Some("WINTER"), None, 60)), Err(PricingError::UnknownPromoCode));
-        assert!(applicable_discounts(&rules, &ctx(None, None, 60)).unwrap().is_empty());
-        assert!(applicable_discounts(&rules, &ctx(Some("  "), None, 60)).unwrap().is_empty());
+        assert_eq!(
+            applicable_discounts(&rules, &ctx(Some("WINTER"), None, 60)),
+            Err(PricingError::UnknownPromoCode)
+        );
+        assert!(applicable_discounts(&rules, &ctx(None, None, 60))
+            .unwrap()
+            .is_empty());
+        assert!(applicable_discounts(&rules, &ctx(Some("  "), None, 60))
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
     fn expired_or_future_promos_count_as_unknown() {
-        let expired = DiscountRule { valid_until: Some(now()), ..promo(1, "OLD", 1000) };
-        let future = DiscountRule { valid_from: Some(now() + chrono::Duration::minutes(1)), ..promo(2, "NEW", 1000) };
+        let expired = DiscountRule {
+            valid_until: Some(now()),
+            ..promo(1, "OLD", 1000)
+        };
+        let future = DiscountRule {
+            valid_from: Some(now() + chrono::Duration::minutes(1)),
+            ..promo(2, "NEW", 1000)
+        };
         let rules = [expired, future];
-        assert_eq!(applicable_discounts(&rules, &ctx(Some("OLD"), None, 60)), Err(PricingError::UnknownPromoCode));
-        assert_eq!(applicable_discounts(&rules, &ctx(Some("NEW"), None, 60)), Err(PricingError::UnknownPromoCode));
-        let starts_now = DiscountRule { valid_from: Some(now()), ..promo(3, "NOW", 1000) };
-        assert_eq!(applicable_discounts(std::slice::from_ref(&starts_now), &ctx(Some("now"), None, 60)).unwrap().len(), 1);
+        assert_eq!(
+            applicable_discounts(&rules, &ctx(Some("OLD"), None, 60)),
+            Err(PricingError::UnknownPromoCode)
+        );
+        assert_eq!(
+            applicable_discounts(&rules, &ctx(Some("NEW"), None, 60)),
+            Err(PricingError::UnknownPromoCode)
+        );
+        let starts_now = DiscountRule {
+            valid_from: Some(now()),
+            ..promo(3, "NOW", 1000)
+        };
+        assert_eq!(
+            applicable_discounts(
+                std::slice::from_ref(&starts_now),
+                &ctx(Some("now"), None, 60)
+            )
+            .unwrap()
+            .len(),
+            1
+        );
     }
 
     #[test]
     fn one_rule_per_kind_the_best_percent_wins() {
-        let long_small = DiscountRule { min_duration_minutes: Some(1440), ..rule(10, DiscountKind::LongDuration, 500) };
-        let long_big = DiscountRule { min_duration_minutes: Some(2880), ..rule(11, DiscountKind::LongDuration, 1000) };
-        let gold = DiscountRule { membership_tier: Some("gold".into()), ..rule(12, DiscountKind::Membership, 700) };
-        let rules = [long_small, long_big, gold, promo(13, "A", 300), promo(14, "A", 900)];
+        let long_small = DiscountRule {
+            min_duration_minutes: Some(1440),
+            ..rule(10, DiscountKind::LongDuration, 500)
+        };
+        let long_big = DiscountRule {
+            min_duration_minutes: Some(2880),
+            ..rule(11, DiscountKind::LongDuration, 1000)
+        };
+        let gold = DiscountRule {
+            membership_tier: Some("gold".into()),
+            ..rule(12, DiscountKind::Membership, 700)
+        };
+        let rules = [
+            long_small,
+            long_big,
+            gold,
+            promo(13, "A", 300),
+            promo(14, "A", 900),
+        ];
         let got = applicable_discounts(&rules, &ctx(Some("a"), Some("GOLD"), 3000)).unwrap();
         let ids: Vec<u128> = got.iter().map(|r| r.id.as_u128()).collect();
         assert_eq!(ids, [14, 11, 12]);
         assert_eq!(total_discount_bp(&got), 900 + 1000 + 700);
         let short = applicable_discounts(&rules, &ctx(None, None, 1440)).unwrap();
-        assert_eq!(short.iter().map(|r| r.id.as_u128()).collect::<Vec<_>>(), [10]);
+        assert_eq!(
+            short.iter().map(|r| r.id.as_u128()).collect::<Vec<_>>(),
+            [10]
+        );
     }
 
     #[test]

@@ -29,12 +29,11 @@ pub use rates::{HourOfWeekTable, RateCard, TimeMultiplierRule};
 /// faults; `UnknownPromoCode` is the client's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PricingError {
-    /// The rate card violates its invariants (rates > 0, 0 <= floor <= ceiling).
+    /// The pricing configuration violates its invariants: rate card (rates > 0,
+    /// 0 <= floor <= ceiling) or a malformed time-of-day rule (no days, bad hours). Kept as one
+    /// variant so the error set stays exactly the one the adapters map.
     #[error("invalid rate card: {0}")]
     InvalidRateCard(String),
-    /// A time-of-day rule is malformed (no days, bad hours).
-    #[error("invalid time multiplier rule: {0}")]
-    InvalidTimeRule(String),
     /// Two time-of-day rules cover the same hour of the week, so the result would depend on
     /// rule order.
     #[error("time multiplier rules overlap")]

@@ -75,13 +75,14 @@ impl TimeMultiplierRule {
 
     fn validate(&self) -> Result<(), PricingError> {
         if self.days == 0 || self.days >= 1 << 7 {
-            return Err(PricingError::InvalidTimeRule(
-                "days must be a non-empty bitmask of bits 0 (Monday) to 6 (Sunday)".into(),
+            return Err(PricingError::InvalidRateCard(
+                "time rule: days must be a non-empty bitmask of bits 0 (Monday) to 6 (Sunday)"
+                    .into(),
             ));
         }
         if self.start_hour >= self.end_hour || self.end_hour > 24 {
-            return Err(PricingError::InvalidTimeRule(
-                "hours must satisfy start_hour < end_hour <= 24".into(),
+            return Err(PricingError::InvalidRateCard(
+                "time rule: hours must satisfy start_hour < end_hour <= 24".into(),
             ));
         }
         if !self.multiplier.is_valid() {
@@ -157,8 +158,11 @@ mod tests {
     #[test]
     fn rules_fill_their_hours_and_leave_the_rest_neutral() {
         let fri = TimeMultiplierRule::day_bit(Weekday::Fri);
-        let t = HourOfWeekTable::from_rules(&[rule(fri, 16, 19, 15_000), rule(0b110_0000, 0, 24, 9_000)])
-            .unwrap();
+        let t = HourOfWeekTable::from_rules(&[
+            rule(fri, 16, 19, 15_000),
+            rule(0b110_0000, 0, 24, 9_000),
+        ])
+        .unwrap();
         assert_eq!(t.get(Weekday::Fri, 15), Multiplier::ONE);
         assert_eq!(t.get(Weekday::Fri, 16), Multiplier::from_bp(15_000));
         assert_eq!(t.get(Weekday::Fri, 18), Multiplier::from_bp(15_000));
@@ -173,13 +177,25 @@ mod tests {
         let r = HourOfWeekTable::from_rules(&[rule(0b1, 8, 10, 12_000), rule(0b11, 9, 11, 11_000)]);
         assert_eq!(r, Err(PricingError::OverlappingTimeRules));
         // Adjacent hours do not overlap.
-        assert!(HourOfWeekTable::from_rules(&[rule(0b1, 8, 10, 12_000), rule(0b1, 10, 11, 11_000)]).is_ok());
+        assert!(HourOfWeekTable::from_rules(&[
+            rule(0b1, 8, 10, 12_000),
+            rule(0b1, 10, 11, 11_000)
+        ])
+        .is_ok());
     }
 
     #[test]
     fn malformed_rules_are_rejected() {
-        for bad in [rule(0, 8, 10, 12_000), rule(0x80, 8, 10, 12_000), rule(1, 10, 10, 12_000), rule(1, 10, 25, 12_000)] {
-            assert!(matches!(HourOfWeekTable::from_rules(&[bad]), Err(PricingError::InvalidTimeRule(_))));
+        for bad in [
+            rule(0, 8, 10, 12_000),
+            rule(0x80, 8, 10, 12_000),
+            rule(1, 10, 10, 12_000),
+            rule(1, 10, 25, 12_000),
+        ] {
+            assert!(matches!(
+                HourOfWeekTable::from_rules(&[bad]),
+                Err(PricingError::InvalidRateCard(_))
+            ));
         }
         assert_eq!(
             HourOfWeekTable::from_rules(&[rule(1, 8, 10, 0)]),
@@ -189,11 +205,37 @@ mod tests {
 
     #[test]
     fn rate_card_validation() {
-        let ok = RateCard { currency: Currency::EUR, per_hour_minor: 500, per_day_minor: 4000, floor_minor: 0, ceiling_minor: 100_000 };
+        let ok = RateCard {
+            currency: Currency::EUR,
+            per_hour_minor: 500,
+            per_day_minor: 4000,
+            floor_minor: 0,
+            ceiling_minor: 100_000,
+        };
         assert_eq!(ok.validate(), Ok(()));
-        assert!(RateCard { per_hour_minor: 0, ..ok.clone() }.validate().is_err());
-        assert!(RateCard { per_day_minor: -1, ..ok.clone() }.validate().is_err());
-        assert!(RateCard { floor_minor: -1, ..ok.clone() }.validate().is_err());
-        assert!(RateCard { floor_minor: 200_000, ..ok }.validate().is_err());
+        assert!(RateCard {
+            per_hour_minor: 0,
+            ..ok.clone()
+        }
+        .validate()
+        .is_err());
+        assert!(RateCard {
+            per_day_minor: -1,
+            ..ok.clone()
+        }
+        .validate()
+        .is_err());
+        assert!(RateCard {
+            floor_minor: -1,
+            ..ok.clone()
+        }
+        .validate()
+        .is_err());
+        assert!(RateCard {
+            floor_minor: 200_000,
+            ..ok
+        }
+        .validate()
+        .is_err());
     }
 }

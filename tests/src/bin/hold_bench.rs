@@ -37,7 +37,8 @@ fn jwt(user: &str) -> anyhow::Result<String> {
 }
 
 async fn fleet(client: &reqwest::Client, base: &str, token: &str) -> anyhow::Result<Vec<String>> {
-    let start = (Utc::now() + chrono::Duration::days(1)).duration_trunc(chrono::Duration::hours(1))?;
+    let start =
+        (Utc::now() + chrono::Duration::days(1)).duration_trunc(chrono::Duration::hours(1))?;
     let end = start + chrono::Duration::hours(1);
     let mut ids = Vec::new();
     for (lat, lon) in [(50.1109, 8.6821), (59.3293, 18.0686)] {
@@ -51,9 +52,20 @@ async fn fleet(client: &reqwest::Client, base: &str, token: &str) -> anyhow::Res
             if let Some(c) = &cursor {
                 url.push_str(&format!("&cursor={c}"));
             }
-            let page: Value = client.get(&url).bearer_auth(token).send().await?.json().await?;
+            let page: Value = client
+                .get(&url)
+                .bearer_auth(token)
+                .send()
+                .await?
+                .json()
+                .await?;
             for item in page["items"].as_array().context("search items")? {
-                ids.push(item["vehicle_id"].as_str().context("vehicle id")?.to_owned());
+                ids.push(
+                    item["vehicle_id"]
+                        .as_str()
+                        .context("vehicle id")?
+                        .to_owned(),
+                );
             }
             match page["next_cursor"].as_str() {
                 Some(c) => cursor = Some(c.to_owned()),
@@ -75,7 +87,10 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let base = args.first().cloned().unwrap_or_else(|| "http://127.0.0.1:8080".into());
+    let base = args
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "http://127.0.0.1:8080".into());
     let holds: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(3000);
     let concurrency: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(32);
     let client = reqwest::Client::builder()
@@ -84,19 +99,27 @@ async fn main() -> anyhow::Result<()> {
         .build()?;
     let token = jwt("bench")?;
     let vehicles = fleet(&client, &base, &token).await?;
-    ensure!(!vehicles.is_empty(), "no vehicles found: seed the demo fleet first");
-    let day0 = (Utc::now() + chrono::Duration::days(2)).duration_trunc(chrono::Duration::days(1))?;
+    ensure!(
+        !vehicles.is_empty(),
+        "no vehicles found: seed the demo fleet first"
+    );
+    let day0 =
+        (Utc::now() + chrono::Duration::days(2)).duration_trunc(chrono::Duration::days(1))?;
     let bench_run = Utc::now().timestamp() % 97;
     let plans: Vec<(String, String, chrono::DateTime<Utc>)> = (0..holds)
         .map(|i| {
             let vehicle = vehicles[i % vehicles.len()].clone();
             let day = (i / vehicles.len()) as i64;
             // Distinct (vehicle, day) pairs; the hour shifts per run so reruns do not collide.
-            let start = day0 + chrono::Duration::days(day) + chrono::Duration::hours(bench_run % 20);
+            let start =
+                day0 + chrono::Duration::days(day) + chrono::Duration::hours(bench_run % 20);
             (format!("bench-{}", i % 500), vehicle, start)
         })
         .collect();
-    eprintln!("hold-bench: {} vehicles; preparing {holds} quotes", vehicles.len());
+    eprintln!(
+        "hold-bench: {} vehicles; preparing {holds} quotes",
+        vehicles.len()
+    );
     let quotes: Vec<anyhow::Result<(String, String)>> = stream::iter(plans)
         .map(|(user, vehicle, start)| {
             let client = &client;
@@ -119,7 +142,10 @@ async fn main() -> anyhow::Result<()> {
         .collect()
         .await;
     let quotes: Vec<(String, String)> = quotes.into_iter().filter_map(Result::ok).collect();
-    eprintln!("hold-bench: {} quotes; posting holds with concurrency {concurrency}", quotes.len());
+    eprintln!(
+        "hold-bench: {} quotes; posting holds with concurrency {concurrency}",
+        quotes.len()
+    );
     let started = Instant::now();
     let results: Vec<(u16, Duration)> = stream::iter(quotes)
         .map(|(token, quote)| {

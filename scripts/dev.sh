@@ -7,6 +7,9 @@ cd "$ROOT"
 
 ensure_postgres
 ensure_redis
+bash scripts/broker.sh
+# The origin's outbox relay publishes booking events here (unset it to keep them in the outbox).
+export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:${BROKER_PORT:-9092}}"
 
 DEV_DB="${DEV_DB:-booking_dev}"
 export DATABASE_URL="${DEV_DATABASE_URL:-postgres://$PGUSER@$PGHOST:$PGPORT/$DEV_DB}"

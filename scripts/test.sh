@@ -7,6 +7,9 @@ T0=$SECONDS
 
 ensure_postgres
 ensure_redis
+# The Kafka-protocol broker (tansu, durable SQLite storage) the event tests publish to.
+bash scripts/broker.sh
+export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:${BROKER_PORT:-9092}}"
 ensure_wasm_targets
 
 log "cargo fmt --check"

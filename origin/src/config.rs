@@ -47,6 +47,99 @@ pub struct JwtConfig {
     pub eddsa_public_keys: BTreeMap<String, Vec<u8>>,
 }
 
+/// Which Redis deployment the origin talks to (`REDIS_MODE`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisMode {
+    /// One server (or a proxy in front of several): `REDIS_URL`.
+    Single,
+}
+
+/// Redis: reservation locks and the GEO availability index (see `locks.rs`, `availability.rs`).
+/// Redis is never required: when it is unreachable the origin books and searches through
+/// PostgreSQL alone.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// May hold a password: never printed.
+    pub url: Secret,
+    pub mode: RedisMode,
+    /// Prepended to every key, so several deployments (or tests) can share one server.
+    pub key_prefix: String,
+    /// Bound on every Redis command (and connect): a dead Redis costs at most this much.
+    pub command_timeout: Duration,
+    /// How long a vehicle lock lives if its owner never releases it.
+    pub lock_ttl: Duration,
+    /// How long a contender waits for a held vehicle lock before a 409 (0 = one try).
+    pub lock_wait: Duration,
+    /// How often the GEO availability index is rebuilt from PostgreSQL.
+    pub availability_rebuild: Duration,
+}
+
+impl RedisConfig {
+    /// The Redis URL as a string (it may hold a password: never log it).
+    pub fn url(&self) -> String {
+        String::from_utf8_lossy(&self.url.0).into_owned()
+    }
+}
+
+fn redis_config(env: &dyn Env) -> Result<RedisConfig, ConfigError> {
+    let url = env
+        .var("REDIS_URL")
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(ConfigError::Invalid {
+            name: "REDIS_URL",
+            reason: "expected redis://host:port[/db] (rediss:// needs TLS support, not built in)"
+                .into(),
+        });
+    }
+    // Cluster and Sentinel are named here so a deployment that sets them fails loudly at start
+    // instead of silently talking to one node; they need the `cluster-async`/`sentinel`
+    // features of the redis crate and hash-tagged keys (the index's RENAME), not built yet.
+    let mode = match env.var("REDIS_MODE").as_deref().map(str::trim) {
+        None | Some("single") => RedisMode::Single,
+        Some("cluster") => {
+            return Err(ConfigError::Invalid {
+                name: "REDIS_MODE",
+                reason: "cluster is not supported yet (use single, or a cluster proxy)".into(),
+            })
+        }
+        Some("sentinel") => {
+            let master = env
+                .var("REDIS_SENTINEL_MASTER")
+                .unwrap_or_else(|| "<REDIS_SENTINEL_MASTER unset>".into());
+            return Err(ConfigError::Invalid {
+                name: "REDIS_MODE",
+                reason: format!(
+                    "sentinel (master {master:?}) is not supported yet (use single with the \
+                     master's address)"
+                ),
+            });
+        }
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                name: "REDIS_MODE",
+                reason: format!("{other:?} (expected single, cluster or sentinel)"),
+            })
+        }
+    };
+    let lock_wait_ms: u64 = parsed(env, "LOCK_WAIT_MS", 50)?;
+    if lock_wait_ms > 1_000 {
+        return Err(ConfigError::Invalid {
+            name: "LOCK_WAIT_MS",
+            reason: "at most 1000: contenders should fail fast, not queue".into(),
+        });
+    }
+    Ok(RedisConfig {
+        url: Secret(url.into_bytes()),
+        mode,
+        key_prefix: env.var("REDIS_KEY_PREFIX").unwrap_or_else(|| "bp:".into()),
+        command_timeout: millis(env, "REDIS_COMMAND_TIMEOUT_MS", 150)?,
+        lock_ttl: millis(env, "LOCK_TTL_MS", 5_000)?,
+        lock_wait: Duration::from_millis(lock_wait_ms),
+        availability_rebuild: secs(env, "AVAILABILITY_REBUILD_SECS", 60)?,
+    })
+}
+
 /// The whole origin configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -65,6 +158,17 @@ pub struct Config {
     pub request_timeout: Duration,
     pub max_body_bytes: usize,
     pub log_json: bool,
+    /// Kafka bootstrap servers (`KAFKA_BROKERS`); `None` turns the outbox relay off.
+    pub kafka_brokers: Option<String>,
+    /// Partitions per topic when the relay creates the topics.
+    pub kafka_topic_partitions: i32,
+    /// Outbox rows per relay batch.
+    pub relay_batch: i64,
+    /// Lanes the outbox is split into between relay instances (see `relay.rs`).
+    pub relay_lanes: i32,
+    /// Relay pause when the outbox is empty.
+    pub relay_poll: Duration,
+    pub redis: RedisConfig,
 }
 
 /// A source of variables: the process environment, or a map in tests.
@@ -129,6 +233,21 @@ fn secs(env: &dyn Env, name: &'static str, default_s: u64) -> Result<Duration, C
         });
     }
     Ok(Duration::from_secs(s))
+}
+
+fn at_least_one<T>(env: &dyn Env, name: &'static str, default: T) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + From<u8>,
+    T::Err: fmt::Display,
+{
+    let value = parsed(env, name, default)?;
+    if value < T::from(1) {
+        return Err(ConfigError::Invalid {
+            name,
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(value)
 }
 
 /// Parses `kid=value,kid2=value2`.
@@ -280,6 +399,12 @@ impl Config {
             request_timeout: millis(env, "REQUEST_TIMEOUT_MS", 10_000)?,
             max_body_bytes: parsed(env, "MAX_BODY_BYTES", 64 * 1024)?,
             log_json,
+            kafka_brokers: env.var("KAFKA_BROKERS").map(|b| b.trim().to_owned()),
+            kafka_topic_partitions: at_least_one(env, "KAFKA_TOPIC_PARTITIONS", 3)?,
+            relay_batch: at_least_one(env, "RELAY_BATCH", 200)?,
+            relay_lanes: at_least_one(env, "RELAY_LANES", 8)?,
+            relay_poll: millis(env, "RELAY_POLL_MS", 200)?,
+            redis: redis_config(env)?,
         })
     }
 
@@ -312,6 +437,9 @@ mod tests {
         assert_eq!(config.regions, vec![Region::Euw, Region::Eun]);
         assert_eq!(config.hold_ttl, Duration::from_secs(600));
         assert_eq!(config.quote_active_kid, "k1");
+        assert_eq!(config.redis.mode, RedisMode::Single);
+        assert_eq!(config.redis.key_prefix, "bp:");
+        assert_eq!(config.redis.lock_ttl, Duration::from_millis(5_000));
         Ok(())
     }
 
@@ -333,6 +461,14 @@ mod tests {
             ("JWT_HS256_SECRET", "short"),
             ("QUOTE_ACTIVE_KID", "nope"),
             ("LOG_FORMAT", "xml"),
+            ("RELAY_LANES", "0"),
+            ("RELAY_BATCH", "many"),
+            ("REDIS_URL", "http://localhost"),
+            ("REDIS_MODE", "cluster"),
+            ("REDIS_MODE", "sentinel"),
+            ("REDIS_MODE", "galaxy"),
+            ("LOCK_TTL_MS", "0"),
+            ("LOCK_WAIT_MS", "5000"),
         ] {
             let mut env = base();
             env.insert(name.into(), value.into());

@@ -6,7 +6,9 @@
 //! rules themselves live in the pure `domain` crate, shared with the edge.
 
 pub mod auth;
+pub mod availability;
 pub mod bookings;
+pub mod cache;
 pub mod config;
 pub mod demo;
 pub mod error;
@@ -14,7 +16,11 @@ pub mod events;
 pub mod extract;
 pub mod http;
 pub mod idempotency;
+pub mod locks;
+pub mod metrics;
 pub mod pricing;
+pub mod redis_link;
+pub mod relay;
 pub mod search;
 pub mod startup;
 pub mod state;

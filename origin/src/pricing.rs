@@ -24,6 +24,8 @@ use crate::error::{ApiError, ApiResult};
 pub struct PricingContext {
     pub rate: RateCard,
     pub time_table: HourOfWeekTable,
+    /// The rules `time_table` was built from (what L2 caches).
+    pub time_rules: Vec<TimeMultiplierRule>,
     pub discounts: Vec<DiscountRule>,
 }
 
@@ -74,8 +76,11 @@ pub async fn rate_card(
     })
 }
 
-/// Loads a region's hour-of-week multiplier table.
-pub async fn time_table(conn: &mut PgConnection, region: Region) -> ApiResult<HourOfWeekTable> {
+/// Loads a region's time-of-day multiplier rules.
+pub async fn time_rules(
+    conn: &mut PgConnection,
+    region: Region,
+) -> ApiResult<Vec<TimeMultiplierRule>> {
     let rows: Vec<(i16, i16, i16, i32)> = sqlx::query_as(
         "select days_mask, start_hour, end_hour, multiplier_bp from time_multipliers where region = $1",
     )
@@ -94,7 +99,7 @@ pub async fn time_table(conn: &mut PgConnection, region: Region) -> ApiResult<Ho
             })
         })
         .collect::<ApiResult<Vec<_>>>()?;
-    HourOfWeekTable::from_rules(&rules).map_err(config_error)
+    Ok(rules)
 }
 
 type DiscountRow = (
@@ -148,9 +153,11 @@ pub async fn context(
     region: Region,
     class: &str,
 ) -> ApiResult<PricingContext> {
+    let time_rules = time_rules(conn, region).await?;
     Ok(PricingContext {
         rate: rate_card(conn, region, class).await?,
-        time_table: time_table(conn, region).await?,
+        time_table: HourOfWeekTable::from_rules(&time_rules).map_err(config_error)?,
+        time_rules,
         discounts: discount_rules(conn, region).await?,
     })
 }

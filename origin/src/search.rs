@@ -1,8 +1,11 @@
 //! Vehicle search: available vehicles near a point for a time window.
 //!
-//! Candidates come from a bounding box on the bays' coordinates (an index range scan), the
-//! time-window check is the authoritative `NOT EXISTS` against occupying bookings (expired
-//! holds do not count), and ranking is (distance in whole metres, indicative price, vehicle
+//! Candidates come from the Redis GEO index (`availability.rs`: the nearest active vehicles,
+//! by id) or, when Redis cannot answer, from a bounding box on the bays' coordinates (an
+//! index range scan). Either way PostgreSQL has the last word: the vehicle is active, matches
+//! the filters, and the time-window check is the authoritative `NOT EXISTS` against occupying
+//! bookings (expired holds do not count). Distances are always the haversine over
+//! PostgreSQL's bay coordinates, so both candidate sources give the same page. Ranking is (distance in whole metres, indicative price, vehicle
 //! id). That order depends only on the fleet and the rates, never on bookings, so a keyset
 //! cursor over it stays stable while bookings change: a vehicle that gets booked drops out of
 //! later pages, nothing shifts or repeats.
@@ -18,6 +21,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::availability::Availability;
 use crate::error::{ApiError, ApiResult};
 use crate::pricing;
 
@@ -105,55 +109,84 @@ type CandidateRow = (
     String,
 );
 
-/// Runs a search over the regions this origin serves.
+/// Everything but the candidate predicate: status, filters ($3–$5), the window ($6, $7) at
+/// `now` ($8), the bound ($9). `{where}` selects candidates with $1 and $2.
+const CANDIDATES_SQL: &str = "select v.id, v.region, v.class, v.make, v.model, v.seats, v.fuel,
+                b.id, b.name, b.lat, b.lon, b.timezone
+           from parking_bays b
+           join vehicles v on v.bay_id = b.id
+          where {where}
+            and v.status = 'active'
+            and ($3::text is null or v.class = $3)
+            and ($4::smallint is null or v.seats >= $4)
+            and ($5::text is null or v.fuel = $5)
+            and not exists (
+                select 1 from bookings k
+                 where k.vehicle_id = v.id
+                   and k.status in ('RESERVING', 'CONFIRMED', 'IN_PROGRESS')
+                   and k.period && tstzrange($6, $7, '[)')
+                   and not (k.status = 'RESERVING' and k.hold_expires_at <= $8))
+          limit $9";
+
+/// Runs a search over the regions this origin serves: GEO candidates from `availability`
+/// when it can answer, else the PostgreSQL bounding box.
 pub async fn search(
     pool: &PgPool,
+    availability: &Availability,
+    caches: &crate::cache::Caches,
     regions: &[Region],
     query: &SearchQuery,
     now: DateTime<Utc>,
 ) -> ApiResult<Page> {
     let lat = query.center.lat();
     let lon = query.center.lon();
-    let dlat = f64::from(query.radius_m) / 111_320.0;
-    let dlon = f64::from(query.radius_m) / (111_320.0 * lat.to_radians().cos().max(0.01));
     let region_codes: Vec<&str> = regions.iter().map(|r| r.code()).collect();
-    let rows: Vec<CandidateRow> = sqlx::query_as(
-        "select v.id, v.region, v.class, v.make, v.model, v.seats, v.fuel,
-                b.id, b.name, b.lat, b.lon, b.timezone
-           from parking_bays b
-           join vehicles v on v.bay_id = b.id
-          where b.region = any($1) and b.lat between $2 and $3 and b.lon between $4 and $5
-            and v.status = 'active'
-            and ($6::text is null or v.class = $6)
-            and ($7::smallint is null or v.seats >= $7)
-            and ($8::text is null or v.fuel = $8)
-            and not exists (
-                select 1 from bookings k
-                 where k.vehicle_id = v.id
-                   and k.status in ('RESERVING', 'CONFIRMED', 'IN_PROGRESS')
-                   and k.period && tstzrange($9, $10, '[)')
-                   and not (k.status = 'RESERVING' and k.hold_expires_at <= $11))
-          limit $12",
-    )
-    .bind(&region_codes)
-    .bind(lat - dlat)
-    .bind(lat + dlat)
-    .bind(lon - dlon)
-    .bind(lon + dlon)
-    .bind(&query.class)
-    .bind(query.min_seats)
-    .bind(&query.fuel)
-    .bind(query.window.start())
-    .bind(query.window.end())
-    .bind(now)
-    .bind(MAX_CANDIDATES)
-    .fetch_all(pool)
-    .await?;
+    let geo = availability
+        .candidates(query.center, query.radius_m, MAX_CANDIDATES)
+        .await;
+    let rows: Vec<CandidateRow> = match geo {
+        Some(ids) if ids.is_empty() => Vec::new(),
+        Some(ids) => {
+            let sql = CANDIDATES_SQL.replace("{where}", "v.id = any($1) and v.region = any($2)");
+            sqlx::query_as(&sql)
+                .bind(&ids)
+                .bind(&region_codes)
+                .bind(&query.class)
+                .bind(query.min_seats)
+                .bind(&query.fuel)
+                .bind(query.window.start())
+                .bind(query.window.end())
+                .bind(now)
+                .bind(MAX_CANDIDATES)
+                .fetch_all(pool)
+                .await?
+        }
+        None => {
+            let dlat = f64::from(query.radius_m) / 111_320.0;
+            let dlon = f64::from(query.radius_m) / (111_320.0 * lat.to_radians().cos().max(0.01));
+            let sql = CANDIDATES_SQL.replace(
+                "{where}",
+                "b.region = any($2) and b.lat between ($1::float8[])[1] and ($1::float8[])[2]
+            and b.lon between ($1::float8[])[3] and ($1::float8[])[4]",
+            );
+            sqlx::query_as(&sql)
+                .bind(vec![lat - dlat, lat + dlat, lon - dlon, lon + dlon])
+                .bind(&region_codes)
+                .bind(&query.class)
+                .bind(query.min_seats)
+                .bind(&query.fuel)
+                .bind(query.window.start())
+                .bind(query.window.end())
+                .bind(now)
+                .bind(MAX_CANDIDATES)
+                .fetch_all(pool)
+                .await?
+        }
+    };
 
-    // Pricing context per (region, class), loaded once per search.
+    // Pricing context per (region, class), from L2, looked up once per search.
     let mut contexts: HashMap<(Region, String), pricing::PricingContext> = HashMap::new();
     let mut hits = Vec::new();
-    let mut conn = pool.acquire().await?;
     for (id, region, class, make, model, seats, fuel, bay_id, bay_name, blat, blon, tz) in rows {
         let distance = haversine_m(lat, lon, blat, blon);
         if distance > f64::from(query.radius_m) {
@@ -164,7 +197,7 @@ pub async fn search(
             .map_err(|_| ApiError::Internal(anyhow::anyhow!("bad region {region}")))?;
         let key = (region, class.clone());
         if !contexts.contains_key(&key) {
-            let ctx = pricing::context(&mut conn, region, &class).await?;
+            let ctx = caches.pricing(pool, region, &class).await?;
             contexts.insert(key.clone(), ctx);
         }
         let Some(ctx) = contexts.get(&key) else {

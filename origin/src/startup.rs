@@ -30,13 +30,21 @@ pub struct Running {
     pub addr: std::net::SocketAddr,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// The outbox relay, when `KAFKA_BROKERS` is set: awaited on stop (it closes its lock
+    /// session, so its lanes are free for other instances at once).
+    relay: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
     /// Stops accepting, lets in-flight requests finish, stops background tasks.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
-        self.server.await?
+        let served = self.server.await?;
+        if let Some(relay) = self.relay {
+            // Bounded: a batch in flight gets a short grace, then the relay lets go.
+            let _ = tokio::time::timeout(Duration::from_secs(15), relay).await;
+        }
+        served
     }
 
     /// Waits until the server ends (after a signal).
@@ -60,10 +68,47 @@ pub async fn start(
         .await
         .with_context(|| format!("bind {}", config.bind_addr))?;
     let addr = listener.local_addr()?;
-    let state = AppState::new(config, pool)?;
+    let redis = crate::redis_link::RedisLink::connect(&config.redis).await?;
+    let caches = crate::cache::Caches::connect(&config.redis).await?;
+    let state = AppState::new(config, pool, redis, caches)?;
     let (shutdown, mut stop_rx) = watch::channel(false);
 
+    // The GEO index is built before serving, so a ready origin has it (unless Redis is down:
+    // then search uses PostgreSQL, and the index is built when Redis comes back).
+    if state.redis.is_up() {
+        if let Err(e) = state.availability.rebuild_all().await {
+            tracing::warn!(
+                error = format!("{e:#}"),
+                "initial availability index build failed"
+            );
+        }
+    }
+    state.redis.spawn_probe(shutdown.subscribe());
+    state.caches.spawn_probes(&shutdown);
+    // Cache warming: the pricing contexts are in L2 before the first quote.
+    match state.caches.warm(&state.db, &state.config.regions).await {
+        Ok(n) => tracing::info!(contexts = n, "L2 pricing cache warmed"),
+        Err(e) => tracing::warn!(error = format!("{e:#}"), "L2 cache warming failed"),
+    }
+    state.availability.spawn(
+        state.config.redis.availability_rebuild,
+        shutdown.subscribe(),
+    );
+
     crate::sweeper::spawn(state.clone(), shutdown.subscribe());
+    let relay = match crate::relay::RelaySettings::from_config(&state.config) {
+        Some(settings) => Some(crate::relay::spawn_relay(
+            state.db.clone(),
+            settings,
+            shutdown.subscribe(),
+        )),
+        None => {
+            tracing::info!(
+                "KAFKA_BROKERS is not set: the outbox relay is off (events stay in the outbox)"
+            );
+            None
+        }
+    };
 
     if shutdown_on_signal {
         let tx = shutdown.clone();
@@ -88,6 +133,7 @@ pub async fn start(
         addr,
         shutdown,
         server,
+        relay,
     })
 }
 

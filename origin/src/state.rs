@@ -8,7 +8,11 @@ use domain::quote_token::QuoteSigner;
 use domain::window::BookingPolicy;
 use sqlx::PgPool;
 
+use crate::availability::Availability;
+use crate::cache::Caches;
 use crate::config::Config;
+use crate::locks::Locks;
+use crate::redis_link::RedisLink;
 
 /// Cheap to clone: everything behind an `Arc` or already a handle.
 #[derive(Clone)]
@@ -19,6 +23,12 @@ pub struct AppState {
     pub quotes: Arc<QuoteSigner>,
     pub policy: Arc<BookingPolicy>,
     pub cancellation: Arc<CancellationPolicy>,
+    /// Redis and whether it answers (locks and the GEO index degrade to PostgreSQL without it).
+    pub redis: RedisLink,
+    pub locks: Locks,
+    pub availability: Availability,
+    /// L1 (responses) and L2 (pricing intermediates), each on its own connection.
+    pub caches: Caches,
 }
 
 impl std::fmt::Debug for AppState {
@@ -30,8 +40,14 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// Builds the state from configuration and an open pool.
-    pub fn new(config: Config, db: PgPool) -> anyhow::Result<Self> {
+    /// Builds the state from configuration, an open pool and a Redis link
+    /// ([`RedisLink::connect`]).
+    pub fn new(
+        config: Config,
+        db: PgPool,
+        redis: RedisLink,
+        caches: Caches,
+    ) -> anyhow::Result<Self> {
         let jwt = crate::auth::verifier(&config.jwt)?;
         let keys = config
             .quote_keys
@@ -40,8 +56,14 @@ impl AppState {
             .collect();
         let quotes = QuoteSigner::new(&config.quote_active_kid, keys)
             .map_err(|e| anyhow::anyhow!("quote signing keys: {e}"))?;
+        let locks = Locks::new(redis.clone(), config.redis.lock_ttl, config.redis.lock_wait);
+        let availability = Availability::new(redis.clone(), db.clone(), &config.regions);
         Ok(AppState {
             db,
+            redis,
+            locks,
+            availability,
+            caches,
             config: Arc::new(config),
             jwt: Arc::new(jwt),
             quotes: Arc::new(quotes),

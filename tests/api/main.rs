@@ -2,10 +2,14 @@
 
 mod atomicity;
 mod auth;
+mod availability;
+mod cache;
 mod concurrency;
+mod events;
 mod holds;
 mod idempotency;
 mod lifecycle;
+mod locks;
 mod openapi;
 mod quotes;
 mod search;

@@ -23,6 +23,7 @@ async fn the_openapi_document_lists_every_route_and_each_exists(pool: PgPool) ->
     let mut expected: Vec<String> = [
         "GET /healthz",
         "GET /readyz",
+        "GET /metrics",
         "GET /v1/vehicles/search",
         "GET /v2/vehicles/search",
         "POST /v1/quotes",

@@ -15,6 +15,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
+pub mod test_redis;
+
 /// Test result alias.
 pub type TestResult<T = ()> = anyhow::Result<T>;
 
@@ -65,6 +67,9 @@ pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub pool: PgPool,
+    /// The Redis this app uses and its key prefix (unique per app; removed by `stop`).
+    pub redis_url: String,
+    pub redis_prefix: String,
     running: Option<Running>,
 }
 
@@ -94,10 +99,18 @@ pub async fn spawn_app_with(pool: PgPool, overrides: Overrides<'_>) -> TestResul
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
+    // Tests share one Redis and their databases hold the same vehicle ids: a prefix per app.
+    env.insert("REDIS_URL".into(), test_redis::shared_url());
+    env.insert(
+        "REDIS_KEY_PREFIX".into(),
+        format!("test:{}:", uuid::Uuid::new_v4().simple()),
+    );
     for (k, v) in overrides {
         env.insert((*k).to_owned(), (*v).to_owned());
     }
     let config = Config::from(&env)?;
+    let redis_url = config.redis.url();
+    let redis_prefix = config.redis.key_prefix.clone();
     origin::startup::MIGRATOR.run(&pool).await?;
     origin::demo::seed_demo(&pool, FLEET_PER_CITY).await?;
     let running = origin::startup::start(config, pool.clone(), false).await?;
@@ -107,6 +120,8 @@ pub async fn spawn_app_with(pool: PgPool, overrides: Overrides<'_>) -> TestResul
             .timeout(std::time::Duration::from_secs(30))
             .build()?,
         pool,
+        redis_url,
+        redis_prefix,
         running: Some(running),
     })
 }
@@ -295,6 +310,8 @@ impl TestApp {
         if let Some(r) = self.running.take() {
             r.stop().await?;
         }
+        // Best effort: the test may have taken this Redis down on purpose.
+        let _ = test_redis::delete_prefix(&self.redis_url, &self.redis_prefix).await;
         Ok(())
     }
 }

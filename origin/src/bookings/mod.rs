@@ -80,6 +80,18 @@ pub async fn get_visible(
     }
 }
 
+/// The vehicle of a booking (any user's), to lock it before a transaction changes its
+/// occupancy; `None` when there is no such booking.
+pub async fn vehicle_of(conn: &mut PgConnection, id: &BookingId) -> ApiResult<Option<VehicleId>> {
+    let vehicle: Option<Uuid> =
+        sqlx::query_scalar("select vehicle_id from bookings where id = $1 and region = $2")
+            .bind(id.uuid)
+            .bind(id.region.code())
+            .fetch_optional(conn)
+            .await?;
+    Ok(vehicle.map(|uuid| VehicleId::new(id.region, uuid)))
+}
+
 /// Filters for listing bookings.
 #[derive(Debug, Clone)]
 pub struct ListFilter {

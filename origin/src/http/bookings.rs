@@ -22,6 +22,7 @@ use crate::bookings::{self, Action, Actor, ListFilter, Outcome, Rules};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, IdempotencyKey, RequestId};
 use crate::idempotency::{self, Stored};
+use crate::locks::LockSlot;
 use crate::state::AppState;
 
 /// Which body shape to answer with.
@@ -103,18 +104,31 @@ async fn create(
     let path = format!("{}/bookings", version.prefix());
     let hash = idempotency::fingerprint("POST", &path, &req);
     let user_id = user.id.clone();
+    let vehicle = claims.vehicle_id;
+    // Serialises contenders for this vehicle so they fail fast (409 after LOCK_WAIT_MS); the
+    // exclusion constraint stays the guarantee. Taken in the transaction after the
+    // idempotency check, released after commit or rollback (see `locks.rs`).
+    let slot = LockSlot::default();
+    let (slot_in, locks) = (slot.clone(), state.locks.clone());
     let stored = idempotency::run(&state.db, &user.id, key.0.as_deref(), hash, move |conn| {
         async move {
             let actor = Actor {
                 id: &user_id,
                 request_id: request_id.0.as_deref(),
             };
+            slot_in.lock(&locks, conn, &claims.vehicle_id).await?;
             let booking = bookings::create_hold(conn, &claims, actor, hold_ttl, now).await?;
             Stored::json(StatusCode::CREATED, &version.render(&outcome(booking)))
         }
         .boxed()
     })
-    .await?;
+    .await;
+    slot.release().await;
+    let stored = stored?;
+    if !stored.replayed {
+        // Committed: cached quotes of this vehicle may now offer a taken window.
+        state.caches.invalidate_vehicle(&vehicle).await;
+    }
     Ok(stored.into_response())
 }
 
@@ -137,7 +151,13 @@ async fn act(
         _ => serde_json::Value::Null,
     };
     let hash = idempotency::fingerprint("POST", &path, &body);
+    // Extending changes the vehicle's occupancy: it takes the same lock as a hold.
+    let slot = LockSlot::default();
+    let slot_in = slot.clone();
     let user_id = user.id.clone();
+    let touched = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let touched_in = touched.clone();
+    let effect_state = state.clone();
     let stored = idempotency::run(&state.db, &user.id, key.0.as_deref(), hash, move |conn| {
         async move {
             let actor = Actor {
@@ -145,15 +165,30 @@ async fn act(
                 request_id: request_id.0.as_deref(),
             };
             let rules = Rules {
-                policy: &state.policy,
-                cancellation: &state.cancellation,
+                policy: &effect_state.policy,
+                cancellation: &effect_state.cancellation,
             };
+            if let Action::Extend { .. } = action {
+                if let Some(vehicle) = bookings::vehicle_of(conn, &id).await? {
+                    slot_in.lock(&effect_state.locks, conn, &vehicle).await?;
+                }
+            }
             let outcome = bookings::act(conn, &id, action, actor, rules, now).await?;
+            if let Ok(mut slot) = touched_in.lock() {
+                *slot = Some(outcome.booking.vehicle_id);
+            }
             Stored::json(StatusCode::OK, &version.render(&outcome))
         }
         .boxed()
     })
-    .await?;
+    .await;
+    slot.release().await;
+    let stored = stored?;
+    let vehicle = touched.lock().ok().and_then(|slot| *slot);
+    if let Some(vehicle) = vehicle {
+        // Committed: the vehicle's occupancy changed, so its cached quotes are stale.
+        state.caches.invalidate_vehicle(&vehicle).await;
+    }
     Ok(stored.into_response())
 }
 

@@ -73,7 +73,8 @@ async fn healthz() -> impl IntoResponse {
     axum::Json(serde_json::json!({ "status": "ok" }))
 }
 
-/// Readiness: PostgreSQL answers. Details name each dependency.
+/// Readiness: PostgreSQL answers. Details name each dependency, and how locks and search
+/// run (Redis, or the PostgreSQL fallback while Redis is down).
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Ready", body = serde_json::Value),
@@ -92,7 +93,14 @@ async fn readyz(State(state): State<AppState>) -> Response {
     };
     let body = serde_json::json!({
         "status": if db_ok { "ready" } else { "not_ready" },
-        "checks": { "postgres": if db_ok { "ok" } else { "down" } },
+        "checks": {
+            "postgres": if db_ok { "ok" } else { "down" },
+            // Redis is optional: without it locks and search run on PostgreSQL (still ready).
+            "redis": if state.redis.is_up() { "ok" } else { "down" },
+            "locks": state.locks.backend(),
+            "availability": state.availability.mode(),
+        },
+        "redis_degradations": state.redis.degradations(),
         "regions": state.config.regions.iter().map(|r| r.code()).collect::<Vec<_>>(),
     });
     (status, axum::Json(body)).into_response()
@@ -103,6 +111,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
+        .routes(routes!(crate::metrics::render))
         .routes(routes!(search::search_v1))
         .routes(routes!(search::search_v2))
         .routes(routes!(quotes::create_quote_v1))
@@ -166,6 +175,7 @@ async fn problem_for_plain_errors(request: Request, next: Next) -> Response {
 
 /// The complete application: routes, `/openapi.json`, fallbacks and middleware.
 pub fn app(state: AppState) -> Router {
+    crate::metrics::handle();
     let (router, doc) = api();
     let doc_json = serde_json::to_value(&doc).unwrap_or_default();
     let timeout = state.config.request_timeout;
@@ -183,6 +193,7 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(problem_for_plain_errors))
         .layer(middleware::from_fn_with_state(timeout, deadline))
+        .route_layer(middleware::from_fn(crate::metrics::track))
         .with_state(state)
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let request_id = req

@@ -8,7 +8,6 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use domain::ids::VehicleId;
-use domain::pricing::PriceBreakdown;
 use domain::quote_token::QuoteClaims;
 use domain::window::TimeWindow;
 use uuid::Uuid;
@@ -17,6 +16,7 @@ use super::dto::{
     decimal, MoneyDto, MultipliersDto, PriceLineDto, QuoteRequest, QuoteV1, QuoteV2, WindowDto,
 };
 use crate::auth::AuthUser;
+use crate::cache::{CachedQuote, QuoteKey};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiJson;
 use crate::pricing::{self, Customer, Signals};
@@ -77,7 +77,7 @@ async fn make_quote(
     state: &AppState,
     user: &AuthUser,
     req: QuoteRequest,
-) -> ApiResult<(QuoteClaims, PriceBreakdown, String)> {
+) -> ApiResult<(CachedQuote, &'static str)> {
     let now = Utc::now();
     let vehicle_id: VehicleId = req
         .vehicle_id
@@ -87,6 +87,22 @@ async fn make_quote(
     if let Some(code) = &req.promo_code {
         if code.is_empty() || code.len() > 64 {
             return Err(ApiError::field("promo_code", "must be 1 to 64 characters"));
+        }
+    }
+    // L1: the same caller asking the same question within 60 s gets the same quote, without
+    // a single PostgreSQL query.
+    let cache_key = QuoteKey {
+        user: &user.id,
+        vehicle: &vehicle_id,
+        destination_bay: req.destination_bay_id,
+        window: &window,
+        promo_code: req.promo_code.as_deref(),
+        membership: user.membership.as_deref(),
+    };
+    let (cached, generation) = state.caches.get_quote(&cache_key).await;
+    if let Some(cached) = cached {
+        if cached.claims.expires_at > now + chrono::Duration::seconds(30) {
+            return Ok((cached, "hit"));
         }
     }
     let facts = vehicle_facts(state, &vehicle_id).await?;
@@ -122,9 +138,10 @@ async fn make_quote(
             "vehicle {vehicle_id} is not available for that window"
         )));
     }
-    let mut conn = state.db.acquire().await?;
-    let ctx = pricing::context(&mut conn, vehicle_id.region, &facts.class).await?;
-    drop(conn);
+    let ctx = state
+        .caches
+        .pricing(&state.db, vehicle_id.region, &facts.class)
+        .await?;
     let tz = pricing::parse_tz(&facts.timezone)?;
     let breakdown = pricing::quote_price(
         &ctx,
@@ -152,7 +169,15 @@ async fn make_quote(
         expires_at: now + ttl,
     };
     let token = state.quotes.sign(&claims);
-    Ok((claims, breakdown, token))
+    let quote = CachedQuote {
+        claims,
+        breakdown,
+        token,
+    };
+    if let Some(generation) = generation {
+        state.caches.put_quote(&cache_key, generation, &quote).await;
+    }
+    Ok((quote, "miss"))
 }
 
 /// Get a priced quote (v1).
@@ -174,9 +199,11 @@ pub async fn create_quote_v1(
     user: AuthUser,
     ApiJson(req): ApiJson<QuoteRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let (claims, _, token) = make_quote(&state, &user, req).await?;
+    let (quote, cache) = make_quote(&state, &user, req).await?;
+    let CachedQuote { claims, token, .. } = quote;
     Ok((
         StatusCode::CREATED,
+        [("x-cache", cache)],
         axum::Json(QuoteV1 {
             quote_id: claims.quote_id,
             quote_token: token,
@@ -209,9 +236,15 @@ pub async fn create_quote_v2(
     user: AuthUser,
     ApiJson(req): ApiJson<QuoteRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let (claims, breakdown, token) = make_quote(&state, &user, req).await?;
+    let (quote, cache) = make_quote(&state, &user, req).await?;
+    let CachedQuote {
+        claims,
+        breakdown,
+        token,
+    } = quote;
     Ok((
         StatusCode::CREATED,
+        [("x-cache", cache)],
         axum::Json(QuoteV2 {
             quote_id: claims.quote_id,
             quote_token: token,

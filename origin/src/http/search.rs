@@ -120,7 +120,15 @@ pub async fn search_v1(
     ApiQuery(p): ApiQuery<SearchParams>,
 ) -> ApiResult<Response> {
     let query = validate(&state, p)?;
-    let page = search::search(&state.db, &state.config.regions, &query, Utc::now()).await?;
+    let page = search::search(
+        &state.db,
+        &state.availability,
+        &state.caches,
+        &state.config.regions,
+        &query,
+        Utc::now(),
+    )
+    .await?;
     let items = page
         .hits
         .iter()
@@ -162,7 +170,15 @@ pub async fn search_v2(
     ApiQuery(p): ApiQuery<SearchParams>,
 ) -> ApiResult<Response> {
     let query = validate(&state, p)?;
-    let page = search::search(&state.db, &state.config.regions, &query, Utc::now()).await?;
+    let page = search::search(
+        &state.db,
+        &state.availability,
+        &state.caches,
+        &state.config.regions,
+        &query,
+        Utc::now(),
+    )
+    .await?;
     let items = page
         .hits
         .iter()

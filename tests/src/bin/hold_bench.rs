@@ -6,8 +6,12 @@
 //! holds per second and latency percentiles. Every hold is a full API call: JWT, quote-token
 //! verification, idempotency key, booking + history + outbox rows in one transaction.
 //!
-//! Usage: `hold-bench <base-url> <holds> <concurrency>`; JWT settings from `JWT_HS256_SECRET`,
-//! `JWT_ISSUER`, `JWT_AUDIENCE` (the dev defaults of `scripts/dev.sh` otherwise).
+//! `mixed` mode replays the design's read-heavy mix instead (95 % reads: searches near the two
+//! city centres and quotes, users and vehicles drawn with a skew so popular ones repeat; 5 %
+//! holds) and reports the L1/L2 cache hit ratios from the origin's `/metrics`.
+//!
+//! Usage: `hold-bench <base-url> <requests> <concurrency> [holds|mixed]`; JWT settings from
+//! `JWT_HS256_SECRET`, `JWT_ISSUER`, `JWT_AUDIENCE` (the dev defaults of `scripts/dev.sh`).
 
 use std::time::{Duration, Instant};
 
@@ -103,6 +107,9 @@ async fn main() -> anyhow::Result<()> {
         !vehicles.is_empty(),
         "no vehicles found: seed the demo fleet first"
     );
+    if args.get(3).map(String::as_str) == Some("mixed") {
+        return mixed(&client, &base, &vehicles, holds, concurrency).await;
+    }
     let day0 =
         (Utc::now() + chrono::Duration::days(2)).duration_trunc(chrono::Duration::days(1))?;
     let bench_run = Utc::now().timestamp() % 97;
@@ -182,6 +189,174 @@ async fn main() -> anyhow::Result<()> {
         percentile(&latencies, 0.50),
         percentile(&latencies, 0.99),
         percentile(&latencies, 1.0),
+    );
+    Ok(())
+}
+
+/// Sum of a Prometheus counter's samples whose labels contain all of `labels`.
+async fn counter(client: &reqwest::Client, base: &str, name: &str, labels: &[&str]) -> f64 {
+    let Ok(resp) = client.get(format!("{base}/metrics")).send().await else {
+        return 0.0;
+    };
+    let text = resp.text().await.unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+async fn cache_counts(client: &reqwest::Client, base: &str) -> [f64; 4] {
+    let mut out = [0.0; 4];
+    for (i, (layer, result)) in [("l1", "hit"), ("l1", "miss"), ("l2", "hit"), ("l2", "miss")]
+        .iter()
+        .enumerate()
+    {
+        out[i] = counter(
+            client,
+            base,
+            "cache_requests_total",
+            &[
+                &format!("layer=\"{layer}\""),
+                &format!("result=\"{result}\""),
+            ],
+        )
+        .await;
+    }
+    out
+}
+
+/// A skewed index in `0..n`: low indexes are drawn far more often (u² over a uniform u).
+fn skewed(rng: &mut impl rand::Rng, n: usize) -> usize {
+    let u: f64 = rng.gen();
+    ((u * u) * n as f64) as usize % n.max(1)
+}
+
+enum Op {
+    Search(String),
+    Quote(String, Value),
+    Hold(String, Value),
+}
+
+async fn mixed(
+    client: &reqwest::Client,
+    base: &str,
+    vehicles: &[String],
+    requests: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let day0 =
+        (Utc::now() + chrono::Duration::days(2)).duration_trunc(chrono::Duration::days(1))?;
+    let windows: Vec<_> = (0..4)
+        .map(|d| {
+            let s = day0 + chrono::Duration::days(d) + chrono::Duration::hours(9);
+            (s, s + chrono::Duration::hours(3))
+        })
+        .collect();
+    let centres = [(50.1109, 8.6821), (59.3293, 18.0686)];
+    let mut ops = Vec::with_capacity(requests);
+    for i in 0..requests {
+        let r: f64 = rng.gen();
+        let (s, e) = windows[skewed(&mut rng, windows.len())];
+        let user = format!("mixed-{}", skewed(&mut rng, 200));
+        if r < 0.475 {
+            let (lat, lon) = centres[rng.gen_range(0..2)];
+            ops.push(Op::Search(format!(
+                "{base}/v1/vehicles/search?lat={lat}&lon={lon}&radius_m=5000&limit=20&start={}&end={}",
+                s.format("%Y-%m-%dT%H:%M:%SZ"),
+                e.format("%Y-%m-%dT%H:%M:%SZ")
+            )));
+        } else if r < 0.95 {
+            let vehicle = &vehicles[skewed(&mut rng, vehicles.len())];
+            ops.push(Op::Quote(
+                user,
+                json!({ "vehicle_id": vehicle, "start": s, "end": e }),
+            ));
+        } else {
+            // Holds on days of their own, so they rarely collide with each other.
+            let vehicle = &vehicles[i % vehicles.len()];
+            let s = day0 + chrono::Duration::days(10 + (i / vehicles.len()) as i64);
+            ops.push(Op::Hold(
+                user,
+                json!({ "vehicle_id": vehicle, "start": s, "end": s + chrono::Duration::hours(2) }),
+            ));
+        }
+    }
+    let before = cache_counts(client, base).await;
+    let started = Instant::now();
+    let statuses: Vec<u16> = stream::iter(ops)
+        .map(|op| async move {
+            let send = |req: reqwest::RequestBuilder| async move {
+                req.send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+            };
+            match op {
+                Op::Search(url) => {
+                    send(
+                        client
+                            .get(url)
+                            .bearer_auth(jwt("searcher").unwrap_or_default()),
+                    )
+                    .await
+                }
+                Op::Quote(user, body) => {
+                    let t = jwt(&user).unwrap_or_default();
+                    send(
+                        client
+                            .post(format!("{base}/v1/quotes"))
+                            .bearer_auth(t)
+                            .json(&body),
+                    )
+                    .await
+                }
+                Op::Hold(user, body) => {
+                    let t = jwt(&user).unwrap_or_default();
+                    let quote: Value = match client
+                        .post(format!("{base}/v1/quotes"))
+                        .bearer_auth(&t)
+                        .json(&body)
+                        .send()
+                        .await
+                    {
+                        Ok(r) => r.json().await.unwrap_or_default(),
+                        Err(_) => return 0,
+                    };
+                    send(
+                        client
+                            .post(format!("{base}/v1/bookings"))
+                            .bearer_auth(t)
+                            .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+                            .json(&json!({ "quote_token": quote["quote_token"] })),
+                    )
+                    .await
+                }
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = cache_counts(client, base).await;
+    let d: Vec<f64> = (0..4).map(|i| after[i] - before[i]).collect();
+    let ratio = |h: f64, m: f64| if h + m > 0.0 { h / (h + m) } else { 0.0 };
+    let mut by_status = std::collections::BTreeMap::new();
+    for s in &statuses {
+        *by_status.entry(*s).or_insert(0usize) += 1;
+    }
+    println!(
+        "mixed {} requests in {elapsed:.2}s = {:.1} req/s; statuses {by_status:?}",
+        statuses.len(),
+        statuses.len() as f64 / elapsed
+    );
+    println!(
+        "cache L1 hit ratio {:.3} ({} hits / {} misses); L2 hit ratio {:.3} ({} hits / {} misses)",
+        ratio(d[0], d[1]),
+        d[0],
+        d[1],
+        ratio(d[2], d[3]),
+        d[2],
+        d[3]
     );
     Ok(())
 }

@@ -1,0 +1,324 @@
+//! The multi-layer cache of the pricing path, as the seed design lays it out:
+//!
+//! * **L1 — API responses**, 60 s: whole quotes, keyed by (user, vehicle, destination bay, the
+//!   requested window as time bucket, promo code, membership tier). A hit answers without
+//!   touching PostgreSQL at all.
+//! * **L2 — intermediates**: the pricing context of a region and vehicle class (base rates,
+//!   floor/ceiling, time-of-day rules, discount rules) for 5 min; risk scores (24 h) and the
+//!   surge grid (15 min) join this layer with the pricing orchestrator.
+//! * **L3** is PostgreSQL (and the external APIs).
+//!
+//! Each layer has its own Redis connection ([`RedisLink`]), so a burst of L1 traffic cannot
+//! starve L2 lookups, and each degrades on its own: when Redis is down every lookup is a miss
+//! and every write is skipped — the cache is an accelerator, never a dependency.
+//!
+//! **Invalidation is driven by committed changes.** L1 keys embed a per-vehicle generation
+//! (`l1:gen:<vehicle>`). After a booking change commits, the handler bumps the generation of
+//! the vehicle it touched, which makes every cached quote of that vehicle unreachable at once
+//! (they expire within 60 s). Bumping, rather than deleting keys, also closes the classic race
+//! where a quote computed just before a booking is stored just after it: such an entry lands
+//! under the old generation, where no reader looks. Quotes of other vehicles stay cached.
+//! Should the process die between commit and bump, the 60 s TTL bounds the staleness, and a
+//! stale quote can never double-book: the hold still meets the exclusion constraint.
+
+use std::time::Duration;
+
+use domain::ids::VehicleId;
+use domain::pricing::{
+    DiscountRule, HourOfWeekTable, PriceBreakdown, RateCard, TimeMultiplierRule,
+};
+use domain::quote_token::QuoteClaims;
+use domain::region::Region;
+use domain::window::TimeWindow;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use crate::config::RedisConfig;
+use crate::error::ApiResult;
+use crate::pricing::{self, PricingContext};
+use crate::redis_link::RedisLink;
+
+/// L1 time to live (the seed's 60 s).
+pub const L1_TTL: Duration = Duration::from_secs(60);
+/// L2 time to live of a pricing context (the seed's base-price 5 min).
+pub const L2_PRICING_TTL: Duration = Duration::from_secs(300);
+
+/// What L1 keeps of a quote: enough to answer v1 and v2 identically to the first time.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CachedQuote {
+    pub claims: QuoteClaims,
+    pub breakdown: PriceBreakdown,
+    pub token: String,
+}
+
+/// What identifies a quote request for L1.
+#[derive(Debug, Clone, Copy)]
+pub struct QuoteKey<'a> {
+    pub user: &'a str,
+    pub vehicle: &'a VehicleId,
+    pub destination_bay: Option<uuid::Uuid>,
+    pub window: &'a TimeWindow,
+    pub promo_code: Option<&'a str>,
+    pub membership: Option<&'a str>,
+}
+
+impl QuoteKey<'_> {
+    fn digest(&self) -> String {
+        let text = format!(
+            "{}|{}|{:?}|{}|{}|{}|{}",
+            self.user,
+            self.vehicle,
+            self.destination_bay,
+            self.window.start().timestamp(),
+            self.window.end().timestamp(),
+            self.promo_code.map(str::to_lowercase).unwrap_or_default(),
+            self.membership.unwrap_or_default()
+        );
+        hex::encode(&Sha256::digest(text.as_bytes())[..16])
+    }
+}
+
+/// The pricing context as L2 stores it (the hour-of-week table is rebuilt from its rules).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredContext {
+    rate: RateCard,
+    time_rules: Vec<TimeMultiplierRule>,
+    discounts: Vec<DiscountRule>,
+}
+
+fn count(layer: &'static str, kind: &'static str, result: &'static str) {
+    metrics::counter!("cache_requests_total", "layer" => layer, "kind" => kind, "result" => result)
+        .increment(1);
+}
+
+/// The L1 and L2 layers, each on its own connection.
+#[derive(Debug, Clone)]
+pub struct Caches {
+    l1: RedisLink,
+    l2: RedisLink,
+}
+
+impl Caches {
+    /// Opens one connection per layer.
+    pub async fn connect(config: &RedisConfig) -> anyhow::Result<Self> {
+        Ok(Caches {
+            l1: RedisLink::connect(config).await?,
+            l2: RedisLink::connect(config).await?,
+        })
+    }
+
+    /// Starts each layer's health probe (see [`RedisLink::spawn_probe`]).
+    pub fn spawn_probes(&self, shutdown: &tokio::sync::watch::Sender<bool>) {
+        self.l1.spawn_probe(shutdown.subscribe());
+        self.l2.spawn_probe(shutdown.subscribe());
+    }
+
+    /// Whether both layers' Redis answers.
+    pub fn is_up(&self) -> bool {
+        self.l1.is_up() && self.l2.is_up()
+    }
+
+    fn gen_key(&self, vehicle: &VehicleId) -> String {
+        self.l1.key(&format!("l1:gen:{vehicle}"))
+    }
+
+    async fn generation(&self, vehicle: &VehicleId) -> Option<u64> {
+        let key = self.gen_key(vehicle);
+        self.l1
+            .run("l1 generation", |mut c| async move {
+                c.get::<_, Option<u64>>(key).await
+            })
+            .await
+            .ok()
+            .map(|g| g.unwrap_or(0))
+    }
+
+    fn quote_key(&self, key: &QuoteKey<'_>, generation: u64) -> String {
+        self.l1.key(&format!(
+            "l1:q:{}:{generation}:{}",
+            key.vehicle,
+            key.digest()
+        ))
+    }
+
+    /// L1 lookup. Returns the cached quote and, on a miss, the generation to store under
+    /// (`None` when Redis is unusable: do not store).
+    pub async fn get_quote(&self, key: &QuoteKey<'_>) -> (Option<CachedQuote>, Option<u64>) {
+        let Some(generation) = self.generation(key.vehicle).await else {
+            count("l1", "quote", "error");
+            return (None, None);
+        };
+        let redis_key = self.quote_key(key, generation);
+        let raw = self
+            .l1
+            .run("l1 get", |mut c| async move {
+                c.get::<_, Option<Vec<u8>>>(redis_key).await
+            })
+            .await;
+        match raw {
+            Ok(Some(bytes)) => match serde_json::from_slice::<CachedQuote>(&bytes) {
+                Ok(quote) => {
+                    count("l1", "quote", "hit");
+                    (Some(quote), Some(generation))
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable L1 entry; recomputing");
+                    count("l1", "quote", "miss");
+                    (None, Some(generation))
+                }
+            },
+            Ok(None) => {
+                count("l1", "quote", "miss");
+                (None, Some(generation))
+            }
+            Err(_) => {
+                count("l1", "quote", "error");
+                (None, None)
+            }
+        }
+    }
+
+    /// Stores a quote under the generation read before computing it.
+    pub async fn put_quote(&self, key: &QuoteKey<'_>, generation: u64, quote: &CachedQuote) {
+        let Ok(bytes) = serde_json::to_vec(quote) else {
+            return;
+        };
+        let redis_key = self.quote_key(key, generation);
+        let _ = self
+            .l1
+            .run("l1 set", |mut c| async move {
+                c.set_ex::<_, _, ()>(redis_key, bytes, L1_TTL.as_secs())
+                    .await
+            })
+            .await;
+    }
+
+    /// Makes every cached quote of `vehicle` unreachable: called after a committed change.
+    pub async fn invalidate_vehicle(&self, vehicle: &VehicleId) {
+        let key = self.gen_key(vehicle);
+        let bumped = self
+            .l1
+            .run("l1 invalidate", |mut c| async move {
+                let generation: u64 = c.incr(&key, 1).await?;
+                // Outlive every entry of the previous generation.
+                c.expire::<_, ()>(&key, (L1_TTL.as_secs() * 10) as i64)
+                    .await?;
+                Ok(generation)
+            })
+            .await;
+        match bumped {
+            Ok(_) => metrics::counter!("cache_invalidations_total", "layer" => "l1").increment(1),
+            Err(e) => {
+                tracing::warn!(error = %e, %vehicle, "L1 invalidation failed; entries expire within 60 s")
+            }
+        }
+    }
+
+    fn pricing_key(&self, region: Region, class: &str) -> String {
+        self.l2
+            .key(&format!("l2:pricing:{}:{class}", region.code()))
+    }
+
+    /// The pricing context of a region and class: L2, else PostgreSQL (then stored in L2).
+    pub async fn pricing(
+        &self,
+        db: &PgPool,
+        region: Region,
+        class: &str,
+    ) -> ApiResult<PricingContext> {
+        let key = self.pricing_key(region, class);
+        let cached = self
+            .l2
+            .run("l2 get", |mut c| async move {
+                c.get::<_, Option<Vec<u8>>>(key).await
+            })
+            .await;
+        if let Ok(Some(bytes)) = &cached {
+            if let Ok(stored) = serde_json::from_slice::<StoredContext>(bytes) {
+                if let Ok(time_table) = HourOfWeekTable::from_rules(&stored.time_rules) {
+                    count("l2", "pricing", "hit");
+                    return Ok(PricingContext {
+                        rate: stored.rate,
+                        time_table,
+                        time_rules: stored.time_rules,
+                        discounts: stored.discounts,
+                    });
+                }
+            }
+        }
+        count(
+            "l2",
+            "pricing",
+            if cached.is_ok() { "miss" } else { "error" },
+        );
+        let mut conn = db.acquire().await?;
+        let ctx = pricing::context(&mut conn, region, class).await?;
+        drop(conn);
+        if cached.is_ok() {
+            self.store_pricing(region, class, &ctx).await;
+        }
+        Ok(ctx)
+    }
+
+    async fn store_pricing(&self, region: Region, class: &str, ctx: &PricingContext) {
+        let stored = StoredContext {
+            rate: ctx.rate.clone(),
+            time_rules: ctx.time_rules.clone(),
+            discounts: ctx.discounts.clone(),
+        };
+        let Ok(bytes) = serde_json::to_vec(&stored) else {
+            return;
+        };
+        let key = self.pricing_key(region, class);
+        let _ = self
+            .l2
+            .run("l2 set", |mut c| async move {
+                c.set_ex::<_, _, ()>(key, bytes, L2_PRICING_TTL.as_secs())
+                    .await
+            })
+            .await;
+    }
+
+    /// Drops a region's pricing contexts (after a pricing change).
+    pub async fn invalidate_pricing(&self, region: Region, classes: &[String]) {
+        let keys: Vec<String> = classes
+            .iter()
+            .map(|c| self.pricing_key(region, c))
+            .collect();
+        if keys.is_empty() {
+            return;
+        }
+        let _ = self
+            .l2
+            .run("l2 invalidate", |mut c| async move {
+                c.del::<_, ()>(keys).await
+            })
+            .await;
+    }
+
+    /// Cache warming at start: loads every served region's pricing contexts into L2.
+    pub async fn warm(&self, db: &PgPool, regions: &[Region]) -> anyhow::Result<usize> {
+        let codes: Vec<&str> = regions.iter().map(|r| r.code()).collect();
+        let pairs: Vec<(String, String)> =
+            sqlx::query_as("select region, class from base_rates where region = any($1)")
+                .bind(&codes)
+                .fetch_all(db)
+                .await?;
+        let mut warmed = 0;
+        for (region, class) in pairs {
+            let Ok(region) = region.parse::<Region>() else {
+                continue;
+            };
+            let mut conn = db.acquire().await?;
+            let ctx = pricing::context(&mut conn, region, &class)
+                .await
+                .map_err(|e| anyhow::anyhow!("warm {region} {class}: {e}"))?;
+            drop(conn);
+            self.store_pricing(region, &class, &ctx).await;
+            warmed += 1;
+        }
+        Ok(warmed)
+    }
+}

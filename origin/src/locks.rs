@@ -1,0 +1,359 @@
+//! Per-vehicle reservation locks: Redis when it answers, a PostgreSQL advisory lock when not.
+//!
+//! # What the lock is for — and what it is not
+//!
+//! "No double booking" is the exclusion constraint `bookings_no_overlap`, full stop. The lock
+//! only *serialises contenders on one vehicle* so that, when 200 people tap the same car, one
+//! runs its transaction and the others get a clean 409 within `LOCK_WAIT_MS` instead of
+//! queueing on the constraint's index and each burning a connection to learn the same thing.
+//! Whatever happens to the lock — it expires mid-write, Redis restarts and forgets it, two
+//! origins disagree about whether Redis is up — the constraint still holds, so every failure
+//! mode of the lock costs a wasted transaction, never a double booking.
+//!
+//! The lock is per *vehicle*, not per window: two holds on one car for different days also
+//! wait for each other. That is deliberate (a booking transaction is milliseconds, and a
+//! window-aware lock would be the constraint again); the second one waits up to
+//! `LOCK_WAIT_MS` and normally gets through.
+//!
+//! # Redis: `SET key token NX PX ttl`, released by compare-and-delete
+//!
+//! - `NX` makes taking the lock one atomic step: exactly one contender's SET succeeds.
+//! - `PX ttl` (`LOCK_TTL_MS`) bounds the damage of an owner that dies or hangs: the lock goes
+//!   away by itself.
+//! - The value is a fresh random token (UUIDv4) per attempt. Without it, an owner whose lock
+//!   already *expired* (slow transaction) would `DEL` the next owner's lock on its way out and
+//!   let a third contender in. So release is a Lua script — `if GET key == token then DEL` —
+//!   which Redis runs atomically: nobody can slip a SET between the check and the delete.
+//! - A contender that finds the key set retries every few milliseconds until `LOCK_WAIT_MS`
+//!   (0 = a single try), then gets a 409 `/problems/conflict`.
+//! - Release is explicit after commit/rollback; a lock dropped without release (handler
+//!   cancelled by the request deadline) is released by a spawned task, and failing that, by
+//!   its TTL.
+//!
+//! # Where in the request
+//!
+//! The lock is taken *inside* the booking transaction, right after the idempotency check
+//! ([`LockSlot::lock`]), not before it: a retry whose first attempt already committed must get
+//! its stored answer even while someone else holds the vehicle, and a duplicate racing its
+//! first attempt must get `idempotency-in-progress`, not "vehicle busy". The price is a pooled
+//! connection held for at most `LOCK_WAIT_MS` by a contender. The lock leaves the transaction's
+//! closure in a [`LockSlot`] so the handler releases it after commit or rollback.
+//!
+//! # Fallback: `pg_advisory_xact_lock` inside the booking transaction
+//!
+//! When Redis is down (see `redis_link.rs`: a dead Redis is detected once and then skipped, so
+//! it costs nothing per request), [`Locks::acquire`] returns a PostgreSQL lock, taken in the
+//! booking transaction before any booking row is touched ([`PgFence::enter`]) with
+//! `lock_timeout = LOCK_WAIT_MS`, so contenders fail just as fast (55P03 becomes the same 409).
+//! We chose the transaction-scoped advisory lock over a lease row in `reservation_locks`:
+//! the critical section is exactly one transaction, and an xact lock ends with it — it cannot
+//! leak, needs no expiry, sweeping or token, and writes nothing (no WAL, no dead tuples on the
+//! hot path). A lease row would only pay for itself if the lock had to outlive the
+//! transaction, which it does not. The key is the two-`int4` form
+//! `(LOCK_NAMESPACE, hashtext(vehicle id))`, a key space PostgreSQL keeps apart from the
+//! single-`bigint` keys the idempotency module uses; a hash collision between two vehicles only
+//! serialises them, harmlessly.
+
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use domain::ids::VehicleId;
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult};
+use crate::redis_link::{RedisLink, Unavailable};
+
+/// First half of the advisory-lock key: "lock" in ASCII, so `pg_locks` shows whose it is.
+pub const LOCK_NAMESPACE: i32 = 0x6c6f_636b;
+
+/// Compare-and-delete: only the holder of `token` may release.
+static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end",
+    )
+});
+
+/// How often a waiting contender retries the SET.
+const RETRY_EVERY: Duration = Duration::from_millis(5);
+
+fn busy(vehicle: &VehicleId) -> ApiError {
+    ApiError::Conflict(format!(
+        "vehicle {vehicle} is being booked by someone else right now; try again in a moment"
+    ))
+}
+
+/// The lock service: one per origin, cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Locks {
+    redis: RedisLink,
+    ttl: Duration,
+    wait: Duration,
+}
+
+impl Locks {
+    pub fn new(redis: RedisLink, ttl: Duration, wait: Duration) -> Self {
+        Locks { redis, ttl, wait }
+    }
+
+    /// Where locks are taken right now: `redis` or `postgres-fallback`.
+    pub fn backend(&self) -> &'static str {
+        if self.redis.is_up() {
+            "redis"
+        } else {
+            "postgres-fallback"
+        }
+    }
+
+    /// The Redis key of a vehicle's lock.
+    pub fn key(&self, vehicle: &VehicleId) -> String {
+        self.redis
+            .key(&format!("lock:vehicle:{}", vehicle.uuid.simple()))
+    }
+
+    /// Takes the vehicle's lock: a Redis lock, or — when Redis does not answer — a
+    /// [`VehicleLock`] whose [`PgFence`] the booking transaction must enter
+    /// ([`LockSlot::lock`] does both).
+    /// A lock held by someone else for longer than `LOCK_WAIT_MS` is a 409.
+    pub async fn acquire(&self, vehicle: &VehicleId) -> ApiResult<VehicleLock> {
+        let key = self.key(vehicle);
+        let token = Uuid::new_v4().to_string();
+        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        let deadline = Instant::now() + self.wait;
+        loop {
+            let set = redis::cmd("SET")
+                .arg(&key)
+                .arg(&token)
+                .arg("NX")
+                .arg("PX")
+                .arg(ttl_ms)
+                .clone();
+            let taken = self
+                .redis
+                .run("lock", |mut conn| async move {
+                    set.query_async::<Option<String>>(&mut conn).await
+                })
+                .await;
+            match taken {
+                Ok(Some(_)) => {
+                    metrics::counter!("vehicle_locks_total", "backend" => "redis", "outcome" => "acquired").increment(1);
+                    return Ok(VehicleLock {
+                        vehicle: *vehicle,
+                        held: Held::Redis {
+                            link: self.redis.clone(),
+                            key,
+                            token,
+                        },
+                        wait: self.wait,
+                    });
+                }
+                Ok(None) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        metrics::counter!("vehicle_locks_total", "backend" => "redis", "outcome" => "busy").increment(1);
+                        return Err(busy(vehicle));
+                    }
+                    tokio::time::sleep(RETRY_EVERY.min(deadline - now)).await;
+                }
+                Err(e) => {
+                    if !matches!(e, Unavailable::Down) {
+                        tracing::debug!(error = %e, %vehicle, "Redis lock failed; using PostgreSQL");
+                    }
+                    return Ok(VehicleLock {
+                        vehicle: *vehicle,
+                        held: Held::Postgres,
+                        wait: self.wait,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Releases the lock on `vehicle` if `token` still holds it. True when it did.
+    pub async fn release_token(
+        &self,
+        vehicle: &VehicleId,
+        token: &str,
+    ) -> Result<bool, Unavailable> {
+        release(&self.redis, &self.key(vehicle), token).await
+    }
+}
+
+async fn release(link: &RedisLink, key: &str, token: &str) -> Result<bool, Unavailable> {
+    let mut invocation = RELEASE.prepare_invoke();
+    invocation.key(key).arg(token);
+    let deleted: i64 = link
+        .run("unlock", |mut conn| async move {
+            invocation.invoke_async(&mut conn).await
+        })
+        .await?;
+    Ok(deleted == 1)
+}
+
+#[derive(Debug)]
+enum Held {
+    Redis {
+        link: RedisLink,
+        key: String,
+        token: String,
+    },
+    /// Redis was unavailable: the transaction takes an advisory lock instead.
+    Postgres,
+    Released,
+}
+
+/// A vehicle's lock for the duration of one booking transaction.
+#[derive(Debug)]
+pub struct VehicleLock {
+    vehicle: VehicleId,
+    held: Held,
+    wait: Duration,
+}
+
+impl VehicleLock {
+    /// `redis` or `postgres-fallback`.
+    pub fn backend(&self) -> &'static str {
+        match self.held {
+            Held::Postgres => "postgres-fallback",
+            _ => "redis",
+        }
+    }
+
+    /// The Redis token of this lock (None for the PostgreSQL fallback).
+    pub fn token(&self) -> Option<&str> {
+        match &self.held {
+            Held::Redis { token, .. } => Some(token),
+            _ => None,
+        }
+    }
+
+    /// What the booking transaction must do first: enter a PostgreSQL advisory lock when Redis
+    /// was unavailable, nothing otherwise. Plain data, so it moves into the transaction's
+    /// closure while the lock itself stays outside to be released after commit.
+    pub fn fence(&self) -> PgFence {
+        PgFence {
+            vehicle: matches!(self.held, Held::Postgres).then_some(self.vehicle),
+            wait: self.wait,
+        }
+    }
+
+    /// Releases a Redis lock (compare-and-delete). True when this owner still held it; false
+    /// when it had expired (or Redis lost it) — harmless, the database decided anyway.
+    pub async fn release(mut self) -> bool {
+        match std::mem::replace(&mut self.held, Held::Released) {
+            Held::Redis { link, key, token } => match release(&link, &key, &token).await {
+                Ok(released) => released,
+                Err(e) => {
+                    tracing::debug!(error = %e, "release vehicle lock; its TTL will");
+                    false
+                }
+            },
+            // The advisory lock ended with the transaction.
+            Held::Postgres | Held::Released => true,
+        }
+    }
+}
+
+impl Drop for VehicleLock {
+    /// A lock dropped without [`VehicleLock::release`] (the handler was cancelled) is released
+    /// in the background rather than left to its TTL.
+    fn drop(&mut self) {
+        if let Held::Redis { link, key, token } = std::mem::replace(&mut self.held, Held::Released)
+        {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move {
+                    let _ = release(&link, &key, &token).await;
+                });
+            }
+        }
+    }
+}
+
+/// Carries a [`VehicleLock`] out of the transaction's closure, so the handler can release it
+/// after the commit (or rollback) that `idempotency::run` performs.
+#[derive(Debug, Clone, Default)]
+pub struct LockSlot(Arc<Mutex<Option<VehicleLock>>>);
+
+impl LockSlot {
+    /// Inside the transaction, after the idempotency check: takes the vehicle's lock (Redis,
+    /// or PostgreSQL's advisory lock right here when Redis is unavailable) and keeps it in the
+    /// slot. A lock held by someone else past `LOCK_WAIT_MS` is a 409.
+    pub async fn lock(
+        &self,
+        locks: &Locks,
+        conn: &mut PgConnection,
+        vehicle: &VehicleId,
+    ) -> ApiResult<()> {
+        let lock = locks.acquire(vehicle).await?;
+        let fence = lock.fence();
+        if let Ok(mut slot) = self.0.lock() {
+            // A previous lock in the slot (none expected) is dropped, i.e. released.
+            *slot = Some(lock);
+        }
+        fence.enter(conn).await
+    }
+
+    /// Releases the lock in the slot, if any (after commit or rollback).
+    pub async fn release(&self) {
+        let lock = self.0.lock().ok().and_then(|mut slot| slot.take());
+        if let Some(lock) = lock {
+            lock.release().await;
+        }
+    }
+}
+
+/// The PostgreSQL side of a [`VehicleLock`]: empty when the lock is in Redis.
+#[derive(Debug, Clone, Copy)]
+pub struct PgFence {
+    vehicle: Option<VehicleId>,
+    wait: Duration,
+}
+
+impl PgFence {
+    /// Takes the vehicle's transaction-scoped advisory lock when Redis was unavailable, waiting
+    /// at most `LOCK_WAIT_MS`; a no-op when the Redis lock is held. Call it before the
+    /// transaction touches a booking; the lock ends with the commit or rollback.
+    pub async fn enter(self, conn: &mut PgConnection) -> ApiResult<()> {
+        let Some(vehicle) = self.vehicle else {
+            return Ok(());
+        };
+        let id = vehicle.uuid.to_string();
+        let taken = if self.wait.is_zero() {
+            sqlx::query_scalar::<_, bool>("select pg_try_advisory_xact_lock($1, hashtext($2))")
+                .bind(LOCK_NAMESPACE)
+                .bind(&id)
+                .fetch_one(&mut *conn)
+                .await?
+        } else {
+            // lock_timeout bounds the wait (0 would mean forever); it is restored right after,
+            // so the rest of the transaction (the constraint check) waits as usual.
+            let ms = self.wait.as_millis();
+            sqlx::query(&format!("set local lock_timeout = '{ms}ms'"))
+                .execute(&mut *conn)
+                .await?;
+            let locked = sqlx::query("select pg_advisory_xact_lock($1, hashtext($2))")
+                .bind(LOCK_NAMESPACE)
+                .bind(&id)
+                .execute(&mut *conn)
+                .await;
+            match locked {
+                Ok(_) => {
+                    sqlx::query("set local lock_timeout to default")
+                        .execute(&mut *conn)
+                        .await?;
+                    true
+                }
+                // lock_not_available: someone else holds it past our wait.
+                Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("55P03") => false,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        metrics::counter!("vehicle_locks_total", "backend" => "postgres", "outcome" => if taken { "acquired" } else { "busy" })
+            .increment(1);
+        if taken {
+            Ok(())
+        } else {
+            Err(busy(&vehicle))
+        }
+    }
+}

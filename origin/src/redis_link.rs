@@ -1,0 +1,223 @@
+//! The origin's one Redis connection, and whether Redis is usable right now.
+//!
+//! Redis is an accelerator here, never a dependency: the vehicle locks (`locks.rs`) and the
+//! GEO availability index (`availability.rs`) both have a PostgreSQL fallback. This module's
+//! job is to make a dead Redis *cheap*:
+//!
+//! - Every command, connecting included, is bounded by `REDIS_COMMAND_TIMEOUT_MS`.
+//! - The first connection-class failure (refused, dropped, timed out) marks Redis **down**:
+//!   logged once, counted (`redis_degradations_total`, gauge `redis_up`). While it is down
+//!   callers do not even try it — [`RedisLink::run`] answers [`Unavailable::Down`] at once —
+//!   so a booking never pays a timeout per request.
+//! - A background probe PINGs every second, whatever the state. An answer marks Redis **up**
+//!   again (logged once) and bumps a generation that the availability task watches: a Redis
+//!   that comes back may have come back *empty*, so the index is rebuilt at once.
+//!
+//! The connection is one `ConnectionManager` (a multiplexed connection that reconnects by
+//! itself), created lazily so the origin starts, degraded, when Redis is not there.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::watch;
+
+use crate::config::RedisConfig;
+
+/// Resolves when `shutdown` turns true (or its sender is gone). Returns nothing, so no
+/// (non-`Send`) borrow of the channel is held across an await by the caller.
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// How often the probe PINGs Redis.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why a Redis call did not produce an answer. Callers fall back to PostgreSQL on any of them.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    /// Redis was already known to be down; nothing was sent.
+    #[error("Redis is down (degraded mode)")]
+    Down,
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("Redis error: {0}")]
+    Command(#[from] redis::RedisError),
+}
+
+/// A cloneable handle to Redis with its health.
+#[derive(Clone)]
+pub struct RedisLink(Arc<Inner>);
+
+struct Inner {
+    conn: ConnectionManager,
+    prefix: String,
+    timeout: Duration,
+    up: AtomicBool,
+    degradations: AtomicU64,
+    /// Bumped each time Redis comes back after being down.
+    recoveries: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for RedisLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLink")
+            .field("prefix", &self.0.prefix)
+            .field("up", &self.is_up())
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisLink {
+    /// Creates the (lazy) connection and PINGs once, so the state is known before serving.
+    /// Fails only on a malformed URL: an unreachable Redis gives a link marked down.
+    pub async fn connect(config: &RedisConfig) -> anyhow::Result<Self> {
+        let client = redis::Client::open(config.url()).context("parse REDIS_URL")?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.command_timeout))
+            .set_response_timeout(Some(config.command_timeout))
+            // One quick retry per reconnection; the probe drives recovery, not the manager.
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(10))
+            .set_max_delay(Duration::from_millis(100));
+        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
+            .context("create the Redis connection manager")?;
+        let (recoveries, _) = watch::channel(0);
+        let link = RedisLink(Arc::new(Inner {
+            conn,
+            prefix: config.key_prefix.clone(),
+            timeout: config.command_timeout,
+            up: AtomicBool::new(true),
+            degradations: AtomicU64::new(0),
+            recoveries,
+        }));
+        metrics::gauge!("redis_up").set(1.0);
+        link.probe().await;
+        Ok(link)
+    }
+
+    /// The full key for `rest`: the configured prefix, then `rest`.
+    pub fn key(&self, rest: &str) -> String {
+        format!("{}{rest}", self.0.prefix)
+    }
+
+    /// The configured key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.0.prefix
+    }
+
+    /// Whether Redis answered last time we asked.
+    pub fn is_up(&self) -> bool {
+        self.0.up.load(Ordering::SeqCst)
+    }
+
+    /// How many times Redis went down since start.
+    pub fn degradations(&self) -> u64 {
+        self.0.degradations.load(Ordering::SeqCst)
+    }
+
+    /// A receiver that changes each time Redis comes back after being down.
+    pub fn recoveries(&self) -> watch::Receiver<u64> {
+        self.0.recoveries.subscribe()
+    }
+
+    /// Runs `f` on the connection, bounded by the command timeout. Skips Redis entirely
+    /// while it is down; a connection-class failure marks it down.
+    pub async fn run<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, Unavailable>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        if !self.is_up() {
+            return Err(Unavailable::Down);
+        }
+        self.run_even_if_down(what, f).await
+    }
+
+    async fn run_even_if_down<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, Unavailable>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        match tokio::time::timeout(self.0.timeout, f(self.0.conn.clone())).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                if e.is_io_error()
+                    || e.is_connection_refusal()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || e.is_unrecoverable_error()
+                {
+                    self.mark_down(what, &e.to_string());
+                } else {
+                    tracing::warn!(error = %e, what, "Redis command failed");
+                }
+                Err(Unavailable::Command(e))
+            }
+            Err(_) => {
+                self.mark_down(what, "timeout");
+                Err(Unavailable::Timeout(self.0.timeout))
+            }
+        }
+    }
+
+    fn mark_down(&self, what: &'static str, error: &str) {
+        if self.0.up.swap(false, Ordering::SeqCst) {
+            self.0.degradations.fetch_add(1, Ordering::SeqCst);
+            metrics::gauge!("redis_up").set(0.0);
+            metrics::counter!("redis_degradations_total").increment(1);
+            tracing::warn!(
+                error,
+                what,
+                "Redis unreachable: vehicle locks fall back to PostgreSQL advisory locks and \
+                 search to the PostgreSQL bounding box until it answers again"
+            );
+        }
+    }
+
+    fn mark_up(&self) {
+        if !self.0.up.swap(true, Ordering::SeqCst) {
+            metrics::gauge!("redis_up").set(1.0);
+            self.0.recoveries.send_modify(|n| *n += 1);
+            tracing::info!("Redis is back: vehicle locks and the GEO index use it again");
+        }
+    }
+
+    /// One PING, whatever the current state; updates the state. True when Redis answered.
+    pub async fn probe(&self) -> bool {
+        let pong = self
+            .run_even_if_down("ping", |mut conn| async move {
+                redis::cmd("PING").query_async::<String>(&mut conn).await
+            })
+            .await;
+        match pong {
+            Ok(_) => {
+                self.mark_up();
+                true
+            }
+            Err(e) => {
+                // A non-connection error to PING still means we cannot use it.
+                self.mark_down("ping", &e.to_string());
+                false
+            }
+        }
+    }
+
+    /// PINGs every [`PROBE_INTERVAL`] until shutdown, so the state follows Redis both ways.
+    pub fn spawn_probe(&self, mut shutdown: watch::Receiver<bool>) {
+        let link = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PROBE_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => { link.probe().await; }
+                    _ = stopped(&mut shutdown) => break,
+                }
+            }
+        });
+    }
+}

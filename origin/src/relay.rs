@@ -1,0 +1,672 @@
+//! The outbox relay: publishes committed `outbox` rows to Kafka, in order per vehicle.
+//!
+//! Every state change already wrote its events into `outbox` in the same transaction as the
+//! booking (see [`crate::events`]), so nothing uncommitted can reach the broker. The relay's
+//! job is the other half of the promise: nothing committed is lost, and one vehicle's events
+//! reach consumers in the order they were written, even with several origin instances running
+//! a relay at once.
+//!
+//! # Delivery
+//!
+//! Each row becomes one record on its topic, keyed by `partition_key` (the vehicle's public id,
+//! so within a topic a vehicle's events share a partition and keep their order), with the
+//! payload JSON as value and two headers: `event_id`, and `sequence`, the row's outbox id
+//! (within one vehicle a higher sequence is a later event, also across topics, where the
+//! broker gives no order). The producer is librdkafka's *idempotent* producer
+//! (`enable.idempotence`, `acks=all`, at most 5 requests in flight): its retries after a lost
+//! acknowledgement are dropped by the broker by sequence number, and records of one partition
+//! are never reordered. A row gets `published_at` only after the broker acknowledged it, in
+//! the same transaction that selected it. If that commit fails after the acknowledgement, the
+//! row is sent again later: delivery is at-least-once, and consumers drop repeats by
+//! `event_id`.
+//!
+//! # Ordering across relays: lanes
+//!
+//! Rows are split into `lanes` by `abs(hashtext(partition_key)) % lanes`, so all events of
+//! one vehicle fall into one lane. An instance works on a lane only while it holds the
+//! session-level advisory lock `(LOCK_NAMESPACE, lane)` on a dedicated connection (outside
+//! the pool, so the lock lives exactly as long as that session: if the instance dies, the
+//! server ends the session and another instance takes the lane over). Within a lane, a batch
+//! is `select … where published_at is null order by id limit B for update`; it is sent in
+//! `id` order, every delivery is awaited, and the acknowledged rows are marked in one
+//! `update` before the transaction commits. So at most one relay publishes a vehicle's events
+//! at any time, in `id` order, and the next batch starts only after the previous one is
+//! settled.
+//!
+//! Deviation from the usual `for update skip locked`: skipping a locked row would let a later
+//! row of the same vehicle overtake it if two relays ever overlapped on a lane (say, a lock
+//! session dropped by the network while its batch was in flight). A plain `for update` makes
+//! the newcomer wait for that batch to commit and then re-read the rows, which are by then
+//! published. Each batch also checks, in its own transaction, that its instance still holds
+//! the lane's lock.
+//!
+//! A lane is held for a lease ([`RelaySettings::lane_lease`]) and then released between batches, so that
+//! lanes spread over the instances that are running instead of staying with whichever
+//! started first.
+//!
+//! `id` order is the order of the events of one booking (its row is locked by every change)
+//! and of overlapping bookings of one vehicle (the exclusion constraint makes the second wait
+//! for the first to commit). Two *independent* transactions on one vehicle (different,
+//! non-overlapping windows) may commit in the opposite order of their ids; the relay then
+//! publishes them in commit order, never skipping the row that committed late.
+//!
+//! # When the broker is away
+//!
+//! librdkafka keeps retrying a batch for up to [`RelaySettings::delivery_timeout`]; past it
+//! the unacknowledged rows stay unpublished and the relay backs off exponentially (from the
+//! poll interval up to [`MAX_BACKOFF`], with jitter) and tries again from the oldest row. The
+//! outbox simply grows meanwhile and drains once the broker is back. Topics are created at
+//! start through the admin API (the broker may not auto-create them); "already exists" is
+//! fine.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rand::Rng;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::events::Topic;
+
+/// First key of the relay's advisory locks (`pg_try_advisory_lock(LOCK_NAMESPACE, lane)`);
+/// "OBRX", for outbox relay, so it cannot collide with other advisory locks of the schema.
+pub const LOCK_NAMESPACE: i32 = 0x4f42_5258;
+/// Longest pause between retries while the broker or the database is away.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long a batch in flight may still finish once a stop was asked for.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How often the backlog gauge is refreshed.
+const BACKLOG_EVERY: Duration = Duration::from_secs(10);
+
+/// What a relay needs to know.
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// Kafka bootstrap servers (`host:port,...`).
+    pub brokers: String,
+    /// Partitions of each topic when the relay creates it.
+    pub topic_partitions: i32,
+    /// Rows per batch (one transaction, one round of deliveries).
+    pub batch: i64,
+    /// Number of lanes the outbox is split into (the unit of ownership between instances).
+    pub lanes: i32,
+    /// Pause when there is nothing to publish.
+    pub poll: Duration,
+    /// How long librdkafka retries one record before the batch gives up (`message.timeout.ms`).
+    pub delivery_timeout: Duration,
+    /// How long an instance keeps a lane before releasing it for others (between batches).
+    pub lane_lease: Duration,
+}
+
+impl RelaySettings {
+    /// Settings with the documented defaults for `brokers`.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        RelaySettings {
+            brokers: brokers.into(),
+            topic_partitions: 3,
+            batch: 200,
+            lanes: 8,
+            poll: Duration::from_millis(200),
+            delivery_timeout: Duration::from_secs(30),
+            lane_lease: Duration::from_secs(15),
+        }
+    }
+
+    /// The relay's settings, or `None` when `KAFKA_BROKERS` is not set (relay disabled).
+    pub fn from_config(config: &Config) -> Option<Self> {
+        let brokers = config.kafka_brokers.clone()?;
+        Some(RelaySettings {
+            topic_partitions: config.kafka_topic_partitions,
+            batch: config.relay_batch,
+            lanes: config.relay_lanes,
+            poll: config.relay_poll,
+            ..RelaySettings::new(brokers)
+        })
+    }
+}
+
+/// Runs one relay instance until `stop` turns true (or its sender is dropped).
+///
+/// Several instances, in one process or many, may run against the same database: the lanes'
+/// advisory locks keep each vehicle's events with one of them at a time.
+pub fn spawn_relay(
+    pool: PgPool,
+    settings: RelaySettings,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(Relay::new(pool, settings).run(stop))
+}
+
+/// Creates every outbox topic; topics that already exist are fine.
+pub async fn create_topics(brokers: &str, partitions: i32) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("create the Kafka admin client")?;
+    let topics: Vec<NewTopic<'_>> = Topic::ALL
+        .iter()
+        .map(|t| NewTopic::new(t.as_str(), partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new()
+        .request_timeout(Some(Duration::from_secs(10)))
+        .operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(&topics, &options)
+        .await
+        .context("create the outbox topics")?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => anyhow::bail!("create topic {name}: {code}"),
+        }
+    }
+    Ok(())
+}
+
+/// The idempotent producer the relay publishes with.
+fn producer(settings: &RelaySettings) -> anyhow::Result<FutureProducer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", &settings.brokers)
+        .set("client.id", "booking-origin-outbox-relay")
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("max.in.flight.requests.per.connection", "5")
+        .set(
+            "message.timeout.ms",
+            settings.delivery_timeout.as_millis().to_string(),
+        )
+        .set("retry.backoff.ms", "100")
+        .set("retry.backoff.max.ms", "1000")
+        .set("reconnect.backoff.ms", "100")
+        .set("reconnect.backoff.max.ms", "2000")
+        .set("linger.ms", "5")
+        // Java clients' partitioner, so every client maps a vehicle to the same partition.
+        .set("partitioner", "murmur2_random")
+        .create()
+        .context("create the Kafka producer")
+}
+
+/// Exponential backoff with jitter: `poll, 2·poll, 4·poll, …` up to [`MAX_BACKOFF`], each
+/// pause drawn from the upper half of the step so relays that failed together spread out.
+#[derive(Debug)]
+struct Backoff {
+    base: Duration,
+    step: u32,
+}
+
+impl Backoff {
+    fn new(base: Duration) -> Self {
+        Backoff { base, step: 0 }
+    }
+
+    fn reset(&mut self) {
+        self.step = 0;
+    }
+
+    fn next_pause(&mut self) -> Duration {
+        let full = self
+            .base
+            .saturating_mul(1u32 << self.step.min(16))
+            .min(MAX_BACKOFF);
+        self.step = self.step.saturating_add(1);
+        let half = full / 2;
+        half + rand::thread_rng().gen_range(Duration::ZERO..=half)
+    }
+}
+
+/// The relay's session holding the lanes' advisory locks.
+#[derive(Debug)]
+struct LockSession {
+    conn: PgConnection,
+    pid: i32,
+}
+
+/// One unpublished outbox row.
+#[derive(Debug, sqlx::FromRow)]
+struct OutboxRow {
+    id: i64,
+    event_id: Uuid,
+    topic: String,
+    partition_key: String,
+    payload: String,
+}
+
+/// The batch's instance no longer holds the lane (its lock session ended).
+#[derive(Debug, thiserror::Error)]
+#[error("the relay no longer holds lane {0}")]
+struct LaneLost(i32);
+
+struct Relay {
+    pool: PgPool,
+    settings: RelaySettings,
+    producer: Option<FutureProducer>,
+    session: Option<LockSession>,
+    /// Lanes held, with when they were taken (for the lease).
+    held: BTreeMap<i32, Instant>,
+    /// Lanes released by lease, with when: not taken again for a moment, so others can.
+    released: BTreeMap<i32, Instant>,
+    last_backlog: Option<Instant>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay")
+            .field("settings", &self.settings)
+            .field("held", &self.held.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Resolves once a stop is asked for (or nobody can ask any more).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // The `Ref` is dropped here, not held across the caller's awaits.
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Waits `pause` unless a stop comes first; true when stopping.
+async fn sleep_or_stop(pause: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => {}
+        _ = stopped(stop) => return true,
+    }
+    *stop.borrow()
+}
+
+impl Relay {
+    fn new(pool: PgPool, settings: RelaySettings) -> Self {
+        Relay {
+            pool,
+            settings,
+            producer: None,
+            session: None,
+            held: BTreeMap::new(),
+            released: BTreeMap::new(),
+            last_backlog: None,
+        }
+    }
+
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        tracing::info!(
+            brokers = %self.settings.brokers,
+            lanes = self.settings.lanes,
+            batch = self.settings.batch,
+            "outbox relay starting"
+        );
+        let mut backoff = Backoff::new(self.settings.poll);
+        loop {
+            if *stop.borrow() {
+                return self.shutdown().await;
+            }
+            match create_topics(&self.settings.brokers, self.settings.topic_partitions).await {
+                Ok(()) => break,
+                Err(e) => {
+                    metrics::counter!("outbox_relay_errors_total", "stage" => "topics")
+                        .increment(1);
+                    let pause = backoff.next_pause();
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        ?pause,
+                        "outbox relay: topics not created yet; retrying"
+                    );
+                    if sleep_or_stop(pause, &mut stop).await {
+                        return self.shutdown().await;
+                    }
+                }
+            }
+        }
+        backoff.reset();
+        let mut failing = false;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            let pause = match self.pass(&mut stop).await {
+                Ok(more) => {
+                    if failing {
+                        tracing::info!("outbox relay: publishing again");
+                        failing = false;
+                    }
+                    backoff.reset();
+                    if more {
+                        Duration::ZERO
+                    } else {
+                        self.settings.poll
+                    }
+                }
+                Err(e) => {
+                    metrics::counter!("outbox_relay_errors_total", "stage" => "publish")
+                        .increment(1);
+                    let pause = backoff.next_pause();
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        ?pause,
+                        "outbox relay: pass failed; backing off"
+                    );
+                    failing = true;
+                    self.recover(&e).await;
+                    pause
+                }
+            };
+            if !pause.is_zero() && sleep_or_stop(pause, &mut stop).await {
+                break;
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// One round over the lanes: take free lanes, publish one batch in each held lane,
+    /// release lanes whose lease ran out. Returns whether a lane may have more rows waiting.
+    async fn pass(&mut self, stop: &mut watch::Receiver<bool>) -> anyhow::Result<bool> {
+        self.acquire_lanes().await?;
+        self.refresh_backlog().await;
+        if self.producer.is_none() {
+            self.producer = Some(producer(&self.settings)?);
+        }
+        let (Some(producer), Some(session)) = (&self.producer, &self.session) else {
+            return Ok(false);
+        };
+        let pid = session.pid;
+        let mut more = false;
+        let lanes: Vec<i32> = self.held.keys().copied().collect();
+        for lane in lanes {
+            if *stop.borrow() {
+                break;
+            }
+            let work = publish_batch(&self.pool, producer, &self.settings, pid, lane);
+            tokio::pin!(work);
+            let sent = tokio::select! {
+                r = &mut work => r,
+                _ = stopped(stop) => tokio::time::timeout(STOP_GRACE, &mut work)
+                    .await
+                    .context("stopped while a batch was in flight; it will be sent again")?,
+            };
+            match sent {
+                Ok(n) => more |= n as i64 >= self.settings.batch,
+                Err(e) => {
+                    if let Some(LaneLost(lane)) = e.downcast_ref::<LaneLost>() {
+                        self.held.remove(lane);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.release_leases().await?;
+        Ok(more)
+    }
+
+    /// Opens the lock session if needed and tries to take every lane nobody holds.
+    async fn acquire_lanes(&mut self) -> anyhow::Result<()> {
+        if self.session.is_none() {
+            let options = self.pool.connect_options();
+            let mut conn = PgConnection::connect_with(&options)
+                .await
+                .context("open the relay's lock session")?;
+            let pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
+                .fetch_one(&mut conn)
+                .await
+                .context("read the lock session's pid")?;
+            self.session = Some(LockSession { conn, pid });
+            self.held.clear();
+        }
+        let Some(session) = self.session.as_mut() else {
+            return Ok(());
+        };
+        let lanes = self.settings.lanes;
+        let start = rand::thread_rng().gen_range(0..lanes);
+        let cool_down = self.settings.poll * 3;
+        self.released.retain(|_, at| at.elapsed() < cool_down);
+        for i in 0..lanes {
+            let lane = (start + i) % lanes;
+            if self.held.contains_key(&lane) || self.released.contains_key(&lane) {
+                continue;
+            }
+            let taken: bool = sqlx::query_scalar("select pg_try_advisory_lock($1, $2)")
+                .bind(LOCK_NAMESPACE)
+                .bind(lane)
+                .fetch_one(&mut session.conn)
+                .await
+                .context("try a lane's advisory lock")?;
+            if taken {
+                tracing::debug!(lane, "outbox relay took a lane");
+                self.held.insert(lane, Instant::now());
+            }
+        }
+        metrics::gauge!("outbox_relay_lanes_held").set(self.held.len() as f64);
+        Ok(())
+    }
+
+    /// Releases the lanes held longer than the lease (between batches: nothing in flight).
+    async fn release_leases(&mut self) -> anyhow::Result<()> {
+        let Some(session) = self.session.as_mut() else {
+            return Ok(());
+        };
+        let lease = self.settings.lane_lease;
+        let expired: Vec<i32> = self
+            .held
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= lease)
+            .map(|(lane, _)| *lane)
+            .collect();
+        for lane in expired {
+            sqlx::query("select pg_advisory_unlock($1, $2)")
+                .bind(LOCK_NAMESPACE)
+                .bind(lane)
+                .execute(&mut session.conn)
+                .await
+                .context("release a lane's advisory lock")?;
+            self.held.remove(&lane);
+            self.released.insert(lane, Instant::now());
+        }
+        Ok(())
+    }
+
+    /// After a failed pass: drop what may be broken, so the next pass starts clean.
+    async fn recover(&mut self, error: &anyhow::Error) {
+        if let Some(producer) = &self.producer {
+            if let Some((code, reason)) = producer.client().fatal_error() {
+                tracing::warn!(%code, reason, "outbox relay: producer failed fatally; recreating it");
+                self.producer = None;
+            }
+        }
+        let alive = match self.session.as_mut() {
+            Some(session) => tokio::time::timeout(
+                Duration::from_secs(2),
+                sqlx::query("select 1").execute(&mut session.conn),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok()),
+            None => true,
+        };
+        if !alive {
+            tracing::warn!(
+                error = format!("{error:#}"),
+                "outbox relay: lock session lost; its lanes are free for others"
+            );
+            self.session = None;
+            self.held.clear();
+        }
+    }
+
+    /// Sets the backlog gauge now and then (a count over the partial index of unpublished rows).
+    async fn refresh_backlog(&mut self) {
+        if self
+            .last_backlog
+            .is_some_and(|at| at.elapsed() < BACKLOG_EVERY)
+        {
+            return;
+        }
+        self.last_backlog = Some(Instant::now());
+        let count: Result<i64, _> =
+            sqlx::query_scalar("select count(*) from outbox where published_at is null")
+                .fetch_one(&self.pool)
+                .await;
+        if let Ok(count) = count {
+            metrics::gauge!("outbox_unpublished_rows").set(count as f64);
+        }
+    }
+
+    /// Closes the lock session (the server releases its locks at once) and flushes.
+    async fn shutdown(mut self) {
+        if let Some(producer) = self.producer.take() {
+            let _ =
+                tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(2))).await;
+        }
+        if let Some(session) = self.session.take() {
+            let _ = session.conn.close().await;
+        }
+        tracing::info!("outbox relay stopped");
+    }
+}
+
+/// Publishes the oldest unpublished rows of `lane`, in `id` order, and marks those the broker
+/// acknowledged. Returns how many rows the batch held.
+async fn publish_batch(
+    pool: &PgPool,
+    producer: &FutureProducer,
+    settings: &RelaySettings,
+    lock_pid: i32,
+    lane: i32,
+) -> anyhow::Result<usize> {
+    let mut tx = pool.begin().await.context("begin a relay batch")?;
+    // objsubid 2: the lock was taken with two int4 keys (classid = first, objid = second).
+    let holds: bool = sqlx::query_scalar(
+        "select exists (select 1 from pg_locks
+                         where locktype = 'advisory' and pid = $1 and granted and objsubid = 2
+                           and classid::int8 = $2 and objid::int8 = $3)",
+    )
+    .bind(lock_pid)
+    .bind(i64::from(LOCK_NAMESPACE))
+    .bind(i64::from(lane))
+    .fetch_one(&mut *tx)
+    .await
+    .context("check the lane's lock")?;
+    if !holds {
+        return Err(LaneLost(lane).into());
+    }
+    // `::int8` before `abs`: abs(int4 minimum) would overflow.
+    let rows: Vec<OutboxRow> = sqlx::query_as(
+        "select id, event_id, topic, partition_key, payload::text as payload
+           from outbox
+          where published_at is null and abs(hashtext(partition_key)::int8) % $1 = $2
+          order by id
+          limit $3
+            for update",
+    )
+    .bind(i64::from(settings.lanes))
+    .bind(i64::from(lane))
+    .bind(settings.batch)
+    .fetch_all(&mut *tx)
+    .await
+    .context("select a batch of outbox rows")?;
+    if rows.is_empty() {
+        return Ok(0);
+    }
+
+    // Enqueue in id order: the idempotent producer keeps that order per partition.
+    let mut pending = Vec::with_capacity(rows.len());
+    let mut enqueue_error = None;
+    for row in &rows {
+        let event_id = row.event_id.to_string();
+        let sequence = row.id.to_string();
+        let mut record = FutureRecord::to(&row.topic)
+            .key(&row.partition_key)
+            .payload(&row.payload)
+            .headers(
+                OwnedHeaders::new()
+                    .insert(Header {
+                        key: "event_id",
+                        value: Some(event_id.as_str()),
+                    })
+                    .insert(Header {
+                        key: "sequence",
+                        value: Some(sequence.as_str()),
+                    }),
+            );
+        loop {
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    pending.push((row.id, delivery));
+                    break;
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err((e, _)) => {
+                    enqueue_error = Some(e);
+                    break;
+                }
+            }
+        }
+        if enqueue_error.is_some() {
+            break;
+        }
+    }
+
+    let mut acked = Vec::with_capacity(pending.len());
+    let mut first_failure = None;
+    for (id, delivery) in pending {
+        match delivery.await {
+            Ok(Ok(_)) => acked.push(id),
+            Ok(Err((e, _))) => {
+                first_failure.get_or_insert_with(|| format!("row {id}: {e}"));
+            }
+            Err(_) => {
+                first_failure.get_or_insert_with(|| format!("row {id}: delivery dropped"));
+            }
+        }
+    }
+    if !acked.is_empty() {
+        sqlx::query("update outbox set published_at = now() where id = any($1)")
+            .bind(&acked)
+            .execute(&mut *tx)
+            .await
+            .context("mark outbox rows published")?;
+    }
+    tx.commit().await.context("commit a relay batch")?;
+    metrics::counter!("outbox_relay_published_total").increment(acked.len() as u64);
+    tracing::debug!(lane, published = acked.len(), "outbox relay batch");
+
+    if let Some(e) = enqueue_error {
+        return Err(e).context("enqueue an outbox record");
+    }
+    if let Some(failure) = first_failure {
+        anyhow::bail!(
+            "{} of {} records not acknowledged (first: {failure})",
+            rows.len() - acked.len(),
+            rows.len()
+        );
+    }
+    Ok(rows.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_and_stays_in_the_upper_half_of_each_step() {
+        let mut backoff = Backoff::new(Duration::from_millis(200));
+        let mut full = Duration::from_millis(200);
+        for _ in 0..12 {
+            let pause = backoff.next_pause();
+            assert!(
+                pause >= full / 2 && pause <= full,
+                "{pause:?} for step {full:?}"
+            );
+            full = (full * 2).min(MAX_BACKOFF);
+        }
+        backoff.reset();
+        assert!(backoff.next_pause() <= Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,615 @@
+//! Events reach Kafka through the transactional outbox: every committed state change once, in
+//! order per vehicle, nothing lost while the broker is away, no event twice with two relays.
+//!
+//! The shared broker (`KAFKA_BROKERS`, started by `scripts/broker.sh`) keeps its topics across
+//! tests and runs, so a test reads the topics from the beginning with a group of its own and
+//! keeps only the events whose ids are in its own database's outbox. The broker-restart test
+//! runs a tansu of its own, on a free port with its own data directory, so it can kill it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use e2e::*;
+use futures_util::future::try_join_all;
+use origin::events::Topic;
+use origin::relay::{spawn_relay, RelaySettings, LOCK_NAMESPACE};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// The shared broker; its absence fails the test (CI sets it), it is never skipped.
+fn shared_brokers() -> TestResult<String> {
+    std::env::var("KAFKA_BROKERS")
+        .ok()
+        .filter(|b| !b.trim().is_empty())
+        .context(
+            "KAFKA_BROKERS is not set: the event tests need a Kafka-protocol broker \
+             (run `bash scripts/broker.sh` and `export KAFKA_BROKERS=127.0.0.1:9092`; \
+             scripts/test.sh does both)",
+        )
+}
+
+/// One row of this test's outbox.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct OutboxRow {
+    id: i64,
+    event_id: Uuid,
+    topic: String,
+    partition_key: String,
+}
+
+async fn outbox(pool: &PgPool) -> TestResult<Vec<OutboxRow>> {
+    Ok(
+        sqlx::query_as("select id, event_id, topic, partition_key from outbox order by id")
+            .fetch_all(pool)
+            .await?,
+    )
+}
+
+async fn unpublished(pool: &PgPool) -> TestResult<i64> {
+    Ok(
+        sqlx::query_scalar("select count(*) from outbox where published_at is null")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// Waits (bounded) until every outbox row has `published_at`.
+async fn wait_until_published(pool: &PgPool, within: Duration) -> TestResult {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = unpublished(pool).await?;
+        if left == 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{left} outbox rows still unpublished after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One record read from the broker.
+#[derive(Debug, Clone)]
+struct Received {
+    event_id: Uuid,
+    topic: String,
+    key: String,
+    partition: i32,
+    offset: i64,
+    sequence: i64,
+    payload: Value,
+}
+
+fn header<'a>(message: &'a impl Message, name: &str) -> Option<&'a str> {
+    let headers = message.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// Reads every topic from the beginning (a consumer of its own) until each `wanted` event
+/// was seen, then for `quiet` more to catch late duplicates. Bounded by `within`.
+async fn consume(
+    brokers: &str,
+    wanted: &HashSet<Uuid>,
+    within: Duration,
+    quiet: Duration,
+) -> TestResult<Vec<Received>> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("e2e-events-{}", Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        // The relay does not use transactions: nothing to hide from this consumer.
+        .set("isolation.level", "read_uncommitted")
+        .set("topic.metadata.refresh.interval.ms", "1000")
+        .create()
+        .context("create the test consumer")?;
+    // Every partition of every topic, from the beginning. Assigned, not subscribed: the
+    // group protocol's join and rebalance would only add seconds to each test.
+    let mut partitions = TopicPartitionList::new();
+    for topic in Topic::ALL {
+        let metadata = consumer
+            .fetch_metadata(Some(topic.as_str()), Duration::from_secs(10))
+            .with_context(|| format!("metadata of {}", topic.as_str()))?;
+        for t in metadata.topics() {
+            anyhow::ensure!(
+                !t.partitions().is_empty(),
+                "topic {} has no partitions",
+                t.name()
+            );
+            for p in t.partitions() {
+                partitions
+                    .add_partition_offset(t.name(), p.id(), Offset::Beginning)
+                    .context("add a partition")?;
+            }
+        }
+    }
+    consumer.assign(&partitions).context("assign partitions")?;
+
+    let deadline = Instant::now() + within;
+    let mut quiet_until: Option<Instant> = None;
+    let mut seen = HashSet::new();
+    let mut received = Vec::new();
+    let mut last_error = None;
+    loop {
+        let now = Instant::now();
+        let until = quiet_until.unwrap_or(deadline).min(deadline);
+        if now >= until {
+            break;
+        }
+        let message = match tokio::time::timeout(until - now, consumer.recv()).await {
+            Err(_) => break,
+            Ok(Err(e)) => {
+                last_error = Some(e.to_string());
+                continue;
+            }
+            Ok(Ok(m)) => m,
+        };
+        let Some(event_id) = header(&message, "event_id").and_then(|v| Uuid::try_parse(v).ok())
+        else {
+            continue;
+        };
+        if !wanted.contains(&event_id) {
+            continue;
+        }
+        let payload: Value = message
+            .payload()
+            .map(serde_json::from_slice)
+            .transpose()
+            .context("payload is JSON")?
+            .unwrap_or(Value::Null);
+        received.push(Received {
+            event_id,
+            topic: message.topic().to_owned(),
+            key: message
+                .key()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+                .unwrap_or_default(),
+            partition: message.partition(),
+            offset: message.offset(),
+            sequence: header(&message, "sequence")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(-1),
+            payload,
+        });
+        seen.insert(event_id);
+        if quiet_until.is_none() && seen.len() == wanted.len() {
+            quiet_until = Some(Instant::now() + quiet);
+        }
+    }
+    anyhow::ensure!(
+        seen.len() == wanted.len(),
+        "read {} of {} events within {within:?} (last consumer error: {last_error:?})",
+        seen.len(),
+        wanted.len()
+    );
+    Ok(received)
+}
+
+/// Checks the records against the outbox: each event with its topic, key, payload and
+/// sequence; exactly once (or, with `duplicates_allowed`, at least once); and per topic and
+/// vehicle in outbox order (the first copy of each event, in partition offset order).
+fn assert_delivered(outbox: &[OutboxRow], received: &[Received], duplicates_allowed: bool) {
+    let mut copies: HashMap<Uuid, usize> = HashMap::new();
+    for r in received {
+        *copies.entry(r.event_id).or_default() += 1;
+    }
+    let by_id: HashMap<Uuid, &OutboxRow> = outbox.iter().map(|o| (o.event_id, o)).collect();
+    for row in outbox {
+        let n = copies.get(&row.event_id).copied().unwrap_or(0);
+        assert!(
+            n >= 1,
+            "event {} ({}) never arrived",
+            row.event_id,
+            row.topic
+        );
+        if !duplicates_allowed {
+            assert_eq!(
+                n, 1,
+                "event {} ({}) arrived {n} times",
+                row.event_id, row.topic
+            );
+        }
+    }
+    for r in received {
+        let row = by_id[&r.event_id];
+        assert_eq!(r.topic, row.topic, "topic of {}", r.event_id);
+        assert_eq!(r.key, row.partition_key, "key of {}", r.event_id);
+        assert_eq!(r.sequence, row.id, "sequence header of {}", r.event_id);
+        assert_eq!(r.payload["event_id"], row.event_id.to_string());
+        assert_eq!(r.payload["type"], row.topic.as_str());
+        assert_eq!(
+            r.payload["booking"]["vehicle_id"],
+            row.partition_key.as_str()
+        );
+    }
+
+    // Per (topic, vehicle): one partition, and the offsets follow the outbox ids.
+    let mut streams: BTreeMap<(&str, &str), Vec<&Received>> = BTreeMap::new();
+    for r in received {
+        streams.entry((&r.topic, &r.key)).or_default().push(r);
+    }
+    for ((topic, key), mut records) in streams {
+        let partitions: HashSet<i32> = records.iter().map(|r| r.partition).collect();
+        assert_eq!(
+            partitions.len(),
+            1,
+            "{topic}/{key} spread over {partitions:?}"
+        );
+        records.sort_by_key(|r| r.offset);
+        let mut firsts = HashSet::new();
+        let order: Vec<i64> = records
+            .iter()
+            .filter(|r| firsts.insert(r.event_id))
+            .map(|r| r.sequence)
+            .collect();
+        let expected: Vec<i64> = outbox
+            .iter()
+            .filter(|o| o.topic == topic && o.partition_key == key)
+            .map(|o| o.id)
+            .collect();
+        assert_eq!(order, expected, "order of {topic} for {key}");
+    }
+}
+
+/// A whole-minute instant.
+fn minute(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(at.timestamp() / 60 * 60, 0).unwrap_or(at)
+}
+
+async fn act(app: &TestApp, user: &str, id: &str, action: &str, body: &Value) -> TestResult {
+    let reply = app
+        .post(
+            &format!("/v1/bookings/{id}/{action}"),
+            Some(&token(user)),
+            body,
+            None,
+        )
+        .await?;
+    anyhow::ensure!(reply.status.as_u16() == 200, "{action} {id}: {reply:?}");
+    Ok(())
+}
+
+/// On one vehicle, from `day` days ahead: a booking confirmed then extended, a hold
+/// cancelled, and a booking confirmed then cancelled (each writes events on its vehicle).
+async fn bookings_on(app: &TestApp, user: &str, vehicle: &str, day: i64) -> TestResult {
+    let (start, end) = window(day, 2);
+    let a = app.confirmed(user, vehicle, (start, end)).await?;
+    act(
+        app,
+        user,
+        &a,
+        "extend",
+        &json!({ "end": end + chrono::Duration::hours(1) }),
+    )
+    .await?;
+    let hold = app.hold(user, vehicle, window(day + 1, 2)).await?;
+    anyhow::ensure!(hold.status.as_u16() == 201, "hold: {hold:?}");
+    let b = hold.body["id"].as_str().context("hold id")?.to_owned();
+    act(app, user, &b, "cancel", &Value::Null).await?;
+    let c = app.confirmed(user, vehicle, window(day + 2, 2)).await?;
+    act(app, user, &c, "cancel", &Value::Null).await
+}
+
+/// [`bookings_on`] on several vehicles at once.
+async fn bookings(app: &TestApp, user: &str, vehicles: &[String], day: i64) -> TestResult {
+    try_join_all(vehicles.iter().map(|v| bookings_on(app, user, v, day))).await?;
+    Ok(())
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn every_committed_state_change_is_published_once_in_order_per_vehicle(
+    pool: PgPool,
+) -> TestResult {
+    let brokers = shared_brokers()?;
+    let app = spawn_app_with(
+        pool,
+        &[("KAFKA_BROKERS", brokers.as_str()), ("RELAY_POLL_MS", "50")],
+    )
+    .await?;
+    let vehicles = app.vehicles("EUW").await?;
+    bookings(&app, "eve", &vehicles[0..3], 3).await?;
+    // Two more bookings on the first vehicle, so one vehicle has a long history.
+    bookings_on(&app, "eve", &vehicles[0], 8).await?;
+
+    // Started and completed: a booking starting in ten minutes.
+    let soon = minute(Utc::now()) + chrono::Duration::minutes(10);
+    let trip = app
+        .confirmed(
+            "eve",
+            &vehicles[3],
+            (soon, soon + chrono::Duration::hours(1)),
+        )
+        .await?;
+    act(&app, "eve", &trip, "start", &Value::Null).await?;
+    act(&app, "eve", &trip, "complete", &Value::Null).await?;
+
+    // Failed: a hold whose expiry is moved into the past, ended by the sweeper.
+    let hold = app.hold("eve", &vehicles[4], window(5, 1)).await?;
+    anyhow::ensure!(hold.status.as_u16() == 201, "hold: {hold:?}");
+    let lapsed = uuid_of(hold.body["id"].as_str().context("hold id")?)?;
+    sqlx::query("update bookings set hold_expires_at = now() - interval '1 second' where id = $1")
+        .bind(lapsed)
+        .execute(&app.pool)
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while app
+        .count(
+            "outbox",
+            &format!("aggregate_id = '{lapsed}' and topic = 'booking.failed'"),
+        )
+        .await?
+        == 0
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the sweeper did not end the hold"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    wait_until_published(&app.pool, Duration::from_secs(60)).await?;
+    let rows = outbox(&app.pool).await?;
+    let topics: HashSet<&str> = rows.iter().map(|r| r.topic.as_str()).collect();
+    assert_eq!(
+        topics.len(),
+        Topic::ALL.len(),
+        "every topic has events: {topics:?}"
+    );
+    let wanted: HashSet<Uuid> = rows.iter().map(|r| r.event_id).collect();
+    let received = consume(
+        &brokers,
+        &wanted,
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    )
+    .await?;
+    assert_delivered(&rows, &received, false);
+    app.stop().await
+}
+
+/// A tansu of the test's own: its port, its data directory; killed on drop.
+#[derive(Debug)]
+struct OwnBroker {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl OwnBroker {
+    fn new() -> TestResult<Self> {
+        let bin = match std::env::var_os("TANSU_BIN") {
+            Some(bin) => PathBuf::from(bin),
+            None => std::env::var_os("CARGO_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+                .context("neither CARGO_HOME nor HOME is set")?
+                .join("bin/tansu"),
+        };
+        anyhow::ensure!(
+            bin.is_file(),
+            "tansu not found at {} (run scripts/broker.sh, which installs it, or set TANSU_BIN)",
+            bin.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .context("find a free port")?
+            .port();
+        let dir = std::env::temp_dir().join(format!("e2e-tansu-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        Ok(OwnBroker {
+            bin,
+            dir,
+            port,
+            child: None,
+        })
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker (SQLite storage in its directory) and waits until it listens.
+    async fn start(&mut self) -> TestResult {
+        let url = format!("tcp://{}", self.address());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tansu.log"))
+            .context("open the broker log")?;
+        let child = Command::new(&self.bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("clone the log handle")?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("start {}", self.bin.display()))?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(self.address())
+            .await
+            .is_err()
+        {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "tansu did not listen on {} (log in {})",
+                self.address(),
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// SIGKILL: the broker gets no chance to finish anything (tansu 0.6.0 must not get
+    /// SIGTERM with an idempotent producer connected; SIGKILL and SIGINT are safe).
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnBroker {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn events_committed_while_the_broker_is_down_arrive_once_it_is_back(
+    pool: PgPool,
+) -> TestResult {
+    let mut broker = OwnBroker::new()?;
+    broker.start().await?;
+    let address = broker.address();
+    let app = spawn_app_with(
+        pool,
+        &[("KAFKA_BROKERS", address.as_str()), ("RELAY_POLL_MS", "50")],
+    )
+    .await?;
+    let vehicles = app.vehicles("EUN").await?;
+    bookings(&app, "bo", &vehicles[0..2], 3).await?;
+    wait_until_published(&app.pool, Duration::from_secs(60)).await?;
+
+    // Kill the broker in the middle of a run, while the relay is publishing it...
+    let published_before = outbox(&app.pool).await?.len() as i64;
+    let killer = async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let published: i64 =
+                sqlx::query_scalar("select count(*) from outbox where published_at is not null")
+                    .fetch_one(&app.pool)
+                    .await?;
+            if published >= published_before + 4 || Instant::now() >= deadline {
+                broker.kill();
+                return TestResult::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::try_join!(bookings(&app, "bo", &vehicles[1..4], 10), killer)?;
+    // ...and make more bookings while it is down: they wait in the outbox.
+    bookings(&app, "bo", &vehicles[4..6], 3).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let waiting = unpublished(&app.pool).await?;
+    assert!(
+        waiting > 0,
+        "rows stay unpublished while the broker is down"
+    );
+
+    broker.start().await?;
+    wait_until_published(&app.pool, Duration::from_secs(120)).await?;
+    let rows = outbox(&app.pool).await?;
+    let wanted: HashSet<Uuid> = rows.iter().map(|r| r.event_id).collect();
+    let received = consume(
+        &address,
+        &wanted,
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    )
+    .await?;
+    assert_delivered(&rows, &received, false);
+    app.stop().await
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn two_relays_at_once_publish_each_event_once_in_order_per_vehicle(
+    pool: PgPool,
+) -> TestResult {
+    let brokers = shared_brokers()?;
+    // The origin's own relay is off (no KAFKA_BROKERS): the two below are the only ones.
+    let app = spawn_app(pool).await?;
+    let (stop, stopped) = watch::channel(false);
+    // Small batches and a short lease: lanes change hands many times during the run.
+    let settings = RelaySettings {
+        batch: 3,
+        poll: Duration::from_millis(20),
+        lane_lease: Duration::from_millis(300),
+        ..RelaySettings::new(brokers.clone())
+    };
+    let relays = [
+        spawn_relay(app.pool.clone(), settings.clone(), stopped.clone()),
+        spawn_relay(app.pool.clone(), settings, stopped.clone()),
+    ];
+
+    // Which sessions hold relay lanes, sampled while the relays work.
+    let sampler = {
+        let pool = app.pool.clone();
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let mut holders = HashSet::new();
+            loop {
+                let pids: Vec<i32> = sqlx::query_scalar(
+                    "select distinct pid from pg_locks
+                      where locktype = 'advisory' and classid::int8 = $1
+                        and database = (select oid from pg_database where datname = current_database())",
+                )
+                .bind(i64::from(LOCK_NAMESPACE))
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+                holders.extend(pids);
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    _ = stopped.wait_for(|s| *s) => break,
+                }
+            }
+            holders
+        })
+    };
+
+    let vehicles = app.vehicles("EUW").await?;
+    bookings(&app, "tia", &vehicles[0..6], 3).await?;
+    wait_until_published(&app.pool, Duration::from_secs(60)).await?;
+    let _ = stop.send(true);
+    for relay in relays {
+        tokio::time::timeout(Duration::from_secs(20), relay)
+            .await
+            .context("a relay did not stop")??;
+    }
+    let holders = tokio::time::timeout(Duration::from_secs(5), sampler)
+        .await
+        .context("the lock sampler did not stop")??;
+    assert!(
+        holders.len() >= 2,
+        "both relays held lanes at some point: {holders:?}"
+    );
+
+    let rows = outbox(&app.pool).await?;
+    let wanted: HashSet<Uuid> = rows.iter().map(|r| r.event_id).collect();
+    let received = consume(
+        &brokers,
+        &wanted,
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    )
+    .await?;
+    assert_delivered(&rows, &received, false);
+    app.stop().await
+}

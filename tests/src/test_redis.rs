@@ -1,0 +1,131 @@
+//! Redis helpers for tests: a private `redis-server` a test may kill and restart, and cleanup
+//! of one app's keys on the shared server.
+//!
+//! Tests share the machine's Redis (127.0.0.1:6379) and their databases hold the same demo
+//! vehicle ids, so every app gets its own key prefix (`test:<uuid>:`) and removes its keys when
+//! it stops. A test that needs to take Redis *down* starts its own server instead.
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+
+/// The server the suite shares, unless `REDIS_URL` says otherwise.
+pub fn shared_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// Opens a connection with short timeouts (the server may be gone).
+pub async fn connect(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(url).context("redis url")?;
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(500)))
+        .set_response_timeout(Some(Duration::from_secs(2)));
+    client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .with_context(|| format!("connect to {url}"))
+}
+
+/// Deletes every key under `prefix`; returns how many.
+pub async fn delete_prefix(url: &str, prefix: &str) -> anyhow::Result<usize> {
+    let mut conn = connect(url).await?;
+    let mut cursor: u64 = 0;
+    let mut deleted = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .context("scan keys")?;
+        if !keys.is_empty() {
+            deleted += keys.len();
+            redis::cmd("DEL")
+                .arg(&keys)
+                .query_async::<i64>(&mut conn)
+                .await
+                .context("delete keys")?;
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
+    }
+}
+
+/// A private `redis-server` (no persistence) on a fixed port; killed on drop.
+#[derive(Debug)]
+pub struct TestRedis {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("bind a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+impl TestRedis {
+    /// Starts a server on a free port and waits until it answers.
+    pub async fn start() -> anyhow::Result<Self> {
+        let mut server = TestRedis {
+            port: free_port()?,
+            child: None,
+        };
+        server.restart().await?;
+        Ok(server)
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to clients) and waits for it to end.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut child) = self.child.take() {
+            child.kill().context("kill redis-server")?;
+            child.wait().context("wait for redis-server")?;
+        }
+        Ok(())
+    }
+
+    /// (Re)starts the server on the same port, empty, and waits until it answers PING.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill()?;
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start redis-server (is it installed?)")?;
+        self.child = Some(child);
+        for _ in 0..100 {
+            if let Ok(mut conn) = connect(&self.url()).await {
+                if redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
+                {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!("redis-server on port {} did not answer", self.port)
+    }
+}
+
+impl Drop for TestRedis {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}

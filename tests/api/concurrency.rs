@@ -56,15 +56,7 @@ async fn two_hundred_concurrent_holds_on_one_vehicle_give_exactly_one_booking(
         )
         .await?;
     assert_eq!(occupying, 1);
-    let overlapping_pairs: i64 = sqlx::query_scalar(
-        "select count(*) from bookings a join bookings b
-           on a.vehicle_id = b.vehicle_id and a.id < b.id and a.period && b.period
-          where a.status in ('RESERVING','CONFIRMED','IN_PROGRESS')
-            and b.status in ('RESERVING','CONFIRMED','IN_PROGRESS')",
-    )
-    .fetch_one(&app.pool)
-    .await?;
-    assert_eq!(overlapping_pairs, 0);
+    assert_eq!(app.overlapping_pairs().await?, 0);
     // The losers left nothing behind: one booking, one history row, two events.
     assert_eq!(app.count("bookings", "true").await?, 1);
     assert_eq!(app.count("booking_history", "true").await?, 1);

@@ -226,15 +226,7 @@ async fn bookings_continue_without_redis_and_locks_return_when_it_does(pool: PgP
     }
 
     // Whatever the locks did, the database never double-booked.
-    let overlapping: i64 = sqlx::query_scalar(
-        "select count(*) from bookings a join bookings b
-            on a.vehicle_id = b.vehicle_id and a.id < b.id and a.period && b.period
-         where a.status in ('RESERVING','CONFIRMED','IN_PROGRESS')
-           and b.status in ('RESERVING','CONFIRMED','IN_PROGRESS')",
-    )
-    .fetch_one(&app.pool)
-    .await?;
-    assert_eq!(overlapping, 0);
+    assert_eq!(app.overlapping_pairs().await?, 0);
     app.stop().await
 }
 

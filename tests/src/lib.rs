@@ -299,6 +299,19 @@ impl TestApp {
         Ok(id)
     }
 
+    /// Pairs of occupying bookings of one vehicle whose periods overlap: always 0, or the
+    /// system double-booked.
+    pub async fn overlapping_pairs(&self) -> TestResult<i64> {
+        Ok(sqlx::query_scalar(
+            "select count(*) from bookings a join bookings b
+                on a.vehicle_id = b.vehicle_id and a.id < b.id and a.period && b.period
+             where a.status in ('RESERVING','CONFIRMED','IN_PROGRESS')
+               and b.status in ('RESERVING','CONFIRMED','IN_PROGRESS')",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
     /// Counts rows of a table matching an SQL condition.
     pub async fn count(&self, table: &str, condition: &str) -> TestResult<i64> {
         let sql = format!("select count(*) from {table} where {condition}");

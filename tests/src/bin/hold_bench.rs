@@ -319,6 +319,8 @@ async fn mixed(
                         .send()
                         .await
                     {
+                        // A refused quote (the vehicle is taken) ends the attempt: count its status.
+                        Ok(r) if !r.status().is_success() => return r.status().as_u16(),
                         Ok(r) => r.json().await.unwrap_or_default(),
                         Err(_) => return 0,
                     };

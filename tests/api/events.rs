@@ -100,10 +100,39 @@ fn header<'a>(message: &'a impl Message, name: &str) -> Option<&'a str> {
         .and_then(|v| std::str::from_utf8(v).ok())
 }
 
-/// Reads every topic from the beginning (a consumer of its own) until each `wanted` event
-/// was seen, then for `quiet` more to catch late duplicates. Bounded by `within`.
+/// Where every partition of every topic ends now. The shared broker keeps the history of all
+/// earlier runs (benchmarks included); a test reads only what comes after these offsets, so
+/// its time does not grow with that history.
+fn end_offsets(brokers: &str) -> TestResult<HashMap<(String, i32), i64>> {
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("e2e-marks-{}", Uuid::new_v4()))
+        .create()
+        .context("create the offsets consumer")?;
+    let mut ends = HashMap::new();
+    for topic in Topic::ALL {
+        let Ok(metadata) = consumer.fetch_metadata(Some(topic.as_str()), Duration::from_secs(10))
+        else {
+            continue;
+        };
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                let (_, high) = consumer
+                    .fetch_watermarks(t.name(), p.id(), Duration::from_secs(10))
+                    .with_context(|| format!("watermarks of {}/{}", t.name(), p.id()))?;
+                ends.insert((t.name().to_owned(), p.id()), high);
+            }
+        }
+    }
+    Ok(ends)
+}
+
+/// Reads every topic (a consumer of its own) from `from` (else from the beginning) until
+/// each `wanted` event was seen, then for `quiet` more to catch late duplicates. Bounded by
+/// `within`.
 async fn consume(
     brokers: &str,
+    from: Option<&HashMap<(String, i32), i64>>,
     wanted: &HashSet<Uuid>,
     within: Duration,
     quiet: Duration,
@@ -118,7 +147,7 @@ async fn consume(
         .set("topic.metadata.refresh.interval.ms", "1000")
         .create()
         .context("create the test consumer")?;
-    // Every partition of every topic, from the beginning. Assigned, not subscribed: the
+    // Every partition of every topic, from `from` or the beginning. Assigned, not subscribed: the
     // group protocol's join and rebalance would only add seconds to each test.
     let mut partitions = TopicPartitionList::new();
     for topic in Topic::ALL {
@@ -132,8 +161,11 @@ async fn consume(
                 t.name()
             );
             for p in t.partitions() {
+                let offset = from
+                    .and_then(|f| f.get(&(t.name().to_owned(), p.id())))
+                    .map_or(Offset::Beginning, |high| Offset::Offset(*high));
                 partitions
-                    .add_partition_offset(t.name(), p.id(), Offset::Beginning)
+                    .add_partition_offset(t.name(), p.id(), offset)
                     .context("add a partition")?;
             }
         }
@@ -316,6 +348,7 @@ async fn every_committed_state_change_is_published_once_in_order_per_vehicle(
     pool: PgPool,
 ) -> TestResult {
     let brokers = shared_brokers()?;
+    let start = end_offsets(&brokers)?;
     let app = spawn_app_with(
         pool,
         &[("KAFKA_BROKERS", brokers.as_str()), ("RELAY_POLL_MS", "50")],
@@ -373,6 +406,7 @@ async fn every_committed_state_change_is_published_once_in_order_per_vehicle(
     let wanted: HashSet<Uuid> = rows.iter().map(|r| r.event_id).collect();
     let received = consume(
         &brokers,
+        Some(&start),
         &wanted,
         Duration::from_secs(60),
         Duration::from_secs(2),
@@ -529,6 +563,7 @@ async fn events_committed_while_the_broker_is_down_arrive_once_it_is_back(
     let wanted: HashSet<Uuid> = rows.iter().map(|r| r.event_id).collect();
     let received = consume(
         &address,
+        None,
         &wanted,
         Duration::from_secs(60),
         Duration::from_secs(2),
@@ -543,6 +578,7 @@ async fn two_relays_at_once_publish_each_event_once_in_order_per_vehicle(
     pool: PgPool,
 ) -> TestResult {
     let brokers = shared_brokers()?;
+    let start = end_offsets(&brokers)?;
     // The origin's own relay is off (no KAFKA_BROKERS): the two below are the only ones.
     let app = spawn_app(pool).await?;
     let (stop, stopped) = watch::channel(false);
@@ -605,6 +641,7 @@ async fn two_relays_at_once_publish_each_event_once_in_order_per_vehicle(
     let wanted: HashSet<Uuid> = rows.iter().map(|r| r.event_id).collect();
     let received = consume(
         &brokers,
+        Some(&start),
         &wanted,
         Duration::from_secs(60),
         Duration::from_secs(2),

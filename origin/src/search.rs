@@ -128,6 +128,32 @@ const CANDIDATES_SQL: &str = "select v.id, v.region, v.class, v.make, v.model, v
                    and not (k.status = 'RESERVING' and k.hold_expires_at <= $8))
           limit $9";
 
+/// Runs the candidate statement with `first` as `$1` and the shared parameters after it.
+async fn fetch_candidates<T>(
+    pool: &PgPool,
+    sql: &str,
+    first: T,
+    region_codes: &[&str],
+    query: &SearchQuery,
+    now: DateTime<Utc>,
+) -> ApiResult<Vec<CandidateRow>>
+where
+    T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
+{
+    Ok(sqlx::query_as(sql)
+        .bind(first)
+        .bind(region_codes)
+        .bind(&query.class)
+        .bind(query.min_seats)
+        .bind(&query.fuel)
+        .bind(query.window.start())
+        .bind(query.window.end())
+        .bind(now)
+        .bind(MAX_CANDIDATES)
+        .fetch_all(pool)
+        .await?)
+}
+
 /// Runs a search over the regions this origin serves: GEO candidates from `availability`
 /// when it can answer, else the PostgreSQL bounding box.
 pub async fn search(
@@ -144,22 +170,13 @@ pub async fn search(
     let geo = availability
         .candidates(query.center, query.radius_m, MAX_CANDIDATES)
         .await;
+    // The two candidate sources differ only in how they bound the bays ($1 and the `where`);
+    // the availability check and filters ($2..) are the same statement.
     let rows: Vec<CandidateRow> = match geo {
         Some(ids) if ids.is_empty() => Vec::new(),
         Some(ids) => {
             let sql = CANDIDATES_SQL.replace("{where}", "v.id = any($1) and v.region = any($2)");
-            sqlx::query_as(&sql)
-                .bind(&ids)
-                .bind(&region_codes)
-                .bind(&query.class)
-                .bind(query.min_seats)
-                .bind(&query.fuel)
-                .bind(query.window.start())
-                .bind(query.window.end())
-                .bind(now)
-                .bind(MAX_CANDIDATES)
-                .fetch_all(pool)
-                .await?
+            fetch_candidates(pool, &sql, ids, &region_codes, query, now).await?
         }
         None => {
             let dlat = f64::from(query.radius_m) / 111_320.0;
@@ -169,18 +186,8 @@ pub async fn search(
                 "b.region = any($2) and b.lat between ($1::float8[])[1] and ($1::float8[])[2]
             and b.lon between ($1::float8[])[3] and ($1::float8[])[4]",
             );
-            sqlx::query_as(&sql)
-                .bind(vec![lat - dlat, lat + dlat, lon - dlon, lon + dlon])
-                .bind(&region_codes)
-                .bind(&query.class)
-                .bind(query.min_seats)
-                .bind(&query.fuel)
-                .bind(query.window.start())
-                .bind(query.window.end())
-                .bind(now)
-                .bind(MAX_CANDIDATES)
-                .fetch_all(pool)
-                .await?
+            let bounds = vec![lat - dlat, lat + dlat, lon - dlon, lon + dlon];
+            fetch_candidates(pool, &sql, bounds, &region_codes, query, now).await?
         }
     };
 

@@ -93,6 +93,20 @@ fn validate(state: &AppState, p: SearchParams) -> ApiResult<SearchQuery> {
     Ok(query)
 }
 
+/// Validates and runs a search; shared by v1 and v2.
+async fn run(state: &AppState, p: SearchParams) -> ApiResult<search::Page> {
+    let query = validate(state, p)?;
+    search::search(
+        &state.db,
+        &state.availability,
+        &state.caches,
+        &state.config.regions,
+        &query,
+        Utc::now(),
+    )
+    .await
+}
+
 fn bay(h: &Hit) -> BayDto {
     BayDto {
         id: h.bay_id,
@@ -119,16 +133,7 @@ pub async fn search_v1(
     _user: AuthUser,
     ApiQuery(p): ApiQuery<SearchParams>,
 ) -> ApiResult<Response> {
-    let query = validate(&state, p)?;
-    let page = search::search(
-        &state.db,
-        &state.availability,
-        &state.caches,
-        &state.config.regions,
-        &query,
-        Utc::now(),
-    )
-    .await?;
+    let page = run(&state, p).await?;
     let items = page
         .hits
         .iter()
@@ -169,16 +174,7 @@ pub async fn search_v2(
     _user: AuthUser,
     ApiQuery(p): ApiQuery<SearchParams>,
 ) -> ApiResult<Response> {
-    let query = validate(&state, p)?;
-    let page = search::search(
-        &state.db,
-        &state.availability,
-        &state.caches,
-        &state.config.regions,
-        &query,
-        Utc::now(),
-    )
-    .await?;
+    let page = run(&state, p).await?;
     let items = page
         .hits
         .iter()

@@ -140,6 +140,79 @@ fn redis_config(env: &dyn Env) -> Result<RedisConfig, ConfigError> {
     })
 }
 
+/// The pricing orchestrator: the AI inference API, the deadline budget, circuit breakers,
+/// the surge grid and price validation (see `pricing/fetch.rs`, `inference.rs`, `surge.rs`).
+#[derive(Debug, Clone)]
+pub struct PricingConfig {
+    /// Base URL of the AI inference API (`INFERENCE_URL`, `http://host:port`). `None`: risk is
+    /// neutral (×1.0) and demand comes from live holds only (no prediction); quotes are then
+    /// not marked degraded, because nothing failed.
+    pub inference_url: Option<String>,
+    /// One deadline for all of a quote's sources together (`PRICING_BUDGET_MS`, default 150).
+    pub budget: Duration,
+    /// Per-call timeout of an inference request (`INFERENCE_TIMEOUT_MS`, default 100).
+    pub inference_timeout: Duration,
+    /// Extra attempts after a failed idempotent inference call (`INFERENCE_RETRIES`, 0–3, default 1).
+    pub inference_retries: u32,
+    /// Consecutive failures that open a breaker (`BREAKER_FAILURES`, default 5).
+    pub breaker_failures: u32,
+    /// How long an open breaker waits before one probe (`BREAKER_COOLDOWN_MS`, default 5000).
+    pub breaker_cooldown: Duration,
+    /// H3 resolution of the surge grid (`SURGE_H3_RESOLUTION`, 5–10, default 8: cells of about
+    /// 0.74 km², a few streets).
+    pub surge_resolution: u8,
+    /// How often the surge grid is recomputed (`SURGE_RECOMPUTE_SECS`, default 60).
+    pub surge_recompute: Duration,
+    /// Largest change of a quote's total against the previous quote of the same vehicle and
+    /// window, in basis points of the previous total (`PRICE_MAX_JUMP_BP`, default 10000: at
+    /// most double or half).
+    pub max_jump_bp: u32,
+}
+
+fn pricing_config(env: &dyn Env) -> Result<PricingConfig, ConfigError> {
+    let inference_url = match env.var("INFERENCE_URL") {
+        None => None,
+        Some(url) => {
+            let url = url.trim().trim_end_matches('/').to_owned();
+            if !url.starts_with("http://") || url.len() <= "http://".len() {
+                return Err(ConfigError::Invalid {
+                    name: "INFERENCE_URL",
+                    reason: "expected http://host:port (TLS to the inference API is terminated \
+                             by the sidecar or mesh)"
+                        .into(),
+                });
+            }
+            Some(url)
+        }
+    };
+    let inference_retries: u32 = parsed(env, "INFERENCE_RETRIES", 1)?;
+    if inference_retries > 3 {
+        return Err(ConfigError::Invalid {
+            name: "INFERENCE_RETRIES",
+            reason: "at most 3: retries must fit in the quote's budget".into(),
+        });
+    }
+    let surge_resolution: u8 = parsed(env, "SURGE_H3_RESOLUTION", 8)?;
+    if !(5..=10).contains(&surge_resolution) {
+        return Err(ConfigError::Invalid {
+            name: "SURGE_H3_RESOLUTION",
+            reason: "between 5 (city districts) and 10 (a block)".into(),
+        });
+    }
+    let max_jump_bp: u32 = at_least_one(env, "PRICE_MAX_JUMP_BP", 10_000)?;
+    Ok(PricingConfig {
+        inference_url,
+        budget: millis(env, "PRICING_BUDGET_MS", 150)?,
+        inference_timeout: millis(env, "INFERENCE_TIMEOUT_MS", 100)?,
+        inference_retries,
+        breaker_failures: at_least_one(env, "BREAKER_FAILURES", 5)?,
+        breaker_cooldown: millis(env, "BREAKER_COOLDOWN_MS", 5_000)?,
+        surge_resolution,
+        surge_recompute: secs(env, "SURGE_RECOMPUTE_SECS", 60)?,
+        max_jump_bp,
+    })
+}
+
 /// The whole origin configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -156,7 +229,11 @@ pub struct Config {
     pub hold_ttl: Duration,
     pub sweeper_interval: Duration,
     pub request_timeout: Duration,
+    /// How long a client may take to send a request's head; then the connection is closed.
+    pub header_read_timeout: Duration,
     pub max_body_bytes: usize,
+    /// API requests served at once; past it, 503 + Retry-After at once (`http/shed.rs`).
+    pub max_in_flight: usize,
     pub log_json: bool,
     /// Kafka bootstrap servers (`KAFKA_BROKERS`); `None` turns the outbox relay off.
     pub kafka_brokers: Option<String>,
@@ -169,6 +246,7 @@ pub struct Config {
     /// Relay pause when the outbox is empty.
     pub relay_poll: Duration,
     pub redis: RedisConfig,
+    pub pricing: PricingConfig,
 }
 
 /// A source of variables: the process environment, or a map in tests.
@@ -397,7 +475,9 @@ impl Config {
             hold_ttl: secs(env, "HOLD_TTL_SECS", 600)?,
             sweeper_interval: millis(env, "SWEEPER_INTERVAL_MS", 5_000)?,
             request_timeout: millis(env, "REQUEST_TIMEOUT_MS", 10_000)?,
+            header_read_timeout: millis(env, "HEADER_READ_TIMEOUT_MS", 10_000)?,
             max_body_bytes: parsed(env, "MAX_BODY_BYTES", 64 * 1024)?,
+            max_in_flight: at_least_one(env, "MAX_IN_FLIGHT", 512)?,
             log_json,
             kafka_brokers: env.var("KAFKA_BROKERS").map(|b| b.trim().to_owned()),
             kafka_topic_partitions: at_least_one(env, "KAFKA_TOPIC_PARTITIONS", 3)?,
@@ -405,6 +485,7 @@ impl Config {
             relay_lanes: at_least_one(env, "RELAY_LANES", 8)?,
             relay_poll: millis(env, "RELAY_POLL_MS", 200)?,
             redis: redis_config(env)?,
+            pricing: pricing_config(env)?,
         })
     }
 
@@ -469,6 +550,12 @@ mod tests {
             ("REDIS_MODE", "galaxy"),
             ("LOCK_TTL_MS", "0"),
             ("LOCK_WAIT_MS", "5000"),
+            ("INFERENCE_URL", "ftp://models"),
+            ("INFERENCE_RETRIES", "9"),
+            ("PRICING_BUDGET_MS", "0"),
+            ("SURGE_H3_RESOLUTION", "15"),
+            ("BREAKER_FAILURES", "0"),
+            ("PRICE_MAX_JUMP_BP", "-1"),
         ] {
             let mut env = base();
             env.insert(name.into(), value.into());

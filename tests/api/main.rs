@@ -2,15 +2,20 @@
 
 mod atomicity;
 mod auth;
+mod authz;
 mod availability;
 mod cache;
 mod concurrency;
 mod events;
 mod holds;
 mod idempotency;
+mod jwt_attacks;
+mod limits;
 mod lifecycle;
 mod locks;
+mod log_secrets;
 mod openapi;
 mod quotes;
 mod search;
+mod shedding;
 mod validation;

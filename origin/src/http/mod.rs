@@ -3,10 +3,13 @@
 //! Routes are registered through `utoipa_axum::OpenApiRouter`, so the router and
 //! `/openapi.json` come from the same list and cannot drift apart.
 
+pub mod admin;
 pub mod bookings;
 pub mod dto;
 pub mod quotes;
 pub mod search;
+pub mod shed;
+pub mod surge;
 
 use std::time::Duration;
 
@@ -55,13 +58,25 @@ impl Modify for BearerAuth {
                        and minor units.",
         license(name = "Apache-2.0")
     ),
-    components(schemas(Problem, crate::events::Event)),
+    components(schemas(
+        Problem,
+        crate::events::Event,
+        // The AI inference API's contract (a third-party service the origin calls; see
+        // inference.rs): documented here so the other team and the reference service share it.
+        crate::inference::RiskRequest,
+        crate::inference::RiskResponse,
+        crate::inference::DemandRequest,
+        crate::inference::DemandPrediction,
+        crate::inference::DemandResponse
+    )),
     modifiers(&BearerAuth),
     tags(
         (name = "search", description = "Available vehicles near a point"),
         (name = "quotes", description = "Signed price quotes"),
         (name = "bookings", description = "Holds and bookings"),
         (name = "health", description = "Liveness and readiness"),
+        (name = "pricing", description = "Surge grid"),
+        (name = "admin", description = "Pricing administration (ops role)"),
     )
 )]
 struct ApiDoc;
@@ -130,6 +145,19 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(bookings::start_v2))
         .routes(routes!(bookings::complete_v1))
         .routes(routes!(bookings::complete_v2))
+        .routes(routes!(surge::surge_v1))
+        .routes(routes!(surge::recompute))
+        .routes(routes!(admin::overview))
+        .routes(routes!(admin::put_base_rate))
+        .routes(routes!(admin::put_vehicle_config))
+        .routes(routes!(admin::create_time_multiplier))
+        .routes(routes!(
+            admin::update_time_multiplier,
+            admin::delete_time_multiplier
+        ))
+        .routes(routes!(admin::create_discount))
+        .routes(routes!(admin::update_discount, admin::delete_discount))
+        .routes(routes!(admin::audit_log))
         .split_for_parts()
 }
 
@@ -180,6 +208,7 @@ pub fn app(state: AppState) -> Router {
     let doc_json = serde_json::to_value(&doc).unwrap_or_default();
     let timeout = state.config.request_timeout;
     let body_limit = state.config.max_body_bytes;
+    let admission = shed::Admission::new(state.config.max_in_flight);
     router
         .route(
             "/openapi.json",
@@ -195,6 +224,7 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(timeout, deadline))
         .route_layer(middleware::from_fn(crate::metrics::track))
         .with_state(state)
+        .layer(middleware::from_fn_with_state(admission, shed::admit))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
             let request_id = req
                 .headers()

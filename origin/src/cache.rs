@@ -124,15 +124,19 @@ impl Caches {
         self.l1.key(&format!("l1:gen:{vehicle}"))
     }
 
+    /// The generation quotes of `vehicle` are stored under: the vehicle's own counter plus the
+    /// pricing-wide one (bumped by pricing admin changes, see [`Caches::invalidate_all_quotes`]).
+    /// Both only ever grow, so their sum changes whenever either is bumped and never returns
+    /// to an earlier value.
     async fn generation(&self, vehicle: &VehicleId) -> Option<u64> {
-        let key = self.gen_key(vehicle);
+        let keys = [self.gen_key(vehicle), self.l1.key("l1:gen:pricing")];
         self.l1
             .run("l1 generation", |mut c| async move {
-                c.get::<_, Option<u64>>(key).await
+                c.mget::<_, Vec<Option<u64>>>(&keys).await
             })
             .await
             .ok()
-            .map(|g| g.unwrap_or(0))
+            .map(|g| g.into_iter().flatten().sum())
     }
 
     fn quote_key(&self, key: &QuoteKey<'_>, generation: u64) -> String {
@@ -214,6 +218,89 @@ impl Caches {
                 tracing::warn!(error = %e, %vehicle, "L1 invalidation failed; entries expire within 60 s")
             }
         }
+    }
+
+    /// Makes every cached quote of every vehicle unreachable at once (a pricing change: the
+    /// rates, rules or multipliers any quote was computed with may have changed).
+    pub async fn invalidate_all_quotes(&self) {
+        let key = self.l1.key("l1:gen:pricing");
+        let bumped = self
+            .l1
+            .run("l1 invalidate all", |mut c| async move {
+                c.incr::<_, _, u64>(&key, 1).await
+            })
+            .await;
+        match bumped {
+            Ok(_) => {
+                metrics::counter!("cache_invalidations_total", "layer" => "l1_all").increment(1)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "L1 invalidation failed; entries expire within 60 s")
+            }
+        }
+    }
+
+    /// The pricing-wide generation (0 when unset; `None` when Redis is unusable).
+    pub async fn pricing_epoch(&self) -> Option<u64> {
+        let key = self.l1.key("l1:gen:pricing");
+        self.l1
+            .run("l1 pricing epoch", |mut c| async move {
+                c.get::<_, Option<u64>>(key).await
+            })
+            .await
+            .ok()
+            .map(|g| g.unwrap_or(0))
+    }
+
+    /// Reads a JSON intermediate from L2 (`kind` labels the metric); `None` on a miss, an
+    /// unreadable entry or Redis down. Used by the pricing orchestrator for risk scores (24 h),
+    /// surge grids (15 min) and previous-quote totals.
+    pub async fn l2_get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        kind: &'static str,
+        key: &str,
+    ) -> Option<T> {
+        let key = self.l2.key(key);
+        let raw = self
+            .l2
+            .run("l2 get", |mut c| async move {
+                c.get::<_, Option<Vec<u8>>>(key).await
+            })
+            .await;
+        match raw {
+            Ok(Some(bytes)) => match serde_json::from_slice(&bytes) {
+                Ok(v) => {
+                    count("l2", kind, "hit");
+                    Some(v)
+                }
+                Err(_) => {
+                    count("l2", kind, "miss");
+                    None
+                }
+            },
+            Ok(None) => {
+                count("l2", kind, "miss");
+                None
+            }
+            Err(_) => {
+                count("l2", kind, "error");
+                None
+            }
+        }
+    }
+
+    /// Stores a JSON intermediate in L2 for `ttl` (best effort).
+    pub async fn l2_put_json<T: Serialize>(&self, key: &str, value: &T, ttl: Duration) {
+        let Ok(bytes) = serde_json::to_vec(value) else {
+            return;
+        };
+        let key = self.l2.key(key);
+        let _ = self
+            .l2
+            .run("l2 set", |mut c| async move {
+                c.set_ex::<_, _, ()>(key, bytes, ttl.as_secs().max(1)).await
+            })
+            .await;
     }
 
     fn pricing_key(&self, region: Region, class: &str) -> String {

@@ -73,6 +73,9 @@ pub enum ApiError {
     /// A dependency is down or the server is overloaded; the client may retry.
     #[error("{0}")]
     Unavailable(String),
+    /// The computed price failed validation (see `pricing/validate.rs`): refused, not quoted.
+    #[error("{0}")]
+    PriceRefused(String),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }
@@ -146,6 +149,11 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service unavailable",
+            ),
+            PriceRefused(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "price-refused",
+                "Price refused",
             ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod availability;
 pub mod bookings;
+pub mod breaker;
 pub mod cache;
 pub mod config;
 pub mod demo;
@@ -16,6 +17,7 @@ pub mod events;
 pub mod extract;
 pub mod http;
 pub mod idempotency;
+pub mod inference;
 pub mod locks;
 pub mod metrics;
 pub mod pricing;
@@ -24,6 +26,7 @@ pub mod relay;
 pub mod search;
 pub mod startup;
 pub mod state;
+pub mod surge;
 pub mod sweeper;
 
 /// Sets up structured logging (JSON in production, pretty locally); `RUST_LOG` filters.

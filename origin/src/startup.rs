@@ -95,6 +95,19 @@ pub async fn start(
         shutdown.subscribe(),
     );
 
+    // The surge grid: computed now, then every SURGE_RECOMPUTE_SECS.
+    state.surge.spawn(
+        state.config.regions.clone(),
+        state.config.pricing.surge_recompute,
+        shutdown.subscribe(),
+    );
+    match &state.config.pricing.inference_url {
+        Some(url) => tracing::info!(%url, "pricing: AI inference API configured"),
+        None => tracing::info!(
+            "INFERENCE_URL is not set: risk is neutral and demand comes from live holds only"
+        ),
+    }
+
     crate::sweeper::spawn(state.clone(), shutdown.subscribe());
     let relay = match crate::relay::RelaySettings::from_config(&state.config) {
         Some(settings) => Some(crate::relay::spawn_relay(
@@ -119,14 +132,14 @@ pub async fn start(
         });
     }
 
+    let header_read_timeout = state.config.header_read_timeout;
     let app = crate::http::app(state);
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.wait_for(|stop| *stop).await;
-            })
-            .await
-            .context("serve")
+        serve(listener, app, header_read_timeout, async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        })
+        .await
+        .context("serve")
     });
     tracing::info!(%addr, "origin listening");
     Ok(Running {
@@ -153,4 +166,61 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Serves `app` until `stop` completes, then lets in-flight requests finish.
+///
+/// Hand-written instead of `axum::serve`, which gives hyper no timer and so no header read
+/// timeout: a client that sends half a request head (slowloris) would hold its connection and
+/// task forever. Here hyper's HTTP/1 builder gets a timer and `HEADER_READ_TIMEOUT_MS` for the
+/// request head; the body and the handler are bounded by the request deadline middleware.
+async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    header_read_timeout: Duration,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+    use tower::ServiceExt;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    let graceful = GracefulShutdown::new();
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone().map_request(
+            |req: axum::http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new),
+        ));
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }

@@ -11,8 +11,10 @@ use sqlx::PgPool;
 use crate::availability::Availability;
 use crate::cache::Caches;
 use crate::config::Config;
+use crate::inference::InferenceClient;
 use crate::locks::Locks;
 use crate::redis_link::RedisLink;
+use crate::surge::Surge;
 
 /// Cheap to clone: everything behind an `Arc` or already a handle.
 #[derive(Clone)]
@@ -29,6 +31,10 @@ pub struct AppState {
     pub availability: Availability,
     /// L1 (responses) and L2 (pricing intermediates), each on its own connection.
     pub caches: Caches,
+    /// The AI inference API client (risk, demand) with its circuit breakers.
+    pub inference: InferenceClient,
+    /// The surge grids of the served regions.
+    pub surge: Surge,
 }
 
 impl std::fmt::Debug for AppState {
@@ -58,7 +64,17 @@ impl AppState {
             .map_err(|e| anyhow::anyhow!("quote signing keys: {e}"))?;
         let locks = Locks::new(redis.clone(), config.redis.lock_ttl, config.redis.lock_wait);
         let availability = Availability::new(redis.clone(), db.clone(), &config.regions);
+        let inference = InferenceClient::new(&config.pricing)?;
+        let surge = Surge::new(
+            db.clone(),
+            caches.clone(),
+            inference.clone(),
+            config.pricing.surge_resolution,
+            config.pricing.budget,
+        );
         Ok(AppState {
+            inference,
+            surge,
             db,
             redis,
             locks,

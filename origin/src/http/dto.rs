@@ -121,6 +121,9 @@ pub struct QuoteV2 {
     pub breakdown: Vec<PriceLineDto>,
     pub multipliers: MultipliersDto,
     pub expires_at: DateTime<Utc>,
+    /// Pricing inputs that used a fallback (cached or neutral) because their source was slow
+    /// or down: `risk`, `demand`. Empty when every input was fresh.
+    pub degraded: Vec<String>,
 }
 
 /// Body of `POST /v{1,2}/bookings`.

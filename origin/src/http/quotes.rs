@@ -2,6 +2,17 @@
 //!
 //! A quote is the only way to a price: the booking that follows presents the quote's token and
 //! gets exactly that price, so the token binds user, vehicle, window, total, region and expiry.
+//!
+//! The price comes from the pricing orchestrator (`pricing/fetch.rs`: base, risk and demand in
+//! parallel under one budget), is validated (`pricing/validate.rs`) and only then signed. A
+//! quote whose risk or demand input fell back to a cached or neutral value says so: v2 lists
+//! them in `degraded`, v1 in the `pricing-degraded` header.
+//!
+//! **Degraded quotes are not stored in L1.** L1 would otherwise serve the fallback price for
+//! 60 s as if it were fresh, long after the model is back (with an open breaker a recompute
+//! costs no remote call: the fallback answers at once, so skipping L1 is cheap exactly when
+//! it happens). The token of a degraded quote is still valid and honoured: the customer was
+//! shown that price.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -19,8 +30,11 @@ use crate::auth::AuthUser;
 use crate::cache::{CachedQuote, QuoteKey};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::ApiJson;
-use crate::pricing::{self, Customer, Signals};
+use crate::pricing::fetch::{self, QuoteFacts};
+use crate::pricing::validate::{self, Baseline, Refusal};
+use crate::pricing::{self, Customer};
 use crate::state::AppState;
+use crate::surge;
 
 /// Parses and checks a window against the booking policy, naming the field at fault.
 pub fn parse_window(
@@ -50,6 +64,8 @@ pub fn parse_window(
 struct VehicleFacts {
     class: String,
     timezone: String,
+    lat: f64,
+    lon: f64,
 }
 
 async fn vehicle_facts(state: &AppState, id: &VehicleId) -> ApiResult<VehicleFacts> {
@@ -59,25 +75,88 @@ async fn vehicle_facts(state: &AppState, id: &VehicleId) -> ApiResult<VehicleFac
             id.region
         )));
     }
-    let row: Option<(String, String)> = sqlx::query_as(
-        "select v.class, b.timezone from vehicles v join parking_bays b on b.id = v.bay_id
+    let row: Option<(String, String, f64, f64)> = sqlx::query_as(
+        "select v.class, b.timezone, b.lat, b.lon from vehicles v join parking_bays b on b.id = v.bay_id
           where v.id = $1 and v.region = $2 and v.status = 'active'",
     )
     .bind(id.uuid)
     .bind(id.region.code())
     .fetch_optional(&state.db)
     .await?;
-    let (class, timezone) =
+    let (class, timezone, lat, lon) =
         row.ok_or_else(|| ApiError::NotFound(format!("vehicle {id} not found")))?;
-    Ok(VehicleFacts { class, timezone })
+    Ok(VehicleFacts {
+        class,
+        timezone,
+        lat,
+        lon,
+    })
 }
 
-/// Computes a quote; shared by v1 and v2.
+/// L2 key of the previous quote's total for a vehicle and window (the jump baseline).
+fn baseline_key(vehicle: &VehicleId, window: &TimeWindow) -> String {
+    format!(
+        "l2:lastq:{vehicle}:{}:{}",
+        window.start().timestamp(),
+        window.end().timestamp()
+    )
+}
+
+/// How long a baseline is kept: three quote lifetimes.
+const BASELINE_TTL: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// The previous total of this vehicle and window under the current pricing epoch.
+async fn previous_total(state: &AppState, key: &str) -> (Option<u64>, Option<i64>) {
+    let Some(epoch) = state.caches.pricing_epoch().await else {
+        return (None, None);
+    };
+    let previous = state
+        .caches
+        .l2_get_json::<Baseline>("baseline", key)
+        .await
+        .filter(|b| b.epoch == epoch)
+        .map(|b| b.total_minor);
+    (Some(epoch), previous)
+}
+
+/// Counts, logs and records a refused price (the record is best effort: the refusal stands
+/// even if the database cannot take the row).
+async fn record_refusal(
+    state: &AppState,
+    user: &AuthUser,
+    vehicle: &VehicleId,
+    window: &TimeWindow,
+    total: i64,
+    refusal: &Refusal,
+) {
+    metrics::counter!("price_refusals_total", "reason" => refusal.reason()).increment(1);
+    tracing::error!(%vehicle, user = %user.id, total, reason = refusal.reason(), detail = %refusal, "price refused");
+    let recorded = sqlx::query(
+        "insert into price_refusals (region, vehicle_id, user_id, period, total_minor, reason, detail)
+         values ($1, $2, $3, tstzrange($4, $5, '[)'), $6, $7, $8)",
+    )
+    .bind(vehicle.region.code())
+    .bind(vehicle.uuid)
+    .bind(&user.id)
+    .bind(window.start())
+    .bind(window.end())
+    .bind(total)
+    .bind(refusal.reason())
+    .bind(refusal.to_string())
+    .execute(&state.db)
+    .await;
+    if let Err(e) = recorded {
+        tracing::warn!(error = %e, "could not record the price refusal");
+    }
+}
+
+/// Computes a quote; shared by v1 and v2. Returns the quote, the L1 outcome and the degraded
+/// inputs.
 async fn make_quote(
     state: &AppState,
     user: &AuthUser,
     req: QuoteRequest,
-) -> ApiResult<(CachedQuote, &'static str)> {
+) -> ApiResult<(CachedQuote, &'static str, Vec<&'static str>)> {
     let now = Utc::now();
     let vehicle_id: VehicleId = req
         .vehicle_id
@@ -102,7 +181,7 @@ async fn make_quote(
     let (cached, generation) = state.caches.get_quote(&cache_key).await;
     if let Some(cached) = cached {
         if cached.claims.expires_at > now + chrono::Duration::seconds(30) {
-            return Ok((cached, "hit"));
+            return Ok((cached, "hit", Vec::new()));
         }
     }
     let facts = vehicle_facts(state, &vehicle_id).await?;
@@ -138,22 +217,52 @@ async fn make_quote(
             "vehicle {vehicle_id} is not available for that window"
         )));
     }
-    let ctx = state
-        .caches
-        .pricing(&state.db, vehicle_id.region, &facts.class)
-        .await?;
     let tz = pricing::parse_tz(&facts.timezone)?;
+    let baseline = baseline_key(&vehicle_id, &window);
+    let quote_facts = QuoteFacts {
+        user: &user.id,
+        vehicle: &vehicle_id,
+        window: &window,
+        class: &facts.class,
+        cell: surge::cell_of(facts.lat, facts.lon, state.surge.resolution()),
+    };
+    let (fetched, (epoch, previous)) = tokio::join!(
+        fetch::fetch(state, quote_facts),
+        previous_total(state, &baseline)
+    );
+    let fetched = fetched?;
     let breakdown = pricing::quote_price(
-        &ctx,
+        &fetched.ctx,
         &window,
         tz,
-        Signals::NEUTRAL,
+        fetched.signals,
         Customer {
             promo_code: req.promo_code.as_deref(),
             membership_tier: user.membership.as_deref(),
         },
         now,
     )?;
+    if let Err(refusal) = validate::validate(
+        &breakdown,
+        &fetched.ctx.rate,
+        vehicle_id.region,
+        previous,
+        state.config.pricing.max_jump_bp,
+    ) {
+        record_refusal(
+            state,
+            user,
+            &vehicle_id,
+            &window,
+            breakdown.total.minor,
+            &refusal,
+        )
+        .await;
+        return Err(ApiError::PriceRefused(format!(
+            "the computed price failed validation ({}); it was not quoted and operators were alerted",
+            refusal.reason()
+        )));
+    }
     let ttl = chrono::Duration::from_std(state.config.quote_ttl)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("quote ttl: {e}")))?;
     let claims = QuoteClaims {
@@ -174,10 +283,42 @@ async fn make_quote(
         breakdown,
         token,
     };
-    if let Some(generation) = generation {
-        state.caches.put_quote(&cache_key, generation, &quote).await;
+    let degraded = fetched.degraded.clone();
+    let store_quote = async {
+        if let (Some(generation), true) = (generation, degraded.is_empty()) {
+            state.caches.put_quote(&cache_key, generation, &quote).await;
+        }
+    };
+    let store_baseline = async {
+        if let Some(epoch) = epoch {
+            let value = Baseline {
+                total_minor: quote.claims.total.minor,
+                epoch,
+            };
+            state
+                .caches
+                .l2_put_json(&baseline, &value, BASELINE_TTL)
+                .await;
+        }
+    };
+    tokio::join!(store_quote, store_baseline, fetched.remember(state));
+    Ok((quote, "miss", degraded))
+}
+
+/// Response header listing the pricing inputs that used a fallback (`risk`, `demand`; empty
+/// when every input was fresh).
+pub const DEGRADED_HEADER: &str = "pricing-degraded";
+
+/// `x-cache` and, when an input fell back, `pricing-degraded`.
+fn quote_headers(cache: &'static str, degraded: &[&'static str]) -> axum::http::HeaderMap {
+    let mut headers = axum::http::HeaderMap::new();
+    headers.insert("x-cache", axum::http::HeaderValue::from_static(cache));
+    if !degraded.is_empty() {
+        if let Ok(value) = axum::http::HeaderValue::from_str(&degraded.join(",")) {
+            headers.insert(DEGRADED_HEADER, value);
+        }
     }
-    Ok((quote, "miss"))
+    headers
 }
 
 /// Get a priced quote (v1).
@@ -191,6 +332,7 @@ async fn make_quote(
         (status = 404, description = "No such vehicle", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Vehicle not available", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Price refused by validation, or a dependency down", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -199,11 +341,11 @@ pub async fn create_quote_v1(
     user: AuthUser,
     ApiJson(req): ApiJson<QuoteRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let (quote, cache) = make_quote(&state, &user, req).await?;
+    let (quote, cache, degraded) = make_quote(&state, &user, req).await?;
     let CachedQuote { claims, token, .. } = quote;
     Ok((
         StatusCode::CREATED,
-        [("x-cache", cache)],
+        quote_headers(cache, &degraded),
         axum::Json(QuoteV1 {
             quote_id: claims.quote_id,
             quote_token: token,
@@ -228,6 +370,7 @@ pub async fn create_quote_v1(
         (status = 404, description = "No such vehicle", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Vehicle not available", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Price refused by validation, or a dependency down", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -236,7 +379,7 @@ pub async fn create_quote_v2(
     user: AuthUser,
     ApiJson(req): ApiJson<QuoteRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let (quote, cache) = make_quote(&state, &user, req).await?;
+    let (quote, cache, degraded) = make_quote(&state, &user, req).await?;
     let CachedQuote {
         claims,
         breakdown,
@@ -244,7 +387,7 @@ pub async fn create_quote_v2(
     } = quote;
     Ok((
         StatusCode::CREATED,
-        [("x-cache", cache)],
+        quote_headers(cache, &degraded),
         axum::Json(QuoteV2 {
             quote_id: claims.quote_id,
             quote_token: token,
@@ -262,6 +405,7 @@ pub async fn create_quote_v2(
                 risk: breakdown.risk.as_f64(),
                 discount_bp: breakdown.discount_bp,
             },
+            degraded: degraded.iter().map(|d| (*d).to_owned()).collect(),
             expires_at: claims.expires_at,
         }),
     ))

@@ -1,8 +1,14 @@
 //! Pricing adapter: loads a region's rate card, time multipliers and discount rules from
 //! PostgreSQL and hands them to the pure calculator in `domain::pricing`.
 //!
-//! Surge and risk are neutral (×1.0) here; the pricing orchestrator (AI inference client and
-//! surge grid) plugs in through [`Signals`] without touching the calculator.
+//! Surge and risk reach the calculator through [`Signals`]: the orchestrator in [`fetch`]
+//! gathers them (AI inference API, surge grid) in parallel with the base price under one
+//! deadline, [`validate`] checks the result before a quote leaves, and [`admin`] is the ops
+//! side that changes the tables (audited, caches invalidated at once).
+
+pub mod admin;
+pub mod fetch;
+pub mod validate;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;

@@ -1,0 +1,402 @@
+//! `/v1/admin/pricing/…`: the ops role's pricing administration (rules in
+//! `pricing/admin.rs`). Every route answers 403 to a token without the `ops` role, 422 naming
+//! the field for an invalid change, and returns the audit record of a valid one.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use domain::region::Region;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, RequestId};
+use crate::pricing::admin::{
+    self, BaseRateBody, Change, DiscountBody, TimeMultiplierBody, VehicleConfigBody, CLASSES,
+};
+use crate::state::AppState;
+
+/// An applied, audited change.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AdminChange {
+    /// Id of the `pricing_audit` row.
+    pub audit_id: i64,
+    /// create, update or delete.
+    pub action: String,
+    /// base_rate, vehicle_config, time_multiplier or discount_rule.
+    pub entity: String,
+    /// Class or rule id.
+    pub key: String,
+    /// The row before the change (null when created).
+    pub before: Value,
+    /// The row after the change (null when deleted).
+    pub after: Value,
+}
+
+/// Query of `GET /v1/admin/pricing/audit`.
+#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// Only this region's changes.
+    pub region: Option<String>,
+    /// 1–200 (default 50), newest first.
+    pub limit: Option<u32>,
+}
+
+/// 403 unless the caller has the ops role.
+pub fn require_ops(user: &AuthUser) -> ApiResult<()> {
+    if user.is_ops {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "pricing administration needs the ops role".into(),
+        ))
+    }
+}
+
+/// A region this origin serves, from a path segment (404 otherwise).
+pub fn served_region(state: &AppState, code: &str) -> ApiResult<Region> {
+    code.to_ascii_uppercase()
+        .parse::<Region>()
+        .ok()
+        .filter(|r| state.config.regions.contains(r))
+        .ok_or_else(|| ApiError::NotFound(format!("region {code} is not served here")))
+}
+
+/// Runs one change in a transaction with its audit row, then makes it effective at once.
+async fn apply<'a, F, Fut>(
+    state: &'a AppState,
+    user: &'a AuthUser,
+    request_id: &'a RequestId,
+    region: Region,
+    op: F,
+) -> ApiResult<AdminChange>
+where
+    F: FnOnce(sqlx::Transaction<'static, sqlx::Postgres>) -> Fut,
+    Fut: std::future::Future<
+        Output = ApiResult<(sqlx::Transaction<'static, sqlx::Postgres>, Change)>,
+    >,
+{
+    let mut tx = state.db.begin().await?;
+    admin::lock_region(&mut tx, region).await?;
+    let (mut tx, change) = op(tx).await?;
+    let audit_id =
+        admin::audit(&mut tx, region, &user.id, request_id.0.as_deref(), &change).await?;
+    tx.commit().await?;
+    // Effective at once: drop the region's pricing contexts from L2 and make every cached
+    // quote unreachable (a bump, see cache.rs).
+    let classes: Vec<String> = CLASSES.iter().map(|c| (*c).to_owned()).collect();
+    state.caches.invalidate_pricing(region, &classes).await;
+    state.caches.invalidate_all_quotes().await;
+    metrics::counter!("pricing_admin_changes_total", "entity" => change.entity, "action" => change.action)
+        .increment(1);
+    tracing::info!(actor = %user.id, %region, entity = change.entity, action = change.action, key = %change.key, audit_id, "pricing changed");
+    Ok(AdminChange {
+        audit_id,
+        action: change.action.to_owned(),
+        entity: change.entity.to_owned(),
+        key: change.key,
+        before: change.before.unwrap_or(Value::Null),
+        after: change.after.unwrap_or(Value::Null),
+    })
+}
+
+/// The region's whole pricing configuration.
+#[utoipa::path(
+    get, path = "/v1/admin/pricing/{region}", tag = "admin",
+    params(("region" = String, Path, description = "EUW or EUN")),
+    responses(
+        (status = 200, description = "Base rates, vehicle config, time multipliers, discount rules", body = serde_json::Value),
+        (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Region not served here", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn overview(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiPath(region): ApiPath<String>,
+) -> ApiResult<impl IntoResponse> {
+    require_ops(&user)?;
+    let region = served_region(&state, &region)?;
+    let mut conn = state.db.acquire().await?;
+    Ok(axum::Json(admin::overview(&mut conn, region).await?))
+}
+
+/// Set a class's base rate (created if absent).
+#[utoipa::path(
+    put, path = "/v1/admin/pricing/{region}/base-rates/{class}", tag = "admin",
+    params(("region" = String, Path), ("class" = String, Path)),
+    request_body = BaseRateBody,
+    responses(
+        (status = 200, description = "Applied and audited", body = AdminChange),
+        (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid (field named)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn put_base_rate(
+    State(state): State<AppState>,
+    user: AuthUser,
+    request_id: RequestId,
+    ApiPath((region, class)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<BaseRateBody>,
+) -> ApiResult<impl IntoResponse> {
+    require_ops(&user)?;
+    let region = served_region(&state, &region)?;
+    admin::check_class(&class)?;
+    body.validate(region)?;
+    let change = apply(&state, &user, &request_id, region, |mut tx| async move {
+        let c = admin::base_rate_put(&mut tx, region, &class, &body).await?;
+        Ok((tx, c))
+    })
+    .await?;
+    Ok(axum::Json(change))
+}
+
+/// Set a class's floor and ceiling (created if absent).
+#[utoipa::path(
+    put, path = "/v1/admin/pricing/{region}/vehicle-config/{class}", tag = "admin",
+    params(("region" = String, Path), ("class" = String, Path)),
+    request_body = VehicleConfigBody,
+    responses(
+        (status = 200, description = "Applied and audited", body = AdminChange),
+        (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid (field named)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn put_vehicle_config(
+    State(state): State<AppState>,
+    user: AuthUser,
+    request_id: RequestId,
+    ApiPath((region, class)): ApiPath<(String, String)>,
+    ApiJson(body): ApiJson<VehicleConfigBody>,
+) -> ApiResult<impl IntoResponse> {
+    require_ops(&user)?;
+    let region = served_region(&state, &region)?;
+    admin::check_class(&class)?;
+    body.validate()?;
+    let change = apply(&state, &user, &request_id, region, |mut tx| async move {
+        let c = admin::vehicle_config_put(&mut tx, region, &class, &body).await?;
+        Ok((tx, c))
+    })
+    .await?;
+    Ok(axum::Json(change))
+}
+
+/// Add a time-of-day multiplier (no overlap with the region's other rules).
+#[utoipa::path(
+    post, path = "/v1/admin/pricing/{region}/time-multipliers", tag = "admin",
+    params(("region" = String, Path)),
+    request_body = TimeMultiplierBody,
+    responses(
+        (status = 201, description = "Created and audited", body = AdminChange),
+        (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid or overlapping (field named)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create_time_multiplier(
+    State(state): State<AppState>,
+    user: AuthUser,
+    request_id: RequestId,
+    ApiPath(region): ApiPath<String>,
+    ApiJson(body): ApiJson<TimeMultiplierBody>,
+) -> ApiResult<impl IntoResponse> {
+    require_ops(&user)?;
+    let region = served_region(&state, &region)?;
+    body.validate()?;
+    let change = apply(&state, &user, &request_id, region, |mut tx| async move {
+        let c = admin::time_multiplier_upsert(&mut tx, region, None, &body).await?;
+        Ok((tx, c))
+    })
+    .await?;
+    Ok((StatusCode::CREATED, axum::Json(change)))
+}
+
+/// Replace a time-of-day multiplier.
+#[utoipa::path(
+    put, path = "/v1/admin/pricing/{region}/time-multipliers/{id}", tag = "admin",
+    params(("region" = String, Path), ("id" = Uuid, Path)),
+    request_body = TimeMultiplierBody,
+    responses(
+        (status = 200, description = "Applied and audited", body = AdminChange),
+        (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such rule", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid or overlapping (field named)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn update_time_multiplier(
+    State(state): State<AppState>,
+    user: AuthUser,
+    request_id: RequestId,
+    ApiPath((region, id)): ApiPath<(String, Uuid)>,
+    ApiJson(body): ApiJson<TimeMultiplierBody>,
+) -> ApiResult<impl IntoResponse> {
+    require_ops(&user)?;
+    let region = served_region(&state, &region)?;
+    body.validate()?;
+    let change = apply(&state, &user, &request_id, region, |mut tx| async move {
+        let c = admin::time_multiplier_upsert(&mut tx, region, Some(id), &body).await?;
+        Ok((tx, c))
+    })
+    .await?;
+    Ok(axum::Json(change))
+}
+
+/// Delete a time-of-day multiplier.
+#[utoipa::path(
+    delete, path = "/v1/admin/pricing/{region}/time-multipliers/{id}", tag = "admin",
+    params(("region" = String, Path), ("id" = Uuid, Path)),
+    responses(
+        (status = 200, description = "Deleted and audited", body = AdminChange),
+        (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such rule", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete_time_multiplier(
+    State(state): State<AppState>,
+    user: AuthUser,
+    request_id: RequestId,
+    ApiPath((region, id)): ApiPath<(String, Uuid)>,
+) -> ApiResult<impl IntoResponse> {
+    require_ops(&user)?;
+    let region = served_region(&state, &region)?;
+    let change = apply(&state, &user, &request_id, region, |mut tx| async move {
+        let c = admin::time_multiplier_delete(&mut tx, region, id).await?;
+        Ok((tx, c))
+    })
+    .await?;
+    Ok(axum::Json(change))
+}
+
+/// Add a discount rule.
+#[utoipa::path(
+    post, path = "/v1/admin/pricing/{region}/discount-rules", tag = "admin",
+    params(("region" = String, Path)),
+    request_body = DiscountBody,
+    responses(
+        (status = 201, description = "Created and audited", body = AdminChange),
+        (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid (field named)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create_discount(
+    State(state): State<AppState>,
+    user: AuthUser,
+    request_id: RequestId,
+    ApiPath(region): ApiPath<String>,
+    ApiJson(body): ApiJson<DiscountBody>,
+) -> ApiResult<impl IntoResponse> {
+    require_ops(&user)?;
+    let region = served_region(&state, &region)?;
+    body.validate()?;
+    let change = apply(&state, &user, &request_id, region, |mut tx| async move {
+        let c = admin::discount_upsert(&mut tx, region, None, &body).await?;
+        Ok((tx, c))
+    })
+    .await?;
+    Ok((StatusCode::CREATED, axum::Json(change)))
+}
+
+/// Replace a discount rule.
+#[utoipa::path(
+    put, path = "/v1/admin/pricing/{region}/discount-rules/{id}", tag = "admin",
+    params(("region" = String, Path), ("id" = Uuid, Path)),
+    request_body = DiscountBody,
+    responses(
+        (status = 200, description = "Applied and audited", body = AdminChange),
+        (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such rule", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid (field named)", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn update_discount(
+    State(state): State<AppState>,
+    user: AuthUser,
+    request_id: RequestId,
+    ApiPath((region, id)): ApiPath<(String, Uuid)>,
+    ApiJson(body): ApiJson<DiscountBody>,
+) -> ApiResult<impl IntoResponse> {
+    require_ops(&user)?;
+    let region = served_region(&state, &region)?;
+    body.validate()?;
+    let change = apply(&state, &user, &request_id, region, |mut tx| async move {
+        let c = admin::discount_upsert(&mut tx, region, Some(id), &body).await?;
+        Ok((tx, c))
+    })
+    .await?;
+    Ok(axum::Json(change))
+}
+
+/// Delete a discount rule.
+#[utoipa::path(
+    delete, path = "/v1/admin/pricing/{region}/discount-rules/{id}", tag = "admin",
+    params(("region" = String, Path), ("id" = Uuid, Path)),
+    responses(
+        (status = 200, description = "Deleted and audited", body = AdminChange),
+        (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such rule", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn delete_discount(
+    State(state): State<AppState>,
+    user: AuthUser,
+    request_id: RequestId,
+    ApiPath((region, id)): ApiPath<(String, Uuid)>,
+) -> ApiResult<impl IntoResponse> {
+    require_ops(&user)?;
+    let region = served_region(&state, &region)?;
+    let change = apply(&state, &user, &request_id, region, |mut tx| async move {
+        let c = admin::discount_delete(&mut tx, region, id).await?;
+        Ok((tx, c))
+    })
+    .await?;
+    Ok(axum::Json(change))
+}
+
+/// The audit trail of pricing changes, newest first.
+#[utoipa::path(
+    get, path = "/v1/admin/pricing-audit", tag = "admin",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "Audit rows: id, at, region, actor, action, entity, entity_key, before, after, request_id", body = serde_json::Value),
+        (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn audit_log(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiQuery(query): ApiQuery<AuditQuery>,
+) -> ApiResult<impl IntoResponse> {
+    require_ops(&user)?;
+    let region = match &query.region {
+        Some(code) => Some(served_region(&state, code)?),
+        None => None,
+    };
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::field("limit", "must be between 1 and 200"));
+    }
+    let rows: Value = sqlx::query_scalar(
+        "select coalesce(jsonb_agg(to_jsonb(a) order by a.id desc), '[]')
+           from (select * from pricing_audit where $1::text is null or region = $1
+                  order by id desc limit $2) a",
+    )
+    .bind(region.map(|r| r.code()))
+    .bind(i64::from(limit))
+    .fetch_one(&state.db)
+    .await?;
+    Ok(axum::Json(serde_json::json!({ "items": rows })))
+}

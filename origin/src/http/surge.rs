@@ -1,0 +1,158 @@
+//! `GET /v1/surge`: the surge grid (rules in `surge.rs`) for a point or a whole region, and
+//! `POST /v1/admin/surge/recompute` for ops (recompute now instead of at the next tick).
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use domain::region::Region;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::admin::{require_ops, served_region};
+use crate::auth::AuthUser;
+use crate::error::{ApiError, ApiResult, Problem};
+use crate::extract::ApiQuery;
+use crate::state::AppState;
+use crate::surge::{self, CellSurge, SurgeGrid};
+
+/// Query of `GET /v1/surge`: a point (`lat` and `lon`) or a `region`.
+#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SurgeQuery {
+    pub lat: Option<f64>,
+    pub lon: Option<f64>,
+    /// EUW or EUN: the whole grid.
+    pub region: Option<String>,
+}
+
+/// The surge at one point.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SurgeAtPoint {
+    pub region: String,
+    /// H3 cell of the point.
+    pub cell: String,
+    pub resolution: u8,
+    /// Published (smoothed) multiplier, e.g. 1.25.
+    pub multiplier: f64,
+    pub multiplier_bp: u32,
+    /// The cell's inputs (absent for a cell without vehicles: ×1.0).
+    pub detail: Option<CellSurge>,
+    pub computed_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The region whose bays are nearest to a point (the two served cities are far apart; a
+/// point between them belongs to the closer one).
+fn region_of(lat: f64, lon: f64) -> Region {
+    let frankfurt = (50.11, 8.68);
+    let stockholm = (59.33, 18.07);
+    let d = |(a, b): (f64, f64)| (lat - a).powi(2) + (lon - b).powi(2);
+    if d(frankfurt) <= d(stockholm) {
+        Region::Euw
+    } else {
+        Region::Eun
+    }
+}
+
+async fn grid_or_compute(state: &AppState, region: Region) -> ApiResult<std::sync::Arc<SurgeGrid>> {
+    if let Some(grid) = state.surge.grid(region).await {
+        return Ok(grid);
+    }
+    state
+        .surge
+        .recompute(region)
+        .await
+        .map_err(ApiError::Internal)
+}
+
+/// The surge multiplier at a point (`lat`, `lon`) or a region's whole grid (`region`).
+#[utoipa::path(
+    get, path = "/v1/surge", tag = "pricing",
+    params(SurgeQuery),
+    responses(
+        (status = 200, description = "SurgeAtPoint for a point, SurgeGrid for a region", body = SurgeAtPoint),
+        (status = 400, description = "Neither a point nor a region", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid coordinate", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn surge_v1(
+    State(state): State<AppState>,
+    _user: AuthUser,
+    ApiQuery(query): ApiQuery<SurgeQuery>,
+) -> ApiResult<axum::response::Response> {
+    match (query.lat, query.lon, &query.region) {
+        (Some(lat), Some(lon), None) => {
+            if !(-90.0..=90.0).contains(&lat) {
+                return Err(ApiError::field("lat", "must be between -90 and 90"));
+            }
+            if !(-180.0..=180.0).contains(&lon) {
+                return Err(ApiError::field("lon", "must be between -180 and 180"));
+            }
+            let cell = surge::cell_of(lat, lon, state.surge.resolution())
+                .ok_or_else(|| ApiError::field("lat", "not a valid coordinate"))?;
+            let region = region_of(lat, lon);
+            let grid = if state.config.regions.contains(&region) {
+                Some(grid_or_compute(&state, region).await?)
+            } else {
+                None
+            };
+            let m = grid
+                .as_ref()
+                .map_or(domain::multiplier::Multiplier::ONE, |g| g.multiplier(cell));
+            Ok(axum::Json(SurgeAtPoint {
+                region: region.code().to_owned(),
+                cell: cell.to_string(),
+                resolution: state.surge.resolution(),
+                multiplier: m.as_f64(),
+                multiplier_bp: m.bp(),
+                detail: grid
+                    .as_ref()
+                    .and_then(|g| g.cells.get(&cell.to_string()).cloned()),
+                computed_at: grid.as_ref().map(|g| g.computed_at),
+            })
+            .into_response())
+        }
+        (None, None, Some(code)) => {
+            let region = served_region(&state, code)?;
+            let grid = grid_or_compute(&state, region).await?;
+            Ok(axum::Json(grid.as_ref().clone()).into_response())
+        }
+        _ => Err(ApiError::BadRequest(
+            "pass either lat and lon, or region".into(),
+        )),
+    }
+}
+
+/// Query of `POST /v1/admin/surge/recompute`.
+#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct RecomputeQuery {
+    /// EUW or EUN.
+    pub region: String,
+}
+
+/// Recompute a region's surge grid now (ops).
+#[utoipa::path(
+    post, path = "/v1/admin/surge/recompute", tag = "admin",
+    params(RecomputeQuery),
+    responses(
+        (status = 200, description = "The new grid", body = SurgeGrid),
+        (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn recompute(
+    State(state): State<AppState>,
+    user: AuthUser,
+    ApiQuery(query): ApiQuery<RecomputeQuery>,
+) -> ApiResult<impl IntoResponse> {
+    require_ops(&user)?;
+    let region = served_region(&state, &query.region)?;
+    let grid = state
+        .surge
+        .recompute(region)
+        .await
+        .map_err(ApiError::Internal)?;
+    Ok(axum::Json(grid.as_ref().clone()))
+}

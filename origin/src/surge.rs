@@ -1,0 +1,531 @@
+//! The surge grid: supply and demand per H3 cell, turned into a demand multiplier.
+//!
+//! Each region's bays are bucketed into H3 cells (the `h3o` crate) at `SURGE_H3_RESOLUTION`
+//! (default **8**: hexagons of about 0.74 km², edge ≈ 460 m — a few streets, small enough that
+//! a busy station does not raise prices across town, large enough to hold several bays). Per
+//! cell:
+//!
+//! * **supply** = active vehicles parked at the cell's bays;
+//! * **demand** = live holds (bookings made in the last hour that still hold or have confirmed
+//!   a vehicle of the cell) + the AI demand model's prediction for the current hour;
+//! * **pressure** = demand / supply.
+//!
+//! **Curve** ([`curve`]): ×1.0 up to a pressure of 0.5 (half the cars wanted), then rising
+//! linearly by 2.0 per unit of pressure, **capped at ×3.0** (reached at pressure 1.5). Then
+//! **smoothing**: a cell's published multiplier is 60 % its own and 40 % the mean of its
+//! neighbours in the grid (the six cells around it that have vehicles), so crossing a street
+//! does not change the price by a factor of three. Smoothing is a weighted mean of capped
+//! values, so it never exceeds the cap. A cell without vehicles is not in the grid and is ×1.0.
+//! Everything is integer basis points after the curve, and cells are visited in a fixed order,
+//! so the same inputs always give the same grid.
+//!
+//! The grid is recomputed every `SURGE_RECOMPUTE_SECS` (default 60) and on
+//! `POST /v1/admin/surge/recompute`, kept in process and in L2 for 15 min; `GET /v1/surge`
+//! shows it. A quote prices its own cell with a fresh demand prediction for its own window
+//! (see `pricing/fetch.rs`) and falls back to this grid's value when the model is away.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, DurationRound, Utc};
+use domain::multiplier::Multiplier;
+use domain::region::Region;
+use h3o::{CellIndex, LatLng, Resolution};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use utoipa::ToSchema;
+
+use crate::cache::Caches;
+use crate::inference::{DemandRequest, InferenceClient};
+
+/// Highest surge multiplier (×3.0).
+pub const SURGE_CAP: Multiplier = Multiplier::from_bp(30_000);
+/// How long a grid is trusted (the seed's 15 min for the surge layer of L2).
+pub const GRID_TTL: Duration = Duration::from_secs(15 * 60);
+/// Pressure under which there is no surge.
+const PRESSURE_FREE: f64 = 0.5;
+/// Multiplier added per unit of pressure above [`PRESSURE_FREE`].
+const SLOPE: f64 = 2.0;
+/// Share of a cell's own value in its published multiplier (the rest is its neighbours' mean).
+const OWN_WEIGHT: u64 = 6;
+const NEIGHBOUR_WEIGHT: u64 = 4;
+
+/// The surge curve: pressure (demand / supply) → multiplier, ×1.0 to ×3.0 in basis points.
+/// A NaN or negative pressure is no surge.
+pub fn curve(pressure: f64) -> Multiplier {
+    if pressure == f64::INFINITY {
+        return SURGE_CAP;
+    }
+    if pressure.is_nan() || pressure <= PRESSURE_FREE {
+        return Multiplier::ONE;
+    }
+    let factor = 1.0 + SLOPE * (pressure - PRESSURE_FREE);
+    let bp = (factor * f64::from(Multiplier::SCALE)).round();
+    let cap = f64::from(SURGE_CAP.bp());
+    // In range 10_000..=30_000 after the clamp, so the cast is exact.
+    Multiplier::from_bp(bp.clamp(f64::from(Multiplier::SCALE), cap) as u32)
+}
+
+/// Pressure of a cell; no supply means any demand is full pressure (and none is none).
+pub fn pressure(demand: f64, supply: f64) -> f64 {
+    if supply <= 0.0 {
+        return if demand > 0.0 { f64::INFINITY } else { 0.0 };
+    }
+    demand / supply
+}
+
+/// What one cell brings to the grid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CellInput {
+    pub cell: CellIndex,
+    pub supply: u32,
+    pub holds: u32,
+    pub predicted: f64,
+}
+
+/// One cell of a computed grid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CellSurge {
+    /// H3 cell index (hex).
+    pub cell: String,
+    pub supply: u32,
+    pub holds: u32,
+    /// Predicted bookings for the current hour (0 when the model was unavailable).
+    pub predicted: f64,
+    pub pressure: f64,
+    /// The curve's value for this cell alone, in basis points.
+    pub raw_bp: u32,
+    /// The published, smoothed multiplier, in basis points.
+    pub multiplier_bp: u32,
+}
+
+/// A region's grid at one instant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SurgeGrid {
+    pub region: String,
+    pub resolution: u8,
+    pub computed_at: DateTime<Utc>,
+    /// Whether the demand model answered for this grid.
+    pub prediction_available: bool,
+    /// Cells with vehicles, by H3 index.
+    pub cells: BTreeMap<String, CellSurge>,
+}
+
+impl SurgeGrid {
+    /// The published multiplier of a cell (×1.0 for a cell without vehicles).
+    pub fn multiplier(&self, cell: CellIndex) -> Multiplier {
+        self.cells
+            .get(&cell.to_string())
+            .map(|c| Multiplier::from_bp(c.multiplier_bp))
+            .unwrap_or(Multiplier::ONE)
+    }
+
+    /// Live holds counted in a cell.
+    pub fn holds(&self, cell: CellIndex) -> u32 {
+        self.cells.get(&cell.to_string()).map_or(0, |c| c.holds)
+    }
+
+    /// Whether the grid is younger than [`GRID_TTL`].
+    pub fn is_fresh(&self, now: DateTime<Utc>) -> bool {
+        now.signed_duration_since(self.computed_at)
+            .to_std()
+            .map_or(true, |age| age < GRID_TTL)
+    }
+}
+
+/// Computes a grid from per-cell inputs (pure; see the module docs for the rules). Inputs for
+/// the same cell are summed; cells without supply are left out (×1.0).
+pub fn compute(
+    region: Region,
+    resolution: u8,
+    inputs: &[CellInput],
+    prediction_available: bool,
+    computed_at: DateTime<Utc>,
+) -> SurgeGrid {
+    let mut merged: BTreeMap<CellIndex, (u32, u32, f64)> = BTreeMap::new();
+    for input in inputs {
+        let entry = merged.entry(input.cell).or_insert((0, 0, 0.0));
+        entry.0 = entry.0.saturating_add(input.supply);
+        entry.1 = entry.1.saturating_add(input.holds);
+        if input.predicted.is_finite() && input.predicted > 0.0 {
+            entry.2 += input.predicted;
+        }
+    }
+    merged.retain(|_, (supply, _, _)| *supply > 0);
+    let raw: BTreeMap<CellIndex, (f64, Multiplier)> = merged
+        .iter()
+        .map(|(cell, (supply, holds, predicted))| {
+            let p = pressure(f64::from(*holds) + predicted, f64::from(*supply));
+            (*cell, (p, curve(p)))
+        })
+        .collect();
+    let mut cells = BTreeMap::new();
+    for (cell, (supply, holds, predicted)) in &merged {
+        let Some((p, own)) = raw.get(cell) else {
+            continue;
+        };
+        let mut neighbours: Vec<CellIndex> = cell.grid_disk::<Vec<_>>(1);
+        neighbours.sort_unstable();
+        let around: Vec<u64> = neighbours
+            .iter()
+            .filter(|n| *n != cell)
+            .filter_map(|n| raw.get(n).map(|(_, m)| u64::from(m.bp())))
+            .collect();
+        let published = if around.is_empty() {
+            u64::from(own.bp())
+        } else {
+            let n = around.len() as u64;
+            let sum: u64 = around.iter().sum();
+            // (6·own·n + 4·Σ) / (10·n), rounded half up: integer, order-independent.
+            let num = OWN_WEIGHT * u64::from(own.bp()) * n + NEIGHBOUR_WEIGHT * sum;
+            let den = (OWN_WEIGHT + NEIGHBOUR_WEIGHT) * n;
+            (num + den / 2) / den
+        };
+        let published = published.clamp(u64::from(Multiplier::SCALE), u64::from(SURGE_CAP.bp()));
+        cells.insert(
+            cell.to_string(),
+            CellSurge {
+                cell: cell.to_string(),
+                supply: *supply,
+                holds: *holds,
+                predicted: *predicted,
+                pressure: if p.is_finite() { *p } else { f64::MAX },
+                raw_bp: own.bp(),
+                multiplier_bp: u32::try_from(published).unwrap_or(SURGE_CAP.bp()),
+            },
+        );
+    }
+    SurgeGrid {
+        region: region.code().to_owned(),
+        resolution,
+        computed_at,
+        prediction_available,
+        cells,
+    }
+}
+
+/// Parses a resolution already validated by the configuration.
+pub fn resolution(res: u8) -> Resolution {
+    Resolution::try_from(res).unwrap_or(Resolution::Eight)
+}
+
+/// The cell of a point, `None` for an invalid coordinate.
+pub fn cell_of(lat: f64, lon: f64, res: u8) -> Option<CellIndex> {
+    LatLng::new(lat, lon)
+        .ok()
+        .map(|p| p.to_cell(resolution(res)))
+}
+
+/// The running grids of the served regions.
+#[derive(Debug, Clone)]
+pub struct Surge {
+    db: PgPool,
+    caches: Caches,
+    inference: InferenceClient,
+    resolution: u8,
+    budget: Duration,
+    grids: Arc<RwLock<HashMap<Region, Arc<SurgeGrid>>>>,
+}
+
+fn grid_key(region: Region) -> String {
+    format!("l2:surge:{}", region.code())
+}
+
+impl Surge {
+    /// A grid holder; nothing is computed until [`Surge::recompute`] or [`Surge::spawn`].
+    pub fn new(
+        db: PgPool,
+        caches: Caches,
+        inference: InferenceClient,
+        resolution: u8,
+        budget: Duration,
+    ) -> Self {
+        Surge {
+            db,
+            caches,
+            inference,
+            resolution,
+            budget,
+            grids: Arc::default(),
+        }
+    }
+
+    /// The configured H3 resolution.
+    pub fn resolution(&self) -> u8 {
+        self.resolution
+    }
+
+    /// The freshest grid of a region younger than 15 min: this process's, else L2's (computed
+    /// by another instance), else none.
+    pub async fn grid(&self, region: Region) -> Option<Arc<SurgeGrid>> {
+        let now = Utc::now();
+        let local = self.grids.read().ok().and_then(|g| g.get(&region).cloned());
+        if let Some(grid) = local.filter(|g| g.is_fresh(now)) {
+            return Some(grid);
+        }
+        let stored: SurgeGrid = self.caches.l2_get_json("surge", &grid_key(region)).await?;
+        if !stored.is_fresh(now) || stored.resolution != self.resolution {
+            return None;
+        }
+        let stored = Arc::new(stored);
+        if let Ok(mut grids) = self.grids.write() {
+            grids.insert(region, Arc::clone(&stored));
+        }
+        Some(stored)
+    }
+
+    /// The grid kept in this process, whatever its age (for the quote path, which must not
+    /// wait on Redis for live holds).
+    pub fn local(&self, region: Region) -> Option<Arc<SurgeGrid>> {
+        self.grids.read().ok().and_then(|g| g.get(&region).cloned())
+    }
+
+    /// Recomputes a region's grid from PostgreSQL and the demand model, stores it in process
+    /// and in L2.
+    pub async fn recompute(&self, region: Region) -> anyhow::Result<Arc<SurgeGrid>> {
+        use anyhow::Context;
+        let now = Utc::now();
+        let rows: Vec<(f64, f64, i64, i64)> = sqlx::query_as(
+            "select b.lat, b.lon,
+                    (select count(*) from vehicles v where v.bay_id = b.id and v.status = 'active'),
+                    (select count(*) from bookings k
+                      where k.bay_id = b.id and k.created_at > now() - interval '1 hour'
+                        and (k.status in ('CONFIRMED', 'IN_PROGRESS')
+                             or (k.status = 'RESERVING' and k.hold_expires_at > now())))
+               from parking_bays b where b.region = $1",
+        )
+        .bind(region.code())
+        .fetch_all(&self.db)
+        .await
+        .context("load surge inputs")?;
+        let mut inputs: Vec<CellInput> = rows
+            .into_iter()
+            .filter_map(|(lat, lon, supply, holds)| {
+                Some(CellInput {
+                    cell: cell_of(lat, lon, self.resolution)?,
+                    supply: u32::try_from(supply).unwrap_or(0),
+                    holds: u32::try_from(holds).unwrap_or(0),
+                    predicted: 0.0,
+                })
+            })
+            .collect();
+        let mut zones: Vec<String> = inputs.iter().map(|i| i.cell.to_string()).collect();
+        zones.sort();
+        zones.dedup();
+        let mut prediction_available = false;
+        if self.inference.is_configured() && !zones.is_empty() {
+            let bucket = now
+                .duration_trunc(chrono::Duration::hours(1))
+                .unwrap_or(now);
+            let request = DemandRequest {
+                region: region.code().to_owned(),
+                zones,
+                buckets: vec![bucket],
+            };
+            // A background job: more patient than a quote, still bounded.
+            let answer =
+                tokio::time::timeout(self.budget * 4, self.inference.demand(&request)).await;
+            if let Ok(Ok(answer)) = answer {
+                prediction_available = true;
+                let mut by_zone: HashMap<String, f64> = HashMap::new();
+                for p in answer.predictions {
+                    *by_zone.entry(p.zone).or_default() += p.demand;
+                }
+                // The zone's prediction goes to its first input only (inputs of one cell are
+                // summed by `compute`).
+                let mut seen = std::collections::HashSet::new();
+                for input in &mut inputs {
+                    let zone = input.cell.to_string();
+                    if seen.insert(zone.clone()) {
+                        input.predicted = by_zone.get(&zone).copied().unwrap_or(0.0);
+                    }
+                }
+            }
+        }
+        let grid = Arc::new(compute(
+            region,
+            self.resolution,
+            &inputs,
+            prediction_available,
+            now,
+        ));
+        if let Ok(mut grids) = self.grids.write() {
+            grids.insert(region, Arc::clone(&grid));
+        }
+        self.caches
+            .l2_put_json(&grid_key(region), grid.as_ref(), GRID_TTL)
+            .await;
+        metrics::counter!("surge_recomputes_total", "region" => region.code()).increment(1);
+        Ok(grid)
+    }
+
+    /// Recomputes every region now, then every `interval` until shutdown.
+    pub fn spawn(
+        &self,
+        regions: Vec<Region>,
+        interval: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let surge = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        for region in &regions {
+                            if let Err(e) = surge.recompute(*region).await {
+                                tracing::warn!(error = format!("{e:#}"), %region, "surge recompute failed");
+                            }
+                        }
+                    }
+                    _ = shutdown.changed() => break,
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(lat: f64, lon: f64) -> CellIndex {
+        cell_of(lat, lon, 8).unwrap_or_else(|| panic!("valid point"))
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_curve_is_flat_then_linear_then_capped() {
+        assert_eq!(curve(0.0), Multiplier::ONE);
+        assert_eq!(curve(0.5), Multiplier::ONE);
+        assert_eq!(curve(0.75), Multiplier::from_bp(15_000));
+        assert_eq!(curve(1.0), Multiplier::from_bp(20_000));
+        assert_eq!(curve(1.5), SURGE_CAP);
+        assert_eq!(curve(40.0), SURGE_CAP);
+        assert_eq!(curve(f64::INFINITY), SURGE_CAP);
+        assert_eq!(curve(f64::NAN), Multiplier::ONE);
+        assert_eq!(curve(-3.0), Multiplier::ONE);
+        let mut last = Multiplier::ONE;
+        for step in 0..400 {
+            let m = curve(f64::from(step) / 100.0);
+            assert!(m >= last && m <= SURGE_CAP);
+            last = m;
+        }
+    }
+
+    #[test]
+    fn more_holds_in_a_cell_raise_it_up_to_the_cap_and_never_above() {
+        let cell = at(50.1071, 8.6638);
+        let mut last = 0;
+        for holds in 0..20 {
+            let grid = compute(
+                Region::Euw,
+                8,
+                &[CellInput {
+                    cell,
+                    supply: 4,
+                    holds,
+                    predicted: 0.0,
+                }],
+                false,
+                now(),
+            );
+            let m = grid.multiplier(cell).bp();
+            assert!(m >= last, "{holds} holds: {m} < {last}");
+            assert!(m <= SURGE_CAP.bp());
+            last = m;
+        }
+        assert_eq!(last, SURGE_CAP.bp());
+    }
+
+    #[test]
+    fn an_empty_cell_is_neutral_and_cells_without_demand_are_neutral() {
+        let busy = at(50.1071, 8.6638);
+        let far = at(50.2, 8.9);
+        let grid = compute(
+            Region::Euw,
+            8,
+            &[
+                CellInput {
+                    cell: far,
+                    supply: 3,
+                    holds: 0,
+                    predicted: 0.0,
+                },
+                CellInput {
+                    cell: busy,
+                    supply: 0,
+                    holds: 5,
+                    predicted: 2.0,
+                },
+            ],
+            true,
+            now(),
+        );
+        assert_eq!(grid.multiplier(far), Multiplier::ONE);
+        assert_eq!(
+            grid.multiplier(busy),
+            Multiplier::ONE,
+            "no vehicles: not in grid"
+        );
+        assert_eq!(grid.cells.len(), 1);
+    }
+
+    #[test]
+    fn neighbours_smooth_a_spike_and_the_same_inputs_give_the_same_grid() {
+        let centre = at(50.1071, 8.6638);
+        let ring: Vec<CellIndex> = centre
+            .grid_disk::<Vec<_>>(1)
+            .into_iter()
+            .filter(|c| *c != centre)
+            .collect();
+        let mut inputs = vec![CellInput {
+            cell: centre,
+            supply: 2,
+            holds: 10,
+            predicted: 0.0,
+        }];
+        inputs.extend(ring.iter().map(|c| CellInput {
+            cell: *c,
+            supply: 2,
+            holds: 0,
+            predicted: 0.0,
+        }));
+        let grid = compute(Region::Euw, 8, &inputs, false, now());
+        let centre_m = grid.multiplier(centre).bp();
+        // 60 % of ×3.0 + 40 % of the neighbours' ×1.0 = ×2.2.
+        assert_eq!(centre_m, 22_000);
+        for c in &ring {
+            let m = grid.multiplier(*c).bp();
+            assert!(m > 10_000 && m < centre_m, "{m}");
+        }
+        let mut reversed = inputs.clone();
+        reversed.reverse();
+        let again = compute(Region::Euw, 8, &reversed, false, now());
+        assert_eq!(grid, again);
+    }
+
+    #[test]
+    fn predicted_demand_counts_like_holds() {
+        let cell = at(59.33, 18.06);
+        let grid = compute(
+            Region::Eun,
+            8,
+            &[CellInput {
+                cell,
+                supply: 4,
+                holds: 1,
+                predicted: 3.0,
+            }],
+            true,
+            now(),
+        );
+        // pressure 4 / 4 = 1 → ×2.0
+        assert_eq!(grid.multiplier(cell), Multiplier::from_bp(20_000));
+    }
+}

@@ -12,6 +12,7 @@ mod idempotency;
 mod jwt_attacks;
 mod limits;
 mod lifecycle;
+mod loadgen_smoke;
 mod locks;
 mod log_secrets;
 mod openapi;

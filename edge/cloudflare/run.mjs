@@ -1,0 +1,53 @@
+// Runs the built worker (build/index.js + build/index_bg.wasm) in workerd through the miniflare
+// API: starts in under a second, never reaches the network (`cf: false`), binds 127.0.0.1.
+//
+//   EDGE_PORT=18101 EDGE_BINDINGS='{"EDGE_REGION":"EUW",...}' node edge/cloudflare/run.mjs
+//
+// Prints `ready http://127.0.0.1:<port>` once serving. Stops (and stops workerd) on SIGINT,
+// SIGTERM or when stdin closes, so a test harness that dies takes the worker with it.
+import { Miniflare } from "miniflare";
+import { fileURLToPath } from "node:url";
+import path from "node:path";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const build = path.join(here, "build");
+const bindings = JSON.parse(process.env.EDGE_BINDINGS || "{}");
+const port = Number(process.env.EDGE_PORT || "0");
+
+const mf = new Miniflare({
+  modules: true,
+  scriptPath: path.join(build, "index.js"),
+  modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
+  compatibilityDate: "2025-09-01",
+  bindings,
+  cf: false,
+  host: "127.0.0.1",
+  port,
+  verbose: process.env.EDGE_VERBOSE === "1",
+});
+
+let stopping = false;
+async function stop() {
+  if (stopping) return;
+  stopping = true;
+  try {
+    await mf.dispose();
+  } finally {
+    process.exit(0);
+  }
+}
+process.on("SIGINT", stop);
+process.on("SIGTERM", stop);
+if (process.env.EDGE_STOP_ON_STDIN_CLOSE !== "0") {
+  process.stdin.on("end", stop);
+  process.stdin.on("close", stop);
+  process.stdin.resume();
+}
+
+try {
+  const url = await mf.ready;
+  console.log(`ready ${url.origin}`);
+} catch (e) {
+  console.error(`miniflare failed: ${e?.stack || e}`);
+  process.exit(1);
+}

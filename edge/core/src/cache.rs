@@ -1,0 +1,89 @@
+//! The edge cache: quotes and searches kept in Upstash Redis, keyed so that a committed
+//! booking change makes the affected entries unreachable at once.
+//!
+//! **Generations.** Every key embeds generation counters: `gen:<REGION>` for searches (a
+//! search result can change with any booking in the region; a search names no region, so its
+//! key carries the counters of all regions) and `gen:veh:<vehicle id>` for quotes (a quote
+//! only changes with its own vehicle's bookings). The origin bumps both after each committed
+//! change (through the same REST API, `origin/src/edge_gen.rs`), and the edge bumps them after
+//! it forwarded a successful write, so the booking's own edge never needs the origin's bump to
+//! arrive first. An entry under an old generation is never read again and expires by itself.
+//! A bump instead of a delete also means a response computed *during* the change and stored a
+//! moment later lands under the old generation, where nobody looks.
+//!
+//! **Fresh and stale.** An entry is fresh for its route's TTL (quotes 60 s, searches 10 s)
+//! and kept in Redis `stale_secs` longer. Past its fresh time it is refetched; only when the
+//! origin is unreachable is it served anyway, with `x-edge-cache: stale` (and, for a quote,
+//! only while its token is still valid).
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A stored response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    /// HTTP status.
+    pub s: u16,
+    /// Content type.
+    pub ct: String,
+    /// Body (JSON text).
+    pub b: String,
+    /// Fresh until, ms since the epoch.
+    pub f: u64,
+    /// Usable (even stale) until, ms since the epoch — a quote's token expiry.
+    #[serde(default)]
+    pub u: Option<u64>,
+}
+
+/// `gen:<REGION>` key.
+pub fn region_gen_key(prefix: &str, region: domain::Region) -> String {
+    format!("{prefix}gen:{}", region.code())
+}
+
+/// `gen:veh:<id>` key.
+pub fn vehicle_gen_key(prefix: &str, vehicle: &domain::VehicleId) -> String {
+    format!("{prefix}gen:veh:{vehicle}")
+}
+
+fn digest(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_be_bytes());
+        h.update(p.as_bytes());
+    }
+    hex::encode(&h.finalize()[..16])
+}
+
+/// Sorted query string, so `a=1&b=2` and `b=2&a=1` share an entry.
+pub fn normalized_query(query: &str) -> String {
+    let mut pairs: Vec<&str> = query.split('&').filter(|s| !s.is_empty()).collect();
+    pairs.sort_unstable();
+    pairs.join("&")
+}
+
+/// Key of a cached search: version, the generations of every region, the normalized query.
+pub fn search_key(prefix: &str, version: &str, gens: &[u64], query: &str) -> String {
+    let gens: Vec<String> = gens.iter().map(u64::to_string).collect();
+    format!(
+        "{prefix}c:search:{version}:{}:{}",
+        gens.join("."),
+        digest(&[&normalized_query(query)])
+    )
+}
+
+/// Key of a cached quote: quotes are signed for one user (and priced with their membership),
+/// so the user is part of the key, with the vehicle's generation and the canonical body.
+pub fn quote_key(
+    prefix: &str,
+    version: &str,
+    vehicle: &domain::VehicleId,
+    generation: u64,
+    user: &str,
+    membership: &str,
+    canonical_body: &str,
+) -> String {
+    format!(
+        "{prefix}c:quote:{version}:{vehicle}:{generation}:{}",
+        digest(&[user, membership, canonical_body])
+    )
+}

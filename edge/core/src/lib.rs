@@ -1,0 +1,657 @@
+//! The edge worker's logic, once, for every runtime.
+//!
+//! An edge request goes through the same steps on Cloudflare Workers and on Spin:
+//!
+//! 1. a request id is taken from `X-Request-Id` (if well-formed) or made, and sent on to the
+//!    origin and back to the client;
+//! 2. the bearer JWT is verified here with `domain::auth` — the origin's rules, so both tiers
+//!    accept exactly the same tokens — and a bad token is a 401 that never reaches the origin;
+//! 3. the per-user (100/min) and per-IP (1000/min) limits are checked in one Redis round trip
+//!    ([`ratelimit`]), with the client address from the platform's trusted source only;
+//! 4. searches and quotes are answered from the edge cache when fresh ([`cache`]); on a miss
+//!    they are fetched from the origin and stored; when the origin is unreachable a stale
+//!    entry is served (`x-edge-cache: stale`), without one a 503 with `Retry-After`;
+//! 5. writes go to the origin of the vehicle's home region — from the booking id
+//!    (`bkg_eun_…`) or the quote token's region — with the caller's `Authorization`,
+//!    `X-Request-Id` and `Idempotency-Key`; the edge never writes bookings itself. After a
+//!    successful write the edge bumps the cache generations it affects.
+//!
+//! The host is reached only through [`platform::Platform`].
+
+pub mod cache;
+pub mod config;
+pub mod platform;
+pub mod problem;
+pub mod ratelimit;
+pub mod upstash;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use domain::auth::{AuthError, Claims};
+use domain::ratelimit::RateLimit;
+use domain::{BookingId, Region, VehicleId};
+use serde_json::Value;
+
+use crate::cache::Entry;
+use crate::config::EdgeConfig;
+use crate::platform::{FetchError, Outbound, Platform, Request, Response};
+use crate::ratelimit::{BlockedCache, Check, Outcome, Subject};
+use crate::upstash::{arg, as_u64, Upstash};
+
+/// Largest request body the edge forwards (the origin's default limit).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Origin response headers passed back to the client.
+const PASSED_BACK: &[&str] = &[
+    "content-type",
+    "retry-after",
+    "idempotent-replayed",
+    "location",
+    "x-cache",
+    "cache-control",
+];
+
+/// An edge instance: validated configuration and the in-isolate blocked-client memory.
+#[derive(Debug)]
+pub struct Edge {
+    pub config: EdgeConfig,
+    blocked: BlockedCache,
+    runtime: &'static str,
+}
+
+/// What a request is, once its path is parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Route {
+    Search,
+    Quote,
+    CreateBooking,
+    BookingAction(BookingId),
+    BookingRead(BookingId),
+    /// Anything else under `/v1` or `/v2`: forwarded to the home region's origin.
+    Other,
+}
+
+/// How a cached route looks its entry up.
+enum Cached {
+    Search,
+    Quote {
+        vehicle: VehicleId,
+        canonical_body: String,
+    },
+}
+
+fn now_secs(p: &impl Platform) -> i64 {
+    i64::try_from(p.now_ms() / 1000).unwrap_or(i64::MAX)
+}
+
+/// A well-formed incoming id is kept (so a client's trace spans both tiers); anything else
+/// is replaced, so logs never carry attacker-chosen bytes.
+fn request_id(req: &Request) -> String {
+    if let Some(id) = req.header("x-request-id") {
+        let ok = !id.is_empty()
+            && id.len() <= 128
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+        if ok {
+            return id.to_owned();
+        }
+    }
+    let mut bytes = [0u8; 16];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        // No entropy source: an id is for tracing only, a constant is better than failing.
+        return "edge-no-entropy".into();
+    }
+    hex::encode(bytes)
+}
+
+/// JSON with object keys sorted, whatever map type `serde_json` was built with.
+fn canonical(v: &Value) -> String {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let inner: Vec<String> = keys
+                .into_iter()
+                .map(|k| {
+                    format!(
+                        "{}:{}",
+                        Value::String(k.clone()),
+                        canonical(map.get(k).unwrap_or(&Value::Null))
+                    )
+                })
+                .collect();
+            format!("{{{}}}", inner.join(","))
+        }
+        Value::Array(items) => {
+            let inner: Vec<String> = items.iter().map(canonical).collect();
+            format!("[{}]", inner.join(","))
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The region and vehicle a quote token names, read *without* verifying it: only to pick the
+/// origin, which verifies it (the edge holds no quote-signing keys).
+fn quote_token_target(token: &str) -> Option<(Region, Option<VehicleId>)> {
+    let mut parts = token.split('.');
+    let (_version, _kid, payload) = (parts.next()?, parts.next()?, parts.next()?);
+    let json: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
+    let region: Region = json.get("reg")?.as_str()?.parse().ok()?;
+    let vehicle = json
+        .get("veh")
+        .and_then(Value::as_str)
+        .and_then(|v| v.parse().ok());
+    Some((region, vehicle))
+}
+
+fn route(method: &str, rest: &str) -> Route {
+    let segments: Vec<&str> = rest.split('/').collect();
+    match (method, segments.as_slice()) {
+        ("GET", ["vehicles", "search"]) => Route::Search,
+        ("POST", ["quotes"]) => Route::Quote,
+        ("POST", ["bookings"]) => Route::CreateBooking,
+        ("POST", ["bookings", id, _verb]) => match id.parse() {
+            Ok(id) => Route::BookingAction(id),
+            Err(_) => Route::Other,
+        },
+        ("GET", ["bookings", id]) => match id.parse() {
+            Ok(id) => Route::BookingRead(id),
+            Err(_) => Route::Other,
+        },
+        _ => Route::Other,
+    }
+}
+
+fn is_write(method: &str) -> bool {
+    !matches!(method, "GET" | "HEAD" | "OPTIONS")
+}
+
+fn rate_headers(resp: &mut Response, outcome: &Outcome) {
+    let d = &outcome.decision;
+    resp.set_header("ratelimit-limit", outcome.limit.limit.to_string());
+    resp.set_header("ratelimit-remaining", d.remaining.to_string());
+    resp.set_header("ratelimit-reset", d.reset_ms.div_ceil(1000).to_string());
+    resp.set_header(
+        "ratelimit-policy",
+        format!(
+            "{};w={}",
+            outcome.limit.limit,
+            outcome.limit.window_ms / 1000
+        ),
+    );
+    if !d.allowed {
+        resp.set_header("retry-after", d.retry_after_secs().to_string());
+    }
+}
+
+fn too_many(outcome: &Outcome) -> Response {
+    let mut r = problem::problem(
+        429,
+        "rate-limited",
+        "Too many requests",
+        &format!(
+            "rate limit of {} requests per {} s exceeded; retry after {} s",
+            outcome.limit.limit,
+            outcome.limit.window_ms / 1000,
+            outcome.decision.retry_after_secs()
+        ),
+    );
+    rate_headers(&mut r, outcome);
+    r
+}
+
+impl Edge {
+    /// Builds an edge from the platform's variables.
+    pub fn new(p: &impl Platform, runtime: &'static str) -> Result<Self, config::ConfigError> {
+        Ok(Edge {
+            config: EdgeConfig::from_platform(p)?,
+            blocked: BlockedCache::default(),
+            runtime,
+        })
+    }
+
+    fn redis(&self) -> Upstash<'_> {
+        Upstash {
+            url: &self.config.upstash_url,
+            token: &self.config.upstash_token,
+            timeout_ms: self.config.redis_timeout_ms,
+        }
+    }
+
+    /// Handles one request; never fails (every error is a problem response).
+    pub async fn handle(&self, p: &impl Platform, req: Request) -> Response {
+        let rid = request_id(&req);
+        let mut resp = self.dispatch(p, &req, &rid).await;
+        resp.set_header("x-request-id", rid);
+        resp.set_header("x-edge-region", self.config.region.code());
+        resp.set_header("x-edge-runtime", self.runtime);
+        resp
+    }
+
+    fn limit(&self, per_min: u32) -> RateLimit {
+        RateLimit {
+            limit: per_min,
+            window_ms: 60_000,
+        }
+    }
+
+    async fn dispatch(&self, p: &impl Platform, req: &Request, rid: &str) -> Response {
+        if req.path == "/healthz" {
+            let body = serde_json::json!({
+                "status": "ok",
+                "runtime": self.runtime,
+                "region": self.config.region.code(),
+            });
+            return Response {
+                status: 200,
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: serde_json::to_vec(&body).unwrap_or_default(),
+            };
+        }
+        let Some((version, rest)) = req
+            .path
+            .strip_prefix("/v1/")
+            .map(|r| ("v1", r))
+            .or_else(|| req.path.strip_prefix("/v2/").map(|r| ("v2", r)))
+        else {
+            return problem::problem(
+                404,
+                "no-route",
+                "No such route",
+                &format!("no route for {} {}", req.method, req.path),
+            );
+        };
+        if req.body.len() > MAX_BODY_BYTES {
+            return problem::problem(
+                413,
+                "payload-too-large",
+                "Payload too large",
+                &format!("request body exceeds {MAX_BODY_BYTES} bytes"),
+            );
+        }
+        let ip = req.client_ip.clone().unwrap_or_else(|| "unknown".into());
+        let ip_check = Check {
+            subject: Subject::Ip,
+            id: ip,
+            limit: self.limit(self.config.ip_limit_per_min),
+        };
+        let now = p.now_ms();
+
+        // 1. Who is calling. A bad token still counts against its address, so a flood of
+        //    garbage tokens is limited like anything else.
+        let claims = match self.authenticate(p, req) {
+            Ok(claims) => claims,
+            Err(detail) => {
+                let mut resp = problem::unauthorized(&detail);
+                match ratelimit::apply(
+                    p,
+                    &self.redis(),
+                    &self.config.key_prefix,
+                    &self.blocked,
+                    std::slice::from_ref(&ip_check),
+                    Vec::new(),
+                    now,
+                )
+                .await
+                {
+                    Ok((outcome, _)) if !outcome.decision.allowed => return too_many(&outcome),
+                    Ok((outcome, _)) => rate_headers(&mut resp, &outcome),
+                    Err(e) => p.log(&format!("rate limit check failed (allowed): {e}")),
+                }
+                return resp;
+            }
+        };
+
+        // 2. What it asks for, and which cache generations that needs.
+        let route = route(&req.method, rest);
+        let cached = match route {
+            Route::Search => Some(Cached::Search),
+            Route::Quote => serde_json::from_slice::<Value>(&req.body)
+                .ok()
+                .and_then(|body| {
+                    let vehicle = body.get("vehicle_id")?.as_str()?.parse().ok()?;
+                    Some(Cached::Quote {
+                        vehicle,
+                        canonical_body: canonical(&body),
+                    })
+                }),
+            _ => None,
+        };
+        let prefix = &self.config.key_prefix;
+        let gen_keys: Vec<String> = match &cached {
+            Some(Cached::Search) => Region::ALL
+                .iter()
+                .map(|r| cache::region_gen_key(prefix, *r))
+                .collect(),
+            Some(Cached::Quote { vehicle, .. }) => vec![cache::vehicle_gen_key(prefix, vehicle)],
+            None => Vec::new(),
+        };
+        let extra = if gen_keys.is_empty() {
+            Vec::new()
+        } else {
+            let mut mget = vec![arg("MGET")];
+            mget.extend(gen_keys.iter().map(|k| arg(k.clone())));
+            vec![mget]
+        };
+
+        // 3. Rate limits (and the generations, in the same round trip).
+        let user_check = Check {
+            subject: Subject::User,
+            id: claims.sub.clone(),
+            limit: self.limit(self.config.user_limit_per_min),
+        };
+        let checks = [user_check, ip_check];
+        let (outcome, gens) =
+            match ratelimit::apply(p, &self.redis(), prefix, &self.blocked, &checks, extra, now)
+                .await
+            {
+                Ok((outcome, _)) if !outcome.decision.allowed => return too_many(&outcome),
+                Ok((outcome, extra)) => {
+                    let gens = match extra.into_iter().next() {
+                        Some(Ok(Value::Array(items))) => {
+                            Some(items.iter().map(as_u64).collect::<Vec<u64>>())
+                        }
+                        _ => None,
+                    };
+                    (Some(outcome), gens)
+                }
+                Err(e) => {
+                    p.log(&format!("rate limit check failed (allowed): {e}"));
+                    (None, None)
+                }
+            };
+
+        // 4. Serve.
+        let mut resp = match (cached, gens) {
+            (Some(cached), Some(gens)) => {
+                self.cached_read(p, req, rid, version, &claims, cached, &gens)
+                    .await
+            }
+            _ => self.forward_route(p, req, rid, &route).await,
+        };
+        if let Some(outcome) = outcome {
+            rate_headers(&mut resp, &outcome);
+        }
+        resp
+    }
+
+    fn authenticate(&self, p: &impl Platform, req: &Request) -> Result<Claims, String> {
+        let Some(value) = req.header("authorization") else {
+            return Err("missing bearer token".into());
+        };
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .ok_or_else(|| "expected Authorization: Bearer <token>".to_owned())?;
+        self.config
+            .jwt
+            .verify(token.trim(), now_secs(p))
+            .map_err(|e: AuthError| e.to_string())
+    }
+
+    /// Which region's origin answers this route.
+    fn region_of(&self, req: &Request, route: &Route) -> (Region, Option<VehicleId>) {
+        match route {
+            Route::BookingAction(id) | Route::BookingRead(id) => (id.region, None),
+            Route::CreateBooking => serde_json::from_slice::<Value>(&req.body)
+                .ok()
+                .and_then(|b| b.get("quote_token")?.as_str().map(str::to_owned))
+                .and_then(|t| quote_token_target(&t))
+                .map(|(r, v)| (r, v))
+                .unwrap_or((self.config.region, None)),
+            Route::Quote => serde_json::from_slice::<Value>(&req.body)
+                .ok()
+                .and_then(|b| b.get("vehicle_id")?.as_str()?.parse::<VehicleId>().ok())
+                .map(|v| (v.region, Some(v)))
+                .unwrap_or((self.config.region, None)),
+            Route::Search | Route::Other => (self.config.region, None),
+        }
+    }
+
+    async fn forward(
+        &self,
+        p: &impl Platform,
+        req: &Request,
+        rid: &str,
+        region: Region,
+    ) -> Result<Response, FetchError> {
+        let mut url = format!("{}{}", self.config.origin(region), req.path);
+        if !req.query.is_empty() {
+            url.push('?');
+            url.push_str(&req.query);
+        }
+        let mut headers = vec![("x-request-id".to_owned(), rid.to_owned())];
+        for name in ["authorization", "content-type", "idempotency-key", "accept"] {
+            if let Some(v) = req.header(name) {
+                headers.push((name.to_owned(), v.to_owned()));
+            }
+        }
+        let resp = p
+            .fetch(Outbound {
+                method: req.method.clone(),
+                url,
+                headers,
+                body: req.body.clone(),
+                timeout_ms: self.config.origin_timeout_ms,
+            })
+            .await?;
+        let headers = resp
+            .headers
+            .into_iter()
+            .filter(|(k, _)| PASSED_BACK.iter().any(|h| k.eq_ignore_ascii_case(h)))
+            .collect();
+        Ok(Response {
+            status: resp.status,
+            headers,
+            body: resp.body,
+        })
+    }
+
+    /// Uncached routes: forward, bump generations after a successful write, 503 when the
+    /// origin cannot be reached.
+    async fn forward_route(
+        &self,
+        p: &impl Platform,
+        req: &Request,
+        rid: &str,
+        route: &Route,
+    ) -> Response {
+        let (region, vehicle) = self.region_of(req, route);
+        match self.forward(p, req, rid, region).await {
+            Ok(mut resp) => {
+                let write = is_write(&req.method) && !matches!(route, Route::Quote);
+                if write && (200..300).contains(&resp.status) {
+                    let vehicle = serde_json::from_slice::<Value>(&resp.body)
+                        .ok()
+                        .and_then(|b| b.get("vehicle_id")?.as_str()?.parse().ok())
+                        .or(vehicle);
+                    self.bump(p, region, vehicle.as_ref()).await;
+                }
+                resp.set_header("x-edge-cache", "bypass");
+                resp
+            }
+            Err(e) => {
+                p.log(&format!("origin {} unreachable: {e}", region.code()));
+                let detail = if is_write(&req.method) {
+                    "the booking service of this region is unreachable; nothing was changed \
+                     unless a retry with the same Idempotency-Key says otherwise"
+                } else {
+                    "the booking service of this region is unreachable and no cached answer exists"
+                };
+                problem::origin_unavailable(self.config.retry_after_secs, detail)
+            }
+        }
+    }
+
+    /// Bumps the region's (and the vehicle's) cache generation: every cached search of the
+    /// region and quote of the vehicle becomes unreachable at once.
+    async fn bump(&self, p: &impl Platform, region: Region, vehicle: Option<&VehicleId>) {
+        let prefix = &self.config.key_prefix;
+        let mut cmds = vec![vec![
+            arg("INCR"),
+            arg(cache::region_gen_key(prefix, region)),
+        ]];
+        if let Some(v) = vehicle {
+            let key = cache::vehicle_gen_key(prefix, v);
+            cmds.push(vec![arg("INCR"), arg(key.clone())]);
+            cmds.push(vec![arg("EXPIRE"), arg(key), arg("86400")]);
+        }
+        if let Err(e) = self.redis().pipeline(p, cmds).await {
+            p.log(&format!("cache generation bump failed: {e}"));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn cached_read(
+        &self,
+        p: &impl Platform,
+        req: &Request,
+        rid: &str,
+        version: &str,
+        claims: &Claims,
+        cached: Cached,
+        gens: &[u64],
+    ) -> Response {
+        let prefix = &self.config.key_prefix;
+        let (key, region, ttl_secs, route) = match &cached {
+            Cached::Search => (
+                cache::search_key(prefix, version, gens, &req.query),
+                self.config.region,
+                self.config.search_ttl_secs,
+                Route::Search,
+            ),
+            Cached::Quote {
+                vehicle,
+                canonical_body,
+            } => (
+                cache::quote_key(
+                    prefix,
+                    version,
+                    vehicle,
+                    gens.first().copied().unwrap_or(0),
+                    &claims.sub,
+                    claims.membership.as_deref().unwrap_or(""),
+                    canonical_body,
+                ),
+                vehicle.region,
+                self.config.quote_ttl_secs,
+                Route::Quote,
+            ),
+        };
+        let now = p.now_ms();
+        let entry: Option<Entry> = match self.redis().command(p, vec![arg("GET"), arg(&key)]).await
+        {
+            Ok(Value::String(s)) => serde_json::from_str(&s).ok(),
+            Ok(_) => None,
+            Err(e) => {
+                p.log(&format!("edge cache read failed (miss): {e}"));
+                None
+            }
+        };
+        if let Some(entry) = &entry {
+            if entry.f > now {
+                return Self::from_entry(entry, "hit", now);
+            }
+        }
+        let forwarded = self.forward(p, req, rid, region).await;
+        match forwarded {
+            Ok(resp) if resp.status < 500 => {
+                let cacheable = match route {
+                    Route::Quote => resp.status == 201,
+                    _ => resp.status == 200,
+                };
+                if cacheable {
+                    self.store(p, &key, &resp, now, ttl_secs).await;
+                }
+                let mut resp = resp;
+                resp.set_header("x-edge-cache", "miss");
+                resp
+            }
+            other => {
+                let usable = entry.filter(|e| e.u.is_none_or(|u| u > now));
+                match (usable, other) {
+                    (Some(entry), _) => Self::from_entry(&entry, "stale", now),
+                    (None, Ok(resp)) => resp,
+                    (None, Err(e)) => {
+                        p.log(&format!("origin {} unreachable: {e}", region.code()));
+                        problem::origin_unavailable(
+                            self.config.retry_after_secs,
+                            "the booking service of this region is unreachable and no cached \
+                             answer exists",
+                        )
+                    }
+                }
+            }
+        }
+    }
+
+    async fn store(&self, p: &impl Platform, key: &str, resp: &Response, now: u64, ttl: u64) {
+        let body = String::from_utf8_lossy(&resp.body).into_owned();
+        // A quote is only worth serving while its token is valid.
+        let usable_until = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|b| b.get("expires_at")?.as_str().map(str::to_owned))
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .and_then(|t| u64::try_from(t.timestamp_millis()).ok());
+        let entry = Entry {
+            s: resp.status,
+            ct: resp
+                .header("content-type")
+                .unwrap_or("application/json")
+                .to_owned(),
+            b: body,
+            f: now + ttl * 1000,
+            u: usable_until,
+        };
+        let Ok(value) = serde_json::to_string(&entry) else {
+            return;
+        };
+        let keep_ms = (ttl + self.config.stale_secs) * 1000;
+        let cmd = vec![
+            arg("SET"),
+            arg(key),
+            arg(value),
+            arg("PX"),
+            arg(keep_ms.to_string()),
+        ];
+        if let Err(e) = self.redis().command(p, cmd).await {
+            p.log(&format!("edge cache write failed: {e}"));
+        }
+    }
+
+    fn from_entry(entry: &Entry, state: &str, now: u64) -> Response {
+        let mut resp = Response {
+            status: entry.s,
+            headers: vec![("content-type".into(), entry.ct.clone())],
+            body: entry.b.clone().into_bytes(),
+        };
+        resp.set_header("x-edge-cache", state);
+        if state == "stale" {
+            resp.set_header("warning", "110 - \"Response is Stale\"");
+            let age = now.saturating_sub(entry.f) / 1000;
+            resp.set_header("age", age.to_string());
+        }
+        resp
+    }
+}
+
+/// Handles a request with an edge built for it (Spin: one instance per request). A
+/// configuration error is a 500 problem naming the variable, never its value.
+pub async fn handle_once(p: &impl Platform, runtime: &'static str, req: Request) -> Response {
+    match Edge::new(p, runtime) {
+        Ok(edge) => edge.handle(p, req).await,
+        Err(e) => {
+            p.log(&format!("edge misconfigured: {e}"));
+            problem::problem(
+                500,
+                "edge-misconfigured",
+                "Edge misconfigured",
+                &format!("the edge is misconfigured: {e}"),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,35 @@
+//! RFC 9457 problem responses built at the edge, in the origin's shape (`type`, `title`,
+//! `status`, `detail`), so a client cannot tell — and need not care — which tier refused it.
+
+use serde_json::json;
+
+use crate::platform::Response;
+
+/// A problem+json response; `slug` becomes the stable `type` `/problems/<slug>`.
+pub fn problem(status: u16, slug: &str, title: &str, detail: &str) -> Response {
+    let body = json!({
+        "type": format!("/problems/{slug}"),
+        "title": title,
+        "status": status,
+        "detail": detail,
+    });
+    Response {
+        status,
+        headers: vec![("content-type".into(), "application/problem+json".into())],
+        body: serde_json::to_vec(&body).unwrap_or_default(),
+    }
+}
+
+/// 401 with the `WWW-Authenticate` challenge.
+pub fn unauthorized(detail: &str) -> Response {
+    let mut r = problem(401, "unauthorized", "Unauthorized", detail);
+    r.set_header("www-authenticate", "Bearer");
+    r
+}
+
+/// 503 with `Retry-After`: the origin could not be reached and nothing cached can stand in.
+pub fn origin_unavailable(retry_after_secs: u64, detail: &str) -> Response {
+    let mut r = problem(503, "origin-unavailable", "Service unavailable", detail);
+    r.set_header("retry-after", retry_after_secs.to_string());
+    r
+}

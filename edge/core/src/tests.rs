@@ -1,0 +1,70 @@
+//! Unit tests of the pure parts (routing, canonical bodies, cache keys, token routing); the
+//! behaviour through real runtimes is tested end to end in `tests/edge`.
+
+use super::*;
+
+#[test]
+fn routes_are_recognised_by_method_and_path() {
+    let id = "bkg_eun_0123456789abcdef0123456789abcdef";
+    assert_eq!(route("GET", "vehicles/search"), Route::Search);
+    assert_eq!(route("POST", "quotes"), Route::Quote);
+    assert_eq!(route("POST", "bookings"), Route::CreateBooking);
+    assert!(
+        matches!(route("POST", &format!("bookings/{id}/confirm")), Route::BookingAction(b) if b.region == Region::Eun)
+    );
+    assert!(matches!(
+        route("GET", &format!("bookings/{id}")),
+        Route::BookingRead(_)
+    ));
+    assert_eq!(route("GET", "bookings/not-an-id"), Route::Other);
+    assert_eq!(route("GET", "quotes"), Route::Other);
+}
+
+#[test]
+fn canonical_json_does_not_depend_on_key_order() {
+    let a: Value =
+        serde_json::from_str(r#"{"b":1,"a":{"y":[1,{"d":2,"c":3}],"x":"s"}}"#).unwrap_or_default();
+    let b: Value =
+        serde_json::from_str(r#"{"a":{"x":"s","y":[1,{"c":3,"d":2}]},"b":1}"#).unwrap_or_default();
+    assert_eq!(canonical(&a), canonical(&b));
+    assert_ne!(canonical(&a), canonical(&Value::Null));
+}
+
+#[test]
+fn a_quote_token_names_its_region_and_vehicle_without_being_verified() {
+    let payload =
+        serde_json::json!({"reg": "EUN", "veh": "veh_eun_0123456789abcdef0123456789abcdef"});
+    let token = format!("v1.k1.{}.sig", URL_SAFE_NO_PAD.encode(payload.to_string()));
+    let (region, vehicle) = quote_token_target(&token).unwrap_or((Region::Euw, None));
+    assert_eq!(region, Region::Eun);
+    assert_eq!(
+        vehicle.map(|v| v.to_string()).as_deref(),
+        Some("veh_eun_0123456789abcdef0123456789abcdef")
+    );
+    assert!(quote_token_target("garbage").is_none());
+    assert!(quote_token_target("v1.k1.!!!.sig").is_none());
+}
+
+#[test]
+fn search_keys_ignore_parameter_order_and_change_with_any_generation() {
+    let a = cache::search_key("p:", "v1", &[1, 2], "lat=1&lon=2");
+    assert_eq!(a, cache::search_key("p:", "v1", &[1, 2], "lon=2&lat=1"));
+    assert_ne!(a, cache::search_key("p:", "v1", &[1, 3], "lat=1&lon=2"));
+    assert_ne!(a, cache::search_key("p:", "v2", &[1, 2], "lat=1&lon=2"));
+}
+
+#[test]
+fn the_script_sha_is_the_sha1_of_the_script() {
+    assert_eq!(ratelimit::script_sha().len(), 40);
+}
+
+#[test]
+fn a_malformed_request_id_is_replaced() {
+    let mut req = Request::default();
+    req.headers.push(("X-Request-Id".into(), "abc-123".into()));
+    assert_eq!(request_id(&req), "abc-123");
+    req.headers[0].1 = "bad id\n".into();
+    let id = request_id(&req);
+    assert_eq!(id.len(), 32);
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
+}

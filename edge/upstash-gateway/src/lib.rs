@@ -1,0 +1,209 @@
+//! An Upstash-REST-compatible gateway in front of a real Redis, for development and tests.
+//!
+//! The edge speaks Redis only through Upstash's REST API (see `edge/core/src/upstash.rs`).
+//! Upstash's own local server cannot be installed here, so this gateway speaks the same
+//! protocol to the same Redis the rest of the stack uses — the edge cannot tell the
+//! difference, and the tests run against real Redis semantics (Lua scripts, TTLs), not a fake:
+//!
+//! * `POST /` with a JSON array `["SET","k","v"]` → `{"result": …}` or, when Redis refuses
+//!   the command, HTTP 400 with `{"error": "…"}`;
+//! * `POST /pipeline` with an array of such arrays → an array of those objects, in order;
+//! * `Authorization: Bearer <token>` is required: anything else is 401
+//!   `{"error": "Unauthorized"}`, as Upstash answers.
+//!
+//! Result shapes follow Upstash: nil → `null`, integers → numbers, bulk strings → strings,
+//! arrays → arrays, simple strings (`OK`) → strings. Arguments may be strings or numbers.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use redis::aio::ConnectionManager;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+/// Shared by every request: a multiplexed, self-reconnecting Redis connection and the token.
+#[derive(Clone)]
+struct Gateway {
+    redis: ConnectionManager,
+    token: String,
+}
+
+/// A running gateway; dropping the handle does not stop it, [`Running::stop`] does.
+#[derive(Debug)]
+pub struct Running {
+    pub addr: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// The base URL, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops serving and waits for the server task.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+fn to_json(v: redis::Value) -> Value {
+    use redis::Value as R;
+    match v {
+        R::Nil => Value::Null,
+        R::Int(i) => json!(i),
+        R::BulkString(bytes) => Value::String(String::from_utf8_lossy(&bytes).into_owned()),
+        R::SimpleString(s) => Value::String(s),
+        R::Okay => Value::String("OK".into()),
+        R::Array(items) | R::Set(items) => Value::Array(items.into_iter().map(to_json).collect()),
+        R::Double(d) => json!(d.to_string()),
+        R::Boolean(b) => json!(i64::from(b)),
+        R::Map(pairs) => Value::Array(
+            pairs
+                .into_iter()
+                .flat_map(|(k, v)| [to_json(k), to_json(v)])
+                .collect(),
+        ),
+        other => Value::String(format!("{other:?}")),
+    }
+}
+
+fn command(args: &Value) -> Result<redis::Cmd, String> {
+    let Value::Array(parts) = args else {
+        return Err("ERR command must be a JSON array".into());
+    };
+    let mut parts = parts.iter().map(|p| match p {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        _ => Err("ERR arguments must be strings or numbers".to_owned()),
+    });
+    let name = parts
+        .next()
+        .ok_or_else(|| "ERR empty command".to_owned())??;
+    let mut cmd = redis::cmd(&name);
+    for part in parts {
+        cmd.arg(part?);
+    }
+    Ok(cmd)
+}
+
+async fn run(redis: &mut ConnectionManager, args: &Value) -> (StatusCode, Value) {
+    let cmd = match command(args) {
+        Ok(cmd) => cmd,
+        Err(e) => return (StatusCode::BAD_REQUEST, json!({ "error": e })),
+    };
+    match cmd.query_async::<redis::Value>(redis).await {
+        Ok(v) => (StatusCode::OK, json!({ "result": to_json(v) })),
+        Err(e) => {
+            // Redis' own error text ("NOSCRIPT No matching script…"), as Upstash relays it.
+            let text = match (e.code(), e.detail()) {
+                (Some(code), Some(detail)) => format!("{code} {detail}"),
+                _ => e.to_string(),
+            };
+            (StatusCode::BAD_REQUEST, json!({ "error": text }))
+        }
+    }
+}
+
+fn authorized(gw: &Gateway, headers: &HeaderMap) -> bool {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| t == gw.token)
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({ "error": "Unauthorized" })),
+    )
+        .into_response()
+}
+
+fn parse(body: &Bytes) -> Result<Value, Response> {
+    serde_json::from_slice(body).map_err(|_| {
+        (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "error": "ERR failed to parse command" })),
+        )
+            .into_response()
+    })
+}
+
+async fn single(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&gw, &headers) {
+        return unauthorized();
+    }
+    let args = match parse(&body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let mut redis = gw.redis.clone();
+    let (status, value) = run(&mut redis, &args).await;
+    (status, Json(value)).into_response()
+}
+
+async fn pipeline(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) -> Response {
+    if !authorized(&gw, &headers) {
+        return unauthorized();
+    }
+    let cmds = match parse(&body) {
+        Ok(Value::Array(cmds)) => cmds,
+        Ok(_) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "error": "ERR pipeline must be an array of commands" })),
+            )
+                .into_response()
+        }
+        Err(r) => return r,
+    };
+    let mut redis = gw.redis.clone();
+    let mut out = Vec::with_capacity(cmds.len());
+    for cmd in &cmds {
+        out.push(run(&mut redis, cmd).await.1);
+    }
+    Json(Value::Array(out)).into_response()
+}
+
+/// The gateway's routes.
+fn router(gw: Gateway) -> Router {
+    Router::new()
+        .route("/", post(single))
+        .route("/pipeline", post(pipeline))
+        .with_state(gw)
+}
+
+/// Connects to `redis_url` and serves on `listener` until stopped.
+pub async fn start(listener: TcpListener, redis_url: &str, token: &str) -> anyhow::Result<Running> {
+    let client = redis::Client::open(redis_url).context("parse REDIS_URL")?;
+    let redis = ConnectionManager::new(client)
+        .await
+        .context("connect to Redis")?;
+    let addr = listener.local_addr().context("gateway address")?;
+    let app = router(Gateway {
+        redis,
+        token: token.to_owned(),
+    });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "upstash gateway stopped");
+        }
+    });
+    Ok(Running { addr, stop, task })
+}

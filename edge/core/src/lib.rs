@@ -398,7 +398,6 @@ impl Edge {
                 .ok()
                 .and_then(|b| b.get("quote_token")?.as_str().map(str::to_owned))
                 .and_then(|t| quote_token_target(&t))
-                .map(|(r, v)| (r, v))
                 .unwrap_or((self.config.region, None)),
             Route::Quote => serde_json::from_slice::<Value>(&req.body)
                 .ok()

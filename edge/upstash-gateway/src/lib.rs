@@ -129,13 +129,15 @@ fn unauthorized() -> Response {
         .into_response()
 }
 
-fn parse(body: &Bytes) -> Result<Value, Response> {
+fn parse(body: &Bytes) -> Result<Value, Box<Response>> {
     serde_json::from_slice(body).map_err(|_| {
-        (
-            StatusCode::BAD_REQUEST,
-            Json(json!({ "error": "ERR failed to parse command" })),
+        Box::new(
+            (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "error": "ERR failed to parse command" })),
+            )
+                .into_response(),
         )
-            .into_response()
     })
 }
 
@@ -145,7 +147,7 @@ async fn single(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) -> R
     }
     let args = match parse(&body) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut redis = gw.redis.clone();
     let (status, value) = run(&mut redis, &args).await;
@@ -165,7 +167,7 @@ async fn pipeline(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) ->
             )
                 .into_response()
         }
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut redis = gw.redis.clone();
     let mut out = Vec::with_capacity(cmds.len());

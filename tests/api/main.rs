@@ -1,5 +1,6 @@
 //! One integration test binary (fast to link, shares the harness in `e2e`).
 
+mod admin_pricing;
 mod atomicity;
 mod auth;
 mod authz;
@@ -9,6 +10,7 @@ mod concurrency;
 mod events;
 mod holds;
 mod idempotency;
+mod inference_fake;
 mod jwt_attacks;
 mod limits;
 mod lifecycle;
@@ -16,7 +18,10 @@ mod loadgen_smoke;
 mod locks;
 mod log_secrets;
 mod openapi;
+mod pricing_orchestrator;
+mod pricing_validation;
 mod quotes;
 mod search;
 mod shedding;
+mod surge_grid;
 mod validation;

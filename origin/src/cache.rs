@@ -40,8 +40,12 @@ use crate::error::ApiResult;
 use crate::pricing::{self, PricingContext};
 use crate::redis_link::RedisLink;
 
+mod local;
+
 /// L1 time to live (the seed's 60 s).
 pub const L1_TTL: Duration = Duration::from_secs(60);
+/// How long the in-process layer trusts a vehicle's generation unless configured.
+pub const DEFAULT_LOCAL_TTL: Duration = Duration::from_secs(1);
 /// L2 time to live of a pricing context (the seed's base-price 5 min).
 pub const L2_PRICING_TTL: Duration = Duration::from_secs(300);
 
@@ -65,7 +69,9 @@ pub struct QuoteKey<'a> {
 }
 
 impl QuoteKey<'_> {
-    fn digest(&self) -> String {
+    /// The request's part of the L1 key: a hash of everything that identifies it (public for
+    /// the micro-benchmark in `benches/cache_key.rs`).
+    pub fn digest(&self) -> String {
         let text = format!(
             "{}|{}|{:?}|{}|{}|{}|{}",
             self.user,
@@ -93,11 +99,13 @@ fn count(layer: &'static str, kind: &'static str, result: &'static str) {
         .increment(1);
 }
 
-/// The L1 and L2 layers, each on its own connection.
+/// The L1 and L2 layers, each on its own connection, and L1's in-process front.
 #[derive(Debug, Clone)]
 pub struct Caches {
     l1: RedisLink,
     l2: RedisLink,
+    /// `None` when `L1_LOCAL_TTL_MS=0`.
+    local: Option<local::Local>,
 }
 
 impl Caches {
@@ -106,7 +114,15 @@ impl Caches {
         Ok(Caches {
             l1: RedisLink::connect(config).await?,
             l2: RedisLink::connect(config).await?,
+            local: local::Local::new(DEFAULT_LOCAL_TTL, L1_TTL),
         })
+    }
+
+    /// Sets how long this process trusts a vehicle's generation (`L1_LOCAL_TTL_MS`; zero
+    /// turns the in-process layer off).
+    pub fn with_local_ttl(mut self, ttl: Duration) -> Self {
+        self.local = local::Local::new(ttl, L1_TTL);
+        self
     }
 
     /// Starts each layer's health probe (see [`RedisLink::spawn_probe`]).
@@ -129,14 +145,23 @@ impl Caches {
     /// Both only ever grow, so their sum changes whenever either is bumped and never returns
     /// to an earlier value.
     async fn generation(&self, vehicle: &VehicleId) -> Option<u64> {
+        if let Some(generation) = self.local.as_ref().and_then(|l| l.generation(vehicle)) {
+            return Some(generation);
+        }
+        let epoch = self.local.as_ref().map(local::Local::epoch);
         let keys = [self.gen_key(vehicle), self.l1.key("l1:gen:pricing")];
-        self.l1
+        let generation = self
+            .l1
             .run("l1 generation", |mut c| async move {
                 c.mget::<_, Vec<Option<u64>>>(&keys).await
             })
             .await
             .ok()
-            .map(|g| g.into_iter().flatten().sum())
+            .map(|g| g.into_iter().flatten().sum())?;
+        if let (Some(local), Some(epoch)) = (&self.local, epoch) {
+            local.remember_generation(*vehicle, generation, epoch);
+        }
+        Some(generation)
     }
 
     fn quote_key(&self, key: &QuoteKey<'_>, generation: u64) -> String {
@@ -155,6 +180,15 @@ impl Caches {
             return (None, None);
         };
         let redis_key = self.quote_key(key, generation);
+        if let Some(local) = &self.local {
+            if let Some(quote) = local.quote(&redis_key) {
+                count("l1", "quote", "hit");
+                count("l1-local", "quote", "hit");
+                return (Some(CachedQuote::clone(&quote)), Some(generation));
+            }
+            count("l1-local", "quote", "miss");
+        }
+        let lookup_key = redis_key.clone();
         let raw = self
             .l1
             .run("l1 get", |mut c| async move {
@@ -165,6 +199,9 @@ impl Caches {
             Ok(Some(bytes)) => match serde_json::from_slice::<CachedQuote>(&bytes) {
                 Ok(quote) => {
                     count("l1", "quote", "hit");
+                    if let Some(local) = &self.local {
+                        local.store_quote(lookup_key, std::sync::Arc::new(quote.clone()));
+                    }
                     (Some(quote), Some(generation))
                 }
                 Err(e) => {
@@ -190,6 +227,9 @@ impl Caches {
             return;
         };
         let redis_key = self.quote_key(key, generation);
+        if let Some(local) = &self.local {
+            local.store_quote(redis_key.clone(), std::sync::Arc::new(quote.clone()));
+        }
         let _ = self
             .l1
             .run("l1 set", |mut c| async move {
@@ -205,13 +245,21 @@ impl Caches {
         let bumped = self
             .l1
             .run("l1 invalidate", |mut c| async move {
-                let generation: u64 = c.incr(&key, 1).await?;
-                // Outlive every entry of the previous generation.
-                c.expire::<_, ()>(&key, (L1_TTL.as_secs() * 10) as i64)
+                // One round trip: the bump and, so the counter outlives every entry of the
+                // previous generation, its expiry.
+                let (generation,): (u64,) = redis::pipe()
+                    .incr(&key, 1)
+                    .expire(&key, (L1_TTL.as_secs() * 10) as i64)
+                    .ignore()
+                    .query_async(&mut c)
                     .await?;
                 Ok(generation)
             })
             .await;
+        // After the bump: this process's next lookup reads the new generation.
+        if let Some(local) = &self.local {
+            local.forget_vehicle(vehicle);
+        }
         match bumped {
             Ok(_) => metrics::counter!("cache_invalidations_total", "layer" => "l1").increment(1),
             Err(e) => {
@@ -230,6 +278,9 @@ impl Caches {
                 c.incr::<_, _, u64>(&key, 1).await
             })
             .await;
+        if let Some(local) = &self.local {
+            local.forget_all();
+        }
         match bumped {
             Ok(_) => {
                 metrics::counter!("cache_invalidations_total", "layer" => "l1_all").increment(1)

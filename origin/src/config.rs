@@ -234,6 +234,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// API requests served at once; past it, 503 + Retry-After at once (`http/shed.rs`).
     pub max_in_flight: usize,
+    /// How long this process trusts a vehicle's L1 generation without asking Redis (the
+    /// in-process quote cache, `cache/local.rs`); zero turns that layer off.
+    pub l1_local_ttl: Duration,
     pub log_json: bool,
     /// Kafka bootstrap servers (`KAFKA_BROKERS`); `None` turns the outbox relay off.
     pub kafka_brokers: Option<String>,
@@ -247,6 +250,8 @@ pub struct Config {
     pub relay_poll: Duration,
     pub redis: RedisConfig,
     pub pricing: PricingConfig,
+    /// The edge cache whose generations the origin bumps (`edge_gen.rs`); None = off.
+    pub edge_cache: Option<crate::edge_gen::EdgeCacheConfig>,
 }
 
 /// A source of variables: the process environment, or a map in tests.
@@ -478,6 +483,7 @@ impl Config {
             header_read_timeout: millis(env, "HEADER_READ_TIMEOUT_MS", 10_000)?,
             max_body_bytes: parsed(env, "MAX_BODY_BYTES", 64 * 1024)?,
             max_in_flight: at_least_one(env, "MAX_IN_FLIGHT", 512)?,
+            l1_local_ttl: Duration::from_millis(parsed(env, "L1_LOCAL_TTL_MS", 1_000)?),
             log_json,
             kafka_brokers: env.var("KAFKA_BROKERS").map(|b| b.trim().to_owned()),
             kafka_topic_partitions: at_least_one(env, "KAFKA_TOPIC_PARTITIONS", 3)?,
@@ -486,6 +492,7 @@ impl Config {
             relay_poll: millis(env, "RELAY_POLL_MS", 200)?,
             redis: redis_config(env)?,
             pricing: pricing_config(env)?,
+            edge_cache: crate::edge_gen::config(env)?,
         })
     }
 

@@ -69,7 +69,9 @@ pub async fn start(
         .with_context(|| format!("bind {}", config.bind_addr))?;
     let addr = listener.local_addr()?;
     let redis = crate::redis_link::RedisLink::connect(&config.redis).await?;
-    let caches = crate::cache::Caches::connect(&config.redis).await?;
+    let caches = crate::cache::Caches::connect(&config.redis)
+        .await?
+        .with_local_ttl(config.l1_local_ttl);
     let state = AppState::new(config, pool, redis, caches)?;
     let (shutdown, mut stop_rx) = watch::channel(false);
 

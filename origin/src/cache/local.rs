@@ -1,0 +1,112 @@
+//! The in-process front of L1: recently seen quotes and vehicle generations in this process's
+//! memory, so a repeated quote costs no Redis round trip at all.
+//!
+//! Why: a cached quote through Redis is two round trips (the vehicle's generation, then the
+//! entry) plus JSON decoding; on a 2-core box the syscalls and context switches of those round
+//! trips, on both sides, are most of the cost of a hit. Here a hit is two hash lookups.
+//!
+//! What keeps it right — the same generation scheme as Redis L1 (see `cache.rs`):
+//! * Entries are keyed by the full L1 key, generation included, so an entry can only be found
+//!   through the generation it was stored under.
+//! * The generation of a vehicle is remembered for at most `L1_LOCAL_TTL_MS` (default 1 s).
+//!   A booking change *in this process* forgets it at once (after bumping it in Redis), so
+//!   this process's next quote reads the new one. A change made by *another* origin instance is
+//!   seen here within `L1_LOCAL_TTL_MS`: that is the staleness this layer adds, and it is
+//!   harmless for correctness — a quote offered for a window taken a moment ago still meets the
+//!   exclusion constraint when someone tries to hold it (409), exactly as a quote issued just
+//!   before the booking would.
+//! * A reader that fetched a generation from Redis while an invalidation ran must not store the
+//!   old value after the invalidation forgot it: every invalidation bumps `epoch`, and a reader
+//!   re-checks the epoch *after* storing and forgets its own store if it moved.
+//! * Bounded: `moka` (a concurrent TinyLFU cache) caps entries (`MAX_QUOTES`) and expires them
+//!   (the L1 TTL), so memory stays flat under any key distribution.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use domain::ids::VehicleId;
+use moka::sync::Cache;
+
+use super::CachedQuote;
+
+/// At most this many quotes are kept in process (~2 KiB each: ~20 MiB).
+const MAX_QUOTES: u64 = 10_000;
+
+/// The in-process layer; cheap to clone (shared maps).
+#[derive(Clone)]
+pub struct Local {
+    quotes: Cache<String, Arc<CachedQuote>>,
+    generations: Cache<VehicleId, u64>,
+    epoch: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Local {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Local")
+            .field("quotes", &self.quotes.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Local {
+    /// `None` when `generation_ttl` is zero (the layer is off).
+    pub fn new(generation_ttl: Duration, quote_ttl: Duration) -> Option<Self> {
+        if generation_ttl.is_zero() {
+            return None;
+        }
+        Some(Local {
+            quotes: Cache::builder()
+                .max_capacity(MAX_QUOTES)
+                .time_to_live(quote_ttl)
+                .build(),
+            generations: Cache::builder()
+                .max_capacity(MAX_QUOTES)
+                .time_to_live(generation_ttl)
+                .build(),
+            epoch: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    /// The generation remembered for `vehicle`, if still fresh.
+    pub fn generation(&self, vehicle: &VehicleId) -> Option<u64> {
+        self.generations.get(vehicle)
+    }
+
+    /// The epoch to pass to [`Local::remember_generation`] (read it *before* asking Redis).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+
+    /// Remembers a generation read from Redis, unless an invalidation ran since `epoch`.
+    pub fn remember_generation(&self, vehicle: VehicleId, generation: u64, epoch: u64) {
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            return;
+        }
+        self.generations.insert(vehicle, generation);
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            // An invalidation raced this store: it may have forgotten before we stored.
+            self.generations.invalidate(&vehicle);
+        }
+    }
+
+    /// Forgets `vehicle`'s generation (after it was bumped in Redis).
+    pub fn forget_vehicle(&self, vehicle: &VehicleId) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.generations.invalidate(vehicle);
+    }
+
+    /// Forgets every generation (after a pricing-wide bump).
+    pub fn forget_all(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.generations.invalidate_all();
+    }
+
+    pub fn quote(&self, key: &str) -> Option<Arc<CachedQuote>> {
+        self.quotes.get(key)
+    }
+
+    pub fn store_quote(&self, key: String, quote: Arc<CachedQuote>) {
+        self.quotes.insert(key, quote);
+    }
+}

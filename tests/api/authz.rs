@@ -1,0 +1,498 @@
+//! The authorization matrix: every route × {anonymous, another user, ops, the owner} → the
+//! status each must get.
+//!
+//! Why a matrix: access rules drift one handler at a time (a new route forgets its extractor,
+//! a refactor lets ops act on users' bookings). One table makes every decision visible and
+//! reviewable, and the test fails if `/openapi.json` documents a route the table does not
+//! list, so a new route cannot ship without someone deciding who may call it.
+//!
+//! Each route gets fresh fixtures owned by `ann`; the principals run in the order anonymous,
+//! `bob`, ops, `ann`, and a refused request must leave the booking exactly as it was.
+
+use std::collections::BTreeSet;
+
+use chrono::{Duration, DurationRound, Utc};
+use e2e::*;
+use reqwest::Method;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+/// What a route needs to exist before it is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Needs {
+    Nothing,
+    /// A fresh quote of ann's (the body of a booking POST).
+    Quote,
+    /// One of ann's holds (RESERVING).
+    Hold,
+    /// One of ann's confirmed bookings, days ahead.
+    Confirmed,
+    /// One of ann's confirmed bookings starting in ten minutes (startable now).
+    ConfirmedSoon,
+    /// One of ann's bookings in progress.
+    Started,
+    /// A time-of-day multiplier rule (created by ops), for the admin routes.
+    TimeMultiplier,
+    /// A discount rule (created by ops), for the admin routes.
+    Discount,
+}
+
+/// One row: the route as documented, what it needs, and the expected status for
+/// [anonymous, bob (another user), olga (ops), ann (the owner)].
+struct Row {
+    method: Method,
+    path: &'static str,
+    needs: Needs,
+    expect: [u16; 4],
+}
+
+const PRINCIPALS: [&str; 4] = ["anonymous", "another user", "ops", "owner"];
+
+fn matrix() -> Vec<Row> {
+    let row = |method: Method, path, needs, expect| Row {
+        method,
+        path,
+        needs,
+        expect,
+    };
+    let mut rows = vec![
+        // Public: probes, metrics scraping, the API description.
+        row(Method::GET, "/healthz", Needs::Nothing, [200; 4]),
+        row(Method::GET, "/readyz", Needs::Nothing, [200; 4]),
+        row(Method::GET, "/metrics", Needs::Nothing, [200; 4]),
+        row(Method::GET, "/openapi.json", Needs::Nothing, [200; 4]),
+    ];
+    // Pricing administration and surge: reading the surge is for any signed-in user, changing
+    // pricing is for ops only (the owner column is a plain user here).
+    let admin = [401, 403, 200, 403];
+    rows.extend([
+        row(
+            Method::GET,
+            "/v1/surge",
+            Needs::Nothing,
+            [401, 200, 200, 200],
+        ),
+        row(
+            Method::POST,
+            "/v1/admin/surge/recompute",
+            Needs::Nothing,
+            admin,
+        ),
+        row(
+            Method::GET,
+            "/v1/admin/pricing/{region}",
+            Needs::Nothing,
+            admin,
+        ),
+        row(
+            Method::GET,
+            "/v1/admin/pricing-audit",
+            Needs::Nothing,
+            admin,
+        ),
+        row(
+            Method::PUT,
+            "/v1/admin/pricing/{region}/base-rates/{class}",
+            Needs::Nothing,
+            admin,
+        ),
+        row(
+            Method::PUT,
+            "/v1/admin/pricing/{region}/vehicle-config/{class}",
+            Needs::Nothing,
+            admin,
+        ),
+        row(
+            Method::POST,
+            "/v1/admin/pricing/{region}/time-multipliers",
+            Needs::Nothing,
+            [401, 403, 201, 403],
+        ),
+        row(
+            Method::PUT,
+            "/v1/admin/pricing/{region}/time-multipliers/{id}",
+            Needs::TimeMultiplier,
+            admin,
+        ),
+        row(
+            Method::DELETE,
+            "/v1/admin/pricing/{region}/time-multipliers/{id}",
+            Needs::TimeMultiplier,
+            admin,
+        ),
+        row(
+            Method::POST,
+            "/v1/admin/pricing/{region}/discount-rules",
+            Needs::Nothing,
+            [401, 403, 201, 403],
+        ),
+        row(
+            Method::PUT,
+            "/v1/admin/pricing/{region}/discount-rules/{id}",
+            Needs::Discount,
+            admin,
+        ),
+        row(
+            Method::DELETE,
+            "/v1/admin/pricing/{region}/discount-rules/{id}",
+            Needs::Discount,
+            admin,
+        ),
+    ]);
+    for v in ["/v1", "/v2"] {
+        let p = |s: &str| -> &'static str { Box::leak(format!("{v}{s}").into_boxed_str()) };
+        rows.extend([
+            // Any signed-in user may search and get quotes.
+            row(
+                Method::GET,
+                p("/vehicles/search"),
+                Needs::Nothing,
+                [401, 200, 200, 200],
+            ),
+            row(
+                Method::POST,
+                p("/quotes"),
+                Needs::Nothing,
+                [401, 201, 201, 201],
+            ),
+            // A quote is bound to the user it was issued to: nobody else may book with it,
+            // ops included.
+            row(
+                Method::POST,
+                p("/bookings"),
+                Needs::Quote,
+                [401, 403, 403, 201],
+            ),
+            // Listing another user's bookings (`user_id=ann`) is for ops and ann only.
+            row(
+                Method::GET,
+                p("/bookings"),
+                Needs::Confirmed,
+                [401, 403, 200, 200],
+            ),
+            // Reading: the owner and ops; to anyone else the booking does not exist.
+            row(
+                Method::GET,
+                p("/bookings/{id}"),
+                Needs::Confirmed,
+                [401, 404, 200, 200],
+            ),
+            // Acting: the owner only; ops may read but not act (404, nothing leaks).
+            row(
+                Method::POST,
+                p("/bookings/{id}/confirm"),
+                Needs::Hold,
+                [401, 404, 404, 200],
+            ),
+            row(
+                Method::POST,
+                p("/bookings/{id}/cancel"),
+                Needs::Confirmed,
+                [401, 404, 404, 200],
+            ),
+            row(
+                Method::POST,
+                p("/bookings/{id}/extend"),
+                Needs::Confirmed,
+                [401, 404, 404, 200],
+            ),
+            row(
+                Method::POST,
+                p("/bookings/{id}/start"),
+                Needs::ConfirmedSoon,
+                [401, 404, 404, 200],
+            ),
+            row(
+                Method::POST,
+                p("/bookings/{id}/complete"),
+                Needs::Started,
+                [401, 404, 404, 200],
+            ),
+        ]);
+    }
+    rows
+}
+
+/// Routes the router serves outside the OpenAPI document (the document itself).
+const UNDOCUMENTED: &[&str] = &["GET /openapi.json"];
+
+#[sqlx::test(migrations = "../migrations")]
+async fn every_documented_route_is_in_the_authorization_matrix(pool: PgPool) -> TestResult {
+    let app = spawn_app(pool).await?;
+    let doc = app.get("/openapi.json", None).await?.body;
+    let mut documented = BTreeSet::new();
+    for (path, ops) in doc["paths"].as_object().into_iter().flatten() {
+        for method in ops.as_object().into_iter().flatten().map(|(m, _)| m) {
+            if ["get", "post", "put", "patch", "delete"].contains(&method.as_str()) {
+                documented.insert(format!("{} {path}", method.to_uppercase()));
+            }
+        }
+    }
+    let listed: BTreeSet<String> = matrix()
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .filter(|r| !UNDOCUMENTED.contains(&r.as_str()))
+        .collect();
+    let missing: Vec<_> = documented.difference(&listed).collect();
+    let stale: Vec<_> = listed.difference(&documented).collect();
+    assert!(
+        missing.is_empty(),
+        "documented routes missing from the matrix: {missing:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "matrix rows that are not documented: {stale:?}"
+    );
+    assert!(documented.len() >= 20, "{documented:?}");
+    app.stop().await
+}
+
+/// A window starting ten minutes from now on a whole minute: startable at once.
+fn soon() -> (chrono::DateTime<Utc>, chrono::DateTime<Utc>) {
+    let start = (Utc::now() + Duration::minutes(10))
+        .duration_trunc(Duration::minutes(1))
+        .unwrap_or_else(|_| Utc::now());
+    (start, start + Duration::hours(1))
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn every_route_answers_each_principal_with_the_status_in_the_matrix(
+    pool: PgPool,
+) -> TestResult {
+    let app = spawn_app(pool).await?;
+    let mut vehicles = app.vehicles("EUW").await?;
+    vehicles.extend(app.vehicles("EUN").await?);
+    let owner = token("ann");
+    let tokens = [
+        None,
+        Some(token("bob")),
+        Some(ops_token("olga")),
+        Some(owner.clone()),
+    ];
+    let rows = matrix();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for (k, row) in rows.iter().enumerate() {
+        // Windows on different days, so rows sharing a vehicle never collide.
+        let vehicle = &vehicles[k % vehicles.len()];
+        let days = 2 + i64::try_from(k)?;
+        // Fixtures: everything belongs to ann.
+        let booking = match row.needs {
+            Needs::Nothing | Needs::Quote | Needs::TimeMultiplier | Needs::Discount => None,
+            Needs::Hold => {
+                let hold = app.hold("ann", vehicle, window(days, 2)).await?;
+                anyhow::ensure!(hold.status.as_u16() == 201, "hold: {hold:?}");
+                hold.body["id"].as_str().map(str::to_owned)
+            }
+            Needs::Confirmed => Some(app.confirmed("ann", vehicle, window(days, 2)).await?),
+            Needs::ConfirmedSoon | Needs::Started => {
+                let id = app.confirmed("ann", vehicle, soon()).await?;
+                if row.needs == Needs::Started {
+                    let started = app
+                        .post(
+                            &format!("/v1/bookings/{id}/start"),
+                            Some(&owner),
+                            &Value::Null,
+                            None,
+                        )
+                        .await?;
+                    anyhow::ensure!(started.status.as_u16() == 200, "start: {started:?}");
+                }
+                Some(id)
+            }
+        };
+        let rule = match row.needs {
+            Needs::TimeMultiplier => {
+                Some(admin_create(&app, "time-multipliers", &time_multiplier_body()).await?)
+            }
+            Needs::Discount => Some(admin_create(&app, "discount-rules", &discount_body()).await?),
+            _ => None,
+        };
+        let quote = match row.needs {
+            Needs::Quote => Some(app.quote("ann", vehicle, window(days, 2)).await?),
+            _ => None,
+        };
+        let (w_start, w_end) = window(days, 2);
+        let path = match (&booking, &rule) {
+            (Some(id), _) | (None, Some(id)) => row.path.replace("{id}", id),
+            (None, None) => row.path.to_owned(),
+        }
+        .replace("{region}", "EUW")
+        .replace("{class}", "compact");
+        let (path, body) = match (&row.method, row.path) {
+            (_, p) if p.ends_with("/vehicles/search") => (
+                format!(
+                    "{path}?lat=50.11&lon=8.68&radius_m=5000&start={}&end={}",
+                    w_start.format("%Y-%m-%dT%H:%M:%SZ"),
+                    w_end.format("%Y-%m-%dT%H:%M:%SZ")
+                ),
+                Value::Null,
+            ),
+            (_, p) if p.ends_with("/quotes") => (
+                path,
+                json!({ "vehicle_id": vehicle, "start": w_start, "end": w_end }),
+            ),
+            (&Method::POST, p) if p.ends_with("/bookings") => (
+                path,
+                json!({ "quote_token": quote.as_ref().map(|q| q["quote_token"].clone()) }),
+            ),
+            (&Method::GET, p) if p.ends_with("/bookings") => {
+                (format!("{path}?user_id=ann"), Value::Null)
+            }
+            (_, "/v1/surge") | (_, "/v1/admin/surge/recompute") => {
+                (format!("{path}?region=EUW"), Value::Null)
+            }
+            (_, p) if p.ends_with("/base-rates/{class}") => (
+                path,
+                json!({ "currency": "EUR", "per_hour_minor": 1000, "per_day_minor": 5000 }),
+            ),
+            (_, p) if p.ends_with("/vehicle-config/{class}") => (
+                path,
+                json!({ "floor_minor": 500, "ceiling_minor": 1_000_000 }),
+            ),
+            (&Method::DELETE, _) => (path, Value::Null),
+            (_, p) if p.contains("/time-multipliers") => (path, time_multiplier_body()),
+            (_, p) if p.contains("/discount-rules") => (path, discount_body()),
+            (_, p) if p.ends_with("/extend") => {
+                (path, json!({ "end": w_end + Duration::hours(1) }))
+            }
+            _ => (path, Value::Null),
+        };
+        let mut before = snapshot(&app).await?;
+        for (who, (tok, expected)) in tokens.iter().zip(row.expect).enumerate() {
+            let reply = call(&app, &row.method, &path, tok.as_deref(), &body).await?;
+            checked += 1;
+            if reply.status.as_u16() != expected {
+                failures.push(format!(
+                    "{} {} as {}: expected {expected}, got {} {}",
+                    row.method, row.path, PRINCIPALS[who], reply.status, reply.body
+                ));
+                continue;
+            }
+            if expected >= 400 {
+                reply.assert_problem(expected);
+                if expected == 401 {
+                    assert_eq!(
+                        reply
+                            .headers
+                            .get("www-authenticate")
+                            .and_then(|v| v.to_str().ok()),
+                        Some("Bearer")
+                    );
+                }
+                // A refusal changes nothing.
+                assert_eq!(
+                    snapshot(&app).await?,
+                    before,
+                    "{} {} as {} changed data",
+                    row.method,
+                    row.path,
+                    PRINCIPALS[who]
+                );
+            } else {
+                before = snapshot(&app).await?;
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} cells wrong:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    assert_eq!(checked, rows.len() * 4);
+    app.stop().await
+}
+
+/// Any method, with a fresh Idempotency-Key on writes (a replay must not mask a decision).
+async fn call(
+    app: &TestApp,
+    method: &Method,
+    path: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> TestResult<Reply> {
+    if *method == Method::GET {
+        return app.get(path, token).await;
+    }
+    if *method == Method::POST {
+        let key = uuid::Uuid::new_v4().to_string();
+        return app.post(path, token, body, Some(&key)).await;
+    }
+    let mut req = app
+        .client
+        .request(method.clone(), format!("{}{path}", app.base));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if !body.is_null() {
+        req = req.json(body);
+    }
+    let resp = req.send().await?;
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let content_type = headers
+        .get(reqwest::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = serde_json::from_slice(&resp.bytes().await?).unwrap_or(Value::Null);
+    Ok(Reply {
+        status,
+        content_type,
+        headers,
+        body,
+    })
+}
+
+/// A time-of-day rule in a slot of its own: the demo fleet's rules leave 10:00–16:00 free,
+/// and rules of a region may not overlap, so each call takes the next free hour.
+fn time_multiplier_body() -> Value {
+    use std::sync::atomic::{AtomicI16, Ordering};
+    static NEXT: AtomicI16 = AtomicI16::new(10);
+    let hour = NEXT.fetch_add(1, Ordering::Relaxed);
+    json!({ "days_mask": 1, "start_hour": hour, "end_hour": hour + 1, "multiplier_bp": 11000 })
+}
+
+/// A promo discount with a code of its own.
+fn discount_body() -> Value {
+    let code = format!("AUTHZ{}", uuid::Uuid::new_v4().simple());
+    json!({ "kind": "promo", "code": &code[..12], "percent_bp": 1000 })
+}
+
+/// Creates a pricing rule as ops and returns its id.
+async fn admin_create(app: &TestApp, what: &str, body: &Value) -> TestResult<String> {
+    let created = app
+        .post(
+            &format!("/v1/admin/pricing/EUW/{what}"),
+            Some(&ops_token("olga")),
+            body,
+            None,
+        )
+        .await?;
+    anyhow::ensure!(created.status.as_u16() == 201, "create {what}: {created:?}");
+    Ok(created.body["key"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Every booking's state, window and history length, the outbox size and the pricing audit
+/// size: what a refused request must not change.
+async fn snapshot(app: &TestApp) -> TestResult<Vec<(String, String, i64)>> {
+    let mut rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "select b.id::text, b.status || ' ' || b.period::text,
+                (select count(*) from booking_history h where h.booking_id = b.id)
+           from bookings b order by b.id",
+    )
+    .fetch_all(&app.pool)
+    .await?;
+    rows.push((
+        "outbox".into(),
+        String::new(),
+        app.count("outbox", "true").await?,
+    ));
+    rows.push((
+        "pricing_audit".into(),
+        String::new(),
+        app.count("pricing_audit", "true").await?,
+    ));
+    Ok(rows)
+}

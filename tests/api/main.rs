@@ -11,6 +11,7 @@ mod events;
 mod holds;
 mod idempotency;
 mod inference_fake;
+mod inference_reference;
 mod jwt_attacks;
 mod limits;
 mod lifecycle;

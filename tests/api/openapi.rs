@@ -34,6 +34,19 @@ async fn the_openapi_document_lists_every_route_and_each_exists(pool: PgPool) ->
         "GET /v2/bookings",
         "GET /v1/bookings/{id}",
         "GET /v2/bookings/{id}",
+        // Pricing (issue 6): surge grid and the ops role's pricing admin.
+        "GET /v1/surge",
+        "POST /v1/admin/surge/recompute",
+        "GET /v1/admin/pricing/{region}",
+        "GET /v1/admin/pricing-audit",
+        "PUT /v1/admin/pricing/{region}/base-rates/{class}",
+        "PUT /v1/admin/pricing/{region}/vehicle-config/{class}",
+        "POST /v1/admin/pricing/{region}/time-multipliers",
+        "PUT /v1/admin/pricing/{region}/time-multipliers/{id}",
+        "DELETE /v1/admin/pricing/{region}/time-multipliers/{id}",
+        "POST /v1/admin/pricing/{region}/discount-rules",
+        "PUT /v1/admin/pricing/{region}/discount-rules/{id}",
+        "DELETE /v1/admin/pricing/{region}/discount-rules/{id}",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -49,9 +62,17 @@ async fn the_openapi_document_lists_every_route_and_each_exists(pool: PgPool) ->
     // Each documented route is served: no "no-route" or 405 answer for any of them.
     for route in &documented {
         let (method, path) = route.split_once(' ').unwrap_or_default();
-        let path = path.replace("{id}", "bkg_euw_00000000000000000000000000000000");
+        let path = path
+            .replace("{id}", "bkg_euw_00000000000000000000000000000000")
+            .replace("{region}", "EUW")
+            .replace("{class}", "compact");
         let req = match method {
             "GET" => app.client.get(format!("{}{path}", app.base)),
+            "PUT" => app
+                .client
+                .put(format!("{}{path}", app.base))
+                .json(&serde_json::json!({})),
+            "DELETE" => app.client.delete(format!("{}{path}", app.base)),
             _ => app
                 .client
                 .post(format!("{}{path}", app.base))

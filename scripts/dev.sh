@@ -26,11 +26,24 @@ export JWT_HS256_SECRET="${JWT_HS256_SECRET:-dev-only-secret-change-me-012345678
 export QUOTE_SIGNING_KEYS="${QUOTE_SIGNING_KEYS:-dev1=dev-only-quote-key-change-me-0123456789}"
 export RUST_LOG="${RUST_LOG:-info,sqlx=warn}"
 
-log "building the origin"
-cargo build -p origin --release --locked
+log "building the origin and the reference inference service"
+cargo build -p origin -p inference --release --locked
 BIN="$ROOT/target/release/origin"
 
 "$BIN" seed-demo "${DEMO_VEHICLES_PER_CITY:-120}"
+
+# The reference AI inference service (origin/inference) reads the same database through its
+# read-only role (created by the migrations); the origin's pricing calls it at INFERENCE_URL.
+# Point INFERENCE_URL at another service to replace it.
+INFERENCE_BIND_ADDR="${INFERENCE_BIND_ADDR:-127.0.0.1:8090}"
+if [[ -z "${INFERENCE_URL:-}" ]]; then
+  export INFERENCE_URL="http://$INFERENCE_BIND_ADDR"
+  INFERENCE_DATABASE_URL="${INFERENCE_DATABASE_URL:-postgres://inference_ro@$PGHOST:$PGPORT/$DEV_DB}" \
+    INFERENCE_BIND_ADDR="$INFERENCE_BIND_ADDR" "$ROOT/target/release/inference" &
+  INFERENCE_PID=$!
+  trap 'kill "$INFERENCE_PID" 2>/dev/null || true' EXIT
+  log "reference inference service on $INFERENCE_URL (pid $INFERENCE_PID)"
+fi
 TOKEN=$("$BIN" dev-token demo-user)
 OPS_TOKEN=$("$BIN" dev-token demo-ops --ops)
 START=$(date -u -d 'tomorrow 10:00' +%Y-%m-%dT%H:%M:%SZ)
@@ -53,6 +66,9 @@ cat <<MSG
   curl -s -H "authorization: Bearer \$TOKEN" -H 'content-type: application/json' -H "idempotency-key: \$(uuidgen || date +%s%N)" \\
        -d '{"quote_token":"<quote_token>"}' $BASE/v1/bookings
   curl -s -X POST -H "authorization: Bearer \$TOKEN" $BASE/v1/bookings/<booking_id>/confirm
+  # the surge multiplier near Frankfurt Hbf; the pricing tables (ops role)
+  curl -s -H "authorization: Bearer \$TOKEN" '$BASE/v1/surge?lat=50.1071&lon=8.6638'
+  curl -s -H "authorization: Bearer \$OPS_TOKEN" $BASE/v1/admin/pricing/EUW
 
 MSG
-exec "$BIN" serve
+"$BIN" serve

@@ -17,6 +17,8 @@ const port = Number(process.env.EDGE_PORT || "0");
 const mf = new Miniflare({
   modules: true,
   scriptPath: path.join(build, "index.js"),
+  // Module names are resolved below this root, whatever the caller's working directory.
+  modulesRoot: build,
   modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
   compatibilityDate: "2025-09-01",
   bindings,

@@ -12,6 +12,7 @@ pub mod breaker;
 pub mod cache;
 pub mod config;
 pub mod demo;
+pub mod edge_gen;
 pub mod error;
 pub mod events;
 pub mod extract;

@@ -35,6 +35,8 @@ pub struct AppState {
     pub inference: InferenceClient,
     /// The surge grids of the served regions.
     pub surge: Surge,
+    /// Bumps the edge cache generations after committed booking changes.
+    pub edge_gen: crate::edge_gen::EdgeGen,
 }
 
 impl std::fmt::Debug for AppState {
@@ -72,7 +74,9 @@ impl AppState {
             config.pricing.surge_resolution,
             config.pricing.budget,
         );
+        let edge_gen = crate::edge_gen::EdgeGen::new(config.edge_cache.as_ref())?;
         Ok(AppState {
+            edge_gen,
             inference,
             surge,
             db,

@@ -15,6 +15,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
+pub mod edge;
 pub mod test_redis;
 
 /// Test result alias.

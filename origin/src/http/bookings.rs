@@ -128,6 +128,7 @@ async fn create(
     if !stored.replayed {
         // Committed: cached quotes of this vehicle may now offer a taken window.
         state.caches.invalidate_vehicle(&vehicle).await;
+        state.edge_gen.bump(&vehicle);
     }
     Ok(stored.into_response())
 }
@@ -188,6 +189,7 @@ async fn act(
     if let Some(vehicle) = vehicle {
         // Committed: the vehicle's occupancy changed, so its cached quotes are stale.
         state.caches.invalidate_vehicle(&vehicle).await;
+        state.edge_gen.bump(&vehicle);
     }
     Ok(stored.into_response())
 }

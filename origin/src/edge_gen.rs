@@ -1,0 +1,188 @@
+//! Bumps the edge cache's generation counters after a committed booking change.
+//!
+//! The edge workers cache searches and quotes in Upstash Redis (not the origin's Redis: the
+//! edge runs in Cloudflare's and Fermyon's networks and reaches Redis over REST). Their keys
+//! embed `gen:<REGION>` (searches) and `gen:veh:<vehicle>` (quotes); incrementing a counter
+//! makes every entry under it unreachable at once (see `edge/core/src/cache.rs`). The edge
+//! bumps them itself after a write it forwarded; the origin bumps them too, after every
+//! committed change — writes that did not come through that edge, hold expiries — so a new
+//! booking is never hidden behind a stale edge entry.
+//!
+//! The bump is one Upstash `/pipeline` request, sent on a spawned task with a short timeout:
+//! it never delays or fails the booking. A failed bump is logged and counted
+//! (`edge_cache_bumps_total{result="error"}`); the affected entries then live out their short
+//! TTL (quotes 60 s, searches 10 s). Without `EDGE_CACHE_REST_URL` the feature is off.
+
+use std::time::Duration;
+
+use domain::region::Region;
+use domain::VehicleId;
+use serde_json::{json, Value};
+
+use crate::config::{ConfigError, Env, Secret};
+
+/// Where the edge cache lives (`EDGE_CACHE_REST_URL`, `EDGE_CACHE_REST_TOKEN`,
+/// `EDGE_CACHE_KEY_PREFIX` — the edge's `EDGE_KEY_PREFIX`).
+#[derive(Debug, Clone)]
+pub struct EdgeCacheConfig {
+    pub url: String,
+    pub token: Secret,
+    pub key_prefix: String,
+    pub timeout: Duration,
+}
+
+/// Reads the edge cache settings: `None` when `EDGE_CACHE_REST_URL` is unset.
+pub fn config(env: &dyn Env) -> Result<Option<EdgeCacheConfig>, ConfigError> {
+    let Some(url) = env.var("EDGE_CACHE_REST_URL") else {
+        return Ok(None);
+    };
+    let url = url.trim().trim_end_matches('/').to_owned();
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(ConfigError::Invalid {
+            name: "EDGE_CACHE_REST_URL",
+            reason: "expected an http:// or https:// URL (the Upstash REST endpoint)".into(),
+        });
+    }
+    let token = env
+        .var("EDGE_CACHE_REST_TOKEN")
+        .ok_or(ConfigError::Missing("EDGE_CACHE_REST_TOKEN"))?;
+    let timeout_ms = match env.var("EDGE_CACHE_TIMEOUT_MS") {
+        None => 500,
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(ms) if ms > 0 => ms,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    name: "EDGE_CACHE_TIMEOUT_MS",
+                    reason: format!("expected milliseconds greater than 0 (got {v:?})"),
+                })
+            }
+        },
+    };
+    Ok(Some(EdgeCacheConfig {
+        url,
+        token: Secret(token.into_bytes()),
+        key_prefix: env
+            .var("EDGE_CACHE_KEY_PREFIX")
+            .unwrap_or_else(|| "edge:".into()),
+        timeout: Duration::from_millis(timeout_ms),
+    }))
+}
+
+/// The bumper: cheap to clone; does nothing when unconfigured.
+#[derive(Debug, Clone)]
+pub struct EdgeGen {
+    target: Option<(EdgeCacheConfig, reqwest::Client)>,
+}
+
+impl EdgeGen {
+    /// Builds the bumper (an HTTP client with the configured timeout).
+    pub fn new(config: Option<&EdgeCacheConfig>) -> anyhow::Result<Self> {
+        let target = match config {
+            None => None,
+            Some(c) => Some((
+                c.clone(),
+                reqwest::Client::builder().timeout(c.timeout).build()?,
+            )),
+        };
+        Ok(EdgeGen { target })
+    }
+
+    /// The commands of one bump (same keys as `edge/core/src/cache.rs`).
+    fn commands(prefix: &str, vehicle: &VehicleId) -> Value {
+        let region: Region = vehicle.region;
+        let vehicle_key = format!("{prefix}gen:veh:{vehicle}");
+        json!([
+            ["INCR", format!("{prefix}gen:{}", region.code())],
+            ["INCR", vehicle_key],
+            ["EXPIRE", vehicle_key, "86400"],
+        ])
+    }
+
+    /// Bumps the vehicle's and its region's generations in the background.
+    pub fn bump(&self, vehicle: &VehicleId) {
+        let Some((config, client)) = self.target.clone() else {
+            return;
+        };
+        let body = Self::commands(&config.key_prefix, vehicle);
+        let vehicle = *vehicle;
+        tokio::spawn(async move {
+            let token = String::from_utf8_lossy(&config.token.0).into_owned();
+            let sent = client
+                .post(format!("{}/pipeline", config.url))
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status);
+            let result = match sent {
+                Ok(_) => "ok",
+                Err(e) => {
+                    tracing::warn!(error = %e, %vehicle, "edge cache generation bump failed; edge entries expire by TTL");
+                    "error"
+                }
+            };
+            metrics::counter!("edge_cache_bumps_total", "result" => result).increment(1);
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn the_edge_cache_is_off_without_a_url() -> Result<(), ConfigError> {
+        assert!(config(&env(&[]))?.is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn a_bad_edge_cache_setting_is_named() {
+        for (pairs, name) in [
+            (
+                vec![("EDGE_CACHE_REST_URL", "redis://x")],
+                "EDGE_CACHE_REST_URL",
+            ),
+            (
+                vec![("EDGE_CACHE_REST_URL", "https://x")],
+                "EDGE_CACHE_REST_TOKEN",
+            ),
+            (
+                vec![
+                    ("EDGE_CACHE_REST_URL", "https://x"),
+                    ("EDGE_CACHE_REST_TOKEN", "t"),
+                    ("EDGE_CACHE_TIMEOUT_MS", "0"),
+                ],
+                "EDGE_CACHE_TIMEOUT_MS",
+            ),
+        ] {
+            let err = config(&env(&pairs)).err().map(|e| e.to_string());
+            assert!(
+                err.as_deref().is_some_and(|e| e.starts_with(name)),
+                "{pairs:?} gave {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bump_increments_the_region_and_the_vehicle_counters() {
+        let vehicle: VehicleId = "veh_eun_0123456789abcdef0123456789abcdef"
+            .parse()
+            .unwrap_or_else(|_| VehicleId::new(Region::Eun, uuid::Uuid::nil()));
+        let cmds = EdgeGen::commands("p:", &vehicle);
+        assert_eq!(cmds[0], json!(["INCR", "p:gen:EUN"]));
+        assert_eq!(
+            cmds[1],
+            json!(["INCR", "p:gen:veh:veh_eun_0123456789abcdef0123456789abcdef"])
+        );
+    }
+}

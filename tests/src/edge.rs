@@ -1,0 +1,414 @@
+//! Edge harness: a real origin, the Upstash REST gateway and an edge worker in a real Wasm
+//! runtime — Cloudflare's workerd (through miniflare) or the Spin component under
+//! `wasmtime serve` — wired together on free local ports.
+//!
+//! The workers must be built first (`scripts/edge.sh build`); a missing artifact fails the
+//! test with a message saying so, it never skips. Each stack has its own database (from
+//! `#[sqlx::test]`), its own origin Redis prefix and its own edge key prefix, so stacks run in
+//! parallel against the shared Redis. The origin listens on a fixed port chosen at start, so
+//! a test can stop it and start it again where the edge expects it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+
+use crate::{spawn_app_with, Reply, TestApp, TestResult, AUDIENCE, ISSUER, JWT_SECRET};
+
+/// The token the gateway accepts (and the edge and origin present).
+pub const GATEWAY_TOKEN: &str = "edge-test-upstash-token";
+
+/// Which runtime runs the edge worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// `edge/cloudflare` in workerd (miniflare).
+    Cloudflare,
+    /// `edge/spin` under `wasmtime serve`.
+    Spin,
+}
+
+impl Runtime {
+    /// Both runtimes, for tests that run one scenario on each.
+    pub const ALL: [Runtime; 2] = [Runtime::Cloudflare, Runtime::Spin];
+
+    /// The `x-edge-runtime` the worker reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Cloudflare => "cloudflare",
+            Runtime::Spin => "spin",
+        }
+    }
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+/// The `wasmtime` binary: `WASMTIME`, else the one `scripts/edge.sh` installs, else `PATH`.
+fn wasmtime() -> PathBuf {
+    if let Some(p) = std::env::var_os("WASMTIME") {
+        return PathBuf::from(p);
+    }
+    let local = repo_root().join(".dev/edge-tools/wasmtime");
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from("wasmtime")
+}
+
+/// A port nobody listens on right now (bound, read, released).
+pub fn free_port() -> TestResult<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A running edge worker process.
+#[derive(Debug)]
+struct EdgeProcess {
+    child: Child,
+    /// Closing it tells the miniflare runner to dispose workerd and exit.
+    stdin: Option<ChildStdin>,
+}
+
+impl EdgeProcess {
+    async fn stop(mut self) {
+        drop(self.stdin.take());
+        if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+async fn wait_healthy(client: &reqwest::Client, base: &str, what: &str) -> TestResult {
+    for _ in 0..300 {
+        if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
+            if r.status() == StatusCode::OK {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("{what} did not become healthy at {base}")
+}
+
+async fn start_edge(
+    runtime: Runtime,
+    vars: &[(String, String)],
+) -> TestResult<(EdgeProcess, String)> {
+    let port = free_port()?;
+    let mut cmd = match runtime {
+        Runtime::Spin => {
+            let wasm = target_dir().join("wasm32-wasip2/release/edge_spin.wasm");
+            if !wasm.exists() {
+                bail!(
+                    "{} is missing: build the edge workers first (scripts/edge.sh build)",
+                    wasm.display()
+                );
+            }
+            let mut cmd = Command::new(wasmtime());
+            cmd.args(["serve", "-S", "cli=y", "-S", "http=y", "--addr"])
+                .arg(format!("127.0.0.1:{port}"));
+            for (k, v) in vars {
+                cmd.arg("--env").arg(format!("{k}={v}"));
+            }
+            cmd.arg(wasm);
+            cmd
+        }
+        Runtime::Cloudflare => {
+            let dir = repo_root().join("edge/cloudflare");
+            for needed in [
+                "build/index.js",
+                "build/index_bg.wasm",
+                "node_modules/miniflare",
+            ] {
+                if !dir.join(needed).exists() {
+                    bail!(
+                        "edge/cloudflare/{needed} is missing: build the edge workers first \
+                         (scripts/edge.sh build)"
+                    );
+                }
+            }
+            let bindings: serde_json::Map<String, Value> = vars
+                .iter()
+                .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                .collect();
+            let mut cmd = Command::new("node");
+            cmd.arg(dir.join("run.mjs"))
+                .env("EDGE_PORT", port.to_string())
+                .env("EDGE_BINDINGS", Value::Object(bindings).to_string());
+            cmd
+        }
+    };
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("start the {} edge", runtime.name()))?;
+    let stdin = child.stdin.take();
+    if let Some(stdout) = child.stdout.take() {
+        // Drain the runtime's output (into the test's output) so it never blocks on a pipe.
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                println!("[edge] {line}");
+            }
+        });
+    }
+    let base = format!("http://127.0.0.1:{port}");
+    let process = EdgeProcess { child, stdin };
+    let client = reqwest::Client::new();
+    if let Err(e) = wait_healthy(&client, &base, runtime.name()).await {
+        process.stop().await;
+        return Err(e);
+    }
+    Ok((process, base))
+}
+
+/// Origin + gateway + edge, and a client for the edge.
+#[derive(Debug)]
+pub struct EdgeStack {
+    pub runtime: Runtime,
+    /// The edge's base URL.
+    pub base: String,
+    pub client: reqwest::Client,
+    /// The origin (None while stopped).
+    pub origin: Option<TestApp>,
+    pub pool: PgPool,
+    pub gateway: Option<upstash_gateway::Running>,
+    /// The edge's Redis key prefix (rate-limit counters, cache entries, generations).
+    pub edge_prefix: String,
+    origin_overrides: Vec<(String, String)>,
+    edge: Option<EdgeProcess>,
+}
+
+impl EdgeStack {
+    /// Starts a stack with default edge settings.
+    pub async fn start(pool: PgPool, runtime: Runtime) -> TestResult<Self> {
+        Self::start_with(pool, runtime, &[]).await
+    }
+
+    /// Starts a stack with extra edge variables (e.g. a short quote TTL).
+    pub async fn start_with(
+        pool: PgPool,
+        runtime: Runtime,
+        edge_vars: &[(&str, &str)],
+    ) -> TestResult<Self> {
+        let redis_url = crate::test_redis::shared_url();
+        let gateway = upstash_gateway::start(
+            tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+            &redis_url,
+            GATEWAY_TOKEN,
+        )
+        .await?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let edge_prefix = format!("test:edge:{id}:");
+        let origin_port = free_port()?;
+        let origin_url = format!("http://127.0.0.1:{origin_port}");
+        let origin_overrides: Vec<(String, String)> = vec![
+            ("BIND_ADDR".into(), format!("127.0.0.1:{origin_port}")),
+            ("REDIS_KEY_PREFIX".into(), format!("test:{id}:")),
+            ("EDGE_CACHE_REST_URL".into(), gateway.url()),
+            ("EDGE_CACHE_REST_TOKEN".into(), GATEWAY_TOKEN.into()),
+            ("EDGE_CACHE_KEY_PREFIX".into(), edge_prefix.clone()),
+        ];
+        let mut stack = EdgeStack {
+            runtime,
+            base: String::new(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
+            origin: None,
+            pool,
+            gateway: Some(gateway),
+            edge_prefix: edge_prefix.clone(),
+            origin_overrides,
+            edge: None,
+        };
+        stack.start_origin().await?;
+        let mut vars: Vec<(String, String)> = [
+            ("EDGE_REGION", "EUW"),
+            ("ORIGIN_EUW_URL", origin_url.as_str()),
+            ("ORIGIN_EUN_URL", origin_url.as_str()),
+            ("UPSTASH_REDIS_REST_TOKEN", GATEWAY_TOKEN),
+            ("EDGE_KEY_PREFIX", edge_prefix.as_str()),
+            ("JWT_ISSUER", ISSUER),
+            ("JWT_AUDIENCE", AUDIENCE),
+            ("JWT_HS256_SECRET", JWT_SECRET),
+            ("EDGE_ORIGIN_TIMEOUT_MS", "3000"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        vars.push((
+            "UPSTASH_REDIS_REST_URL".into(),
+            stack.gateway.as_ref().map(|g| g.url()).unwrap_or_default(),
+        ));
+        for (k, v) in edge_vars {
+            vars.retain(|(name, _)| name != k);
+            vars.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        match start_edge(runtime, &vars).await {
+            Ok((process, base)) => {
+                stack.edge = Some(process);
+                stack.base = base;
+                Ok(stack)
+            }
+            Err(e) => {
+                let _ = stack.stop().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Starts (or restarts) the origin on its fixed port, on the same database.
+    pub async fn start_origin(&mut self) -> TestResult {
+        let overrides: Vec<(&str, &str)> = self
+            .origin_overrides
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        // The port was free a moment ago; a restart may race its release: retry briefly.
+        let mut last = None;
+        for _ in 0..20 {
+            match spawn_app_with(self.pool.clone(), &overrides).await {
+                Ok(app) => {
+                    self.origin = Some(app);
+                    return Ok(());
+                }
+                Err(e) => {
+                    last = Some(e);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("origin did not start")))
+    }
+
+    /// Stops the origin (the edge keeps running).
+    pub async fn stop_origin(&mut self) -> TestResult {
+        if let Some(app) = self.origin.take() {
+            app.stop().await?;
+        }
+        Ok(())
+    }
+
+    /// The running origin.
+    pub fn origin(&self) -> TestResult<&TestApp> {
+        self.origin.as_ref().context("origin is stopped")
+    }
+
+    /// Requests the origin has served so far, excluding `/metrics` itself (Prometheus
+    /// `http_requests_total`, summed over routes and statuses).
+    pub async fn origin_requests(&self) -> TestResult<u64> {
+        let origin = self.origin()?;
+        let text = origin
+            .client
+            .get(format!("{}/metrics", origin.base))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("http_requests_total{") && !l.contains("route=\"/metrics\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|v| v as u64)
+            .sum())
+    }
+
+    /// Sends a request to the edge with optional token, JSON body and extra headers.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> TestResult<Reply> {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.context("send to edge")?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let content_type = headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let bytes = resp.bytes().await?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Reply {
+            status,
+            content_type,
+            headers,
+            body,
+        })
+    }
+
+    /// GET through the edge.
+    pub async fn get(&self, path: &str, token: Option<&str>) -> TestResult<Reply> {
+        self.send(reqwest::Method::GET, path, token, None, &[])
+            .await
+    }
+
+    /// POST JSON through the edge with an optional Idempotency-Key.
+    pub async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+        key: Option<&str>,
+    ) -> TestResult<Reply> {
+        let headers: Vec<(&str, &str)> = key.map(|k| ("idempotency-key", k)).into_iter().collect();
+        self.send(reqwest::Method::POST, path, token, Some(body), &headers)
+            .await
+    }
+
+    /// Stops the edge, the origin and the gateway; removes the edge's Redis keys.
+    pub async fn stop(mut self) -> TestResult {
+        if let Some(edge) = self.edge.take() {
+            edge.stop().await;
+        }
+        self.stop_origin().await?;
+        if let Some(gw) = self.gateway.take() {
+            gw.stop().await;
+        }
+        let _ =
+            crate::test_redis::delete_prefix(&crate::test_redis::shared_url(), &self.edge_prefix)
+                .await;
+        Ok(())
+    }
+}
+
+/// Reads a header of a reply as a string.
+pub fn header<'r>(reply: &'r Reply, name: &str) -> Option<&'r str> {
+    reply.headers.get(name).and_then(|v| v.to_str().ok())
+}

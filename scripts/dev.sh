@@ -71,4 +71,16 @@ cat <<MSG
   curl -s -H "authorization: Bearer \$OPS_TOKEN" $BASE/v1/admin/pricing/EUW
 
 MSG
+# Both edge workers (Cloudflare worker in workerd on :8787, Spin component in wasmtime on :8788)
+# in front of this origin, with the Upstash REST gateway; they print their URLs when up.
+# The first run installs their tools (see scripts/edge.sh). EDGE=0 skips them.
+if [[ "${EDGE:-1}" == 1 ]]; then
+  export UPSTASH_GATEWAY_TOKEN="${UPSTASH_GATEWAY_TOKEN:-dev-only-upstash-token}"
+  export EDGE_CACHE_REST_URL="${EDGE_CACHE_REST_URL:-http://127.0.0.1:${UPSTASH_GATEWAY_PORT:-8079}}"
+  export EDGE_CACHE_REST_TOKEN="${EDGE_CACHE_REST_TOKEN:-$UPSTASH_GATEWAY_TOKEN}"
+  ORIGIN_URL="$BASE" bash scripts/edge.sh run &
+  EDGE_PID=$!
+  # A background job ignores Ctrl-C: stop it (and, by its trap, the edges) with the origin.
+  trap 'kill "$EDGE_PID" "${INFERENCE_PID:-}" 2>/dev/null || true' EXIT
+fi
 "$BIN" serve

@@ -20,6 +20,8 @@ log "shared domain crate for wasm32-unknown-unknown and wasm32-wasip2"
 cargo build -p domain --locked --target wasm32-unknown-unknown
 cargo build -p domain --locked --target wasm32-wasip2
 
+log "edge workers for workerd and wasmtime (the edge suite runs them)"
+bash scripts/edge.sh build
 log "tests (DATABASE_URL=$DATABASE_URL)"
 if command -v cargo-nextest >/dev/null; then
   cargo nextest run --workspace --locked --no-fail-fast

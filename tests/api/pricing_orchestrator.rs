@@ -228,6 +228,13 @@ async fn a_slow_inference_service_degrades_quotes_within_budget_opens_the_breake
         .await?,
         2.0
     );
+    let ready = app.get("/readyz", None).await?;
+    assert_eq!(
+        ready.status.as_u16(),
+        200,
+        "an open breaker is degraded, not down"
+    );
+    assert_eq!(ready.body["checks"]["inference"]["inference_risk"], "open");
     assert!(
         metric(
             &app,

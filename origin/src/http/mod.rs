@@ -114,11 +114,28 @@ async fn readyz(State(state): State<AppState>) -> Response {
             "redis": if state.redis.is_up() { "ok" } else { "down" },
             "locks": state.locks.backend(),
             "availability": state.availability.mode(),
+            // Optional too: with the breakers open, quotes use their fallbacks (degraded).
+            "inference": inference_checks(&state),
         },
         "redis_degradations": state.redis.degradations(),
         "regions": state.config.regions.iter().map(|r| r.code()).collect::<Vec<_>>(),
     });
     (status, axum::Json(body)).into_response()
+}
+
+/// The AI inference API's breakers for `/readyz` (`"not_configured"` without `INFERENCE_URL`).
+fn inference_checks(state: &AppState) -> serde_json::Value {
+    if !state.inference.is_configured() {
+        return serde_json::json!("not_configured");
+    }
+    let mut checks = serde_json::Map::new();
+    for breaker in state.inference.breakers() {
+        checks.insert(
+            breaker.name().to_owned(),
+            serde_json::json!(breaker.state().as_str()),
+        );
+    }
+    serde_json::Value::Object(checks)
 }
 
 /// The router and the OpenAPI document, built from one list of routes.

@@ -23,19 +23,19 @@ pub mod config;
 pub mod platform;
 pub mod problem;
 pub mod ratelimit;
+mod route;
 pub mod upstash;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
 use domain::auth::{AuthError, Claims};
 use domain::ratelimit::RateLimit;
-use domain::{BookingId, Region, VehicleId};
+use domain::{Region, VehicleId};
 use serde_json::Value;
 
 use crate::cache::Entry;
 use crate::config::EdgeConfig;
 use crate::platform::{FetchError, Outbound, Platform, Request, Response};
 use crate::ratelimit::{BlockedCache, Check, Outcome, Subject};
+use crate::route::{canonical, is_write, quote_token_target, route, Route};
 use crate::upstash::{arg, as_u64, Upstash};
 
 /// Largest request body the edge forwards (the origin's default limit).
@@ -57,18 +57,6 @@ pub struct Edge {
     pub config: EdgeConfig,
     blocked: BlockedCache,
     runtime: &'static str,
-}
-
-/// What a request is, once its path is parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Route {
-    Search,
-    Quote,
-    CreateBooking,
-    BookingAction(BookingId),
-    BookingRead(BookingId),
-    /// Anything else under `/v1` or `/v2`: forwarded to the home region's origin.
-    Other,
 }
 
 /// How a cached route looks its entry up.
@@ -103,68 +91,6 @@ fn request_id(req: &Request) -> String {
         return "edge-no-entropy".into();
     }
     hex::encode(bytes)
-}
-
-/// JSON with object keys sorted, whatever map type `serde_json` was built with.
-fn canonical(v: &Value) -> String {
-    match v {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            let inner: Vec<String> = keys
-                .into_iter()
-                .map(|k| {
-                    format!(
-                        "{}:{}",
-                        Value::String(k.clone()),
-                        canonical(map.get(k).unwrap_or(&Value::Null))
-                    )
-                })
-                .collect();
-            format!("{{{}}}", inner.join(","))
-        }
-        Value::Array(items) => {
-            let inner: Vec<String> = items.iter().map(canonical).collect();
-            format!("[{}]", inner.join(","))
-        }
-        other => other.to_string(),
-    }
-}
-
-/// The region and vehicle a quote token names, read *without* verifying it: only to pick the
-/// origin, which verifies it (the edge holds no quote-signing keys).
-fn quote_token_target(token: &str) -> Option<(Region, Option<VehicleId>)> {
-    let mut parts = token.split('.');
-    let (_version, _kid, payload) = (parts.next()?, parts.next()?, parts.next()?);
-    let json: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).ok()?).ok()?;
-    let region: Region = json.get("reg")?.as_str()?.parse().ok()?;
-    let vehicle = json
-        .get("veh")
-        .and_then(Value::as_str)
-        .and_then(|v| v.parse().ok());
-    Some((region, vehicle))
-}
-
-fn route(method: &str, rest: &str) -> Route {
-    let segments: Vec<&str> = rest.split('/').collect();
-    match (method, segments.as_slice()) {
-        ("GET", ["vehicles", "search"]) => Route::Search,
-        ("POST", ["quotes"]) => Route::Quote,
-        ("POST", ["bookings"]) => Route::CreateBooking,
-        ("POST", ["bookings", id, _verb]) => match id.parse() {
-            Ok(id) => Route::BookingAction(id),
-            Err(_) => Route::Other,
-        },
-        ("GET", ["bookings", id]) => match id.parse() {
-            Ok(id) => Route::BookingRead(id),
-            Err(_) => Route::Other,
-        },
-        _ => Route::Other,
-    }
-}
-
-fn is_write(method: &str) -> bool {
-    !matches!(method, "GET" | "HEAD" | "OPTIONS")
 }
 
 fn rate_headers(resp: &mut Response, outcome: &Outcome) {

@@ -1,6 +1,9 @@
 //! Unit tests of the pure parts (routing, canonical bodies, cache keys, token routing); the
 //! behaviour through real runtimes is tested end to end in `tests/edge`.
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+
 use super::*;
 
 #[test]

@@ -63,13 +63,29 @@ async fn the_reference_service_scores_risk_from_history_and_predicts_demand_per_
 
     let vehicles = app.vehicles("EUW").await?;
     let vehicle = vehicles[0].clone();
+    let starts: Vec<DateTime<Utc>> = (5..9).map(|day| window(day, 2).0).collect();
+    let (lat, lon): (f64, f64) = sqlx::query_as(
+        "select b.lat, b.lon from vehicles v join parking_bays b on b.id = v.bay_id where v.id = $1",
+    )
+    .bind(uuid_of(&vehicle)?)
+    .fetch_one(&pool)
+    .await?;
+    let zone = origin::surge::cell_of(lat, lon, 8)
+        .ok_or_else(|| anyhow::anyhow!("cell"))?
+        .to_string();
+    let elsewhere = origin::surge::cell_of(50.0, 8.0, 8)
+        .ok_or_else(|| anyhow::anyhow!("cell"))?
+        .to_string();
+    let quiet_hour = starts[0] + chrono::Duration::hours(5);
+    let demand_body =
+        json!({ "region": "EUW", "zones": [zone, elsewhere], "buckets": [starts[0], quiet_hour] });
+    let before = call(&format!("{base}/v1/demand"), demand_body.clone()).await?;
+
     // A careful user confirms two bookings; a canceller cancels four.
     app.confirmed("careful", &vehicles[1], window(3, 2)).await?;
     app.confirmed("careful", &vehicles[1], window(4, 2)).await?;
-    let mut starts: Vec<DateTime<Utc>> = Vec::new();
     for day in 5..9 {
         let w = window(day, 2);
-        starts.push(w.0);
         let id = app.confirmed("canceller", &vehicle, w).await?;
         let cancel = app
             .post(
@@ -95,50 +111,51 @@ async fn the_reference_service_scores_risk_from_history_and_predicts_demand_per_
         "cancellations raise risk: {canceller} vs {newbie}"
     );
 
-    // Demand: the canceller's windows all start at one local hour of week in the vehicle's
-    // zone; that hour has demand there, another zone has none, and supply is the zone's cars.
-    let (lat, lon): (f64, f64) = sqlx::query_as(
-        "select b.lat, b.lon from vehicles v join parking_bays b on b.id = v.bay_id where v.id = $1",
-    )
-    .bind(uuid_of(&vehicle)?)
-    .fetch_one(&pool)
-    .await?;
-    let zone = origin::surge::cell_of(lat, lon, 8)
-        .ok_or_else(|| anyhow::anyhow!("cell"))?
-        .to_string();
-    let elsewhere = origin::surge::cell_of(50.0, 8.0, 8)
-        .ok_or_else(|| anyhow::anyhow!("cell"))?
-        .to_string();
-    let quiet_hour = starts[0] + chrono::Duration::hours(5);
-    let answer = call(
-        &format!("{base}/v1/demand"),
-        json!({ "region": "EUW", "zones": [zone, elsewhere], "buckets": [starts[0], quiet_hour] }),
-    )
-    .await?;
-    let predictions = answer["predictions"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    assert_eq!(predictions.len(), 4, "{answer}");
-    let find = |z: &str, b: DateTime<Utc>| {
-        predictions
-            .iter()
-            .find(|p| {
-                p["zone"] == z
-                    && p["bucket"]
-                        .as_str()
-                        .and_then(|s| s.parse::<DateTime<Utc>>().ok())
-                        == Some(b)
+    // Demand: before any booking, the zone's prior (supply × the local day profile) — not
+    // zero, not the same for every hour. Then one of the canceller's windows starts at that
+    // local hour of week this week: +0.7 (observed weight) × 0.5 (this week's smoothing
+    // weight). Another hour is unchanged; a zone without vehicles has neither supply nor demand.
+    let answer = call(&format!("{base}/v1/demand"), demand_body).await?;
+    let find_in = |answer: &Value, z: &str, b: DateTime<Utc>| {
+        answer["predictions"]
+            .as_array()
+            .and_then(|ps| {
+                ps.iter().find(|p| {
+                    p["zone"] == z
+                        && p["bucket"]
+                            .as_str()
+                            .and_then(|s| s.parse::<DateTime<Utc>>().ok())
+                            == Some(b)
+                })
             })
             .cloned()
             .unwrap_or(Value::Null)
     };
-    let busy = find(&zone, starts[0]);
-    assert!(busy["demand"].as_f64().unwrap_or(0.0) > 0.0, "{answer}");
-    assert!(busy["supply"].as_f64().unwrap_or(0.0) >= 1.0, "{answer}");
-    assert_eq!(find(&zone, quiet_hour)["demand"].as_f64(), Some(0.0));
-    assert_eq!(find(&elsewhere, starts[0])["demand"].as_f64(), Some(0.0));
-    assert_eq!(find(&elsewhere, starts[0])["supply"].as_f64(), Some(0.0));
+    let demand = |answer: &Value, z: &str, b| find_in(answer, z, b)["demand"].as_f64();
+    assert_eq!(
+        answer["predictions"].as_array().map(Vec::len),
+        Some(4),
+        "{answer}"
+    );
+    let prior = demand(&before, &zone, starts[0]).unwrap_or(0.0);
+    assert!(prior > 0.0, "{before}");
+    let busy = demand(&answer, &zone, starts[0]).unwrap_or(0.0);
+    assert!((busy - prior - 0.35).abs() < 1e-9, "{prior} -> {busy}");
+    assert!(
+        find_in(&answer, &zone, starts[0])["supply"]
+            .as_f64()
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert_eq!(
+        demand(&answer, &zone, quiet_hour),
+        demand(&before, &zone, quiet_hour)
+    );
+    assert_eq!(demand(&answer, &elsewhere, starts[0]), Some(0.0));
+    assert_eq!(
+        find_in(&answer, &elsewhere, starts[0])["supply"].as_f64(),
+        Some(0.0)
+    );
 
     // A bad zone is a 422, not a 500.
     let bad = reqwest::Client::new()

@@ -161,8 +161,23 @@ async fn risk_score(
         return Err(invalid("end must be after start"));
     }
     let h = history(&db, &req.user_id, Utc::now()).await?;
+    // The vehicle's class, when the id names one we know (`veh_<region>_<uuid hex>`).
+    let uuid = req
+        .vehicle_id
+        .rsplit('_')
+        .next()
+        .and_then(|hex| sqlx::types::Uuid::try_parse(hex).ok());
+    let class: Option<String> = match uuid {
+        Some(id) => {
+            sqlx::query_scalar("select class from vehicles where id = $1")
+                .bind(id)
+                .fetch_optional(&db)
+                .await?
+        }
+        None => None,
+    };
     Ok(Json(RiskResponse {
-        score: model::risk_score(&h),
+        score: model::risk_score(&h, class.as_deref().unwrap_or("")),
         model_version: model::MODEL_VERSION,
     }))
 }
@@ -231,12 +246,13 @@ pub async fn predict(
     for zone in zones {
         let tz = tz_of.get(zone).copied().unwrap_or(default_tz);
         let seen = observations.get(zone).map(Vec::as_slice).unwrap_or(&[]);
+        let vehicles = supply.get(zone).copied().unwrap_or(0) as f64;
         for bucket in buckets {
             predictions.push(DemandPrediction {
                 zone: zone.to_string(),
                 bucket: *bucket,
-                demand: model::smoothed_demand(seen, *bucket, tz, now),
-                supply: supply.get(zone).copied().unwrap_or(0) as f64,
+                demand: model::predicted_demand(seen, vehicles, *bucket, tz, now),
+                supply: vehicles,
             });
         }
     }

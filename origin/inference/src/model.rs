@@ -10,20 +10,64 @@
 //! (a Beta prior: `(count + prior × k) / (n + k)` with k = 5), so one cancellation out of one
 //! booking is not a 100 % canceller, and a user without history gets the prior:
 //!
-//! `score = 0.6·cancel + 0.8·expired + 1.0·late + 0.1·newness`, clamped to `0..=1`, where
-//! `newness = 1 / (1 + account_age_days / 30)`. A brand-new user scores ≈ 0.19, a year-old
-//! user with twenty clean trips ≈ 0.03, a serial canceller ≥ 0.4.
+//! `score = 0.6·cancel + 0.8·expired + 1.0·late + 0.1·newness + class`, clamped to `0..=1`,
+//! where `newness = 1 / (1 + account_age_days / 30)` and `class` is the vehicle's exposure
+//! ([`class_loading`]: 0 for a compact … 0.08 for a premium car — what a damage costs). A
+//! brand-new user scores ≈ 0.19 on a compact, a year-old user with twenty clean trips ≈ 0.03, a
+//! serial canceller ≥ 0.4.
 //!
 //! # Demand
 //!
 //! Per zone (H3 cell) and local **hour of week** (the zone's bays' time zone, DST included):
 //! bookings made in the last [`DEMAND_WEEKS`] weeks whose window starts in that hour of week,
 //! **exponentially smoothed** by age in weeks (weight `α(1−α)^weeks_ago`, α = 0.5), i.e. the
-//! expected number of bookings starting in that hour in one week. Supply is the active vehicles
-//! parked in the zone now.
+//! expected number of bookings starting in that hour in one week — blended with a **prior**
+//! (`0.3 × prior + 0.7 × observed`): the zone's supply × a stated car-sharing day profile
+//! ([`prior_rate`]: weekday commute peaks, weekend middays, quiet nights), so a zone without
+//! history still gets a plausible, hour-dependent number. Supply is the active vehicles parked
+//! in the zone now.
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use chrono_tz::Tz;
+
+/// Weight of the prior in the demand blend (the rest is the observed, smoothed history).
+pub const PRIOR_WEIGHT: f64 = 0.3;
+
+/// Weight of the observed history in the demand blend.
+pub const OBSERVED_WEIGHT: f64 = 1.0 - PRIOR_WEIGHT;
+
+/// Bookings per vehicle starting in a local hour of week (0 = Monday 00:00), the demand prior:
+/// weekday commute peaks (07–09 h 0.35, 16–19 h 0.30), weekday daytime 0.15, evenings 0.10,
+/// weekend 10–18 h 0.25, and 0.03–0.05 at night.
+pub fn prior_rate(hour_of_week: u32) -> f64 {
+    let (day, hour) = (hour_of_week / 24, hour_of_week % 24);
+    if day < 5 {
+        match hour {
+            7..=9 => 0.35,
+            16..=19 => 0.30,
+            10..=15 => 0.15,
+            20..=22 => 0.10,
+            _ => 0.03,
+        }
+    } else {
+        match hour {
+            10..=18 => 0.25,
+            19..=22 => 0.10,
+            _ => 0.05,
+        }
+    }
+}
+
+/// Risk added by the vehicle's class: what a damage or a no-show of that car costs.
+pub fn class_loading(class: &str) -> f64 {
+    match class {
+        "sedan" => 0.02,
+        "suv" => 0.04,
+        "van" => 0.05,
+        "premium" => 0.08,
+        _ => 0.0,
+    }
+}
 
 /// Weeks of history the demand model reads.
 pub const DEMAND_WEEKS: i64 = 8;
@@ -57,8 +101,8 @@ fn shrunk(count: u32, n: u32, prior: f64) -> f64 {
     (f64::from(count) + prior * PRIOR_N) / (f64::from(n) + PRIOR_N)
 }
 
-/// The risk score of a history; see the module docs.
-pub fn risk_score(h: &History) -> f64 {
+/// The risk score of a history for a vehicle class; see the module docs.
+pub fn risk_score(h: &History, class: &str) -> f64 {
     let cancel = shrunk(h.cancelled, h.bookings, PRIOR_CANCEL);
     let expired = shrunk(h.expired, h.bookings, PRIOR_EXPIRED);
     let late = shrunk(h.late, h.completed, PRIOR_LATE);
@@ -68,13 +112,27 @@ pub fn risk_score(h: &History) -> f64 {
         0.0
     };
     let newness = 1.0 / (1.0 + age / 30.0);
-    (0.6 * cancel + 0.8 * expired + 1.0 * late + 0.1 * newness).clamp(0.0, 1.0)
+    (0.6 * cancel + 0.8 * expired + 1.0 * late + 0.1 * newness + class_loading(class))
+        .clamp(0.0, 1.0)
 }
 
 /// Local hour of week (0 = Monday 00:00 … 167 = Sunday 23:00) of an instant in `tz`.
 pub fn hour_of_week(at: DateTime<Utc>, tz: Tz) -> u32 {
     let local = at.with_timezone(&tz);
     local.weekday().num_days_from_monday() * 24 + local.hour()
+}
+
+/// Predicted bookings of a zone with `supply` vehicles in the hour of `bucket`: the prior and
+/// the observed, smoothed history blended (see the module docs).
+pub fn predicted_demand(
+    observations: &[(DateTime<Utc>, DateTime<Utc>)],
+    supply: f64,
+    bucket: DateTime<Utc>,
+    tz: Tz,
+    now: DateTime<Utc>,
+) -> f64 {
+    PRIOR_WEIGHT * supply.max(0.0) * prior_rate(hour_of_week(bucket, tz))
+        + OBSERVED_WEIGHT * smoothed_demand(observations, bucket, tz, now)
 }
 
 /// Smoothed weekly demand from booking observations `(window start, created at)` of one zone,
@@ -105,41 +163,55 @@ mod tests {
 
     #[test]
     fn a_new_user_gets_the_prior_and_history_moves_the_score_both_ways() {
-        let new = risk_score(&History::default());
+        let new = risk_score(&History::default(), "compact");
         assert!((0.15..0.25).contains(&new), "{new}");
-        let clean = risk_score(&History {
-            bookings: 20,
-            completed: 20,
-            account_age_days: 365.0,
-            ..History::default()
-        });
+        let clean = risk_score(
+            &History {
+                bookings: 20,
+                completed: 20,
+                account_age_days: 365.0,
+                ..History::default()
+            },
+            "compact",
+        );
         assert!(clean < 0.05, "{clean}");
-        let canceller = risk_score(&History {
-            bookings: 10,
-            cancelled: 6,
-            expired: 2,
-            completed: 2,
-            account_age_days: 60.0,
-            ..History::default()
-        });
+        let canceller = risk_score(
+            &History {
+                bookings: 10,
+                cancelled: 6,
+                expired: 2,
+                completed: 2,
+                account_age_days: 60.0,
+                ..History::default()
+            },
+            "compact",
+        );
         assert!(canceller > 0.35, "{canceller}");
-        let late = risk_score(&History {
-            bookings: 10,
-            completed: 10,
-            late: 5,
-            account_age_days: 365.0,
-            ..History::default()
-        });
+        let late = risk_score(
+            &History {
+                bookings: 10,
+                completed: 10,
+                late: 5,
+                account_age_days: 365.0,
+                ..History::default()
+            },
+            "compact",
+        );
         assert!(late > clean + 0.2, "{late}");
-        let worst = risk_score(&History {
-            bookings: 1000,
-            cancelled: 1000,
-            expired: 1000,
-            completed: 1000,
-            late: 1000,
-            account_age_days: 0.0,
-        });
+        let worst = risk_score(
+            &History {
+                bookings: 1000,
+                cancelled: 1000,
+                expired: 1000,
+                completed: 1000,
+                late: 1000,
+                account_age_days: 0.0,
+            },
+            "premium",
+        );
         assert!(worst <= 1.0);
+        let premium = risk_score(&History::default(), "premium");
+        assert!((premium - new - 0.08).abs() < 1e-9, "{premium} vs {new}");
     }
 
     #[test]
@@ -188,6 +260,38 @@ mod tests {
             smoothed_demand(&obs[..1], bucket, tz, now)
                 > smoothed_demand(&obs[1..2], bucket, tz, now)
         );
+        Ok(())
+    }
+
+    #[test]
+    fn without_history_demand_follows_supply_and_the_local_day_profile() -> Result<(), String> {
+        let tz: Tz = "Europe/Berlin".parse().map_err(|e| format!("{e}"))?;
+        let now = Utc
+            .with_ymd_and_hms(2026, 11, 25, 12, 0, 0)
+            .single()
+            .ok_or("time")?;
+        // Monday 30 Nov 2026: 07:00 UTC = 08:00 local (peak), 02:00 UTC = 03:00 local (night).
+        let peak = Utc
+            .with_ymd_and_hms(2026, 11, 30, 7, 0, 0)
+            .single()
+            .ok_or("time")?;
+        let night = Utc
+            .with_ymd_and_hms(2026, 11, 30, 2, 0, 0)
+            .single()
+            .ok_or("time")?;
+        let at_peak = predicted_demand(&[], 6.0, peak, tz, now);
+        assert!((at_peak - 0.3 * 6.0 * 0.35).abs() < 1e-9, "{at_peak}");
+        assert!(predicted_demand(&[], 6.0, night, tz, now) < at_peak);
+        assert!(predicted_demand(&[], 2.0, peak, tz, now) < at_peak);
+        assert_eq!(predicted_demand(&[], 0.0, peak, tz, now), 0.0);
+        let booked = predicted_demand(
+            &[(peak - chrono::Duration::weeks(1), now)],
+            6.0,
+            peak,
+            tz,
+            now,
+        );
+        assert!((booked - at_peak - 0.7 * 0.5).abs() < 1e-9, "{booked}");
         Ok(())
     }
 }

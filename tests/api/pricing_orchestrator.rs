@@ -374,3 +374,41 @@ async fn without_inference_url_quotes_are_neutral_and_not_degraded(pool: PgPool)
     assert!(reply.headers.get("pricing-degraded").is_none());
     app.stop().await
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn failed_inference_calls_are_retried_a_bounded_number_of_times_and_timeouts_are_not(
+    pool: PgPool,
+) -> TestResult {
+    let fake = FakeInference::start().await?;
+    let app = spawn_app_with(
+        pool,
+        &[
+            ("INFERENCE_URL", &fake.url),
+            ("PRICING_BUDGET_MS", "3000"),
+            ("INFERENCE_TIMEOUT_MS", "300"),
+            ("INFERENCE_RETRIES", "2"),
+            ("BREAKER_FAILURES", "100"),
+        ],
+    )
+    .await?;
+    let vehicle = app.vehicles("EUW").await?[6].clone();
+
+    // A 500 is retried: one call and two retries, then the fallback.
+    fake.set_status(500);
+    let before = fake.risk_calls();
+    let (reply, _) = quote_v2(&app, "retried", &vehicle, window(2, 2)).await?;
+    assert_eq!(reply.status.as_u16(), 201, "{}", reply.body);
+    assert!(degraded(&reply).contains(&"risk".to_owned()));
+    assert_eq!(fake.risk_calls() - before, 3);
+
+    // A timeout is not retried: it would spend the budget of the whole quote.
+    fake.set_status(200);
+    fake.set_delay(Duration::from_millis(1500));
+    let before = fake.risk_calls();
+    let (reply, took) = quote_v2(&app, "timed-out", &vehicle, window(3, 2)).await?;
+    assert_eq!(reply.status.as_u16(), 201, "{}", reply.body);
+    assert!(degraded(&reply).contains(&"risk".to_owned()));
+    assert_eq!(fake.risk_calls() - before, 1);
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    app.stop().await
+}

@@ -97,3 +97,36 @@ async fn surge_queries_are_validated(pool: PgPool) -> TestResult {
     .assert_problem(403);
     app.stop().await
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_grid_adds_the_demand_models_prediction_and_does_without_it_when_it_fails(
+    pool: PgPool,
+) -> TestResult {
+    let fake = crate::inference_fake::FakeInference::start().await?;
+    fake.set_demand(50.0, 1.0);
+    let app = spawn_app_with(
+        pool,
+        &[("INFERENCE_URL", &fake.url), ("PRICING_BUDGET_MS", "1000")],
+    )
+    .await?;
+    let grid = recompute(&app, "EUW").await?;
+    assert_eq!(grid["prediction_available"], true, "{grid}");
+    let cells = grid["cells"].as_object().cloned().unwrap_or_default();
+    assert!(!cells.is_empty());
+    for cell in cells.values() {
+        assert_eq!(cell["predicted"].as_f64(), Some(50.0), "{cell}");
+        // 50 predicted bookings on a handful of cars: every cell at the cap, smoothing keeps it.
+        assert_eq!(cell["multiplier_bp"], 30_000, "{cell}");
+    }
+
+    // The model fails: the grid is live holds only (none here), all ×1.0.
+    fake.set_status(500);
+    let grid = recompute(&app, "EUW").await?;
+    assert_eq!(grid["prediction_available"], false, "{grid}");
+    let cells = grid["cells"].as_object().cloned().unwrap_or_default();
+    assert!(
+        cells.values().all(|c| c["multiplier_bp"] == 10_000),
+        "{grid}"
+    );
+    app.stop().await
+}

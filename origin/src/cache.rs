@@ -104,8 +104,8 @@ fn count(layer: &'static str, kind: &'static str, result: &'static str) {
 pub struct Caches {
     l1: RedisLink,
     l2: RedisLink,
-    /// `None` when `L1_LOCAL_TTL_MS=0`.
-    local: Option<local::Local>,
+    /// `None` when `L1_LOCAL_TTL_MS=0`. Behind an `Arc`: the state is cloned per request.
+    local: Option<std::sync::Arc<local::Local>>,
 }
 
 impl Caches {
@@ -114,14 +114,14 @@ impl Caches {
         Ok(Caches {
             l1: RedisLink::connect(config).await?,
             l2: RedisLink::connect(config).await?,
-            local: local::Local::new(DEFAULT_LOCAL_TTL, L1_TTL),
+            local: local::Local::new(DEFAULT_LOCAL_TTL, L1_TTL).map(std::sync::Arc::new),
         })
     }
 
     /// Sets how long this process trusts a vehicle's generation (`L1_LOCAL_TTL_MS`; zero
     /// turns the in-process layer off).
     pub fn with_local_ttl(mut self, ttl: Duration) -> Self {
-        self.local = local::Local::new(ttl, L1_TTL);
+        self.local = local::Local::new(ttl, L1_TTL).map(std::sync::Arc::new);
         self
     }
 
@@ -148,7 +148,7 @@ impl Caches {
         if let Some(generation) = self.local.as_ref().and_then(|l| l.generation(vehicle)) {
             return Some(generation);
         }
-        let epoch = self.local.as_ref().map(local::Local::epoch);
+        let epoch = self.local.as_ref().map(|l| l.epoch());
         let keys = [self.gen_key(vehicle), self.l1.key("l1:gen:pricing")];
         let generation = self
             .l1

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod bookings;
 pub mod dto;
+pub mod openapi_errors;
 pub mod quotes;
 pub mod search;
 pub mod shed;
@@ -140,7 +141,7 @@ fn inference_checks(state: &AppState) -> serde_json::Value {
 
 /// The router and the OpenAPI document, built from one list of routes.
 pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(crate::metrics::render))
@@ -175,7 +176,9 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::create_discount))
         .routes(routes!(admin::update_discount, admin::delete_discount))
         .routes(routes!(admin::audit_log))
-        .split_for_parts()
+        .split_for_parts();
+    openapi_errors::document_common_errors(&mut doc);
+    (router, doc)
 }
 
 /// The OpenAPI document as served at `/openapi.json`.

@@ -64,12 +64,22 @@ async fn grid_or_compute(state: &AppState, region: Region) -> ApiResult<std::syn
         .map_err(ApiError::Internal)
 }
 
+/// What `GET /v1/surge` answers: one of two shapes, by query (for the OpenAPI document).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum SurgeAnswer {
+    /// For `lat` and `lon`.
+    Point(SurgeAtPoint),
+    /// For `region`.
+    Grid(crate::surge::SurgeGrid),
+}
+
 /// The surge multiplier at a point (`lat`, `lon`) or a region's whole grid (`region`).
 #[utoipa::path(
     get, path = "/v1/surge", tag = "pricing",
     params(SurgeQuery),
     responses(
-        (status = 200, description = "SurgeAtPoint for a point, SurgeGrid for a region", body = SurgeAtPoint),
+        (status = 200, description = "SurgeAtPoint for a point, SurgeGrid for a region", body = SurgeAnswer),
         (status = 400, description = "Neither a point nor a region", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid coordinate", body = Problem, content_type = "application/problem+json"),
     ),

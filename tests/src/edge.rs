@@ -412,3 +412,92 @@ impl EdgeStack {
 pub fn header<'r>(reply: &'r Reply, name: &str) -> Option<&'r str> {
     reply.headers.get(name).and_then(|v| v.to_str().ok())
 }
+
+/// A TCP proxy in front of the origin that can be told to stop answering: in "hang" mode it
+/// accepts connections and never replies (a slow origin, as the edge's timeout sees it) and
+/// drops the connections it was forwarding, so a pooled connection cannot slip through.
+#[derive(Debug)]
+pub struct HangProxy {
+    pub addr: std::net::SocketAddr,
+    upstream: std::sync::Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
+    hang: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HangProxy {
+    /// Starts the proxy; it forwards once [`HangProxy::forward_to`] names the origin.
+    pub async fn start() -> TestResult<Self> {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let upstream = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let hang = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up, hg, cs) = (upstream.clone(), hang.clone(), conns.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let target = up.lock().ok().and_then(|u| *u);
+                let hanging = hg.load(Ordering::SeqCst);
+                let conn = tokio::spawn(async move {
+                    if hanging {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        return;
+                    }
+                    let Some(target) = target else { return };
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                if let Ok(mut list) = cs.lock() {
+                    list.push(conn.abort_handle());
+                }
+            }
+        });
+        Ok(HangProxy {
+            addr,
+            upstream,
+            hang,
+            conns,
+            task,
+        })
+    }
+
+    /// The proxy's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Forwards new connections to `base` (`http://127.0.0.1:port`).
+    pub fn forward_to(&self, base: &str) -> TestResult {
+        let addr: std::net::SocketAddr = base
+            .trim_start_matches("http://")
+            .parse()
+            .context("origin address")?;
+        if let Ok(mut u) = self.upstream.lock() {
+            *u = Some(addr);
+        }
+        Ok(())
+    }
+
+    /// From now on: accept, never answer; drop the connections being forwarded.
+    pub fn hang(&self) {
+        self.hang.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut list) = self.conns.lock() {
+            for c in list.drain(..) {
+                c.abort();
+            }
+        }
+    }
+}
+
+impl Drop for HangProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Ok(mut list) = self.conns.lock() {
+            for c in list.drain(..) {
+                c.abort();
+            }
+        }
+    }
+}

@@ -282,6 +282,12 @@ pub async fn sweep_expired_holds(
 }
 
 /// Creates a hold (RESERVING) from a verified quote: the price is the quote's.
+///
+/// One round trip in the common case: the insert itself checks that no *expired* hold
+/// overlaps the window (`not exists`, on the `(vehicle_id, period)` index) and inserts nothing
+/// if one does. Only then — rarely — are those holds ended ([`expire_overlapping_holds`]) and
+/// the insert repeated without the check, so lazy expiry costs nothing when there is nothing
+/// to expire. The guard is an optimisation only: the exclusion constraint still decides.
 pub async fn create_hold(
     conn: &mut PgConnection,
     quote: &QuoteClaims,
@@ -289,8 +295,6 @@ pub async fn create_hold(
     hold_ttl: chrono::Duration,
     now: DateTime<Utc>,
 ) -> ApiResult<Booking> {
-    expire_overlapping_holds(conn, &quote.vehicle_id, &quote.window, now).await?;
-
     let status = BookingStatus::PriceQuoted
         .apply(BookingEvent::Hold)
         .map_err(|e| ApiError::Internal(anyhow::anyhow!("{e}")))?;
@@ -322,6 +326,53 @@ pub async fn create_hold(
         Event::new(Topic::VehicleReserved, &draft, now, None),
     ];
     let (ids, names, payloads) = outbox_columns(&events);
+    for guarded in [true, false] {
+        if !guarded {
+            expire_overlapping_holds(conn, &quote.vehicle_id, &quote.window, now).await?;
+        }
+        let guard = if guarded {
+            "and not exists (select 1 from bookings x
+                              where x.vehicle_id = v.id and x.status = 'RESERVING'
+                                and x.hold_expires_at <= $13 and x.period && tstzrange($5, $6, '[)'))"
+        } else {
+            ""
+        };
+        if let Some(row) = insert_hold(
+            conn,
+            guard,
+            quote,
+            id,
+            status,
+            hold_expires_at,
+            actor,
+            now,
+            (&ids, &names, &payloads),
+        )
+        .await?
+        {
+            return parse_row(row);
+        }
+    }
+    Err(ApiError::NotFound(format!(
+        "vehicle {} is not available for booking",
+        quote.vehicle_id
+    )))
+}
+
+/// The hold's insert CTE (booking, history, outbox rows); `guard` is extra SQL on the vehicle
+/// row. `None` when nothing was inserted.
+#[allow(clippy::too_many_arguments)]
+async fn insert_hold(
+    conn: &mut PgConnection,
+    guard: &str,
+    quote: &QuoteClaims,
+    id: BookingId,
+    status: BookingStatus,
+    hold_expires_at: DateTime<Utc>,
+    actor: Actor<'_>,
+    now: DateTime<Utc>,
+    (ids, names, payloads): (&[Uuid], &[&'static str], &[serde_json::Value]),
+) -> ApiResult<Option<BookingRow>> {
     let sql = format!(
         "with b as (
              insert into bookings (id, region, vehicle_id, user_id, bay_id, destination_bay_id, period,
@@ -330,7 +381,7 @@ pub async fn create_hold(
              select $1, v.region, v.id, $3, v.bay_id, $4, tstzrange($5, $6, '[)'),
                     $7, $8, $9, $10, $11, $12, $13, $13
                from vehicles v
-              where v.id = $2 and v.region = $14 and v.status = 'active'
+              where v.id = $2 and v.region = $14 and v.status = 'active' {guard}
           returning *),
          h as (
              insert into booking_history (booking_id, from_status, to_status, event, actor, request_id, details, at)
@@ -360,18 +411,12 @@ pub async fn create_hold(
         .bind(BookingStatus::PriceQuoted.as_str())
         .bind(actor.request_id)
         .bind(quote.vehicle_id.to_string())
-        .bind(&ids)
-        .bind(&names)
-        .bind(&payloads)
+        .bind(ids)
+        .bind(names)
+        .bind(payloads)
         .fetch_optional(&mut *conn)
         .await?;
-    match row {
-        Some(row) => parse_row(row),
-        None => Err(ApiError::NotFound(format!(
-            "vehicle {} is not available for booking",
-            quote.vehicle_id
-        ))),
-    }
+    Ok(row)
 }
 
 /// A user action on an existing booking.

@@ -270,6 +270,13 @@ pub async fn base_rate_put(
     body: &BaseRateBody,
 ) -> ApiResult<Change> {
     let before = snapshot(conn, BASE_RATE_ROW, region, class).await?;
+    // A rate without a floor and ceiling could not be quoted (the rate card joins both).
+    if snapshot(conn, CONFIG_ROW, region, class).await?.is_none() {
+        return Err(ApiError::field(
+            "class",
+            format!("set /vehicle-config/{class} (floor and ceiling) before its base rate"),
+        ));
+    }
     sqlx::query(
         "insert into base_rates (region, class, currency, per_hour_minor, per_day_minor)
          values ($1, $2, $3, $4, $5)

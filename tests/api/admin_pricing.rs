@@ -209,3 +209,45 @@ async fn a_valid_change_is_audited_and_the_next_quote_uses_it(pool: PgPool) -> T
     assert_eq!(app.count("pricing_audit", "actor = 'ops-bert'").await?, 3);
     app.stop().await
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_retried_admin_post_with_the_same_idempotency_key_applies_once(
+    pool: PgPool,
+) -> TestResult {
+    let app = spawn_app(pool).await?;
+    let ops = ops_token("ops-carl");
+    let body = json!({ "kind": "membership", "membership_tier": "platinum", "percent_bp": 1200 });
+    let first = app
+        .post(
+            "/v1/admin/pricing/EUW/discount-rules",
+            Some(&ops),
+            &body,
+            Some("admin-key-1"),
+        )
+        .await?;
+    assert_eq!(first.status.as_u16(), 201, "{}", first.body);
+    let again = app
+        .post(
+            "/v1/admin/pricing/EUW/discount-rules",
+            Some(&ops),
+            &body,
+            Some("admin-key-1"),
+        )
+        .await?;
+    assert_eq!(again.status.as_u16(), 201);
+    assert_eq!(
+        again
+            .headers
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    assert_eq!(again.body, first.body);
+    assert_eq!(
+        app.count("discount_rules", "membership_tier = 'platinum'")
+            .await?,
+        1
+    );
+    assert_eq!(app.count("pricing_audit", "actor = 'ops-carl'").await?, 1);
+    app.stop().await
+}

@@ -4,16 +4,22 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
+use std::sync::{Arc, Mutex};
+
 use domain::region::Region;
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{ApiJson, ApiPath, ApiQuery, RequestId};
+use crate::extract::{ApiJson, ApiPath, ApiQuery, IdempotencyKey, RequestId};
+use crate::idempotency::{self, Stored};
 use crate::pricing::admin::{
     self, BaseRateBody, Change, DiscountBody, TimeMultiplierBody, VehicleConfigBody, CLASSES,
 };
@@ -67,42 +73,78 @@ pub fn served_region(state: &AppState, code: &str) -> ApiResult<Region> {
         .ok_or_else(|| ApiError::NotFound(format!("region {code} is not served here")))
 }
 
-/// Runs one change in a transaction with its audit row, then makes it effective at once.
-async fn apply<'a, F, Fut>(
+/// Who asks, for [`apply`].
+struct Caller<'a> {
     state: &'a AppState,
     user: &'a AuthUser,
     request_id: &'a RequestId,
+    key: &'a IdempotencyKey,
+}
+
+/// Runs one change in a transaction with its audit row — once per `Idempotency-Key`, like every
+/// POST of the API (`idempotency.rs`) — then makes it effective at once.
+async fn apply<F>(
+    caller: Caller<'_>,
     region: Region,
+    request_hash: Vec<u8>,
+    status: StatusCode,
     op: F,
-) -> ApiResult<AdminChange>
+) -> ApiResult<Response>
 where
-    F: FnOnce(sqlx::Transaction<'static, sqlx::Postgres>) -> Fut,
-    Fut: std::future::Future<
-        Output = ApiResult<(sqlx::Transaction<'static, sqlx::Postgres>, Change)>,
-    >,
+    F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, ApiResult<Change>> + Send + 'static,
 {
-    let mut tx = state.db.begin().await?;
-    admin::lock_region(&mut tx, region).await?;
-    let (mut tx, change) = op(tx).await?;
-    let audit_id =
-        admin::audit(&mut tx, region, &user.id, request_id.0.as_deref(), &change).await?;
-    tx.commit().await?;
-    // Effective at once: drop the region's pricing contexts from L2 and make every cached
-    // quote unreachable (a bump, see cache.rs).
-    let classes: Vec<String> = CLASSES.iter().map(|c| (*c).to_owned()).collect();
-    state.caches.invalidate_pricing(region, &classes).await;
-    state.caches.invalidate_all_quotes().await;
-    metrics::counter!("pricing_admin_changes_total", "entity" => change.entity, "action" => change.action)
-        .increment(1);
-    tracing::info!(actor = %user.id, %region, entity = change.entity, action = change.action, key = %change.key, audit_id, "pricing changed");
-    Ok(AdminChange {
-        audit_id,
-        action: change.action.to_owned(),
-        entity: change.entity.to_owned(),
-        key: change.key,
-        before: change.before.unwrap_or(Value::Null),
-        after: change.after.unwrap_or(Value::Null),
-    })
+    let actor = caller.user.id.clone();
+    let request_id = caller.request_id.0.clone();
+    let applied: Arc<Mutex<Option<(&'static str, &'static str)>>> = Arc::default();
+    let seen = Arc::clone(&applied);
+    let stored = idempotency::run(
+        &caller.state.db,
+        &caller.user.id,
+        caller.key.0.as_deref(),
+        request_hash,
+        move |conn| {
+            async move {
+                admin::lock_region(conn, region).await?;
+                let change = op(&mut *conn).await?;
+                let audit_id =
+                    admin::audit(conn, region, &actor, request_id.as_deref(), &change).await?;
+                if let Ok(mut slot) = seen.lock() {
+                    *slot = Some((change.entity, change.action));
+                }
+                tracing::info!(%actor, %region, entity = change.entity, action = change.action, key = %change.key, audit_id, "pricing change");
+                Stored::json(
+                    status,
+                    &AdminChange {
+                        audit_id,
+                        action: change.action.to_owned(),
+                        entity: change.entity.to_owned(),
+                        key: change.key,
+                        before: change.before.unwrap_or(Value::Null),
+                        after: change.after.unwrap_or(Value::Null),
+                    },
+                )
+            }
+            .boxed()
+        },
+    )
+    .await?;
+    if !stored.replayed {
+        // Committed. Effective at once: drop the region's pricing contexts from L2 and make
+        // every cached quote unreachable (a bump, see cache.rs).
+        let classes: Vec<String> = CLASSES.iter().map(|c| (*c).to_owned()).collect();
+        caller
+            .state
+            .caches
+            .invalidate_pricing(region, &classes)
+            .await;
+        caller.state.caches.invalidate_all_quotes().await;
+        let done = applied.lock().ok().and_then(|slot| *slot);
+        if let Some((entity, action)) = done {
+            metrics::counter!("pricing_admin_changes_total", "entity" => entity, "action" => action)
+                .increment(1);
+        }
+    }
+    Ok(stored.into_response())
 }
 
 /// The region's whole pricing configuration.
@@ -143,19 +185,29 @@ pub async fn put_base_rate(
     State(state): State<AppState>,
     user: AuthUser,
     request_id: RequestId,
+    key: IdempotencyKey,
     ApiPath((region, class)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<BaseRateBody>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     require_ops(&user)?;
     let region = served_region(&state, &region)?;
     admin::check_class(&class)?;
     body.validate(region)?;
-    let change = apply(&state, &user, &request_id, region, |mut tx| async move {
-        let c = admin::base_rate_put(&mut tx, region, &class, &body).await?;
-        Ok((tx, c))
+    let hash = idempotency::fingerprint(
+        "PUT",
+        &format!("/v1/admin/pricing/{region}/base-rates/{class}"),
+        &body,
+    );
+    let caller = Caller {
+        state: &state,
+        user: &user,
+        request_id: &request_id,
+        key: &key,
+    };
+    apply(caller, region, hash, StatusCode::OK, move |conn| {
+        async move { admin::base_rate_put(conn, region, &class, &body).await }.boxed()
     })
-    .await?;
-    Ok(axum::Json(change))
+    .await
 }
 
 /// Set a class's floor and ceiling (created if absent).
@@ -174,19 +226,29 @@ pub async fn put_vehicle_config(
     State(state): State<AppState>,
     user: AuthUser,
     request_id: RequestId,
+    key: IdempotencyKey,
     ApiPath((region, class)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<VehicleConfigBody>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     require_ops(&user)?;
     let region = served_region(&state, &region)?;
     admin::check_class(&class)?;
     body.validate()?;
-    let change = apply(&state, &user, &request_id, region, |mut tx| async move {
-        let c = admin::vehicle_config_put(&mut tx, region, &class, &body).await?;
-        Ok((tx, c))
+    let hash = idempotency::fingerprint(
+        "PUT",
+        &format!("/v1/admin/pricing/{region}/vehicle-config/{class}"),
+        &body,
+    );
+    let caller = Caller {
+        state: &state,
+        user: &user,
+        request_id: &request_id,
+        key: &key,
+    };
+    apply(caller, region, hash, StatusCode::OK, move |conn| {
+        async move { admin::vehicle_config_put(conn, region, &class, &body).await }.boxed()
     })
-    .await?;
-    Ok(axum::Json(change))
+    .await
 }
 
 /// Add a time-of-day multiplier (no overlap with the region's other rules).
@@ -205,18 +267,28 @@ pub async fn create_time_multiplier(
     State(state): State<AppState>,
     user: AuthUser,
     request_id: RequestId,
+    key: IdempotencyKey,
     ApiPath(region): ApiPath<String>,
     ApiJson(body): ApiJson<TimeMultiplierBody>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     require_ops(&user)?;
     let region = served_region(&state, &region)?;
     body.validate()?;
-    let change = apply(&state, &user, &request_id, region, |mut tx| async move {
-        let c = admin::time_multiplier_upsert(&mut tx, region, None, &body).await?;
-        Ok((tx, c))
+    let hash = idempotency::fingerprint(
+        "POST",
+        &format!("/v1/admin/pricing/{region}/time-multipliers"),
+        &body,
+    );
+    let caller = Caller {
+        state: &state,
+        user: &user,
+        request_id: &request_id,
+        key: &key,
+    };
+    apply(caller, region, hash, StatusCode::CREATED, move |conn| {
+        async move { admin::time_multiplier_upsert(conn, region, None, &body).await }.boxed()
     })
-    .await?;
-    Ok((StatusCode::CREATED, axum::Json(change)))
+    .await
 }
 
 /// Replace a time-of-day multiplier.
@@ -236,18 +308,28 @@ pub async fn update_time_multiplier(
     State(state): State<AppState>,
     user: AuthUser,
     request_id: RequestId,
+    key: IdempotencyKey,
     ApiPath((region, id)): ApiPath<(String, Uuid)>,
     ApiJson(body): ApiJson<TimeMultiplierBody>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     require_ops(&user)?;
     let region = served_region(&state, &region)?;
     body.validate()?;
-    let change = apply(&state, &user, &request_id, region, |mut tx| async move {
-        let c = admin::time_multiplier_upsert(&mut tx, region, Some(id), &body).await?;
-        Ok((tx, c))
+    let hash = idempotency::fingerprint(
+        "PUT",
+        &format!("/v1/admin/pricing/{region}/time-multipliers/{id}"),
+        &body,
+    );
+    let caller = Caller {
+        state: &state,
+        user: &user,
+        request_id: &request_id,
+        key: &key,
+    };
+    apply(caller, region, hash, StatusCode::OK, move |conn| {
+        async move { admin::time_multiplier_upsert(conn, region, Some(id), &body).await }.boxed()
     })
-    .await?;
-    Ok(axum::Json(change))
+    .await
 }
 
 /// Delete a time-of-day multiplier.
@@ -265,16 +347,26 @@ pub async fn delete_time_multiplier(
     State(state): State<AppState>,
     user: AuthUser,
     request_id: RequestId,
+    key: IdempotencyKey,
     ApiPath((region, id)): ApiPath<(String, Uuid)>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     require_ops(&user)?;
     let region = served_region(&state, &region)?;
-    let change = apply(&state, &user, &request_id, region, |mut tx| async move {
-        let c = admin::time_multiplier_delete(&mut tx, region, id).await?;
-        Ok((tx, c))
+    let hash = idempotency::fingerprint(
+        "DELETE",
+        &format!("/v1/admin/pricing/{region}/time-multipliers/{id}"),
+        &(),
+    );
+    let caller = Caller {
+        state: &state,
+        user: &user,
+        request_id: &request_id,
+        key: &key,
+    };
+    apply(caller, region, hash, StatusCode::OK, move |conn| {
+        async move { admin::time_multiplier_delete(conn, region, id).await }.boxed()
     })
-    .await?;
-    Ok(axum::Json(change))
+    .await
 }
 
 /// Add a discount rule.
@@ -293,18 +385,28 @@ pub async fn create_discount(
     State(state): State<AppState>,
     user: AuthUser,
     request_id: RequestId,
+    key: IdempotencyKey,
     ApiPath(region): ApiPath<String>,
     ApiJson(body): ApiJson<DiscountBody>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     require_ops(&user)?;
     let region = served_region(&state, &region)?;
     body.validate()?;
-    let change = apply(&state, &user, &request_id, region, |mut tx| async move {
-        let c = admin::discount_upsert(&mut tx, region, None, &body).await?;
-        Ok((tx, c))
+    let hash = idempotency::fingerprint(
+        "POST",
+        &format!("/v1/admin/pricing/{region}/discount-rules"),
+        &body,
+    );
+    let caller = Caller {
+        state: &state,
+        user: &user,
+        request_id: &request_id,
+        key: &key,
+    };
+    apply(caller, region, hash, StatusCode::CREATED, move |conn| {
+        async move { admin::discount_upsert(conn, region, None, &body).await }.boxed()
     })
-    .await?;
-    Ok((StatusCode::CREATED, axum::Json(change)))
+    .await
 }
 
 /// Replace a discount rule.
@@ -324,18 +426,28 @@ pub async fn update_discount(
     State(state): State<AppState>,
     user: AuthUser,
     request_id: RequestId,
+    key: IdempotencyKey,
     ApiPath((region, id)): ApiPath<(String, Uuid)>,
     ApiJson(body): ApiJson<DiscountBody>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     require_ops(&user)?;
     let region = served_region(&state, &region)?;
     body.validate()?;
-    let change = apply(&state, &user, &request_id, region, |mut tx| async move {
-        let c = admin::discount_upsert(&mut tx, region, Some(id), &body).await?;
-        Ok((tx, c))
+    let hash = idempotency::fingerprint(
+        "PUT",
+        &format!("/v1/admin/pricing/{region}/discount-rules/{id}"),
+        &body,
+    );
+    let caller = Caller {
+        state: &state,
+        user: &user,
+        request_id: &request_id,
+        key: &key,
+    };
+    apply(caller, region, hash, StatusCode::OK, move |conn| {
+        async move { admin::discount_upsert(conn, region, Some(id), &body).await }.boxed()
     })
-    .await?;
-    Ok(axum::Json(change))
+    .await
 }
 
 /// Delete a discount rule.
@@ -353,16 +465,26 @@ pub async fn delete_discount(
     State(state): State<AppState>,
     user: AuthUser,
     request_id: RequestId,
+    key: IdempotencyKey,
     ApiPath((region, id)): ApiPath<(String, Uuid)>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     require_ops(&user)?;
     let region = served_region(&state, &region)?;
-    let change = apply(&state, &user, &request_id, region, |mut tx| async move {
-        let c = admin::discount_delete(&mut tx, region, id).await?;
-        Ok((tx, c))
+    let hash = idempotency::fingerprint(
+        "DELETE",
+        &format!("/v1/admin/pricing/{region}/discount-rules/{id}"),
+        &(),
+    );
+    let caller = Caller {
+        state: &state,
+        user: &user,
+        request_id: &request_id,
+        key: &key,
+    };
+    apply(caller, region, hash, StatusCode::OK, move |conn| {
+        async move { admin::discount_delete(conn, region, id).await }.boxed()
     })
-    .await?;
-    Ok(axum::Json(change))
+    .await
 }
 
 /// The audit trail of pricing changes, newest first.

@@ -14,7 +14,7 @@
 
 use chrono::{DateTime, Utc};
 use domain::region::Region;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sqlx::PgConnection;
 use utoipa::ToSchema;
@@ -28,7 +28,7 @@ pub const CLASSES: [&str; 5] = ["compact", "sedan", "suv", "van", "premium"];
 pub const TIME_MULTIPLIER_BP: std::ops::RangeInclusive<i32> = 5_000..=30_000;
 
 /// `PUT …/base-rates/{class}`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BaseRateBody {
     /// Must be the region's currency (EUR for EUW, SEK for EUN).
@@ -40,7 +40,7 @@ pub struct BaseRateBody {
 }
 
 /// `PUT …/vehicle-config/{class}`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VehicleConfigBody {
     /// Lowest total, minor units, ≥ 0.
@@ -50,7 +50,7 @@ pub struct VehicleConfigBody {
 }
 
 /// `POST …/time-multipliers`, `PUT …/time-multipliers/{id}`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimeMultiplierBody {
     /// Local weekdays, bit 0 = Monday … bit 6 = Sunday (1 … 127).
@@ -66,7 +66,7 @@ pub struct TimeMultiplierBody {
 }
 
 /// `POST …/discount-rules`, `PUT …/discount-rules/{id}`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DiscountBody {
     /// `promo`, `long_duration` or `membership`.

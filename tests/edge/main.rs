@@ -283,6 +283,22 @@ async fn the_101st_request_of_a_user_and_the_1001st_of_an_address_are_429(
     assert_eq!(header(&over, "ratelimit-remaining"), Some("0"));
     assert_eq!(header(&over, "ratelimit-limit"), Some("100"));
 
+    // Blocked clients are remembered in the isolate: on Cloudflare (isolates live across
+    // requests) the next refusal costs no Redis call; Spin instantiates per request and asks.
+    let calls = stack.redis_requests();
+    let again = stack.get(&path, Some(&token("uma"))).await?;
+    again.assert_problem(429);
+    assert!(header(&again, "retry-after").is_some());
+    let expected = match runtime {
+        Runtime::Cloudflare => 0,
+        Runtime::Spin => 1,
+    };
+    assert_eq!(
+        stack.redis_requests() - calls,
+        expected,
+        "Upstash calls for a known-blocked user"
+    );
+
     // Another user from the same address is unaffected.
     let other = stack.get(&path, Some(&token("vic"))).await?;
     assert_eq!(other.status, 200, "{}", other.body);

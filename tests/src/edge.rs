@@ -336,6 +336,13 @@ impl EdgeStack {
             .sum())
     }
 
+    /// Requests the Upstash gateway has served (rate-limit scripts, cache reads and writes).
+    pub fn redis_requests(&self) -> u64 {
+        self.gateway
+            .as_ref()
+            .map_or(0, upstash_gateway::Running::requests_served)
+    }
+
     /// Sends a request to the edge with optional token, JSON body and extra headers.
     pub async fn send(
         &self,

@@ -15,6 +15,8 @@
 //! arrays → arrays, simple strings (`OK`) → strings. Arguments may be strings or numbers.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use anyhow::Context;
 use axum::body::Bytes;
@@ -32,12 +34,15 @@ use tokio::net::TcpListener;
 struct Gateway {
     redis: ConnectionManager,
     token: String,
+    /// Authorized HTTP requests served (a test can tell whether the edge called Redis).
+    served: Arc<AtomicU64>,
 }
 
 /// A running gateway; dropping the handle does not stop it, [`Running::stop`] does.
 #[derive(Debug)]
 pub struct Running {
     pub addr: SocketAddr,
+    served: Arc<AtomicU64>,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -46,6 +51,11 @@ impl Running {
     /// The base URL, e.g. `http://127.0.0.1:41234`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Authorized requests (single commands and pipelines) served so far.
+    pub fn requests_served(&self) -> u64 {
+        self.served.load(Ordering::SeqCst)
     }
 
     /// Stops serving and waits for the server task.
@@ -145,6 +155,7 @@ async fn single(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) -> R
     if !authorized(&gw, &headers) {
         return unauthorized();
     }
+    gw.served.fetch_add(1, Ordering::SeqCst);
     let args = match parse(&body) {
         Ok(v) => v,
         Err(r) => return *r,
@@ -158,6 +169,7 @@ async fn pipeline(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) ->
     if !authorized(&gw, &headers) {
         return unauthorized();
     }
+    gw.served.fetch_add(1, Ordering::SeqCst);
     let cmds = match parse(&body) {
         Ok(Value::Array(cmds)) => cmds,
         Ok(_) => {
@@ -192,9 +204,11 @@ pub async fn start(listener: TcpListener, redis_url: &str, token: &str) -> anyho
         .await
         .context("connect to Redis")?;
     let addr = listener.local_addr().context("gateway address")?;
+    let served = Arc::new(AtomicU64::new(0));
     let app = router(Gateway {
         redis,
         token: token.to_owned(),
+        served: served.clone(),
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -207,5 +221,10 @@ pub async fn start(listener: TcpListener, redis_url: &str, token: &str) -> anyho
             tracing::error!(error = %e, "upstash gateway stopped");
         }
     });
-    Ok(Running { addr, stop, task })
+    Ok(Running {
+        addr,
+        served,
+        stop,
+        task,
+    })
 }

@@ -16,6 +16,9 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 pub mod edge;
+pub mod cluster;
+pub mod fault_proxy;
+pub mod history;
 pub mod test_redis;
 
 /// Test result alias.

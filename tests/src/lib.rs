@@ -15,8 +15,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-pub mod edge;
 pub mod cluster;
+pub mod edge;
 pub mod fault_proxy;
 pub mod history;
 pub mod test_redis;

@@ -305,7 +305,7 @@ impl RunReport {
         }
         let mut caches = BTreeMap::new();
         if !after.is_empty() {
-            for layer in ["l1", "l2"] {
+            for layer in ["l1", "l1-local", "l2"] {
                 let delta = |result: &str| {
                     after.sum(
                         "cache_requests_total",

@@ -17,4 +17,4 @@ command -v redis-server >/dev/null || apt_install redis-server || die "redis-ser
 log "building the origin binary and the fault harness"
 cargo build -p origin --locked -q
 cargo test -p e2e --test faults --locked --no-run -q
-cargo test -p e2e --test faults --locked -q -- --nocapture
+cargo test -p e2e --test faults --locked -q -- --include-ignored --nocapture

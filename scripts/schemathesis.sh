@@ -73,6 +73,8 @@ CHECKS=not_a_server_error,status_code_conformance,content_type_conformance,respo
 
 log "schemathesis: $EXAMPLES examples per operation, phases $PHASES, at most ${MAX_TIME}s"
 status=0
+# From target/schemathesis: schemathesis keeps a cache directory (.schemathesis) in its cwd.
+cd "$OUT"
 # One worker: with two, Python 3.11 intermittently raised SystemError inside schemathesis.
 PYTHONPATH="$ROOT/scripts" SCHEMATHESIS_HOOKS=schemathesis_hooks \
   "$VENV/bin/st" run "http://$BIND_ADDR/openapi.json" \

@@ -133,12 +133,14 @@ fn uuid_of(public: &str) -> Option<Uuid> {
         .and_then(|h| Uuid::try_parse(h).ok())
 }
 
-/// Runs every check; `sweeper` is the origins' sweeper period.
+/// Runs every check; `sweeper` is the origins' sweeper period, `event_wait` how long to read
+/// the broker for events not seen yet.
 pub async fn check(
     ops: &[Op],
     pool: &PgPool,
     brokers: &str,
     sweeper: Duration,
+    event_wait: Duration,
 ) -> TestResult<Report> {
     let mut r = Report {
         checked_ops: ops.len(),
@@ -266,7 +268,7 @@ pub async fn check(
     // 4b. The broker has every outbox event, nothing else, in per-vehicle order per topic.
     let sequence: HashMap<Uuid, i64> = outbox.iter().map(|(id, e, ..)| (*e, *id)).collect();
     let wanted: HashSet<Uuid> = sequence.keys().copied().collect();
-    let received = consume_all(brokers, &wanted, Duration::from_secs(90)).await?;
+    let received = consume_all(brokers, &wanted, event_wait).await?;
     let mut seen: HashSet<Uuid> = HashSet::new();
     let mut last: BTreeMap<(String, String), i64> = BTreeMap::new();
     for (topic, key, event_id) in &received {

@@ -19,13 +19,17 @@ use e2e::*;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
+/// The captured log; `on` is switched off when the test ends, so under `cargo test` (one
+/// process) the global subscriber stops buffering the other tests' lines.
 #[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
+struct Capture(Arc<Mutex<Vec<u8>>>, Arc<std::sync::atomic::AtomicBool>);
 
 impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut v) = self.0.lock() {
-            v.extend_from_slice(buf);
+        if self.1.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(mut v) = self.0.lock() {
+                v.extend_from_slice(buf);
+            }
         }
         Ok(buf.len())
     }
@@ -49,6 +53,7 @@ const QUOTE_KEYS: [&str; 2] = [
 #[sqlx::test(migrations = "../migrations")]
 async fn logs_at_debug_hold_no_secret_token_or_signature(pool: PgPool) -> TestResult {
     let capture = Capture::default();
+    capture.1.store(true, std::sync::atomic::Ordering::Relaxed);
     let subscriber = tracing_subscriber::fmt()
         .json()
         .with_env_filter(tracing_subscriber::EnvFilter::new(
@@ -155,6 +160,7 @@ async fn logs_at_debug_hold_no_secret_token_or_signature(pool: PgPool) -> TestRe
     // Let the relay, sweeper and probes log their last lines.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
+    capture.1.store(false, std::sync::atomic::Ordering::Relaxed);
     let logs = String::from_utf8_lossy(&capture.0.lock().map(|v| v.clone()).unwrap_or_default())
         .into_owned();
     let lines = logs.lines().count();

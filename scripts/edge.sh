@@ -61,7 +61,8 @@ ensure_tools() {
 # True when an artifact is older than any source it is built from.
 stale() { # artifact
   [[ ! -e "$1" ]] && return 0
-  [[ -n $(find "$ROOT/edge" "$ROOT/shared" "$ROOT/Cargo.lock" -newer "$1" \
+  [[ -n $(find "$ROOT/edge/core" "$ROOT/edge/cloudflare" "$ROOT/edge/spin" "$ROOT/shared" \
+            "$ROOT/Cargo.lock" "$ROOT/Cargo.toml" -newer "$1" \
             \( -name '*.rs' -o -name 'Cargo.toml' -o -name 'Cargo.lock' \) \
             -not -path '*/node_modules/*' -not -path '*/build/*' -print -quit) ]]
 }
@@ -71,6 +72,7 @@ build() {
   if stale "$SPIN_WASM"; then
     log "building the Spin component (wasm32-wasip2)"
     cargo build -p edge-spin --locked --release --target wasm32-wasip2
+    touch "$SPIN_WASM"   # cargo leaves an up-to-date artifact untouched
   fi
   if stale "$CF_WASM"; then
     log "building the Cloudflare worker (worker-build)"

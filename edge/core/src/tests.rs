@@ -57,11 +57,6 @@ fn search_keys_ignore_parameter_order_and_change_with_any_generation() {
 }
 
 #[test]
-fn the_script_sha_is_the_sha1_of_the_script() {
-    assert_eq!(ratelimit::script_sha().len(), 40);
-}
-
-#[test]
 fn a_malformed_request_id_is_replaced() {
     let mut req = Request::default();
     req.headers.push(("X-Request-Id".into(), "abc-123".into()));

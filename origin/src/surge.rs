@@ -143,8 +143,18 @@ pub fn compute(
     prediction_available: bool,
     computed_at: DateTime<Utc>,
 ) -> SurgeGrid {
+    // A fixed order first: float sums depend on the order of their terms, and the same inputs
+    // must give the same grid bit for bit.
+    let mut sorted: Vec<&CellInput> = inputs.iter().collect();
+    sorted.sort_by(|a, b| {
+        a.cell
+            .cmp(&b.cell)
+            .then(a.supply.cmp(&b.supply))
+            .then(a.holds.cmp(&b.holds))
+            .then(a.predicted.total_cmp(&b.predicted))
+    });
     let mut merged: BTreeMap<CellIndex, (u32, u32, f64)> = BTreeMap::new();
-    for input in inputs {
+    for input in sorted {
         let entry = merged.entry(input.cell).or_insert((0, 0, 0.0));
         entry.0 = entry.0.saturating_add(input.supply);
         entry.1 = entry.1.saturating_add(input.holds);
@@ -527,5 +537,65 @@ mod tests {
         );
         // pressure 4 / 4 = 1 → ×2.0
         assert_eq!(grid.multiplier(cell), Multiplier::from_bp(20_000));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Up to 19 cells (a centre and two rings) with random supply, holds and prediction.
+        fn inputs() -> impl Strategy<Value = Vec<CellInput>> {
+            let cells: Vec<CellIndex> = at(50.1071, 8.6638).grid_disk::<Vec<_>>(2);
+            proptest::collection::vec((0..cells.len(), 0u32..6, 0u32..12, 0.0f64..8.0), 1..30)
+                .prop_map(move |raw| {
+                    raw.into_iter()
+                        .map(|(i, supply, holds, predicted)| CellInput {
+                            cell: cells[i],
+                            supply,
+                            holds,
+                            predicted,
+                        })
+                        .collect()
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn every_cell_is_between_neutral_and_the_cap(inputs in inputs()) {
+                let grid = compute(Region::Euw, 8, &inputs, true, now());
+                for c in grid.cells.values() {
+                    prop_assert!((10_000..=30_000).contains(&c.multiplier_bp), "{c:?}");
+                    prop_assert!((10_000..=30_000).contains(&c.raw_bp), "{c:?}");
+                    prop_assert!(c.supply > 0);
+                }
+            }
+
+            #[test]
+            fn the_grid_does_not_depend_on_input_order(inputs in inputs(), seed in any::<u64>()) {
+                let mut shuffled = inputs.clone();
+                let n = shuffled.len();
+                for i in 0..n {
+                    let j = (seed as usize).wrapping_mul(31).wrapping_add(i * 17) % n;
+                    shuffled.swap(i, j);
+                }
+                prop_assert_eq!(
+                    compute(Region::Euw, 8, &inputs, true, now()),
+                    compute(Region::Euw, 8, &shuffled, true, now())
+                );
+            }
+
+            #[test]
+            fn one_more_hold_never_lowers_any_cell(inputs in inputs(), pick in any::<prop::sample::Index>()) {
+                let before = compute(Region::Euw, 8, &inputs, true, now());
+                let mut more = inputs.clone();
+                let i = pick.index(more.len());
+                more[i].holds += 1;
+                let after = compute(Region::Euw, 8, &more, true, now());
+                for (cell, b) in &before.cells {
+                    let a = after.cells.get(cell).map_or(0, |c| c.multiplier_bp);
+                    prop_assert!(a >= b.multiplier_bp, "{cell}: {} -> {a}", b.multiplier_bp);
+                }
+            }
+        }
     }
 }

@@ -326,7 +326,10 @@ fn quote_headers(cache: &'static str, degraded: &[&'static str]) -> axum::http::
     post, path = "/v1/quotes", tag = "quotes",
     request_body = QuoteRequest,
     responses(
-        (status = 201, description = "A signed quote", body = QuoteV1),
+        (status = 201, description = "A signed quote", body = QuoteV1, headers(
+            ("pricing-degraded" = String, description = "Pricing inputs that used a fallback because their source was slow or down (`risk`, `demand`, comma-separated); absent when every input was fresh"),
+            ("x-cache" = String, description = "`hit` when answered from the L1 cache, else `miss`"),
+        )),
         (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such vehicle", body = Problem, content_type = "application/problem+json"),

@@ -6,6 +6,7 @@
 #                            # wasmtime; check worker-build and wasm-bindgen-cli
 #   scripts/edge.sh build    # tools + both workers (skipped when nothing changed)
 #   scripts/edge.sh run      # build + the Upstash gateway + both edges in front of ORIGIN_URL
+#   scripts/edge.sh lint     # clippy -D warnings for wasm32-unknown-unknown and wasm32-wasip2
 #   scripts/edge.sh sizes    # the .wasm sizes
 #
 # Everything comes from crates.io, npm and PyPI; nothing else is downloaded (worker-build
@@ -134,10 +135,18 @@ MSG
   wait
 }
 
+# Clippy on the workers' own targets (the workspace clippy sees them only as host code).
+lint() {
+  ensure_wasm_targets
+  cargo clippy -p edge-core -p edge-cloudflare --locked --target wasm32-unknown-unknown -- -D warnings
+  cargo clippy -p edge-core -p edge-spin --locked --target wasm32-wasip2 -- -D warnings
+}
+
 case "${1:-build}" in
   tools) ensure_tools ;;
+  lint) lint ;;
   build) build; sizes ;;
   sizes) sizes ;;
   run) run ;;
-  *) die "usage: scripts/edge.sh [tools|build|run|sizes]" ;;
+  *) die "usage: scripts/edge.sh [tools|build|lint|run|sizes]" ;;
 esac

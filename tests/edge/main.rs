@@ -577,3 +577,6 @@ async fn a_slow_origin_times_out_into_the_stale_quote_or_a_503(
     stack.stop().await
 }
 on_both_runtimes!(a_slow_origin_times_out_into_the_stale_quote_or_a_503);
+
+// Security at the edge (issue 8): JWT attacks and the anonymous column of the authz matrix.
+mod security;

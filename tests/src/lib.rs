@@ -19,6 +19,7 @@ pub mod cluster;
 pub mod edge;
 pub mod fault_proxy;
 pub mod history;
+pub mod jwt_forge;
 pub mod test_redis;
 
 /// Test result alias.

@@ -8,6 +8,9 @@
 #   scripts/schemathesis.sh              bounded pass for CI (about 25 examples per operation)
 #   SCHEMATHESIS_LONG=1 scripts/schemathesis.sh   long pass (500 per operation + stateful links)
 #   SCHEMATHESIS_EXAMPLES=N / SCHEMATHESIS_MAX_TIME=S  override either
+#   SCHEMATHESIS_EDGE=1 scripts/schemathesis.sh   also through both edge runtimes (workerd and
+#                         wasmtime, built by `scripts/edge.sh build`) in front of this origin,
+#                         with the origin's document and the edge's base URL
 #
 # Installs schemathesis into .dev/schemathesis (a venv; skipped when present), builds the
 # origin, serves it on 127.0.0.1:$ST_PORT (18400) against its own database
@@ -52,10 +55,14 @@ TOKEN=$("$BIN" dev-token schemathesis-ops --ops)
 
 "$BIN" serve >"$OUT/origin.log" 2>&1 &
 ORIGIN_PID=$!
+EDGE_PIDS=()
 cleanup() {
+  for p in "${EDGE_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   kill "$ORIGIN_PID" 2>/dev/null || true
   wait "$ORIGIN_PID" 2>/dev/null || true
-  redis-cli -u "$REDIS_URL" --scan --pattern "$REDIS_KEY_PREFIX*" | xargs -r redis-cli -u "$REDIS_URL" del >/dev/null || true
+  for prefix in "$REDIS_KEY_PREFIX" "schemathesis-edge:$$:"; do
+    redis-cli -u "$REDIS_URL" --scan --pattern "$prefix*" | xargs -r redis-cli -u "$REDIS_URL" del >/dev/null || true
+  done
 }
 trap cleanup EXIT
 for _ in $(seq 1 100); do curl -sf "http://$BIND_ADDR/healthz" >/dev/null && break; sleep 0.2; done
@@ -71,23 +78,66 @@ fi
 
 CHECKS=not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,negative_data_rejection,ignored_auth,problem_json_for_errors
 
-log "schemathesis: $EXAMPLES examples per operation, phases $PHASES, at most ${MAX_TIME}s"
+# st_run NAME BASE_URL: one schemathesis pass against BASE_URL with the origin's document.
+st_run() {
+  local name=$1 base=$2 status=0; shift 2
+  log "schemathesis against $name ($base): $EXAMPLES examples per operation, phases $PHASES, at most ${MAX_TIME}s"
+  # From target/schemathesis: schemathesis keeps a cache directory (.schemathesis) in its cwd.
+  # One worker: with two, Python 3.11 intermittently raised SystemError inside schemathesis.
+  (cd "$OUT" && PYTHONPATH="$ROOT/scripts" SCHEMATHESIS_HOOKS=schemathesis_hooks \
+    "$VENV/bin/st" run "http://$BIND_ADDR/openapi.json" \
+    --url "$base" \
+    --header "Authorization: Bearer $TOKEN" \
+    --checks "$CHECKS" \
+    --phases "$PHASES" \
+    --max-examples "$EXAMPLES" \
+    --max-time "$MAX_TIME" \
+    --workers 1 \
+    --seed "${SCHEMATHESIS_SEED:-20261125}" \
+    --generation-database none \
+    --request-timeout 15 \
+    --no-color \
+    --report junit,ndjson --report-dir "$OUT/$name" "$@" \
+    2>&1 | tee "$OUT/$name.txt") || status=$?
+  return "$status"
+}
+
 status=0
-# From target/schemathesis: schemathesis keeps a cache directory (.schemathesis) in its cwd.
-cd "$OUT"
-# One worker: with two, Python 3.11 intermittently raised SystemError inside schemathesis.
-PYTHONPATH="$ROOT/scripts" SCHEMATHESIS_HOOKS=schemathesis_hooks \
-  "$VENV/bin/st" run "http://$BIND_ADDR/openapi.json" \
-  --header "Authorization: Bearer $TOKEN" \
-  --checks "$CHECKS" \
-  --phases "$PHASES" \
-  --max-examples "$EXAMPLES" \
-  --max-time "$MAX_TIME" \
-  --workers 1 \
-  --seed "${SCHEMATHESIS_SEED:-20261125}" \
-  --generation-database none \
-  --request-timeout 15 \
-  --no-color \
-  --report junit,ndjson --report-dir "$OUT" \
-  2>&1 | tee "$OUT/run.txt" || status=$?
+st_run origin "http://$BIND_ADDR" || status=$?
+
+if [[ -n "${SCHEMATHESIS_EDGE:-}" ]]; then
+  SPIN_WASM="$ROOT/target/wasm32-wasip2/release/edge_spin.wasm"
+  [[ -f "$SPIN_WASM" && -f "$ROOT/edge/cloudflare/build/index_bg.wasm" ]] \
+    || die "edge workers not built: run scripts/edge.sh build"
+  cargo build -p upstash-gateway --release --locked -q
+  GW_PORT=$((ST_PORT + 1)); CF_PORT=$((ST_PORT + 2)); SPIN_PORT=$((ST_PORT + 3))
+  export UPSTASH_GATEWAY_TOKEN=schemathesis-gateway-token
+  UPSTASH_GATEWAY_ADDR="127.0.0.1:$GW_PORT" "$ROOT/target/release/upstash-gateway" \
+    >"$OUT/gateway.log" 2>&1 & EDGE_PIDS+=($!)
+  # Rate limits far above what one schemathesis worker sends: the edge's 429s are tested in
+  # the edge suite, here they would only hide the API behind them.
+  declare -A vars=(
+    [EDGE_REGION]=EUW [ORIGIN_EUW_URL]="http://$BIND_ADDR" [ORIGIN_EUN_URL]="http://$BIND_ADDR"
+    [UPSTASH_REDIS_REST_URL]="http://127.0.0.1:$GW_PORT" [UPSTASH_REDIS_REST_TOKEN]="$UPSTASH_GATEWAY_TOKEN"
+    [EDGE_KEY_PREFIX]="schemathesis-edge:$$:" [JWT_ISSUER]="$JWT_ISSUER" [JWT_AUDIENCE]="$JWT_AUDIENCE"
+    [JWT_HS256_SECRET]="$JWT_HS256_SECRET" [EDGE_USER_LIMIT_PER_MIN]=1000000 [EDGE_IP_LIMIT_PER_MIN]=1000000
+  )
+  json="{" sep="" env_args=()
+  for k in "${!vars[@]}"; do
+    json+="$sep\"$k\":\"${vars[$k]}\""; sep=","
+    env_args+=(--env "$k=${vars[$k]}")
+  done
+  json+="}"
+  (cd "$ROOT/edge/cloudflare" && EDGE_PORT="$CF_PORT" EDGE_STOP_ON_STDIN_CLOSE=0 EDGE_BINDINGS="$json" \
+    exec node run.mjs) >"$OUT/workerd.log" 2>&1 & EDGE_PIDS+=($!)
+  "$ROOT/.dev/edge-tools/wasmtime" serve -S cli=y -S http=y --addr "127.0.0.1:$SPIN_PORT" \
+    "${env_args[@]}" "$SPIN_WASM" >"$OUT/wasmtime.log" 2>&1 & EDGE_PIDS+=($!)
+  for port in "$CF_PORT" "$SPIN_PORT"; do
+    for _ in $(seq 1 150); do curl -fs "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
+  done
+  # /metrics and /readyz are the origin's operations endpoints; the edges do not expose them.
+  EDGE_ONLY=(--exclude-path /metrics --exclude-path /readyz)
+  st_run edge-workerd "http://127.0.0.1:$CF_PORT" "${EDGE_ONLY[@]}" || status=$?
+  st_run edge-wasmtime "http://127.0.0.1:$SPIN_PORT" "${EDGE_ONLY[@]}" || status=$?
+fi
 exit "$status"

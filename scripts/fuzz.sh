@@ -3,7 +3,7 @@
 # decoding, request-body parsing of the domain's wire types, and the price calculator (no
 # panic; totals within floor and ceiling; breakdown sums to the total).
 #
-#   scripts/fuzz.sh                 bounded: every target for FUZZ_SECONDS (15) each
+#   scripts/fuzz.sh                 bounded: every target for FUZZ_SECONDS (10) each
 #   FUZZ_SECONDS=3600 scripts/fuzz.sh [target...]   long runs on demand
 #   scripts/fuzz.sh --cmin          after a long run: minimise the committed corpus
 #
@@ -21,7 +21,7 @@ if ! cargo fuzz --version 2>/dev/null | grep -q "$CARGO_FUZZ_VERSION"; then
   cargo install cargo-fuzz --version "$CARGO_FUZZ_VERSION" --locked >&2
 fi
 export RUSTC_BOOTSTRAP=1
-SECONDS_PER_TARGET="${FUZZ_SECONDS:-15}"
+SECONDS_PER_TARGET="${FUZZ_SECONDS:-10}"
 ALL=(quote_token jwt cursor request_body price)
 
 cd fuzz

@@ -9,11 +9,12 @@
 //! one after the other: SIGKILL of an origin and its restart; a Redis restart; Redis
 //! unreachable (half-open); a broker SIGKILL and restart; `pg_terminate_backend` of every
 //! origin connection; a PostgreSQL restart; latency and then resets on the PostgreSQL link;
-//! latency and resets on the Redis link. Then the faults heal, the outbox drains, and the
+//! latency and resets on the Redis link; an overload burst past `MAX_IN_FLIGHT` (shed fast,
+//! recovered by itself). Then the faults heal, the outbox drains, and the
 //! checker runs. The report (operations checked, faults injected, every invariant's count) is
 //! printed and written to `target/faults/report.json`.
 //!
-//! Bounded by default (one pass of the faults, about a minute and a half); `FAULTS_ROUNDS=N`
+//! Bounded by default (one pass of the 11 faults, about a minute and a half); `FAULTS_ROUNDS=N`
 //! repeats the cycle for a long run. Ports 18420–18439. Run through `scripts/faults.sh`,
 //! which builds the origin binary first.
 
@@ -84,6 +85,8 @@ async fn start_cluster(dir: &std::path::Path) -> TestResult<Cluster> {
         ("HOLD_TTL_SECS", "4".into()),
         ("SWEEPER_INTERVAL_MS", SWEEPER_MS.to_string()),
         ("REQUEST_TIMEOUT_MS", "4000".into()),
+        // Small, so the overload fault can push past it with a modest burst.
+        ("MAX_IN_FLIGHT", "24".into()),
         ("RUST_LOG", "warn".into()),
     ]
     .into_iter()
@@ -334,23 +337,79 @@ async fn client(
     Ok(())
 }
 
+/// Floods both origins with searches for `lasting`; returns (shed 503s, 2xx, other answers,
+/// milliseconds from the burst's end to the first 200 of a fresh search).
+async fn overload_burst(lasting: Duration) -> TestResult<(usize, usize, usize, u128)> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let start =
+        (Utc::now() + chrono::Duration::days(3)).duration_trunc(chrono::Duration::hours(1))?;
+    let path = format!(
+        "/v1/vehicles/search?lat=50.11&lon=8.68&radius_m=20000&start={}&end={}",
+        start.format("%Y-%m-%dT%H:%M:%SZ"),
+        (start + chrono::Duration::hours(2)).format("%Y-%m-%dT%H:%M:%SZ")
+    );
+    let until = Instant::now() + lasting;
+    let mut tasks = Vec::new();
+    for i in 0..160usize {
+        let (http, url) = (
+            http.clone(),
+            format!("http://127.0.0.1:{}{path}", ORIGIN_PORTS[i % 2]),
+        );
+        tasks.push(tokio::spawn(async move {
+            let (mut shed, mut ok, mut other) = (0usize, 0usize, 0usize);
+            while Instant::now() < until {
+                match http.get(&url).bearer_auth(token("burst")).send().await {
+                    Ok(r) if r.status().as_u16() == 503 => shed += 1,
+                    Ok(r) if r.status().is_success() => ok += 1,
+                    _ => other += 1,
+                }
+            }
+            (shed, ok, other)
+        }));
+    }
+    let (mut shed, mut ok, mut other) = (0, 0, 0);
+    for t in tasks {
+        let (s, o, x) = t.await?;
+        shed += s;
+        ok += o;
+        other += x;
+    }
+    let ended = Instant::now();
+    loop {
+        let r = http
+            .get(format!("http://127.0.0.1:{}{path}", ORIGIN_PORTS[0]))
+            .bearer_auth(token("burst"))
+            .send()
+            .await;
+        if r.is_ok_and(|r| r.status().as_u16() == 200) || ended.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((shed, ok, other, ended.elapsed().as_millis()))
+}
+
 /// One fault: what it is, and when it ran (relative to the run's start).
 #[derive(Debug, serde::Serialize)]
 struct Injected {
     fault: &'static str,
     at_ms: u128,
     lasted_ms: u128,
+    note: String,
 }
 
 async fn inject_all(c: &mut Cluster, t0: Instant, log: &mut Vec<Injected>) -> TestResult {
     let hold = Duration::from_secs(3);
     let gap = Duration::from_secs(3);
+    let mut note = String::new();
     macro_rules! fault {
         ($name:expr, $body:block) => {{
             let at = t0.elapsed();
             let started = Instant::now();
             $body
-            log.push(Injected { fault: $name, at_ms: at.as_millis(), lasted_ms: started.elapsed().as_millis() });
+            log.push(Injected { fault: $name, at_ms: at.as_millis(), lasted_ms: started.elapsed().as_millis(), note: std::mem::take(&mut note) });
             eprintln!("[faults] {} at {:?}", $name, at);
             tokio::time::sleep(gap).await;
         }};
@@ -419,6 +478,14 @@ async fn inject_all(c: &mut Cluster, t0: Instant, log: &mut Vec<Injected>) -> Te
         c.pg_proxy.set(Mode::Reset);
         tokio::time::sleep(Duration::from_millis(200)).await;
         c.pg_proxy.set(Mode::Pass);
+    });
+    fault!("overload: 160 concurrent searches past MAX_IN_FLIGHT=24", {
+        let (shed, ok, other, p_recover) = overload_burst(hold).await?;
+        note = format!(
+            "{shed} shed (503 overloaded), {ok} served, {other} other; first 200 after the burst in {p_recover} ms"
+        );
+        anyhow::ensure!(shed > 0, "the burst was never shed: {note}");
+        anyhow::ensure!(p_recover < 2000, "no recovery within 2 s: {note}");
     });
     fault!("redis link: 300 ms latency then resets", {
         c.redis_proxy.set(Mode::Latency(300));

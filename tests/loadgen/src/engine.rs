@@ -157,6 +157,10 @@ fn histogram() -> Histogram<u64> {
 pub struct EndpointStats {
     pub latency_us: Histogram<u64>,
     pub statuses: BTreeMap<u16, u64>,
+    /// Error answers by "status problem-type" (e.g. `503 /problems/overloaded`).
+    pub problems: BTreeMap<String, u64>,
+    /// 503 and 429 answers without a `Retry-After` header.
+    pub missing_retry_after: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
 }
@@ -166,10 +170,23 @@ impl Default for EndpointStats {
         EndpointStats {
             latency_us: histogram(),
             statuses: BTreeMap::new(),
+            problems: BTreeMap::new(),
+            missing_retry_after: 0,
             cache_hits: 0,
             cache_misses: 0,
         }
     }
+}
+
+/// What an answer said beyond its status.
+#[derive(Debug, Clone, Default)]
+pub struct Answer {
+    /// `x-cache: hit` (true) or another value (false); `None` without the header.
+    pub cache: Option<bool>,
+    /// The problem `type` of an error answer.
+    pub problem: Option<String>,
+    /// Whether the answer carried `Retry-After`.
+    pub retry_after: bool,
 }
 
 /// One second of the run (by intended start time).
@@ -231,7 +248,7 @@ impl Recorder {
     }
 
     /// Records one request: `sent` is when it was due (or sent), `status` its outcome.
-    pub fn record(&self, endpoint: &'static str, sent: Instant, status: u16, cache: Option<bool>) {
+    pub fn record(&self, endpoint: &'static str, sent: Instant, status: u16, answer: Answer) {
         let micros = sent.elapsed().as_micros().clamp(1, 60_000_000) as u64;
         let second = self.second_of(sent);
         let Ok(mut r) = self.inner.lock() else {
@@ -240,7 +257,16 @@ impl Recorder {
         let stats = r.endpoints.entry(endpoint).or_default();
         let _ = stats.latency_us.record(micros);
         *stats.statuses.entry(status).or_insert(0) += 1;
-        match cache {
+        if let Some(problem) = answer.problem {
+            *stats
+                .problems
+                .entry(format!("{status} {problem}"))
+                .or_insert(0) += 1;
+        }
+        if (status == 503 || status == 429) && !answer.retry_after {
+            stats.missing_retry_after += 1;
+        }
+        match answer.cache {
             Some(true) => stats.cache_hits += 1,
             Some(false) => stats.cache_misses += 1,
             None => {}

@@ -156,6 +156,9 @@ pub struct EndpointReport {
     pub per_second: f64,
     /// Counts by HTTP status; `transport` and `timeout` when there was none.
     pub statuses: BTreeMap<String, u64>,
+    /// Error answers by status and problem type.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub problems: BTreeMap<String, u64>,
     /// Share of `x-cache: hit` among answers that carried the header.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub x_cache_hit_ratio: Option<f64>,
@@ -173,6 +176,10 @@ pub struct Errors {
     pub client_4xx: u64,
     pub transport: u64,
     pub timeout: u64,
+    /// 503/429 answers without `Retry-After`.
+    pub missing_retry_after: u64,
+    /// 503 answers of the load shedder (`/problems/overloaded`), within `shed_503`.
+    pub overloaded_503: u64,
 }
 
 /// A cache layer's hits and misses over the run (from the origin's counters).
@@ -286,6 +293,12 @@ impl RunReport {
                     _ => {}
                 }
             }
+            errors.missing_retry_after += stats.missing_retry_after;
+            errors.overloaded_503 += stats
+                .problems
+                .get("503 /problems/overloaded")
+                .copied()
+                .unwrap_or(0);
             let cached = stats.cache_hits + stats.cache_misses;
             endpoints.push(EndpointReport {
                 name: (*name).to_owned(),
@@ -296,6 +309,7 @@ impl RunReport {
                     .iter()
                     .map(|(s, n)| (status_name(*s), *n))
                     .collect(),
+                problems: stats.problems.clone(),
                 x_cache_hit_ratio: (cached > 0)
                     .then(|| round2(stats.cache_hits as f64 / cached as f64 * 100.0) / 100.0),
             });
@@ -464,6 +478,20 @@ impl RunReport {
         }
         if !extras.is_empty() {
             out.push_str(&format!("{}.\n", extras.join("; ")));
+        }
+        let mut problems: BTreeMap<&str, u64> = BTreeMap::new();
+        for e in &self.endpoints {
+            for (p, n) in &e.problems {
+                *problems.entry(p).or_insert(0) += n;
+            }
+        }
+        if !problems.is_empty() {
+            let list: Vec<String> = problems.iter().map(|(p, n)| format!("{p}: {n}")).collect();
+            out.push_str(&format!(
+                "Error answers by problem type: {}; 503/429 without Retry-After: {}.\n",
+                list.join(", "),
+                self.errors.missing_retry_after
+            ));
         }
         out.push_str("\n| endpoint | count | /s | p50 ms | p95 ms | p99 ms | max ms | statuses | x-cache hit |\n");
         out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |\n");

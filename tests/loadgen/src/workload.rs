@@ -25,7 +25,7 @@ use rand_distr::{Distribution, Zipf};
 use reqwest::{Method, RequestBuilder};
 use serde_json::{json, Value};
 
-use crate::engine::{Load, Recorder, CLIENT_TIMEOUT, TRANSPORT_ERROR};
+use crate::engine::{Answer, Load, Recorder, CLIENT_TIMEOUT, TRANSPORT_ERROR};
 use crate::fleet::{rfc3339, Fleet};
 use crate::RunOptions;
 
@@ -381,11 +381,15 @@ impl Context {
         match request.send().await {
             Ok(response) => {
                 let status = response.status().as_u16();
-                let cache = response
-                    .headers()
-                    .get("x-cache")
-                    .and_then(|v| v.to_str().ok())
-                    .map(|v| v == "hit");
+                let headers = response.headers();
+                let mut answer = Answer {
+                    cache: headers
+                        .get("x-cache")
+                        .and_then(|v| v.to_str().ok())
+                        .map(|v| v == "hit"),
+                    problem: None,
+                    retry_after: headers.contains_key("retry-after"),
+                };
                 // Read to the end even when unused, so the connection goes back to the pool.
                 let body = response.bytes().await;
                 let status = match &body {
@@ -393,7 +397,12 @@ impl Context {
                     Err(_) => TRANSPORT_ERROR,
                     Ok(_) => status,
                 };
-                recorder.record(endpoint, sent, status, cache);
+                if let (true, Ok(bytes)) = (status >= 400, &body) {
+                    answer.problem = serde_json::from_slice::<Value>(bytes)
+                        .ok()
+                        .and_then(|v| v.get("type")?.as_str().map(str::to_owned));
+                }
+                recorder.record(endpoint, sent, status, answer);
                 let value = match (want_body, body) {
                     (true, Ok(bytes)) => serde_json::from_slice(&bytes).ok(),
                     _ => None,
@@ -406,7 +415,7 @@ impl Context {
                 } else {
                     TRANSPORT_ERROR
                 };
-                recorder.record(endpoint, sent, status, None);
+                recorder.record(endpoint, sent, status, Answer::default());
                 (status, None)
             }
         }

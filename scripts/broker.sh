@@ -69,8 +69,23 @@ ensure_tansu() {
 
 broker_up() { (exec 3<>"/dev/tcp/127.0.0.1/$BROKER_PORT") 2>/dev/null; }
 
+START_MARK="=== tansu started by broker.sh"
+# True when the broker this script started has panicked since its last start: tansu 0.6.0 keeps
+# listening after a storage task panics but then fails every request, so a listening port is
+# not enough to call it healthy.
+broker_wedged() {
+  [[ -f "$PID_FILE" && -f "$BROKER_DIR/tansu.log" ]] || return 1
+  kill -0 "$(cat "$PID_FILE")" 2>/dev/null || return 1
+  awk -v m="$START_MARK" 'index($0, m) == 1 { p = 0 } /panicked at/ { p = 1 } END { exit !p }' \
+    "$BROKER_DIR/tansu.log"
+}
+
 ensure_tansu
 TANSU=$(tansu_bin)
+if broker_wedged; then
+  log "the broker started here panicked since its start (see $BROKER_DIR/tansu.log); restarting it"
+  bash "$0" stop
+fi
 if broker_up; then
   log "a broker already listens on 127.0.0.1:$BROKER_PORT"
 else
@@ -79,6 +94,7 @@ else
   # The SQLite path is relative to the working directory: run from the data directory.
   (
     cd "$BROKER_DIR"
+    echo "$START_MARK $(date -u +%FT%TZ)" >>"$BROKER_DIR/tansu.log"
     nohup "$TANSU" broker \
       --listener-url "tcp://127.0.0.1:$BROKER_PORT" \
       --advertised-listener-url "tcp://127.0.0.1:$BROKER_PORT" \

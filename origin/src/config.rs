@@ -164,8 +164,11 @@ pub struct PricingConfig {
     /// How often the surge grid is recomputed (`SURGE_RECOMPUTE_SECS`, default 60).
     pub surge_recompute: Duration,
     /// Largest change of a quote's total against the previous quote of the same vehicle and
-    /// window, in basis points of the previous total (`PRICE_MAX_JUMP_BP`, default 10000: at
-    /// most double or half).
+    /// window, in basis points of the previous total (`PRICE_MAX_JUMP_BP`, default 40000: at
+    /// most ×5 or ÷5). The dynamic inputs alone may legitimately move a total by up to the
+    /// surge cap (×3) times the risk range (×1.45 / ×0.95), about ×4.6, so the default sits
+    /// above that: the check is for glitches no model input can explain, and a tighter limit
+    /// would refuse every quote of a cell whose surge climbed to its cap.
     pub max_jump_bp: u32,
 }
 
@@ -199,7 +202,7 @@ fn pricing_config(env: &dyn Env) -> Result<PricingConfig, ConfigError> {
             reason: "between 5 (city districts) and 10 (a block)".into(),
         });
     }
-    let max_jump_bp: u32 = at_least_one(env, "PRICE_MAX_JUMP_BP", 10_000)?;
+    let max_jump_bp: u32 = at_least_one(env, "PRICE_MAX_JUMP_BP", 40_000)?;
     Ok(PricingConfig {
         inference_url,
         budget: millis(env, "PRICING_BUDGET_MS", 150)?,

@@ -213,7 +213,9 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
-            ApiError::Unavailable(_) | ApiError::IdempotencyInProgress => {
+            ApiError::Unavailable(_)
+            | ApiError::IdempotencyInProgress
+            | ApiError::PriceRefused(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}

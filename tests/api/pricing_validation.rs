@@ -50,6 +50,11 @@ async fn a_price_jumping_past_the_limit_is_refused_recorded_and_not_cached(
         .await?;
     refused.assert_problem(503);
     assert_eq!(refused.problem_type(), "/problems/price-refused");
+    assert!(
+        refused.headers.contains_key("retry-after"),
+        "a refused price is a 503 the client may retry later: {:?}",
+        refused.headers
+    );
     assert_eq!(
         app.count("price_refusals", "reason = 'jump' and user_id = 'second'")
             .await?,

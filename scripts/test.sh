@@ -14,6 +14,8 @@ ensure_wasm_targets
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
+log "dependency licences, bans and sources (cargo deny, offline)"
+bash scripts/deny.sh
 log "cargo clippy (all targets, -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "shared domain crate for wasm32-unknown-unknown and wasm32-wasip2"
@@ -28,4 +30,12 @@ if command -v cargo-nextest >/dev/null; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+
+# Bounded passes of the reliability suite; each has a long mode (see the script's header).
+log "fault injection + history checker (bounded: one pass of every fault)"
+bash scripts/faults.sh
+log "schema fuzzing of the origin (schemathesis, bounded)"
+bash scripts/schemathesis.sh
+log "cargo fuzz targets (bounded)"
+bash scripts/fuzz.sh
 log "all checks passed in $((SECONDS - T0))s"

@@ -106,9 +106,11 @@ else
   broker_up || die "tansu did not start; see $BROKER_DIR/tansu.log"
 fi
 
-# Already existing topics answer an error, which is fine.
+# Already existing topics answer an error, which is fine. Created concurrently and bounded in
+# time: a busy broker can take seconds per request, and the origin's relay creates them too.
 for topic in "${TOPICS[@]}"; do
-  "$TANSU" topic create "$topic" --broker "tcp://127.0.0.1:$BROKER_PORT" \
-    --partitions "$TOPIC_PARTITIONS" >/dev/null 2>&1 || true
+  timeout 20 "$TANSU" topic create "$topic" --broker "tcp://127.0.0.1:$BROKER_PORT" \
+    --partitions "$TOPIC_PARTITIONS" >/dev/null 2>&1 &
 done
+wait || true
 log "broker ready: KAFKA_BROKERS=127.0.0.1:$BROKER_PORT"

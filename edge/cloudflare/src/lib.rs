@@ -105,7 +105,8 @@ async fn to_core(mut req: worker::Request) -> worker::Result<Request> {
     let headers: Vec<(String, String)> = req.headers().entries().collect();
     let client_ip = req.headers().get("cf-connecting-ip")?;
     Ok(Request {
-        method: req.method().to_string(),
+        // The method as sent: `worker::Method` turns one it does not know (`QUERY`) into GET.
+        method: req.inner().method(),
         path: url.path().to_owned(),
         query: url.query().unwrap_or_default().to_owned(),
         headers,

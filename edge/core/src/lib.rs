@@ -35,11 +35,15 @@ use crate::cache::Entry;
 use crate::config::EdgeConfig;
 use crate::platform::{FetchError, Outbound, Platform, Request, Response};
 use crate::ratelimit::{BlockedCache, Check, Outcome, Subject};
-use crate::route::{canonical, is_write, quote_token_target, route, Route};
+use crate::route::{canonical, is_write, quote_token_target, route, uri_safe, Route};
 use crate::upstash::{arg, as_u64, Upstash};
 
 /// Largest request body the edge forwards (the origin's default limit).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The methods the edge forwards; the origin routes no other (it answers them 405 too).
+pub const FORWARDED_METHODS: &[&str] =
+    &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
 
 /// Origin response headers passed back to the client.
 const PASSED_BACK: &[&str] = &[
@@ -188,6 +192,18 @@ impl Edge {
                 &format!("no route for {} {}", req.method, req.path),
             );
         };
+        if !FORWARDED_METHODS.contains(&req.method.as_str()) {
+            // Not every host can send an arbitrary method (workerd's fetch refuses `QUERY`),
+            // and the origin routes none of these: answer as the origin would, without it.
+            let mut resp = problem::problem(
+                405,
+                "method-not-allowed",
+                "Method not allowed",
+                &format!("the edge does not forward {} requests", req.method),
+            );
+            resp.set_header("allow", FORWARDED_METHODS.join(", "));
+            return resp;
+        }
         if req.body.len() > MAX_BODY_BYTES {
             return problem::problem(
                 413,
@@ -341,10 +357,14 @@ impl Edge {
         rid: &str,
         region: Region,
     ) -> Result<Response, FetchError> {
-        let mut url = format!("{}{}", self.config.origin(region), req.path);
+        let mut url = format!(
+            "{}{}",
+            self.config.origin(region),
+            uri_safe(&req.path, false)
+        );
         if !req.query.is_empty() {
             url.push('?');
-            url.push_str(&req.query);
+            url.push_str(&uri_safe(&req.query, true));
         }
         let mut headers = vec![("x-request-id".to_owned(), rid.to_owned())];
         for name in ["authorization", "content-type", "idempotency-key", "accept"] {
@@ -357,7 +377,13 @@ impl Edge {
                 method: req.method.clone(),
                 url,
                 headers,
-                body: req.body.clone(),
+                // Fetch (workerd) refuses a body on GET and HEAD, and the origin ignores one
+                // there: it is never forwarded, on any runtime.
+                body: if matches!(req.method.as_str(), "GET" | "HEAD") {
+                    Vec::new()
+                } else {
+                    req.body.clone()
+                },
                 timeout_ms: self.config.origin_timeout_ms,
             })
             .await?;

@@ -79,3 +79,24 @@ pub(crate) fn route(method: &str, rest: &str) -> Route {
 pub(crate) fn is_write(method: &str) -> bool {
     !matches!(method, "GET" | "HEAD" | "OPTIONS")
 }
+
+/// `s` with every byte that may not appear in a URI path (or, with `query`, a query) as-is
+/// percent-encoded; `%` is kept, so what the client encoded stays encoded the same way.
+/// Hosts build the outbound URL with a strict parser (wasi:http's `set-path-with-query`,
+/// the `http` crate, WHATWG URL): a raw space, quote, backslash or non-ASCII byte the client
+/// managed to send would otherwise make the request unsendable — a 503 instead of the
+/// origin's 4xx. Hand-written: eight lines, and the exact set matters here.
+pub(crate) fn uri_safe(s: &str, query: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        let keep = b.is_ascii_alphanumeric()
+            || b"-._~!$&'()*+,;=:@/%".contains(&b)
+            || (query && b == b'?');
+        if keep {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -66,3 +66,22 @@ fn a_malformed_request_id_is_replaced() {
     assert_eq!(id.len(), 32);
     assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
 }
+
+#[test]
+fn paths_and_queries_are_made_sendable_without_touching_what_the_client_encoded() {
+    let encoded = "/v1/admin/pricing/%F3%9D%BD%81%15/discount-rules/%3B%F1%AA%A0%A2U";
+    assert_eq!(uri_safe(encoded, false), encoded);
+    assert_eq!(uri_safe("/v1/a b\\\"é", false), "/v1/a%20b%5C%22%C3%A9");
+    assert_eq!(uri_safe("a=1&b=x?y{z}", true), "a=1&b=x?y%7Bz%7D");
+    assert_eq!(uri_safe("/v1/x?y", false), "/v1/x%3Fy");
+}
+
+#[test]
+fn only_the_methods_the_origin_routes_are_forwarded() {
+    for m in ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+        assert!(FORWARDED_METHODS.contains(&m), "{m}");
+    }
+    for m in ["QUERY", "PROPFIND", "TRACE", "CONNECT", "get"] {
+        assert!(!FORWARDED_METHODS.contains(&m), "{m}");
+    }
+}

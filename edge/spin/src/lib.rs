@@ -18,7 +18,9 @@ use std::pin::pin;
 use std::task::Poll;
 
 use edge_core::platform::{FetchError, Outbound, Platform, Request, Response};
-use futures_util::future::{select, Either};
+use futures_util::future::{join, select, Either};
+use futures_util::SinkExt as _;
+use spin_sdk::http::conversions::TryIntoOutgoingRequest as _;
 use spin_sdk::http::{IntoResponse, Method, Request as SpinRequest, Response as SpinResponse};
 use spin_sdk::http_component;
 
@@ -52,16 +54,55 @@ fn method(m: &str) -> Method {
     }
 }
 
-impl Platform for Wasi {
-    async fn fetch(&self, req: Outbound) -> Result<Response, FetchError> {
-        let mut builder = SpinRequest::builder();
-        builder.method(method(&req.method)).uri(req.url);
-        for (k, v) in req.headers {
+/// Sends `req` and waits for the answer, writing its body while the request is in flight.
+///
+/// Not `spin_sdk::http::send` with a buffered body: that sends every request chunked (even a
+/// GET with no body), writes the body before looking at the answer, and turns a failed body
+/// write into an error. An origin that refuses a request early (405, 404, 400 …) answers
+/// before reading the body and closes the connection; the write then fails with
+/// `StreamError::Closed` or the exchange with `HttpProtocolError`, and the client got a 503
+/// instead of the origin's 4xx. Here the length is declared (`content-length`, so hyper
+/// sends no chunked body and none at all when it is empty), the body is written alongside
+/// the request, and the answer wins over a failed body write.
+async fn exchange(req: Outbound) -> Result<SpinResponse, String> {
+    let mut builder = SpinRequest::builder();
+    builder.method(method(&req.method)).uri(req.url);
+    for (k, v) in req.headers {
+        if !k.eq_ignore_ascii_case("content-length") {
             builder.header(k, v);
         }
-        let outgoing = builder.body(req.body).build();
-        let send = pin!(spin_sdk::http::send::<_, SpinResponse>(outgoing));
-        let timer = pin!(sleep(req.timeout_ms));
+    }
+    builder.header("content-length", req.body.len().to_string());
+    let (outgoing, buffered) = builder
+        .body(req.body)
+        .build()
+        .try_into_outgoing_request()
+        .map_err(|e| e.to_string())?;
+    let body = buffered.unwrap_or_default();
+    let mut sink = outgoing.take_body();
+    let write = async move {
+        let written = if body.is_empty() {
+            Ok(())
+        } else {
+            sink.send(body).await
+        };
+        drop(sink); // finishes the body
+        written
+    };
+    let send = spin_sdk::http::send::<_, SpinResponse>(outgoing);
+    let (answer, written) = join(send, write).await;
+    match (answer, written) {
+        (Ok(resp), _) => Ok(resp),
+        (Err(e), Err(w)) => Err(format!("{e} (body write: {w:?})")),
+        (Err(e), Ok(())) => Err(e.to_string()),
+    }
+}
+
+impl Platform for Wasi {
+    async fn fetch(&self, req: Outbound) -> Result<Response, FetchError> {
+        let timeout_ms = req.timeout_ms;
+        let send = pin!(exchange(req));
+        let timer = pin!(sleep(timeout_ms));
         match select(send, timer).await {
             Either::Left((Ok(resp), _)) => Ok(Response {
                 status: *resp.status(),
@@ -71,7 +112,7 @@ impl Platform for Wasi {
                     .collect(),
                 body: resp.into_body(),
             }),
-            Either::Left((Err(e), _)) => Err(FetchError::Network(e.to_string())),
+            Either::Left((Err(e), _)) => Err(FetchError::Network(e)),
             Either::Right(((), _)) => Err(FetchError::Timeout),
         }
     }

@@ -15,6 +15,13 @@ if ! command -v initdb >/dev/null; then PATH="$(dirname /usr/lib/postgresql/*/bi
 command -v redis-server >/dev/null || apt_install redis-server || die "redis-server not found"
 [[ -x "${TANSU_BIN:-$HOME/.cargo/bin/tansu}" ]] || bash scripts/broker.sh
 log "building the origin binary and the fault harness"
-cargo build -p origin --locked -q
-cargo test -p e2e --test faults --locked --no-run -q
-cargo test -p e2e --test faults --locked -q -- --include-ignored --nocapture
+# Workspace-wide selections (not `-p`), so cargo resolves the same features as the test suite's
+# build and reuses its artifacts instead of rebuilding the dependency tree.
+# With nextest, the test runs from the suite's own build (a `cargo test --test faults`
+# selection rebuilds part of the dependency tree: about 2 minutes on 2 cores).
+cargo build --workspace --bins --tests --locked -q
+if command -v cargo-nextest >/dev/null; then
+  cargo nextest run --workspace --locked --run-ignored only -E 'binary(faults)' --no-capture
+else
+  cargo test --workspace --test faults --locked -q -- --include-ignored --nocapture
+fi

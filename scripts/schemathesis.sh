@@ -48,7 +48,7 @@ export RUST_LOG="${RUST_LOG:-warn}"
 unset KAFKA_BROKERS
 
 log "building the origin"
-cargo build -p origin --locked -q
+cargo build --workspace --bins --tests --locked -q  # same features as the suite: reuses its build
 BIN="$ROOT/target/debug/origin"
 "$BIN" seed-demo 20 >&2
 TOKEN=$("$BIN" dev-token schemathesis-ops --ops)

@@ -18,12 +18,12 @@ log "dependency licences, bans and sources (cargo deny, offline)"
 bash scripts/deny.sh
 log "cargo clippy (all targets, -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-log "shared domain crate for wasm32-unknown-unknown and wasm32-wasip2"
-cargo build -p domain --locked --target wasm32-unknown-unknown
-cargo build -p domain --locked --target wasm32-wasip2
-
-log "edge workers for workerd and wasmtime (the edge suite runs them)"
+# The edge workers depend on the shared domain crate, so building them also proves that it
+# compiles for wasm32-unknown-unknown (Cloudflare) and wasm32-wasip2 (Spin).
+log "edge workers for workerd and wasmtime, with the domain crate for both wasm targets"
 bash scripts/edge.sh build
+log "build (every binary and test target; the suite and the scripts below reuse it)"
+cargo build --workspace --bins --tests --locked
 log "tests (DATABASE_URL=$DATABASE_URL)"
 if command -v cargo-nextest >/dev/null; then
   cargo nextest run --workspace --locked --no-fail-fast

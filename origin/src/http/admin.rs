@@ -2,7 +2,8 @@
 //! `pricing/admin.rs`). Every route answers 403 to a token without the `ops` role, 422 naming
 //! the field for an invalid change, and returns the audit record of a valid one.
 
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use std::sync::{Arc, Mutex};
@@ -73,18 +74,58 @@ pub fn served_region(state: &AppState, code: &str) -> ApiResult<Region> {
         .ok_or_else(|| ApiError::NotFound(format!("region {code} is not served here")))
 }
 
-/// Who asks, for [`apply`].
-struct Caller<'a> {
-    state: &'a AppState,
-    user: &'a AuthUser,
-    request_id: &'a RequestId,
-    key: &'a IdempotencyKey,
+/// What every admin change takes from its request: the state, the caller, the request id and
+/// the `Idempotency-Key` (extracted in that order, as separate extractors would be, so the
+/// answers to bad requests are unchanged). The ops check stays in the handler's first step
+/// ([`AdminCall::region`]), after the path and body extractors, as on the read routes.
+pub struct AdminCall {
+    state: AppState,
+    user: AuthUser,
+    request_id: RequestId,
+    key: IdempotencyKey,
+}
+
+impl std::fmt::Debug for AdminCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminCall")
+            .field("user", &self.user.id)
+            .field("request_id", &self.request_id)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FromRequestParts<AppState> for AdminCall {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        let request_id = match RequestId::from_request_parts(parts, state).await {
+            Ok(id) => id,
+            Err(never) => match never {},
+        };
+        let key = IdempotencyKey::from_request_parts(parts, state).await?;
+        Ok(Self {
+            state: state.clone(),
+            user,
+            request_id,
+            key,
+        })
+    }
+}
+
+impl AdminCall {
+    /// 403 unless ops; then the served region named by the path (404 otherwise).
+    fn region(&self, code: &str) -> ApiResult<Region> {
+        require_ops(&self.user)?;
+        served_region(&self.state, code)
+    }
 }
 
 /// Runs one change in a transaction with its audit row — once per `Idempotency-Key`, like every
 /// POST of the API (`idempotency.rs`) — then makes it effective at once.
 async fn apply<F>(
-    caller: Caller<'_>,
+    caller: &AdminCall,
     region: Region,
     request_hash: Vec<u8>,
     status: StatusCode,
@@ -182,15 +223,11 @@ pub async fn overview(
     security(("bearer" = []))
 )]
 pub async fn put_base_rate(
-    State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    key: IdempotencyKey,
+    call: AdminCall,
     ApiPath((region, class)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<BaseRateBody>,
 ) -> ApiResult<Response> {
-    require_ops(&user)?;
-    let region = served_region(&state, &region)?;
+    let region = call.region(&region)?;
     admin::check_class(&class)?;
     body.validate(region)?;
     let hash = idempotency::fingerprint(
@@ -198,13 +235,7 @@ pub async fn put_base_rate(
         &format!("/v1/admin/pricing/{region}/base-rates/{class}"),
         &body,
     );
-    let caller = Caller {
-        state: &state,
-        user: &user,
-        request_id: &request_id,
-        key: &key,
-    };
-    apply(caller, region, hash, StatusCode::OK, move |conn| {
+    apply(&call, region, hash, StatusCode::OK, move |conn| {
         async move { admin::base_rate_put(conn, region, &class, &body).await }.boxed()
     })
     .await
@@ -223,15 +254,11 @@ pub async fn put_base_rate(
     security(("bearer" = []))
 )]
 pub async fn put_vehicle_config(
-    State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    key: IdempotencyKey,
+    call: AdminCall,
     ApiPath((region, class)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<VehicleConfigBody>,
 ) -> ApiResult<Response> {
-    require_ops(&user)?;
-    let region = served_region(&state, &region)?;
+    let region = call.region(&region)?;
     admin::check_class(&class)?;
     body.validate()?;
     let hash = idempotency::fingerprint(
@@ -239,13 +266,7 @@ pub async fn put_vehicle_config(
         &format!("/v1/admin/pricing/{region}/vehicle-config/{class}"),
         &body,
     );
-    let caller = Caller {
-        state: &state,
-        user: &user,
-        request_id: &request_id,
-        key: &key,
-    };
-    apply(caller, region, hash, StatusCode::OK, move |conn| {
+    apply(&call, region, hash, StatusCode::OK, move |conn| {
         async move { admin::vehicle_config_put(conn, region, &class, &body).await }.boxed()
     })
     .await
@@ -264,28 +285,18 @@ pub async fn put_vehicle_config(
     security(("bearer" = []))
 )]
 pub async fn create_time_multiplier(
-    State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    key: IdempotencyKey,
+    call: AdminCall,
     ApiPath(region): ApiPath<String>,
     ApiJson(body): ApiJson<TimeMultiplierBody>,
 ) -> ApiResult<Response> {
-    require_ops(&user)?;
-    let region = served_region(&state, &region)?;
+    let region = call.region(&region)?;
     body.validate()?;
     let hash = idempotency::fingerprint(
         "POST",
         &format!("/v1/admin/pricing/{region}/time-multipliers"),
         &body,
     );
-    let caller = Caller {
-        state: &state,
-        user: &user,
-        request_id: &request_id,
-        key: &key,
-    };
-    apply(caller, region, hash, StatusCode::CREATED, move |conn| {
+    apply(&call, region, hash, StatusCode::CREATED, move |conn| {
         async move { admin::time_multiplier_upsert(conn, region, None, &body).await }.boxed()
     })
     .await
@@ -305,28 +316,18 @@ pub async fn create_time_multiplier(
     security(("bearer" = []))
 )]
 pub async fn update_time_multiplier(
-    State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    key: IdempotencyKey,
+    call: AdminCall,
     ApiPath((region, id)): ApiPath<(String, Uuid)>,
     ApiJson(body): ApiJson<TimeMultiplierBody>,
 ) -> ApiResult<Response> {
-    require_ops(&user)?;
-    let region = served_region(&state, &region)?;
+    let region = call.region(&region)?;
     body.validate()?;
     let hash = idempotency::fingerprint(
         "PUT",
         &format!("/v1/admin/pricing/{region}/time-multipliers/{id}"),
         &body,
     );
-    let caller = Caller {
-        state: &state,
-        user: &user,
-        request_id: &request_id,
-        key: &key,
-    };
-    apply(caller, region, hash, StatusCode::OK, move |conn| {
+    apply(&call, region, hash, StatusCode::OK, move |conn| {
         async move { admin::time_multiplier_upsert(conn, region, Some(id), &body).await }.boxed()
     })
     .await
@@ -344,26 +345,16 @@ pub async fn update_time_multiplier(
     security(("bearer" = []))
 )]
 pub async fn delete_time_multiplier(
-    State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    key: IdempotencyKey,
+    call: AdminCall,
     ApiPath((region, id)): ApiPath<(String, Uuid)>,
 ) -> ApiResult<Response> {
-    require_ops(&user)?;
-    let region = served_region(&state, &region)?;
+    let region = call.region(&region)?;
     let hash = idempotency::fingerprint(
         "DELETE",
         &format!("/v1/admin/pricing/{region}/time-multipliers/{id}"),
         &(),
     );
-    let caller = Caller {
-        state: &state,
-        user: &user,
-        request_id: &request_id,
-        key: &key,
-    };
-    apply(caller, region, hash, StatusCode::OK, move |conn| {
+    apply(&call, region, hash, StatusCode::OK, move |conn| {
         async move { admin::time_multiplier_delete(conn, region, id).await }.boxed()
     })
     .await
@@ -382,28 +373,18 @@ pub async fn delete_time_multiplier(
     security(("bearer" = []))
 )]
 pub async fn create_discount(
-    State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    key: IdempotencyKey,
+    call: AdminCall,
     ApiPath(region): ApiPath<String>,
     ApiJson(body): ApiJson<DiscountBody>,
 ) -> ApiResult<Response> {
-    require_ops(&user)?;
-    let region = served_region(&state, &region)?;
+    let region = call.region(&region)?;
     body.validate()?;
     let hash = idempotency::fingerprint(
         "POST",
         &format!("/v1/admin/pricing/{region}/discount-rules"),
         &body,
     );
-    let caller = Caller {
-        state: &state,
-        user: &user,
-        request_id: &request_id,
-        key: &key,
-    };
-    apply(caller, region, hash, StatusCode::CREATED, move |conn| {
+    apply(&call, region, hash, StatusCode::CREATED, move |conn| {
         async move { admin::discount_upsert(conn, region, None, &body).await }.boxed()
     })
     .await
@@ -423,28 +404,18 @@ pub async fn create_discount(
     security(("bearer" = []))
 )]
 pub async fn update_discount(
-    State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    key: IdempotencyKey,
+    call: AdminCall,
     ApiPath((region, id)): ApiPath<(String, Uuid)>,
     ApiJson(body): ApiJson<DiscountBody>,
 ) -> ApiResult<Response> {
-    require_ops(&user)?;
-    let region = served_region(&state, &region)?;
+    let region = call.region(&region)?;
     body.validate()?;
     let hash = idempotency::fingerprint(
         "PUT",
         &format!("/v1/admin/pricing/{region}/discount-rules/{id}"),
         &body,
     );
-    let caller = Caller {
-        state: &state,
-        user: &user,
-        request_id: &request_id,
-        key: &key,
-    };
-    apply(caller, region, hash, StatusCode::OK, move |conn| {
+    apply(&call, region, hash, StatusCode::OK, move |conn| {
         async move { admin::discount_upsert(conn, region, Some(id), &body).await }.boxed()
     })
     .await
@@ -462,26 +433,16 @@ pub async fn update_discount(
     security(("bearer" = []))
 )]
 pub async fn delete_discount(
-    State(state): State<AppState>,
-    user: AuthUser,
-    request_id: RequestId,
-    key: IdempotencyKey,
+    call: AdminCall,
     ApiPath((region, id)): ApiPath<(String, Uuid)>,
 ) -> ApiResult<Response> {
-    require_ops(&user)?;
-    let region = served_region(&state, &region)?;
+    let region = call.region(&region)?;
     let hash = idempotency::fingerprint(
         "DELETE",
         &format!("/v1/admin/pricing/{region}/discount-rules/{id}"),
         &(),
     );
-    let caller = Caller {
-        state: &state,
-        user: &user,
-        request_id: &request_id,
-        key: &key,
-    };
-    apply(caller, region, hash, StatusCode::OK, move |conn| {
+    apply(&call, region, hash, StatusCode::OK, move |conn| {
         async move { admin::discount_delete(conn, region, id).await }.boxed()
     })
     .await

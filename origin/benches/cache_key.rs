@@ -7,7 +7,7 @@ use std::hint::black_box;
 use chrono::{TimeZone, Utc};
 use criterion::{criterion_group, criterion_main, Criterion};
 use domain::{Region, TimeWindow, VehicleId};
-use origin::cache::QuoteKey;
+use origin::redis::cache::QuoteKey;
 
 fn cache_key(c: &mut Criterion) {
     let vehicle = VehicleId::new(Region::Euw, uuid::Uuid::from_u128(0x1234_5678));

@@ -254,7 +254,7 @@ pub struct Config {
     pub redis: RedisConfig,
     pub pricing: PricingConfig,
     /// The edge cache whose generations the origin bumps (`edge_gen.rs`); None = off.
-    pub edge_cache: Option<crate::edge_gen::EdgeCacheConfig>,
+    pub edge_cache: Option<crate::redis::edge_gen::EdgeCacheConfig>,
 }
 
 /// A source of variables: the process environment, or a map in tests.
@@ -495,7 +495,7 @@ impl Config {
             relay_poll: millis(env, "RELAY_POLL_MS", 200)?,
             redis: redis_config(env)?,
             pricing: pricing_config(env)?,
-            edge_cache: crate::edge_gen::config(env)?,
+            edge_cache: crate::redis::edge_gen::config(env)?,
         })
     }
 

@@ -1,34 +1,27 @@
 //! The regional origin of the Booking & Pricing API.
 //!
-//! Layout: `config` (environment), `startup` (serve, migrate, shut down), `state` (the shared
-//! handles), `http` (routes and wire types), and the adapters that own their SQL: `bookings`
-//! (the write path), `pricing`, `search`, `idempotency`, `events` (the outbox). The domain
-//! rules themselves live in the pure `domain` crate, shared with the edge.
+//! Layers, outside in (the domain rules themselves live in the pure `domain` crate, shared with
+//! the edge):
+//! - `http`: routes, extractors, wire types (DTOs), the error mapping, the OpenAPI document;
+//! - `app`: the services the routes call (pricing, search, the surge grid);
+//! - `store`: PostgreSQL repositories, each owning its tables and their SQL;
+//! - `redis`: the Redis link, vehicle locks, the GEO availability index, the caches;
+//! - `events`: the transactional outbox's events and the Kafka relay;
+//! - `inference`: the AI inference API client and its circuit breakers;
+//! - `jobs`: background work (the hold sweeper);
+//! - `config` (environment), `startup` (serve, migrate, shut down), `state` (shared handles).
 
-pub mod auth;
-pub mod availability;
-pub mod bookings;
-pub mod breaker;
-pub mod cache;
+pub mod app;
 pub mod config;
 pub mod demo;
-pub mod edge_gen;
-pub mod error;
 pub mod events;
-pub mod extract;
 pub mod http;
-pub mod idempotency;
 pub mod inference;
-pub mod locks;
-pub mod metrics;
-pub mod pricing;
-pub mod redis_link;
-pub mod relay;
-pub mod search;
+pub mod jobs;
+pub mod redis;
 pub mod startup;
 pub mod state;
-pub mod surge;
-pub mod sweeper;
+pub mod store;
 
 /// Sets up structured logging (JSON in production, pretty locally); `RUST_LOG` filters.
 pub fn init_tracing(json: bool) {

@@ -68,8 +68,8 @@ pub async fn start(
         .await
         .with_context(|| format!("bind {}", config.bind_addr))?;
     let addr = listener.local_addr()?;
-    let redis = crate::redis_link::RedisLink::connect(&config.redis).await?;
-    let caches = crate::cache::Caches::connect(&config.redis)
+    let redis = crate::redis::link::RedisLink::connect(&config.redis).await?;
+    let caches = crate::redis::cache::Caches::connect(&config.redis)
         .await?
         .with_local_ttl(config.l1_local_ttl);
     let state = AppState::new(config, pool, redis, caches)?;
@@ -110,9 +110,9 @@ pub async fn start(
         ),
     }
 
-    crate::sweeper::spawn(state.clone(), shutdown.subscribe());
-    let relay = match crate::relay::RelaySettings::from_config(&state.config) {
-        Some(settings) => Some(crate::relay::spawn_relay(
+    crate::jobs::sweeper::spawn(state.clone(), shutdown.subscribe());
+    let relay = match crate::events::relay::RelaySettings::from_config(&state.config) {
+        Some(settings) => Some(crate::events::relay::spawn_relay(
             state.db.clone(),
             settings,
             shutdown.subscribe(),

@@ -8,13 +8,13 @@ use domain::quote_token::QuoteSigner;
 use domain::window::BookingPolicy;
 use sqlx::PgPool;
 
-use crate::availability::Availability;
-use crate::cache::Caches;
+use crate::app::surge::Surge;
 use crate::config::Config;
 use crate::inference::InferenceClient;
-use crate::locks::Locks;
-use crate::redis_link::RedisLink;
-use crate::surge::Surge;
+use crate::redis::availability::Availability;
+use crate::redis::cache::Caches;
+use crate::redis::link::RedisLink;
+use crate::redis::locks::Locks;
 
 /// Cheap to clone: everything behind an `Arc` or already a handle.
 #[derive(Clone)]
@@ -36,7 +36,7 @@ pub struct AppState {
     /// The surge grids of the served regions.
     pub surge: Surge,
     /// Bumps the edge cache generations after committed booking changes.
-    pub edge_gen: crate::edge_gen::EdgeGen,
+    pub edge_gen: crate::redis::edge_gen::EdgeGen,
 }
 
 impl std::fmt::Debug for AppState {
@@ -56,7 +56,7 @@ impl AppState {
         redis: RedisLink,
         caches: Caches,
     ) -> anyhow::Result<Self> {
-        let jwt = crate::auth::verifier(&config.jwt)?;
+        let jwt = crate::http::auth::verifier(&config.jwt)?;
         let keys = config
             .quote_keys
             .iter()
@@ -74,7 +74,7 @@ impl AppState {
             config.pricing.surge_resolution,
             config.pricing.budget,
         );
-        let edge_gen = crate::edge_gen::EdgeGen::new(config.edge_cache.as_ref())?;
+        let edge_gen = crate::redis::edge_gen::EdgeGen::new(config.edge_cache.as_ref())?;
         Ok(AppState {
             edge_gen,
             inference,

@@ -70,10 +70,10 @@ async fn the_reference_service_scores_risk_from_history_and_predicts_demand_per_
     .bind(uuid_of(&vehicle)?)
     .fetch_one(&pool)
     .await?;
-    let zone = origin::surge::cell_of(lat, lon, 8)
+    let zone = origin::app::surge::cell_of(lat, lon, 8)
         .ok_or_else(|| anyhow::anyhow!("cell"))?
         .to_string();
-    let elsewhere = origin::surge::cell_of(50.0, 8.0, 8)
+    let elsewhere = origin::app::surge::cell_of(50.0, 8.0, 8)
         .ok_or_else(|| anyhow::anyhow!("cell"))?
         .to_string();
     let quiet_hour = starts[0] + chrono::Duration::hours(5);

@@ -9,9 +9,9 @@ use e2e::test_redis::{self, TestRedis};
 use e2e::*;
 use futures_util::future::join_all;
 use origin::config::{RedisConfig, RedisMode, Secret};
-use origin::error::ApiError;
-use origin::locks::{Locks, LOCK_NAMESPACE};
-use origin::redis_link::RedisLink;
+use origin::http::error::ApiError;
+use origin::redis::link::RedisLink;
+use origin::redis::locks::{Locks, LOCK_NAMESPACE};
 use serde_json::Value;
 use sqlx::PgPool;
 

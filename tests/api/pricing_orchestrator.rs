@@ -59,19 +59,19 @@ async fn expected_total(
     .fetch_one(pool)
     .await?;
     let mut conn = pool.acquire().await?;
-    let ctx = origin::pricing::context(&mut conn, id.region, &class)
+    let ctx = origin::app::pricing::context(&mut conn, id.region, &class)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let w = domain::window::TimeWindow::new(window.0, window.1)?;
-    let breakdown = origin::pricing::quote_price(
+    let breakdown = origin::app::pricing::quote_price(
         &ctx,
         &w,
-        origin::pricing::parse_tz(&tz).map_err(|e| anyhow::anyhow!("{e}"))?,
-        origin::pricing::Signals {
+        origin::app::pricing::parse_tz(&tz).map_err(|e| anyhow::anyhow!("{e}"))?,
+        origin::app::pricing::Signals {
             surge: Multiplier::from_bp(surge_bp),
             risk: Multiplier::from_bp(risk_bp),
         },
-        origin::pricing::Customer::default(),
+        origin::app::pricing::Customer::default(),
         Utc::now(),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -17,14 +17,14 @@ use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::auth::AuthUser;
-use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{ApiJson, ApiPath, ApiQuery, IdempotencyKey, RequestId};
-use crate::idempotency::{self, Stored};
-use crate::pricing::admin::{
+use crate::app::pricing::admin::{
     self, BaseRateBody, Change, DiscountBody, TimeMultiplierBody, VehicleConfigBody, CLASSES,
 };
+use crate::http::auth::AuthUser;
+use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery, IdempotencyKey, RequestId};
 use crate::state::AppState;
+use crate::store::idempotency::{self, Stored};
 
 /// An applied, audited change.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -17,13 +17,13 @@ use uuid::Uuid;
 use super::dto::{
     BookingPage, BookingV1, BookingV2, CreateBookingRequest, ExtendRequest, ListQuery,
 };
-use crate::auth::AuthUser;
-use crate::bookings::{self, Action, Actor, ListFilter, Outcome, Rules};
-use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{ApiJson, ApiPath, ApiQuery, IdempotencyKey, RequestId};
-use crate::idempotency::{self, Stored};
-use crate::locks::LockSlot;
+use crate::http::auth::AuthUser;
+use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery, IdempotencyKey, RequestId};
+use crate::redis::locks::LockSlot;
 use crate::state::AppState;
+use crate::store::bookings::{self, Action, Actor, ListFilter, Outcome, Rules};
+use crate::store::idempotency::{self, Stored};
 
 /// Which body shape to answer with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::bookings::model::{Booking, Extension};
+use crate::store::bookings::model::{Booking, Extension};
 
 /// Money in minor units (v2).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

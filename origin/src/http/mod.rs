@@ -4,8 +4,12 @@
 //! `/openapi.json` come from the same list and cannot drift apart.
 
 pub mod admin;
+pub mod auth;
 pub mod bookings;
 pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod metrics;
 pub mod openapi_errors;
 pub mod quotes;
 pub mod search;
@@ -28,7 +32,7 @@ use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::error::{problem_response, ApiError, Problem};
+use crate::http::error::{problem_response, ApiError, Problem};
 use crate::state::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -144,7 +148,7 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
-        .routes(routes!(crate::metrics::render))
+        .routes(routes!(crate::http::metrics::render))
         .routes(routes!(search::search_v1))
         .routes(routes!(search::search_v2))
         .routes(routes!(quotes::create_quote_v1))
@@ -223,7 +227,7 @@ async fn problem_for_plain_errors(request: Request, next: Next) -> Response {
 
 /// The complete application: routes, `/openapi.json`, fallbacks and middleware.
 pub fn app(state: AppState) -> Router {
-    crate::metrics::handle();
+    crate::http::metrics::handle();
     let (router, doc) = api();
     let doc_json = serde_json::to_value(&doc).unwrap_or_default();
     let timeout = state.config.request_timeout;
@@ -242,7 +246,7 @@ pub fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(problem_for_plain_errors))
         .layer(middleware::from_fn_with_state(timeout, deadline))
-        .route_layer(middleware::from_fn(crate::metrics::track))
+        .route_layer(middleware::from_fn(crate::http::metrics::track))
         .with_state(state)
         .layer(middleware::from_fn_with_state(admission, shed::admit))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {

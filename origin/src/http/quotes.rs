@@ -26,15 +26,15 @@ use uuid::Uuid;
 use super::dto::{
     decimal, MoneyDto, MultipliersDto, PriceLineDto, QuoteRequest, QuoteV1, QuoteV2, WindowDto,
 };
-use crate::auth::AuthUser;
-use crate::cache::{CachedQuote, QuoteKey};
-use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::ApiJson;
-use crate::pricing::fetch::{self, QuoteFacts};
-use crate::pricing::validate::{self, Baseline, Refusal};
-use crate::pricing::{self, Customer};
+use crate::app::pricing::fetch::{self, QuoteFacts};
+use crate::app::pricing::validate::{self, Baseline, Refusal};
+use crate::app::pricing::{self, Customer};
+use crate::app::surge;
+use crate::http::auth::AuthUser;
+use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::extract::ApiJson;
+use crate::redis::cache::{CachedQuote, QuoteKey};
 use crate::state::AppState;
-use crate::surge;
 
 /// Parses and checks a window against the booking policy, naming the field at fault.
 pub fn parse_window(

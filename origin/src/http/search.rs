@@ -7,11 +7,11 @@ use domain::money::Money;
 use domain::search::{GeoPoint, SearchCursor};
 
 use super::dto::{decimal, BayDto, MoneyDto, SearchPage, SearchParams, VehicleHitV1, VehicleHitV2};
-use crate::auth::AuthUser;
-use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::ApiQuery;
+use crate::app::search::{self, Hit, SearchQuery, MAX_LIMIT, MAX_RADIUS_M};
+use crate::http::auth::AuthUser;
+use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::extract::ApiQuery;
 use crate::http::quotes::parse_window;
-use crate::search::{self, Hit, SearchQuery, MAX_LIMIT, MAX_RADIUS_M};
 use crate::state::AppState;
 
 const CLASSES: [&str; 5] = ["compact", "sedan", "suv", "van", "premium"];

@@ -24,7 +24,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use tokio::sync::Semaphore;
 
-use crate::error::{problem_response, Problem};
+use crate::http::error::{problem_response, Problem};
 
 /// The admission limit shared by every request of one app.
 #[derive(Debug, Clone)]

@@ -8,11 +8,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::admin::{require_ops, served_region};
-use crate::auth::AuthUser;
-use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::ApiQuery;
+use crate::app::surge::{self, CellSurge, SurgeGrid};
+use crate::http::auth::AuthUser;
+use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::extract::ApiQuery;
 use crate::state::AppState;
-use crate::surge::{self, CellSurge, SurgeGrid};
 
 /// Query of `GET /v1/surge`: a point (`lat` and `lon`) or a `region`.
 #[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
@@ -71,7 +71,7 @@ pub enum SurgeAnswer {
     /// For `lat` and `lon`.
     Point(SurgeAtPoint),
     /// For `region`.
-    Grid(crate::surge::SurgeGrid),
+    Grid(crate::app::surge::SurgeGrid),
 }
 
 /// The surge multiplier at a point (`lat`, `lon`) or a region's whole grid (`region`).

@@ -19,9 +19,9 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::error::{ApiError, ApiResult};
+use crate::app::pricing;
 use crate::events::{Event, Topic};
-use crate::pricing;
+use crate::http::error::{ApiError, ApiResult};
 use model::{Booking, BookingRow, Extension, COLUMNS};
 
 /// Who is changing a booking, for the history row.
@@ -70,7 +70,7 @@ fn not_found(id: &BookingId) -> ApiError {
 /// ids cannot be probed.
 pub async fn get_visible(
     pool: &PgPool,
-    user: &crate::auth::AuthUser,
+    user: &crate::http::auth::AuthUser,
     id: &BookingId,
 ) -> ApiResult<Booking> {
     let mut conn = pool.acquire().await?;

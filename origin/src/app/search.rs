@@ -21,9 +21,9 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::availability::Availability;
-use crate::error::{ApiError, ApiResult};
-use crate::pricing;
+use crate::app::pricing;
+use crate::http::error::{ApiError, ApiResult};
+use crate::redis::availability::Availability;
 
 /// The most candidates one search considers: a bound on work per request.
 pub const MAX_CANDIDATES: i64 = 5_000;
@@ -159,7 +159,7 @@ where
 pub async fn search(
     pool: &PgPool,
     availability: &Availability,
-    caches: &crate::cache::Caches,
+    caches: &crate::redis::cache::Caches,
     regions: &[Region],
     query: &SearchQuery,
     now: DateTime<Utc>,

@@ -35,10 +35,10 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
+use crate::app::pricing::{self, PricingContext};
 use crate::config::RedisConfig;
-use crate::error::ApiResult;
-use crate::pricing::{self, PricingContext};
-use crate::redis_link::RedisLink;
+use crate::http::error::ApiResult;
+use crate::redis::link::RedisLink;
 
 mod local;
 

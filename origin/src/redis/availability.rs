@@ -53,7 +53,7 @@ use sqlx::PgPool;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::redis_link::{stopped, RedisLink, Unavailable};
+use crate::redis::link::{stopped, RedisLink, Unavailable};
 
 /// Members per GEOADD command while building (bounds each command's size and time).
 const CHUNK: usize = 500;

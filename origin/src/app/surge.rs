@@ -36,8 +36,8 @@ use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use utoipa::ToSchema;
 
-use crate::cache::Caches;
 use crate::inference::{DemandRequest, InferenceClient};
+use crate::redis::cache::Caches;
 
 /// Highest surge multiplier (×3.0).
 pub const SURGE_CAP: Multiplier = Multiplier::from_bp(30_000);

@@ -61,8 +61,8 @@ use domain::ids::VehicleId;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::error::{ApiError, ApiResult};
-use crate::redis_link::{RedisLink, Unavailable};
+use crate::http::error::{ApiError, ApiResult};
+use crate::redis::link::{RedisLink, Unavailable};
 
 /// First half of the advisory-lock key: "lock" in ASCII, so `pg_locks` shows whose it is.
 pub const LOCK_NAMESPACE: i32 = 0x6c6f_636b;

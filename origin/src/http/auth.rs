@@ -11,7 +11,7 @@ use axum::http::request::Parts;
 use domain::auth::{Claims, JwtVerifier, VerifyKey};
 
 use crate::config::JwtConfig;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::state::AppState;
 
 /// The authenticated caller.

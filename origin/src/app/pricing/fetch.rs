@@ -6,7 +6,7 @@
 //! * **risk** — `POST /v1/risk-score` of the AI inference API → [`risk_multiplier`].
 //! * **demand** — `POST /v1/demand` for the vehicle's H3 cell and the window's first hours →
 //!   predicted bookings and supply; with the cell's live holds from the surge grid this is a
-//!   pressure, priced by the surge curve ([`crate::surge::curve`]).
+//!   pressure, priced by the surge curve ([`crate::app::surge::curve`]).
 //!
 //! The three run concurrently (`tokio::join!`), so a quote costs its slowest source, not the
 //! sum. Risk and demand share one deadline, `PRICING_BUDGET_MS` (default 150 ms) from the start
@@ -29,10 +29,10 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use super::{PricingContext, Signals};
-use crate::error::ApiResult;
+use crate::app::surge;
+use crate::http::error::ApiResult;
 use crate::inference::{DemandRequest, RiskRequest};
 use crate::state::AppState;
-use crate::surge;
 
 /// L2 lifetime of a risk multiplier (the seed's 24 h).
 pub const RISK_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);

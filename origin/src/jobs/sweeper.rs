@@ -25,7 +25,9 @@ pub fn spawn(state: AppState, mut stop: watch::Receiver<bool>) {
                 _ = stop.wait_for(|s| *s) => break,
             }
             loop {
-                match crate::bookings::sweep_expired_holds(&state.db, Utc::now(), BATCH).await {
+                match crate::store::bookings::sweep_expired_holds(&state.db, Utc::now(), BATCH)
+                    .await
+                {
                     Ok(n) if n > 0 => {
                         tracing::info!(expired = n, "sweeper ended expired holds");
                         if (n as i64) < BATCH {
@@ -41,9 +43,11 @@ pub fn spawn(state: AppState, mut stop: watch::Receiver<bool>) {
             }
             if last_purge.elapsed() > std::time::Duration::from_secs(3600) {
                 last_purge = std::time::Instant::now();
-                if let Err(e) =
-                    crate::idempotency::purge_older_than(&state.db, chrono::Duration::hours(24))
-                        .await
+                if let Err(e) = crate::store::idempotency::purge_older_than(
+                    &state.db,
+                    chrono::Duration::hours(24),
+                )
+                .await
                 {
                     tracing::warn!(error = %e, "idempotency key purge failed");
                 }

@@ -20,7 +20,7 @@ use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::error::{ApiError, ApiResult};
+use crate::http::error::{ApiError, ApiResult};
 
 /// Vehicle classes the fleet knows (the `vehicles.class` check).
 pub const CLASSES: [&str; 5] = ["compact", "sedan", "suv", "van", "premium"];

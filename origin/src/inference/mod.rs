@@ -18,6 +18,8 @@
 //!
 //! Both are pure reads, hence idempotent and safe to retry.
 
+pub mod breaker;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,8 +28,8 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::breaker::{BreakerSettings, CircuitBreaker};
 use crate::config::PricingConfig;
+use crate::inference::breaker::{BreakerSettings, CircuitBreaker};
 
 /// Body of `POST /v1/risk-score`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

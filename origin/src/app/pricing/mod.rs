@@ -23,7 +23,7 @@ use domain::window::TimeWindow;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::error::{ApiError, ApiResult};
+use crate::http::error::{ApiError, ApiResult};
 
 /// Everything the calculator needs for one region and vehicle class.
 #[derive(Debug, Clone)]

@@ -5,12 +5,14 @@
 //! Each event carries a stable UUIDv7 id (consumers deduplicate on it) and is keyed by the
 //! vehicle id, so one vehicle's events keep their order through the broker's partitioning.
 
+pub mod relay;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::bookings::model::Booking;
+use crate::store::bookings::model::Booking;
 
 /// The outbox topics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]

@@ -18,7 +18,7 @@ use futures_util::future::BoxFuture;
 use sha2::{Digest, Sha256};
 use sqlx::{PgConnection, PgPool};
 
-use crate::error::{ApiError, ApiResult};
+use crate::http::error::{ApiError, ApiResult};
 
 /// A response ready to send and to store: status and JSON body.
 #[derive(Debug, Clone)]

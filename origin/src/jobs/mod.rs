@@ -1,0 +1,3 @@
+//! Background jobs of the origin.
+
+pub mod sweeper;

@@ -16,6 +16,10 @@ if ! cargo deny --version 2>/dev/null | grep -q "$DENY_VERSION"; then
   cargo install cargo-deny --version "$DENY_VERSION" --locked >&2
 fi
 
+# `cargo deny` reads every package of the lockfile (all targets, windows-only crates too) from
+# ~/.cargo/registry; on a new machine the build has not downloaded those yet.
+cargo fetch --locked >&2
+
 checks=(licenses bans sources)
 if [[ "${1:-}" == "--advisories" ]]; then
   cargo deny --locked check advisories

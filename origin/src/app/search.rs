@@ -10,7 +10,7 @@
 //! cursor over it stays stable while bookings change: a vehicle that gets booked drops out of
 //! later pages, nothing shifts or repeats.
 
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 
 use chrono::{DateTime, Utc};
 use domain::ids::VehicleId;
@@ -160,13 +160,9 @@ pub async fn search(
             continue;
         }
         let region = row.vehicle_id.region;
-        let key = (region, row.class);
-        if !contexts.contains_key(&key) {
-            let ctx = caches.pricing(pool, region, row.class).await?;
-            contexts.insert(key, ctx);
-        }
-        let Some(ctx) = contexts.get(&key) else {
-            continue;
+        let ctx = match contexts.entry((region, row.class)) {
+            Entry::Occupied(cached) => cached.into_mut(),
+            Entry::Vacant(slot) => slot.insert(caches.pricing(pool, region, row.class).await?),
         };
         let price_minor =
             pricing::indicative_price(ctx, &query.window, pricing::parse_tz(&row.timezone)?)?;

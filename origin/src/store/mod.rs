@@ -9,10 +9,10 @@
 
 pub mod bookings;
 pub mod idempotency;
-pub mod pricing;
-pub mod pricing_admin;
-pub mod search;
-pub mod vehicles;
+pub(crate) mod pricing;
+pub(crate) mod pricing_admin;
+pub(crate) mod search;
+pub(crate) mod vehicles;
 
 use sqlx::PgPool;
 

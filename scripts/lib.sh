@@ -66,3 +66,13 @@ ensure_wasm_targets() {
     grep -qx "$t" <<<"$installed" || { log "adding Rust target $t"; rustup target add "$t" >&2; }
   done
 }
+
+# sqlx-cli, for `cargo sqlx prepare` (the compile-checked queries' cache in .sqlx/, see
+# scripts/sqlx.sh): the pinned version, with only the PostgreSQL driver; installed once.
+SQLX_CLI_VERSION=0.8.6
+ensure_sqlx_cli() {
+  if cargo sqlx --version 2>/dev/null | grep -qE " ${SQLX_CLI_VERSION//./\\.}\$"; then return 0; fi
+  log "installing sqlx-cli $SQLX_CLI_VERSION (once)"
+  cargo install sqlx-cli --version "$SQLX_CLI_VERSION" --no-default-features \
+    --features postgres,rustls --locked >&2
+}

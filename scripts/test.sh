@@ -18,6 +18,9 @@ log "dependency licences, bans and sources (cargo deny, offline)"
 bash scripts/deny.sh
 log "cargo clippy (all targets, -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Builds read the queries' types from .sqlx/ (no database): prove it matches the migrations.
+log "compile-checked queries: .sqlx/ against a freshly migrated private database"
+bash scripts/sqlx.sh check
 # The edge workers depend on the shared domain crate, so building them also proves that it
 # compiles for wasm32-unknown-unknown (Cloudflare) and wasm32-wasip2 (Spin).
 log "edge workers for workerd and wasmtime, with the domain crate for both wasm targets"

@@ -251,3 +251,75 @@ async fn a_retried_admin_post_with_the_same_idempotency_key_applies_once(
     assert_eq!(app.count("pricing_audit", "actor = 'ops-carl'").await?, 1);
     app.stop().await
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_unknown_vehicle_class_is_a_422_on_admin_paths_and_a_400_in_search(
+    pool: PgPool,
+) -> TestResult {
+    let app = spawn_app(pool).await?;
+    let ops = ops_token("ops-anna");
+    let rate = json!({ "currency": "EUR", "per_hour_minor": 1000, "per_day_minor": 5000 });
+    let config = json!({ "floor_minor": 100, "ceiling_minor": 90000 });
+    let put = |path: &str, token: &str, body: &Value| {
+        let req = app
+            .client
+            .put(format!("{}{path}", app.base))
+            .bearer_auth(token)
+            .json(body);
+        async move {
+            let resp = req.send().await?;
+            let status = resp.status().as_u16();
+            let content_type = resp
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            anyhow::Ok((status, content_type, body))
+        }
+    };
+    for (class, path, body) in [
+        ("truck", "/v1/admin/pricing/EUW/base-rates/truck", &rate),
+        ("SUV", "/v1/admin/pricing/EUW/vehicle-config/SUV", &config),
+    ] {
+        let (status, content_type, problem) = put(path, &ops, body).await?;
+        assert_eq!(status, 422, "{problem}");
+        assert_eq!(content_type, "application/problem+json");
+        assert_eq!(problem["type"], "/problems/validation");
+        assert_eq!(problem["field"], "class");
+        assert_eq!(
+            problem["detail"],
+            format!(
+                "unknown vehicle class \"{class}\" (expected one of compact, sedan, suv, van, premium)"
+            )
+        );
+    }
+    // The role is checked before the class, as before.
+    let (status, _, problem) = put(
+        "/v1/admin/pricing/EUW/base-rates/truck",
+        &token("not-ops"),
+        &rate,
+    )
+    .await?;
+    assert_eq!(status, 403, "{problem}");
+    assert_eq!(app.count("pricing_audit", "true").await?, 0);
+
+    let (start, end) = window(2, 2);
+    let (s, e) = (
+        start.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        end.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    );
+    let search = app
+        .get(
+            &format!("/v1/vehicles/search?lat=50.11&lon=8.68&start={s}&end={e}&class=Van"),
+            Some(&token("searcher")),
+        )
+        .await?;
+    search.assert_problem(400);
+    assert_eq!(
+        search.body["detail"],
+        "class: must be one of compact, sedan, suv, van, premium"
+    );
+    app.stop().await
+}

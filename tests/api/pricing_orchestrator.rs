@@ -59,7 +59,7 @@ async fn expected_total(
     .fetch_one(pool)
     .await?;
     let mut conn = pool.acquire().await?;
-    let ctx = origin::app::pricing::context(&mut conn, id.region, &class)
+    let ctx = origin::app::pricing::context(&mut conn, id.region, class.parse()?)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let w = domain::window::TimeWindow::new(window.0, window.1)?;

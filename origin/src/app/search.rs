@@ -10,20 +10,33 @@
 //! cursor over it stays stable while bookings change: a vehicle that gets booked drops out of
 //! later pages, nothing shifts or repeats.
 
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 
 use chrono::{DateTime, Utc};
 use domain::ids::VehicleId;
 use domain::region::Region;
 use domain::search::{haversine_m, GeoPoint, SearchCursor};
+use domain::vehicle::VehicleClass;
 use domain::window::TimeWindow;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::app::pricing;
-use crate::http::error::{ApiError, ApiResult};
+use crate::app::pricing::{self, PricingError};
 use crate::redis::availability::Availability;
+use crate::store::search::{self as store, BoundingBox, Candidate, Filters};
+
+/// Why a search could not be answered (each a server-side failure; bad input is refused
+/// before a [`SearchQuery`] exists).
+#[derive(Debug, thiserror::Error)]
+pub enum SearchError {
+    /// A candidate's indicative price could not be computed.
+    #[error(transparent)]
+    Pricing(#[from] PricingError),
+    /// The candidate query failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
 
 /// The most candidates one search considers: a bound on work per request.
 pub const MAX_CANDIDATES: i64 = 5_000;
@@ -38,7 +51,7 @@ pub struct SearchQuery {
     pub center: GeoPoint,
     pub radius_m: u32,
     pub window: TimeWindow,
-    pub class: Option<String>,
+    pub class: Option<VehicleClass>,
     pub min_seats: Option<i16>,
     pub fuel: Option<String>,
     pub max_price_minor: Option<i64>,
@@ -50,6 +63,8 @@ impl SearchQuery {
     /// A fingerprint of everything but the cursor and limit: a cursor only continues the
     /// search it came from.
     pub fn fingerprint(&self) -> u64 {
+        // The class as its name (`Some("van")`), as when it was a string: cursors handed out
+        // before stay valid.
         let text = format!(
             "{}|{}|{}|{}|{}|{:?}|{:?}|{:?}|{:?}",
             self.center.lat(),
@@ -57,7 +72,7 @@ impl SearchQuery {
             self.radius_m,
             self.window.start().timestamp(),
             self.window.end().timestamp(),
-            self.class,
+            self.class.map(VehicleClass::as_str),
             self.min_seats,
             self.fuel,
             self.max_price_minor
@@ -73,7 +88,7 @@ impl SearchQuery {
 #[derive(Debug, Clone)]
 pub struct Hit {
     pub vehicle_id: VehicleId,
-    pub class: String,
+    pub class: VehicleClass,
     pub make: String,
     pub model: String,
     pub seats: i16,
@@ -94,66 +109,6 @@ pub struct Page {
     pub next: Option<SearchCursor>,
 }
 
-type CandidateRow = (
-    Uuid,
-    String,
-    String,
-    String,
-    String,
-    i16,
-    String,
-    Uuid,
-    String,
-    f64,
-    f64,
-    String,
-);
-
-/// Everything but the candidate predicate: status, filters ($3–$5), the window ($6, $7) at
-/// `now` ($8), the bound ($9). `{where}` selects candidates with $1 and $2.
-const CANDIDATES_SQL: &str = "select v.id, v.region, v.class, v.make, v.model, v.seats, v.fuel,
-                b.id, b.name, b.lat, b.lon, b.timezone
-           from parking_bays b
-           join vehicles v on v.bay_id = b.id
-          where {where}
-            and v.status = 'active'
-            and ($3::text is null or v.class = $3)
-            and ($4::smallint is null or v.seats >= $4)
-            and ($5::text is null or v.fuel = $5)
-            and not exists (
-                select 1 from bookings k
-                 where k.vehicle_id = v.id
-                   and k.status in ('RESERVING', 'CONFIRMED', 'IN_PROGRESS')
-                   and k.period && tstzrange($6, $7, '[)')
-                   and not (k.status = 'RESERVING' and k.hold_expires_at <= $8))
-          limit $9";
-
-/// Runs the candidate statement with `first` as `$1` and the shared parameters after it.
-async fn fetch_candidates<T>(
-    pool: &PgPool,
-    sql: &str,
-    first: T,
-    region_codes: &[&str],
-    query: &SearchQuery,
-    now: DateTime<Utc>,
-) -> ApiResult<Vec<CandidateRow>>
-where
-    T: for<'q> sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send,
-{
-    Ok(sqlx::query_as(sql)
-        .bind(first)
-        .bind(region_codes)
-        .bind(&query.class)
-        .bind(query.min_seats)
-        .bind(&query.fuel)
-        .bind(query.window.start())
-        .bind(query.window.end())
-        .bind(now)
-        .bind(MAX_CANDIDATES)
-        .fetch_all(pool)
-        .await?)
-}
-
 /// Runs a search over the regions this origin serves: GEO candidates from `availability`
 /// when it can answer, else the PostgreSQL bounding box.
 pub async fn search(
@@ -163,68 +118,68 @@ pub async fn search(
     regions: &[Region],
     query: &SearchQuery,
     now: DateTime<Utc>,
-) -> ApiResult<Page> {
+) -> Result<Page, SearchError> {
     let lat = query.center.lat();
     let lon = query.center.lon();
-    let region_codes: Vec<&str> = regions.iter().map(|r| r.code()).collect();
     let geo = availability
         .candidates(query.center, query.radius_m, MAX_CANDIDATES)
         .await;
-    // The two candidate sources differ only in how they bound the bays ($1 and the `where`);
-    // the availability check and filters ($2..) are the same statement.
-    let rows: Vec<CandidateRow> = match geo {
+    let filters = Filters {
+        regions,
+        class: query.class,
+        min_seats: query.min_seats,
+        fuel: query.fuel.as_deref(),
+        window: &query.window,
+        now,
+        limit: MAX_CANDIDATES,
+    };
+    // The two candidate sources differ only in how they bound the bays; the availability
+    // check and the filters are the same.
+    let rows: Vec<Candidate> = match geo {
         Some(ids) if ids.is_empty() => Vec::new(),
-        Some(ids) => {
-            let sql = CANDIDATES_SQL.replace("{where}", "v.id = any($1) and v.region = any($2)");
-            fetch_candidates(pool, &sql, ids, &region_codes, query, now).await?
-        }
+        Some(ids) => store::near_ids(pool, &ids, &filters).await?,
         None => {
             let dlat = f64::from(query.radius_m) / 111_320.0;
             let dlon = f64::from(query.radius_m) / (111_320.0 * lat.to_radians().cos().max(0.01));
-            let sql = CANDIDATES_SQL.replace(
-                "{where}",
-                "b.region = any($2) and b.lat between ($1::float8[])[1] and ($1::float8[])[2]
-            and b.lon between ($1::float8[])[3] and ($1::float8[])[4]",
-            );
-            let bounds = vec![lat - dlat, lat + dlat, lon - dlon, lon + dlon];
-            fetch_candidates(pool, &sql, bounds, &region_codes, query, now).await?
+            let area = BoundingBox {
+                min_lat: lat - dlat,
+                max_lat: lat + dlat,
+                min_lon: lon - dlon,
+                max_lon: lon + dlon,
+            };
+            store::in_box(pool, area, &filters).await?
         }
     };
 
     // Pricing context per (region, class), from L2, looked up once per search.
-    let mut contexts: HashMap<(Region, String), pricing::PricingContext> = HashMap::new();
+    let mut contexts: HashMap<(Region, VehicleClass), pricing::PricingContext> = HashMap::new();
     let mut hits = Vec::new();
-    for (id, region, class, make, model, seats, fuel, bay_id, bay_name, blat, blon, tz) in rows {
-        let distance = haversine_m(lat, lon, blat, blon);
+    for row in rows {
+        let distance = haversine_m(lat, lon, row.lat, row.lon);
         if distance > f64::from(query.radius_m) {
             continue;
         }
-        let region: Region = region
-            .parse()
-            .map_err(|_| ApiError::Internal(anyhow::anyhow!("bad region {region}")))?;
-        let key = (region, class.clone());
-        if !contexts.contains_key(&key) {
-            let ctx = caches.pricing(pool, region, &class).await?;
-            contexts.insert(key.clone(), ctx);
-        }
-        let Some(ctx) = contexts.get(&key) else {
-            continue;
+        let region = row.vehicle_id.region;
+        let ctx = match contexts.entry((region, row.class)) {
+            Entry::Occupied(cached) => cached.into_mut(),
+            Entry::Vacant(slot) => slot.insert(caches.pricing(pool, region, row.class).await?),
         };
-        let price_minor = pricing::indicative_price(ctx, &query.window, pricing::parse_tz(&tz)?)?;
+        let price_minor =
+            pricing::indicative_price(ctx, &query.window, pricing::parse_tz(&row.timezone)?)?;
         if query.max_price_minor.is_some_and(|max| price_minor > max) {
             continue;
         }
         hits.push(Hit {
-            vehicle_id: VehicleId { region, uuid: id },
-            class,
-            make,
-            model,
-            seats,
-            fuel,
-            bay_id,
-            bay_name,
-            lat: blat,
-            lon: blon,
+            vehicle_id: row.vehicle_id,
+            class: row.class,
+            make: row.make,
+            model: row.model,
+            seats: row.seats,
+            fuel: row.fuel,
+            bay_id: row.bay_id,
+            bay_name: row.bay_name,
+            lat: row.lat,
+            lon: row.lon,
             // Whole metres: the ranking key must be exact to be a stable cursor.
             distance_m: distance.round() as u32,
             price_minor,
@@ -255,4 +210,48 @@ pub async fn search(
         None
     };
     Ok(Page { hits, next })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(class: Option<VehicleClass>) -> Result<SearchQuery, Box<dyn std::error::Error>> {
+        let start = DateTime::from_timestamp(1_800_000_000, 0).ok_or("time")?;
+        Ok(SearchQuery {
+            center: GeoPoint::new(50.11, 8.68)?,
+            radius_m: 2_000,
+            window: TimeWindow::new(start, start + chrono::Duration::hours(2))?,
+            class,
+            min_seats: Some(4),
+            fuel: None,
+            max_price_minor: None,
+            limit: 20,
+            cursor: None,
+        })
+    }
+
+    /// The fingerprint as it was computed when the class was an `Option<String>`.
+    fn fingerprint_of(text: &str) -> u64 {
+        let digest = Sha256::digest(text.as_bytes());
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(&digest[..8]);
+        u64::from_be_bytes(bytes)
+    }
+
+    #[test]
+    fn the_fingerprint_names_the_class_as_before_so_issued_cursors_stay_valid(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        assert_eq!(
+            query(Some(VehicleClass::Van))?.fingerprint(),
+            fingerprint_of(
+                r#"50.11|8.68|2000|1800000000|1800007200|Some("van")|Some(4)|None|None"#
+            )
+        );
+        assert_eq!(
+            query(None)?.fingerprint(),
+            fingerprint_of("50.11|8.68|2000|1800000000|1800007200|None|Some(4)|None|None")
+        );
+        Ok(())
+    }
 }

@@ -38,6 +38,7 @@ use utoipa::ToSchema;
 
 use crate::inference::{DemandRequest, InferenceClient};
 use crate::redis::cache::Caches;
+use crate::store;
 
 /// Highest surge multiplier (×3.0).
 pub const SURGE_CAP: Multiplier = Multiplier::from_bp(30_000);
@@ -296,26 +297,16 @@ impl Surge {
     pub async fn recompute(&self, region: Region) -> anyhow::Result<Arc<SurgeGrid>> {
         use anyhow::Context;
         let now = Utc::now();
-        let rows: Vec<(f64, f64, i64, i64)> = sqlx::query_as(
-            "select b.lat, b.lon,
-                    (select count(*) from vehicles v where v.bay_id = b.id and v.status = 'active'),
-                    (select count(*) from bookings k
-                      where k.bay_id = b.id and k.created_at > now() - interval '1 hour'
-                        and (k.status in ('CONFIRMED', 'IN_PROGRESS')
-                             or (k.status = 'RESERVING' and k.hold_expires_at > now())))
-               from parking_bays b where b.region = $1",
-        )
-        .bind(region.code())
-        .fetch_all(&self.db)
-        .await
-        .context("load surge inputs")?;
-        let mut inputs: Vec<CellInput> = rows
+        let loads = store::vehicles::bay_loads(&self.db, region)
+            .await
+            .context("load surge inputs")?;
+        let mut inputs: Vec<CellInput> = loads
             .into_iter()
-            .filter_map(|(lat, lon, supply, holds)| {
+            .filter_map(|bay| {
                 Some(CellInput {
-                    cell: cell_of(lat, lon, self.resolution)?,
-                    supply: u32::try_from(supply).unwrap_or(0),
-                    holds: u32::try_from(holds).unwrap_or(0),
+                    cell: cell_of(bay.lat, bay.lon, self.resolution)?,
+                    supply: u32::try_from(bay.supply).unwrap_or(0),
+                    holds: u32::try_from(bay.holds).unwrap_or(0),
                     predicted: 0.0,
                 })
             })

@@ -77,10 +77,9 @@ use rdkafka::types::RDKafkaErrorCode;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use uuid::Uuid;
 
 use crate::config::Config;
-use crate::events::Topic;
+use crate::events::{outbox, Topic};
 
 /// First key of the relay's advisory locks (`pg_try_advisory_lock(LOCK_NAMESPACE, lane)`);
 /// "OBRX", for outbox relay, so it cannot collide with other advisory locks of the schema.
@@ -233,16 +232,6 @@ impl Backoff {
 struct LockSession {
     conn: PgConnection,
     pid: i32,
-}
-
-/// One unpublished outbox row.
-#[derive(Debug, sqlx::FromRow)]
-struct OutboxRow {
-    id: i64,
-    event_id: Uuid,
-    topic: String,
-    partition_key: String,
-    payload: String,
 }
 
 /// The batch's instance no longer holds the lane (its lock session ended).
@@ -415,7 +404,7 @@ impl Relay {
             let mut conn = PgConnection::connect_with(&options)
                 .await
                 .context("open the relay's lock session")?;
-            let pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
+            let pid = sqlx::query_scalar!(r#"select pg_backend_pid() as "pid!""#)
                 .fetch_one(&mut conn)
                 .await
                 .context("read the lock session's pid")?;
@@ -434,12 +423,14 @@ impl Relay {
             if self.held.contains_key(&lane) || self.released.contains_key(&lane) {
                 continue;
             }
-            let taken: bool = sqlx::query_scalar("select pg_try_advisory_lock($1, $2)")
-                .bind(LOCK_NAMESPACE)
-                .bind(lane)
-                .fetch_one(&mut session.conn)
-                .await
-                .context("try a lane's advisory lock")?;
+            let taken = sqlx::query_scalar!(
+                r#"select pg_try_advisory_lock($1, $2) as "taken!""#,
+                LOCK_NAMESPACE,
+                lane,
+            )
+            .fetch_one(&mut session.conn)
+            .await
+            .context("try a lane's advisory lock")?;
             if taken {
                 tracing::debug!(lane, "outbox relay took a lane");
                 self.held.insert(lane, Instant::now());
@@ -462,12 +453,14 @@ impl Relay {
             .map(|(lane, _)| *lane)
             .collect();
         for lane in expired {
-            sqlx::query("select pg_advisory_unlock($1, $2)")
-                .bind(LOCK_NAMESPACE)
-                .bind(lane)
-                .execute(&mut session.conn)
-                .await
-                .context("release a lane's advisory lock")?;
+            sqlx::query_scalar!(
+                r#"select pg_advisory_unlock($1, $2) as "released!""#,
+                LOCK_NAMESPACE,
+                lane,
+            )
+            .fetch_one(&mut session.conn)
+            .await
+            .context("release a lane's advisory lock")?;
             self.held.remove(&lane);
             self.released.insert(lane, Instant::now());
         }
@@ -485,7 +478,7 @@ impl Relay {
         let alive = match self.session.as_mut() {
             Some(session) => tokio::time::timeout(
                 Duration::from_secs(2),
-                sqlx::query("select 1").execute(&mut session.conn),
+                sqlx::query_scalar!(r#"select 1 as "alive!""#).fetch_one(&mut session.conn),
             )
             .await
             .is_ok_and(|r| r.is_ok()),
@@ -510,10 +503,7 @@ impl Relay {
             return;
         }
         self.last_backlog = Some(Instant::now());
-        let count: Result<i64, _> =
-            sqlx::query_scalar("select count(*) from outbox where published_at is null")
-                .fetch_one(&self.pool)
-                .await;
+        let count = outbox::backlog(&self.pool).await;
         if let Ok(count) = count {
             metrics::gauge!("outbox_unpublished_rows").set(count as f64);
         }
@@ -543,35 +533,23 @@ async fn publish_batch(
 ) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await.context("begin a relay batch")?;
     // objsubid 2: the lock was taken with two int4 keys (classid = first, objid = second).
-    let holds: bool = sqlx::query_scalar(
-        "select exists (select 1 from pg_locks
-                         where locktype = 'advisory' and pid = $1 and granted and objsubid = 2
-                           and classid::int8 = $2 and objid::int8 = $3)",
+    let holds = sqlx::query_scalar!(
+        r#"select exists (select 1 from pg_locks
+                           where locktype = 'advisory' and pid = $1 and granted and objsubid = 2
+                             and classid::int8 = $2 and objid::int8 = $3) as "held!""#,
+        lock_pid,
+        i64::from(LOCK_NAMESPACE),
+        i64::from(lane),
     )
-    .bind(lock_pid)
-    .bind(i64::from(LOCK_NAMESPACE))
-    .bind(i64::from(lane))
     .fetch_one(&mut *tx)
     .await
     .context("check the lane's lock")?;
     if !holds {
         return Err(LaneLost(lane).into());
     }
-    // `::int8` before `abs`: abs(int4 minimum) would overflow.
-    let rows: Vec<OutboxRow> = sqlx::query_as(
-        "select id, event_id, topic, partition_key, payload::text as payload
-           from outbox
-          where published_at is null and abs(hashtext(partition_key)::int8) % $1 = $2
-          order by id
-          limit $3
-            for update",
-    )
-    .bind(i64::from(settings.lanes))
-    .bind(i64::from(lane))
-    .bind(settings.batch)
-    .fetch_all(&mut *tx)
-    .await
-    .context("select a batch of outbox rows")?;
+    let rows = outbox::lock_batch(&mut tx, settings.lanes, lane, settings.batch)
+        .await
+        .context("select a batch of outbox rows")?;
     if rows.is_empty() {
         return Ok(0);
     }
@@ -631,9 +609,7 @@ async fn publish_batch(
         }
     }
     if !acked.is_empty() {
-        sqlx::query("update outbox set published_at = now() where id = any($1)")
-            .bind(&acked)
-            .execute(&mut *tx)
+        outbox::mark_published(&mut tx, &acked)
             .await
             .context("mark outbox rows published")?;
     }

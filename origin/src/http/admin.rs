@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use std::sync::{Arc, Mutex};
 
 use domain::region::Region;
+use domain::vehicle::VehicleClass;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
@@ -18,7 +19,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::app::pricing::admin::{
-    self, BaseRateBody, Change, DiscountBody, TimeMultiplierBody, VehicleConfigBody, CLASSES,
+    self, BaseRateBody, Change, DiscountBody, TimeMultiplierBody, VehicleConfigBody,
 };
 use crate::http::auth::AuthUser;
 use crate::http::error::{ApiError, ApiResult, Problem};
@@ -63,6 +64,12 @@ pub fn require_ops(user: &AuthUser) -> ApiResult<()> {
             "pricing administration needs the ops role".into(),
         ))
     }
+}
+
+/// A vehicle class named in a path (422 naming `class` otherwise).
+fn path_class(text: &str) -> ApiResult<VehicleClass> {
+    text.parse()
+        .map_err(|e: domain::vehicle::UnknownVehicleClass| ApiError::field("class", e.to_string()))
 }
 
 /// A region this origin serves, from a path segment (404 otherwise).
@@ -172,11 +179,10 @@ where
     if !stored.replayed {
         // Committed. Effective at once: drop the region's pricing contexts from L2 and make
         // every cached quote unreachable (a bump, see cache.rs).
-        let classes: Vec<String> = CLASSES.iter().map(|c| (*c).to_owned()).collect();
         caller
             .state
             .caches
-            .invalidate_pricing(region, &classes)
+            .invalidate_pricing(region, &VehicleClass::ALL)
             .await;
         caller.state.caches.invalidate_all_quotes().await;
         let done = applied.lock().ok().and_then(|slot| *slot);
@@ -228,7 +234,7 @@ pub async fn put_base_rate(
     ApiJson(body): ApiJson<BaseRateBody>,
 ) -> ApiResult<Response> {
     let region = call.region(&region)?;
-    admin::check_class(&class)?;
+    let class = path_class(&class)?;
     body.validate(region)?;
     let hash = idempotency::fingerprint(
         "PUT",
@@ -236,7 +242,7 @@ pub async fn put_base_rate(
         &body,
     );
     apply(&call, region, hash, StatusCode::OK, move |conn| {
-        async move { admin::base_rate_put(conn, region, &class, &body).await }.boxed()
+        async move { Ok(admin::base_rate_put(conn, region, class, &body).await?) }.boxed()
     })
     .await
 }
@@ -259,7 +265,7 @@ pub async fn put_vehicle_config(
     ApiJson(body): ApiJson<VehicleConfigBody>,
 ) -> ApiResult<Response> {
     let region = call.region(&region)?;
-    admin::check_class(&class)?;
+    let class = path_class(&class)?;
     body.validate()?;
     let hash = idempotency::fingerprint(
         "PUT",
@@ -267,7 +273,7 @@ pub async fn put_vehicle_config(
         &body,
     );
     apply(&call, region, hash, StatusCode::OK, move |conn| {
-        async move { admin::vehicle_config_put(conn, region, &class, &body).await }.boxed()
+        async move { Ok(admin::vehicle_config_put(conn, region, class, &body).await?) }.boxed()
     })
     .await
 }
@@ -297,7 +303,7 @@ pub async fn create_time_multiplier(
         &body,
     );
     apply(&call, region, hash, StatusCode::CREATED, move |conn| {
-        async move { admin::time_multiplier_upsert(conn, region, None, &body).await }.boxed()
+        async move { Ok(admin::time_multiplier_upsert(conn, region, None, &body).await?) }.boxed()
     })
     .await
 }
@@ -328,7 +334,8 @@ pub async fn update_time_multiplier(
         &body,
     );
     apply(&call, region, hash, StatusCode::OK, move |conn| {
-        async move { admin::time_multiplier_upsert(conn, region, Some(id), &body).await }.boxed()
+        async move { Ok(admin::time_multiplier_upsert(conn, region, Some(id), &body).await?) }
+            .boxed()
     })
     .await
 }
@@ -355,7 +362,7 @@ pub async fn delete_time_multiplier(
         &(),
     );
     apply(&call, region, hash, StatusCode::OK, move |conn| {
-        async move { admin::time_multiplier_delete(conn, region, id).await }.boxed()
+        async move { Ok(admin::time_multiplier_delete(conn, region, id).await?) }.boxed()
     })
     .await
 }
@@ -385,7 +392,7 @@ pub async fn create_discount(
         &body,
     );
     apply(&call, region, hash, StatusCode::CREATED, move |conn| {
-        async move { admin::discount_upsert(conn, region, None, &body).await }.boxed()
+        async move { Ok(admin::discount_upsert(conn, region, None, &body).await?) }.boxed()
     })
     .await
 }
@@ -416,7 +423,7 @@ pub async fn update_discount(
         &body,
     );
     apply(&call, region, hash, StatusCode::OK, move |conn| {
-        async move { admin::discount_upsert(conn, region, Some(id), &body).await }.boxed()
+        async move { Ok(admin::discount_upsert(conn, region, Some(id), &body).await?) }.boxed()
     })
     .await
 }
@@ -443,7 +450,7 @@ pub async fn delete_discount(
         &(),
     );
     apply(&call, region, hash, StatusCode::OK, move |conn| {
-        async move { admin::discount_delete(conn, region, id).await }.boxed()
+        async move { Ok(admin::discount_delete(conn, region, id).await?) }.boxed()
     })
     .await
 }
@@ -472,14 +479,6 @@ pub async fn audit_log(
     if !(1..=200).contains(&limit) {
         return Err(ApiError::field("limit", "must be between 1 and 200"));
     }
-    let rows: Value = sqlx::query_scalar(
-        "select coalesce(jsonb_agg(to_jsonb(a) order by a.id desc), '[]')
-           from (select * from pricing_audit where $1::text is null or region = $1
-                  order by id desc limit $2) a",
-    )
-    .bind(region.map(|r| r.code()))
-    .bind(i64::from(limit))
-    .fetch_one(&state.db)
-    .await?;
+    let rows = admin::audit_log(&state.db, region, limit).await?;
     Ok(axum::Json(serde_json::json!({ "items": rows })))
 }

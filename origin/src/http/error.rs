@@ -258,5 +258,92 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+// The application services' errors (pricing, search, pricing administration), mapped once.
+
+/// A promo code nobody offers is the caller's mistake (422 naming `promo_code`); a pricing
+/// table that cannot price is ours (500, detail logged, not sent).
+impl From<crate::app::pricing::PricingError> for ApiError {
+    fn from(e: crate::app::pricing::PricingError) -> Self {
+        use crate::app::pricing::PricingError;
+        match e {
+            PricingError::UnknownPromoCode => ApiError::field("promo_code", e.to_string()),
+            PricingError::Database(db) => ApiError::from(db),
+            config @ PricingError::Config(_) => ApiError::Internal(anyhow::Error::new(config)),
+        }
+    }
+}
+
+impl From<crate::app::search::SearchError> for ApiError {
+    fn from(e: crate::app::search::SearchError) -> Self {
+        use crate::app::search::SearchError;
+        match e {
+            SearchError::Pricing(e) => ApiError::from(e),
+            SearchError::Database(e) => ApiError::from(e),
+        }
+    }
+}
+
+/// A refused change names its field (422); a missing rule is a 404.
+impl From<crate::app::pricing::admin::AdminError> for ApiError {
+    fn from(e: crate::app::pricing::admin::AdminError) -> Self {
+        use crate::app::pricing::admin::AdminError;
+        match e {
+            AdminError::Invalid { field, detail } => ApiError::field(field, detail),
+            AdminError::NotFound(what) => ApiError::NotFound(what),
+            AdminError::Database(e) => ApiError::from(e),
+        }
+    }
+}
+
 /// Result alias for handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod app_error_mapping_tests {
+    use super::*;
+    use crate::app::pricing::admin::AdminError;
+    use crate::app::pricing::PricingError;
+
+    #[test]
+    fn an_unknown_promo_code_is_a_422_naming_the_field() {
+        let problem = ApiError::from(PricingError::UnknownPromoCode).problem();
+        assert_eq!(problem.status, 422);
+        assert_eq!(problem.kind, "/problems/validation");
+        assert_eq!(problem.field.as_deref(), Some("promo_code"));
+        assert_eq!(problem.detail, "unknown or expired promo code");
+    }
+
+    #[test]
+    fn a_pricing_table_that_cannot_price_is_a_500_that_does_not_tell_why() {
+        let problem = ApiError::from(PricingError::Config("no rate for EUW van".into())).problem();
+        assert_eq!(problem.status, 500);
+        assert!(!problem.detail.contains("rate"), "{}", problem.detail);
+    }
+
+    #[test]
+    fn a_busy_database_under_pricing_or_admin_is_a_503_as_everywhere() {
+        let pricing = ApiError::from(PricingError::Database(sqlx::Error::PoolTimedOut));
+        let admin = ApiError::from(AdminError::Database(sqlx::Error::PoolTimedOut));
+        assert_eq!(pricing.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(admin.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
+    #[test]
+    fn refused_admin_changes_name_their_field_and_missing_rules_are_404() {
+        let invalid = ApiError::from(AdminError::Invalid {
+            field: "start_hour",
+            detail: "overlaps".into(),
+        })
+        .problem();
+        assert_eq!(
+            (invalid.status, invalid.field.as_deref()),
+            (422, Some("start_hour"))
+        );
+        assert_eq!(invalid.detail, "overlaps");
+        let missing = ApiError::from(AdminError::NotFound("no discount rule x".into())).problem();
+        assert_eq!(
+            (missing.status, missing.detail.as_str()),
+            (404, "no discount rule x")
+        );
+    }
+}

@@ -100,12 +100,8 @@ async fn healthz() -> impl IntoResponse {
         (status = 200, description = "Ready", body = serde_json::Value),
         (status = 503, description = "Not ready", body = serde_json::Value)))]
 async fn readyz(State(state): State<AppState>) -> Response {
-    let db = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query_scalar::<_, i32>("select 1").fetch_one(&state.db),
-    )
-    .await;
-    let db_ok = matches!(db, Ok(Ok(1)));
+    let db = tokio::time::timeout(Duration::from_secs(2), crate::store::ping(&state.db)).await;
+    let db_ok = matches!(db, Ok(Ok(())));
     let status = if db_ok {
         StatusCode::OK
     } else {

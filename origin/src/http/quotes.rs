@@ -35,6 +35,9 @@ use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::ApiJson;
 use crate::redis::cache::{CachedQuote, QuoteKey};
 use crate::state::AppState;
+use crate::store;
+use crate::store::pricing::Refused;
+use crate::store::vehicles::PricingFacts;
 
 /// Parses and checks a window against the booking policy, naming the field at fault.
 pub fn parse_window(
@@ -60,37 +63,16 @@ pub fn parse_window(
     Ok(window)
 }
 
-/// A vehicle's pricing facts.
-struct VehicleFacts {
-    class: String,
-    timezone: String,
-    lat: f64,
-    lon: f64,
-}
-
-async fn vehicle_facts(state: &AppState, id: &VehicleId) -> ApiResult<VehicleFacts> {
+async fn vehicle_facts(state: &AppState, id: &VehicleId) -> ApiResult<PricingFacts> {
     if !state.config.regions.contains(&id.region) {
         return Err(ApiError::NotFound(format!(
             "vehicle {id} belongs to region {} which this origin does not serve",
             id.region
         )));
     }
-    let row: Option<(String, String, f64, f64)> = sqlx::query_as(
-        "select v.class, b.timezone, b.lat, b.lon from vehicles v join parking_bays b on b.id = v.bay_id
-          where v.id = $1 and v.region = $2 and v.status = 'active'",
-    )
-    .bind(id.uuid)
-    .bind(id.region.code())
-    .fetch_optional(&state.db)
-    .await?;
-    let (class, timezone, lat, lon) =
-        row.ok_or_else(|| ApiError::NotFound(format!("vehicle {id} not found")))?;
-    Ok(VehicleFacts {
-        class,
-        timezone,
-        lat,
-        lon,
-    })
+    store::vehicles::pricing_facts(&state.db, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("vehicle {id} not found")))
 }
 
 /// L2 key of the previous quote's total for a vehicle and window (the jump baseline).
@@ -131,19 +113,19 @@ async fn record_refusal(
 ) {
     metrics::counter!("price_refusals_total", "reason" => refusal.reason()).increment(1);
     tracing::error!(%vehicle, user = %user.id, total, reason = refusal.reason(), detail = %refusal, "price refused");
-    let recorded = sqlx::query(
-        "insert into price_refusals (region, vehicle_id, user_id, period, total_minor, reason, detail)
-         values ($1, $2, $3, tstzrange($4, $5, '[)'), $6, $7, $8)",
+    let detail = refusal.to_string();
+    let recorded = store::pricing::record_refusal(
+        &state.db,
+        &Refused {
+            vehicle,
+            user_id: &user.id,
+            start: window.start(),
+            end: window.end(),
+            total_minor: total,
+            reason: refusal.reason(),
+            detail: &detail,
+        },
     )
-    .bind(vehicle.region.code())
-    .bind(vehicle.uuid)
-    .bind(&user.id)
-    .bind(window.start())
-    .bind(window.end())
-    .bind(total)
-    .bind(refusal.reason())
-    .bind(refusal.to_string())
-    .execute(&state.db)
     .await;
     if let Err(e) = recorded {
         tracing::warn!(error = %e, "could not record the price refusal");
@@ -186,33 +168,14 @@ async fn make_quote(
     }
     let facts = vehicle_facts(state, &vehicle_id).await?;
     if let Some(bay) = req.destination_bay_id {
-        let exists: bool = sqlx::query_scalar(
-            "select exists(select 1 from parking_bays where id = $1 and region = $2)",
-        )
-        .bind(bay)
-        .bind(vehicle_id.region.code())
-        .fetch_one(&state.db)
-        .await?;
-        if !exists {
+        if !store::vehicles::bay_in_region(&state.db, bay, vehicle_id.region).await? {
             return Err(ApiError::field(
                 "destination_bay_id",
                 "no such parking bay in the vehicle's region",
             ));
         }
     }
-    let taken: bool = sqlx::query_scalar(
-        "select exists(select 1 from bookings
-                        where vehicle_id = $1 and status in ('RESERVING', 'CONFIRMED', 'IN_PROGRESS')
-                          and period && tstzrange($2, $3, '[)')
-                          and not (status = 'RESERVING' and hold_expires_at <= $4))",
-    )
-    .bind(vehicle_id.uuid)
-    .bind(window.start())
-    .bind(window.end())
-    .bind(now)
-    .fetch_one(&state.db)
-    .await?;
-    if taken {
+    if store::vehicles::is_occupied(&state.db, &vehicle_id, &window, now).await? {
         return Err(ApiError::Conflict(format!(
             "vehicle {vehicle_id} is not available for that window"
         )));
@@ -223,7 +186,7 @@ async fn make_quote(
         user: &user.id,
         vehicle: &vehicle_id,
         window: &window,
-        class: &facts.class,
+        class: facts.class,
         cell: surge::cell_of(facts.lat, facts.lon, state.surge.resolution()),
     };
     let (fetched, (epoch, previous)) = tokio::join!(

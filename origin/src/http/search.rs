@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use domain::money::Money;
 use domain::search::{GeoPoint, SearchCursor};
+use domain::vehicle::VehicleClass;
 
 use super::dto::{decimal, BayDto, MoneyDto, SearchPage, SearchParams, VehicleHitV1, VehicleHitV2};
 use crate::app::search::{self, Hit, SearchQuery, MAX_LIMIT, MAX_RADIUS_M};
@@ -14,7 +15,6 @@ use crate::http::extract::ApiQuery;
 use crate::http::quotes::parse_window;
 use crate::state::AppState;
 
-const CLASSES: [&str; 5] = ["compact", "sedan", "suv", "van", "premium"];
 const FUELS: [&str; 4] = ["petrol", "diesel", "hybrid", "electric"];
 
 fn validate(state: &AppState, p: SearchParams) -> ApiResult<SearchQuery> {
@@ -33,14 +33,12 @@ fn validate(state: &AppState, p: SearchParams) -> ApiResult<SearchQuery> {
             "limit: must be between 1 and {MAX_LIMIT}"
         )));
     }
-    if let Some(class) = &p.class {
-        if !CLASSES.contains(&class.as_str()) {
-            return Err(ApiError::BadRequest(format!(
-                "class: must be one of {}",
-                CLASSES.join(", ")
-            )));
-        }
-    }
+    let class = match &p.class {
+        Some(class) => Some(class.parse::<VehicleClass>().map_err(|_| {
+            ApiError::BadRequest(format!("class: must be one of {}", VehicleClass::names()))
+        })?),
+        None => None,
+    };
     let fuel = match (p.fuel, p.electric) {
         (Some(f), Some(true)) if f != "electric" => {
             return Err(ApiError::BadRequest(
@@ -73,7 +71,7 @@ fn validate(state: &AppState, p: SearchParams) -> ApiResult<SearchQuery> {
         center,
         radius_m,
         window,
-        class: p.class,
+        class,
         min_seats: p.min_seats,
         fuel,
         max_price_minor: p.max_price_minor,
@@ -96,7 +94,7 @@ fn validate(state: &AppState, p: SearchParams) -> ApiResult<SearchQuery> {
 /// Validates and runs a search; shared by v1 and v2.
 async fn run(state: &AppState, p: SearchParams) -> ApiResult<search::Page> {
     let query = validate(state, p)?;
-    search::search(
+    Ok(search::search(
         &state.db,
         &state.availability,
         &state.caches,
@@ -104,7 +102,7 @@ async fn run(state: &AppState, p: SearchParams) -> ApiResult<search::Page> {
         &query,
         Utc::now(),
     )
-    .await
+    .await?)
 }
 
 fn bay(h: &Hit) -> BayDto {
@@ -139,7 +137,7 @@ pub async fn search_v1(
         .iter()
         .map(|h| VehicleHitV1 {
             vehicle_id: h.vehicle_id.to_string(),
-            class: h.class.clone(),
+            class: h.class.as_str().to_owned(),
             make: h.make.clone(),
             model: h.model.clone(),
             seats: h.seats,
@@ -180,7 +178,7 @@ pub async fn search_v2(
         .iter()
         .map(|h| VehicleHitV2 {
             vehicle_id: h.vehicle_id.to_string(),
-            class: h.class.clone(),
+            class: h.class.as_str().to_owned(),
             make: h.make.clone(),
             model: h.model.clone(),
             seats: h.seats,

@@ -54,6 +54,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::redis::link::{stopped, RedisLink, Unavailable};
+use crate::store;
 
 /// Members per GEOADD command while building (bounds each command's size and time).
 const CHUNK: usize = 500;
@@ -121,16 +122,9 @@ impl Availability {
     /// Rebuilds a region's index from PostgreSQL: build into a temporary key, then swap it in
     /// atomically.
     pub async fn rebuild(&self, region: Region) -> anyhow::Result<RebuildReport> {
-        let rows: Vec<(Uuid, f64, f64)> = sqlx::query_as(
-            "select v.id, b.lon, b.lat
-               from vehicles v join parking_bays b on b.id = v.bay_id
-              where v.region = $1 and v.status = 'active'
-              order by v.id",
-        )
-        .bind(region.code())
-        .fetch_all(&self.db)
-        .await
-        .with_context(|| format!("read active vehicles of {region}"))?;
+        let rows = store::vehicles::active_positions(&self.db, region)
+            .await
+            .with_context(|| format!("read active vehicles of {region}"))?;
 
         let live = self.geo_key(region);
         let built = self.built_key(region);
@@ -143,7 +137,10 @@ impl Availability {
             .await
             .context("read the current index")?;
         let old: BTreeSet<String> = old.into_iter().collect();
-        let new: BTreeSet<String> = rows.iter().map(|r| r.0.simple().to_string()).collect();
+        let new: BTreeSet<String> = rows
+            .iter()
+            .map(|r| r.vehicle.simple().to_string())
+            .collect();
         let stamp = chrono::Utc::now().to_rfc3339();
 
         if rows.is_empty() {
@@ -169,8 +166,10 @@ impl Availability {
             for (n, chunk) in rows.chunks(CHUNK).enumerate() {
                 let mut add = redis::cmd("GEOADD");
                 add.arg(&tmp);
-                for (id, lon, lat) in chunk {
-                    add.arg(*lon).arg(*lat).arg(id.simple().to_string());
+                for position in chunk {
+                    add.arg(position.lon)
+                        .arg(position.lat)
+                        .arg(position.vehicle.simple().to_string());
                 }
                 let mut pipe = redis::pipe();
                 if n == 0 {

@@ -29,16 +29,17 @@ use domain::pricing::{
 };
 use domain::quote_token::QuoteClaims;
 use domain::region::Region;
+use domain::vehicle::VehicleClass;
 use domain::window::TimeWindow;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
-use crate::app::pricing::{self, PricingContext};
+use crate::app::pricing::{self, PricingContext, PricingError};
 use crate::config::RedisConfig;
-use crate::http::error::ApiResult;
 use crate::redis::link::RedisLink;
+use crate::store;
 
 mod local;
 
@@ -92,6 +93,13 @@ struct StoredContext {
     rate: RateCard,
     time_rules: Vec<TimeMultiplierRule>,
     discounts: Vec<DiscountRule>,
+}
+
+/// The L2 key of a pricing context, before the layer's prefix (`l2:pricing:EUW:suv`): the same
+/// text as when the class was a string, so contexts cached by the previous release are found
+/// (and invalidated) under the same keys.
+fn pricing_entry(region: Region, class: VehicleClass) -> String {
+    format!("l2:pricing:{}:{}", region.code(), class.as_str())
 }
 
 fn count(layer: &'static str, kind: &'static str, result: &'static str) {
@@ -354,9 +362,8 @@ impl Caches {
             .await;
     }
 
-    fn pricing_key(&self, region: Region, class: &str) -> String {
-        self.l2
-            .key(&format!("l2:pricing:{}:{class}", region.code()))
+    fn pricing_key(&self, region: Region, class: VehicleClass) -> String {
+        self.l2.key(&pricing_entry(region, class))
     }
 
     /// The pricing context of a region and class: L2, else PostgreSQL (then stored in L2).
@@ -364,8 +371,8 @@ impl Caches {
         &self,
         db: &PgPool,
         region: Region,
-        class: &str,
-    ) -> ApiResult<PricingContext> {
+        class: VehicleClass,
+    ) -> Result<PricingContext, PricingError> {
         let key = self.pricing_key(region, class);
         let cached = self
             .l2
@@ -400,7 +407,7 @@ impl Caches {
         Ok(ctx)
     }
 
-    async fn store_pricing(&self, region: Region, class: &str, ctx: &PricingContext) {
+    async fn store_pricing(&self, region: Region, class: VehicleClass, ctx: &PricingContext) {
         let stored = StoredContext {
             rate: ctx.rate.clone(),
             time_rules: ctx.time_rules.clone(),
@@ -420,10 +427,10 @@ impl Caches {
     }
 
     /// Drops a region's pricing contexts (after a pricing change).
-    pub async fn invalidate_pricing(&self, region: Region, classes: &[String]) {
+    pub async fn invalidate_pricing(&self, region: Region, classes: &[VehicleClass]) {
         let keys: Vec<String> = classes
             .iter()
-            .map(|c| self.pricing_key(region, c))
+            .map(|c| self.pricing_key(region, *c))
             .collect();
         if keys.is_empty() {
             return;
@@ -438,25 +445,34 @@ impl Caches {
 
     /// Cache warming at start: loads every served region's pricing contexts into L2.
     pub async fn warm(&self, db: &PgPool, regions: &[Region]) -> anyhow::Result<usize> {
-        let codes: Vec<&str> = regions.iter().map(|r| r.code()).collect();
-        let pairs: Vec<(String, String)> =
-            sqlx::query_as("select region, class from base_rates where region = any($1)")
-                .bind(&codes)
-                .fetch_all(db)
-                .await?;
+        let pairs = store::pricing::priced_classes(db, regions).await?;
         let mut warmed = 0;
         for (region, class) in pairs {
-            let Ok(region) = region.parse::<Region>() else {
-                continue;
-            };
             let mut conn = db.acquire().await?;
-            let ctx = pricing::context(&mut conn, region, &class)
+            let ctx = pricing::context(&mut conn, region, class)
                 .await
                 .map_err(|e| anyhow::anyhow!("warm {region} {class}: {e}"))?;
             drop(conn);
-            self.store_pricing(region, &class, &ctx).await;
+            self.store_pricing(region, class, &ctx).await;
             warmed += 1;
         }
         Ok(warmed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pricing_context_keys_name_the_region_code_and_the_lower_case_class() {
+        assert_eq!(
+            pricing_entry(Region::Euw, VehicleClass::Suv),
+            "l2:pricing:EUW:suv"
+        );
+        assert_eq!(
+            pricing_entry(Region::Eun, VehicleClass::Premium),
+            "l2:pricing:EUN:premium"
+        );
     }
 }

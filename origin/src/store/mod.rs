@@ -1,5 +1,31 @@
 //! PostgreSQL repositories: each module owns its tables and their SQL. Nothing outside `store/`
-//! writes SQL against these tables.
+//! writes SQL against these tables (the outbox's statements live with the relay, in
+//! `events/outbox.rs`).
+//!
+//! Every static statement is a compile-checked `sqlx::query!`/`query_as!`/`query_scalar!`,
+//! checked against the migrations when `.sqlx/` is prepared (see README, "Queries"). Rows
+//! become domain types at this boundary; a value the domain refuses is a decode error
+//! ([`corrupt`]), never a string that travels on.
 
 pub mod bookings;
 pub mod idempotency;
+pub(crate) mod pricing;
+pub(crate) mod pricing_admin;
+pub(crate) mod search;
+pub(crate) mod vehicles;
+
+use sqlx::PgPool;
+
+/// A row value the domain refuses (a check the schema lacks, or a value a newer release
+/// wrote): a decode error of that row, which the HTTP layer answers as a 500.
+pub(crate) fn corrupt(e: impl std::fmt::Display) -> sqlx::Error {
+    sqlx::Error::Decode(e.to_string().into())
+}
+
+/// Whether PostgreSQL answers (readiness).
+pub async fn ping(pool: &PgPool) -> sqlx::Result<()> {
+    sqlx::query_scalar!(r#"select 1 as "one!""#)
+        .fetch_one(pool)
+        .await?;
+    Ok(())
+}

@@ -18,6 +18,7 @@ pub mod ratelimit;
 pub mod region;
 pub mod search;
 pub mod state;
+pub mod vehicle;
 pub mod window;
 
 pub use ids::{BookingId, VehicleId};
@@ -25,4 +26,5 @@ pub use money::{Currency, Money};
 pub use multiplier::Multiplier;
 pub use region::Region;
 pub use state::{BookingEvent, BookingStatus};
+pub use vehicle::VehicleClass;
 pub use window::TimeWindow;

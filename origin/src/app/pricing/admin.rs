@@ -11,19 +11,39 @@
 //! * **Effective at once**: after the commit the region's L2 pricing contexts are deleted and
 //!   the pricing-wide L1 generation is bumped, so the next quote anywhere is computed from the
 //!   new tables (see `cache.rs`).
+//!
+//! This module decides; the statements are in `store/pricing_admin.rs`. Refusals are
+//! [`AdminError`]s, which `http/error.rs` turns into 422 (naming the field) and 404.
 
 use chrono::{DateTime, Utc};
 use domain::region::Region;
+use domain::vehicle::VehicleClass;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::http::error::{ApiError, ApiResult};
+use crate::store::pricing_admin::{
+    self as store, AuditEntry, DiscountFields, DiscountWrite, TimeMultiplierFields,
+};
 
-/// Vehicle classes the fleet knows (the `vehicles.class` check).
-pub const CLASSES: [&str; 5] = ["compact", "sedan", "suv", "van", "premium"];
+/// Why a change was not made. The HTTP layer (`http/error.rs`) maps each to its answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// The change breaks a rule; `field` names the culprit.
+    #[error("{detail}")]
+    Invalid { field: &'static str, detail: String },
+    /// The rule to replace or delete does not exist in that region.
+    #[error("{0}")]
+    NotFound(String),
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Result of an admin operation.
+pub type AdminResult<T> = Result<T, AdminError>;
 /// Sane range of a time-of-day multiplier: ×0.5 … ×3.0.
 pub const TIME_MULTIPLIER_BP: std::ops::RangeInclusive<i32> = 5_000..=30_000;
 
@@ -101,29 +121,20 @@ pub struct Change {
     pub after: Option<Value>,
 }
 
-fn check(ok: bool, field: &str, detail: impl Into<String>) -> ApiResult<()> {
+fn check(ok: bool, field: &'static str, detail: impl Into<String>) -> AdminResult<()> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::field(field, detail))
+        Err(AdminError::Invalid {
+            field,
+            detail: detail.into(),
+        })
     }
-}
-
-/// A class named in a path.
-pub fn check_class(class: &str) -> ApiResult<()> {
-    check(
-        CLASSES.contains(&class),
-        "class",
-        format!(
-            "unknown vehicle class {class:?} (expected one of {})",
-            CLASSES.join(", ")
-        ),
-    )
 }
 
 impl BaseRateBody {
     /// Range and currency checks.
-    pub fn validate(&self, region: Region) -> ApiResult<()> {
+    pub fn validate(&self, region: Region) -> AdminResult<()> {
         check(
             self.currency == region.currency().code(),
             "currency",
@@ -144,7 +155,7 @@ impl BaseRateBody {
 
 impl VehicleConfigBody {
     /// Floor ≥ 0, ceiling ≥ floor.
-    pub fn validate(&self) -> ApiResult<()> {
+    pub fn validate(&self) -> AdminResult<()> {
         check(self.floor_minor >= 0, "floor_minor", "must be at least 0")?;
         check(
             (self.floor_minor..=1_000_000_000).contains(&self.ceiling_minor),
@@ -156,7 +167,7 @@ impl VehicleConfigBody {
 
 impl TimeMultiplierBody {
     /// Ranges (overlap is checked against the database, see [`time_multiplier_upsert`]).
-    pub fn validate(&self) -> ApiResult<()> {
+    pub fn validate(&self) -> AdminResult<()> {
         check(
             (1..=127).contains(&self.days_mask),
             "days_mask",
@@ -192,7 +203,7 @@ impl TimeMultiplierBody {
 
 impl DiscountBody {
     /// Kind-specific required fields and ranges.
-    pub fn validate(&self) -> ApiResult<()> {
+    pub fn validate(&self) -> AdminResult<()> {
         check(
             matches!(self.kind.as_str(), "promo" | "long_duration" | "membership"),
             "kind",
@@ -231,71 +242,43 @@ impl DiscountBody {
     }
 }
 
-async fn snapshot(
-    conn: &mut PgConnection,
-    sql: &str,
-    region: Region,
-    key: &str,
-) -> ApiResult<Option<Value>> {
-    Ok(sqlx::query_scalar(sql)
-        .bind(region.code())
-        .bind(key)
-        .fetch_optional(&mut *conn)
-        .await?)
-}
-
 /// Serialises pricing changes of one region (held until the transaction ends).
-pub async fn lock_region(conn: &mut PgConnection, region: Region) -> ApiResult<()> {
-    sqlx::query("select pg_advisory_xact_lock(hashtext('pricing-admin:' || $1))")
-        .bind(region.code())
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+pub async fn lock_region(conn: &mut PgConnection, region: Region) -> AdminResult<()> {
+    Ok(store::lock_region(conn, region).await?)
 }
 
-const BASE_RATE_ROW: &str =
-    "select to_jsonb(t) from base_rates t where t.region = $1 and t.class = $2";
-const CONFIG_ROW: &str =
-    "select to_jsonb(t) from vehicle_config t where t.region = $1 and t.class = $2";
-const TIME_ROW: &str =
-    "select to_jsonb(t) from time_multipliers t where t.region = $1 and t.id::text = $2";
-const DISCOUNT_ROW: &str =
-    "select to_jsonb(t) from discount_rules t where t.region = $1 and t.id::text = $2";
+fn created_or_updated(before: &Option<Value>) -> &'static str {
+    if before.is_some() {
+        "update"
+    } else {
+        "create"
+    }
+}
 
 /// Creates or replaces a class's base rate.
 pub async fn base_rate_put(
     conn: &mut PgConnection,
     region: Region,
-    class: &str,
+    class: VehicleClass,
     body: &BaseRateBody,
-) -> ApiResult<Change> {
-    let before = snapshot(conn, BASE_RATE_ROW, region, class).await?;
+) -> AdminResult<Change> {
+    let before = store::base_rate_row(conn, region, class).await?;
     // A rate without a floor and ceiling could not be quoted (the rate card joins both).
-    if snapshot(conn, CONFIG_ROW, region, class).await?.is_none() {
-        return Err(ApiError::field(
-            "class",
-            format!("set /vehicle-config/{class} (floor and ceiling) before its base rate"),
-        ));
+    if store::vehicle_config_row(conn, region, class)
+        .await?
+        .is_none()
+    {
+        return Err(AdminError::Invalid {
+            field: "class",
+            detail: format!("set /vehicle-config/{class} (floor and ceiling) before its base rate"),
+        });
     }
-    sqlx::query(
-        "insert into base_rates (region, class, currency, per_hour_minor, per_day_minor)
-         values ($1, $2, $3, $4, $5)
-         on conflict (region, class) do update
-            set currency = excluded.currency, per_hour_minor = excluded.per_hour_minor,
-                per_day_minor = excluded.per_day_minor, updated_at = now()",
-    )
-    .bind(region.code())
-    .bind(class)
-    .bind(&body.currency)
-    .bind(body.per_hour_minor)
-    .bind(body.per_day_minor)
-    .execute(&mut *conn)
-    .await?;
-    let after = snapshot(conn, BASE_RATE_ROW, region, class).await?;
+    store::upsert_base_rate(conn, region, class, body.per_hour_minor, body.per_day_minor).await?;
+    let after = store::base_rate_row(conn, region, class).await?;
     Ok(Change {
-        action: if before.is_some() { "update" } else { "create" },
+        action: created_or_updated(&before),
         entity: "base_rate",
-        key: class.to_owned(),
+        key: class.as_str().to_owned(),
         before,
         after,
     })
@@ -305,28 +288,16 @@ pub async fn base_rate_put(
 pub async fn vehicle_config_put(
     conn: &mut PgConnection,
     region: Region,
-    class: &str,
+    class: VehicleClass,
     body: &VehicleConfigBody,
-) -> ApiResult<Change> {
-    let before = snapshot(conn, CONFIG_ROW, region, class).await?;
-    sqlx::query(
-        "insert into vehicle_config (region, class, floor_minor, ceiling_minor)
-         values ($1, $2, $3, $4)
-         on conflict (region, class) do update
-            set floor_minor = excluded.floor_minor, ceiling_minor = excluded.ceiling_minor,
-                updated_at = now()",
-    )
-    .bind(region.code())
-    .bind(class)
-    .bind(body.floor_minor)
-    .bind(body.ceiling_minor)
-    .execute(&mut *conn)
-    .await?;
-    let after = snapshot(conn, CONFIG_ROW, region, class).await?;
+) -> AdminResult<Change> {
+    let before = store::vehicle_config_row(conn, region, class).await?;
+    store::upsert_vehicle_config(conn, region, class, body.floor_minor, body.ceiling_minor).await?;
+    let after = store::vehicle_config_row(conn, region, class).await?;
     Ok(Change {
-        action: if before.is_some() { "update" } else { "create" },
+        action: created_or_updated(&before),
         entity: "vehicle_config",
-        key: class.to_owned(),
+        key: class.as_str().to_owned(),
         before,
         after,
     })
@@ -339,53 +310,40 @@ pub async fn time_multiplier_upsert(
     region: Region,
     id: Option<Uuid>,
     body: &TimeMultiplierBody,
-) -> ApiResult<Change> {
+) -> AdminResult<Change> {
     let before = match id {
         Some(id) => Some(
-            snapshot(conn, TIME_ROW, region, &id.to_string())
+            store::time_multiplier_row(conn, region, id)
                 .await?
-                .ok_or_else(|| ApiError::NotFound(format!("no time multiplier {id}")))?,
+                .ok_or_else(|| AdminError::NotFound(format!("no time multiplier {id}")))?,
         ),
         None => None,
     };
-    let others: Vec<(Uuid, i16, i16, i16)> = sqlx::query_as(
-        "select id, days_mask, start_hour, end_hour from time_multipliers
-          where region = $1 and ($2::uuid is null or id <> $2)",
-    )
-    .bind(region.code())
-    .bind(id)
-    .fetch_all(&mut *conn)
-    .await?;
-    if let Some((other, ..)) = others
+    let others = store::time_windows(conn, region, id).await?;
+    if let Some(other) = others
         .iter()
-        .find(|(_, days, start, end)| body.overlaps(*days, *start, *end))
+        .find(|w| body.overlaps(w.days_mask, w.start_hour, w.end_hour))
     {
-        return Err(ApiError::field(
-            "start_hour",
-            format!("the window overlaps time multiplier {other} on a common day"),
-        ));
+        return Err(AdminError::Invalid {
+            field: "start_hour",
+            detail: format!(
+                "the window overlaps time multiplier {} on a common day",
+                other.id
+            ),
+        });
     }
     let id = id.unwrap_or_else(Uuid::now_v7);
-    sqlx::query(
-        "insert into time_multipliers (id, region, days_mask, start_hour, end_hour, multiplier_bp, label)
-         values ($1, $2, $3, $4, $5, $6, coalesce($7, ''))
-         on conflict (id) do update
-            set days_mask = excluded.days_mask, start_hour = excluded.start_hour,
-                end_hour = excluded.end_hour, multiplier_bp = excluded.multiplier_bp,
-                label = excluded.label, updated_at = now()",
-    )
-    .bind(id)
-    .bind(region.code())
-    .bind(body.days_mask)
-    .bind(body.start_hour)
-    .bind(body.end_hour)
-    .bind(body.multiplier_bp)
-    .bind(&body.label)
-    .execute(&mut *conn)
-    .await?;
-    let after = snapshot(conn, TIME_ROW, region, &id.to_string()).await?;
+    let fields = TimeMultiplierFields {
+        days_mask: body.days_mask,
+        start_hour: body.start_hour,
+        end_hour: body.end_hour,
+        multiplier_bp: body.multiplier_bp,
+        label: body.label.as_deref(),
+    };
+    store::upsert_time_multiplier(conn, region, id, &fields).await?;
+    let after = store::time_multiplier_row(conn, region, id).await?;
     Ok(Change {
-        action: if before.is_some() { "update" } else { "create" },
+        action: created_or_updated(&before),
         entity: "time_multiplier",
         key: id.to_string(),
         before,
@@ -398,15 +356,11 @@ pub async fn time_multiplier_delete(
     conn: &mut PgConnection,
     region: Region,
     id: Uuid,
-) -> ApiResult<Change> {
-    let before = snapshot(conn, TIME_ROW, region, &id.to_string())
+) -> AdminResult<Change> {
+    let before = store::time_multiplier_row(conn, region, id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no time multiplier {id}")))?;
-    sqlx::query("delete from time_multipliers where id = $1 and region = $2")
-        .bind(id)
-        .bind(region.code())
-        .execute(&mut *conn)
-        .await?;
+        .ok_or_else(|| AdminError::NotFound(format!("no time multiplier {id}")))?;
+    store::delete_time_multiplier(conn, region, id).await?;
     Ok(Change {
         action: "delete",
         entity: "time_multiplier",
@@ -422,50 +376,38 @@ pub async fn discount_upsert(
     region: Region,
     id: Option<Uuid>,
     body: &DiscountBody,
-) -> ApiResult<Change> {
+) -> AdminResult<Change> {
     let before = match id {
         Some(id) => Some(
-            snapshot(conn, DISCOUNT_ROW, region, &id.to_string())
+            store::discount_row(conn, region, id)
                 .await?
-                .ok_or_else(|| ApiError::NotFound(format!("no discount rule {id}")))?,
+                .ok_or_else(|| AdminError::NotFound(format!("no discount rule {id}")))?,
         ),
         None => None,
     };
     let id = id.unwrap_or_else(Uuid::now_v7);
-    let written = sqlx::query(
-        "insert into discount_rules (id, region, kind, code, percent_bp, min_duration_minutes,
-                                     membership_tier, valid_from, valid_until, active)
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, coalesce($10, true))
-         on conflict (id) do update
-            set kind = excluded.kind, code = excluded.code, percent_bp = excluded.percent_bp,
-                min_duration_minutes = excluded.min_duration_minutes,
-                membership_tier = excluded.membership_tier, valid_from = excluded.valid_from,
-                valid_until = excluded.valid_until, active = excluded.active, updated_at = now()",
-    )
-    .bind(id)
-    .bind(region.code())
-    .bind(&body.kind)
-    .bind(body.code.as_deref().map(str::trim))
-    .bind(body.percent_bp)
-    .bind(body.min_duration_minutes)
-    .bind(&body.membership_tier)
-    .bind(body.valid_from)
-    .bind(body.valid_until)
-    .bind(body.active)
-    .execute(&mut *conn)
-    .await;
-    if let Err(sqlx::Error::Database(db)) = &written {
-        if db.constraint() == Some("discount_rules_promo_code") {
-            return Err(ApiError::field(
-                "code",
-                "another promo rule of this region has that code",
-            ));
+    let fields = DiscountFields {
+        kind: &body.kind,
+        code: body.code.as_deref().map(str::trim),
+        percent_bp: body.percent_bp,
+        min_duration_minutes: body.min_duration_minutes,
+        membership_tier: body.membership_tier.as_deref(),
+        valid_from: body.valid_from,
+        valid_until: body.valid_until,
+        active: body.active,
+    };
+    match store::upsert_discount(conn, region, id, &fields).await? {
+        DiscountWrite::Written => {}
+        DiscountWrite::CodeTaken => {
+            return Err(AdminError::Invalid {
+                field: "code",
+                detail: "another promo rule of this region has that code".into(),
+            })
         }
     }
-    written?;
-    let after = snapshot(conn, DISCOUNT_ROW, region, &id.to_string()).await?;
+    let after = store::discount_row(conn, region, id).await?;
     Ok(Change {
-        action: if before.is_some() { "update" } else { "create" },
+        action: created_or_updated(&before),
         entity: "discount_rule",
         key: id.to_string(),
         before,
@@ -478,15 +420,11 @@ pub async fn discount_delete(
     conn: &mut PgConnection,
     region: Region,
     id: Uuid,
-) -> ApiResult<Change> {
-    let before = snapshot(conn, DISCOUNT_ROW, region, &id.to_string())
+) -> AdminResult<Change> {
+    let before = store::discount_row(conn, region, id)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no discount rule {id}")))?;
-    sqlx::query("delete from discount_rules where id = $1 and region = $2")
-        .bind(id)
-        .bind(region.code())
-        .execute(&mut *conn)
-        .await?;
+        .ok_or_else(|| AdminError::NotFound(format!("no discount rule {id}")))?;
+    store::delete_discount(conn, region, id).await?;
     Ok(Change {
         action: "delete",
         entity: "discount_rule",
@@ -503,37 +441,28 @@ pub async fn audit(
     actor: &str,
     request_id: Option<&str>,
     change: &Change,
-) -> ApiResult<i64> {
-    Ok(sqlx::query_scalar(
-        "insert into pricing_audit (region, actor, action, entity, entity_key, before, after, request_id)
-         values ($1, $2, $3, $4, $5, $6, $7, $8) returning id",
-    )
-    .bind(region.code())
-    .bind(actor)
-    .bind(change.action)
-    .bind(change.entity)
-    .bind(&change.key)
-    .bind(&change.before)
-    .bind(&change.after)
-    .bind(request_id)
-    .fetch_one(&mut *conn)
-    .await?)
+) -> AdminResult<i64> {
+    let entry = AuditEntry {
+        region,
+        actor,
+        request_id,
+        action: change.action,
+        entity: change.entity,
+        key: &change.key,
+        before: change.before.as_ref(),
+        after: change.after.as_ref(),
+    };
+    Ok(store::insert_audit(conn, &entry).await?)
 }
 
 /// The region's whole pricing configuration as JSON (for `GET /v1/admin/pricing/{region}`).
-pub async fn overview(conn: &mut PgConnection, region: Region) -> ApiResult<Value> {
-    let value: Value = sqlx::query_scalar(
-        "select jsonb_build_object(
-            'region', $1::text,
-            'base_rates', coalesce((select jsonb_agg(to_jsonb(t) order by t.class) from base_rates t where t.region = $1), '[]'),
-            'vehicle_config', coalesce((select jsonb_agg(to_jsonb(t) order by t.class) from vehicle_config t where t.region = $1), '[]'),
-            'time_multipliers', coalesce((select jsonb_agg(to_jsonb(t) order by t.days_mask, t.start_hour) from time_multipliers t where t.region = $1), '[]'),
-            'discount_rules', coalesce((select jsonb_agg(to_jsonb(t) order by t.kind, t.id) from discount_rules t where t.region = $1), '[]'))",
-    )
-    .bind(region.code())
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(value)
+pub async fn overview(conn: &mut PgConnection, region: Region) -> AdminResult<Value> {
+    Ok(store::overview(conn, region).await?)
+}
+
+/// The newest `limit` audit rows, of one region or all, newest first (a JSON array).
+pub async fn audit_log(pool: &PgPool, region: Option<Region>, limit: u32) -> AdminResult<Value> {
+    Ok(store::audit_log(pool, region, i64::from(limit)).await?)
 }
 
 #[cfg(test)]
@@ -550,9 +479,9 @@ mod tests {
         }
     }
 
-    fn field(r: ApiResult<()>) -> Option<String> {
+    fn field(r: AdminResult<()>) -> Option<&'static str> {
         match r {
-            Err(ApiError::Validation { field, .. }) => field,
+            Err(AdminError::Invalid { field, .. }) => Some(field),
             _ => None,
         }
     }
@@ -570,20 +499,14 @@ mod tests {
 
     #[test]
     fn each_bad_value_names_its_field() {
+        assert_eq!(field(rule(0, 7, 10, 12_000).validate()), Some("days_mask"));
         assert_eq!(
-            field(rule(0, 7, 10, 12_000).validate()).as_deref(),
-            Some("days_mask")
-        );
-        assert_eq!(
-            field(rule(1, 24, 24, 12_000).validate()).as_deref(),
+            field(rule(1, 24, 24, 12_000).validate()),
             Some("start_hour")
         );
+        assert_eq!(field(rule(1, 7, 7, 12_000).validate()), Some("end_hour"));
         assert_eq!(
-            field(rule(1, 7, 7, 12_000).validate()).as_deref(),
-            Some("end_hour")
-        );
-        assert_eq!(
-            field(rule(1, 7, 9, 300_000).validate()).as_deref(),
+            field(rule(1, 7, 9, 300_000).validate()),
             Some("multiplier_bp")
         );
         assert!(rule(1, 7, 9, 30_000).validate().is_ok());
@@ -592,16 +515,13 @@ mod tests {
             per_hour_minor: 100,
             per_day_minor: 1_000,
         };
-        assert_eq!(
-            field(rate.validate(Region::Euw)).as_deref(),
-            Some("currency")
-        );
+        assert_eq!(field(rate.validate(Region::Euw)), Some("currency"));
         assert!(rate.validate(Region::Eun).is_ok());
         let cfg = VehicleConfigBody {
             floor_minor: 500,
             ceiling_minor: 100,
         };
-        assert_eq!(field(cfg.validate()).as_deref(), Some("ceiling_minor"));
+        assert_eq!(field(cfg.validate()), Some("ceiling_minor"));
         let promo = DiscountBody {
             kind: "promo".into(),
             code: None,
@@ -612,12 +532,12 @@ mod tests {
             valid_until: None,
             active: None,
         };
-        assert_eq!(field(promo.validate()).as_deref(), Some("code"));
+        assert_eq!(field(promo.validate()), Some("code"));
         let greedy = DiscountBody {
             code: Some("ALL".into()),
             percent_bp: 9_000,
             ..promo
         };
-        assert_eq!(field(greedy.validate()).as_deref(), Some("percent_bp"));
+        assert_eq!(field(greedy.validate()), Some("percent_bp"));
     }
 }

@@ -23,14 +23,14 @@
 use chrono::{DateTime, Duration as ChronoDuration, DurationRound, Utc};
 use domain::ids::VehicleId;
 use domain::multiplier::Multiplier;
+use domain::vehicle::VehicleClass;
 use domain::window::TimeWindow;
 use h3o::CellIndex;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use super::{PricingContext, Signals};
+use super::{PricingContext, PricingError, Signals};
 use crate::app::surge;
-use crate::http::error::ApiResult;
 use crate::inference::{DemandRequest, RiskRequest};
 use crate::state::AppState;
 
@@ -63,7 +63,7 @@ pub struct QuoteFacts<'a> {
     pub user: &'a str,
     pub vehicle: &'a VehicleId,
     pub window: &'a TimeWindow,
-    pub class: &'a str,
+    pub class: VehicleClass,
     /// The H3 cell of the vehicle's bay.
     pub cell: Option<CellIndex>,
 }
@@ -126,7 +126,7 @@ impl Fetched {
 }
 
 /// Fetches base, risk and demand concurrently; see the module docs.
-pub async fn fetch(state: &AppState, facts: QuoteFacts<'_>) -> ApiResult<Fetched> {
+pub async fn fetch(state: &AppState, facts: QuoteFacts<'_>) -> Result<Fetched, PricingError> {
     let deadline = Instant::now() + state.config.pricing.budget;
     let region = facts.vehicle.region;
     let base = state.caches.pricing(&state.db, region, facts.class);

@@ -1,5 +1,7 @@
-//! Pricing adapter: loads a region's rate card, time multipliers and discount rules from
-//! PostgreSQL and hands them to the pure calculator in `domain::pricing`.
+//! Pricing service: builds a region and class's pricing context from its rate card, time
+//! multipliers and discount rules (read by `store::pricing`) and hands it to the pure
+//! calculator in `domain::pricing`. Failures are [`PricingError`]s; which status each becomes
+//! is the HTTP layer's business.
 //!
 //! Surge and risk reach the calculator through [`Signals`]: the orchestrator in [`fetch`]
 //! gathers them (AI inference API, surge grid) in parallel with the base price under one
@@ -12,18 +14,37 @@ pub mod validate;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use domain::money::Currency;
 use domain::multiplier::Multiplier;
 use domain::pricing::{
-    applicable_discounts, price, DiscountContext, DiscountKind, DiscountRule, HourOfWeekTable,
-    PriceBreakdown, PriceInput, RateCard, TimeMultiplierRule,
+    applicable_discounts, price, DiscountContext, DiscountRule, HourOfWeekTable, PriceBreakdown,
+    PriceInput, RateCard, TimeMultiplierRule,
 };
 use domain::region::Region;
+use domain::vehicle::VehicleClass;
 use domain::window::TimeWindow;
 use sqlx::PgConnection;
-use uuid::Uuid;
 
-use crate::http::error::{ApiError, ApiResult};
+use crate::store;
+
+/// Why a price could not be given. Only [`PricingError::UnknownPromoCode`] is the caller's
+/// fault; the HTTP layer (`http/error.rs`) decides what each becomes.
+#[derive(Debug, thiserror::Error)]
+pub enum PricingError {
+    /// A promo code was given that no currently valid promotion has.
+    #[error("unknown or expired promo code")]
+    UnknownPromoCode,
+    /// The region's pricing tables cannot price this (a missing rate card, rules the calculator
+    /// refuses, a bay's unknown time zone): an operator's fix.
+    #[error("pricing configuration: {0}")]
+    Config(String),
+    /// Reading the tables failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+fn config_error(what: impl std::fmt::Display) -> PricingError {
+    PricingError::Config(what.to_string())
+}
 
 /// Everything the calculator needs for one region and vehicle class.
 #[derive(Debug, Clone)]
@@ -50,121 +71,21 @@ impl Signals {
     };
 }
 
-fn config_error(what: impl std::fmt::Display) -> ApiError {
-    ApiError::Internal(anyhow::anyhow!("pricing configuration: {what}"))
-}
-
-/// Loads the rate card (base rates + floor/ceiling) for a class.
-pub async fn rate_card(
-    conn: &mut PgConnection,
-    region: Region,
-    class: &str,
-) -> ApiResult<RateCard> {
-    let row: Option<(String, i64, i64, i64, i64)> = sqlx::query_as(
-        "select r.currency, r.per_hour_minor, r.per_day_minor, c.floor_minor, c.ceiling_minor
-           from base_rates r
-           join vehicle_config c on c.region = r.region and c.class = r.class
-          where r.region = $1 and r.class = $2",
-    )
-    .bind(region.code())
-    .bind(class)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let (currency, per_hour, per_day, floor, ceiling) =
-        row.ok_or_else(|| config_error(format!("no rate for {region} {class}")))?;
-    let currency: Currency = currency.parse().map_err(config_error)?;
-    Ok(RateCard {
-        currency,
-        per_hour_minor: per_hour,
-        per_day_minor: per_day,
-        floor_minor: floor,
-        ceiling_minor: ceiling,
-    })
-}
-
-/// Loads a region's time-of-day multiplier rules.
-pub async fn time_rules(
-    conn: &mut PgConnection,
-    region: Region,
-) -> ApiResult<Vec<TimeMultiplierRule>> {
-    let rows: Vec<(i16, i16, i16, i32)> = sqlx::query_as(
-        "select days_mask, start_hour, end_hour, multiplier_bp from time_multipliers where region = $1",
-    )
-    .bind(region.code())
-    .fetch_all(&mut *conn)
-    .await?;
-    let rules = rows
-        .into_iter()
-        .map(|(days, start, end, bp)| {
-            Ok(TimeMultiplierRule {
-                days: u8::try_from(days).map_err(config_error)?,
-                start_hour: u8::try_from(start).map_err(config_error)?,
-                end_hour: u8::try_from(end).map_err(config_error)?,
-                multiplier: Multiplier::try_from_bp(u32::try_from(bp).map_err(config_error)?)
-                    .map_err(config_error)?,
-            })
-        })
-        .collect::<ApiResult<Vec<_>>>()?;
-    Ok(rules)
-}
-
-type DiscountRow = (
-    Uuid,
-    String,
-    Option<String>,
-    i32,
-    Option<i64>,
-    Option<String>,
-    Option<DateTime<Utc>>,
-    Option<DateTime<Utc>>,
-);
-
-/// Loads a region's active discount rules.
-pub async fn discount_rules(
-    conn: &mut PgConnection,
-    region: Region,
-) -> ApiResult<Vec<DiscountRule>> {
-    let rows: Vec<DiscountRow> = sqlx::query_as(
-        "select id, kind, code, percent_bp, min_duration_minutes, membership_tier, valid_from, valid_until
-           from discount_rules where region = $1 and active",
-    )
-    .bind(region.code())
-    .fetch_all(&mut *conn)
-    .await?;
-    rows.into_iter()
-        .map(|(id, kind, code, bp, min_dur, tier, from, until)| {
-            let kind = match kind.as_str() {
-                "promo" => DiscountKind::Promo,
-                "long_duration" => DiscountKind::LongDuration,
-                "membership" => DiscountKind::Membership,
-                other => return Err(config_error(format!("discount kind {other}"))),
-            };
-            Ok(DiscountRule {
-                id,
-                kind,
-                code,
-                percent_bp: u32::try_from(bp).map_err(config_error)?,
-                min_duration_minutes: min_dur,
-                membership_tier: tier,
-                valid_from: from,
-                valid_until: until,
-            })
-        })
-        .collect()
-}
-
-/// Loads the whole context for a region and class.
+/// Loads the whole context for a region and class from PostgreSQL (`store::pricing`).
 pub async fn context(
     conn: &mut PgConnection,
     region: Region,
-    class: &str,
-) -> ApiResult<PricingContext> {
-    let time_rules = time_rules(conn, region).await?;
+    class: VehicleClass,
+) -> Result<PricingContext, PricingError> {
+    let time_rules = store::pricing::time_rules(conn, region).await?;
+    let rate = store::pricing::rate_card(conn, region, class)
+        .await?
+        .ok_or_else(|| config_error(format!("no rate for {region} {class}")))?;
     Ok(PricingContext {
-        rate: rate_card(conn, region, class).await?,
+        rate,
         time_table: HourOfWeekTable::from_rules(&time_rules).map_err(config_error)?,
         time_rules,
-        discounts: discount_rules(conn, region).await?,
+        discounts: store::pricing::discount_rules(conn, region).await?,
     })
 }
 
@@ -183,7 +104,7 @@ pub fn quote_price(
     signals: Signals,
     customer: Customer<'_>,
     now: DateTime<Utc>,
-) -> ApiResult<PriceBreakdown> {
+) -> Result<PriceBreakdown, PricingError> {
     let discounts = applicable_discounts(
         &ctx.discounts,
         &DiscountContext {
@@ -194,9 +115,7 @@ pub fn quote_price(
         },
     )
     .map_err(|e| match e {
-        domain::pricing::PricingError::UnknownPromoCode => {
-            ApiError::field("promo_code", "unknown or expired promo code")
-        }
+        domain::pricing::PricingError::UnknownPromoCode => PricingError::UnknownPromoCode,
         other => config_error(other),
     })?;
     price(&PriceInput {
@@ -212,7 +131,11 @@ pub fn quote_price(
 }
 
 /// The indicative price shown in search: rate × time of day, no surge, risk or discounts.
-pub fn indicative_price(ctx: &PricingContext, window: &TimeWindow, tz: Tz) -> ApiResult<i64> {
+pub fn indicative_price(
+    ctx: &PricingContext,
+    window: &TimeWindow,
+    tz: Tz,
+) -> Result<i64, PricingError> {
     price(&PriceInput {
         rate: &ctx.rate,
         window,
@@ -227,7 +150,7 @@ pub fn indicative_price(ctx: &PricingContext, window: &TimeWindow, tz: Tz) -> Ap
 }
 
 /// Parses a bay's IANA time zone.
-pub fn parse_tz(name: &str) -> ApiResult<Tz> {
+pub fn parse_tz(name: &str) -> Result<Tz, PricingError> {
     name.parse::<Tz>()
         .map_err(|_| config_error(format!("unknown time zone {name}")))
 }

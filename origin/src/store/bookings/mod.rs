@@ -581,7 +581,8 @@ async fn extend(
     .bind(before.vehicle_id.uuid)
     .fetch_one(&mut *conn)
     .await?;
-    let ctx = pricing::context(conn, before.region(), &class).await?;
+    let class: domain::vehicle::VehicleClass = class.parse().map_err(crate::store::corrupt)?;
+    let ctx = pricing::context(conn, before.region(), class).await?;
     let tz = pricing::parse_tz(&tz)?;
     let old = pricing::quote_price(
         &ctx,

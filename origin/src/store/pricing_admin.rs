@@ -1,0 +1,359 @@
+//! The pricing tables as the admin API changes them, and their audit trail (`pricing_audit`).
+//!
+//! Statements only: the rules (ranges, no overlapping time windows, a rate needs its floor and
+//! ceiling first) are decided in `app/pricing/admin.rs`, which calls these inside one
+//! transaction per change. Rows are snapshotted as JSON (`to_jsonb`) because the audit trail
+//! and the API show them whole, exactly as stored.
+
+use chrono::{DateTime, Utc};
+use domain::region::Region;
+use domain::vehicle::VehicleClass;
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// Serialises pricing changes of one region (held until the transaction ends).
+pub async fn lock_region(conn: &mut PgConnection, region: Region) -> sqlx::Result<()> {
+    // The function returns `void`, which the query macros cannot type: declare it as `()`.
+    sqlx::query!(
+        r#"select pg_advisory_xact_lock(hashtext('pricing-admin:' || $1)) as "locked: ()""#,
+        region.code(),
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A class's `base_rates` row as JSON.
+pub async fn base_rate_row(
+    conn: &mut PgConnection,
+    region: Region,
+    class: VehicleClass,
+) -> sqlx::Result<Option<Value>> {
+    sqlx::query_scalar!(
+        r#"select to_jsonb(t) as "row!" from base_rates t where t.region = $1 and t.class = $2"#,
+        region.code(),
+        class.as_str(),
+    )
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+/// A class's `vehicle_config` row as JSON.
+pub async fn vehicle_config_row(
+    conn: &mut PgConnection,
+    region: Region,
+    class: VehicleClass,
+) -> sqlx::Result<Option<Value>> {
+    sqlx::query_scalar!(
+        r#"select to_jsonb(t) as "row!" from vehicle_config t where t.region = $1 and t.class = $2"#,
+        region.code(),
+        class.as_str(),
+    )
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+/// A `time_multipliers` row of the region as JSON.
+pub async fn time_multiplier_row(
+    conn: &mut PgConnection,
+    region: Region,
+    id: Uuid,
+) -> sqlx::Result<Option<Value>> {
+    sqlx::query_scalar!(
+        r#"select to_jsonb(t) as "row!" from time_multipliers t where t.region = $1 and t.id = $2"#,
+        region.code(),
+        id,
+    )
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+/// A `discount_rules` row of the region as JSON.
+pub async fn discount_row(
+    conn: &mut PgConnection,
+    region: Region,
+    id: Uuid,
+) -> sqlx::Result<Option<Value>> {
+    sqlx::query_scalar!(
+        r#"select to_jsonb(t) as "row!" from discount_rules t where t.region = $1 and t.id = $2"#,
+        region.code(),
+        id,
+    )
+    .fetch_optional(&mut *conn)
+    .await
+}
+
+/// Creates or replaces a class's base rate (in the region's currency).
+pub async fn upsert_base_rate(
+    conn: &mut PgConnection,
+    region: Region,
+    class: VehicleClass,
+    per_hour_minor: i64,
+    per_day_minor: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into base_rates (region, class, currency, per_hour_minor, per_day_minor)
+         values ($1, $2, $3, $4, $5)
+         on conflict (region, class) do update
+            set currency = excluded.currency, per_hour_minor = excluded.per_hour_minor,
+                per_day_minor = excluded.per_day_minor, updated_at = now()",
+        region.code(),
+        class.as_str(),
+        region.currency().code(),
+        per_hour_minor,
+        per_day_minor,
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Creates or replaces a class's floor and ceiling.
+pub async fn upsert_vehicle_config(
+    conn: &mut PgConnection,
+    region: Region,
+    class: VehicleClass,
+    floor_minor: i64,
+    ceiling_minor: i64,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into vehicle_config (region, class, floor_minor, ceiling_minor)
+         values ($1, $2, $3, $4)
+         on conflict (region, class) do update
+            set floor_minor = excluded.floor_minor, ceiling_minor = excluded.ceiling_minor,
+                updated_at = now()",
+        region.code(),
+        class.as_str(),
+        floor_minor,
+        ceiling_minor,
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The hours of the week a time-of-day rule covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeWindowRow {
+    pub id: Uuid,
+    pub days_mask: i16,
+    pub start_hour: i16,
+    pub end_hour: i16,
+}
+
+/// The windows of every time-of-day rule of the region except `except` (the rule being
+/// replaced, if any).
+pub async fn time_windows(
+    conn: &mut PgConnection,
+    region: Region,
+    except: Option<Uuid>,
+) -> sqlx::Result<Vec<TimeWindowRow>> {
+    sqlx::query_as!(
+        TimeWindowRow,
+        "select id, days_mask, start_hour, end_hour from time_multipliers
+          where region = $1 and ($2::uuid is null or id <> $2)",
+        region.code(),
+        except,
+    )
+    .fetch_all(&mut *conn)
+    .await
+}
+
+/// A time-of-day rule as written.
+#[derive(Debug, Clone, Copy)]
+pub struct TimeMultiplierFields<'a> {
+    pub days_mask: i16,
+    pub start_hour: i16,
+    pub end_hour: i16,
+    pub multiplier_bp: i32,
+    /// `None` stores an empty label.
+    pub label: Option<&'a str>,
+}
+
+/// Creates or replaces the time-of-day rule `id`.
+pub async fn upsert_time_multiplier(
+    conn: &mut PgConnection,
+    region: Region,
+    id: Uuid,
+    rule: &TimeMultiplierFields<'_>,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "insert into time_multipliers (id, region, days_mask, start_hour, end_hour, multiplier_bp, label)
+         values ($1, $2, $3, $4, $5, $6, coalesce($7, ''))
+         on conflict (id) do update
+            set days_mask = excluded.days_mask, start_hour = excluded.start_hour,
+                end_hour = excluded.end_hour, multiplier_bp = excluded.multiplier_bp,
+                label = excluded.label, updated_at = now()",
+        id,
+        region.code(),
+        rule.days_mask,
+        rule.start_hour,
+        rule.end_hour,
+        rule.multiplier_bp,
+        rule.label,
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Deletes the time-of-day rule `id` of the region.
+pub async fn delete_time_multiplier(
+    conn: &mut PgConnection,
+    region: Region,
+    id: Uuid,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "delete from time_multipliers where id = $1 and region = $2",
+        id,
+        region.code(),
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A discount rule as written.
+#[derive(Debug, Clone, Copy)]
+pub struct DiscountFields<'a> {
+    /// `promo`, `long_duration` or `membership` (the column's check).
+    pub kind: &'a str,
+    pub code: Option<&'a str>,
+    pub percent_bp: i32,
+    pub min_duration_minutes: Option<i64>,
+    pub membership_tier: Option<&'a str>,
+    pub valid_from: Option<DateTime<Utc>>,
+    pub valid_until: Option<DateTime<Utc>>,
+    /// `None` stores `true`.
+    pub active: Option<bool>,
+}
+
+/// How writing a discount rule ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiscountWrite {
+    Written,
+    /// Another promo rule of the region has that code (`discount_rules_promo_code`); nothing
+    /// was written.
+    CodeTaken,
+}
+
+/// Creates or replaces the discount rule `id`.
+///
+/// A taken promo code fails the statement, which aborts the caller's transaction: roll it back
+/// after [`DiscountWrite::CodeTaken`].
+pub async fn upsert_discount(
+    conn: &mut PgConnection,
+    region: Region,
+    id: Uuid,
+    rule: &DiscountFields<'_>,
+) -> sqlx::Result<DiscountWrite> {
+    let written = sqlx::query!(
+        "insert into discount_rules (id, region, kind, code, percent_bp, min_duration_minutes,
+                                     membership_tier, valid_from, valid_until, active)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, coalesce($10, true))
+         on conflict (id) do update
+            set kind = excluded.kind, code = excluded.code, percent_bp = excluded.percent_bp,
+                min_duration_minutes = excluded.min_duration_minutes,
+                membership_tier = excluded.membership_tier, valid_from = excluded.valid_from,
+                valid_until = excluded.valid_until, active = excluded.active, updated_at = now()",
+        id,
+        region.code(),
+        rule.kind,
+        rule.code,
+        rule.percent_bp,
+        rule.min_duration_minutes,
+        rule.membership_tier,
+        rule.valid_from,
+        rule.valid_until,
+        rule.active,
+    )
+    .execute(&mut *conn)
+    .await;
+    match written {
+        Ok(_) => Ok(DiscountWrite::Written),
+        Err(sqlx::Error::Database(db)) if db.constraint() == Some("discount_rules_promo_code") => {
+            Ok(DiscountWrite::CodeTaken)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes the discount rule `id` of the region.
+pub async fn delete_discount(
+    conn: &mut PgConnection,
+    region: Region,
+    id: Uuid,
+) -> sqlx::Result<()> {
+    sqlx::query!(
+        "delete from discount_rules where id = $1 and region = $2",
+        id,
+        region.code(),
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// One `pricing_audit` row to write.
+#[derive(Debug, Clone, Copy)]
+pub struct AuditEntry<'a> {
+    pub region: Region,
+    pub actor: &'a str,
+    pub request_id: Option<&'a str>,
+    /// `create`, `update` or `delete`.
+    pub action: &'a str,
+    /// `base_rate`, `vehicle_config`, `time_multiplier` or `discount_rule`.
+    pub entity: &'a str,
+    /// The class or rule id.
+    pub key: &'a str,
+    pub before: Option<&'a Value>,
+    pub after: Option<&'a Value>,
+}
+
+/// Writes an audit row (in the change's transaction); returns its id.
+pub async fn insert_audit(conn: &mut PgConnection, entry: &AuditEntry<'_>) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        "insert into pricing_audit (region, actor, action, entity, entity_key, before, after, request_id)
+         values ($1, $2, $3, $4, $5, $6, $7, $8) returning id",
+        entry.region.code(),
+        entry.actor,
+        entry.action,
+        entry.entity,
+        entry.key,
+        entry.before,
+        entry.after,
+        entry.request_id,
+    )
+    .fetch_one(&mut *conn)
+    .await
+}
+
+/// The region's whole pricing configuration as one JSON object.
+pub async fn overview(conn: &mut PgConnection, region: Region) -> sqlx::Result<Value> {
+    sqlx::query_scalar!(
+        r#"select jsonb_build_object(
+            'region', $1::text,
+            'base_rates', coalesce((select jsonb_agg(to_jsonb(t) order by t.class) from base_rates t where t.region = $1), '[]'),
+            'vehicle_config', coalesce((select jsonb_agg(to_jsonb(t) order by t.class) from vehicle_config t where t.region = $1), '[]'),
+            'time_multipliers', coalesce((select jsonb_agg(to_jsonb(t) order by t.days_mask, t.start_hour) from time_multipliers t where t.region = $1), '[]'),
+            'discount_rules', coalesce((select jsonb_agg(to_jsonb(t) order by t.kind, t.id) from discount_rules t where t.region = $1), '[]'))
+            as "overview!""#,
+        region.code(),
+    )
+    .fetch_one(&mut *conn)
+    .await
+}
+
+/// The newest `limit` audit rows (of one region, or all), newest first, as a JSON array.
+pub async fn audit_log(pool: &PgPool, region: Option<Region>, limit: i64) -> sqlx::Result<Value> {
+    sqlx::query_scalar!(
+        r#"select coalesce(jsonb_agg(to_jsonb(a) order by a.id desc), '[]') as "items!"
+             from (select * from pricing_audit where $1::text is null or region = $1
+                    order by id desc limit $2) a"#,
+        region.map(Region::code),
+        limit,
+    )
+    .fetch_one(pool)
+    .await
+}

@@ -1,0 +1,139 @@
+//! The fleet as the read paths see it: `vehicles` and their `parking_bays`, for quotes, the
+//! GEO availability index and the surge grid.
+//!
+//! Two reads here also look at `bookings`, only through the **occupancy predicate** the
+//! exclusion constraint `bookings_no_overlap` covers (RESERVING, CONFIRMED, IN_PROGRESS over an
+//! overlapping period), minus holds already past their expiry, which the sweeper has simply not
+//! ended yet. The bookings themselves are written by `store::bookings` alone.
+
+use chrono::{DateTime, Utc};
+use domain::ids::VehicleId;
+use domain::region::Region;
+use domain::vehicle::VehicleClass;
+use domain::window::TimeWindow;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::corrupt;
+
+/// What pricing a quote needs to know about an active vehicle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PricingFacts {
+    pub class: VehicleClass,
+    /// Its bay's IANA time zone (time-of-day multipliers are local).
+    pub timezone: String,
+    /// Its bay's position (the surge cell).
+    pub lat: f64,
+    pub lon: f64,
+}
+
+/// The pricing facts of `vehicle` if it is active in its region (`None` otherwise).
+pub async fn pricing_facts(
+    pool: &PgPool,
+    vehicle: &VehicleId,
+) -> sqlx::Result<Option<PricingFacts>> {
+    let row = sqlx::query!(
+        "select v.class, b.timezone, b.lat, b.lon
+           from vehicles v join parking_bays b on b.id = v.bay_id
+          where v.id = $1 and v.region = $2 and v.status = 'active'",
+        vehicle.uuid,
+        vehicle.region.code(),
+    )
+    .fetch_optional(pool)
+    .await?;
+    row.map(|row| {
+        Ok(PricingFacts {
+            class: row.class.parse().map_err(corrupt)?,
+            timezone: row.timezone,
+            lat: row.lat,
+            lon: row.lon,
+        })
+    })
+    .transpose()
+}
+
+/// Whether `bay` is a parking bay of `region`.
+pub async fn bay_in_region(pool: &PgPool, bay: Uuid, region: Region) -> sqlx::Result<bool> {
+    sqlx::query_scalar!(
+        r#"select exists(select 1 from parking_bays where id = $1 and region = $2) as "exists!""#,
+        bay,
+        region.code(),
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Whether a booking occupies `vehicle` for part of `window` at `now` (a hold past its expiry
+/// does not). Advisory: the exclusion constraint decides when the hold is written.
+pub async fn is_occupied(
+    pool: &PgPool,
+    vehicle: &VehicleId,
+    window: &TimeWindow,
+    now: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar!(
+        r#"select exists(select 1 from bookings
+                          where vehicle_id = $1 and status in ('RESERVING', 'CONFIRMED', 'IN_PROGRESS')
+                            and period && tstzrange($2, $3, '[)')
+                            and not (status = 'RESERVING' and hold_expires_at <= $4)) as "occupied!""#,
+        vehicle.uuid,
+        window.start(),
+        window.end(),
+        now,
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// An active vehicle at its bay's position.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Position {
+    pub vehicle: Uuid,
+    pub lon: f64,
+    pub lat: f64,
+}
+
+/// Every active vehicle of `region` at its bay's position, ordered by vehicle id (what the GEO
+/// availability index holds).
+pub async fn active_positions(pool: &PgPool, region: Region) -> sqlx::Result<Vec<Position>> {
+    sqlx::query_as!(
+        Position,
+        "select v.id as vehicle, b.lon, b.lat
+           from vehicles v join parking_bays b on b.id = v.bay_id
+          where v.region = $1 and v.status = 'active'
+          order by v.id",
+        region.code(),
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// A bay's supply and live demand, the surge grid's input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BayLoad {
+    pub lat: f64,
+    pub lon: f64,
+    /// Active vehicles parked there.
+    pub supply: i64,
+    /// Bookings of its vehicles made in the last hour that still hold or have confirmed one.
+    pub holds: i64,
+}
+
+/// The load of every bay of `region`.
+pub async fn bay_loads(pool: &PgPool, region: Region) -> sqlx::Result<Vec<BayLoad>> {
+    sqlx::query_as!(
+        BayLoad,
+        r#"select b.lat, b.lon,
+                  (select count(*) from vehicles v where v.bay_id = b.id and v.status = 'active')
+                      as "supply!",
+                  (select count(*) from bookings k
+                    where k.bay_id = b.id and k.created_at > now() - interval '1 hour'
+                      and (k.status in ('CONFIRMED', 'IN_PROGRESS')
+                           or (k.status = 'RESERVING' and k.hold_expires_at > now())))
+                      as "holds!"
+             from parking_bays b where b.region = $1"#,
+        region.code(),
+    )
+    .fetch_all(pool)
+    .await
+}

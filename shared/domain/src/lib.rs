@@ -8,6 +8,7 @@
 //! a [`ids::VehicleId`] always carries its home [`region::Region`], and so on.
 
 pub mod auth;
+pub mod booking;
 pub mod cancellation;
 pub mod ids;
 pub mod money;
@@ -20,6 +21,7 @@ pub mod search;
 pub mod state;
 pub mod window;
 
+pub use booking::{Booking, BookingError, Transition};
 pub use ids::{BookingId, VehicleId};
 pub use money::{Currency, Money};
 pub use multiplier::Multiplier;

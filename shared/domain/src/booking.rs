@@ -435,13 +435,16 @@ impl Booking {
         })
     }
 
-    fn extend(
+    /// The window an extension to `new_end` would give, if the booking may be extended to it at
+    /// `now`: only a confirmed or running booking that has not ended, only later, and no longer
+    /// than the policy's maximum. [`Action::Extend`] checks the same before pricing; a caller
+    /// may check first to avoid loading prices for a refused extension.
+    pub fn extension_window(
         &self,
         new_end: DateTime<Utc>,
-        pricing: &ExtensionPricing<'_>,
         policy: &BookingPolicy,
         now: DateTime<Utc>,
-    ) -> Result<Transition, BookingError> {
+    ) -> Result<TimeWindow, BookingError> {
         if !matches!(
             self.status,
             BookingStatus::Confirmed | BookingStatus::InProgress
@@ -463,6 +466,17 @@ impl Booking {
                 max_minutes: policy.max_duration.num_minutes(),
             });
         }
+        Ok(window)
+    }
+
+    fn extend(
+        &self,
+        new_end: DateTime<Utc>,
+        pricing: &ExtensionPricing<'_>,
+        policy: &BookingPolicy,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, BookingError> {
+        let window = self.extension_window(new_end, policy, now)?;
         let amount = pricing.extension(&self.window, &window, now)?;
         let price = self.price.checked_add(amount)?;
         let extension = Extension {

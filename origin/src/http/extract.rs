@@ -304,3 +304,71 @@ impl WriteCall {
         .await?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::ids::BookingId;
+
+    fn route(method: Method, template: &str) -> Route {
+        Route {
+            method,
+            template: template.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_route_path_fills_each_parameter_with_its_canonical_spelling() -> Result<(), ApiError> {
+        let id: BookingId = "bkg_euw_0190F0C5A4C37D3E8B1E2F3A4B5C6D7E"
+            .parse()
+            .map_err(|e| ApiError::BadRequest(format!("{e}")))?;
+        let confirm = route(Method::POST, "/v1/bookings/{id}/confirm");
+        assert_eq!(
+            confirm.path(&[("id", &id)])?,
+            "/v1/bookings/bkg_euw_0190f0c5a4c37d3e8b1e2f3a4b5c6d7e/confirm"
+        );
+        let admin = route(Method::PUT, "/v1/admin/pricing/{region}/base-rates/{class}");
+        let region = domain::region::Region::Euw;
+        assert_eq!(
+            admin.path(&[("class", &"compact"), ("region", &region)])?,
+            "/v1/admin/pricing/EUW/base-rates/compact"
+        );
+        assert_eq!(
+            route(Method::POST, "/v2/bookings").path(&[])?,
+            "/v2/bookings"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_missing_or_extra_route_parameter_is_an_internal_error() {
+        let confirm = route(Method::POST, "/v1/bookings/{id}/confirm");
+        assert!(matches!(confirm.path(&[]), Err(ApiError::Internal(_))));
+        assert!(matches!(
+            confirm.path(&[("id", &"x"), ("other", &"y")]),
+            Err(ApiError::Internal(_))
+        ));
+        assert!(matches!(
+            confirm.path(&[("ID", &"x")]),
+            Err(ApiError::Internal(_))
+        ));
+    }
+
+    #[test]
+    fn a_fingerprint_is_the_hash_of_method_path_and_body_as_before() -> Result<(), ApiError> {
+        use sha2::{Digest, Sha256};
+        let extend = route(Method::POST, "/v1/bookings/{id}/extend");
+        let body = serde_json::json!({ "end": "2027-01-01T10:00:00Z" });
+        let got = extend.fingerprint(&[("id", &"bkg_euw_1")], &body)?;
+        let expected = Sha256::new()
+            .chain_update(b"POST\0/v1/bookings/bkg_euw_1/extend\0")
+            .chain_update(br#"{"end":"2027-01-01T10:00:00Z"}"#)
+            .finalize();
+        assert_eq!(got.as_bytes(), expected.as_slice());
+        // The method is part of it.
+        let put = route(Method::PUT, "/v1/bookings/{id}/extend")
+            .fingerprint(&[("id", &"bkg_euw_1")], &body)?;
+        assert_ne!(put, got);
+        Ok(())
+    }
+}

@@ -363,7 +363,7 @@ impl Booking {
     /// policy, so the sweeper can call it without [`Rules`].
     pub fn expire(&self, now: DateTime<Utc>) -> Result<Transition, BookingError> {
         let mut transition = self.step(BookingEvent::Fail, now)?;
-        if !self.hold_expires_at.is_some_and(|at| at <= now) {
+        if self.hold_expires_at.is_none_or(|at| at > now) {
             return Err(BookingError::HoldNotExpired(self.id));
         }
         transition.record.reason = Some("hold_expired");

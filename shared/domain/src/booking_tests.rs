@@ -1,11 +1,6 @@
 //! Unit tests of the booking aggregate: one test per rule, each written so that breaking the
 //! rule fails it.
 
-#![expect(
-    clippy::unwrap_used,
-    reason = "test helpers: a panic is the failure report"
-)]
-
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use chrono_tz::Tz;
 use serde_json::json;

@@ -364,7 +364,7 @@ mod tests {
             .chain_update(b"POST\0/v1/bookings/bkg_euw_1/extend\0")
             .chain_update(br#"{"end":"2027-01-01T10:00:00Z"}"#)
             .finalize();
-        assert_eq!(got.as_bytes(), expected.as_slice());
+        assert_eq!(got.as_bytes(), &expected[..]);
         // The method is part of it.
         let put = route(Method::PUT, "/v1/bookings/{id}/extend")
             .fingerprint(&[("id", &"bkg_euw_1")], &body)?;

@@ -8,7 +8,7 @@
 //! check-then-act race can double-book.
 //!
 //! Every statement is checked against the schema at compile time (`sqlx::query!` and friends,
-//! `.sqlx/` for offline builds). The booking columns are listed once, in [`booking_rows!`],
+//! `.sqlx/` for offline builds). The booking columns are listed once, in `booking_rows!`,
 //! which prepends them to each query as literal SQL (sqlx accepts `"…" + "…"`), so the static
 //! variants of one query (with and without `for update`, with and without the lazy-expiry
 //! guard) stay static statements rather than strings assembled at run time.

@@ -148,3 +148,180 @@ async fn a_malformed_idempotency_key_is_400(pool: PgPool) -> TestResult {
     reply.assert_problem(400);
     app.stop().await
 }
+
+/// Stores a response under `key` as the origin did before fingerprints came from the matched
+/// route: `request_hash` = sha256(method ‖ 0 ‖ canonical path ‖ 0 ‖ body JSON), computed here by
+/// PostgreSQL from the formula, not by the origin's code.
+async fn store_legacy_key(
+    app: &TestApp,
+    user: &str,
+    key: &str,
+    (method, path, body): (&str, &str, &str),
+    stored: &Value,
+) -> TestResult {
+    sqlx::query(
+        "insert into idempotency_keys (user_id, key, request_hash, response_status, response_body)
+         values ($1, $2,
+                 sha256(convert_to($3, 'UTF8') || '\\x00'::bytea || convert_to($4, 'UTF8')
+                        || '\\x00'::bytea || convert_to($5, 'UTF8')),
+                 200, convert_to($6, 'UTF8'))",
+    )
+    .bind(user)
+    .bind(key)
+    .bind(method)
+    .bind(path)
+    .bind(body)
+    .bind(stored.to_string())
+    .execute(&app.pool)
+    .await?;
+    Ok(())
+}
+
+fn replayed(reply: &Reply) -> bool {
+    reply
+        .headers
+        .get("idempotent-replayed")
+        .and_then(|v| v.to_str().ok())
+        == Some("true")
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn keys_stored_with_the_canonical_path_replay_however_the_request_spells_its_ids(
+    pool: PgPool,
+) -> TestResult {
+    let app = spawn_app(pool).await?;
+    let vehicle = app.vehicles("EUW").await?[4].clone();
+    let hold = app.hold("iris", &vehicle, window(3, 2)).await?;
+    assert_eq!(hold.status.as_u16(), 201, "{}", hold.body);
+    let id = hold.body["id"].as_str().unwrap_or_default().to_owned();
+
+    // A confirm answered before the change, under the canonical (lower-case) id; the retry
+    // spells the id's hex in upper case, which names the same booking.
+    let legacy = json!({ "legacy": "confirm" });
+    let canonical = format!("/v1/bookings/{id}/confirm");
+    store_legacy_key(
+        &app,
+        "iris",
+        "old-confirm",
+        ("POST", &canonical, "null"),
+        &legacy,
+    )
+    .await?;
+    let (prefix, hex) = id.split_at(id.len() - 32);
+    let shouted = format!("/v1/bookings/{prefix}{}/confirm", hex.to_uppercase());
+    let reply = app
+        .post(
+            &shouted,
+            Some(&token("iris")),
+            &Value::Null,
+            Some("old-confirm"),
+        )
+        .await?;
+    assert_eq!(reply.status.as_u16(), 200, "{}", reply.body);
+    assert_eq!(reply.body, legacy);
+    assert!(replayed(&reply));
+    // A replay runs nothing: the hold is still a hold.
+    let read = app
+        .get(&format!("/v1/bookings/{id}"), Some(&token("iris")))
+        .await?;
+    assert_eq!(read.body["status"], "RESERVING", "{}", read.body);
+
+    // The same key with another request (extend, not confirm) is still a mismatch.
+    let other = app
+        .post(
+            &format!("/v1/bookings/{id}/extend"),
+            Some(&token("iris")),
+            &json!({ "end": window(3, 3).1 }),
+            Some("old-confirm"),
+        )
+        .await?;
+    assert_eq!(
+        other.assert_problem(422).problem_type(),
+        "/problems/idempotency-mismatch"
+    );
+
+    // An admin change: the region canonical in upper case, the rule id hyphenated; the retry
+    // says `euw` and the id without hyphens.
+    let rule = uuid::Uuid::new_v4();
+    let legacy = json!({ "legacy": "admin" });
+    let canonical = format!("/v1/admin/pricing/EUW/time-multipliers/{rule}");
+    store_legacy_key(
+        &app,
+        "olga",
+        "old-delete",
+        ("DELETE", &canonical, "null"),
+        &legacy,
+    )
+    .await?;
+    let reply = app
+        .client
+        .delete(format!(
+            "{}/v1/admin/pricing/euw/time-multipliers/{}",
+            app.base,
+            rule.simple()
+        ))
+        .bearer_auth(ops_token("olga"))
+        .header("idempotency-key", "old-delete")
+        .send()
+        .await?;
+    assert_eq!(reply.status().as_u16(), 200);
+    assert_eq!(
+        reply
+            .headers()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    assert_eq!(reply.json::<Value>().await?, legacy);
+    app.stop().await
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_retry_that_spells_the_booking_id_differently_gets_the_first_answer(
+    pool: PgPool,
+) -> TestResult {
+    let app = spawn_app(pool).await?;
+    let vehicle = app.vehicles("EUW").await?[5].clone();
+    let id = app.confirmed("jill", &vehicle, window(4, 2)).await?;
+    let (prefix, hex) = id.split_at(id.len() - 32);
+    let first = app
+        .post(
+            &format!("/v2/bookings/{id}/cancel"),
+            Some(&token("jill")),
+            &Value::Null,
+            Some("cancel-once"),
+        )
+        .await?;
+    assert_eq!(first.status.as_u16(), 200, "{}", first.body);
+    assert!(!replayed(&first));
+    let again = app
+        .post(
+            &format!("/v2/bookings/{prefix}{}/cancel", hex.to_uppercase()),
+            Some(&token("jill")),
+            &Value::Null,
+            Some("cancel-once"),
+        )
+        .await?;
+    assert_eq!(again.status.as_u16(), 200, "{}", again.body);
+    assert!(replayed(&again));
+    assert_eq!(again.body, first.body);
+    // The v1 route is another request: the same key there is a mismatch.
+    let v1 = app
+        .post(
+            &format!("/v1/bookings/{id}/cancel"),
+            Some(&token("jill")),
+            &Value::Null,
+            Some("cancel-once"),
+        )
+        .await?;
+    assert_eq!(
+        v1.assert_problem(422).problem_type(),
+        "/problems/idempotency-mismatch"
+    );
+    assert_eq!(
+        app.count("booking_history", "to_status = 'CANCELLED'")
+            .await?,
+        1
+    );
+    app.stop().await
+}

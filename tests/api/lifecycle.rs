@@ -231,3 +231,87 @@ async fn a_booking_starts_near_its_start_and_completes(pool: PgPool) -> TestResu
     );
     app.stop().await
 }
+
+/// Today's price of `window` for `vehicle` as the quote path computes it without surge, risk,
+/// promo code or membership: what an extension is priced by, computed independently of the
+/// booking code.
+async fn neutral_price(
+    pool: &PgPool,
+    vehicle: &str,
+    window: (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>),
+) -> TestResult<i64> {
+    use origin::app::pricing;
+    let id: domain::ids::VehicleId = vehicle.parse()?;
+    let (class, tz): (String, String) = sqlx::query_as(
+        "select v.class, b.timezone from vehicles v join parking_bays b on b.id = v.bay_id where v.id = $1",
+    )
+    .bind(id.uuid)
+    .fetch_one(pool)
+    .await?;
+    let mut conn = pool.acquire().await?;
+    let ctx = pricing::context(&mut conn, id.region, &class)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let price = pricing::quote_price(
+        &ctx,
+        &domain::window::TimeWindow::new(window.0, window.1)?,
+        pricing::parse_tz(&tz).map_err(|e| anyhow::anyhow!("{e}"))?,
+        pricing::Signals::NEUTRAL,
+        pricing::Customer::default(),
+        chrono::Utc::now(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(price.total.minor)
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn an_extension_costs_the_difference_of_both_windows_at_todays_neutral_prices(
+    pool: PgPool,
+) -> TestResult {
+    let app = spawn_app(pool).await?;
+    let vehicle = app.vehicles("EUN").await?[7].clone();
+    // Two days, extended to four: the longer window earns the long-duration discount (3 days+).
+    let (start, end) = window(8, 48);
+    let new_end = end + chrono::Duration::days(2);
+    let id = app.confirmed("pia", &vehicle, (start, end)).await?;
+    let before = app
+        .get(&format!("/v2/bookings/{id}"), Some(&token("pia")))
+        .await?;
+    let ext = app
+        .post(
+            &format!("/v2/bookings/{id}/extend"),
+            Some(&token("pia")),
+            &json!({ "end": new_end }),
+            None,
+        )
+        .await?;
+    assert_eq!(ext.status.as_u16(), 200, "{}", ext.body);
+    let expected = (neutral_price(&app.pool, &vehicle, (start, new_end)).await?
+        - neutral_price(&app.pool, &vehicle, (start, end)).await?)
+        .max(0);
+    assert_eq!(
+        ext.body["extensions"][0]["amount_minor"].as_i64(),
+        Some(expected)
+    );
+    assert_eq!(
+        ext.body["price"]["minor"].as_i64(),
+        before.body["price"]["minor"].as_i64().map(|p| p + expected)
+    );
+    assert_eq!(ext.body["price"]["currency"], "SEK");
+    // The history and the event carry the same amount.
+    let details: Value = sqlx::query_scalar(
+        "select details from booking_history where event = 'extend' and booking_id = $1",
+    )
+    .bind(uuid_of(&id)?)
+    .fetch_one(&app.pool)
+    .await?;
+    assert_eq!(details["amount_minor"].as_i64(), Some(expected));
+    let reason: Option<String> = sqlx::query_scalar(
+        "select payload->>'reason' from outbox where topic = 'booking.extended' and aggregate_id = $1",
+    )
+    .bind(uuid_of(&id)?)
+    .fetch_one(&app.pool)
+    .await?;
+    assert_eq!(reason.as_deref(), Some("extended"));
+    app.stop().await
+}

@@ -9,9 +9,8 @@ use e2e::test_redis::{self, TestRedis};
 use e2e::*;
 use futures_util::future::join_all;
 use origin::config::{RedisConfig, RedisMode, Secret};
-use origin::http::error::ApiError;
 use origin::redis::link::RedisLink;
-use origin::redis::locks::{Locks, LOCK_NAMESPACE};
+use origin::redis::locks::{LockError, Locks, LOCK_NAMESPACE};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -260,7 +259,10 @@ async fn a_vehicle_lock_is_exclusive_released_only_by_its_owner_and_expires() ->
     // A second acquirer fails fast (within LOCK_WAIT_MS and a little) with a conflict.
     let started = Instant::now();
     let second = locks.acquire(&vehicle).await;
-    assert!(matches!(second, Err(ApiError::Conflict(_))), "{second:?}");
+    assert!(
+        matches!(second, Err(LockError::Busy(v)) if v == vehicle),
+        "{second:?}"
+    );
     assert!(
         started.elapsed() < Duration::from_millis(300),
         "{:?}",

@@ -9,11 +9,10 @@ pub(crate) mod outbox;
 pub mod relay;
 
 use chrono::{DateTime, Utc};
+use domain::booking::{Booking, EventKind};
 use serde::Serialize;
 use sqlx::PgConnection;
 use uuid::Uuid;
-
-use crate::store::bookings::model::Booking;
 
 /// The outbox topics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -64,6 +63,23 @@ impl Topic {
             Topic::BookingExtended => "booking.extended",
             Topic::VehicleReserved => "vehicle.reserved",
             Topic::VehicleReleased => "vehicle.released",
+        }
+    }
+}
+
+impl From<EventKind> for Topic {
+    /// The topic of each event the booking aggregate emits.
+    fn from(kind: EventKind) -> Self {
+        match kind {
+            EventKind::BookingCreated => Topic::BookingCreated,
+            EventKind::BookingConfirmed => Topic::BookingConfirmed,
+            EventKind::BookingStarted => Topic::BookingStarted,
+            EventKind::BookingCompleted => Topic::BookingCompleted,
+            EventKind::BookingCancelled => Topic::BookingCancelled,
+            EventKind::BookingFailed => Topic::BookingFailed,
+            EventKind::BookingExtended => Topic::BookingExtended,
+            EventKind::VehicleReserved => Topic::VehicleReserved,
+            EventKind::VehicleReleased => Topic::VehicleReleased,
         }
     }
 }

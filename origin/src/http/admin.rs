@@ -2,19 +2,14 @@
 //! `pricing/admin.rs`). Every route answers 403 to a token without the `ops` role, 422 naming
 //! the field for an invalid change, and returns the audit record of a valid one.
 
-use axum::extract::{FromRequestParts, State};
-use axum::http::request::Parts;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use std::sync::{Arc, Mutex};
 
 use domain::region::Region;
 use domain::vehicle::VehicleClass;
-use futures_util::future::BoxFuture;
-use futures_util::FutureExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -23,9 +18,10 @@ use crate::app::pricing::admin::{
 };
 use crate::http::auth::AuthUser;
 use crate::http::error::{ApiError, ApiResult, Problem};
-use crate::http::extract::{ApiJson, ApiPath, ApiQuery, IdempotencyKey, RequestId};
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery, WriteCall};
+use crate::http::idempotent;
 use crate::state::AppState;
-use crate::store::idempotency::{self, Stored};
+use crate::store::idempotency::{Begun, Pending};
 
 /// An applied, audited change.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -81,45 +77,11 @@ pub fn served_region(state: &AppState, code: &str) -> ApiResult<Region> {
         .ok_or_else(|| ApiError::NotFound(format!("region {code} is not served here")))
 }
 
-/// What every admin change takes from its request: the state, the caller, the request id and
-/// the `Idempotency-Key` (extracted in that order, as separate extractors would be, so the
-/// answers to bad requests are unchanged). The ops check stays in the handler's first step
-/// ([`AdminCall::region`]), after the path and body extractors, as on the read routes.
-pub struct AdminCall {
-    state: AppState,
-    user: AuthUser,
-    request_id: RequestId,
-    key: IdempotencyKey,
-}
-
-impl std::fmt::Debug for AdminCall {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminCall")
-            .field("user", &self.user.id)
-            .field("request_id", &self.request_id)
-            .field("key", &self.key)
-            .finish_non_exhaustive()
-    }
-}
-
-impl FromRequestParts<AppState> for AdminCall {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
-        let user = AuthUser::from_request_parts(parts, state).await?;
-        let request_id = match RequestId::from_request_parts(parts, state).await {
-            Ok(id) => id,
-            Err(never) => match never {},
-        };
-        let key = IdempotencyKey::from_request_parts(parts, state).await?;
-        Ok(Self {
-            state: state.clone(),
-            user,
-            request_id,
-            key,
-        })
-    }
-}
+/// What every admin change takes from its request: the state, the caller, the request id, the
+/// `Idempotency-Key` and the matched route ([`WriteCall`]). The ops check stays in the
+/// handler's first step ([`AdminCall::region`]), after the path and body extractors, as on the
+/// read routes.
+pub type AdminCall = WriteCall;
 
 impl AdminCall {
     /// 403 unless ops; then the served region named by the path (404 otherwise).
@@ -127,71 +89,67 @@ impl AdminCall {
         require_ops(&self.user)?;
         served_region(&self.state, code)
     }
-}
 
-/// Runs one change in a transaction with its audit row — once per `Idempotency-Key`, like every
-/// POST of the API (`idempotency.rs`) — then makes it effective at once.
-async fn apply<F>(
-    caller: &AdminCall,
-    region: Region,
-    request_hash: Vec<u8>,
-    status: StatusCode,
-    op: F,
-) -> ApiResult<Response>
-where
-    F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, ApiResult<Change>> + Send + 'static,
-{
-    let actor = caller.user.id.clone();
-    let request_id = caller.request_id.0.clone();
-    let applied: Arc<Mutex<Option<(&'static str, &'static str)>>> = Arc::default();
-    let seen = Arc::clone(&applied);
-    let stored = idempotency::run(
-        &caller.state.db,
-        &caller.user.id,
-        caller.key.0.as_deref(),
-        request_hash,
-        move |conn| {
-            async move {
-                admin::lock_region(conn, region).await?;
-                let change = op(&mut *conn).await?;
-                let audit_id =
-                    admin::audit(conn, region, &actor, request_id.as_deref(), &change).await?;
-                if let Ok(mut slot) = seen.lock() {
-                    *slot = Some((change.entity, change.action));
-                }
-                tracing::info!(%actor, %region, entity = change.entity, action = change.action, key = %change.key, audit_id, "pricing change");
-                Stored::json(
-                    status,
-                    &AdminChange {
-                        audit_id,
-                        action: change.action.to_owned(),
-                        entity: change.entity.to_owned(),
-                        key: change.key,
-                        before: change.before.unwrap_or(Value::Null),
-                        after: change.after.unwrap_or(Value::Null),
-                    },
-                )
-            }
-            .boxed()
-        },
-    )
-    .await?;
-    if !stored.replayed {
+    /// Phase one of a change: once per `Idempotency-Key`, like every write of the API
+    /// (`idempotency.rs`); a fresh change then holds the region's pricing lock in its
+    /// transaction. `params` fill the route's path parameters in their canonical spelling.
+    async fn start(
+        &self,
+        region: Region,
+        params: &[(&str, &(dyn std::fmt::Display + Sync))],
+        body: &impl Serialize,
+    ) -> ApiResult<Begun> {
+        let mut begun = self.begin(params, body).await?;
+        if let Begun::Fresh(pending) = &mut begun {
+            admin::lock_region(pending.conn(), region).await?;
+        }
+        Ok(begun)
+    }
+
+    /// Phase two: records the change's audit row, commits it with its stored answer, then makes
+    /// it effective at once.
+    async fn finish(
+        &self,
+        mut pending: Pending,
+        region: Region,
+        change: admin::AdminResult<Change>,
+        status: StatusCode,
+    ) -> ApiResult<Response> {
+        let audited: ApiResult<_> = match change {
+            Ok(change) => admin::audit(
+                pending.conn(),
+                region,
+                &self.user.id,
+                self.request_id.0.as_deref(),
+                &change,
+            )
+            .await
+            .map(|audit_id| (audit_id, change))
+            .map_err(ApiError::from),
+            Err(e) => Err(e.into()),
+        };
+        let (response, (audit_id, change)) =
+            idempotent::settle(pending, audited, status, |(audit_id, change)| AdminChange {
+                audit_id: *audit_id,
+                action: change.action.to_owned(),
+                entity: change.entity.to_owned(),
+                key: change.key.clone(),
+                before: change.before.clone().unwrap_or(Value::Null),
+                after: change.after.clone().unwrap_or(Value::Null),
+            })
+            .await?;
+        tracing::info!(actor = %self.user.id, %region, entity = change.entity, action = change.action, key = %change.key, audit_id, "pricing change");
         // Committed. Effective at once: drop the region's pricing contexts from L2 and make
         // every cached quote unreachable (a bump, see cache.rs).
-        caller
-            .state
+        self.state
             .caches
             .invalidate_pricing(region, &VehicleClass::ALL)
             .await;
-        caller.state.caches.invalidate_all_quotes().await;
-        let done = applied.lock().ok().and_then(|slot| *slot);
-        if let Some((entity, action)) = done {
-            metrics::counter!("pricing_admin_changes_total", "entity" => entity, "action" => action)
-                .increment(1);
-        }
+        self.state.caches.invalidate_all_quotes().await;
+        metrics::counter!("pricing_admin_changes_total", "entity" => change.entity, "action" => change.action)
+            .increment(1);
+        Ok(response)
     }
-    Ok(stored.into_response())
 }
 
 /// The region's whole pricing configuration.
@@ -236,15 +194,15 @@ pub async fn put_base_rate(
     let region = call.region(&region)?;
     let class = path_class(&class)?;
     body.validate(region)?;
-    let hash = idempotency::fingerprint(
-        "PUT",
-        &format!("/v1/admin/pricing/{region}/base-rates/{class}"),
-        &body,
-    );
-    apply(&call, region, hash, StatusCode::OK, move |conn| {
-        async move { Ok(admin::base_rate_put(conn, region, class, &body).await?) }.boxed()
-    })
-    .await
+    let mut pending = match call
+        .start(region, &[("region", &region), ("class", &class)], &body)
+        .await?
+    {
+        Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
+        Begun::Fresh(pending) => pending,
+    };
+    let change = admin::base_rate_put(pending.conn(), region, class, &body).await;
+    call.finish(pending, region, change, StatusCode::OK).await
 }
 
 /// Set a class's floor and ceiling (created if absent).
@@ -267,15 +225,15 @@ pub async fn put_vehicle_config(
     let region = call.region(&region)?;
     let class = path_class(&class)?;
     body.validate()?;
-    let hash = idempotency::fingerprint(
-        "PUT",
-        &format!("/v1/admin/pricing/{region}/vehicle-config/{class}"),
-        &body,
-    );
-    apply(&call, region, hash, StatusCode::OK, move |conn| {
-        async move { Ok(admin::vehicle_config_put(conn, region, class, &body).await?) }.boxed()
-    })
-    .await
+    let mut pending = match call
+        .start(region, &[("region", &region), ("class", &class)], &body)
+        .await?
+    {
+        Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
+        Begun::Fresh(pending) => pending,
+    };
+    let change = admin::vehicle_config_put(pending.conn(), region, class, &body).await;
+    call.finish(pending, region, change, StatusCode::OK).await
 }
 
 /// Add a time-of-day multiplier (no overlap with the region's other rules).
@@ -297,15 +255,13 @@ pub async fn create_time_multiplier(
 ) -> ApiResult<Response> {
     let region = call.region(&region)?;
     body.validate()?;
-    let hash = idempotency::fingerprint(
-        "POST",
-        &format!("/v1/admin/pricing/{region}/time-multipliers"),
-        &body,
-    );
-    apply(&call, region, hash, StatusCode::CREATED, move |conn| {
-        async move { Ok(admin::time_multiplier_upsert(conn, region, None, &body).await?) }.boxed()
-    })
-    .await
+    let mut pending = match call.start(region, &[("region", &region)], &body).await? {
+        Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
+        Begun::Fresh(pending) => pending,
+    };
+    let change = admin::time_multiplier_upsert(pending.conn(), region, None, &body).await;
+    call.finish(pending, region, change, StatusCode::CREATED)
+        .await
 }
 
 /// Replace a time-of-day multiplier.
@@ -328,16 +284,15 @@ pub async fn update_time_multiplier(
 ) -> ApiResult<Response> {
     let region = call.region(&region)?;
     body.validate()?;
-    let hash = idempotency::fingerprint(
-        "PUT",
-        &format!("/v1/admin/pricing/{region}/time-multipliers/{id}"),
-        &body,
-    );
-    apply(&call, region, hash, StatusCode::OK, move |conn| {
-        async move { Ok(admin::time_multiplier_upsert(conn, region, Some(id), &body).await?) }
-            .boxed()
-    })
-    .await
+    let mut pending = match call
+        .start(region, &[("region", &region), ("id", &id)], &body)
+        .await?
+    {
+        Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
+        Begun::Fresh(pending) => pending,
+    };
+    let change = admin::time_multiplier_upsert(pending.conn(), region, Some(id), &body).await;
+    call.finish(pending, region, change, StatusCode::OK).await
 }
 
 /// Delete a time-of-day multiplier.
@@ -356,15 +311,15 @@ pub async fn delete_time_multiplier(
     ApiPath((region, id)): ApiPath<(String, Uuid)>,
 ) -> ApiResult<Response> {
     let region = call.region(&region)?;
-    let hash = idempotency::fingerprint(
-        "DELETE",
-        &format!("/v1/admin/pricing/{region}/time-multipliers/{id}"),
-        &(),
-    );
-    apply(&call, region, hash, StatusCode::OK, move |conn| {
-        async move { Ok(admin::time_multiplier_delete(conn, region, id).await?) }.boxed()
-    })
-    .await
+    let mut pending = match call
+        .start(region, &[("region", &region), ("id", &id)], &())
+        .await?
+    {
+        Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
+        Begun::Fresh(pending) => pending,
+    };
+    let change = admin::time_multiplier_delete(pending.conn(), region, id).await;
+    call.finish(pending, region, change, StatusCode::OK).await
 }
 
 /// Add a discount rule.
@@ -386,15 +341,13 @@ pub async fn create_discount(
 ) -> ApiResult<Response> {
     let region = call.region(&region)?;
     body.validate()?;
-    let hash = idempotency::fingerprint(
-        "POST",
-        &format!("/v1/admin/pricing/{region}/discount-rules"),
-        &body,
-    );
-    apply(&call, region, hash, StatusCode::CREATED, move |conn| {
-        async move { Ok(admin::discount_upsert(conn, region, None, &body).await?) }.boxed()
-    })
-    .await
+    let mut pending = match call.start(region, &[("region", &region)], &body).await? {
+        Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
+        Begun::Fresh(pending) => pending,
+    };
+    let change = admin::discount_upsert(pending.conn(), region, None, &body).await;
+    call.finish(pending, region, change, StatusCode::CREATED)
+        .await
 }
 
 /// Replace a discount rule.
@@ -417,15 +370,15 @@ pub async fn update_discount(
 ) -> ApiResult<Response> {
     let region = call.region(&region)?;
     body.validate()?;
-    let hash = idempotency::fingerprint(
-        "PUT",
-        &format!("/v1/admin/pricing/{region}/discount-rules/{id}"),
-        &body,
-    );
-    apply(&call, region, hash, StatusCode::OK, move |conn| {
-        async move { Ok(admin::discount_upsert(conn, region, Some(id), &body).await?) }.boxed()
-    })
-    .await
+    let mut pending = match call
+        .start(region, &[("region", &region), ("id", &id)], &body)
+        .await?
+    {
+        Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
+        Begun::Fresh(pending) => pending,
+    };
+    let change = admin::discount_upsert(pending.conn(), region, Some(id), &body).await;
+    call.finish(pending, region, change, StatusCode::OK).await
 }
 
 /// Delete a discount rule.
@@ -444,15 +397,15 @@ pub async fn delete_discount(
     ApiPath((region, id)): ApiPath<(String, Uuid)>,
 ) -> ApiResult<Response> {
     let region = call.region(&region)?;
-    let hash = idempotency::fingerprint(
-        "DELETE",
-        &format!("/v1/admin/pricing/{region}/discount-rules/{id}"),
-        &(),
-    );
-    apply(&call, region, hash, StatusCode::OK, move |conn| {
-        async move { Ok(admin::discount_delete(conn, region, id).await?) }.boxed()
-    })
-    .await
+    let mut pending = match call
+        .start(region, &[("region", &region), ("id", &id)], &())
+        .await?
+    {
+        Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
+        Begun::Fresh(pending) => pending,
+    };
+    let change = admin::discount_delete(pending.conn(), region, id).await;
+    call.finish(pending, region, change, StatusCode::OK).await
 }
 
 /// The audit trail of pricing changes, newest first.

@@ -1,29 +1,32 @@
 //! Booking routes: hold (create), read, list, confirm, cancel, extend, start, complete.
 //!
 //! v1 and v2 share one core per operation; the versioned handlers only choose the body shape.
-//! Every POST runs through `idempotency::run`, so the effect, its history and outbox rows and
-//! the stored response commit together.
+//! A write reads top to bottom: parse the request, open the idempotent transaction
+//! (`store::idempotency::begin`: a replay answers at once), take the vehicle's lock in it,
+//! let the booking service (`app::booking`) decide and write, settle the transaction (the effect,
+//! its history and outbox rows and the stored response commit together), release the lock, and
+//! only then invalidate caches.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use domain::booking::Booking;
+use domain::cancellation::CancellationFee;
 use domain::ids::BookingId;
-use domain::quote_token::TokenError;
 use domain::state::BookingStatus;
-use futures_util::FutureExt;
 use uuid::Uuid;
 
 use super::dto::{
     BookingPage, BookingV1, BookingV2, CreateBookingRequest, ExtendRequest, ListQuery,
 };
+use crate::app::booking::{self, Actor, Command, ListFilter, Viewer};
 use crate::http::auth::AuthUser;
 use crate::http::error::{ApiError, ApiResult, Problem};
-use crate::http::extract::{ApiJson, ApiPath, ApiQuery, IdempotencyKey, RequestId};
-use crate::redis::locks::LockSlot;
+use crate::http::extract::{ApiJson, ApiPath, ApiQuery, WriteCall};
+use crate::http::idempotent;
 use crate::state::AppState;
-use crate::store::bookings::{self, Action, Actor, ListFilter, Outcome, Rules};
-use crate::store::idempotency::{self, Stored};
+use crate::store::idempotency::Begun;
 
 /// Which body shape to answer with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,23 +36,14 @@ pub enum Version {
 }
 
 impl Version {
-    fn prefix(self) -> &'static str {
-        match self {
-            Version::V1 => "/v1",
-            Version::V2 => "/v2",
-        }
-    }
-
-    fn render(self, outcome: &Outcome) -> serde_json::Value {
+    fn render(
+        self,
+        booking: &Booking,
+        cancellation: Option<&CancellationFee>,
+    ) -> serde_json::Value {
         let value = match self {
-            Version::V1 => serde_json::to_value(BookingV1::render(
-                &outcome.booking,
-                outcome.cancellation.as_ref(),
-            )),
-            Version::V2 => serde_json::to_value(BookingV2::render(
-                &outcome.booking,
-                outcome.cancellation.as_ref(),
-            )),
+            Version::V1 => serde_json::to_value(BookingV1::render(booking, cancellation)),
+            Version::V2 => serde_json::to_value(BookingV2::render(booking, cancellation)),
         };
         value.unwrap_or_default()
     }
@@ -60,138 +54,95 @@ fn parse_id(raw: &str) -> ApiResult<BookingId> {
         .map_err(|_| ApiError::NotFound(format!("booking {raw:?} not found")))
 }
 
-fn outcome(booking: bookings::model::Booking) -> Outcome {
-    Outcome {
-        booking,
-        cancellation: None,
-        extension: None,
+fn actor(call: &WriteCall) -> Actor<'_> {
+    Actor {
+        id: &call.user.id,
+        request_id: call.request_id.0.as_deref(),
     }
 }
 
 async fn create(
-    state: AppState,
-    user: AuthUser,
-    key: IdempotencyKey,
-    request_id: RequestId,
+    call: WriteCall,
     version: Version,
     req: CreateBookingRequest,
 ) -> ApiResult<Response> {
+    let state = &call.state;
     let now = Utc::now();
-    let claims = state
-        .quotes
-        .verify(&req.quote_token, now)
-        .map_err(|e| match e {
-            TokenError::Expired => {
-                ApiError::QuoteExpired("the quote has expired; get a new one".into())
-            }
-            other => ApiError::QuoteInvalid(format!("quote_token: {other}")),
-        })?;
-    claims
-        .check_binding(&user.id)
-        .map_err(|_| ApiError::Forbidden("this quote was issued to another user".into()))?;
-    if !state.config.regions.contains(&claims.region) {
-        return Err(ApiError::NotFound(format!(
-            "region {} is not served by this origin",
-            claims.region
-        )));
-    }
-    state
-        .policy
-        .check(&claims.window, now)
-        .map_err(|e| ApiError::field("start", e.to_string()))?;
-    let hold_ttl = chrono::Duration::from_std(state.config.hold_ttl)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("hold ttl: {e}")))?;
-    let path = format!("{}/bookings", version.prefix());
-    let hash = idempotency::fingerprint("POST", &path, &req);
-    let user_id = user.id.clone();
-    let vehicle = claims.vehicle_id;
+    let rules = booking::rules(state)?;
+    let hold = booking::prepare_hold(
+        &state.quotes,
+        &state.config.regions,
+        &call.user.id,
+        &req.quote_token,
+        &rules,
+        now,
+    )?;
+    let mut pending = match call.begin(&[], &req).await? {
+        Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
+        Begun::Fresh(pending) => pending,
+    };
+    let vehicle = hold.booking.vehicle_id;
     // Serialises contenders for this vehicle so they fail fast (409 after LOCK_WAIT_MS); the
     // exclusion constraint stays the guarantee. Taken in the transaction after the
     // idempotency check, released after commit or rollback (see `locks.rs`).
-    let slot = LockSlot::default();
-    let (slot_in, locks) = (slot.clone(), state.locks.clone());
-    let stored = idempotency::run(&state.db, &user.id, key.0.as_deref(), hash, move |conn| {
-        async move {
-            let actor = Actor {
-                id: &user_id,
-                request_id: request_id.0.as_deref(),
-            };
-            slot_in.lock(&locks, conn, &claims.vehicle_id).await?;
-            let booking = bookings::create_hold(conn, &claims, actor, hold_ttl, now).await?;
-            Stored::json(StatusCode::CREATED, &version.render(&outcome(booking)))
-        }
-        .boxed()
+    let lock = state.locks.lock_in(pending.conn(), &vehicle).await?;
+    let made = booking::hold(pending.conn(), &hold, actor(&call))
+        .await
+        .map_err(ApiError::from);
+    let settled = idempotent::settle(pending, made, StatusCode::CREATED, |b| {
+        version.render(b, None)
     })
     .await;
-    slot.release().await;
-    let stored = stored?;
-    if !stored.replayed {
-        // Committed: cached quotes of this vehicle may now offer a taken window.
-        state.caches.invalidate_vehicle(&vehicle).await;
-        state.edge_gen.bump(&vehicle);
-    }
-    Ok(stored.into_response())
+    lock.release().await;
+    let (response, _) = settled?;
+    // Committed: cached quotes of this vehicle may now offer a taken window.
+    state.caches.invalidate_vehicle(&vehicle).await;
+    state.edge_gen.bump(&vehicle);
+    Ok(response)
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn act(
-    state: AppState,
-    user: AuthUser,
-    key: IdempotencyKey,
-    request_id: RequestId,
+    call: WriteCall,
     version: Version,
-    raw_id: String,
-    action: Action,
-    verb: &'static str,
+    raw_id: &str,
+    command: Command,
 ) -> ApiResult<Response> {
-    let id = parse_id(&raw_id)?;
+    let state = &call.state;
+    let id = parse_id(raw_id)?;
     let now = Utc::now();
-    let path = format!("{}/bookings/{id}/{verb}", version.prefix());
-    let body = match action {
-        Action::Extend { new_end } => serde_json::json!({ "end": new_end }),
+    let body = match command {
+        Command::Extend { new_end } => serde_json::json!({ "end": new_end }),
         _ => serde_json::Value::Null,
     };
-    let hash = idempotency::fingerprint("POST", &path, &body);
+    let mut pending = match call.begin(&[("id", &id)], &body).await? {
+        Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
+        Begun::Fresh(pending) => pending,
+    };
+    let rules = booking::rules(state)?;
     // Extending changes the vehicle's occupancy: it takes the same lock as a hold.
-    let slot = LockSlot::default();
-    let slot_in = slot.clone();
-    let user_id = user.id.clone();
-    let touched = std::sync::Arc::new(std::sync::Mutex::new(None));
-    let touched_in = touched.clone();
-    let effect_state = state.clone();
-    let stored = idempotency::run(&state.db, &user.id, key.0.as_deref(), hash, move |conn| {
-        async move {
-            let actor = Actor {
-                id: &user_id,
-                request_id: request_id.0.as_deref(),
-            };
-            let rules = Rules {
-                policy: &effect_state.policy,
-                cancellation: &effect_state.cancellation,
-            };
-            if let Action::Extend { .. } = action {
-                if let Some(vehicle) = bookings::vehicle_of(conn, &id).await? {
-                    slot_in.lock(&effect_state.locks, conn, &vehicle).await?;
-                }
-            }
-            let outcome = bookings::act(conn, &id, action, actor, rules, now).await?;
-            if let Ok(mut slot) = touched_in.lock() {
-                *slot = Some(outcome.booking.vehicle_id);
-            }
-            Stored::json(StatusCode::OK, &version.render(&outcome))
-        }
-        .boxed()
+    let lock = match command {
+        Command::Extend { .. } => match booking::vehicle_of(pending.conn(), &id).await? {
+            Some(vehicle) => Some(state.locks.lock_in(pending.conn(), &vehicle).await?),
+            None => None,
+        },
+        _ => None,
+    };
+    let done = booking::act(pending.conn(), &id, command, actor(&call), &rules, now)
+        .await
+        .map_err(ApiError::from);
+    let settled = idempotent::settle(pending, done, StatusCode::OK, |t| {
+        version.render(&t.booking, t.cancellation.as_ref())
     })
     .await;
-    slot.release().await;
-    let stored = stored?;
-    let vehicle = touched.lock().ok().and_then(|slot| *slot);
-    if let Some(vehicle) = vehicle {
-        // Committed: the vehicle's occupancy changed, so its cached quotes are stale.
-        state.caches.invalidate_vehicle(&vehicle).await;
-        state.edge_gen.bump(&vehicle);
+    if let Some(lock) = lock {
+        lock.release().await;
     }
-    Ok(stored.into_response())
+    let (response, transition) = settled?;
+    // Committed: the vehicle's occupancy changed, so its cached quotes are stale.
+    let vehicle = transition.booking.vehicle_id;
+    state.caches.invalidate_vehicle(&vehicle).await;
+    state.edge_gen.bump(&vehicle);
+    Ok(response)
 }
 
 async fn get(
@@ -201,8 +152,12 @@ async fn get(
     raw_id: String,
 ) -> ApiResult<Response> {
     let id = parse_id(&raw_id)?;
-    let booking = bookings::get_visible(&state.db, &user, &id).await?;
-    Ok(axum::Json(version.render(&outcome(booking))).into_response())
+    let viewer = Viewer {
+        user_id: &user.id,
+        is_ops: user.is_ops,
+    };
+    let booking = booking::get(&state.db, &id, viewer).await?;
+    Ok(axum::Json(version.render(&booking, None)).into_response())
 }
 
 fn encode_list_cursor(created_at: DateTime<Utc>, id: Uuid) -> String {
@@ -263,7 +218,7 @@ async fn list(
         _ => user.id.clone(),
     };
     let after = q.cursor.as_deref().map(decode_list_cursor).transpose()?;
-    let mut rows = bookings::list(
+    let mut rows = booking::list(
         &state.db,
         &ListFilter {
             user_id,
@@ -280,17 +235,15 @@ async fn list(
     } else {
         None
     };
-    let items: Vec<serde_json::Value> = rows
-        .into_iter()
-        .map(|b| version.render(&outcome(b)))
-        .collect();
+    let items: Vec<serde_json::Value> =
+        rows.into_iter().map(|b| version.render(&b, None)).collect();
     Ok(axum::Json(BookingPage { items, next_cursor }).into_response())
 }
 
 /// Generates the v1 and v2 handler of one route around a shared core, each with its own
 /// OpenAPI description (utoipa needs one annotated function per path).
 macro_rules! versioned {
-    ($(#[$doc:meta])* $v1:ident, $v2:ident, $p1:literal, $p2:literal, [$($extra:tt)*], |$state:ident, $user:ident, $ver:ident| ($($arg:ident : $ty:ty),*) $body:block, $ok:literal) => {
+    ($(#[$doc:meta])* $v1:ident, $v2:ident, $p1:literal, $p2:literal, [$($extra:tt)*], |$call:ident, $ver:ident| ($($arg:ident : $ty:ty),*) $body:block, $ok:literal) => {
         $(#[$doc])*
         #[utoipa::path(
             post, path = $p1, tag = "bookings",
@@ -306,7 +259,7 @@ macro_rules! versioned {
             ),
             security(("bearer" = []))
         )]
-        pub async fn $v1(State($state): State<AppState>, $user: AuthUser, $($arg: $ty),*) -> ApiResult<Response> {
+        pub async fn $v1($call: WriteCall, $($arg: $ty),*) -> ApiResult<Response> {
             let $ver = Version::V1;
             $body
         }
@@ -326,7 +279,7 @@ macro_rules! versioned {
             ),
             security(("bearer" = []))
         )]
-        pub async fn $v2(State($state): State<AppState>, $user: AuthUser, $($arg: $ty),*) -> ApiResult<Response> {
+        pub async fn $v2($call: WriteCall, $($arg: $ty),*) -> ApiResult<Response> {
             let $ver = Version::V2;
             $body
         }
@@ -338,20 +291,20 @@ versioned!(
     create_v1, create_v2, "/v1/bookings", "/v2/bookings",
     [request_body = CreateBookingRequest,
      params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried POST return the first answer")),],
-    |state, user, version| (key: IdempotencyKey, rid: RequestId, body: ApiJson<CreateBookingRequest>) {
-        create(state, user, key, rid, version, body.0).await
+    |call, version| (body: ApiJson<CreateBookingRequest>) {
+        create(call, version, body.0).await
     },
     201
 );
 
 macro_rules! action {
-    ($(#[$doc:meta])* $v1:ident, $v2:ident, $p1:literal, $p2:literal, $verb:literal, $action:expr) => {
+    ($(#[$doc:meta])* $v1:ident, $v2:ident, $p1:literal, $p2:literal, $action:expr) => {
         versioned!(
             $(#[$doc])* $v1, $v2, $p1, $p2,
             [params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried POST return the first answer"),
                     ("id" = String, Path, description = "Booking id, e.g. bkg_euw_…")),],
-            |state, user, version| (key: IdempotencyKey, rid: RequestId, id: ApiPath<String>) {
-                act(state, user, key, rid, version, id.0, $action, $verb).await
+            |call, version| (id: ApiPath<String>) {
+                act(call, version, &id.0, $action).await
             },
             200
         );
@@ -360,19 +313,19 @@ macro_rules! action {
 
 action!(
     /// Confirm a hold before it expires.
-    confirm_v1, confirm_v2, "/v1/bookings/{id}/confirm", "/v2/bookings/{id}/confirm", "confirm", Action::Confirm
+    confirm_v1, confirm_v2, "/v1/bookings/{id}/confirm", "/v2/bookings/{id}/confirm", Command::Confirm
 );
 action!(
     /// Cancel a hold or a confirmed booking; the response shows the fee (by how close to the start).
-    cancel_v1, cancel_v2, "/v1/bookings/{id}/cancel", "/v2/bookings/{id}/cancel", "cancel", Action::Cancel
+    cancel_v1, cancel_v2, "/v1/bookings/{id}/cancel", "/v2/bookings/{id}/cancel", Command::Cancel
 );
 action!(
     /// Start a confirmed booking (from 15 minutes before its start).
-    start_v1, start_v2, "/v1/bookings/{id}/start", "/v2/bookings/{id}/start", "start", Action::Start
+    start_v1, start_v2, "/v1/bookings/{id}/start", "/v2/bookings/{id}/start", Command::Start
 );
 action!(
     /// Complete a booking in progress; the vehicle is released.
-    complete_v1, complete_v2, "/v1/bookings/{id}/complete", "/v2/bookings/{id}/complete", "complete", Action::Complete
+    complete_v1, complete_v2, "/v1/bookings/{id}/complete", "/v2/bookings/{id}/complete", Command::Complete
 );
 
 versioned!(
@@ -381,9 +334,9 @@ versioned!(
     [request_body = ExtendRequest,
      params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried POST return the first answer"),
             ("id" = String, Path, description = "Booking id, e.g. bkg_euw_…")),],
-    |state, user, version| (key: IdempotencyKey, rid: RequestId, id: ApiPath<String>, body: ApiJson<ExtendRequest>) {
+    |call, version| (id: ApiPath<String>, body: ApiJson<ExtendRequest>) {
         let new_end = body.0.end;
-        act(state, user, key, rid, version, id.0, Action::Extend { new_end }, "extend").await
+        act(call, version, &id.0, Command::Extend { new_end }).await
     },
     200
 );

@@ -5,14 +5,13 @@
 //! Requests are strict: unknown fields are refused, so a typo is a 422, not a silent default.
 
 use chrono::{DateTime, Utc};
+use domain::booking::{Booking, Extension};
 use domain::cancellation::{CancellationFee, FeeTier};
 use domain::money::Money;
 use domain::pricing::PriceLine;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
-
-use crate::store::bookings::model::{Booking, Extension};
 
 /// Money in minor units (v2).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -180,6 +179,27 @@ pub struct BookingV1 {
     pub created_at: DateTime<Utc>,
 }
 
+// The wire form of `domain::booking::Extension` (the domain has no OpenAPI derive). Named and
+// documented exactly as that type was, so `/openapi.json` is unchanged: no field docs.
+/// One extension of a booking's end, priced when it was made.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[schema(as = Extension)]
+pub struct ExtensionDto {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub amount_minor: i64,
+}
+
+impl From<&Extension> for ExtensionDto {
+    fn from(e: &Extension) -> Self {
+        ExtensionDto {
+            from: e.from,
+            to: e.to,
+            amount_minor: e.amount_minor,
+        }
+    }
+}
+
 /// A booking (v2).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct BookingV2 {
@@ -192,7 +212,7 @@ pub struct BookingV2 {
     pub price: MoneyDto,
     /// The quote's breakdown.
     pub breakdown: Vec<PriceLineDto>,
-    pub extensions: Vec<Extension>,
+    pub extensions: Vec<ExtensionDto>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hold_expires_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -264,7 +284,7 @@ impl BookingV2 {
             },
             price: b.price.into(),
             breakdown: b.breakdown.iter().map(PriceLineDto::from).collect(),
-            extensions: b.extensions.clone(),
+            extensions: b.extensions.iter().map(ExtensionDto::from).collect(),
             hold_expires_at: b.hold_expires_at,
             cancellation: cancellation_parts(b, fee).map(|(fee, refund, tier)| CancellationV2 {
                 fee: fee.into(),

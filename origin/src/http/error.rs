@@ -6,8 +6,14 @@
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
+use domain::booking::BookingError;
 use serde::Serialize;
 use utoipa::ToSchema;
+
+use crate::app::booking::BookingFailure;
+use crate::redis::locks::LockError;
+use crate::store::bookings::StoreError;
+use crate::store::idempotency::IdempotencyError;
 
 /// A problem details body (RFC 9457).
 #[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
@@ -291,6 +297,88 @@ impl From<crate::app::pricing::admin::AdminError> for ApiError {
             AdminError::Invalid { field, detail } => ApiError::field(field, detail),
             AdminError::NotFound(what) => ApiError::NotFound(what),
             AdminError::Database(e) => ApiError::from(e),
+        }
+    }
+}
+
+// The booking write path's errors: the aggregate's refusals, the repository, the vehicle lock,
+// idempotency keys, and the booking service that wraps them. Each is mapped here, once.
+
+/// The booking aggregate's refusals: a lifecycle or time rule is a 409, a window a 422 naming
+/// its field, a pricing or currency fault a 500.
+impl From<BookingError> for ApiError {
+    fn from(e: BookingError) -> Self {
+        match e {
+            BookingError::InvalidTransition(_)
+            | BookingError::NotStartable { .. }
+            | BookingError::NotExtendable(_)
+            | BookingError::Ended => ApiError::InvalidState(e.to_string()),
+            BookingError::HoldExpired(_) => ApiError::HoldExpired(e.to_string()),
+            BookingError::Window { field, .. } => ApiError::field(field, e.to_string()),
+            BookingError::ExtensionTooLong { .. } => ApiError::field("end", e.to_string()),
+            BookingError::HoldNotExpired(_)
+            | BookingError::CurrencyMismatch { .. }
+            | BookingError::Pricing(_)
+            | BookingError::Overflow => ApiError::Internal(anyhow::Error::new(e)),
+        }
+    }
+}
+
+/// The bookings repository: constraint violations are client errors, never 500s.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Overlap => ApiError::Conflict(e.to_string()),
+            StoreError::Contention => ApiError::Conflict(
+                "a concurrent booking for this vehicle won; try another window".into(),
+            ),
+            StoreError::QuoteUsed => ApiError::QuoteUsed(e.to_string()),
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "database unavailable");
+                ApiError::Unavailable("the database is unavailable; retry shortly".into())
+            }
+            StoreError::Corrupt { .. }
+            | StoreError::OutboxMismatch { .. }
+            | StoreError::Encode(_)
+            | StoreError::Database(_) => ApiError::Internal(anyhow::Error::new(e)),
+        }
+    }
+}
+
+/// A vehicle lock held by someone else is a 409 (`/problems/conflict`).
+impl From<LockError> for ApiError {
+    fn from(e: LockError) -> Self {
+        match e {
+            LockError::Busy(_) => ApiError::Conflict(e.to_string()),
+            LockError::Database(cause) => cause.into(),
+        }
+    }
+}
+
+impl From<IdempotencyError> for ApiError {
+    fn from(e: IdempotencyError) -> Self {
+        match e {
+            IdempotencyError::InProgress => ApiError::IdempotencyInProgress,
+            IdempotencyError::Mismatch => ApiError::IdempotencyMismatch,
+            IdempotencyError::Database(cause) => cause.into(),
+        }
+    }
+}
+
+impl From<BookingFailure> for ApiError {
+    fn from(e: BookingFailure) -> Self {
+        match e {
+            BookingFailure::QuoteExpired => ApiError::QuoteExpired(e.to_string()),
+            BookingFailure::QuoteInvalid(_) => ApiError::QuoteInvalid(e.to_string()),
+            BookingFailure::QuoteOfAnotherUser => ApiError::Forbidden(e.to_string()),
+            BookingFailure::RegionNotServed(_)
+            | BookingFailure::NotFound(_)
+            | BookingFailure::VehicleUnavailable(_) => ApiError::NotFound(e.to_string()),
+            BookingFailure::ExtensionBlocked => ApiError::Conflict(e.to_string()),
+            BookingFailure::Refused(refused) => refused.into(),
+            BookingFailure::Store(store) => store.into(),
+            BookingFailure::Pricing(pricing) => pricing.into(),
+            BookingFailure::HoldTtl(_) => ApiError::Internal(anyhow::Error::new(e)),
         }
     }
 }

@@ -1,13 +1,18 @@
 //! Request extractors that parse input once, at the edge of the system, and turn every
 //! rejection into a precise problem+json instead of axum's plain-text defaults.
 
+use std::fmt::Display;
+
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::request::Parts;
+use axum::http::Method;
 use serde::de::DeserializeOwned;
 
+use crate::http::auth::AuthUser;
 use crate::http::error::ApiError;
 use crate::state::AppState;
+use crate::store::idempotency::{self, Begun, Fingerprint};
 
 /// JSON body: malformed JSON is a 400, a body of the wrong shape (type, unknown or missing
 /// field, invalid window) a 422 naming the path, a missing content type a 415.
@@ -154,5 +159,216 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
                 .and_then(|v| v.to_str().ok())
                 .map(|s| s.chars().take(128).collect()),
         ))
+    }
+}
+
+/// The route a request matched, and its method: where an idempotency fingerprint takes its
+/// method and path from, so no handler re-types its own path (which could drift from the
+/// router).
+///
+/// The path is the matched route (`MatchedPath`, e.g. `/v1/bookings/{id}/confirm`) with each
+/// parameter written in its canonical spelling, as parsed by the handler — not the raw request
+/// path: ids accept upper-case hex and regions either case, and keys stored before this
+/// extractor existed hashed the canonical spelling (`/v1/bookings/bkg_euw_<lower hex>/confirm`,
+/// `/v1/admin/pricing/EUW/…`), so a retry spelled differently still replays.
+#[derive(Debug, Clone)]
+pub struct Route {
+    method: Method,
+    template: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Route {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let template = parts
+            .extensions
+            .get::<MatchedPath>()
+            .map(|path| path.as_str().to_owned())
+            .ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!("no matched route for {}", parts.uri.path()))
+            })?;
+        Ok(Route {
+            method: parts.method.clone(),
+            template,
+        })
+    }
+}
+
+impl Route {
+    /// The concrete path: every `{name}` of the matched route replaced by the value given for
+    /// `name`. A parameter without a value, or a value for no parameter, is a bug (500).
+    pub fn path(&self, params: &[(&str, &(dyn Display + Sync))]) -> Result<String, ApiError> {
+        let bug =
+            |what: String| ApiError::Internal(anyhow::anyhow!("route {}: {what}", self.template));
+        let mut path = String::with_capacity(self.template.len() + 40);
+        let mut used = 0;
+        let mut rest = self.template.as_str();
+        while let Some(open) = rest.find('{') {
+            let close = rest[open..]
+                .find('}')
+                .map(|i| open + i)
+                .ok_or_else(|| bug("unclosed parameter".into()))?;
+            let name = &rest[open + 1..close];
+            let (_, value) = params
+                .iter()
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| bug(format!("no value for {{{name}}}")))?;
+            path.push_str(&rest[..open]);
+            path.push_str(&value.to_string());
+            used += 1;
+            rest = &rest[close + 1..];
+        }
+        path.push_str(rest);
+        if used != params.len() {
+            return Err(bug(format!(
+                "{} values for {used} parameters",
+                params.len()
+            )));
+        }
+        Ok(path)
+    }
+
+    /// The request's idempotency fingerprint: method, [`Route::path`] and `body`.
+    pub fn fingerprint(
+        &self,
+        params: &[(&str, &(dyn Display + Sync))],
+        body: &impl serde::Serialize,
+    ) -> Result<Fingerprint, ApiError> {
+        Ok(Fingerprint::new(
+            self.method.as_str(),
+            &self.path(params)?,
+            body,
+        ))
+    }
+}
+
+/// What every write (a POST, PUT or DELETE with an `Idempotency-Key`) takes from its request:
+/// the state, the caller, the request id, the key and the matched route — extracted in that
+/// order, as separate extractors would be, so the answers to bad requests are unchanged.
+pub struct WriteCall {
+    pub state: AppState,
+    pub user: AuthUser,
+    pub request_id: RequestId,
+    pub key: IdempotencyKey,
+    pub route: Route,
+}
+
+impl std::fmt::Debug for WriteCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteCall")
+            .field("user", &self.user.id)
+            .field("request_id", &self.request_id)
+            .field("key", &self.key)
+            .field("route", &self.route)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FromRequestParts<AppState> for WriteCall {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        let request_id = match RequestId::from_request_parts(parts, state).await {
+            Ok(id) => id,
+            Err(never) => match never {},
+        };
+        let key = IdempotencyKey::from_request_parts(parts, state).await?;
+        let route = Route::from_request_parts(parts, state).await?;
+        Ok(WriteCall {
+            state: state.clone(),
+            user,
+            request_id,
+            key,
+            route,
+        })
+    }
+}
+
+impl WriteCall {
+    /// Phase one of the idempotent write (`store::idempotency`): the request's fingerprint is
+    /// its method, its route with `params` filled in, and `body`.
+    pub async fn begin(
+        &self,
+        params: &[(&str, &(dyn Display + Sync))],
+        body: &impl serde::Serialize,
+    ) -> Result<Begun, ApiError> {
+        let fingerprint = self.route.fingerprint(params, body)?;
+        Ok(idempotency::begin(
+            &self.state.db,
+            &self.user.id,
+            self.key.0.as_deref(),
+            fingerprint,
+        )
+        .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::ids::BookingId;
+
+    fn route(method: Method, template: &str) -> Route {
+        Route {
+            method,
+            template: template.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_route_path_fills_each_parameter_with_its_canonical_spelling() -> Result<(), ApiError> {
+        let id: BookingId = "bkg_euw_0190F0C5A4C37D3E8B1E2F3A4B5C6D7E"
+            .parse()
+            .map_err(|e| ApiError::BadRequest(format!("{e}")))?;
+        let confirm = route(Method::POST, "/v1/bookings/{id}/confirm");
+        assert_eq!(
+            confirm.path(&[("id", &id)])?,
+            "/v1/bookings/bkg_euw_0190f0c5a4c37d3e8b1e2f3a4b5c6d7e/confirm"
+        );
+        let admin = route(Method::PUT, "/v1/admin/pricing/{region}/base-rates/{class}");
+        let region = domain::region::Region::Euw;
+        assert_eq!(
+            admin.path(&[("class", &"compact"), ("region", &region)])?,
+            "/v1/admin/pricing/EUW/base-rates/compact"
+        );
+        assert_eq!(
+            route(Method::POST, "/v2/bookings").path(&[])?,
+            "/v2/bookings"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn a_missing_or_extra_route_parameter_is_an_internal_error() {
+        let confirm = route(Method::POST, "/v1/bookings/{id}/confirm");
+        assert!(matches!(confirm.path(&[]), Err(ApiError::Internal(_))));
+        assert!(matches!(
+            confirm.path(&[("id", &"x"), ("other", &"y")]),
+            Err(ApiError::Internal(_))
+        ));
+        assert!(matches!(
+            confirm.path(&[("ID", &"x")]),
+            Err(ApiError::Internal(_))
+        ));
+    }
+
+    #[test]
+    fn a_fingerprint_is_the_hash_of_method_path_and_body_as_before() -> Result<(), ApiError> {
+        use sha2::{Digest, Sha256};
+        let extend = route(Method::POST, "/v1/bookings/{id}/extend");
+        let body = serde_json::json!({ "end": "2027-01-01T10:00:00Z" });
+        let got = extend.fingerprint(&[("id", &"bkg_euw_1")], &body)?;
+        let expected = Sha256::new()
+            .chain_update(b"POST\0/v1/bookings/bkg_euw_1/extend\0")
+            .chain_update(br#"{"end":"2027-01-01T10:00:00Z"}"#)
+            .finalize();
+        assert_eq!(got.as_bytes(), &expected[..]);
+        // The method is part of it.
+        let put = route(Method::PUT, "/v1/bookings/{id}/extend")
+            .fingerprint(&[("id", &"bkg_euw_1")], &body)?;
+        assert_ne!(put, got);
+        Ok(())
     }
 }

@@ -9,6 +9,7 @@ pub mod bookings;
 pub mod dto;
 pub mod error;
 pub mod extract;
+pub mod idempotent;
 pub mod metrics;
 pub mod openapi_errors;
 pub mod quotes;

@@ -33,11 +33,12 @@
 //! # Where in the request
 //!
 //! The lock is taken *inside* the booking transaction, right after the idempotency check
-//! ([`LockSlot::lock`]), not before it: a retry whose first attempt already committed must get
-//! its stored answer even while someone else holds the vehicle, and a duplicate racing its
-//! first attempt must get `idempotency-in-progress`, not "vehicle busy". The price is a pooled
-//! connection held for at most `LOCK_WAIT_MS` by a contender. The lock leaves the transaction's
-//! closure in a [`LockSlot`] so the handler releases it after commit or rollback.
+//! ([`Locks::lock_in`] on the pending request's connection), not before it: a retry whose first
+//! attempt already committed must get its stored answer even while someone else holds the
+//! vehicle, and a duplicate racing its first attempt must get `idempotency-in-progress`, not
+//! "vehicle busy". The price is a pooled connection held for at most `LOCK_WAIT_MS` by a
+//! contender. The handler keeps the [`VehicleLock`] in its own scope and releases it after the
+//! commit or rollback.
 //!
 //! # Fallback: `pg_advisory_xact_lock` inside the booking transaction
 //!
@@ -54,14 +55,13 @@
 //! single-`bigint` keys the idempotency module uses; a hash collision between two vehicles only
 //! serialises them, harmlessly.
 
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use domain::ids::VehicleId;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::http::error::{ApiError, ApiResult};
 use crate::redis::link::{RedisLink, Unavailable};
 
 /// First half of the advisory-lock key: "lock" in ASCII, so `pg_locks` shows whose it is.
@@ -77,10 +77,15 @@ static RELEASE: LazyLock<redis::Script> = LazyLock::new(|| {
 /// How often a waiting contender retries the SET.
 const RETRY_EVERY: Duration = Duration::from_millis(5);
 
-fn busy(vehicle: &VehicleId) -> ApiError {
-    ApiError::Conflict(format!(
-        "vehicle {vehicle} is being booked by someone else right now; try again in a moment"
-    ))
+/// Why a vehicle's lock was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Someone else held the lock for longer than `LOCK_WAIT_MS`.
+    #[error("vehicle {0} is being booked by someone else right now; try again in a moment")]
+    Busy(VehicleId),
+    /// The PostgreSQL fallback lock failed for another reason than a timeout.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
 }
 
 /// The lock service: one per origin, cheap to clone.
@@ -111,11 +116,24 @@ impl Locks {
             .key(&format!("lock:vehicle:{}", vehicle.uuid.simple()))
     }
 
+    /// Inside the booking transaction, after the idempotency check: takes the vehicle's lock
+    /// (Redis, or PostgreSQL's advisory lock on `conn` right here when Redis is unavailable).
+    /// The caller keeps the lock and releases it after the commit or rollback.
+    pub async fn lock_in(
+        &self,
+        conn: &mut PgConnection,
+        vehicle: &VehicleId,
+    ) -> Result<VehicleLock, LockError> {
+        let lock = self.acquire(vehicle).await?;
+        lock.fence().enter(conn).await?;
+        Ok(lock)
+    }
+
     /// Takes the vehicle's lock: a Redis lock, or — when Redis does not answer — a
     /// [`VehicleLock`] whose [`PgFence`] the booking transaction must enter
-    /// ([`LockSlot::lock`] does both).
-    /// A lock held by someone else for longer than `LOCK_WAIT_MS` is a 409.
-    pub async fn acquire(&self, vehicle: &VehicleId) -> ApiResult<VehicleLock> {
+    /// ([`Locks::lock_in`] does both).
+    /// A lock held by someone else for longer than `LOCK_WAIT_MS` is [`LockError::Busy`].
+    pub async fn acquire(&self, vehicle: &VehicleId) -> Result<VehicleLock, LockError> {
         let key = self.key(vehicle);
         let token = Uuid::new_v4().to_string();
         let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
@@ -151,7 +169,7 @@ impl Locks {
                     let now = Instant::now();
                     if now >= deadline {
                         metrics::counter!("vehicle_locks_total", "backend" => "redis", "outcome" => "busy").increment(1);
-                        return Err(busy(vehicle));
+                        return Err(LockError::Busy(*vehicle));
                     }
                     tokio::time::sleep(RETRY_EVERY.min(deadline - now)).await;
                 }
@@ -228,8 +246,7 @@ impl VehicleLock {
     }
 
     /// What the booking transaction must do first: enter a PostgreSQL advisory lock when Redis
-    /// was unavailable, nothing otherwise. Plain data, so it moves into the transaction's
-    /// closure while the lock itself stays outside to be released after commit.
+    /// was unavailable, nothing otherwise.
     pub fn fence(&self) -> PgFence {
         PgFence {
             vehicle: matches!(self.held, Held::Postgres).then_some(self.vehicle),
@@ -269,39 +286,6 @@ impl Drop for VehicleLock {
     }
 }
 
-/// Carries a [`VehicleLock`] out of the transaction's closure, so the handler can release it
-/// after the commit (or rollback) that `idempotency::run` performs.
-#[derive(Debug, Clone, Default)]
-pub struct LockSlot(Arc<Mutex<Option<VehicleLock>>>);
-
-impl LockSlot {
-    /// Inside the transaction, after the idempotency check: takes the vehicle's lock (Redis,
-    /// or PostgreSQL's advisory lock right here when Redis is unavailable) and keeps it in the
-    /// slot. A lock held by someone else past `LOCK_WAIT_MS` is a 409.
-    pub async fn lock(
-        &self,
-        locks: &Locks,
-        conn: &mut PgConnection,
-        vehicle: &VehicleId,
-    ) -> ApiResult<()> {
-        let lock = locks.acquire(vehicle).await?;
-        let fence = lock.fence();
-        if let Ok(mut slot) = self.0.lock() {
-            // A previous lock in the slot (none expected) is dropped, i.e. released.
-            *slot = Some(lock);
-        }
-        fence.enter(conn).await
-    }
-
-    /// Releases the lock in the slot, if any (after commit or rollback).
-    pub async fn release(&self) {
-        let lock = self.0.lock().ok().and_then(|mut slot| slot.take());
-        if let Some(lock) = lock {
-            lock.release().await;
-        }
-    }
-}
-
 /// The PostgreSQL side of a [`VehicleLock`]: empty when the lock is in Redis.
 #[derive(Debug, Clone, Copy)]
 pub struct PgFence {
@@ -313,32 +297,37 @@ impl PgFence {
     /// Takes the vehicle's transaction-scoped advisory lock when Redis was unavailable, waiting
     /// at most `LOCK_WAIT_MS`; a no-op when the Redis lock is held. Call it before the
     /// transaction touches a booking; the lock ends with the commit or rollback.
-    pub async fn enter(self, conn: &mut PgConnection) -> ApiResult<()> {
+    pub async fn enter(self, conn: &mut PgConnection) -> Result<(), LockError> {
         let Some(vehicle) = self.vehicle else {
             return Ok(());
         };
         let id = vehicle.uuid.to_string();
         let taken = if self.wait.is_zero() {
-            sqlx::query_scalar::<_, bool>("select pg_try_advisory_xact_lock($1, hashtext($2))")
-                .bind(LOCK_NAMESPACE)
-                .bind(&id)
-                .fetch_one(&mut *conn)
-                .await?
+            sqlx::query_scalar!(
+                r#"select pg_try_advisory_xact_lock($1, hashtext($2)) as "taken!""#,
+                LOCK_NAMESPACE,
+                id
+            )
+            .fetch_one(&mut *conn)
+            .await?
         } else {
             // lock_timeout bounds the wait (0 would mean forever); it is restored right after,
             // so the rest of the transaction (the constraint check) waits as usual.
-            let ms = self.wait.as_millis();
-            sqlx::query(&format!("set local lock_timeout = '{ms}ms'"))
-                .execute(&mut *conn)
+            // `set_config(…, true)` is `set local` with the value as a parameter.
+            let timeout = format!("{}ms", self.wait.as_millis());
+            sqlx::query_scalar!("select set_config('lock_timeout', $1, true)", timeout)
+                .fetch_one(&mut *conn)
                 .await?;
-            let locked = sqlx::query("select pg_advisory_xact_lock($1, hashtext($2))")
-                .bind(LOCK_NAMESPACE)
-                .bind(&id)
-                .execute(&mut *conn)
-                .await;
+            let locked = sqlx::query!(
+                r#"select 1 as "locked!" from pg_advisory_xact_lock($1, hashtext($2))"#,
+                LOCK_NAMESPACE,
+                id
+            )
+            .fetch_one(&mut *conn)
+            .await;
             match locked {
                 Ok(_) => {
-                    sqlx::query("set local lock_timeout to default")
+                    sqlx::query!("set local lock_timeout to default")
                         .execute(&mut *conn)
                         .await?;
                     true
@@ -353,7 +342,7 @@ impl PgFence {
         if taken {
             Ok(())
         } else {
-            Err(busy(&vehicle))
+            Err(LockError::Busy(vehicle))
         }
     }
 }

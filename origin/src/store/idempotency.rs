@@ -1,71 +1,98 @@
 //! Idempotency keys: a retried POST gets the first answer, and its effect happens once.
 //!
-//! How it works, inside ONE transaction that also carries the effect:
-//! 1. `pg_try_advisory_xact_lock(hash(user, key))` — if another transaction holds it, the first
-//!    request with this key is still running: answer 409 at once instead of queueing behind it.
-//! 2. Look up a stored response for (user, key). Under READ COMMITTED each statement sees what
-//!    committed before it started, and we hold the lock, so a finished first request is visible.
-//!    Same request hash → replay the stored status and body; another hash → 422.
-//! 3. Otherwise run the effect and store its response in the same transaction, then commit.
+//! Two phases, in ONE transaction that also carries the effect:
+//!
+//! 1. [`begin`] opens the transaction. With a key it takes
+//!    `pg_try_advisory_xact_lock(hash(user, key))` — if another transaction holds it, the first
+//!    request with this key is still running: [`IdempotencyError::InProgress`] at once instead
+//!    of queueing behind it. Then it looks up a stored response for (user, key). Under READ
+//!    COMMITTED each statement sees what committed before it started, and we hold the lock, so
+//!    a finished first request is visible. Same fingerprint → [`Begun::Replay`] with the stored
+//!    status and body; another fingerprint → [`IdempotencyError::Mismatch`]. Otherwise
+//!    [`Begun::Fresh`]: a [`Pending`] request holding the transaction.
+//! 2. The handler does its work on [`Pending::conn`] — locks, repository calls — in its own
+//!    scope, then [`Pending::finish`] stores the response (with a key, 2xx only) and commits.
 //!    Effect and key commit together or not at all: a crash in between leaves neither.
+//!    Dropping a `Pending` (an error, a cancelled request) rolls everything back.
 //!
 //! Only successful (2xx) responses are stored. An error (conflict, validation) rolled back the
 //! effect, so a retry re-executes, as Stripe does: a 409 "vehicle taken" may be a 201 later.
+//!
+//! This module knows statuses only as numbers and bodies only as bytes; making them HTTP
+//! responses (and the `idempotent-replayed` header) is `http::idempotent`'s business.
 
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use futures_util::future::BoxFuture;
 use sha2::{Digest, Sha256};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
-use crate::http::error::{ApiError, ApiResult};
+/// Why [`begin`] or [`Pending::finish`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IdempotencyError {
+    /// The same key is being processed by another request right now.
+    #[error("a request with this Idempotency-Key is still in progress")]
+    InProgress,
+    /// The key was used before with another request.
+    #[error("this Idempotency-Key was used with a different request")]
+    Mismatch,
+    /// The database failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
 
-/// A response ready to send and to store: status and JSON body.
-#[derive(Debug, Clone)]
-pub struct Stored {
-    pub status: StatusCode,
+/// What identifies a request for its key: a hash of the method, the path and the body's
+/// canonical JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint(Vec<u8>);
+
+impl Fingerprint {
+    /// `sha256(method ‖ 0 ‖ path ‖ 0 ‖ json(body))` — the bytes stored as `request_hash`, so
+    /// they must never change for the same request, or retries across a deploy stop replaying.
+    pub fn new(method: &str, path: &str, body: &impl serde::Serialize) -> Self {
+        let mut hasher = Sha256::new();
+        hasher.update(method.as_bytes());
+        hasher.update([0]);
+        hasher.update(path.as_bytes());
+        hasher.update([0]);
+        hasher.update(serde_json::to_vec(body).unwrap_or_default());
+        Fingerprint(hasher.finalize().to_vec())
+    }
+
+    /// The stored form.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// A stored response: what the first request with this key answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Saved {
+    /// Its HTTP status.
+    pub status: u16,
+    /// Its body (JSON).
     pub body: Vec<u8>,
-    /// True when this response is a replay of a stored one.
-    pub replayed: bool,
 }
 
-impl Stored {
-    /// A fresh JSON response.
-    pub fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> ApiResult<Self> {
-        let body = serde_json::to_vec(value)
-            .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("encode response")))?;
-        Ok(Stored {
-            status,
-            body,
-            replayed: false,
-        })
-    }
+/// The outcome of [`begin`].
+#[derive(Debug)]
+pub enum Begun {
+    /// The key was used before with this very request: answer what it answered.
+    Replay(Saved),
+    /// Nothing stored: do the work on the pending transaction, then [`Pending::finish`] it.
+    Fresh(Pending),
 }
 
-impl IntoResponse for Stored {
-    fn into_response(self) -> Response {
-        let mut response = (self.status, self.body).into_response();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        if self.replayed {
-            headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
-        }
-        response
-    }
+/// A request in progress: its transaction (holding the key's advisory lock, if any) and what
+/// [`Pending::finish`] needs to store its response.
+#[derive(Debug)]
+pub struct Pending {
+    tx: Transaction<'static, Postgres>,
+    key: Option<Key>,
 }
 
-/// The fingerprint of a request: method, path and body (its canonical JSON form).
-pub fn fingerprint(method: &str, path: &str, body: &impl serde::Serialize) -> Vec<u8> {
-    let mut hasher = Sha256::new();
-    hasher.update(method.as_bytes());
-    hasher.update([0]);
-    hasher.update(path.as_bytes());
-    hasher.update([0]);
-    hasher.update(serde_json::to_vec(body).unwrap_or_default());
-    hasher.finalize().to_vec()
+#[derive(Debug)]
+struct Key {
+    user: String,
+    key: String,
+    fingerprint: Fingerprint,
 }
 
 fn lock_key(user: &str, key: &str) -> i64 {
@@ -79,77 +106,117 @@ fn lock_key(user: &str, key: &str) -> i64 {
     i64::from_be_bytes(bytes)
 }
 
-/// Runs `effect` in a transaction, exactly once per (user, key) when a key is given.
-pub async fn run<F>(
+/// Phase one: opens the request's transaction and, with a key, replays or refuses a request
+/// already seen (see the module docs). Without a key every request is fresh.
+pub async fn begin(
     pool: &PgPool,
     user: &str,
     key: Option<&str>,
-    request_hash: Vec<u8>,
-    effect: F,
-) -> ApiResult<Stored>
-where
-    F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, ApiResult<Stored>>,
-{
+    fingerprint: Fingerprint,
+) -> Result<Begun, IdempotencyError> {
     let mut tx = pool.begin().await?;
-    if let Some(key) = key {
-        let locked: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock($1)")
-            .bind(lock_key(user, key))
-            .fetch_one(&mut *tx)
-            .await?;
-        if !locked {
-            return Err(ApiError::IdempotencyInProgress);
+    let Some(key) = key else {
+        return Ok(Begun::Fresh(Pending { tx, key: None }));
+    };
+    let locked = sqlx::query_scalar!(
+        r#"select pg_try_advisory_xact_lock($1) as "locked!""#,
+        lock_key(user, key)
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if !locked {
+        return Err(IdempotencyError::InProgress);
+    }
+    let existing = sqlx::query!(
+        "select request_hash, response_status, response_body
+           from idempotency_keys where user_id = $1 and key = $2",
+        user,
+        key
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(saved) = existing {
+        if saved.request_hash != fingerprint.as_bytes() {
+            return Err(IdempotencyError::Mismatch);
         }
-        let existing: Option<(Vec<u8>, i16, Vec<u8>)> = sqlx::query_as(
-            "select request_hash, response_status, response_body
-               from idempotency_keys where user_id = $1 and key = $2",
-        )
-        .bind(user)
-        .bind(key)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some((hash, status, body)) = existing {
-            if hash != request_hash {
-                return Err(ApiError::IdempotencyMismatch);
+        return Ok(Begun::Replay(Saved {
+            status: u16::try_from(saved.response_status).unwrap_or(200),
+            body: saved.response_body,
+        }));
+    }
+    Ok(Begun::Fresh(Pending {
+        tx,
+        key: Some(Key {
+            user: user.to_owned(),
+            key: key.to_owned(),
+            fingerprint,
+        }),
+    }))
+}
+
+impl Pending {
+    /// The transaction's connection: every write of the request goes through it.
+    pub fn conn(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+
+    /// Whether [`Pending::finish`] will store the response, so its body must exist before the
+    /// commit. Without a key the body can be rendered after it.
+    pub fn stores_response(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// Phase two: stores the response under the key (2xx only), then commits the effect and
+    /// the key together.
+    pub async fn finish(mut self, status: u16, body: &[u8]) -> Result<(), IdempotencyError> {
+        if let Some(key) = &self.key {
+            if (200..300).contains(&status) {
+                sqlx::query!(
+                    "insert into idempotency_keys (user_id, key, request_hash, response_status, response_body)
+                     values ($1, $2, $3, $4, $5)",
+                    key.user,
+                    key.key,
+                    key.fingerprint.as_bytes(),
+                    i16::try_from(status).unwrap_or(200),
+                    body,
+                )
+                .execute(&mut *self.tx)
+                .await?;
             }
-            let status = u16::try_from(status)
-                .ok()
-                .and_then(|s| StatusCode::from_u16(s).ok())
-                .unwrap_or(StatusCode::OK);
-            return Ok(Stored {
-                status,
-                body,
-                replayed: true,
-            });
         }
+        self.tx.commit().await?;
+        Ok(())
     }
 
-    let stored = effect(&mut tx).await?;
+    /// Commits a request that has no key ([`Pending::stores_response`] is false), so its
+    /// response can be rendered after the commit. With a key, use [`Pending::finish`]: a
+    /// response not stored would make a retry run the effect again.
+    pub async fn commit(self) -> Result<(), IdempotencyError> {
+        debug_assert!(
+            self.key.is_none(),
+            "a keyed request must store its response"
+        );
+        self.tx.commit().await?;
+        Ok(())
+    }
 
-    if let Some(key) = key {
-        if stored.status.is_success() {
-            sqlx::query(
-                "insert into idempotency_keys (user_id, key, request_hash, response_status, response_body)
-                 values ($1, $2, $3, $4, $5)",
-            )
-            .bind(user)
-            .bind(key)
-            .bind(&request_hash)
-            .bind(i16::try_from(stored.status.as_u16()).unwrap_or(200))
-            .bind(&stored.body)
-            .execute(&mut *tx)
-            .await?;
+    /// Rolls the effect back now (rather than when the connection is next used), so locks
+    /// released after it are released after the rollback.
+    pub async fn abort(self) {
+        if let Err(e) = self.tx.rollback().await {
+            tracing::debug!(error = %e, "rollback; the connection discards the transaction");
         }
     }
-    tx.commit().await?;
-    Ok(stored)
 }
 
 /// Deletes keys older than `max_age` (called by the sweeper): retries are expected within
 /// hours, not weeks.
 pub async fn purge_older_than(pool: &PgPool, max_age: chrono::Duration) -> sqlx::Result<u64> {
-    let done = sqlx::query("delete from idempotency_keys where created_at < now() - $1")
-        .bind(max_age)
-        .execute(pool)
-        .await?;
+    let done = sqlx::query!(
+        "delete from idempotency_keys where created_at < now() - $1::interval",
+        sqlx::postgres::types::PgInterval::try_from(max_age).map_err(sqlx::Error::Encode)?
+    )
+    .execute(pool)
+    .await?;
     Ok(done.rows_affected())
 }

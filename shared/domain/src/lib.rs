@@ -6,8 +6,14 @@
 //! property tests. Types are built so that an invalid value cannot be constructed
 //! ("parse, don't validate"): a [`window::TimeWindow`] is always non-empty and minute-aligned,
 //! a [`ids::VehicleId`] always carries its home [`region::Region`], and so on.
+//!
+//! The booking rules meet in one place, the aggregate [`booking::Booking`]: it takes an action
+//! with `now` and the policies and returns the transition to write (next state, history row,
+//! events) or the rule it breaks, so the origin's storage and HTTP layers only load, write and
+//! translate.
 
 pub mod auth;
+pub mod booking;
 pub mod cancellation;
 pub mod ids;
 pub mod money;
@@ -21,6 +27,7 @@ pub mod state;
 pub mod vehicle;
 pub mod window;
 
+pub use booking::{Booking, BookingError, Transition};
 pub use ids::{BookingId, VehicleId};
 pub use money::{Currency, Money};
 pub use multiplier::Multiplier;

@@ -1,33 +1,46 @@
-//! Model-based tests of bookings: random operation sequences run against the domain's rules and
-//! against a deliberately naive reference model, compared after every step.
+//! Model-based tests of bookings: random operation sequences run against the booking aggregate
+//! and against a deliberately naive reference model, compared after every step.
 //!
 //! Why: the unit and property tests check each rule alone (the transition table, `overlaps`,
-//! the policy, the fee). A double booking or a stuck booking comes from *sequences*: hold,
-//! extend into a neighbour, cancel, re-hold the freed window, let a hold expire, start early…
-//! `proptest-state-machine` generates such sequences, shrinks a failing one to its shortest
-//! form, and checks the system under test against the reference after each step.
+//! the policy, the fee, the extension price). A double booking or a stuck booking comes from
+//! *sequences*: hold, extend into a neighbour, cancel, re-hold the freed window, let a hold
+//! expire, start early… `proptest-state-machine` generates such sequences, shrinks a failing one
+//! to its shortest form, and checks the system under test against the reference after each step.
 //!
-//! * The **system under test** is a ledger written the way the origin writes its handlers:
-//!   [`BookingPolicy::check`], [`TimeWindow::overlaps`] over [`BookingStatus::occupies_vehicle`]
-//!   (the exclusion constraint's predicate), [`BookingStatus::apply`],
-//!   [`TimeWindow::extended_to`] and [`CancellationPolicy::fee`].
+//! * The **system under test** is the aggregate itself, [`domain::booking::Booking`], driven the
+//!   way the origin drives it: [`Booking::hold`] from a quote, [`Booking::act`] for every action,
+//!   [`Booking::expire`] for the sweeper's batch. The one rule it cannot know — whether another
+//!   booking occupies the vehicle — is the exclusion constraint's predicate
+//!   ([`TimeWindow::overlaps`] over [`BookingStatus::occupies_vehicle`]), applied to the
+//!   transition before it is kept, as the database applies it to the written row.
 //! * The **reference** shares none of that code: time is plain minutes, occupancy is a set of
 //!   occupied minutes per vehicle (so half-open touching is a fact of the representation, not a
-//!   formula), and the lifecycle is a table of strings copied from the README.
+//!   formula), the lifecycle is a table of strings copied from the README (with the events each
+//!   step emits), and an extension's price is found by trying every number of whole days.
 //!
-//! Invariants after every step: both sides agree on every outcome and on every booking's state
-//! and window; no two occupying bookings of a vehicle share a minute; a terminal booking never
-//! changes again; fee + refund is always the price.
+//! Invariants after every step: both sides agree on every outcome, on the history event and the
+//! events written, and on every booking's state, window, hold and price; no two occupying
+//! bookings of a vehicle share a minute; a terminal booking never changes again; fee + refund is
+//! always the price.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
+use chrono_tz::Tz;
+use domain::booking::{
+    Action, Booking, BookingError, EventKind, ExtensionPricing, Rules, Transition,
+};
 use domain::cancellation::{CancellationPolicy, FeeTier};
+use domain::ids::{BookingId, VehicleId};
 use domain::money::{Currency, Money};
+use domain::pricing::{HourOfWeekTable, RateCard};
+use domain::quote_token::QuoteClaims;
+use domain::region::Region;
 use domain::state::{BookingEvent, BookingStatus};
 use domain::window::{BookingPolicy, TimeWindow};
 use proptest::prelude::*;
 use proptest_state_machine::{prop_state_machine, ReferenceStateMachine, StateMachineTest};
+use uuid::Uuid;
 
 /// Vehicles in play: few, so windows collide often.
 const VEHICLES: u8 = 3;
@@ -35,6 +48,9 @@ const VEHICLES: u8 = 3;
 const HOLD_TTL_MIN: i64 = 10;
 /// A booking may be started from this long before its start (origin rule).
 const START_EARLY_MIN: i64 = 15;
+/// The rate card extensions are priced with: a day costs 8 started hours.
+const PER_HOUR: i64 = 500;
+const PER_DAY: i64 = 4_000;
 
 fn epoch() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2027, 3, 1, 8, 0, 0).unwrap()
@@ -54,7 +70,8 @@ enum Op {
         len: i64,
         price: i64,
     },
-    /// Apply a lifecycle event to the `pick`-th booking (modulo the number of bookings).
+    /// Apply a lifecycle event to the `pick`-th booking (modulo the number of bookings);
+    /// `fail` is the expiry of a hold.
     Act { pick: usize, event: BookingEvent },
     /// Move the end of the `pick`-th booking `by` minutes later (or earlier when negative).
     Extend { pick: usize, by: i64 },
@@ -77,6 +94,10 @@ enum Outcome {
     WrongState,
     /// Refused: not later, or too long.
     BadExtension,
+    /// Extended; the extension cost this many minor units.
+    Extended {
+        amount: i64,
+    },
     /// Cancelled with this fee in minor units.
     Cancelled {
         fee: i64,
@@ -87,17 +108,40 @@ enum Outcome {
     Swept(usize),
 }
 
+/// What one written transition recorded: its history event and its events, in order.
+type Effect = (&'static str, Vec<&'static str>);
+
 // ---------------------------------------------------------------------------------------------
 // Reference model: minutes, sets of occupied minutes, a table of strings.
 
-/// The lifecycle as the README states it.
-const TABLE: &[(&str, &str, &str)] = &[
-    ("RESERVING", "confirm", "CONFIRMED"),
-    ("RESERVING", "fail", "FAILED"),
-    ("RESERVING", "cancel", "CANCELLED"),
-    ("CONFIRMED", "start", "IN_PROGRESS"),
-    ("CONFIRMED", "cancel", "CANCELLED"),
-    ("IN_PROGRESS", "complete", "COMPLETED"),
+/// The lifecycle as the README states it, with the events each step emits.
+const TABLE: &[(&str, &str, &str, &[&str])] = &[
+    ("RESERVING", "confirm", "CONFIRMED", &["booking.confirmed"]),
+    (
+        "RESERVING",
+        "fail",
+        "FAILED",
+        &["booking.failed", "vehicle.released"],
+    ),
+    (
+        "RESERVING",
+        "cancel",
+        "CANCELLED",
+        &["booking.cancelled", "vehicle.released"],
+    ),
+    ("CONFIRMED", "start", "IN_PROGRESS", &["booking.started"]),
+    (
+        "CONFIRMED",
+        "cancel",
+        "CANCELLED",
+        &["booking.cancelled", "vehicle.released"],
+    ),
+    (
+        "IN_PROGRESS",
+        "complete",
+        "COMPLETED",
+        &["booking.completed", "vehicle.released"],
+    ),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +152,7 @@ struct RefBooking {
     status: &'static str,
     hold_expires: Option<i64>,
     price: i64,
+    extensions: usize,
 }
 
 impl RefBooking {
@@ -121,6 +166,7 @@ struct Model {
     now: i64,
     bookings: Vec<RefBooking>,
     last: Option<Outcome>,
+    effects: Vec<Effect>,
 }
 
 impl Model {
@@ -181,6 +227,18 @@ fn ref_fee(b: &RefBooking, now: i64) -> i64 {
     }
 }
 
+/// Reference price of `len` minutes: the cheapest of "d whole days, then started hours" over
+/// every d (no time-of-day rules, no discounts).
+fn ref_price(len: i64) -> i64 {
+    (0..=len / 1_440 + 1)
+        .map(|days| {
+            let rest = (len - days * 1_440).max(0);
+            days * PER_DAY + (rest + 59) / 60 * PER_HOUR
+        })
+        .min()
+        .unwrap_or(0)
+}
+
 struct Reference;
 
 impl ReferenceStateMachine for Reference {
@@ -197,8 +255,7 @@ impl ReferenceStateMachine for Reference {
             1 => Just(BookingEvent::Cancel),
             3 => Just(BookingEvent::Start),
             2 => Just(BookingEvent::Complete),
-            1 => Just(BookingEvent::Fail),
-            1 => Just(BookingEvent::Hold),
+            2 => Just(BookingEvent::Fail),
         ];
         let hold = (0..VEHICLES, 0..10i64, 0..10i64, 1..100_000i64).prop_map(
             |(vehicle, lead, len, price)| Op::Hold {
@@ -216,7 +273,7 @@ impl ReferenceStateMachine for Reference {
             .filter(|&i| {
                 !TABLE
                     .iter()
-                    .all(|(from, _, _)| *from != state.bookings[i].status)
+                    .all(|(from, _, _, _)| *from != state.bookings[i].status)
             })
             .collect();
         let pick = if live.is_empty() {
@@ -235,6 +292,7 @@ impl ReferenceStateMachine for Reference {
     }
 
     fn apply(mut s: Model, op: &Op) -> Model {
+        s.effects.clear();
         let outcome = match *op {
             Op::Hold {
                 vehicle,
@@ -256,7 +314,10 @@ impl ReferenceStateMachine for Reference {
                         status: "RESERVING",
                         hold_expires: Some(s.now + HOLD_TTL_MIN),
                         price,
+                        extensions: 0,
                     });
+                    s.effects
+                        .push(("hold", vec!["booking.created", "vehicle.reserved"]));
                     Outcome::Created
                 }
             }
@@ -268,26 +329,24 @@ impl ReferenceStateMachine for Reference {
                     let b = &mut s.bookings[i];
                     let next = TABLE
                         .iter()
-                        .find(|(from, ev, _)| *from == b.status && *ev == event_name(event))
-                        .map(|(_, _, to)| *to);
+                        .find(|(from, ev, _, _)| *from == b.status && *ev == event_name(event))
+                        .map(|(_, ev, to, events)| (*ev, *to, *events));
+                    let expired = b.hold_expires.is_some_and(|t| t <= now);
                     match next {
                         None => Outcome::WrongState,
-                        Some(_)
-                            if event == BookingEvent::Confirm
-                                && b.hold_expires.is_some_and(|t| t <= now) =>
-                        {
-                            Outcome::WrongState
-                        }
+                        Some(_) if event == BookingEvent::Confirm && expired => Outcome::WrongState,
+                        Some(_) if event == BookingEvent::Fail && !expired => Outcome::WrongState,
                         Some(_)
                             if event == BookingEvent::Start
                                 && (now < b.start - START_EARLY_MIN || now >= b.end) =>
                         {
                             Outcome::WrongState
                         }
-                        Some(to) => {
+                        Some((ev, to, events)) => {
                             let fee = ref_fee(b, now);
                             b.status = to;
                             b.hold_expires = None;
+                            s.effects.push((ev, events.to_vec()));
                             if event == BookingEvent::Cancel {
                                 Outcome::Cancelled { fee }
                             } else {
@@ -309,8 +368,14 @@ impl ReferenceStateMachine for Reference {
                     } else if !s.free(b.vehicle, b.end, b.end + by, Some(i)) {
                         Outcome::Taken
                     } else {
-                        s.bookings[i].end += by;
-                        Outcome::Changed
+                        let amount =
+                            (ref_price(b.end + by - b.start) - ref_price(b.end - b.start)).max(0);
+                        let r = &mut s.bookings[i];
+                        r.end += by;
+                        r.price += amount;
+                        r.extensions += 1;
+                        s.effects.push(("extend", vec!["booking.extended"]));
+                        Outcome::Extended { amount }
                     }
                 }
             },
@@ -325,6 +390,8 @@ impl ReferenceStateMachine for Reference {
                     if b.status == "RESERVING" && b.hold_expires.is_some_and(|t| t <= now) {
                         b.status = "FAILED";
                         b.hold_expires = None;
+                        s.effects
+                            .push(("fail", vec!["booking.failed", "vehicle.released"]));
                         ended += 1;
                     }
                 }
@@ -337,39 +404,75 @@ impl ReferenceStateMachine for Reference {
 }
 
 // ---------------------------------------------------------------------------------------------
-// System under test: the domain's types, used the way the origin's handlers use them.
+// System under test: the booking aggregate, plus the exclusion constraint's predicate (the one
+// rule about *other* bookings, which the database decides).
 
-#[derive(Debug, Clone)]
-struct Booking {
-    vehicle: u8,
-    window: TimeWindow,
-    status: BookingStatus,
-    hold_expires_at: Option<DateTime<Utc>>,
-    price: Money,
+/// The origin's wire names of the aggregate's events.
+fn topic(kind: EventKind) -> &'static str {
+    match kind {
+        EventKind::BookingCreated => "booking.created",
+        EventKind::BookingConfirmed => "booking.confirmed",
+        EventKind::BookingStarted => "booking.started",
+        EventKind::BookingCompleted => "booking.completed",
+        EventKind::BookingCancelled => "booking.cancelled",
+        EventKind::BookingFailed => "booking.failed",
+        EventKind::BookingExtended => "booking.extended",
+        EventKind::VehicleReserved => "vehicle.reserved",
+        EventKind::VehicleReleased => "vehicle.released",
+    }
+}
+
+fn effect(t: &Transition) -> Effect {
+    (
+        t.record.event,
+        t.events.iter().copied().map(topic).collect(),
+    )
+}
+
+fn vehicle_id(vehicle: u8) -> VehicleId {
+    VehicleId::new(Region::Euw, Uuid::from_u128(u128::from(vehicle)))
 }
 
 #[derive(Debug)]
 struct Ledger {
     now: DateTime<Utc>,
     bookings: Vec<Booking>,
-    policy: BookingPolicy,
-    cancellation: CancellationPolicy,
+    rules: Rules,
+    rate: RateCard,
+    table: HourOfWeekTable,
     last: Option<Outcome>,
+    effects: Vec<Effect>,
 }
 
 impl Ledger {
     /// The exclusion constraint's question: does an occupying booking of `vehicle` other than
     /// `except` overlap `window`?
-    fn taken(&self, vehicle: u8, window: &TimeWindow, except: Option<usize>) -> bool {
+    fn taken(&self, vehicle: VehicleId, window: &TimeWindow, except: Option<usize>) -> bool {
         self.bookings.iter().enumerate().any(|(i, b)| {
             Some(i) != except
-                && b.vehicle == vehicle
+                && b.vehicle_id == vehicle
                 && b.status.occupies_vehicle()
                 && b.window.overlaps(window)
         })
     }
 
+    fn quote(&self, vehicle: u8, window: TimeWindow, price: i64) -> QuoteClaims {
+        QuoteClaims {
+            quote_id: Uuid::from_u128(self.bookings.len() as u128 + 1),
+            user_id: "model-user".into(),
+            vehicle_id: vehicle_id(vehicle),
+            region: Region::Euw,
+            window,
+            total: Money::new(price, Currency::EUR),
+            breakdown: Vec::new(),
+            destination_bay_id: None,
+            issued_at: self.now,
+            expires_at: self.now + Duration::minutes(10),
+        }
+    }
+
     fn step(&mut self, op: Op) -> Outcome {
+        self.effects.clear();
         match op {
             Op::Hold {
                 vehicle,
@@ -382,22 +485,18 @@ impl Ledger {
                     Ok(w) => w,
                     Err(_) => return Outcome::Policy,
                 };
-                if self.policy.check(&window, self.now).is_err() {
-                    return Outcome::Policy;
-                }
-                if self.taken(vehicle, &window, None) {
+                let id = BookingId::new(Region::Euw, Uuid::from_u128(self.bookings.len() as u128));
+                let quote = self.quote(vehicle, window, price);
+                let t = match Booking::hold(&quote, id, &self.rules, self.now) {
+                    Ok(t) => t,
+                    Err(BookingError::Window { field: "start", .. }) => return Outcome::Policy,
+                    Err(e) => panic!("a hold refused for another reason: {e}"),
+                };
+                if self.taken(t.booking.vehicle_id, &t.booking.window, None) {
                     return Outcome::Taken;
                 }
-                let status = BookingStatus::PriceQuoted
-                    .apply(BookingEvent::Hold)
-                    .expect("a quote can always become a hold");
-                self.bookings.push(Booking {
-                    vehicle,
-                    window,
-                    status,
-                    hold_expires_at: Some(self.now + Duration::minutes(HOLD_TTL_MIN)),
-                    price: Money::new(price, Currency::EUR),
-                });
+                self.effects.push(effect(&t));
+                self.bookings.push(t.booking);
                 Outcome::Created
             }
             Op::Act { pick, event } => {
@@ -405,82 +504,95 @@ impl Ledger {
                     return Outcome::Nothing;
                 }
                 let i = pick % self.bookings.len();
-                let now = self.now;
-                let cancellation = self.cancellation;
-                let b = &mut self.bookings[i];
-                let Ok(next) = b.status.apply(event) else {
-                    return Outcome::WrongState;
+                let action = match event {
+                    BookingEvent::Confirm => Action::Confirm,
+                    BookingEvent::Cancel => Action::Cancel,
+                    BookingEvent::Start => Action::Start,
+                    BookingEvent::Complete => Action::Complete,
+                    BookingEvent::Fail => Action::Expire,
+                    BookingEvent::Quote | BookingEvent::Hold => {
+                        unreachable!("not generated: not an action on a booking")
+                    }
                 };
-                match event {
-                    BookingEvent::Confirm if b.hold_expires_at.is_some_and(|t| t <= now) => {
-                        return Outcome::WrongState
+                let b = &self.bookings[i];
+                let t = match b.act(action, &self.rules, self.now) {
+                    Ok(t) => t,
+                    Err(
+                        BookingError::InvalidTransition(_)
+                        | BookingError::HoldExpired(_)
+                        | BookingError::HoldNotExpired(_)
+                        | BookingError::NotStartable { .. },
+                    ) => return Outcome::WrongState,
+                    Err(e) => panic!("{event} refused for another reason: {e}"),
+                };
+                let outcome = match t.cancellation {
+                    Some(fee) => {
+                        assert_eq!(
+                            fee.fee.minor + fee.refund.minor,
+                            b.price.minor,
+                            "fee + refund must be the price"
+                        );
+                        assert!(fee.fee.minor >= 0 && fee.fee.minor <= b.price.minor);
+                        assert_eq!(
+                            fee.tier == FeeTier::Free,
+                            fee.fee.minor == 0 || b.price.minor == 0
+                        );
+                        assert_eq!(t.booking.cancellation_fee, Some(fee.fee));
+                        Outcome::Cancelled { fee: fee.fee.minor }
                     }
-                    BookingEvent::Start
-                        if now < b.window.start() - Duration::minutes(START_EARLY_MIN)
-                            || now >= b.window.end() =>
-                    {
-                        return Outcome::WrongState
-                    }
-                    _ => {}
-                }
-                let fee = cancellation.fee(b.price, b.window.start(), now, b.status);
-                assert_eq!(
-                    fee.fee.minor + fee.refund.minor,
-                    b.price.minor,
-                    "fee + refund must be the price"
-                );
-                assert!(fee.fee.minor >= 0 && fee.fee.minor <= b.price.minor);
-                assert_eq!(
-                    fee.tier == FeeTier::Free,
-                    fee.fee.minor == 0 || b.price.minor == 0
-                );
-                b.status = next;
-                b.hold_expires_at = None;
-                if event == BookingEvent::Cancel {
-                    Outcome::Cancelled { fee: fee.fee.minor }
-                } else {
-                    Outcome::Changed
-                }
+                    None => Outcome::Changed,
+                };
+                self.effects.push(effect(&t));
+                self.bookings[i] = t.booking;
+                outcome
             }
             Op::Extend { pick, by } => {
                 if self.bookings.is_empty() {
                     return Outcome::Nothing;
                 }
                 let i = pick % self.bookings.len();
-                let b = self.bookings[i].clone();
-                if !matches!(
-                    b.status,
-                    BookingStatus::Confirmed | BookingStatus::InProgress
-                ) || b.window.end() <= self.now
-                {
-                    return Outcome::WrongState;
-                }
-                let Ok(window) = b.window.extended_to(b.window.end() + Duration::minutes(by))
-                else {
-                    return Outcome::BadExtension;
+                let b = &self.bookings[i];
+                let pricing = ExtensionPricing {
+                    rate: &self.rate,
+                    time_table: &self.table,
+                    tz: Tz::UTC,
+                    discounts: &[],
                 };
-                if window.duration() > self.policy.max_duration {
-                    return Outcome::BadExtension;
-                }
-                if self.taken(b.vehicle, &window, Some(i)) {
+                let new_end = b.window.end() + Duration::minutes(by);
+                let t = match b.act(Action::Extend { new_end, pricing }, &self.rules, self.now) {
+                    Ok(t) => t,
+                    Err(BookingError::NotExtendable(_) | BookingError::Ended) => {
+                        return Outcome::WrongState
+                    }
+                    Err(
+                        BookingError::Window { field: "end", .. }
+                        | BookingError::ExtensionTooLong { .. },
+                    ) => return Outcome::BadExtension,
+                    Err(e) => panic!("extension refused for another reason: {e}"),
+                };
+                if self.taken(b.vehicle_id, &t.booking.window, Some(i)) {
                     return Outcome::Taken;
                 }
-                self.bookings[i].window = window;
-                Outcome::Changed
+                let amount = t.extension.as_ref().map_or(-1, |e| e.amount_minor);
+                self.effects.push(effect(&t));
+                self.bookings[i] = t.booking;
+                Outcome::Extended { amount }
             }
             Op::Tick { minutes } => {
                 self.now += Duration::minutes(minutes);
                 Outcome::Changed
             }
             Op::Sweep => {
+                // The sweeper's query: RESERVING rows whose expiry has passed.
                 let now = self.now;
                 let mut ended = 0;
                 for b in &mut self.bookings {
                     if b.status == BookingStatus::Reserving
                         && b.hold_expires_at.is_some_and(|t| t <= now)
                     {
-                        b.status = b.status.apply(BookingEvent::Fail).expect("holds can fail");
-                        b.hold_expires_at = None;
+                        let t = b.expire(now).expect("an expired hold can be expired");
+                        self.effects.push(effect(&t));
+                        *b = t.booking;
                         ended += 1;
                     }
                 }
@@ -500,27 +612,39 @@ impl StateMachineTest for LedgerTest {
         Ledger {
             now: epoch(),
             bookings: Vec::new(),
-            policy: BookingPolicy::default(),
-            cancellation: CancellationPolicy::default(),
+            rules: Rules::new(
+                BookingPolicy::default(),
+                CancellationPolicy::default(),
+                Duration::minutes(HOLD_TTL_MIN),
+            ),
+            rate: RateCard {
+                currency: Currency::EUR,
+                per_hour_minor: PER_HOUR,
+                per_day_minor: PER_DAY,
+                floor_minor: 0,
+                ceiling_minor: 1_000_000_000,
+            },
+            table: HourOfWeekTable::neutral(),
             last: None,
+            effects: Vec::new(),
         }
     }
 
     fn apply(mut sut: Ledger, model: &Model, op: Op) -> Ledger {
         // Terminal bookings must come out of any step unchanged.
-        let terminal_before: Vec<(usize, BookingStatus, TimeWindow)> = sut
+        let terminal_before: Vec<(usize, Booking)> = sut
             .bookings
             .iter()
             .enumerate()
             .filter(|(_, b)| b.status.is_terminal())
-            .map(|(i, b)| (i, b.status, b.window))
+            .map(|(i, b)| (i, b.clone()))
             .collect();
         let outcome = sut.step(op.clone());
         assert_eq!(Some(outcome), model.last, "outcome of {op:?}");
-        for (i, status, window) in terminal_before {
+        assert_eq!(sut.effects, model.effects, "history and events of {op:?}");
+        for (i, before) in terminal_before {
             assert_eq!(
-                (sut.bookings[i].status, sut.bookings[i].window),
-                (status, window),
+                sut.bookings[i], before,
                 "a terminal booking changed on {op:?}"
             );
         }
@@ -533,9 +657,11 @@ impl StateMachineTest for LedgerTest {
         assert_eq!(sut.bookings.len(), model.bookings.len());
         for (b, r) in sut.bookings.iter().zip(&model.bookings) {
             assert_eq!(b.status.as_str(), r.status);
-            assert_eq!(b.vehicle, r.vehicle);
+            assert_eq!(b.vehicle_id, vehicle_id(r.vehicle));
             assert_eq!((b.window.start(), b.window.end()), (at(r.start), at(r.end)));
             assert_eq!(b.hold_expires_at, r.hold_expires.map(at));
+            assert_eq!(b.price.minor, r.price);
+            assert_eq!(b.extensions.len(), r.extensions);
             assert_eq!(b.status.occupies_vehicle(), r.occupies());
         }
         // No minute of a vehicle is held by two occupying bookings (checked on the model's
@@ -596,10 +722,19 @@ fn generated_sequences_reach_conflicts_extensions_cancellations_and_expiries() {
                 (Op::Hold { .. }, Some(Outcome::Taken)) => "hold refused: taken",
                 (Op::Hold { .. }, Some(Outcome::Created)) => "hold created",
                 (Op::Hold { .. }, Some(Outcome::Policy)) => "hold refused: policy",
-                (Op::Extend { .. }, Some(Outcome::Changed)) => "extended",
+                (Op::Extend { .. }, Some(Outcome::Extended { amount })) if amount > 0 => {
+                    "extended at a price"
+                }
                 (Op::Extend { .. }, Some(Outcome::Taken)) => "extension refused: taken",
                 (_, Some(Outcome::Cancelled { fee })) if fee > 0 => "cancelled with a fee",
                 (_, Some(Outcome::Swept(n))) if n > 0 => "holds expired",
+                (
+                    Op::Act {
+                        event: BookingEvent::Fail,
+                        ..
+                    },
+                    Some(Outcome::Changed),
+                ) => "hold expired",
                 (Op::Act { event, .. }, Some(Outcome::Changed)) => match event {
                     BookingEvent::Start => "started",
                     BookingEvent::Complete => "completed",
@@ -614,10 +749,11 @@ fn generated_sequences_reach_conflicts_extensions_cancellations_and_expiries() {
         "hold created",
         "hold refused: taken",
         "hold refused: policy",
-        "extended",
+        "extended at a price",
         "extension refused: taken",
         "cancelled with a fee",
         "holds expired",
+        "hold expired",
         "started",
         "completed",
     ] {

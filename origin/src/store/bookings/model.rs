@@ -1,32 +1,21 @@
-//! A booking as the origin holds it, parsed from its row once so the rest of the code works
-//! with typed ids, windows, states and money.
+//! A booking row as PostgreSQL stores it, parsed once into the domain's
+//! [`Booking`](domain::booking::Booking) so the rest of the code works with typed ids, windows,
+//! states and money.
 
 use chrono::{DateTime, Utc};
+use domain::booking::{Booking, Extension};
 use domain::ids::{BookingId, VehicleId};
 use domain::money::{Currency, Money};
 use domain::pricing::PriceLine;
 use domain::region::Region;
-use domain::state::BookingStatus;
 use domain::window::TimeWindow;
-use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 use uuid::Uuid;
 
-/// One extension of a booking's end, priced when it was made.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Extension {
-    pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
-    pub amount_minor: i64,
-}
+use super::StoreError;
 
-/// The columns every booking query selects, in [`BookingRow`]'s order.
-pub const COLUMNS: &str = "id, region, vehicle_id, user_id, bay_id, destination_bay_id, \
-     lower(period) as start_at, upper(period) as end_at, status, currency, price_minor, \
-     breakdown, extensions, quote_id, hold_expires_at, cancellation_fee_minor, created_at, updated_at";
-
-/// A raw booking row.
-#[derive(Debug, sqlx::FromRow)]
+/// A raw booking row, in the column order of every booking query (see `booking_rows!`).
+#[derive(Debug)]
 pub struct BookingRow {
     pub id: Uuid,
     pub region: String,
@@ -48,63 +37,36 @@ pub struct BookingRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A parsed booking.
-#[derive(Debug, Clone)]
-pub struct Booking {
-    pub id: BookingId,
-    pub vehicle_id: VehicleId,
-    pub user_id: String,
-    pub bay_id: Uuid,
-    pub destination_bay_id: Option<Uuid>,
-    pub window: TimeWindow,
-    pub status: BookingStatus,
-    pub price: Money,
-    pub breakdown: Vec<PriceLine>,
-    pub extensions: Vec<Extension>,
-    pub quote_id: Uuid,
-    pub hold_expires_at: Option<DateTime<Utc>>,
-    pub cancellation_fee: Option<Money>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-impl Booking {
-    /// The region this booking lives in.
-    pub fn region(&self) -> Region {
-        self.id.region
-    }
-}
-
 impl TryFrom<BookingRow> for Booking {
-    type Error = anyhow::Error;
+    type Error = StoreError;
 
     fn try_from(row: BookingRow) -> Result<Self, Self::Error> {
+        let corrupt = |what: String| StoreError::Corrupt {
+            id: row.id,
+            detail: what,
+        };
         let region: Region = row
             .region
             .parse()
-            .map_err(|_| anyhow::anyhow!("bad region {}", row.region))?;
+            .map_err(|_| corrupt(format!("bad region {}", row.region)))?;
         let currency: Currency = row
             .currency
             .parse()
-            .map_err(|_| anyhow::anyhow!("bad currency {}", row.currency))?;
+            .map_err(|_| corrupt(format!("bad currency {}", row.currency)))?;
+        let window = TimeWindow::new(row.start_at, row.end_at)
+            .map_err(|e| corrupt(format!("stored window: {e}")))?;
+        let status = row
+            .status
+            .parse()
+            .map_err(|_| corrupt(format!("bad status {}", row.status)))?;
         Ok(Booking {
-            id: BookingId {
-                region,
-                uuid: row.id,
-            },
-            vehicle_id: VehicleId {
-                region,
-                uuid: row.vehicle_id,
-            },
+            id: BookingId::new(region, row.id),
+            vehicle_id: VehicleId::new(region, row.vehicle_id),
             user_id: row.user_id,
             bay_id: row.bay_id,
             destination_bay_id: row.destination_bay_id,
-            window: TimeWindow::new(row.start_at, row.end_at)
-                .map_err(|e| anyhow::anyhow!("stored window: {e}"))?,
-            status: row
-                .status
-                .parse()
-                .map_err(|_| anyhow::anyhow!("bad status {}", row.status))?,
+            window,
+            status,
             price: Money::new(row.price_minor, currency),
             breakdown: row.breakdown.0,
             extensions: row.extensions.0,

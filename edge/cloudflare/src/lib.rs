@@ -126,8 +126,11 @@ fn from_core(resp: Response) -> worker::Result<worker::Response> {
         .fixed(resp.body))
 }
 
-/// The exported fetch handler (the macro's generated glue needs `unsafe`).
-#[allow(unsafe_code)]
+/// The exported fetch handler.
+#[expect(
+    unsafe_code,
+    reason = "the #[event(fetch)] macro generates the (unsafe) wasm-bindgen export glue"
+)]
 mod component {
     use super::*;
 

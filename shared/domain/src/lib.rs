@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod cancellation;
+pub mod edge_cache;
 pub mod ids;
 pub mod money;
 pub mod multiplier;

@@ -17,8 +17,9 @@
 //! signal (the server started them before it and answered them after), and clients were still
 //! sending after it (and were refused). A SIGTERM that landed after the load ended fails.
 //!
-//! Quotes go through a fake inference API that answers after 60 ms, so at any moment several
-//! requests are inside a handler. Needs the origin binary to be current (CI builds it first;
+//! Quotes go through a fake inference API that answers after 400 ms, so at any moment several
+//! requests are inside a handler, and stay there longer than the jobs take to stop: a stop
+//! that skipped the drain would cut them. Needs the origin binary to be current (CI builds it first;
 //! alone: `cargo build --workspace --bins`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -261,7 +262,7 @@ async fn sigterm_under_load_drains_every_request_stops_every_job_and_exits_0_bef
     ensure_origin_bin_is_current()?;
     demo_fleet::seed_demo(&pool, FLEET_PER_CITY).await?;
     let inference = FakeInference::start().await?;
-    inference.set_delay(Duration::from_millis(60));
+    inference.set_delay(Duration::from_millis(400));
     let brokers = std::env::var("KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into());
     let prefix = format!("test:{}:", uuid::Uuid::new_v4().simple());
     let env: Vec<(String, String)> = [

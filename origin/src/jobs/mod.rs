@@ -52,11 +52,21 @@ pub struct StillRunning {
     pub tasks: usize,
 }
 
-/// Removes a job from the running set and logs its end, however the job ends (even a panic).
+/// Removes a job from the running set and logs its end, however the job ends: returned, or
+/// dropped unfinished (a panic, or still running when the process exits past the deadline).
 struct Registration {
     name: &'static str,
     running: Arc<Mutex<BTreeMap<&'static str, usize>>>,
     stop: CancellationToken,
+    /// Set when the job's future returned.
+    returned: bool,
+}
+
+impl Registration {
+    /// The job's future returned: its end is a stop, not an abort.
+    fn finish(&mut self) {
+        self.returned = true;
+    }
 }
 
 impl Drop for Registration {
@@ -68,7 +78,12 @@ impl Drop for Registration {
                 running.remove(self.name);
             }
         }
-        if self.stop.is_cancelled() {
+        if !self.returned {
+            tracing::error!(
+                job = self.name,
+                "job aborted: panicked, or dropped unfinished"
+            );
+        } else if self.stop.is_cancelled() {
             tracing::info!(job = self.name, "job stopped");
         } else {
             tracing::warn!(job = self.name, "job stopped before shutdown was asked for");
@@ -105,16 +120,17 @@ impl Jobs {
             .unwrap_or_else(PoisonError::into_inner)
             .entry(name)
             .or_default() += 1;
-        let registration = Registration {
+        let mut registration = Registration {
             name,
             running: Arc::clone(&self.running),
             stop: self.stop.clone(),
+            returned: false,
         };
         let work = job(self.stop.clone());
         tracing::info!(job = name, "job started");
         self.tracker.spawn(async move {
-            let _registration = registration;
             work.await;
+            registration.finish();
         });
     }
 

@@ -127,10 +127,6 @@ fn from_core(resp: Response) -> worker::Result<worker::Response> {
 }
 
 /// The exported fetch handler.
-#[expect(
-    unsafe_code,
-    reason = "the #[event(fetch)] macro generates the (unsafe) wasm-bindgen export glue"
-)]
 mod component {
     use super::*;
 

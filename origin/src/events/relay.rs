@@ -637,3 +637,60 @@ async fn publish_batch(
     }
     Ok(rows.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn config(shutdown_grace_secs: &str) -> anyhow::Result<Config> {
+        let env: BTreeMap<String, String> = [
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1/unused"),
+            ("JWT_ISSUER", "iss"),
+            ("JWT_AUDIENCE", "aud"),
+            ("JWT_HS256_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("QUOTE_SIGNING_KEYS", "k1=0123456789abcdef0123456789abcdef"),
+            ("KAFKA_BROKERS", "127.0.0.1:9"),
+            ("SHUTDOWN_GRACE_SECS", shutdown_grace_secs),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        Ok(Config::from(&env)?)
+    }
+
+    #[test]
+    fn a_batch_in_flight_at_a_stop_gets_a_quarter_of_the_shutdown_grace_at_most_5_s(
+    ) -> anyhow::Result<()> {
+        let grace = |secs| -> anyhow::Result<Duration> {
+            RelaySettings::from_config(&config(secs)?)
+                .map(|s| s.stop_grace)
+                .context("relay settings")
+        };
+        assert_eq!(grace("20")?, Duration::from_secs(5));
+        assert_eq!(grace("300")?, Duration::from_secs(5));
+        assert_eq!(grace("8")?, Duration::from_secs(2));
+        assert_eq!(grace("1")?, Duration::from_millis(250));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_relay_stops_at_once_while_the_broker_does_not_answer() -> anyhow::Result<()> {
+        // Nothing listens on port 9 (discard): creating the topics waits out its 10 s timeout
+        // unless the stop cuts it. The pool is lazy: the relay never reaches the database.
+        let pool = PgPool::connect_lazy("postgres://postgres@127.0.0.1:9/unused")?;
+        let stop = CancellationToken::new();
+        let relay = tokio::spawn(run_relay(
+            pool,
+            RelaySettings::new("127.0.0.1:9"),
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(3), relay)
+            .await
+            .context("the relay did not stop within 3 s")??;
+        Ok(())
+    }
+}

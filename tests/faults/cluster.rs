@@ -1,7 +1,9 @@
 //! The fault run's private cluster: PostgreSQL, Redis and a tansu broker of its own, a fault
 //! proxy in front of PostgreSQL and of Redis, and two origin processes.
 
-use e2e::cluster::{OriginProcess, PrivateBroker, PrivatePg, PrivateRedis};
+use e2e::cluster::{
+    ensure_origin_bin_is_current, OriginProcess, PrivateBroker, PrivatePg, PrivateRedis,
+};
 use e2e::fault_proxy::FaultProxy;
 use e2e::{TestResult, AUDIENCE, ISSUER, JWT_SECRET};
 
@@ -23,6 +25,7 @@ pub(crate) struct Cluster {
 
 /// Starts PostgreSQL, Redis, the broker, the fault proxies and two origins, with the demo fleet.
 pub(crate) async fn start_cluster(dir: &std::path::Path) -> TestResult<Cluster> {
+    ensure_origin_bin_is_current()?;
     let pg = PrivatePg::start(&dir.join("pg"), PG_PORT).await?;
     let redis = PrivateRedis::start(REDIS_PORT).await?;
     let broker = PrivateBroker::start(&dir.join("broker"), BROKER_PORT).await?;

@@ -103,11 +103,6 @@ impl Jobs {
         &self.tracker
     }
 
-    /// Whether a stop was asked for.
-    pub fn is_stopping(&self) -> bool {
-        self.stop.is_cancelled()
-    }
-
     /// Spawns the job `name`: `job` gets the stop token and must return soon after it fires.
     pub fn spawn<F, Fut>(&self, name: &'static str, job: F)
     where

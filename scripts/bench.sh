@@ -7,7 +7,7 @@
 #    hello-world), looked up at ${LIMITS_SH:-<repo>/../shared/bench/limits.sh}; without it the
 #    report has figures but no ratios (said so in the report).
 # 2. Builds the release origin and loadgen, creates the database booking_bench, loads the demo
-#    fleet (origin seed-demo) and starts the origin (with the outbox relay when a broker
+#    fleet (seed-demo) and starts the origin (with the outbox relay when a broker
 #    answers on KAFKA_BROKERS, default 127.0.0.1:9092).
 # 3. Runs the workloads (tests/loadgen): cached-quote at its max (loadgen and wrk) and at half
 #    of it, mixed (closed loop to find the max, then open loop at 80 % of it), burst (5× step
@@ -54,7 +54,7 @@ fi
 
 # ---------------------------------------------------------------- 2. stack
 log "building the release origin and loadgen"
-cargo build --release --locked -p origin -p loadgen
+cargo build --release --locked -p origin -p demo-fleet -p loadgen
 BENCH_DB=booking_bench
 psql -X -q -d postgres -c "drop database if exists $BENCH_DB with (force)" -c "create database $BENCH_DB" >/dev/null
 export DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$BENCH_DB"
@@ -70,7 +70,7 @@ else
   unset KAFKA_BROKERS
   log "no broker at $BROKERS: the outbox relay is off (no events/s figure)"
 fi
-target/release/origin seed-demo 120 >/dev/null
+target/release/seed-demo 120 >/dev/null
 target/release/origin serve & PID=$!
 cleanup() {
   kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null

@@ -26,11 +26,11 @@ export JWT_HS256_SECRET="${JWT_HS256_SECRET:-dev-only-secret-change-me-012345678
 export QUOTE_SIGNING_KEYS="${QUOTE_SIGNING_KEYS:-dev1=dev-only-quote-key-change-me-0123456789}"
 export RUST_LOG="${RUST_LOG:-info,sqlx=warn}"
 
-log "building the origin and the reference inference service"
-cargo build -p origin -p inference --release --locked
+log "building the origin, the demo fleet's seeder and the reference inference service"
+cargo build -p origin -p demo-fleet -p inference --release --locked
 BIN="$ROOT/target/release/origin"
 
-"$BIN" seed-demo "${DEMO_VEHICLES_PER_CITY:-120}"
+"$ROOT/target/release/seed-demo" "${DEMO_VEHICLES_PER_CITY:-120}"
 
 # The reference AI inference service (origin/inference) reads the same database through its
 # read-only role (created by the migrations); the origin's pricing calls it at INFERENCE_URL.

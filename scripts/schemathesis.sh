@@ -50,7 +50,7 @@ unset KAFKA_BROKERS
 log "building the origin"
 cargo build --workspace --bins --tests --locked -q  # same features as the suite: reuses its build
 BIN="$ROOT/target/debug/origin"
-"$BIN" seed-demo 20 >&2
+"$ROOT/target/debug/seed-demo" 20 >&2
 TOKEN=$("$BIN" dev-token schemathesis-ops --ops)
 
 "$BIN" serve >"$OUT/origin.log" 2>&1 &

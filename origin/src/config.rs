@@ -47,21 +47,16 @@ pub struct JwtConfig {
     pub eddsa_public_keys: BTreeMap<String, Vec<u8>>,
 }
 
-/// Which Redis deployment the origin talks to (`REDIS_MODE`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedisMode {
-    /// One server (or a proxy in front of several): `REDIS_URL`.
-    Single,
-}
-
 /// Redis: reservation locks and the GEO availability index (see `locks.rs`, `availability.rs`).
 /// Redis is never required: when it is unreachable the origin books and searches through
 /// PostgreSQL alone.
+///
+/// One server (or a proxy in front of several) at `REDIS_URL`: the only deployment supported,
+/// so there is no mode to carry; `REDIS_MODE` may say `single` and anything else fails start-up.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     /// May hold a password: never printed.
     pub url: Secret,
-    pub mode: RedisMode,
     /// Prepended to every key, so several deployments (or tests) can share one server.
     pub key_prefix: String,
     /// Bound on every Redis command (and connect): a dead Redis costs at most this much.
@@ -95,8 +90,8 @@ fn redis_config(env: &dyn Env) -> Result<RedisConfig, ConfigError> {
     // Cluster and Sentinel are named here so a deployment that sets them fails loudly at start
     // instead of silently talking to one node; they need the `cluster-async`/`sentinel`
     // features of the redis crate and hash-tagged keys (the index's RENAME), not built yet.
-    let mode = match env.var("REDIS_MODE").as_deref().map(str::trim) {
-        None | Some("single") => RedisMode::Single,
+    match env.var("REDIS_MODE").as_deref().map(str::trim) {
+        None | Some("single") => {}
         Some("cluster") => {
             return Err(ConfigError::Invalid {
                 name: "REDIS_MODE",
@@ -121,7 +116,7 @@ fn redis_config(env: &dyn Env) -> Result<RedisConfig, ConfigError> {
                 reason: format!("{other:?} (expected single, cluster or sentinel)"),
             })
         }
-    };
+    }
     let lock_wait_ms: u64 = parsed(env, "LOCK_WAIT_MS", 50)?;
     if lock_wait_ms > 1_000 {
         return Err(ConfigError::Invalid {
@@ -131,7 +126,6 @@ fn redis_config(env: &dyn Env) -> Result<RedisConfig, ConfigError> {
     }
     Ok(RedisConfig {
         url: Secret(url.into_bytes()),
-        mode,
         key_prefix: env.var("REDIS_KEY_PREFIX").unwrap_or_else(|| "bp:".into()),
         command_timeout: millis(env, "REDIS_COMMAND_TIMEOUT_MS", 150)?,
         lock_ttl: millis(env, "LOCK_TTL_MS", 5_000)?,
@@ -251,6 +245,10 @@ pub struct Config {
     pub relay_lanes: i32,
     /// Relay pause when the outbox is empty.
     pub relay_poll: Duration,
+    /// How long a stop (SIGTERM, SIGINT) may take, from the signal to the exit: in-flight
+    /// requests drain, then the background jobs stop (`SHUTDOWN_GRACE_SECS`, 1–300, default
+    /// 20). Past it the process exits with an error instead of 0, naming what did not stop.
+    pub shutdown_grace: Duration,
     pub redis: RedisConfig,
     pub pricing: PricingConfig,
     /// The edge cache whose generations the origin bumps (`edge_gen.rs`); None = off.
@@ -334,6 +332,19 @@ where
         });
     }
     Ok(value)
+}
+
+/// `SHUTDOWN_GRACE_SECS`: long enough for a request deadline and a relay batch to settle, short
+/// enough to end before an orchestrator's own kill timeout (Kubernetes: 30 s by default).
+fn shutdown_grace(env: &dyn Env) -> Result<Duration, ConfigError> {
+    let grace = secs(env, "SHUTDOWN_GRACE_SECS", 20)?;
+    if grace > Duration::from_secs(300) {
+        return Err(ConfigError::Invalid {
+            name: "SHUTDOWN_GRACE_SECS",
+            reason: "at most 300: a stop that takes longer is a hang".into(),
+        });
+    }
+    Ok(grace)
 }
 
 /// Parses `kid=value,kid2=value2`.
@@ -493,6 +504,7 @@ impl Config {
             relay_batch: at_least_one(env, "RELAY_BATCH", 200)?,
             relay_lanes: at_least_one(env, "RELAY_LANES", 8)?,
             relay_poll: millis(env, "RELAY_POLL_MS", 200)?,
+            shutdown_grace: shutdown_grace(env)?,
             redis: redis_config(env)?,
             pricing: pricing_config(env)?,
             edge_cache: crate::redis::edge_gen::config(env)?,
@@ -528,7 +540,7 @@ mod tests {
         assert_eq!(config.regions, vec![Region::Euw, Region::Eun]);
         assert_eq!(config.hold_ttl, Duration::from_secs(600));
         assert_eq!(config.quote_active_kid, "k1");
-        assert_eq!(config.redis.mode, RedisMode::Single);
+        assert_eq!(config.shutdown_grace, Duration::from_secs(20));
         assert_eq!(config.redis.key_prefix, "bp:");
         assert_eq!(config.redis.lock_ttl, Duration::from_millis(5_000));
         Ok(())
@@ -558,6 +570,9 @@ mod tests {
             ("REDIS_MODE", "cluster"),
             ("REDIS_MODE", "sentinel"),
             ("REDIS_MODE", "galaxy"),
+            ("SHUTDOWN_GRACE_SECS", "0"),
+            ("SHUTDOWN_GRACE_SECS", "301"),
+            ("SHUTDOWN_GRACE_SECS", "soon"),
             ("LOCK_TTL_MS", "0"),
             ("LOCK_WAIT_MS", "5000"),
             ("INFERENCE_URL", "ftp://models"),
@@ -575,6 +590,16 @@ mod tests {
                 "{name}={value} gave {err:?}"
             );
         }
+    }
+
+    #[test]
+    fn redis_mode_single_is_accepted_and_is_the_default() -> Result<(), ConfigError> {
+        let mut env = base();
+        let default = Config::from(&env)?;
+        env.insert("REDIS_MODE".into(), "single".into());
+        let single = Config::from(&env)?;
+        assert_eq!(default.redis.url(), single.redis.url());
+        Ok(())
     }
 
     #[test]

@@ -8,12 +8,14 @@
 //! - `redis`: the Redis link, vehicle locks, the GEO availability index, the caches;
 //! - `events`: the transactional outbox's events and the Kafka relay;
 //! - `inference`: the AI inference API client and its circuit breakers;
-//! - `jobs`: background work (the hold sweeper);
-//! - `config` (environment), `startup` (serve, migrate, shut down), `state` (shared handles).
+//! - `jobs`: background work, owned and stopped together (sweeper, surge refresh, availability
+//!   rebuild, Redis probes, the outbox relay);
+//! - `config` (environment), `startup` (serve, migrate, shut down), `state` (shared handles);
+//! - `backoff`: the one retry pause schedule (the relay, the inference client).
 
 pub mod app;
+pub mod backoff;
 pub mod config;
-pub mod demo;
 pub mod events;
 pub mod http;
 pub mod inference;

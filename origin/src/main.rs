@@ -1,4 +1,9 @@
-//! `origin` binary: `serve` (default), `migrate`, `seed-demo [N]`, `dev-token <user> [--ops]`.
+//! `origin` binary: `serve` (default), `migrate`, `dev-token <user> [--ops]`.
+//!
+//! `serve` runs until SIGTERM or SIGINT, then stops gracefully (see `startup.rs`): it exits 0
+//! once requests have drained and every background job has stopped, and 1 if that did not
+//! happen within `SHUTDOWN_GRACE_SECS`. The demo fleet is seeded by the `seed-demo` binary of
+//! the `demo-fleet` crate, so its fixtures are not compiled into the server.
 
 use anyhow::Context;
 use origin::config::Config;
@@ -30,25 +35,6 @@ async fn main() -> anyhow::Result<()> {
             println!("migrations applied");
             Ok(())
         }
-        "seed-demo" => {
-            let per_city: usize = match args.get(1) {
-                Some(n) => n
-                    .parse()
-                    .context("seed-demo takes a vehicle count per city")?,
-                None => 120,
-            };
-            let pool = origin::startup::connect(&config).await?;
-            origin::startup::MIGRATOR
-                .run(&pool)
-                .await
-                .context("run migrations")?;
-            let summary = origin::demo::seed_demo(&pool, per_city).await?;
-            println!(
-                "demo fleet: {} bays, {} vehicles",
-                summary.bays, summary.vehicles
-            );
-            Ok(())
-        }
         "dev-token" => {
             let user = args.get(1).context("dev-token needs a user id")?;
             let ops = args.iter().any(|a| a == "--ops");
@@ -75,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         other => {
-            eprintln!("origin: unknown command {other:?} (serve, migrate, seed-demo [N], dev-token <user> [--ops])");
+            eprintln!("origin: unknown command {other:?} (serve, migrate, dev-token <user> [--ops]; the demo fleet: seed-demo [N])");
             std::process::exit(2);
         }
     }

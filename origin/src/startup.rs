@@ -1,13 +1,36 @@
-//! Start-up and shutdown: connect, migrate, spawn background work, serve until a signal.
+//! Start-up and shutdown: connect, migrate, spawn the background jobs, serve until a stop.
+//!
+//! # Stopping
+//!
+//! A stop — SIGTERM or SIGINT when serving from `main`, [`Running::stop`] in tests: the same
+//! path — runs in this order, all within `SHUTDOWN_GRACE_SECS` of the signal:
+//!
+//! 1. **Stop accepting.** Connections already waiting in the listen backlog are accepted and
+//!    served (their requests were sent before the stop), then the listener closes: a new
+//!    connection is refused.
+//! 2. **Drain.** Requests in flight run to completion (hyper's graceful shutdown; idle
+//!    keep-alive connections are closed, busy ones after their response). A request is never
+//!    cut in the middle of its transaction; each is bounded by `REQUEST_TIMEOUT_MS` anyway.
+//! 3. **Stop the jobs** ([`crate::jobs`]): one cancellation token tells every job; the relay
+//!    settles its batch in flight and flushes its producer; edge-cache bumps started by the
+//!    last requests finish. The job tracker must be empty before the deadline.
+//!
+//! Then `shutdown complete` is logged and the process exits 0. If the deadline passes first
+//! — requests still running, or a job that did not stop — the stop returns an error naming
+//! what was left, and the process exits non-zero instead of pretending it stopped cleanly.
 
 use std::time::Duration;
 
+use anyhow::Context;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::jobs::Jobs;
 use crate::state::AppState;
 
 /// The migrations, embedded at build time from the top-level `migrations/` folder.
@@ -15,7 +38,6 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// Opens the pool and waits (bounded) for the database to accept connections.
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
-    use anyhow::Context;
     PgPoolOptions::new()
         .max_connections(config.db_max_connections)
         .acquire_timeout(Duration::from_secs(5))
@@ -28,38 +50,38 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
 #[derive(Debug)]
 pub struct Running {
     pub addr: std::net::SocketAddr,
-    shutdown: watch::Sender<bool>,
-    server: tokio::task::JoinHandle<anyhow::Result<()>>,
-    /// The outbox relay, when `KAFKA_BROKERS` is set: awaited on stop (it closes its lock
-    /// session, so its lanes are free for other instances at once).
-    relay: Option<tokio::task::JoinHandle<()>>,
+    /// Cancelled to ask for a stop (by a signal, or by [`Running::stop`]).
+    shutdown: CancellationToken,
+    /// Ends when the stop is complete: requests drained, jobs stopped (or the deadline passed).
+    done: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Running {
-    /// Stops accepting, lets in-flight requests finish, stops background tasks.
+    /// Stops the way SIGTERM does: stops accepting, drains in-flight requests, stops every
+    /// background job; an error if that did not finish within `SHUTDOWN_GRACE_SECS`.
     pub async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.shutdown.send(true);
-        let served = self.server.await?;
-        if let Some(relay) = self.relay {
-            // Bounded: a batch in flight gets a short grace, then the relay lets go.
-            let _ = tokio::time::timeout(Duration::from_secs(15), relay).await;
-        }
-        served
+        self.shutdown.cancel();
+        self.wait().await
     }
 
-    /// Waits until the server ends (after a signal).
+    /// Waits until the origin has stopped (after a signal, or [`Running::stop`]).
     pub async fn wait(self) -> anyhow::Result<()> {
-        self.server.await?
+        self.done.await.context("the shutdown task failed")?
     }
 }
 
-/// Binds, migrates and serves. `shutdown_on_signal` makes SIGINT/SIGTERM stop the server.
+/// Binds, migrates and serves. `shutdown_on_signal` makes SIGINT/SIGTERM stop the origin.
 pub async fn start(
     config: Config,
     pool: PgPool,
     shutdown_on_signal: bool,
 ) -> anyhow::Result<Running> {
-    use anyhow::Context;
+    // Registered first: a signal that arrives during start-up is then a stop, not a kill.
+    let signals = if shutdown_on_signal {
+        Some(Signals::register().context("listen for SIGTERM/SIGINT")?)
+    } else {
+        None
+    };
     MIGRATOR
         .run(&pool)
         .await
@@ -69,11 +91,9 @@ pub async fn start(
         .with_context(|| format!("bind {}", config.bind_addr))?;
     let addr = listener.local_addr()?;
     let redis = crate::redis::link::RedisLink::connect(&config.redis).await?;
-    let caches = crate::redis::cache::Caches::connect(&config.redis)
-        .await?
-        .with_local_ttl(config.l1_local_ttl);
-    let state = AppState::new(config, pool, redis, caches)?;
-    let (shutdown, mut stop_rx) = watch::channel(false);
+    let caches = crate::redis::cache::Caches::connect(&config.redis, config.l1_local_ttl).await?;
+    let jobs = Jobs::new();
+    let state = AppState::new(config, pool, redis, caches, jobs.tracker().clone())?;
 
     // The GEO index is built before serving, so a ready origin has it (unless Redis is down:
     // then search uses PostgreSQL, and the index is built when Redis comes back).
@@ -85,89 +105,183 @@ pub async fn start(
             );
         }
     }
-    state.redis.spawn_probe(shutdown.subscribe());
-    state.caches.spawn_probes(&shutdown);
     // Cache warming: the pricing contexts are in L2 before the first quote.
     match state.caches.warm(&state.db, &state.config.regions).await {
         Ok(n) => tracing::info!(contexts = n, "L2 pricing cache warmed"),
         Err(e) => tracing::warn!(error = format!("{e:#}"), "L2 cache warming failed"),
     }
-    state.availability.spawn(
-        state.config.redis.availability_rebuild,
-        shutdown.subscribe(),
-    );
-
-    // The surge grid: computed now, then every SURGE_RECOMPUTE_SECS.
-    state.surge.spawn(
-        state.config.regions.clone(),
-        state.config.pricing.surge_recompute,
-        shutdown.subscribe(),
-    );
     match &state.config.pricing.inference_url {
         Some(url) => tracing::info!(%url, "pricing: AI inference API configured"),
         None => tracing::info!(
             "INFERENCE_URL is not set: risk is neutral and demand comes from live holds only"
         ),
     }
+    spawn_jobs(&state, &jobs);
 
-    crate::jobs::sweeper::spawn(state.clone(), shutdown.subscribe());
-    let relay = match crate::events::relay::RelaySettings::from_config(&state.config) {
-        Some(settings) => Some(crate::events::relay::spawn_relay(
-            state.db.clone(),
-            settings,
-            shutdown.subscribe(),
-        )),
-        None => {
-            tracing::info!(
-                "KAFKA_BROKERS is not set: the outbox relay is off (events stay in the outbox)"
-            );
-            None
-        }
-    };
-
-    if shutdown_on_signal {
-        let tx = shutdown.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            tracing::info!("shutdown signal received");
-            let _ = tx.send(true);
-        });
-    }
-
+    let shutdown = CancellationToken::new();
+    let grace = state.config.shutdown_grace;
     let header_read_timeout = state.config.header_read_timeout;
     let app = crate::http::app(state);
-    let server = tokio::spawn(async move {
-        serve(listener, app, header_read_timeout, async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        })
-        .await
-        .context("serve")
-    });
+    let server = tokio::spawn(serve(
+        listener,
+        app,
+        header_read_timeout,
+        shutdown.clone().cancelled_owned(),
+    ));
     tracing::info!(%addr, "origin listening");
+    let done = tokio::spawn(supervise(shutdown.clone(), signals, server, jobs, grace));
     Ok(Running {
         addr,
         shutdown,
-        server,
-        relay,
+        done,
     })
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// Starts every background job on `jobs` (see [`crate::jobs`]).
+fn spawn_jobs(state: &AppState, jobs: &Jobs) {
+    let links = [
+        ("redis-probe", &state.redis),
+        ("redis-probe-l1", state.caches.links()[0]),
+        ("redis-probe-l2", state.caches.links()[1]),
+    ];
+    for (name, link) in links {
+        let link = link.clone();
+        jobs.spawn(name, move |stop| crate::jobs::redis_probe::run(link, stop));
+    }
+    let (index, redis) = (state.availability.clone(), state.redis.clone());
+    let every = state.config.redis.availability_rebuild;
+    jobs.spawn("availability", move |stop| {
+        crate::jobs::availability::run(index, redis, every, stop)
+    });
+    // The surge grid: computed now, then every SURGE_RECOMPUTE_SECS.
+    let (surge, regions) = (state.surge.clone(), state.config.regions.clone());
+    let interval = state.config.pricing.surge_recompute;
+    jobs.spawn("surge", move |stop| {
+        crate::jobs::surge::run(surge, regions, interval, stop)
+    });
+    let sweeper_state = state.clone();
+    jobs.spawn("sweeper", move |stop| {
+        crate::jobs::sweeper::run(sweeper_state, stop)
+    });
+    match crate::events::relay::RelaySettings::from_config(&state.config) {
+        Some(settings) => {
+            let pool = state.db.clone();
+            jobs.spawn("relay", move |stop| {
+                crate::jobs::relay::run(pool, settings, stop)
+            });
         }
+        None => tracing::info!(
+            "KAFKA_BROKERS is not set: the outbox relay is off (events stay in the outbox)"
+        ),
+    }
+}
+
+/// Waits for a stop (a signal, [`Running::stop`], or the server ending by itself), then drains
+/// the server and stops the jobs, all before `grace` has passed.
+async fn supervise(
+    shutdown: CancellationToken,
+    signals: Option<Signals>,
+    mut server: JoinHandle<anyhow::Result<()>>,
+    jobs: Jobs,
+    grace: Duration,
+) -> anyhow::Result<()> {
+    let mut served = None;
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        signal = wait_for(signals) => {
+            tracing::info!(signal, "shutdown signal received: draining requests, then stopping jobs");
+        }
+        result = &mut server => served = Some(result),
+    }
+    shutdown.cancel();
+    let started = Instant::now();
+    let deadline = started + grace;
+    let served = match served {
+        Some(result) => result.context("the server task failed")?,
+        None => match tokio::time::timeout_at(deadline, &mut server).await {
+            Ok(result) => result.context("the server task failed")?,
+            Err(_) => {
+                server.abort();
+                Err(anyhow::anyhow!(
+                    "requests still in flight after SHUTDOWN_GRACE_SECS ({}s): cut",
+                    grace.as_secs()
+                ))
+            }
+        },
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    if served.is_ok() {
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "requests drained; stopping jobs"
+        );
+    }
+    let stopped = jobs.stop(deadline).await;
+    let elapsed_ms = started.elapsed().as_millis() as u64;
+    match (&served, &stopped) {
+        (Ok(()), Ok(())) => {
+            tracing::info!(
+                elapsed_ms,
+                "shutdown complete: requests drained, every job stopped"
+            );
+        }
+        _ => tracing::error!(
+            elapsed_ms,
+            server = served.as_ref().err().map(|e| format!("{e:#}")),
+            jobs = stopped.as_ref().err().map(ToString::to_string),
+            "shutdown incomplete"
+        ),
+    }
+    served?;
+    stopped?;
+    Ok(())
+}
+
+/// SIGTERM and SIGINT, registered at start.
+#[derive(Debug)]
+struct Signals {
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn register() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Signals {
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Signals {})
+    }
+
+    /// The next signal's name.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.term.recv() => "SIGTERM",
+                _ = self.int.recv() => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "ctrl-c"
+        }
+    }
+}
+
+/// The next signal, or never when not listening for them.
+async fn wait_for(signals: Option<Signals>) -> &'static str {
+    match signals {
+        Some(mut s) => s.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Serves `app` until `stop` completes, then lets in-flight requests finish.
@@ -194,6 +308,21 @@ async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout);
     let graceful = GracefulShutdown::new();
+    let serve_one = |stream: tokio::net::TcpStream| {
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone().map_request(
+            |req: axum::http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new),
+        ));
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    };
     let mut stop = std::pin::pin!(stop);
     loop {
         let (stream, _peer) = tokio::select! {
@@ -208,21 +337,37 @@ async fn serve(
             },
             () = &mut stop => break,
         };
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone().map_request(
-            |req: axum::http::Request<hyper::body::Incoming>| req.map(axum::body::Body::new),
-        ));
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        serve_one(stream);
+    }
+    // Connections the kernel already completed are in the backlog with their requests on the
+    // way: serve them rather than reset them by closing the listener. Straight from the
+    // socket (not the reactor, which may not have reported them yet) until it has none left.
+    let listener = listener.into_std().context("take the listener back")?;
+    let mut backlog = 0usize;
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let stream = stream
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::TcpStream::from_std(stream));
+                match stream {
+                    Ok(stream) => {
+                        backlog += 1;
+                        serve_one(stream);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "backlog connection dropped"),
+                }
             }
-        });
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
     }
     drop(listener);
+    tracing::info!(
+        connections = graceful.count(),
+        from_backlog = backlog,
+        "stopped accepting; draining in-flight requests"
+    );
     graceful.shutdown().await;
     Ok(())
 }

@@ -49,12 +49,14 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     /// Builds the state from configuration, an open pool and a Redis link
-    /// ([`RedisLink::connect`]).
+    /// ([`RedisLink::connect`]); short background tasks (edge-cache bumps) run on `tasks`, the
+    /// job tracker that shutdown awaits ([`crate::jobs::Jobs::tracker`]).
     pub fn new(
         config: Config,
         db: PgPool,
         redis: RedisLink,
         caches: Caches,
+        tasks: tokio_util::task::TaskTracker,
     ) -> anyhow::Result<Self> {
         let jwt = crate::http::auth::verifier(&config.jwt)?;
         let keys = config
@@ -74,7 +76,7 @@ impl AppState {
             config.pricing.surge_resolution,
             config.pricing.budget,
         );
-        let edge_gen = crate::redis::edge_gen::EdgeGen::new(config.edge_cache.as_ref())?;
+        let edge_gen = crate::redis::edge_gen::EdgeGen::new(config.edge_cache.as_ref(), tasks)?;
         Ok(AppState {
             edge_gen,
             inference,

@@ -6,7 +6,7 @@ use domain::ids::VehicleId;
 use domain::region::Region;
 use e2e::test_redis;
 use e2e::*;
-use origin::config::{RedisConfig, RedisMode, Secret};
+use origin::config::{RedisConfig, Secret};
 use origin::redis::availability::Availability;
 use origin::redis::link::RedisLink;
 use serde_json::Value;
@@ -17,7 +17,6 @@ use uuid::Uuid;
 async fn index_of(app: &TestApp) -> TestResult<Availability> {
     let config = RedisConfig {
         url: Secret(app.redis_url.clone().into_bytes()),
-        mode: RedisMode::Single,
         key_prefix: app.redis_prefix.clone(),
         command_timeout: Duration::from_millis(500),
         lock_ttl: Duration::from_secs(5),
@@ -31,6 +30,37 @@ async fn index_of(app: &TestApp) -> TestResult<Availability> {
         app.pool.clone(),
         &[Region::Euw, Region::Eun],
     ))
+}
+
+/// Puts a vehicle into the live index at (lon, lat), or moves it there, as a fleet-change
+/// consumer would (the origin has none yet: its index changes only by rebuilds).
+async fn put_in_index(
+    app: &TestApp,
+    index: &Availability,
+    vehicle: VehicleId,
+    lon: f64,
+    lat: f64,
+) -> TestResult {
+    let mut conn = test_redis::connect(&app.redis_url).await?;
+    redis::cmd("GEOADD")
+        .arg(index.geo_key(vehicle.region))
+        .arg(lon)
+        .arg(lat)
+        .arg(vehicle.uuid.simple().to_string())
+        .query_async::<i64>(&mut conn)
+        .await?;
+    Ok(())
+}
+
+/// Takes a vehicle out of the live index, as a fleet-change consumer would.
+async fn remove_from_index(app: &TestApp, index: &Availability, vehicle: VehicleId) -> TestResult {
+    let mut conn = test_redis::connect(&app.redis_url).await?;
+    redis::cmd("ZREM")
+        .arg(index.geo_key(vehicle.region))
+        .arg(vehicle.uuid.simple().to_string())
+        .query_async::<i64>(&mut conn)
+        .await?;
+    Ok(())
 }
 
 /// PostgreSQL's view: active vehicles of `region` at their bay, by id.
@@ -119,16 +149,16 @@ async fn the_geo_index_rebuilt_from_scratch_equals_the_databases_view_of_availab
     assert_eq!((report.added, report.removed), (0, 1));
     assert_index_matches_db(&index, &app.pool, Region::Euw).await?;
 
-    // Events between rebuilds: remove and upsert act on the live index.
+    // Changes between rebuilds act on the live index.
     let (moved, lon, lat) = active_in_db(&app.pool, Region::Eun).await?[0];
     let moved = VehicleId::new(Region::Eun, moved);
-    index.remove_vehicle(moved).await?;
+    remove_from_index(&app, &index, moved).await?;
     assert!(!index
         .index_members(Region::Eun)
         .await?
         .iter()
         .any(|m| m.0 == moved));
-    index.upsert_vehicle(moved, lon, lat).await?;
+    put_in_index(&app, &index, moved, lon, lat).await?;
     assert_index_matches_db(&index, &app.pool, Region::Eun).await?;
     app.stop().await
 }
@@ -191,7 +221,7 @@ async fn search_answers_the_same_with_redis_down_from_the_postgres_bounding_box(
     // And the Redis path really uses the index: a vehicle taken out of it is not a candidate.
     let index = index_of(&with_redis).await?;
     let victim = with_redis.vehicles("EUW").await?[1].clone();
-    index.remove_vehicle(victim.parse()?).await?;
+    remove_from_index(&with_redis, &index, victim.parse()?).await?;
     let geo = results(&with_redis, &urls[..1]).await?;
     let bbox = results(&without_redis, &urls[..1]).await?;
     let listed = |pages: &[Value]| {

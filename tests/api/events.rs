@@ -15,7 +15,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use e2e::*;
 use futures_util::future::try_join_all;
-use origin::events::relay::{spawn_relay, RelaySettings, LOCK_NAMESPACE};
+use origin::events::relay::{run_relay, RelaySettings, LOCK_NAMESPACE};
 use origin::events::Topic;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -23,7 +23,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// The shared broker; its absence fails the test (CI sets it), it is never skipped.
@@ -581,7 +581,7 @@ async fn two_relays_at_once_publish_each_event_once_in_order_per_vehicle(
     let start = end_offsets(&brokers)?;
     // The origin's own relay is off (no KAFKA_BROKERS): the two below are the only ones.
     let app = spawn_app(pool).await?;
-    let (stop, stopped) = watch::channel(false);
+    let stop = CancellationToken::new();
     // Small batches and a short lease: lanes change hands many times during the run.
     let settings = RelaySettings {
         batch: 3,
@@ -590,14 +590,14 @@ async fn two_relays_at_once_publish_each_event_once_in_order_per_vehicle(
         ..RelaySettings::new(brokers.clone())
     };
     let relays = [
-        spawn_relay(app.pool.clone(), settings.clone(), stopped.clone()),
-        spawn_relay(app.pool.clone(), settings, stopped.clone()),
+        tokio::spawn(run_relay(app.pool.clone(), settings.clone(), stop.clone())),
+        tokio::spawn(run_relay(app.pool.clone(), settings, stop.clone())),
     ];
 
     // Which sessions hold relay lanes, sampled while the relays work.
     let sampler = {
         let pool = app.pool.clone();
-        let mut stopped = stopped.clone();
+        let stopped = stop.clone();
         tokio::spawn(async move {
             let mut holders = HashSet::new();
             loop {
@@ -613,7 +613,7 @@ async fn two_relays_at_once_publish_each_event_once_in_order_per_vehicle(
                 holders.extend(pids);
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                    _ = stopped.wait_for(|s| *s) => break,
+                    () = stopped.cancelled() => break,
                 }
             }
             holders
@@ -623,7 +623,7 @@ async fn two_relays_at_once_publish_each_event_once_in_order_per_vehicle(
     let vehicles = app.vehicles("EUW").await?;
     bookings(&app, "tia", &vehicles[0..6], 3).await?;
     wait_until_published(&app.pool, Duration::from_secs(60)).await?;
-    let _ = stop.send(true);
+    stop.cancel();
     for relay in relays {
         tokio::time::timeout(Duration::from_secs(20), relay)
             .await

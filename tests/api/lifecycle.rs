@@ -249,7 +249,7 @@ async fn neutral_price(
     .fetch_one(pool)
     .await?;
     let mut conn = pool.acquire().await?;
-    let ctx = pricing::context(&mut conn, id.region, &class)
+    let ctx = pricing::context(&mut conn, id.region, class.parse()?)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let price = pricing::quote_price(

@@ -8,7 +8,7 @@ use domain::region::Region;
 use e2e::test_redis::{self, TestRedis};
 use e2e::*;
 use futures_util::future::join_all;
-use origin::config::{RedisConfig, RedisMode, Secret};
+use origin::config::{RedisConfig, Secret};
 use origin::redis::link::RedisLink;
 use origin::redis::locks::{LockError, Locks, LOCK_NAMESPACE};
 use serde_json::Value;
@@ -232,7 +232,6 @@ async fn bookings_continue_without_redis_and_locks_return_when_it_does(pool: PgP
 fn lock_config(url: String, prefix: &str, ttl_ms: u64) -> RedisConfig {
     RedisConfig {
         url: Secret(url.into_bytes()),
-        mode: RedisMode::Single,
         key_prefix: prefix.to_owned(),
         command_timeout: Duration::from_millis(200),
         lock_ttl: Duration::from_millis(ttl_ms),

@@ -24,5 +24,6 @@ mod pricing_validation;
 mod quotes;
 mod search;
 mod shedding;
+mod shutdown;
 mod surge_grid;
 mod validation;

@@ -310,6 +310,48 @@ pub fn origin_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/origin"))
 }
 
+/// Fails unless [`origin_bin`] exists and is newer than every source it is built from: a test
+/// of the binary must not pass (or fail) on yesterday's build. `cargo build --workspace --bins`
+/// (CI's build step, `scripts/test.sh`) makes it current.
+pub fn ensure_origin_bin_is_current() -> TestResult {
+    let bin = origin_bin();
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .with_context(|| {
+            format!(
+                "{} not found: cargo build --workspace --bins",
+                bin.display()
+            )
+        })?;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut stack: Vec<PathBuf> = [
+        "origin/src",
+        "origin/Cargo.toml",
+        "shared/domain/src",
+        "shared/inference-api/src",
+        "migrations",
+        "Cargo.lock",
+    ]
+    .iter()
+    .map(|p| root.join(p))
+    .collect();
+    while let Some(path) = stack.pop() {
+        let meta = std::fs::metadata(&path).with_context(|| format!("stat {}", path.display()))?;
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                stack.push(entry?.path());
+            }
+        } else if meta.modified()? > built {
+            bail!(
+                "{} is older than {}: cargo build --workspace --bins",
+                bin.display(),
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 impl OriginProcess {
     pub async fn start(port: u16, env: Vec<(String, String)>, log: PathBuf) -> TestResult<Self> {
         let mut o = OriginProcess {
@@ -346,6 +388,34 @@ impl OriginProcess {
             .context("start the origin")?;
         self.child = Some(child);
         wait_port(self.port, Duration::from_secs(30)).await
+    }
+
+    /// SIGTERM: asks for a graceful stop (see `origin/src/startup.rs`); [`Self::wait_exit`]
+    /// then tells how it ended.
+    pub fn terminate(&self) -> TestResult {
+        let child = self.child.as_ref().context("the origin is not running")?;
+        run(Command::new("kill").args(["-TERM", &child.id().to_string()]))
+    }
+
+    /// Waits (bounded) for the process to exit; its exit status.
+    pub async fn wait_exit(&mut self, within: Duration) -> TestResult<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        let child = self.child.as_mut().context("the origin is not running")?;
+        loop {
+            if let Some(status) = child.try_wait().context("wait for the origin")? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("the origin did not exit within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The file the process logs to (stdout and stderr).
+    pub fn log_path(&self) -> &Path {
+        &self.log
     }
 
     /// SIGKILL: no graceful shutdown, in-flight requests die with it.

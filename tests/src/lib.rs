@@ -117,7 +117,7 @@ pub async fn spawn_app_with(pool: PgPool, overrides: Overrides<'_>) -> TestResul
     let redis_url = config.redis.url();
     let redis_prefix = config.redis.key_prefix.clone();
     origin::startup::MIGRATOR.run(&pool).await?;
-    origin::demo::seed_demo(&pool, FLEET_PER_CITY).await?;
+    demo_fleet::seed_demo(&pool, FLEET_PER_CITY).await?;
     let running = origin::startup::start(config, pool.clone(), false).await?;
     Ok(TestApp {
         base: format!("http://{}", running.addr),

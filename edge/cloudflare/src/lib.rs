@@ -126,8 +126,7 @@ fn from_core(resp: Response) -> worker::Result<worker::Response> {
         .fixed(resp.body))
 }
 
-/// The exported fetch handler (the macro's generated glue needs `unsafe`).
-#[allow(unsafe_code)]
+/// The exported fetch handler.
 mod component {
     use super::*;
 

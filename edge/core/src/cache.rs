@@ -4,8 +4,9 @@
 //! **Generations.** Every key embeds generation counters: `gen:<REGION>` for searches (a
 //! search result can change with any booking in the region; a search names no region, so its
 //! key carries the counters of all regions) and `gen:veh:<vehicle id>` for quotes (a quote
-//! only changes with its own vehicle's bookings). The origin bumps both after each committed
-//! change (through the same REST API, `origin/src/edge_gen.rs`), and the edge bumps them after
+//! only changes with its own vehicle's bookings). The keys are `domain::edge_cache`'s. The
+//! origin bumps both after each committed booking change it serves (through the same REST API,
+//! `origin/src/redis/edge_gen.rs`), and the edge bumps them after
 //! it forwarded a successful write, so the booking's own edge never needs the origin's bump to
 //! arrive first. An entry under an old generation is never read again and expires by itself.
 //! A bump instead of a delete also means a response computed *during* the change and stored a
@@ -35,15 +36,9 @@ pub struct Entry {
     pub u: Option<u64>,
 }
 
-/// `gen:<REGION>` key.
-pub fn region_gen_key(prefix: &str, region: domain::Region) -> String {
-    format!("{prefix}gen:{}", region.code())
-}
-
-/// `gen:veh:<id>` key.
-pub fn vehicle_gen_key(prefix: &str, vehicle: &domain::VehicleId) -> String {
-    format!("{prefix}gen:veh:{vehicle}")
-}
+// The generation keys are shared with the origin, which bumps them too: defined once, in the
+// domain crate.
+pub use domain::edge_cache::{bump_commands, region_gen_key, vehicle_gen_key};
 
 fn digest(parts: &[&str]) -> String {
     let mut h = Sha256::new();

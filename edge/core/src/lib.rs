@@ -438,22 +438,19 @@ impl Edge {
     /// Bumps the region's (and the vehicle's) cache generation: every cached search of the
     /// region and quote of the vehicle becomes unreachable at once.
     async fn bump(&self, p: &impl Platform, region: Region, vehicle: Option<&VehicleId>) {
-        let prefix = &self.config.key_prefix;
-        let mut cmds = vec![vec![
-            arg("INCR"),
-            arg(cache::region_gen_key(prefix, region)),
-        ]];
-        if let Some(v) = vehicle {
-            let key = cache::vehicle_gen_key(prefix, v);
-            cmds.push(vec![arg("INCR"), arg(key.clone())]);
-            cmds.push(vec![arg("EXPIRE"), arg(key), arg("86400")]);
-        }
+        let cmds = cache::bump_commands(&self.config.key_prefix, region, vehicle)
+            .into_iter()
+            .map(|cmd| cmd.into_iter().map(arg).collect())
+            .collect();
         if let Err(e) = self.redis().pipeline(p, cmds).await {
             p.log(&format!("cache generation bump failed: {e}"));
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one read path for both cached routes; the arguments are the request's parts"
+    )]
     async fn cached_read(
         &self,
         p: &impl Platform,

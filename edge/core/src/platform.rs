@@ -89,7 +89,10 @@ pub enum FetchError {
 }
 
 /// What the core needs from its host.
-#[allow(async_fn_in_trait)] // single-threaded hosts: the futures are deliberately not Send
+#[expect(
+    async_fn_in_trait,
+    reason = "single-threaded hosts: the futures are deliberately not Send"
+)]
 pub trait Platform {
     /// Sends an HTTP request, giving up after `req.timeout_ms`.
     async fn fetch(&self, req: Outbound) -> Result<Response, FetchError>;

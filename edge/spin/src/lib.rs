@@ -131,8 +131,11 @@ impl Platform for Wasi {
     }
 }
 
-/// The exported wasi:http handler (the macro's generated glue needs `unsafe`).
-#[allow(unsafe_code)]
+/// The exported wasi:http handler.
+#[expect(
+    unsafe_code,
+    reason = "the #[http_component] macro generates the (unsafe) wit-bindgen export glue"
+)]
 mod component {
     use super::*;
 

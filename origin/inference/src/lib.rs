@@ -24,49 +24,12 @@ use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use h3o::{CellIndex, LatLng};
-use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
-/// `POST /v1/risk-score` body (the origin's `RiskRequest`).
-#[derive(Debug, Clone, Deserialize)]
-pub struct RiskRequest {
-    pub user_id: String,
-    pub vehicle_id: String,
-    pub region: String,
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
-}
-
-/// `POST /v1/risk-score` answer.
-#[derive(Debug, Clone, Serialize)]
-pub struct RiskResponse {
-    pub score: f64,
-    pub model_version: &'static str,
-}
-
-/// `POST /v1/demand` body.
-#[derive(Debug, Clone, Deserialize)]
-pub struct DemandRequest {
-    pub region: String,
-    pub zones: Vec<String>,
-    pub buckets: Vec<DateTime<Utc>>,
-}
-
-/// One prediction.
-#[derive(Debug, Clone, Serialize)]
-pub struct DemandPrediction {
-    pub zone: String,
-    pub bucket: DateTime<Utc>,
-    pub demand: f64,
-    pub supply: f64,
-}
-
-/// `POST /v1/demand` answer.
-#[derive(Debug, Clone, Serialize)]
-pub struct DemandResponse {
-    pub predictions: Vec<DemandPrediction>,
-    pub model_version: &'static str,
-}
+// The contract's types, shared with the origin's client (defined once in `inference-api`).
+pub use inference_api::{
+    DemandPrediction, DemandRequest, DemandResponse, RiskRequest, RiskResponse,
+};
 
 /// Most zones × buckets per demand request (a quote asks 1 × 6, a grid ~50 × 1).
 pub const MAX_CELLS: usize = 5_000;
@@ -178,7 +141,7 @@ async fn risk_score(
     };
     Ok(Json(RiskResponse {
         score: model::risk_score(&h, class.as_deref().unwrap_or("")),
-        model_version: model::MODEL_VERSION,
+        model_version: model::MODEL_VERSION.to_owned(),
     }))
 }
 
@@ -281,7 +244,7 @@ async fn demand(
     let predictions = predict(&db, region, &zones, &req.buckets, Utc::now()).await?;
     Ok(Json(DemandResponse {
         predictions,
-        model_version: model::MODEL_VERSION,
+        model_version: model::MODEL_VERSION.to_owned(),
     }))
 }
 

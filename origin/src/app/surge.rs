@@ -244,7 +244,8 @@ fn grid_key(region: Region) -> String {
 }
 
 impl Surge {
-    /// A grid holder; nothing is computed until [`Surge::recompute`] or [`Surge::spawn`].
+    /// A grid holder; nothing is computed until [`Surge::recompute`] (called by the `surge` job,
+    /// [`crate::jobs::surge`], at start and every `SURGE_RECOMPUTE_SECS`).
     pub fn new(
         db: PgPool,
         caches: Caches,
@@ -359,32 +360,6 @@ impl Surge {
             .await;
         metrics::counter!("surge_recomputes_total", "region" => region.code()).increment(1);
         Ok(grid)
-    }
-
-    /// Recomputes every region now, then every `interval` until shutdown.
-    pub fn spawn(
-        &self,
-        regions: Vec<Region>,
-        interval: Duration,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) {
-        let surge = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        for region in &regions {
-                            if let Err(e) = surge.recompute(*region).await {
-                                tracing::warn!(error = format!("{e:#}"), %region, "surge recompute failed");
-                            }
-                        }
-                    }
-                    _ = shutdown.changed() => break,
-                }
-            }
-        });
     }
 }
 

@@ -11,7 +11,6 @@ pub mod relay;
 use chrono::{DateTime, Utc};
 use domain::booking::{Booking, EventKind};
 use serde::Serialize;
-use sqlx::PgConnection;
 use uuid::Uuid;
 
 /// The outbox topics.
@@ -142,37 +141,4 @@ impl Event {
             aggregate_id: booking.id.uuid,
         }
     }
-}
-
-/// Appends events to the outbox, in order, inside the caller's transaction.
-pub async fn append(conn: &mut PgConnection, events: &[Event]) -> sqlx::Result<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let mut ids = Vec::with_capacity(events.len());
-    let mut topics = Vec::with_capacity(events.len());
-    let mut keys = Vec::with_capacity(events.len());
-    let mut aggregates = Vec::with_capacity(events.len());
-    let mut payloads = Vec::with_capacity(events.len());
-    for event in events {
-        ids.push(event.event_id);
-        topics.push(event.topic.as_str().to_owned());
-        keys.push(event.booking.vehicle_id.clone());
-        aggregates.push(event.aggregate_id);
-        payloads.push(serde_json::to_value(event).unwrap_or_default());
-    }
-    sqlx::query(
-        "insert into outbox (event_id, topic, partition_key, aggregate_id, payload)
-         select event_id, topic, partition_key, aggregate_id, payload from unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::jsonb[])
-             with ordinality as t(event_id, topic, partition_key, aggregate_id, payload, n)
-         order by n",
-    )
-    .bind(&ids)
-    .bind(&topics)
-    .bind(&keys)
-    .bind(&aggregates)
-    .bind(&payloads)
-    .execute(conn)
-    .await?;
-    Ok(())
 }

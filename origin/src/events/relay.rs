@@ -57,10 +57,17 @@
 //!
 //! librdkafka keeps retrying a batch for up to [`RelaySettings::delivery_timeout`]; past it
 //! the unacknowledged rows stay unpublished and the relay backs off exponentially (from the
-//! poll interval up to [`MAX_BACKOFF`], with jitter) and tries again from the oldest row. The
-//! outbox simply grows meanwhile and drains once the broker is back. Topics are created at
-//! start through the admin API (the broker may not auto-create them); "already exists" is
-//! fine.
+//! poll interval up to [`MAX_BACKOFF`], with equal jitter: [`crate::backoff`]) and tries again
+//! from the oldest row. The outbox simply grows meanwhile and drains once the broker is back.
+//! Topics are created at start through the admin API (the broker may not auto-create them);
+//! "already exists" is fine.
+//!
+//! # Stopping
+//!
+//! The relay runs as a job ([`crate::jobs::relay`]) until its cancellation token fires. A batch
+//! in flight then gets [`RelaySettings::stop_grace`] to be acknowledged and marked (so a clean
+//! stop does not leave it to be sent twice); then the producer is flushed and the lock session
+//! closed, which frees the relay's lanes for other instances at once.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -75,9 +82,9 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 use sqlx::{Connection, PgConnection, PgPool};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
+use crate::backoff::{Backoff, Jitter};
 use crate::config::Config;
 use crate::events::{outbox, Topic};
 
@@ -86,8 +93,8 @@ use crate::events::{outbox, Topic};
 pub const LOCK_NAMESPACE: i32 = 0x4f42_5258;
 /// Longest pause between retries while the broker or the database is away.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// How long a batch in flight may still finish once a stop was asked for.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long a batch in flight may still finish once a stop was asked for (default).
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How often the backlog gauge is refreshed.
 const BACKLOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -108,6 +115,8 @@ pub struct RelaySettings {
     pub delivery_timeout: Duration,
     /// How long an instance keeps a lane before releasing it for others (between batches).
     pub lane_lease: Duration,
+    /// How long a batch in flight may still finish once the relay is asked to stop.
+    pub stop_grace: Duration,
 }
 
 impl RelaySettings {
@@ -121,10 +130,14 @@ impl RelaySettings {
             poll: Duration::from_millis(200),
             delivery_timeout: Duration::from_secs(30),
             lane_lease: Duration::from_secs(15),
+            stop_grace: STOP_GRACE,
         }
     }
 
     /// The relay's settings, or `None` when `KAFKA_BROKERS` is not set (relay disabled).
+    ///
+    /// A batch in flight at a stop gets at most a quarter of `SHUTDOWN_GRACE_SECS` (and never
+    /// more than [`STOP_GRACE`]), so the relay's flush fits in the process's shutdown deadline.
     pub fn from_config(config: &Config) -> Option<Self> {
         let brokers = config.kafka_brokers.clone()?;
         Some(RelaySettings {
@@ -132,21 +145,20 @@ impl RelaySettings {
             batch: config.relay_batch,
             lanes: config.relay_lanes,
             poll: config.relay_poll,
+            stop_grace: STOP_GRACE.min(config.shutdown_grace / 4),
             ..RelaySettings::new(brokers)
         })
     }
 }
 
-/// Runs one relay instance until `stop` turns true (or its sender is dropped).
+/// Runs one relay instance until `stop` is cancelled; returns once its batch in flight is
+/// settled (or abandoned after [`RelaySettings::stop_grace`]), the producer flushed and its
+/// lanes released.
 ///
 /// Several instances, in one process or many, may run against the same database: the lanes'
 /// advisory locks keep each vehicle's events with one of them at a time.
-pub fn spawn_relay(
-    pool: PgPool,
-    settings: RelaySettings,
-    stop: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    tokio::spawn(Relay::new(pool, settings).run(stop))
+pub async fn run_relay(pool: PgPool, settings: RelaySettings, stop: CancellationToken) {
+    Relay::new(pool, settings).run(stop).await;
 }
 
 /// Creates every outbox topic; topics that already exist are fine.
@@ -199,34 +211,6 @@ fn producer(settings: &RelaySettings) -> anyhow::Result<FutureProducer> {
         .context("create the Kafka producer")
 }
 
-/// Exponential backoff with jitter: `poll, 2·poll, 4·poll, …` up to [`MAX_BACKOFF`], each
-/// pause drawn from the upper half of the step so relays that failed together spread out.
-#[derive(Debug)]
-struct Backoff {
-    base: Duration,
-    step: u32,
-}
-
-impl Backoff {
-    fn new(base: Duration) -> Self {
-        Backoff { base, step: 0 }
-    }
-
-    fn reset(&mut self) {
-        self.step = 0;
-    }
-
-    fn next_pause(&mut self) -> Duration {
-        let full = self
-            .base
-            .saturating_mul(1u32 << self.step.min(16))
-            .min(MAX_BACKOFF);
-        self.step = self.step.saturating_add(1);
-        let half = full / 2;
-        half + rand::thread_rng().gen_range(Duration::ZERO..=half)
-    }
-}
-
 /// The relay's session holding the lanes' advisory locks.
 #[derive(Debug)]
 struct LockSession {
@@ -260,19 +244,13 @@ impl std::fmt::Debug for Relay {
     }
 }
 
-/// Resolves once a stop is asked for (or nobody can ask any more).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    // The `Ref` is dropped here, not held across the caller's awaits.
-    let _ = stop.wait_for(|s| *s).await;
-}
-
 /// Waits `pause` unless a stop comes first; true when stopping.
-async fn sleep_or_stop(pause: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+async fn sleep_or_stop(pause: Duration, stop: &CancellationToken) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(pause) => {}
-        _ = stopped(stop) => return true,
+        () = stop.cancelled() => {}
     }
-    *stop.borrow()
+    stop.is_cancelled()
 }
 
 impl Relay {
@@ -288,19 +266,24 @@ impl Relay {
         }
     }
 
-    async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    async fn run(mut self, stop: CancellationToken) {
         tracing::info!(
             brokers = %self.settings.brokers,
             lanes = self.settings.lanes,
             batch = self.settings.batch,
             "outbox relay starting"
         );
-        let mut backoff = Backoff::new(self.settings.poll);
+        let mut backoff = Backoff::new(self.settings.poll, MAX_BACKOFF, Jitter::Equal);
         loop {
-            if *stop.borrow() {
+            if stop.is_cancelled() {
                 return self.shutdown().await;
             }
-            match create_topics(&self.settings.brokers, self.settings.topic_partitions).await {
+            // The admin call may wait out its 10 s timeout on a dead broker: a stop cuts it.
+            let created = tokio::select! {
+                r = create_topics(&self.settings.brokers, self.settings.topic_partitions) => r,
+                () = stop.cancelled() => return self.shutdown().await,
+            };
+            match created {
                 Ok(()) => break,
                 Err(e) => {
                     metrics::counter!("outbox_relay_errors_total", "stage" => "topics")
@@ -311,7 +294,7 @@ impl Relay {
                         ?pause,
                         "outbox relay: topics not created yet; retrying"
                     );
-                    if sleep_or_stop(pause, &mut stop).await {
+                    if sleep_or_stop(pause, &stop).await {
                         return self.shutdown().await;
                     }
                 }
@@ -320,10 +303,10 @@ impl Relay {
         backoff.reset();
         let mut failing = false;
         loop {
-            if *stop.borrow() {
+            if stop.is_cancelled() {
                 break;
             }
-            let pause = match self.pass(&mut stop).await {
+            let pause = match self.pass(&stop).await {
                 Ok(more) => {
                     if failing {
                         tracing::info!("outbox relay: publishing again");
@@ -350,7 +333,7 @@ impl Relay {
                     pause
                 }
             };
-            if !pause.is_zero() && sleep_or_stop(pause, &mut stop).await {
+            if !pause.is_zero() && sleep_or_stop(pause, &stop).await {
                 break;
             }
         }
@@ -359,7 +342,7 @@ impl Relay {
 
     /// One round over the lanes: take free lanes, publish one batch in each held lane,
     /// release lanes whose lease ran out. Returns whether a lane may have more rows waiting.
-    async fn pass(&mut self, stop: &mut watch::Receiver<bool>) -> anyhow::Result<bool> {
+    async fn pass(&mut self, stop: &CancellationToken) -> anyhow::Result<bool> {
         self.acquire_lanes().await?;
         self.refresh_backlog().await;
         if self.producer.is_none() {
@@ -372,14 +355,14 @@ impl Relay {
         let mut more = false;
         let lanes: Vec<i32> = self.held.keys().copied().collect();
         for lane in lanes {
-            if *stop.borrow() {
+            if stop.is_cancelled() {
                 break;
             }
             let work = publish_batch(&self.pool, producer, &self.settings, pid, lane);
             tokio::pin!(work);
             let sent = tokio::select! {
                 r = &mut work => r,
-                _ = stopped(stop) => tokio::time::timeout(STOP_GRACE, &mut work)
+                () = stop.cancelled() => tokio::time::timeout(self.settings.stop_grace, &mut work)
                     .await
                     .context("stopped while a batch was in flight; it will be sent again")?,
             };
@@ -509,11 +492,12 @@ impl Relay {
         }
     }
 
-    /// Closes the lock session (the server releases its locks at once) and flushes.
+    /// Flushes the producer, then closes the lock session (the server releases its locks at
+    /// once, so other instances take the lanes over without waiting for a lease).
     async fn shutdown(mut self) {
         if let Some(producer) = self.producer.take() {
-            let _ =
-                tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(2))).await;
+            let within = self.settings.stop_grace.min(Duration::from_secs(2));
+            let _ = tokio::task::spawn_blocking(move || producer.flush(within)).await;
         }
         if let Some(session) = self.session.take() {
             let _ = session.conn.close().await;
@@ -632,21 +616,57 @@ async fn publish_batch(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
+    fn config(shutdown_grace_secs: &str) -> anyhow::Result<Config> {
+        let env: BTreeMap<String, String> = [
+            ("DATABASE_URL", "postgres://postgres@127.0.0.1/unused"),
+            ("JWT_ISSUER", "iss"),
+            ("JWT_AUDIENCE", "aud"),
+            ("JWT_HS256_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("QUOTE_SIGNING_KEYS", "k1=0123456789abcdef0123456789abcdef"),
+            ("KAFKA_BROKERS", "127.0.0.1:9"),
+            ("SHUTDOWN_GRACE_SECS", shutdown_grace_secs),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        Ok(Config::from(&env)?)
+    }
+
     #[test]
-    fn backoff_grows_to_its_cap_and_stays_in_the_upper_half_of_each_step() {
-        let mut backoff = Backoff::new(Duration::from_millis(200));
-        let mut full = Duration::from_millis(200);
-        for _ in 0..12 {
-            let pause = backoff.next_pause();
-            assert!(
-                pause >= full / 2 && pause <= full,
-                "{pause:?} for step {full:?}"
-            );
-            full = (full * 2).min(MAX_BACKOFF);
-        }
-        backoff.reset();
-        assert!(backoff.next_pause() <= Duration::from_millis(200));
+    fn a_batch_in_flight_at_a_stop_gets_a_quarter_of_the_shutdown_grace_at_most_5_s(
+    ) -> anyhow::Result<()> {
+        let grace = |secs| -> anyhow::Result<Duration> {
+            RelaySettings::from_config(&config(secs)?)
+                .map(|s| s.stop_grace)
+                .context("relay settings")
+        };
+        assert_eq!(grace("20")?, Duration::from_secs(5));
+        assert_eq!(grace("300")?, Duration::from_secs(5));
+        assert_eq!(grace("8")?, Duration::from_secs(2));
+        assert_eq!(grace("1")?, Duration::from_millis(250));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_relay_stops_at_once_while_the_broker_does_not_answer() -> anyhow::Result<()> {
+        // Nothing listens on port 9 (discard): creating the topics waits out its 10 s timeout
+        // unless the stop cuts it. The pool is lazy: the relay never reaches the database.
+        let pool = PgPool::connect_lazy("postgres://postgres@127.0.0.1:9/unused")?;
+        let stop = CancellationToken::new();
+        let relay = tokio::spawn(run_relay(
+            pool,
+            RelaySettings::new("127.0.0.1:9"),
+            stop.clone(),
+        ));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(3), relay)
+            .await
+            .context("the relay did not stop within 3 s")??;
+        Ok(())
     }
 }

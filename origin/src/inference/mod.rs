@@ -8,7 +8,7 @@
 //! broken demand model does not stop risk scores. Replacing the reference service with a real
 //! ML service is a matter of pointing `INFERENCE_URL` at anything that speaks this contract.
 //!
-//! # Contract (also in `/openapi.json`, schemas `RiskRequest` … `DemandResponse`)
+//! # Contract (types in `inference-api`; also in `/openapi.json`, schemas `RiskRequest` … `DemandResponse`)
 //!
 //! * `POST /v1/risk-score` — [`RiskRequest`] → [`RiskResponse`]: a score in `0..=1` (0 = no
 //!   risk) and the model version.
@@ -23,63 +23,17 @@ pub mod breaker;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use rand::Rng;
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use serde::Serialize;
 
+use crate::backoff::{Backoff, Jitter};
 use crate::config::PricingConfig;
 use crate::inference::breaker::{BreakerSettings, CircuitBreaker};
 
-/// Body of `POST /v1/risk-score`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct RiskRequest {
-    /// The customer (JWT subject).
-    pub user_id: String,
-    /// Public vehicle id, e.g. `veh_euw_…`.
-    pub vehicle_id: String,
-    /// `EUW` or `EUN`.
-    pub region: String,
-    pub start: DateTime<Utc>,
-    pub end: DateTime<Utc>,
-}
-
-/// Answer of `POST /v1/risk-score`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct RiskResponse {
-    /// 0 (no risk) to 1 (highest risk).
-    pub score: f64,
-    pub model_version: String,
-}
-
-/// Body of `POST /v1/demand`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct DemandRequest {
-    /// `EUW` or `EUN` (its time zone gives the local hour of week).
-    pub region: String,
-    /// H3 cell indexes (hex strings) of the zones asked about.
-    pub zones: Vec<String>,
-    /// Starts of the hour buckets asked about (UTC, whole hours).
-    pub buckets: Vec<DateTime<Utc>>,
-}
-
-/// One zone and bucket of a [`DemandResponse`].
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct DemandPrediction {
-    pub zone: String,
-    pub bucket: DateTime<Utc>,
-    /// Expected bookings starting in that hour in that zone (≥ 0).
-    pub demand: f64,
-    /// Vehicles expected to be offered there (≥ 0).
-    pub supply: f64,
-}
-
-/// Answer of `POST /v1/demand`.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct DemandResponse {
-    pub predictions: Vec<DemandPrediction>,
-    pub model_version: String,
-}
+// The contract's types are defined once, in `inference-api`, and shared with the reference
+// service; re-exported here so callers name them with the client.
+pub use inference_api::{
+    DemandPrediction, DemandRequest, DemandResponse, RiskRequest, RiskResponse,
+};
 
 /// Why an inference call gave no usable answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -119,6 +73,11 @@ impl InferenceError {
         }
     }
 }
+
+/// First retry step of an inference call (see [`Backoff`]).
+const RETRY_BASE: Duration = Duration::from_millis(10);
+/// Largest retry step of an inference call.
+const RETRY_CAP: Duration = Duration::from_millis(160);
 
 /// The client: one HTTP connection pool, one breaker per endpoint.
 #[derive(Debug, Clone)]
@@ -220,6 +179,8 @@ impl InferenceClient {
         };
         let url = format!("{base}{path}");
         let mut attempt = 0;
+        // Full jitter over an exponential step: 0..10 ms, 0..20 ms, 0..40 ms, … (at most 160).
+        let mut backoff = Backoff::new(RETRY_BASE, RETRY_CAP, Jitter::Full);
         loop {
             let Some(permit) = breaker.try_acquire() else {
                 count(breaker.name(), "breaker_open");
@@ -242,10 +203,7 @@ impl InferenceClient {
                         return Err(e);
                     }
                     attempt += 1;
-                    // Full jitter over an exponential step: 0..10 ms, 0..20 ms, 0..40 ms.
-                    let cap_ms = 10u64 << (attempt - 1).min(4);
-                    let pause = rand::thread_rng().gen_range(0..=cap_ms);
-                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    tokio::time::sleep(backoff.next_pause()).await;
                 }
             }
         }

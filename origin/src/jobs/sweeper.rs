@@ -4,54 +4,51 @@
 //! so two sweepers never end the same hold twice. A hold is also ended lazily when a new hold
 //! wants its window (see `bookings::expire_overlapping_holds`), so the vehicle is free the
 //! moment the hold expires, not one sweep later.
+//!
+//! A stop is heard between batches: a batch in progress (one transaction) completes, so a
+//! shutdown never leaves a hold half-ended.
 
 use chrono::Utc;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::state::AppState;
 
 /// Holds ended per transaction.
 const BATCH: i64 = 200;
 
-/// Runs the sweeper until `stop` turns true.
-pub fn spawn(state: AppState, mut stop: watch::Receiver<bool>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(state.config.sweeper_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_purge = std::time::Instant::now();
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.wait_for(|s| *s) => break,
-            }
-            loop {
-                match crate::store::bookings::sweep_expired_holds(&state.db, Utc::now(), BATCH)
-                    .await
-                {
-                    Ok(n) if n > 0 => {
-                        tracing::info!(expired = n, "sweeper ended expired holds");
-                        if (n as i64) < BATCH {
-                            break;
-                        }
-                    }
-                    Ok(_) => break,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "sweeper failed; retrying next tick");
+/// Sweeps every `SWEEPER_INTERVAL_MS` until `stop` fires.
+pub async fn run(state: AppState, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(state.config.sweeper_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_purge = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => break,
+        }
+        while !stop.is_cancelled() {
+            match crate::store::bookings::sweep_expired_holds(&state.db, Utc::now(), BATCH).await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(expired = n, "sweeper ended expired holds");
+                    if (n as i64) < BATCH {
                         break;
                     }
                 }
-            }
-            if last_purge.elapsed() > std::time::Duration::from_secs(3600) {
-                last_purge = std::time::Instant::now();
-                if let Err(e) = crate::store::idempotency::purge_older_than(
-                    &state.db,
-                    chrono::Duration::hours(24),
-                )
-                .await
-                {
-                    tracing::warn!(error = %e, "idempotency key purge failed");
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "sweeper failed; retrying next tick");
+                    break;
                 }
             }
         }
-    });
+        if last_purge.elapsed() > std::time::Duration::from_secs(3600) {
+            last_purge = std::time::Instant::now();
+            if let Err(e) =
+                crate::store::idempotency::purge_older_than(&state.db, chrono::Duration::hours(24))
+                    .await
+            {
+                tracing::warn!(error = %e, "idempotency key purge failed");
+            }
+        }
+    }
 }

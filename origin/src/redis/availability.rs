@@ -22,14 +22,16 @@
 //! # Keeping it right
 //!
 //! - **Rebuild** ([`Availability::rebuild`]) at start (before the origin serves, so `/readyz`
-//!   never reports a half-built index), every `AVAILABILITY_REBUILD_SECS`, and whenever Redis
+//!   never reports a half-built index), then from the `availability` job
+//!   ([`crate::jobs::availability`]) every `AVAILABILITY_REBUILD_SECS` and whenever Redis
 //!   comes back from an outage (it may have come back empty). It writes a fresh temporary key
 //!   and then, in one `MULTI`, `RENAME`s it over the live key and stamps
 //!   `{prefix}geo:{REGION}:built`: readers see the old index or the new one, never a half.
-//! - **Events** between rebuilds: [`Availability::upsert_vehicle`] / [`Availability::remove_vehicle`]
-//!   for status or bay changes (no API changes them yet; the vehicle event consumer will call
-//!   them). An event that lands between a rebuild's SQL read and its RENAME is overwritten by
-//!   the older snapshot until the next rebuild; that staleness is safe, because PostgreSQL
+//! - **Fleet changes** between rebuilds: no API changes a vehicle's status or bay yet, so the
+//!   index has no incremental update; a fleet change shows after the next rebuild. When one
+//!   exists (a vehicle event consumer), it will `GEOADD`/`ZREM` the vehicle on the live key. An
+//!   update that lands between a rebuild's SQL read and its RENAME would be overwritten by the
+//!   older snapshot until the next rebuild; that staleness is safe, because PostgreSQL
 //!   re-checks status for every candidate (an extra candidate is filtered out) and only a
 //!   just-activated vehicle can be missed, for at most one rebuild interval.
 //!
@@ -43,17 +45,15 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use domain::ids::VehicleId;
 use domain::region::Region;
 use domain::search::GeoPoint;
 use sqlx::PgPool;
-use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::redis::link::{stopped, RedisLink, Unavailable};
+use crate::redis::link::{RedisLink, Unavailable};
 use crate::store;
 
 /// Members per GEOADD command while building (bounds each command's size and time).
@@ -248,42 +248,6 @@ impl Availability {
         Ok(members)
     }
 
-    /// Puts a vehicle into its region's index at (lon, lat), or moves it there: call when a
-    /// vehicle becomes active or changes bay.
-    pub async fn upsert_vehicle(
-        &self,
-        vehicle: VehicleId,
-        lon: f64,
-        lat: f64,
-    ) -> Result<(), Unavailable> {
-        let cmd = redis::cmd("GEOADD")
-            .arg(self.geo_key(vehicle.region))
-            .arg(lon)
-            .arg(lat)
-            .arg(vehicle.uuid.simple().to_string())
-            .clone();
-        self.redis
-            .run("availability: upsert", |mut conn| async move {
-                cmd.query_async::<i64>(&mut conn).await
-            })
-            .await?;
-        Ok(())
-    }
-
-    /// Takes a vehicle out of its region's index: call when it leaves service.
-    pub async fn remove_vehicle(&self, vehicle: VehicleId) -> Result<(), Unavailable> {
-        let cmd = redis::cmd("ZREM")
-            .arg(self.geo_key(vehicle.region))
-            .arg(vehicle.uuid.simple().to_string())
-            .clone();
-        self.redis
-            .run("availability: remove", |mut conn| async move {
-                cmd.query_async::<i64>(&mut conn).await
-            })
-            .await?;
-        Ok(())
-    }
-
     /// The ids of vehicles within `radius_m` of `center` in the served regions, nearest first,
     /// at most `max` per region; `None` when the index cannot answer (Redis down, or a region
     /// never built) and the caller must use PostgreSQL.
@@ -331,35 +295,5 @@ impl Availability {
             ids.extend(found.iter().filter_map(|id| Uuid::try_parse(id).ok()));
         }
         Some(ids)
-    }
-
-    /// Rebuilds every `every`, and at once when Redis comes back from an outage, until shutdown.
-    pub fn spawn(&self, every: Duration, mut shutdown: watch::Receiver<bool>) {
-        let this = self.clone();
-        let mut recoveries = self.redis.recoveries();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // The first tick fires at once; start-up has just rebuilt.
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    changed = recoveries.changed() => {
-                        if changed.is_err() { break; }
-                    }
-                    _ = stopped(&mut shutdown) => break,
-                }
-                if !this.redis.is_up() {
-                    continue;
-                }
-                if let Err(e) = this.rebuild_all().await {
-                    tracing::warn!(
-                        error = format!("{e:#}"),
-                        "availability index rebuild failed"
-                    );
-                }
-            }
-        });
     }
 }

@@ -45,8 +45,6 @@ mod local;
 
 /// L1 time to live (the seed's 60 s).
 pub const L1_TTL: Duration = Duration::from_secs(60);
-/// How long the in-process layer trusts a vehicle's generation unless configured.
-pub const DEFAULT_LOCAL_TTL: Duration = Duration::from_secs(1);
 /// L2 time to live of a pricing context (the seed's base-price 5 min).
 pub const L2_PRICING_TTL: Duration = Duration::from_secs(300);
 
@@ -117,26 +115,19 @@ pub struct Caches {
 }
 
 impl Caches {
-    /// Opens one connection per layer.
-    pub async fn connect(config: &RedisConfig) -> anyhow::Result<Self> {
+    /// Opens one connection per layer; `local_ttl` is how long this process trusts a vehicle's
+    /// generation (`L1_LOCAL_TTL_MS`; zero turns the in-process layer off).
+    pub async fn connect(config: &RedisConfig, local_ttl: Duration) -> anyhow::Result<Self> {
         Ok(Caches {
             l1: RedisLink::connect(config).await?,
             l2: RedisLink::connect(config).await?,
-            local: local::Local::new(DEFAULT_LOCAL_TTL, L1_TTL).map(std::sync::Arc::new),
+            local: local::Local::new(local_ttl, L1_TTL).map(std::sync::Arc::new),
         })
     }
 
-    /// Sets how long this process trusts a vehicle's generation (`L1_LOCAL_TTL_MS`; zero
-    /// turns the in-process layer off).
-    pub fn with_local_ttl(mut self, ttl: Duration) -> Self {
-        self.local = local::Local::new(ttl, L1_TTL).map(std::sync::Arc::new);
-        self
-    }
-
-    /// Starts each layer's health probe (see [`RedisLink::spawn_probe`]).
-    pub fn spawn_probes(&self, shutdown: &tokio::sync::watch::Sender<bool>) {
-        self.l1.spawn_probe(shutdown.subscribe());
-        self.l2.spawn_probe(shutdown.subscribe());
+    /// Each layer's connection, for its health probe (the `redis_probe` job).
+    pub fn links(&self) -> [&RedisLink; 2] {
+        [&self.l1, &self.l2]
     }
 
     /// Whether both layers' Redis answers.

@@ -2,22 +2,30 @@
 //!
 //! The edge workers cache searches and quotes in Upstash Redis (not the origin's Redis: the
 //! edge runs in Cloudflare's and Fermyon's networks and reaches Redis over REST). Their keys
-//! embed `gen:<REGION>` (searches) and `gen:veh:<vehicle>` (quotes); incrementing a counter
-//! makes every entry under it unreachable at once (see `edge/core/src/cache.rs`). The edge
-//! bumps them itself after a write it forwarded; the origin bumps them too, after every
-//! committed change — writes that did not come through that edge, hold expiries — so a new
-//! booking is never hidden behind a stale edge entry.
+//! embed `gen:<REGION>` (searches) and `gen:veh:<vehicle>` (quotes), spelled by
+//! [`domain::edge_cache`] for both sides; incrementing a counter makes every entry under it
+//! unreachable at once (see `edge/core/src/cache.rs`). The edge bumps them itself after a write
+//! it forwarded; the origin bumps them too, after every booking change it commits for an API
+//! request — including writes that did not come through that edge — so a new booking is never
+//! hidden behind a stale edge entry.
 //!
-//! The bump is one Upstash `/pipeline` request, sent on a spawned task with a short timeout:
-//! it never delays or fails the booking. A failed bump is logged and counted
-//! (`edge_cache_bumps_total{result="error"}`); the affected entries then live out their short
-//! TTL (quotes 60 s, searches 10 s). Without `EDGE_CACHE_REST_URL` the feature is off.
+//! Hold expiries do **not** bump: the sweeper ([`crate::jobs::sweeper`]) ends holds without
+//! telling the edge. An expiry only frees a window, so the stale entries can only under-report
+//! (a search that still leaves the vehicle out) for their short TTL, never offer a vehicle that
+//! is taken; and a booking of the freed window bumps as usual.
+//!
+//! The bump is one Upstash `/pipeline` request, sent on a task of the origin's job tracker
+//! ([`crate::jobs::Jobs::tracker`]) with a short timeout: it never delays or fails the booking,
+//! and a shutdown waits for bumps in flight instead of dropping them. A failed bump is logged
+//! and counted (`edge_cache_bumps_total{result="error"}`); the affected entries then live out
+//! their short TTL (quotes 60 s, searches 10 s). Without `EDGE_CACHE_REST_URL` the feature is
+//! off.
 
 use std::time::Duration;
 
-use domain::region::Region;
 use domain::VehicleId;
-use serde_json::{json, Value};
+use serde_json::Value;
+use tokio_util::task::TaskTracker;
 
 use crate::config::{ConfigError, Env, Secret};
 
@@ -72,11 +80,13 @@ pub fn config(env: &dyn Env) -> Result<Option<EdgeCacheConfig>, ConfigError> {
 #[derive(Debug, Clone)]
 pub struct EdgeGen {
     target: Option<(EdgeCacheConfig, reqwest::Client)>,
+    /// Where bumps run: the origin's job tracker, so a shutdown awaits them.
+    tasks: TaskTracker,
 }
 
 impl EdgeGen {
-    /// Builds the bumper (an HTTP client with the configured timeout).
-    pub fn new(config: Option<&EdgeCacheConfig>) -> anyhow::Result<Self> {
+    /// Builds the bumper (an HTTP client with the configured timeout); bumps run on `tasks`.
+    pub fn new(config: Option<&EdgeCacheConfig>, tasks: TaskTracker) -> anyhow::Result<Self> {
         let target = match config {
             None => None,
             Some(c) => Some((
@@ -84,18 +94,17 @@ impl EdgeGen {
                 reqwest::Client::builder().timeout(c.timeout).build()?,
             )),
         };
-        Ok(EdgeGen { target })
+        Ok(EdgeGen { target, tasks })
     }
 
-    /// The commands of one bump (same keys as `edge/core/src/cache.rs`).
+    /// The commands of one bump, as the `/pipeline` body: the vehicle's and its region's
+    /// counters ([`domain::edge_cache::bump_commands`], the edge's own bump).
     fn commands(prefix: &str, vehicle: &VehicleId) -> Value {
-        let region: Region = vehicle.region;
-        let vehicle_key = format!("{prefix}gen:veh:{vehicle}");
-        json!([
-            ["INCR", format!("{prefix}gen:{}", region.code())],
-            ["INCR", vehicle_key],
-            ["EXPIRE", vehicle_key, "86400"],
-        ])
+        Value::from(domain::edge_cache::bump_commands(
+            prefix,
+            vehicle.region,
+            Some(vehicle),
+        ))
     }
 
     /// Bumps the vehicle's and its region's generations in the background.
@@ -105,7 +114,7 @@ impl EdgeGen {
         };
         let body = Self::commands(&config.key_prefix, vehicle);
         let vehicle = *vehicle;
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let token = String::from_utf8_lossy(&config.token.0).into_owned();
             let sent = client
                 .post(format!("{}/pipeline", config.url))
@@ -175,14 +184,20 @@ mod tests {
 
     #[test]
     fn a_bump_increments_the_region_and_the_vehicle_counters() {
+        use domain::region::Region;
+        use serde_json::json;
         let vehicle: VehicleId = "veh_eun_0123456789abcdef0123456789abcdef"
             .parse()
             .unwrap_or_else(|_| VehicleId::new(Region::Eun, uuid::Uuid::nil()));
         let cmds = EdgeGen::commands("p:", &vehicle);
-        assert_eq!(cmds[0], json!(["INCR", "p:gen:EUN"]));
+        let key = "p:gen:veh:veh_eun_0123456789abcdef0123456789abcdef";
         assert_eq!(
-            cmds[1],
-            json!(["INCR", "p:gen:veh:veh_eun_0123456789abcdef0123456789abcdef"])
+            cmds,
+            json!([
+                ["INCR", "p:gen:EUN"],
+                ["INCR", key],
+                ["EXPIRE", key, "86400"]
+            ])
         );
     }
 }

@@ -9,9 +9,10 @@
 //!   logged once, counted (`redis_degradations_total`, gauge `redis_up`). While it is down
 //!   callers do not even try it — [`RedisLink::run`] answers [`Unavailable::Down`] at once —
 //!   so a booking never pays a timeout per request.
-//! - A background probe PINGs every second, whatever the state. An answer marks Redis **up**
-//!   again (logged once) and bumps a generation that the availability task watches: a Redis
-//!   that comes back may have come back *empty*, so the index is rebuilt at once.
+//! - A background probe (the `redis_probe` job, [`crate::jobs::redis_probe`]) PINGs every
+//!   second, whatever the state. An answer marks Redis **up** again (logged once) and bumps a
+//!   generation that the availability job watches: a Redis that comes back may have come back
+//!   *empty*, so the index is rebuilt at once.
 //!
 //! The connection is one `ConnectionManager` (a multiplexed connection that reconnects by
 //! itself), created lazily so the origin starts, degraded, when Redis is not there.
@@ -26,12 +27,6 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::watch;
 
 use crate::config::RedisConfig;
-
-/// Resolves when `shutdown` turns true (or its sender is gone). Returns nothing, so no
-/// (non-`Send`) borrow of the channel is held across an await by the caller.
-pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
-}
 
 /// How often the probe PINGs Redis.
 pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
@@ -187,6 +182,7 @@ impl RedisLink {
     }
 
     /// One PING, whatever the current state; updates the state. True when Redis answered.
+    /// The `redis_probe` job calls it every [`PROBE_INTERVAL`].
     pub async fn probe(&self) -> bool {
         let pong = self
             .run_even_if_down("ping", |mut conn| async move {
@@ -204,20 +200,5 @@ impl RedisLink {
                 false
             }
         }
-    }
-
-    /// PINGs every [`PROBE_INTERVAL`] until shutdown, so the state follows Redis both ways.
-    pub fn spawn_probe(&self, mut shutdown: watch::Receiver<bool>) {
-        let link = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(PROBE_INTERVAL);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => { link.probe().await; }
-                    _ = stopped(&mut shutdown) => break,
-                }
-            }
-        });
     }
 }

@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod booking;
 pub mod cancellation;
+pub mod edge_cache;
 pub mod ids;
 pub mod money;
 pub mod multiplier;

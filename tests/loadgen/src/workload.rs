@@ -146,7 +146,7 @@ impl Context {
         .await?;
         anyhow::ensure!(
             !fleet.areas.is_empty(),
-            "no vehicles found at {}: seed the demo fleet first (origin seed-demo)",
+            "no vehicles found at {}: seed the demo fleet first (seed-demo)",
             options.base_url
         );
         let read_windows: Vec<_> = (0..3)

@@ -146,7 +146,7 @@ async fn main() -> anyhow::Result<()> {
         .connect_with(bench.clone())
         .await?;
     origin::startup::MIGRATOR.run(&pool).await?;
-    origin::demo::seed_demo(&pool, 120).await?;
+    demo_fleet::seed_demo(&pool, 120).await?;
 
     // The reference inference service on the read-only role.
     let ro = PgPoolOptions::new()

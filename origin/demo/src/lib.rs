@@ -16,6 +16,9 @@
 //!
 //! The generator ([`demo_fleet`] and friends) is pure and tested without a database; only
 //! [`seed_demo`] does I/O.
+//!
+//! A crate of its own (with the `seed-demo` binary), not a module of the origin: these are
+//! fixtures, and a production server should not compile a thousand lines of them.
 
 use std::collections::HashSet;
 

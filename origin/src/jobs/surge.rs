@@ -1,0 +1,33 @@
+//! Surge refresh: recomputes every served region's surge grid now, then every
+//! `SURGE_RECOMPUTE_SECS`, so quotes read a grid at most one interval old (see
+//! [`crate::app::surge`]).
+//!
+//! A stop is heard between regions; a recompute in progress (one query, one bounded demand
+//! call, one L2 write) finishes first.
+
+use std::time::Duration;
+
+use domain::region::Region;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::surge::Surge;
+
+/// Recomputes the grids of `regions` every `interval` until `stop` fires.
+pub async fn run(surge: Surge, regions: Vec<Region>, interval: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => break,
+        }
+        for region in &regions {
+            if stop.is_cancelled() {
+                break;
+            }
+            if let Err(e) = surge.recompute(*region).await {
+                tracing::warn!(error = format!("{e:#}"), %region, "surge recompute failed");
+            }
+        }
+    }
+}

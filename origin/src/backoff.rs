@@ -17,7 +17,7 @@ use rand::Rng;
 
 /// How a pause is drawn from its step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Jitter {
+pub(crate) enum Jitter {
     /// Anywhere in `0..=step`.
     Full,
     /// In the upper half, `step/2..=step`.
@@ -26,7 +26,7 @@ pub enum Jitter {
 
 /// A retry schedule and how far along it is.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     base: Duration,
     cap: Duration,
     jitter: Jitter,
@@ -35,7 +35,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// A schedule starting at `base`, doubling up to `cap`.
-    pub fn new(base: Duration, cap: Duration, jitter: Jitter) -> Self {
+    pub(crate) fn new(base: Duration, cap: Duration, jitter: Jitter) -> Self {
         Backoff {
             base,
             cap,
@@ -45,19 +45,19 @@ impl Backoff {
     }
 
     /// Back to the first step (after a success).
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.step = 0;
     }
 
     /// The step the next pause is drawn from, without advancing.
-    pub fn current_step(&self) -> Duration {
+    pub(crate) fn current_step(&self) -> Duration {
         self.base
             .saturating_mul(1u32 << self.step.min(16))
             .min(self.cap)
     }
 
     /// The pause before the next attempt; advances the schedule.
-    pub fn next_pause(&mut self) -> Duration {
+    pub(crate) fn next_pause(&mut self) -> Duration {
         let full = self.current_step();
         self.step = self.step.saturating_add(1);
         let floor = match self.jitter {

@@ -262,7 +262,7 @@ pub trait Env {
 
 /// The real process environment.
 #[derive(Debug, Clone, Copy)]
-pub struct ProcessEnv;
+pub(crate) struct ProcessEnv;
 
 impl Env for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {

@@ -13,17 +13,21 @@
 //! - `config` (environment), `startup` (serve, migrate, shut down), `state` (shared handles);
 //! - `backoff`: the one retry pause schedule (the relay, the inference client).
 
+// What the binary, the tests and the benches use is `pub`; everything else is `pub(crate)`, so
+// the dead-code lint sees what nothing calls. This lint keeps it that way.
+#![warn(unreachable_pub)]
+
 pub mod app;
-pub mod backoff;
+pub(crate) mod backoff;
 pub mod config;
 pub mod events;
-pub mod http;
+pub(crate) mod http;
 pub mod inference;
-pub mod jobs;
+pub(crate) mod jobs;
 pub mod redis;
 pub mod startup;
-pub mod state;
-pub mod store;
+pub(crate) mod state;
+pub(crate) mod store;
 
 /// Sets up structured logging (JSON in production, pretty locally); `RUST_LOG` filters.
 pub fn init_tracing(json: bool) {

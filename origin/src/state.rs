@@ -18,7 +18,7 @@ use crate::redis::locks::Locks;
 
 /// Cheap to clone: everything behind an `Arc` or already a handle.
 #[derive(Clone)]
-pub struct AppState {
+pub(crate) struct AppState {
     pub db: PgPool,
     pub config: Arc<Config>,
     pub jwt: Arc<JwtVerifier>,
@@ -51,7 +51,7 @@ impl AppState {
     /// Builds the state from configuration, an open pool and a Redis link
     /// ([`RedisLink::connect`]); short background tasks (edge-cache bumps) run on `tasks`, the
     /// job tracker that shutdown awaits ([`crate::jobs::Jobs::tracker`]).
-    pub fn new(
+    pub(crate) fn new(
         config: Config,
         db: PgPool,
         redis: RedisLink,

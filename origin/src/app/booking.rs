@@ -22,11 +22,11 @@ use crate::app::pricing;
 use crate::state::AppState;
 use crate::store::bookings::{self as store, RowLock, StoreError};
 
-pub use crate::store::bookings::{Actor, ListFilter, Viewer};
+pub(crate) use crate::store::bookings::{Actor, ListFilter, Viewer};
 
 /// Why a booking use case failed. The texts are the API's problem details.
 #[derive(Debug, thiserror::Error)]
-pub enum BookingFailure {
+pub(crate) enum BookingFailure {
     /// The quote token's validity ended.
     #[error("the quote has expired; get a new one")]
     QuoteExpired,
@@ -66,7 +66,7 @@ pub enum BookingFailure {
 
 /// An action on an existing booking, as a request asks for it (an extension is priced here).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
+pub(crate) enum Command {
     Confirm,
     Cancel,
     Start,
@@ -75,7 +75,7 @@ pub enum Command {
 }
 
 /// The rules bookings are judged by, from the origin's configuration.
-pub fn rules(state: &AppState) -> Result<Rules, BookingFailure> {
+pub(crate) fn rules(state: &AppState) -> Result<Rules, BookingFailure> {
     let hold_ttl = chrono::Duration::from_std(state.config.hold_ttl)
         .map_err(|e| BookingFailure::HoldTtl(e.to_string()))?;
     Ok(Rules::new(*state.policy, *state.cancellation, hold_ttl))
@@ -83,7 +83,7 @@ pub fn rules(state: &AppState) -> Result<Rules, BookingFailure> {
 
 /// Verifies a quote token for `user` and makes the hold the aggregate would write: nothing is
 /// written yet, so a request refused here never touches the database.
-pub fn prepare_hold(
+pub(crate) fn prepare_hold(
     quotes: &QuoteSigner,
     served: &[Region],
     user: &str,
@@ -106,7 +106,7 @@ pub fn prepare_hold(
 }
 
 /// Writes a prepared hold (ending expired holds in its way): the stored booking, with its bay.
-pub async fn hold(
+pub(crate) async fn hold(
     conn: &mut PgConnection,
     hold: &Transition,
     actor: Actor<'_>,
@@ -117,7 +117,7 @@ pub async fn hold(
 }
 
 /// The vehicle of a booking (anyone's), to lock before changing its occupancy.
-pub async fn vehicle_of(
+pub(crate) async fn vehicle_of(
     conn: &mut PgConnection,
     id: &BookingId,
 ) -> Result<Option<VehicleId>, BookingFailure> {
@@ -126,7 +126,7 @@ pub async fn vehicle_of(
 
 /// Applies `command` to the actor's booking `id` and writes the transition; another user's
 /// booking is [`BookingFailure::NotFound`], as a missing one.
-pub async fn act(
+pub(crate) async fn act(
     conn: &mut PgConnection,
     id: &BookingId,
     command: Command,
@@ -170,7 +170,7 @@ pub async fn act(
 }
 
 /// One booking `viewer` may see.
-pub async fn get(
+pub(crate) async fn get(
     pool: &PgPool,
     id: &BookingId,
     viewer: Viewer<'_>,
@@ -181,6 +181,9 @@ pub async fn get(
 }
 
 /// A page of a user's bookings, newest first.
-pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<Booking>, BookingFailure> {
+pub(crate) async fn list(
+    pool: &PgPool,
+    filter: &ListFilter,
+) -> Result<Vec<Booking>, BookingFailure> {
     Ok(store::list(pool, filter).await?)
 }

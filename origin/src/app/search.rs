@@ -29,7 +29,7 @@ use crate::store::search::{self as store, BoundingBox, Candidate, Filters};
 /// Why a search could not be answered (each a server-side failure; bad input is refused
 /// before a [`SearchQuery`] exists).
 #[derive(Debug, thiserror::Error)]
-pub enum SearchError {
+pub(crate) enum SearchError {
     /// A candidate's indicative price could not be computed.
     #[error(transparent)]
     Pricing(#[from] PricingError),
@@ -39,15 +39,15 @@ pub enum SearchError {
 }
 
 /// The most candidates one search considers: a bound on work per request.
-pub const MAX_CANDIDATES: i64 = 5_000;
+pub(crate) const MAX_CANDIDATES: i64 = 5_000;
 /// The widest search radius.
-pub const MAX_RADIUS_M: u32 = 50_000;
+pub(crate) const MAX_RADIUS_M: u32 = 50_000;
 /// The largest page.
-pub const MAX_LIMIT: u32 = 100;
+pub(crate) const MAX_LIMIT: u32 = 100;
 
 /// A validated search.
 #[derive(Debug, Clone)]
-pub struct SearchQuery {
+pub(crate) struct SearchQuery {
     pub center: GeoPoint,
     pub radius_m: u32,
     pub window: TimeWindow,
@@ -62,7 +62,7 @@ pub struct SearchQuery {
 impl SearchQuery {
     /// A fingerprint of everything but the cursor and limit: a cursor only continues the
     /// search it came from.
-    pub fn fingerprint(&self) -> u64 {
+    pub(crate) fn fingerprint(&self) -> u64 {
         // The class as its name (`Some("van")`), as when it was a string: cursors handed out
         // before stay valid.
         let text = format!(
@@ -86,7 +86,7 @@ impl SearchQuery {
 
 /// One available vehicle.
 #[derive(Debug, Clone)]
-pub struct Hit {
+pub(crate) struct Hit {
     pub vehicle_id: VehicleId,
     pub class: VehicleClass,
     pub make: String,
@@ -104,14 +104,14 @@ pub struct Hit {
 
 /// A page of hits.
 #[derive(Debug, Clone)]
-pub struct Page {
+pub(crate) struct Page {
     pub hits: Vec<Hit>,
     pub next: Option<SearchCursor>,
 }
 
 /// Runs a search over the regions this origin serves: GEO candidates from `availability`
 /// when it can answer, else the PostgreSQL bounding box.
-pub async fn search(
+pub(crate) async fn search(
     pool: &PgPool,
     availability: &Availability,
     caches: &crate::redis::cache::Caches,

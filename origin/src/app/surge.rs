@@ -41,9 +41,9 @@ use crate::redis::cache::Caches;
 use crate::store;
 
 /// Highest surge multiplier (×3.0).
-pub const SURGE_CAP: Multiplier = Multiplier::from_bp(30_000);
+pub(crate) const SURGE_CAP: Multiplier = Multiplier::from_bp(30_000);
 /// How long a grid is trusted (the seed's 15 min for the surge layer of L2).
-pub const GRID_TTL: Duration = Duration::from_secs(15 * 60);
+pub(crate) const GRID_TTL: Duration = Duration::from_secs(15 * 60);
 /// Pressure under which there is no surge.
 const PRESSURE_FREE: f64 = 0.5;
 /// Multiplier added per unit of pressure above [`PRESSURE_FREE`].
@@ -54,7 +54,7 @@ const NEIGHBOUR_WEIGHT: u64 = 4;
 
 /// The surge curve: pressure (demand / supply) → multiplier, ×1.0 to ×3.0 in basis points.
 /// A NaN or negative pressure is no surge.
-pub fn curve(pressure: f64) -> Multiplier {
+pub(crate) fn curve(pressure: f64) -> Multiplier {
     if pressure == f64::INFINITY {
         return SURGE_CAP;
     }
@@ -78,7 +78,7 @@ pub fn pressure(demand: f64, supply: f64) -> f64 {
 
 /// What one cell brings to the grid.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CellInput {
+pub(crate) struct CellInput {
     pub cell: CellIndex,
     pub supply: u32,
     pub holds: u32,
@@ -87,7 +87,7 @@ pub struct CellInput {
 
 /// One cell of a computed grid.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct CellSurge {
+pub(crate) struct CellSurge {
     /// H3 cell index (hex).
     pub cell: String,
     pub supply: u32,
@@ -103,7 +103,7 @@ pub struct CellSurge {
 
 /// A region's grid at one instant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct SurgeGrid {
+pub(crate) struct SurgeGrid {
     pub region: String,
     pub resolution: u8,
     pub computed_at: DateTime<Utc>,
@@ -115,7 +115,7 @@ pub struct SurgeGrid {
 
 impl SurgeGrid {
     /// The published multiplier of a cell (×1.0 for a cell without vehicles).
-    pub fn multiplier(&self, cell: CellIndex) -> Multiplier {
+    pub(crate) fn multiplier(&self, cell: CellIndex) -> Multiplier {
         self.cells
             .get(&cell.to_string())
             .map(|c| Multiplier::from_bp(c.multiplier_bp))
@@ -123,12 +123,12 @@ impl SurgeGrid {
     }
 
     /// Live holds counted in a cell.
-    pub fn holds(&self, cell: CellIndex) -> u32 {
+    pub(crate) fn holds(&self, cell: CellIndex) -> u32 {
         self.cells.get(&cell.to_string()).map_or(0, |c| c.holds)
     }
 
     /// Whether the grid is younger than [`GRID_TTL`].
-    pub fn is_fresh(&self, now: DateTime<Utc>) -> bool {
+    pub(crate) fn is_fresh(&self, now: DateTime<Utc>) -> bool {
         now.signed_duration_since(self.computed_at)
             .to_std()
             .map_or(true, |age| age < GRID_TTL)
@@ -137,7 +137,7 @@ impl SurgeGrid {
 
 /// Computes a grid from per-cell inputs (pure; see the module docs for the rules). Inputs for
 /// the same cell are summed; cells without supply are left out (×1.0).
-pub fn compute(
+pub(crate) fn compute(
     region: Region,
     resolution: u8,
     inputs: &[CellInput],
@@ -230,7 +230,7 @@ pub fn cell_of(lat: f64, lon: f64, res: u8) -> Option<CellIndex> {
 
 /// The running grids of the served regions.
 #[derive(Debug, Clone)]
-pub struct Surge {
+pub(crate) struct Surge {
     db: PgPool,
     caches: Caches,
     inference: InferenceClient,
@@ -246,7 +246,7 @@ fn grid_key(region: Region) -> String {
 impl Surge {
     /// A grid holder; nothing is computed until [`Surge::recompute`] (called by the `surge` job,
     /// [`crate::jobs::surge`], at start and every `SURGE_RECOMPUTE_SECS`).
-    pub fn new(
+    pub(crate) fn new(
         db: PgPool,
         caches: Caches,
         inference: InferenceClient,
@@ -264,13 +264,13 @@ impl Surge {
     }
 
     /// The configured H3 resolution.
-    pub fn resolution(&self) -> u8 {
+    pub(crate) fn resolution(&self) -> u8 {
         self.resolution
     }
 
     /// The freshest grid of a region younger than 15 min: this process's, else L2's (computed
     /// by another instance), else none.
-    pub async fn grid(&self, region: Region) -> Option<Arc<SurgeGrid>> {
+    pub(crate) async fn grid(&self, region: Region) -> Option<Arc<SurgeGrid>> {
         let now = Utc::now();
         let local = self.grids.read().ok().and_then(|g| g.get(&region).cloned());
         if let Some(grid) = local.filter(|g| g.is_fresh(now)) {
@@ -289,13 +289,13 @@ impl Surge {
 
     /// The grid kept in this process, whatever its age (for the quote path, which must not
     /// wait on Redis for live holds).
-    pub fn local(&self, region: Region) -> Option<Arc<SurgeGrid>> {
+    pub(crate) fn local(&self, region: Region) -> Option<Arc<SurgeGrid>> {
         self.grids.read().ok().and_then(|g| g.get(&region).cloned())
     }
 
     /// Recomputes a region's grid from PostgreSQL and the demand model, stores it in process
     /// and in L2.
-    pub async fn recompute(&self, region: Region) -> anyhow::Result<Arc<SurgeGrid>> {
+    pub(crate) async fn recompute(&self, region: Region) -> anyhow::Result<Arc<SurgeGrid>> {
         use anyhow::Context;
         let now = Utc::now();
         let loads = store::vehicles::bay_loads(&self.db, region)

@@ -92,9 +92,9 @@ use crate::events::{outbox, Topic};
 /// "OBRX", for outbox relay, so it cannot collide with other advisory locks of the schema.
 pub const LOCK_NAMESPACE: i32 = 0x4f42_5258;
 /// Longest pause between retries while the broker or the database is away.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How long a batch in flight may still finish once a stop was asked for (default).
-pub const STOP_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How often the backlog gauge is refreshed.
 const BACKLOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -138,7 +138,7 @@ impl RelaySettings {
     ///
     /// A batch in flight at a stop gets at most a quarter of `SHUTDOWN_GRACE_SECS` (and never
     /// more than [`STOP_GRACE`]), so the relay's flush fits in the process's shutdown deadline.
-    pub fn from_config(config: &Config) -> Option<Self> {
+    pub(crate) fn from_config(config: &Config) -> Option<Self> {
         let brokers = config.kafka_brokers.clone()?;
         Some(RelaySettings {
             topic_partitions: config.kafka_topic_partitions,
@@ -162,7 +162,7 @@ pub async fn run_relay(pool: PgPool, settings: RelaySettings, stop: Cancellation
 }
 
 /// Creates every outbox topic; topics that already exist are fine.
-pub async fn create_topics(brokers: &str, partitions: i32) -> anyhow::Result<()> {
+pub(crate) async fn create_topics(brokers: &str, partitions: i32) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()

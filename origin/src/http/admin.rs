@@ -25,7 +25,7 @@ use crate::store::idempotency::{Begun, Pending};
 
 /// An applied, audited change.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct AdminChange {
+pub(crate) struct AdminChange {
     /// Id of the `pricing_audit` row.
     pub audit_id: i64,
     /// create, update or delete.
@@ -44,7 +44,7 @@ pub struct AdminChange {
 #[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct AuditQuery {
+pub(crate) struct AuditQuery {
     /// Only this region's changes.
     pub region: Option<String>,
     /// 1–200 (default 50), newest first.
@@ -52,7 +52,7 @@ pub struct AuditQuery {
 }
 
 /// 403 unless the caller has the ops role.
-pub fn require_ops(user: &AuthUser) -> ApiResult<()> {
+pub(crate) fn require_ops(user: &AuthUser) -> ApiResult<()> {
     if user.is_ops {
         Ok(())
     } else {
@@ -69,7 +69,7 @@ fn path_class(text: &str) -> ApiResult<VehicleClass> {
 }
 
 /// A region this origin serves, from a path segment (404 otherwise).
-pub fn served_region(state: &AppState, code: &str) -> ApiResult<Region> {
+pub(crate) fn served_region(state: &AppState, code: &str) -> ApiResult<Region> {
     code.to_ascii_uppercase()
         .parse::<Region>()
         .ok()
@@ -81,7 +81,7 @@ pub fn served_region(state: &AppState, code: &str) -> ApiResult<Region> {
 /// `Idempotency-Key` and the matched route ([`WriteCall`]). The ops check stays in the
 /// handler's first step ([`AdminCall::region`]), after the path and body extractors, as on the
 /// read routes.
-pub type AdminCall = WriteCall;
+pub(crate) type AdminCall = WriteCall;
 
 impl AdminCall {
     /// 403 unless ops; then the served region named by the path (404 otherwise).
@@ -163,7 +163,7 @@ impl AdminCall {
     ),
     security(("bearer" = []))
 )]
-pub async fn overview(
+pub(crate) async fn overview(
     State(state): State<AppState>,
     user: AuthUser,
     ApiPath(region): ApiPath<String>,
@@ -186,7 +186,7 @@ pub async fn overview(
     ),
     security(("bearer" = []))
 )]
-pub async fn put_base_rate(
+pub(crate) async fn put_base_rate(
     call: AdminCall,
     ApiPath((region, class)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<BaseRateBody>,
@@ -217,7 +217,7 @@ pub async fn put_base_rate(
     ),
     security(("bearer" = []))
 )]
-pub async fn put_vehicle_config(
+pub(crate) async fn put_vehicle_config(
     call: AdminCall,
     ApiPath((region, class)): ApiPath<(String, String)>,
     ApiJson(body): ApiJson<VehicleConfigBody>,
@@ -248,7 +248,7 @@ pub async fn put_vehicle_config(
     ),
     security(("bearer" = []))
 )]
-pub async fn create_time_multiplier(
+pub(crate) async fn create_time_multiplier(
     call: AdminCall,
     ApiPath(region): ApiPath<String>,
     ApiJson(body): ApiJson<TimeMultiplierBody>,
@@ -277,7 +277,7 @@ pub async fn create_time_multiplier(
     ),
     security(("bearer" = []))
 )]
-pub async fn update_time_multiplier(
+pub(crate) async fn update_time_multiplier(
     call: AdminCall,
     ApiPath((region, id)): ApiPath<(String, Uuid)>,
     ApiJson(body): ApiJson<TimeMultiplierBody>,
@@ -306,7 +306,7 @@ pub async fn update_time_multiplier(
     ),
     security(("bearer" = []))
 )]
-pub async fn delete_time_multiplier(
+pub(crate) async fn delete_time_multiplier(
     call: AdminCall,
     ApiPath((region, id)): ApiPath<(String, Uuid)>,
 ) -> ApiResult<Response> {
@@ -334,7 +334,7 @@ pub async fn delete_time_multiplier(
     ),
     security(("bearer" = []))
 )]
-pub async fn create_discount(
+pub(crate) async fn create_discount(
     call: AdminCall,
     ApiPath(region): ApiPath<String>,
     ApiJson(body): ApiJson<DiscountBody>,
@@ -363,7 +363,7 @@ pub async fn create_discount(
     ),
     security(("bearer" = []))
 )]
-pub async fn update_discount(
+pub(crate) async fn update_discount(
     call: AdminCall,
     ApiPath((region, id)): ApiPath<(String, Uuid)>,
     ApiJson(body): ApiJson<DiscountBody>,
@@ -392,7 +392,7 @@ pub async fn update_discount(
     ),
     security(("bearer" = []))
 )]
-pub async fn delete_discount(
+pub(crate) async fn delete_discount(
     call: AdminCall,
     ApiPath((region, id)): ApiPath<(String, Uuid)>,
 ) -> ApiResult<Response> {
@@ -418,7 +418,7 @@ pub async fn delete_discount(
     ),
     security(("bearer" = []))
 )]
-pub async fn audit_log(
+pub(crate) async fn audit_log(
     State(state): State<AppState>,
     user: AuthUser,
     ApiQuery(query): ApiQuery<AuditQuery>,

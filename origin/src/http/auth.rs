@@ -16,7 +16,7 @@ use crate::state::AppState;
 
 /// The authenticated caller.
 #[derive(Debug, Clone)]
-pub struct AuthUser {
+pub(crate) struct AuthUser {
     /// The subject: our user id.
     pub id: String,
     /// Ops may read any booking and use the admin routes.
@@ -36,7 +36,7 @@ impl AuthUser {
 }
 
 /// Builds the verifier from configuration.
-pub fn verifier(config: &JwtConfig) -> anyhow::Result<JwtVerifier> {
+pub(crate) fn verifier(config: &JwtConfig) -> anyhow::Result<JwtVerifier> {
     let mut keys = Vec::new();
     if let Some(secret) = &config.hs256_secret {
         keys.push(VerifyKey::Hs256 {

@@ -30,7 +30,7 @@ use crate::store::idempotency::Begun;
 
 /// Which body shape to answer with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Version {
+pub(crate) enum Version {
     V1,
     V2,
 }
@@ -259,7 +259,7 @@ macro_rules! versioned {
             ),
             security(("bearer" = []))
         )]
-        pub async fn $v1($call: WriteCall, $($arg: $ty),*) -> ApiResult<Response> {
+        pub(crate) async fn $v1($call: WriteCall, $($arg: $ty),*) -> ApiResult<Response> {
             let $ver = Version::V1;
             $body
         }
@@ -279,7 +279,7 @@ macro_rules! versioned {
             ),
             security(("bearer" = []))
         )]
-        pub async fn $v2($call: WriteCall, $($arg: $ty),*) -> ApiResult<Response> {
+        pub(crate) async fn $v2($call: WriteCall, $($arg: $ty),*) -> ApiResult<Response> {
             let $ver = Version::V2;
             $body
         }
@@ -352,7 +352,7 @@ versioned!(
     ),
     security(("bearer" = []))
 )]
-pub async fn get_v1(
+pub(crate) async fn get_v1(
     State(state): State<AppState>,
     user: AuthUser,
     ApiPath(id): ApiPath<String>,
@@ -371,7 +371,7 @@ pub async fn get_v1(
     ),
     security(("bearer" = []))
 )]
-pub async fn get_v2(
+pub(crate) async fn get_v2(
     State(state): State<AppState>,
     user: AuthUser,
     ApiPath(id): ApiPath<String>,
@@ -391,7 +391,7 @@ pub async fn get_v2(
     ),
     security(("bearer" = []))
 )]
-pub async fn list_v1(
+pub(crate) async fn list_v1(
     State(state): State<AppState>,
     user: AuthUser,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -411,7 +411,7 @@ pub async fn list_v1(
     ),
     security(("bearer" = []))
 )]
-pub async fn list_v2(
+pub(crate) async fn list_v2(
     State(state): State<AppState>,
     user: AuthUser,
     ApiQuery(q): ApiQuery<ListQuery>,

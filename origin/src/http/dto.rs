@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 /// Money in minor units (v2).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct MoneyDto {
+pub(crate) struct MoneyDto {
     /// Amount in minor units (cents, öre).
     pub minor: i64,
     /// ISO 4217 code: EUR or SEK.
@@ -32,7 +32,7 @@ impl From<Money> for MoneyDto {
 }
 
 /// A decimal string with two fraction digits, e.g. "12.50" (v1).
-pub fn decimal(m: Money) -> String {
+pub(crate) fn decimal(m: Money) -> String {
     let sign = if m.minor < 0 { "-" } else { "" };
     let abs = m.minor.unsigned_abs();
     format!("{sign}{}.{:02}", abs / 100, abs % 100)
@@ -40,7 +40,7 @@ pub fn decimal(m: Money) -> String {
 
 /// One line of a price breakdown (v2). The lines sum exactly to the total.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct PriceLineDto {
+pub(crate) struct PriceLineDto {
     /// base, time_of_day, surge, risk, discount, floor or ceiling.
     pub kind: String,
     pub label: String,
@@ -62,7 +62,7 @@ impl From<&PriceLine> for PriceLineDto {
 
 /// A half-open time window [start, end) in UTC.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct WindowDto {
+pub(crate) struct WindowDto {
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
 }
@@ -70,7 +70,7 @@ pub struct WindowDto {
 /// Body of `POST /v{1,2}/quotes`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct QuoteRequest {
+pub(crate) struct QuoteRequest {
     /// e.g. `veh_euw_0190…`
     pub vehicle_id: String,
     /// RFC 3339, on a whole minute.
@@ -85,7 +85,7 @@ pub struct QuoteRequest {
 
 /// A quote (v1).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct QuoteV1 {
+pub(crate) struct QuoteV1 {
     pub quote_id: Uuid,
     /// Present this token to `POST /v1/bookings` before `expires_at`.
     pub quote_token: String,
@@ -100,7 +100,7 @@ pub struct QuoteV1 {
 
 /// The multipliers a quote applied (v2), as factors (1.25 = +25 %).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct MultipliersDto {
+pub(crate) struct MultipliersDto {
     pub time_of_day: f64,
     pub surge: f64,
     pub risk: f64,
@@ -110,7 +110,7 @@ pub struct MultipliersDto {
 
 /// A quote (v2).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct QuoteV2 {
+pub(crate) struct QuoteV2 {
     pub quote_id: Uuid,
     pub quote_token: String,
     pub vehicle_id: String,
@@ -128,7 +128,7 @@ pub struct QuoteV2 {
 /// Body of `POST /v{1,2}/bookings`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct CreateBookingRequest {
+pub(crate) struct CreateBookingRequest {
     /// The token of a quote made for the caller.
     pub quote_token: String,
 }
@@ -136,14 +136,14 @@ pub struct CreateBookingRequest {
 /// Body of `POST /v{1,2}/bookings/{id}/extend`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct ExtendRequest {
+pub(crate) struct ExtendRequest {
     /// The new end, later than the current one, on a whole minute.
     pub end: DateTime<Utc>,
 }
 
 /// What a cancellation costs (v1 decimals).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct CancellationV1 {
+pub(crate) struct CancellationV1 {
     pub fee: String,
     pub refund: String,
     /// free, late or very_late (present in the cancel response).
@@ -153,7 +153,7 @@ pub struct CancellationV1 {
 
 /// What a cancellation costs (v2).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct CancellationV2 {
+pub(crate) struct CancellationV2 {
     pub fee: MoneyDto,
     pub refund: MoneyDto,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -162,7 +162,7 @@ pub struct CancellationV2 {
 
 /// A booking (v1).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct BookingV1 {
+pub(crate) struct BookingV1 {
     pub id: String,
     pub vehicle_id: String,
     /// RESERVING, CONFIRMED, IN_PROGRESS, COMPLETED, FAILED or CANCELLED.
@@ -184,7 +184,7 @@ pub struct BookingV1 {
 /// One extension of a booking's end, priced when it was made.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[schema(as = Extension)]
-pub struct ExtensionDto {
+pub(crate) struct ExtensionDto {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub amount_minor: i64,
@@ -202,7 +202,7 @@ impl From<&Extension> for ExtensionDto {
 
 /// A booking (v2).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct BookingV2 {
+pub(crate) struct BookingV2 {
     pub id: String,
     pub vehicle_id: String,
     pub region: String,
@@ -250,7 +250,7 @@ fn cancellation_parts(
 
 impl BookingV1 {
     /// Renders a booking; `fee` is the cancellation just computed, if any.
-    pub fn render(b: &Booking, fee: Option<&CancellationFee>) -> Self {
+    pub(crate) fn render(b: &Booking, fee: Option<&CancellationFee>) -> Self {
         BookingV1 {
             id: b.id.to_string(),
             vehicle_id: b.vehicle_id.to_string(),
@@ -272,7 +272,7 @@ impl BookingV1 {
 
 impl BookingV2 {
     /// Renders a booking; `fee` is the cancellation just computed, if any.
-    pub fn render(b: &Booking, fee: Option<&CancellationFee>) -> Self {
+    pub(crate) fn render(b: &Booking, fee: Option<&CancellationFee>) -> Self {
         BookingV2 {
             id: b.id.to_string(),
             vehicle_id: b.vehicle_id.to_string(),
@@ -302,7 +302,7 @@ impl BookingV2 {
 
 /// A page of bookings.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct BookingPage<T> {
+pub(crate) struct BookingPage<T> {
     pub items: Vec<T>,
     /// Pass as `cursor` to get the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -313,7 +313,7 @@ pub struct BookingPage<T> {
 #[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct ListQuery {
+pub(crate) struct ListQuery {
     /// Only bookings in this status.
     pub status: Option<String>,
     /// Page size, 1–100 (default 20).
@@ -327,7 +327,7 @@ pub struct ListQuery {
 #[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct SearchParams {
+pub(crate) struct SearchParams {
     /// Latitude of the search centre.
     pub lat: f64,
     /// Longitude of the search centre.
@@ -355,7 +355,7 @@ pub struct SearchParams {
 
 /// A parking bay in a search hit.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct BayDto {
+pub(crate) struct BayDto {
     pub id: Uuid,
     pub name: String,
     pub lat: f64,
@@ -364,7 +364,7 @@ pub struct BayDto {
 
 /// A search hit (v1: decimal price; v2: minor units).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct VehicleHitV1 {
+pub(crate) struct VehicleHitV1 {
     pub vehicle_id: String,
     pub class: String,
     pub make: String,
@@ -380,7 +380,7 @@ pub struct VehicleHitV1 {
 
 /// A search hit (v2).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct VehicleHitV2 {
+pub(crate) struct VehicleHitV2 {
     pub vehicle_id: String,
     pub class: String,
     pub make: String,
@@ -394,7 +394,7 @@ pub struct VehicleHitV2 {
 
 /// A page of search hits.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct SearchPage<T> {
+pub(crate) struct SearchPage<T> {
     pub items: Vec<T>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,

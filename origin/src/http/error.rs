@@ -17,7 +17,7 @@ use crate::store::idempotency::IdempotencyError;
 
 /// A problem details body (RFC 9457).
 #[derive(Debug, Clone, Serialize, serde::Deserialize, ToSchema)]
-pub struct Problem {
+pub(crate) struct Problem {
     /// Stable identifier of the error kind, e.g. `/problems/conflict`.
     #[serde(rename = "type")]
     pub kind: String,
@@ -31,7 +31,7 @@ pub struct Problem {
 
 /// Every error a handler can return.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// Unparseable input: malformed JSON, a bad query string, a bad header.
     #[error("{0}")]
     BadRequest(String),
@@ -88,7 +88,7 @@ pub enum ApiError {
 
 impl ApiError {
     /// Shorthand for a validation error on a named field.
-    pub fn field(field: &str, detail: impl Into<String>) -> Self {
+    pub(crate) fn field(field: &str, detail: impl Into<String>) -> Self {
         ApiError::Validation {
             field: Some(field.to_owned()),
             detail: detail.into(),
@@ -170,7 +170,7 @@ impl ApiError {
     }
 
     /// The problem body this error becomes.
-    pub fn problem(&self) -> Problem {
+    pub(crate) fn problem(&self) -> Problem {
         let (status, slug, title) = self.parts();
         let detail = match self {
             ApiError::Internal(_) => "the server failed to handle this request".to_owned(),
@@ -189,13 +189,14 @@ impl ApiError {
     }
 
     /// The HTTP status of this error.
-    pub fn status(&self) -> StatusCode {
+    #[cfg(test)]
+    pub(crate) fn status(&self) -> StatusCode {
         self.parts().0
     }
 }
 
 /// Renders a problem body as a response.
-pub fn problem_response(problem: &Problem) -> Response {
+pub(crate) fn problem_response(problem: &Problem) -> Response {
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::to_vec(problem).unwrap_or_default();
     let mut response = (status, body).into_response();
@@ -384,7 +385,7 @@ impl From<BookingFailure> for ApiError {
 }
 
 /// Result alias for handlers.
-pub type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 #[cfg(test)]
 mod app_error_mapping_tests {

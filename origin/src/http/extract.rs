@@ -17,7 +17,7 @@ use crate::store::idempotency::{self, Begun, Fingerprint};
 /// JSON body: malformed JSON is a 400, a body of the wrong shape (type, unknown or missing
 /// field, invalid window) a 422 naming the path, a missing content type a 415.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ApiJson<T>(pub T);
+pub(crate) struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
@@ -69,7 +69,7 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
 
 /// Query string: any parse error is a 400 naming the parameter.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ApiQuery<T>(pub T);
+pub(crate) struct ApiQuery<T>(pub T);
 
 impl<S, T> FromRequestParts<S> for ApiQuery<T>
 where
@@ -94,7 +94,7 @@ where
 
 /// Path parameters: a malformed id is a 404 (it names nothing that exists), never a 500.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct ApiPath<T>(pub T);
+pub(crate) struct ApiPath<T>(pub T);
 
 impl<S, T> FromRequestParts<S> for ApiPath<T>
 where
@@ -116,10 +116,10 @@ where
 
 /// The `Idempotency-Key` header, when present: 1–255 visible ASCII characters.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdempotencyKey(pub Option<String>);
+pub(crate) struct IdempotencyKey(pub Option<String>);
 
 /// The header's name.
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 impl FromRequestParts<AppState> for IdempotencyKey {
     type Rejection = ApiError;
@@ -146,7 +146,7 @@ impl FromRequestParts<AppState> for IdempotencyKey {
 
 /// The request id set by the request-id middleware (for history rows and logs).
 #[derive(Debug, Clone, Default)]
-pub struct RequestId(pub Option<String>);
+pub(crate) struct RequestId(pub Option<String>);
 
 impl<S: Send + Sync> FromRequestParts<S> for RequestId {
     type Rejection = std::convert::Infallible;
@@ -172,7 +172,7 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestId {
 /// extractor existed hashed the canonical spelling (`/v1/bookings/bkg_euw_<lower hex>/confirm`,
 /// `/v1/admin/pricing/EUW/…`), so a retry spelled differently still replays.
 #[derive(Debug, Clone)]
-pub struct Route {
+pub(crate) struct Route {
     method: Method,
     template: String,
 }
@@ -198,7 +198,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Route {
 impl Route {
     /// The concrete path: every `{name}` of the matched route replaced by the value given for
     /// `name`. A parameter without a value, or a value for no parameter, is a bug (500).
-    pub fn path(&self, params: &[(&str, &(dyn Display + Sync))]) -> Result<String, ApiError> {
+    pub(crate) fn path(
+        &self,
+        params: &[(&str, &(dyn Display + Sync))],
+    ) -> Result<String, ApiError> {
         let bug =
             |what: String| ApiError::Internal(anyhow::anyhow!("route {}: {what}", self.template));
         let mut path = String::with_capacity(self.template.len() + 40);
@@ -230,7 +233,7 @@ impl Route {
     }
 
     /// The request's idempotency fingerprint: method, [`Route::path`] and `body`.
-    pub fn fingerprint(
+    pub(crate) fn fingerprint(
         &self,
         params: &[(&str, &(dyn Display + Sync))],
         body: &impl serde::Serialize,
@@ -246,7 +249,7 @@ impl Route {
 /// What every write (a POST, PUT or DELETE with an `Idempotency-Key`) takes from its request:
 /// the state, the caller, the request id, the key and the matched route — extracted in that
 /// order, as separate extractors would be, so the answers to bad requests are unchanged.
-pub struct WriteCall {
+pub(crate) struct WriteCall {
     pub state: AppState,
     pub user: AuthUser,
     pub request_id: RequestId,
@@ -289,7 +292,7 @@ impl FromRequestParts<AppState> for WriteCall {
 impl WriteCall {
     /// Phase one of the idempotent write (`store::idempotency`): the request's fingerprint is
     /// its method, its route with `params` filled in, and `body`.
-    pub async fn begin(
+    pub(crate) async fn begin(
         &self,
         params: &[(&str, &(dyn Display + Sync))],
         body: &impl serde::Serialize,

@@ -28,7 +28,7 @@ fn json_response(status: StatusCode, body: Vec<u8>, replayed: bool) -> Response 
 }
 
 /// The stored answer to a request seen before.
-pub fn replay(saved: Saved) -> Response {
+pub(crate) fn replay(saved: Saved) -> Response {
     let status = StatusCode::from_u16(saved.status).unwrap_or(StatusCode::OK);
     json_response(status, saved.body, true)
 }
@@ -42,7 +42,7 @@ fn encode(value: &impl serde::Serialize) -> ApiResult<Vec<u8>> {
 /// then answers `status` with it; on failure, rolls back and returns the error. Either way the
 /// transaction is over when this returns, so the caller may release its locks. The outcome is
 /// handed back for what the handler does after the commit (cache invalidation).
-pub async fn settle<T, B: serde::Serialize>(
+pub(crate) async fn settle<T, B: serde::Serialize>(
     pending: Pending,
     outcome: ApiResult<T>,
     status: StatusCode,

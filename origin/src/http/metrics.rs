@@ -15,7 +15,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the recorder (first call) and returns its handle.
-pub fn handle() -> Option<&'static PrometheusHandle> {
+pub(crate) fn handle() -> Option<&'static PrometheusHandle> {
     HANDLE
         .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
             Ok(handle) => Some(handle),
@@ -28,7 +28,7 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 }
 
 /// Counts and times requests by method, route template and status.
-pub async fn track(request: Request, next: Next) -> Response {
+pub(crate) async fn track(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -48,7 +48,7 @@ pub async fn track(request: Request, next: Next) -> Response {
 /// Prometheus text exposition of every metric.
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")))]
-pub async fn render() -> Response {
+pub(crate) async fn render() -> Response {
     let body = handle().map(|h| h.render()).unwrap_or_default();
     (
         [(

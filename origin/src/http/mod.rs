@@ -3,19 +3,19 @@
 //! Routes are registered through `utoipa_axum::OpenApiRouter`, so the router and
 //! `/openapi.json` come from the same list and cannot drift apart.
 
-pub mod admin;
-pub mod auth;
-pub mod bookings;
-pub mod dto;
-pub mod error;
-pub mod extract;
-pub mod idempotent;
-pub mod metrics;
-pub mod openapi_errors;
-pub mod quotes;
-pub mod search;
-pub mod shed;
-pub mod surge;
+pub(crate) mod admin;
+pub(crate) mod auth;
+pub(crate) mod bookings;
+pub(crate) mod dto;
+pub(crate) mod error;
+pub(crate) mod extract;
+pub(crate) mod idempotent;
+pub(crate) mod metrics;
+pub(crate) mod openapi_errors;
+pub(crate) mod quotes;
+pub(crate) mod search;
+pub(crate) mod shed;
+pub(crate) mod surge;
 
 use std::time::Duration;
 
@@ -141,7 +141,7 @@ fn inference_checks(state: &AppState) -> serde_json::Value {
 }
 
 /// The router and the OpenAPI document, built from one list of routes.
-pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+pub(crate) fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(healthz))
         .routes(routes!(readyz))
@@ -182,11 +182,6 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     (router, doc)
 }
 
-/// The OpenAPI document as served at `/openapi.json`.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    api().1
-}
-
 async fn no_route(request: Request) -> Response {
     ApiError::NoRoute(format!("{} {}", request.method(), request.uri().path())).into_response()
 }
@@ -223,7 +218,7 @@ async fn problem_for_plain_errors(request: Request, next: Next) -> Response {
 }
 
 /// The complete application: routes, `/openapi.json`, fallbacks and middleware.
-pub fn app(state: AppState) -> Router {
+pub(crate) fn app(state: AppState) -> Router {
     crate::http::metrics::handle();
     let (router, doc) = api();
     let doc_json = serde_json::to_value(&doc).unwrap_or_default();

@@ -11,7 +11,7 @@ use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
 
 /// Adds the middleware- and extractor-level error responses to every operation of `doc`.
-pub fn document_common_errors(doc: &mut OpenApi) {
+pub(crate) fn document_common_errors(doc: &mut OpenApi) {
     for item in doc.paths.paths.values_mut() {
         for op in [
             &mut item.get,

@@ -40,7 +40,7 @@ use crate::store::pricing::Refused;
 use crate::store::vehicles::PricingFacts;
 
 /// Parses and checks a window against the booking policy, naming the field at fault.
-pub fn parse_window(
+pub(crate) fn parse_window(
     state: &AppState,
     start: DateTime<Utc>,
     end: DateTime<Utc>,
@@ -270,7 +270,7 @@ async fn make_quote(
 
 /// Response header listing the pricing inputs that used a fallback (`risk`, `demand`; empty
 /// when every input was fresh).
-pub const DEGRADED_HEADER: &str = "pricing-degraded";
+pub(crate) const DEGRADED_HEADER: &str = "pricing-degraded";
 
 /// `x-cache` and, when an input fell back, `pricing-degraded`.
 fn quote_headers(cache: &'static str, degraded: &[&'static str]) -> axum::http::HeaderMap {
@@ -302,7 +302,7 @@ fn quote_headers(cache: &'static str, degraded: &[&'static str]) -> axum::http::
     ),
     security(("bearer" = []))
 )]
-pub async fn create_quote_v1(
+pub(crate) async fn create_quote_v1(
     State(state): State<AppState>,
     user: AuthUser,
     ApiJson(req): ApiJson<QuoteRequest>,
@@ -340,7 +340,7 @@ pub async fn create_quote_v1(
     ),
     security(("bearer" = []))
 )]
-pub async fn create_quote_v2(
+pub(crate) async fn create_quote_v2(
     State(state): State<AppState>,
     user: AuthUser,
     ApiJson(req): ApiJson<QuoteRequest>,

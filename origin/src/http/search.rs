@@ -126,7 +126,7 @@ fn bay(h: &Hit) -> BayDto {
     ),
     security(("bearer" = []))
 )]
-pub async fn search_v1(
+pub(crate) async fn search_v1(
     State(state): State<AppState>,
     _user: AuthUser,
     ApiQuery(p): ApiQuery<SearchParams>,
@@ -167,7 +167,7 @@ pub async fn search_v1(
     ),
     security(("bearer" = []))
 )]
-pub async fn search_v2(
+pub(crate) async fn search_v2(
     State(state): State<AppState>,
     _user: AuthUser,
     ApiQuery(p): ApiQuery<SearchParams>,

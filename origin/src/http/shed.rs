@@ -28,13 +28,13 @@ use crate::http::error::{problem_response, Problem};
 
 /// The admission limit shared by every request of one app.
 #[derive(Debug, Clone)]
-pub struct Admission {
+pub(crate) struct Admission {
     permits: Arc<Semaphore>,
 }
 
 impl Admission {
     /// At most `max_in_flight` API requests at a time.
-    pub fn new(max_in_flight: usize) -> Self {
+    pub(crate) fn new(max_in_flight: usize) -> Self {
         Admission {
             permits: Arc::new(Semaphore::new(max_in_flight.max(1))),
         }
@@ -61,7 +61,11 @@ fn overloaded() -> Response {
 }
 
 /// Middleware: admits the request if a permit is free, else answers 503 without waiting.
-pub async fn admit(State(admission): State<Admission>, request: Request, next: Next) -> Response {
+pub(crate) async fn admit(
+    State(admission): State<Admission>,
+    request: Request,
+    next: Next,
+) -> Response {
     if exempt(request.uri().path()) {
         return next.run(request).await;
     }

@@ -18,7 +18,7 @@ use crate::state::AppState;
 #[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct SurgeQuery {
+pub(crate) struct SurgeQuery {
     pub lat: Option<f64>,
     pub lon: Option<f64>,
     /// EUW or EUN: the whole grid.
@@ -27,7 +27,7 @@ pub struct SurgeQuery {
 
 /// The surge at one point.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct SurgeAtPoint {
+pub(crate) struct SurgeAtPoint {
     pub region: String,
     /// H3 cell of the point.
     pub cell: String,
@@ -67,7 +67,11 @@ async fn grid_or_compute(state: &AppState, region: Region) -> ApiResult<std::syn
 /// What `GET /v1/surge` answers: one of two shapes, by query (for the OpenAPI document).
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(untagged)]
-pub enum SurgeAnswer {
+#[expect(
+    dead_code,
+    reason = "describes the two response shapes in the OpenAPI document; handlers build the JSON directly"
+)]
+pub(crate) enum SurgeAnswer {
     /// For `lat` and `lon`.
     Point(SurgeAtPoint),
     /// For `region`.
@@ -85,7 +89,7 @@ pub enum SurgeAnswer {
     ),
     security(("bearer" = []))
 )]
-pub async fn surge_v1(
+pub(crate) async fn surge_v1(
     State(state): State<AppState>,
     _user: AuthUser,
     ApiQuery(query): ApiQuery<SurgeQuery>,
@@ -137,7 +141,7 @@ pub async fn surge_v1(
 #[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-pub struct RecomputeQuery {
+pub(crate) struct RecomputeQuery {
     /// EUW or EUN.
     pub region: String,
 }
@@ -152,7 +156,7 @@ pub struct RecomputeQuery {
     ),
     security(("bearer" = []))
 )]
-pub async fn recompute(
+pub(crate) async fn recompute(
     State(state): State<AppState>,
     user: AuthUser,
     ApiQuery(query): ApiQuery<RecomputeQuery>,

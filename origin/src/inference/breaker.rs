@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 /// The three states; see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BreakerState {
+pub(crate) enum BreakerState {
     Closed,
     Open,
     HalfOpen,
@@ -31,7 +31,7 @@ pub enum BreakerState {
 
 impl BreakerState {
     /// Label used in logs and metrics.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             BreakerState::Closed => "closed",
             BreakerState::Open => "open",
@@ -50,7 +50,7 @@ impl BreakerState {
 
 /// When to open and how long to stay open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BreakerSettings {
+pub(crate) struct BreakerSettings {
     /// Consecutive failures that open a closed breaker (at least 1).
     pub failures: u32,
     /// Time an open breaker refuses calls before letting one probe through.
@@ -67,7 +67,7 @@ struct Inner {
 
 /// One dependency's breaker. Cheap to share (`Arc`).
 #[derive(Debug)]
-pub struct CircuitBreaker {
+pub(crate) struct CircuitBreaker {
     name: &'static str,
     settings: BreakerSettings,
     inner: Mutex<Inner>,
@@ -76,7 +76,7 @@ pub struct CircuitBreaker {
 /// Permission to make one call; report the outcome with [`Permit::success`] or
 /// [`Permit::failure`]. Dropping it unreported counts as a failure.
 #[derive(Debug)]
-pub struct Permit {
+pub(crate) struct Permit {
     breaker: Arc<CircuitBreaker>,
     probe: bool,
     reported: bool,
@@ -84,19 +84,20 @@ pub struct Permit {
 
 impl Permit {
     /// The call answered correctly.
-    pub fn success(mut self) {
+    pub(crate) fn success(mut self) {
         self.reported = true;
         self.breaker.record(self.probe, true, Instant::now());
     }
 
     /// The call failed (error, bad status, timeout, unreadable answer).
-    pub fn failure(mut self) {
+    pub(crate) fn failure(mut self) {
         self.reported = true;
         self.breaker.record(self.probe, false, Instant::now());
     }
 
     /// Whether this call is the half-open probe.
-    pub fn is_probe(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_probe(&self) -> bool {
         self.probe
     }
 }
@@ -111,7 +112,7 @@ impl Drop for Permit {
 
 impl CircuitBreaker {
     /// A closed breaker for dependency `name`.
-    pub fn new(name: &'static str, settings: BreakerSettings) -> Arc<Self> {
+    pub(crate) fn new(name: &'static str, settings: BreakerSettings) -> Arc<Self> {
         metrics::gauge!("circuit_breaker_state", "dependency" => name)
             .set(BreakerState::Closed.gauge());
         Arc::new(CircuitBreaker {
@@ -130,7 +131,7 @@ impl CircuitBreaker {
     }
 
     /// The dependency's name.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         self.name
     }
 
@@ -142,7 +143,7 @@ impl CircuitBreaker {
 
     /// The current state (an open breaker past its cool-down still reads open until a caller
     /// asks to call).
-    pub fn state(&self) -> BreakerState {
+    pub(crate) fn state(&self) -> BreakerState {
         self.lock().state
     }
 
@@ -165,7 +166,7 @@ impl CircuitBreaker {
 
     /// Asks to call at `now`: a permit, or `None` when the breaker refuses (open, or half-open
     /// with the probe already out).
-    pub fn try_acquire_at(self: &Arc<Self>, now: Instant) -> Option<Permit> {
+    pub(crate) fn try_acquire_at(self: &Arc<Self>, now: Instant) -> Option<Permit> {
         let mut inner = self.lock();
         let probe = match inner.state {
             BreakerState::Closed => false,
@@ -200,7 +201,7 @@ impl CircuitBreaker {
     }
 
     /// [`try_acquire_at`](Self::try_acquire_at) now.
-    pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
         self.try_acquire_at(Instant::now())
     }
 

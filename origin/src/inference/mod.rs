@@ -37,7 +37,7 @@ pub use inference_api::{
 
 /// Why an inference call gave no usable answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InferenceError {
+pub(crate) enum InferenceError {
     #[error("no inference API configured")]
     NotConfigured,
     #[error("circuit breaker open")]
@@ -54,7 +54,7 @@ pub enum InferenceError {
 
 impl InferenceError {
     /// Short label for metrics.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             InferenceError::NotConfigured => "not_configured",
             InferenceError::BreakerOpen => "breaker_open",
@@ -81,7 +81,7 @@ const RETRY_CAP: Duration = Duration::from_millis(160);
 
 /// The client: one HTTP connection pool, one breaker per endpoint.
 #[derive(Debug, Clone)]
-pub struct InferenceClient {
+pub(crate) struct InferenceClient {
     base: Option<String>,
     http: reqwest::Client,
     timeout: Duration,
@@ -92,7 +92,7 @@ pub struct InferenceClient {
 
 impl InferenceClient {
     /// Builds the client from configuration (no I/O).
-    pub fn new(config: &PricingConfig) -> anyhow::Result<Self> {
+    pub(crate) fn new(config: &PricingConfig) -> anyhow::Result<Self> {
         let settings = BreakerSettings {
             failures: config.breaker_failures,
             cooldown: config.breaker_cooldown,
@@ -111,17 +111,20 @@ impl InferenceClient {
     }
 
     /// Whether an inference API is configured at all.
-    pub fn is_configured(&self) -> bool {
+    pub(crate) fn is_configured(&self) -> bool {
         self.base.is_some()
     }
 
     /// The breakers, for readiness output.
-    pub fn breakers(&self) -> [&Arc<CircuitBreaker>; 2] {
+    pub(crate) fn breakers(&self) -> [&Arc<CircuitBreaker>; 2] {
         [&self.risk_breaker, &self.demand_breaker]
     }
 
     /// `POST /v1/risk-score`; the score is checked to be a number in `0..=1`.
-    pub async fn risk_score(&self, req: &RiskRequest) -> Result<RiskResponse, InferenceError> {
+    pub(crate) async fn risk_score(
+        &self,
+        req: &RiskRequest,
+    ) -> Result<RiskResponse, InferenceError> {
         let answer: RiskResponse = self
             .call(
                 &self.risk_breaker,
@@ -140,7 +143,10 @@ impl InferenceClient {
     }
 
     /// `POST /v1/demand`; every number is checked to be finite and non-negative.
-    pub async fn demand(&self, req: &DemandRequest) -> Result<DemandResponse, InferenceError> {
+    pub(crate) async fn demand(
+        &self,
+        req: &DemandRequest,
+    ) -> Result<DemandResponse, InferenceError> {
         self.call(
             &self.demand_breaker,
             "/v1/demand",

@@ -11,7 +11,12 @@ use crate::redis::link::RedisLink;
 
 /// Rebuilds every `every`, and when `redis` recovers, until `stop` fires. Start-up has just
 /// rebuilt, so the first rebuild is one interval away.
-pub async fn run(index: Availability, redis: RedisLink, every: Duration, stop: CancellationToken) {
+pub(crate) async fn run(
+    index: Availability,
+    redis: RedisLink,
+    every: Duration,
+    stop: CancellationToken,
+) {
     let mut recoveries = redis.recoveries();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -19,11 +19,11 @@
 //! - [`redis_probe`]: PINGs each Redis connection so its up/down state follows Redis;
 //! - [`relay`]: the outbox relay to Kafka (when `KAFKA_BROKERS` is set).
 
-pub mod availability;
-pub mod redis_probe;
-pub mod relay;
-pub mod surge;
-pub mod sweeper;
+pub(crate) mod availability;
+pub(crate) mod redis_probe;
+pub(crate) mod relay;
+pub(crate) mod surge;
+pub(crate) mod sweeper;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 
 /// The origin's background jobs: their stop signal and their tracker. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct Jobs {
+pub(crate) struct Jobs {
     stop: CancellationToken,
     tracker: TaskTracker,
     /// Named jobs still running, with how many of each (for the stop report).
@@ -45,7 +45,7 @@ pub struct Jobs {
 /// Jobs (or short tasks) still running when the stop deadline passed.
 #[derive(Debug, thiserror::Error)]
 #[error("background jobs still running at the shutdown deadline: {jobs:?} ({tasks} tasks in all)")]
-pub struct StillRunning {
+pub(crate) struct StillRunning {
     /// Names of the jobs that had not stopped.
     pub jobs: Vec<&'static str>,
     /// Tasks of any kind still on the tracker (jobs and short tasks such as edge-cache bumps).
@@ -93,18 +93,18 @@ impl Drop for Registration {
 
 impl Jobs {
     /// No jobs yet, nothing stopped.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     /// The tracker, for short tasks that must finish before the process exits (they are
     /// awaited by [`Jobs::stop`] but do not watch the token: keep them bounded).
-    pub fn tracker(&self) -> &TaskTracker {
+    pub(crate) fn tracker(&self) -> &TaskTracker {
         &self.tracker
     }
 
     /// Spawns the job `name`: `job` gets the stop token and must return soon after it fires.
-    pub fn spawn<F, Fut>(&self, name: &'static str, job: F)
+    pub(crate) fn spawn<F, Fut>(&self, name: &'static str, job: F)
     where
         F: FnOnce(CancellationToken) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
@@ -130,7 +130,7 @@ impl Jobs {
     }
 
     /// Names of the jobs running now.
-    pub fn running(&self) -> Vec<&'static str> {
+    pub(crate) fn running(&self) -> Vec<&'static str> {
         self.running
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -140,7 +140,7 @@ impl Jobs {
     }
 
     /// Asks every job to stop and waits until every tracked task has ended, or `deadline`.
-    pub async fn stop(&self, deadline: Instant) -> Result<(), StillRunning> {
+    pub(crate) async fn stop(&self, deadline: Instant) -> Result<(), StillRunning> {
         self.stop.cancel();
         self.tracker.close();
         if tokio::time::timeout_at(deadline, self.tracker.wait())

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use crate::redis::link::{RedisLink, PROBE_INTERVAL};
 
 /// PINGs `link` until `stop` fires.
-pub async fn run(link: RedisLink, stop: CancellationToken) {
+pub(crate) async fn run(link: RedisLink, stop: CancellationToken) {
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -8,6 +8,6 @@ use tokio_util::sync::CancellationToken;
 use crate::events::relay::{run_relay, RelaySettings};
 
 /// Runs the relay until `stop` fires and it has shut down cleanly.
-pub async fn run(pool: PgPool, settings: RelaySettings, stop: CancellationToken) {
+pub(crate) async fn run(pool: PgPool, settings: RelaySettings, stop: CancellationToken) {
     run_relay(pool, settings, stop).await;
 }

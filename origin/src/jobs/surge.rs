@@ -13,7 +13,12 @@ use tokio_util::sync::CancellationToken;
 use crate::app::surge::Surge;
 
 /// Recomputes the grids of `regions` every `interval` until `stop` fires.
-pub async fn run(surge: Surge, regions: Vec<Region>, interval: Duration, stop: CancellationToken) {
+pub(crate) async fn run(
+    surge: Surge,
+    regions: Vec<Region>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

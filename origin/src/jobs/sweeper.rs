@@ -17,7 +17,7 @@ use crate::state::AppState;
 const BATCH: i64 = 200;
 
 /// Sweeps every `SWEEPER_INTERVAL_MS` until `stop` fires.
-pub async fn run(state: AppState, stop: CancellationToken) {
+pub(crate) async fn run(state: AppState, stop: CancellationToken) {
     let mut tick = tokio::time::interval(state.config.sweeper_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_purge = std::time::Instant::now();

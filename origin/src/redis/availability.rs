@@ -109,7 +109,7 @@ impl Availability {
     }
 
     /// Rebuilds every region this origin serves; logs and returns the first failure.
-    pub async fn rebuild_all(&self) -> anyhow::Result<Vec<RebuildReport>> {
+    pub(crate) async fn rebuild_all(&self) -> anyhow::Result<Vec<RebuildReport>> {
         let mut reports = Vec::new();
         for region in self.regions.iter().copied() {
             let report = self.rebuild(region).await?;

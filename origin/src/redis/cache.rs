@@ -44,9 +44,9 @@ use crate::store;
 mod local;
 
 /// L1 time to live (the seed's 60 s).
-pub const L1_TTL: Duration = Duration::from_secs(60);
+pub(crate) const L1_TTL: Duration = Duration::from_secs(60);
 /// L2 time to live of a pricing context (the seed's base-price 5 min).
-pub const L2_PRICING_TTL: Duration = Duration::from_secs(300);
+pub(crate) const L2_PRICING_TTL: Duration = Duration::from_secs(300);
 
 /// What L1 keeps of a quote: enough to answer v1 and v2 identically to the first time.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -107,7 +107,7 @@ fn count(layer: &'static str, kind: &'static str, result: &'static str) {
 
 /// The L1 and L2 layers, each on its own connection, and L1's in-process front.
 #[derive(Debug, Clone)]
-pub struct Caches {
+pub(crate) struct Caches {
     l1: RedisLink,
     l2: RedisLink,
     /// `None` when `L1_LOCAL_TTL_MS=0`. Behind an `Arc`: the state is cloned per request.
@@ -117,7 +117,7 @@ pub struct Caches {
 impl Caches {
     /// Opens one connection per layer; `local_ttl` is how long this process trusts a vehicle's
     /// generation (`L1_LOCAL_TTL_MS`; zero turns the in-process layer off).
-    pub async fn connect(config: &RedisConfig, local_ttl: Duration) -> anyhow::Result<Self> {
+    pub(crate) async fn connect(config: &RedisConfig, local_ttl: Duration) -> anyhow::Result<Self> {
         Ok(Caches {
             l1: RedisLink::connect(config).await?,
             l2: RedisLink::connect(config).await?,
@@ -126,13 +126,8 @@ impl Caches {
     }
 
     /// Each layer's connection, for its health probe (the `redis_probe` job).
-    pub fn links(&self) -> [&RedisLink; 2] {
+    pub(crate) fn links(&self) -> [&RedisLink; 2] {
         [&self.l1, &self.l2]
-    }
-
-    /// Whether both layers' Redis answers.
-    pub fn is_up(&self) -> bool {
-        self.l1.is_up() && self.l2.is_up()
     }
 
     fn gen_key(&self, vehicle: &VehicleId) -> String {
@@ -173,7 +168,7 @@ impl Caches {
 
     /// L1 lookup. Returns the cached quote and, on a miss, the generation to store under
     /// (`None` when Redis is unusable: do not store).
-    pub async fn get_quote(&self, key: &QuoteKey<'_>) -> (Option<CachedQuote>, Option<u64>) {
+    pub(crate) async fn get_quote(&self, key: &QuoteKey<'_>) -> (Option<CachedQuote>, Option<u64>) {
         let Some(generation) = self.generation(key.vehicle).await else {
             count("l1", "quote", "error");
             return (None, None);
@@ -221,7 +216,7 @@ impl Caches {
     }
 
     /// Stores a quote under the generation read before computing it.
-    pub async fn put_quote(&self, key: &QuoteKey<'_>, generation: u64, quote: &CachedQuote) {
+    pub(crate) async fn put_quote(&self, key: &QuoteKey<'_>, generation: u64, quote: &CachedQuote) {
         let Ok(bytes) = serde_json::to_vec(quote) else {
             return;
         };
@@ -239,7 +234,7 @@ impl Caches {
     }
 
     /// Makes every cached quote of `vehicle` unreachable: called after a committed change.
-    pub async fn invalidate_vehicle(&self, vehicle: &VehicleId) {
+    pub(crate) async fn invalidate_vehicle(&self, vehicle: &VehicleId) {
         let key = self.gen_key(vehicle);
         let bumped = self
             .l1
@@ -269,7 +264,7 @@ impl Caches {
 
     /// Makes every cached quote of every vehicle unreachable at once (a pricing change: the
     /// rates, rules or multipliers any quote was computed with may have changed).
-    pub async fn invalidate_all_quotes(&self) {
+    pub(crate) async fn invalidate_all_quotes(&self) {
         let key = self.l1.key("l1:gen:pricing");
         let bumped = self
             .l1
@@ -291,7 +286,7 @@ impl Caches {
     }
 
     /// The pricing-wide generation (0 when unset; `None` when Redis is unusable).
-    pub async fn pricing_epoch(&self) -> Option<u64> {
+    pub(crate) async fn pricing_epoch(&self) -> Option<u64> {
         let key = self.l1.key("l1:gen:pricing");
         self.l1
             .run("l1 pricing epoch", |mut c| async move {
@@ -305,7 +300,7 @@ impl Caches {
     /// Reads a JSON intermediate from L2 (`kind` labels the metric); `None` on a miss, an
     /// unreadable entry or Redis down. Used by the pricing orchestrator for risk scores (24 h),
     /// surge grids (15 min) and previous-quote totals.
-    pub async fn l2_get_json<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn l2_get_json<T: serde::de::DeserializeOwned>(
         &self,
         kind: &'static str,
         key: &str,
@@ -340,7 +335,7 @@ impl Caches {
     }
 
     /// Stores a JSON intermediate in L2 for `ttl` (best effort).
-    pub async fn l2_put_json<T: Serialize>(&self, key: &str, value: &T, ttl: Duration) {
+    pub(crate) async fn l2_put_json<T: Serialize>(&self, key: &str, value: &T, ttl: Duration) {
         let Ok(bytes) = serde_json::to_vec(value) else {
             return;
         };
@@ -358,7 +353,7 @@ impl Caches {
     }
 
     /// The pricing context of a region and class: L2, else PostgreSQL (then stored in L2).
-    pub async fn pricing(
+    pub(crate) async fn pricing(
         &self,
         db: &PgPool,
         region: Region,
@@ -418,7 +413,7 @@ impl Caches {
     }
 
     /// Drops a region's pricing contexts (after a pricing change).
-    pub async fn invalidate_pricing(&self, region: Region, classes: &[VehicleClass]) {
+    pub(crate) async fn invalidate_pricing(&self, region: Region, classes: &[VehicleClass]) {
         let keys: Vec<String> = classes
             .iter()
             .map(|c| self.pricing_key(region, *c))
@@ -435,7 +430,7 @@ impl Caches {
     }
 
     /// Cache warming at start: loads every served region's pricing contexts into L2.
-    pub async fn warm(&self, db: &PgPool, regions: &[Region]) -> anyhow::Result<usize> {
+    pub(crate) async fn warm(&self, db: &PgPool, regions: &[Region]) -> anyhow::Result<usize> {
         let pairs = store::pricing::priced_classes(db, regions).await?;
         let mut warmed = 0;
         for (region, class) in pairs {

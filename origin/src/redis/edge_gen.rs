@@ -40,7 +40,7 @@ pub struct EdgeCacheConfig {
 }
 
 /// Reads the edge cache settings: `None` when `EDGE_CACHE_REST_URL` is unset.
-pub fn config(env: &dyn Env) -> Result<Option<EdgeCacheConfig>, ConfigError> {
+pub(crate) fn config(env: &dyn Env) -> Result<Option<EdgeCacheConfig>, ConfigError> {
     let Some(url) = env.var("EDGE_CACHE_REST_URL") else {
         return Ok(None);
     };
@@ -78,7 +78,7 @@ pub fn config(env: &dyn Env) -> Result<Option<EdgeCacheConfig>, ConfigError> {
 
 /// The bumper: cheap to clone; does nothing when unconfigured.
 #[derive(Debug, Clone)]
-pub struct EdgeGen {
+pub(crate) struct EdgeGen {
     target: Option<(EdgeCacheConfig, reqwest::Client)>,
     /// Where bumps run: the origin's job tracker, so a shutdown awaits them.
     tasks: TaskTracker,
@@ -86,7 +86,10 @@ pub struct EdgeGen {
 
 impl EdgeGen {
     /// Builds the bumper (an HTTP client with the configured timeout); bumps run on `tasks`.
-    pub fn new(config: Option<&EdgeCacheConfig>, tasks: TaskTracker) -> anyhow::Result<Self> {
+    pub(crate) fn new(
+        config: Option<&EdgeCacheConfig>,
+        tasks: TaskTracker,
+    ) -> anyhow::Result<Self> {
         let target = match config {
             None => None,
             Some(c) => Some((
@@ -108,7 +111,7 @@ impl EdgeGen {
     }
 
     /// Bumps the vehicle's and its region's generations in the background.
-    pub fn bump(&self, vehicle: &VehicleId) {
+    pub(crate) fn bump(&self, vehicle: &VehicleId) {
         let Some((config, client)) = self.target.clone() else {
             return;
         };

@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use crate::config::RedisConfig;
 
 /// How often the probe PINGs Redis.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Why a Redis call did not produce an answer. Callers fall back to PostgreSQL on any of them.
 #[derive(Debug, thiserror::Error)]
@@ -110,12 +110,12 @@ impl RedisLink {
     }
 
     /// How many times Redis went down since start.
-    pub fn degradations(&self) -> u64 {
+    pub(crate) fn degradations(&self) -> u64 {
         self.0.degradations.load(Ordering::SeqCst)
     }
 
     /// A receiver that changes each time Redis comes back after being down.
-    pub fn recoveries(&self) -> watch::Receiver<u64> {
+    pub(crate) fn recoveries(&self) -> watch::Receiver<u64> {
         self.0.recoveries.subscribe()
     }
 

@@ -119,7 +119,7 @@ impl Locks {
     /// Inside the booking transaction, after the idempotency check: takes the vehicle's lock
     /// (Redis, or PostgreSQL's advisory lock on `conn` right here when Redis is unavailable).
     /// The caller keeps the lock and releases it after the commit or rollback.
-    pub async fn lock_in(
+    pub(crate) async fn lock_in(
         &self,
         conn: &mut PgConnection,
         vehicle: &VehicleId,
@@ -247,7 +247,7 @@ impl VehicleLock {
 
     /// What the booking transaction must do first: enter a PostgreSQL advisory lock when Redis
     /// was unavailable, nothing otherwise.
-    pub fn fence(&self) -> PgFence {
+    pub(crate) fn fence(&self) -> PgFence {
         PgFence {
             vehicle: matches!(self.held, Held::Postgres).then_some(self.vehicle),
             wait: self.wait,
@@ -288,7 +288,7 @@ impl Drop for VehicleLock {
 
 /// The PostgreSQL side of a [`VehicleLock`]: empty when the lock is in Redis.
 #[derive(Debug, Clone, Copy)]
-pub struct PgFence {
+pub(crate) struct PgFence {
     vehicle: Option<VehicleId>,
     wait: Duration,
 }
@@ -297,7 +297,7 @@ impl PgFence {
     /// Takes the vehicle's transaction-scoped advisory lock when Redis was unavailable, waiting
     /// at most `LOCK_WAIT_MS`; a no-op when the Redis lock is held. Call it before the
     /// transaction touches a booking; the lock ends with the commit or rollback.
-    pub async fn enter(self, conn: &mut PgConnection) -> Result<(), LockError> {
+    pub(crate) async fn enter(self, conn: &mut PgConnection) -> Result<(), LockError> {
         let Some(vehicle) = self.vehicle else {
             return Ok(());
         };

@@ -4,6 +4,6 @@
 
 pub mod availability;
 pub mod cache;
-pub mod edge_gen;
+pub(crate) mod edge_gen;
 pub mod link;
 pub mod locks;

@@ -26,7 +26,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 /// Why [`begin`] or [`Pending::finish`] failed.
 #[derive(Debug, thiserror::Error)]
-pub enum IdempotencyError {
+pub(crate) enum IdempotencyError {
     /// The same key is being processed by another request right now.
     #[error("a request with this Idempotency-Key is still in progress")]
     InProgress,
@@ -41,12 +41,12 @@ pub enum IdempotencyError {
 /// What identifies a request for its key: a hash of the method, the path and the body's
 /// canonical JSON.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fingerprint(Vec<u8>);
+pub(crate) struct Fingerprint(Vec<u8>);
 
 impl Fingerprint {
     /// `sha256(method ‖ 0 ‖ path ‖ 0 ‖ json(body))` — the bytes stored as `request_hash`, so
     /// they must never change for the same request, or retries across a deploy stop replaying.
-    pub fn new(method: &str, path: &str, body: &impl serde::Serialize) -> Self {
+    pub(crate) fn new(method: &str, path: &str, body: &impl serde::Serialize) -> Self {
         let mut hasher = Sha256::new();
         hasher.update(method.as_bytes());
         hasher.update([0]);
@@ -57,14 +57,14 @@ impl Fingerprint {
     }
 
     /// The stored form.
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 }
 
 /// A stored response: what the first request with this key answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Saved {
+pub(crate) struct Saved {
     /// Its HTTP status.
     pub status: u16,
     /// Its body (JSON).
@@ -73,7 +73,7 @@ pub struct Saved {
 
 /// The outcome of [`begin`].
 #[derive(Debug)]
-pub enum Begun {
+pub(crate) enum Begun {
     /// The key was used before with this very request: answer what it answered.
     Replay(Saved),
     /// Nothing stored: do the work on the pending transaction, then [`Pending::finish`] it.
@@ -83,7 +83,7 @@ pub enum Begun {
 /// A request in progress: its transaction (holding the key's advisory lock, if any) and what
 /// [`Pending::finish`] needs to store its response.
 #[derive(Debug)]
-pub struct Pending {
+pub(crate) struct Pending {
     tx: Transaction<'static, Postgres>,
     key: Option<Key>,
 }
@@ -108,7 +108,7 @@ fn lock_key(user: &str, key: &str) -> i64 {
 
 /// Phase one: opens the request's transaction and, with a key, replays or refuses a request
 /// already seen (see the module docs). Without a key every request is fresh.
-pub async fn begin(
+pub(crate) async fn begin(
     pool: &PgPool,
     user: &str,
     key: Option<&str>,
@@ -156,19 +156,19 @@ pub async fn begin(
 
 impl Pending {
     /// The transaction's connection: every write of the request goes through it.
-    pub fn conn(&mut self) -> &mut PgConnection {
+    pub(crate) fn conn(&mut self) -> &mut PgConnection {
         &mut self.tx
     }
 
     /// Whether [`Pending::finish`] will store the response, so its body must exist before the
     /// commit. Without a key the body can be rendered after it.
-    pub fn stores_response(&self) -> bool {
+    pub(crate) fn stores_response(&self) -> bool {
         self.key.is_some()
     }
 
     /// Phase two: stores the response under the key (2xx only), then commits the effect and
     /// the key together.
-    pub async fn finish(mut self, status: u16, body: &[u8]) -> Result<(), IdempotencyError> {
+    pub(crate) async fn finish(mut self, status: u16, body: &[u8]) -> Result<(), IdempotencyError> {
         if let Some(key) = &self.key {
             if (200..300).contains(&status) {
                 sqlx::query!(
@@ -191,7 +191,7 @@ impl Pending {
     /// Commits a request that has no key ([`Pending::stores_response`] is false), so its
     /// response can be rendered after the commit. With a key, use [`Pending::finish`]: a
     /// response not stored would make a retry run the effect again.
-    pub async fn commit(self) -> Result<(), IdempotencyError> {
+    pub(crate) async fn commit(self) -> Result<(), IdempotencyError> {
         debug_assert!(
             self.key.is_none(),
             "a keyed request must store its response"
@@ -202,7 +202,7 @@ impl Pending {
 
     /// Rolls the effect back now (rather than when the connection is next used), so locks
     /// released after it are released after the rollback.
-    pub async fn abort(self) {
+    pub(crate) async fn abort(self) {
         if let Err(e) = self.tx.rollback().await {
             tracing::debug!(error = %e, "rollback; the connection discards the transaction");
         }
@@ -211,7 +211,10 @@ impl Pending {
 
 /// Deletes keys older than `max_age` (called by the sweeper): retries are expected within
 /// hours, not weeks.
-pub async fn purge_older_than(pool: &PgPool, max_age: chrono::Duration) -> sqlx::Result<u64> {
+pub(crate) async fn purge_older_than(
+    pool: &PgPool,
+    max_age: chrono::Duration,
+) -> sqlx::Result<u64> {
     let done = sqlx::query!(
         "delete from idempotency_keys where created_at < now() - $1::interval",
         sqlx::postgres::types::PgInterval::try_from(max_age).map_err(sqlx::Error::Encode)?

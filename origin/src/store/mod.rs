@@ -7,8 +7,8 @@
 //! become domain types at this boundary; a value the domain refuses is a decode error
 //! ([`corrupt`]), never a string that travels on.
 
-pub mod bookings;
-pub mod idempotency;
+pub(crate) mod bookings;
+pub(crate) mod idempotency;
 pub(crate) mod pricing;
 pub(crate) mod pricing_admin;
 pub(crate) mod search;
@@ -23,7 +23,7 @@ pub(crate) fn corrupt(e: impl std::fmt::Display) -> sqlx::Error {
 }
 
 /// Whether PostgreSQL answers (readiness).
-pub async fn ping(pool: &PgPool) -> sqlx::Result<()> {
+pub(crate) async fn ping(pool: &PgPool) -> sqlx::Result<()> {
     sqlx::query_scalar!(r#"select 1 as "one!""#)
         .fetch_one(pool)
         .await?;

@@ -19,7 +19,7 @@ use super::corrupt;
 
 /// The rate card (base rates with floor and ceiling) of a region and class; `None` when either
 /// half is missing (such a class cannot be quoted).
-pub async fn rate_card(
+pub(crate) async fn rate_card(
     conn: &mut PgConnection,
     region: Region,
     class: VehicleClass,
@@ -47,7 +47,7 @@ pub async fn rate_card(
 }
 
 /// A region's time-of-day multiplier rules.
-pub async fn time_rules(
+pub(crate) async fn time_rules(
     conn: &mut PgConnection,
     region: Region,
 ) -> sqlx::Result<Vec<TimeMultiplierRule>> {
@@ -74,7 +74,7 @@ pub async fn time_rules(
 }
 
 /// A region's active discount rules.
-pub async fn discount_rules(
+pub(crate) async fn discount_rules(
     conn: &mut PgConnection,
     region: Region,
 ) -> sqlx::Result<Vec<DiscountRule>> {
@@ -115,7 +115,7 @@ fn discount_kind(text: &str) -> sqlx::Result<DiscountKind> {
 /// The (region, class) pairs of `regions` that have a base rate, for cache warming. Only
 /// known classes: `base_rates.class` has no check of its own, and a rate for a class no
 /// vehicle can have prices nothing.
-pub async fn priced_classes(
+pub(crate) async fn priced_classes(
     pool: &PgPool,
     regions: &[Region],
 ) -> sqlx::Result<Vec<(Region, VehicleClass)>> {
@@ -140,7 +140,7 @@ pub async fn priced_classes(
 
 /// A price the validator refused to quote (see `app/pricing/validate.rs`).
 #[derive(Debug, Clone, Copy)]
-pub struct Refused<'a> {
+pub(crate) struct Refused<'a> {
     pub vehicle: &'a VehicleId,
     pub user_id: &'a str,
     pub start: DateTime<Utc>,
@@ -153,7 +153,7 @@ pub struct Refused<'a> {
 }
 
 /// Records a refused price in `price_refusals`.
-pub async fn record_refusal(pool: &PgPool, refused: &Refused<'_>) -> sqlx::Result<()> {
+pub(crate) async fn record_refusal(pool: &PgPool, refused: &Refused<'_>) -> sqlx::Result<()> {
     sqlx::query!(
         "insert into price_refusals (region, vehicle_id, user_id, period, total_minor, reason, detail)
          values ($1, $2, $3, tstzrange($4, $5, '[)'), $6, $7, $8)",

@@ -13,7 +13,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 /// Serialises pricing changes of one region (held until the transaction ends).
-pub async fn lock_region(conn: &mut PgConnection, region: Region) -> sqlx::Result<()> {
+pub(crate) async fn lock_region(conn: &mut PgConnection, region: Region) -> sqlx::Result<()> {
     // The function returns `void`, which the query macros cannot type: declare it as `()`.
     sqlx::query!(
         r#"select pg_advisory_xact_lock(hashtext('pricing-admin:' || $1)) as "locked: ()""#,
@@ -25,7 +25,7 @@ pub async fn lock_region(conn: &mut PgConnection, region: Region) -> sqlx::Resul
 }
 
 /// A class's `base_rates` row as JSON.
-pub async fn base_rate_row(
+pub(crate) async fn base_rate_row(
     conn: &mut PgConnection,
     region: Region,
     class: VehicleClass,
@@ -40,7 +40,7 @@ pub async fn base_rate_row(
 }
 
 /// A class's `vehicle_config` row as JSON.
-pub async fn vehicle_config_row(
+pub(crate) async fn vehicle_config_row(
     conn: &mut PgConnection,
     region: Region,
     class: VehicleClass,
@@ -55,7 +55,7 @@ pub async fn vehicle_config_row(
 }
 
 /// A `time_multipliers` row of the region as JSON.
-pub async fn time_multiplier_row(
+pub(crate) async fn time_multiplier_row(
     conn: &mut PgConnection,
     region: Region,
     id: Uuid,
@@ -70,7 +70,7 @@ pub async fn time_multiplier_row(
 }
 
 /// A `discount_rules` row of the region as JSON.
-pub async fn discount_row(
+pub(crate) async fn discount_row(
     conn: &mut PgConnection,
     region: Region,
     id: Uuid,
@@ -85,7 +85,7 @@ pub async fn discount_row(
 }
 
 /// Creates or replaces a class's base rate (in the region's currency).
-pub async fn upsert_base_rate(
+pub(crate) async fn upsert_base_rate(
     conn: &mut PgConnection,
     region: Region,
     class: VehicleClass,
@@ -110,7 +110,7 @@ pub async fn upsert_base_rate(
 }
 
 /// Creates or replaces a class's floor and ceiling.
-pub async fn upsert_vehicle_config(
+pub(crate) async fn upsert_vehicle_config(
     conn: &mut PgConnection,
     region: Region,
     class: VehicleClass,
@@ -135,7 +135,7 @@ pub async fn upsert_vehicle_config(
 
 /// The hours of the week a time-of-day rule covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimeWindowRow {
+pub(crate) struct TimeWindowRow {
     pub id: Uuid,
     pub days_mask: i16,
     pub start_hour: i16,
@@ -144,7 +144,7 @@ pub struct TimeWindowRow {
 
 /// The windows of every time-of-day rule of the region except `except` (the rule being
 /// replaced, if any).
-pub async fn time_windows(
+pub(crate) async fn time_windows(
     conn: &mut PgConnection,
     region: Region,
     except: Option<Uuid>,
@@ -162,7 +162,7 @@ pub async fn time_windows(
 
 /// A time-of-day rule as written.
 #[derive(Debug, Clone, Copy)]
-pub struct TimeMultiplierFields<'a> {
+pub(crate) struct TimeMultiplierFields<'a> {
     pub days_mask: i16,
     pub start_hour: i16,
     pub end_hour: i16,
@@ -172,7 +172,7 @@ pub struct TimeMultiplierFields<'a> {
 }
 
 /// Creates or replaces the time-of-day rule `id`.
-pub async fn upsert_time_multiplier(
+pub(crate) async fn upsert_time_multiplier(
     conn: &mut PgConnection,
     region: Region,
     id: Uuid,
@@ -199,7 +199,7 @@ pub async fn upsert_time_multiplier(
 }
 
 /// Deletes the time-of-day rule `id` of the region.
-pub async fn delete_time_multiplier(
+pub(crate) async fn delete_time_multiplier(
     conn: &mut PgConnection,
     region: Region,
     id: Uuid,
@@ -216,7 +216,7 @@ pub async fn delete_time_multiplier(
 
 /// A discount rule as written.
 #[derive(Debug, Clone, Copy)]
-pub struct DiscountFields<'a> {
+pub(crate) struct DiscountFields<'a> {
     /// `promo`, `long_duration` or `membership` (the column's check).
     pub kind: &'a str,
     pub code: Option<&'a str>,
@@ -231,7 +231,7 @@ pub struct DiscountFields<'a> {
 
 /// How writing a discount rule ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiscountWrite {
+pub(crate) enum DiscountWrite {
     Written,
     /// Another promo rule of the region has that code (`discount_rules_promo_code`); nothing
     /// was written.
@@ -242,7 +242,7 @@ pub enum DiscountWrite {
 ///
 /// A taken promo code fails the statement, which aborts the caller's transaction: roll it back
 /// after [`DiscountWrite::CodeTaken`].
-pub async fn upsert_discount(
+pub(crate) async fn upsert_discount(
     conn: &mut PgConnection,
     region: Region,
     id: Uuid,
@@ -280,7 +280,7 @@ pub async fn upsert_discount(
 }
 
 /// Deletes the discount rule `id` of the region.
-pub async fn delete_discount(
+pub(crate) async fn delete_discount(
     conn: &mut PgConnection,
     region: Region,
     id: Uuid,
@@ -297,7 +297,7 @@ pub async fn delete_discount(
 
 /// One `pricing_audit` row to write.
 #[derive(Debug, Clone, Copy)]
-pub struct AuditEntry<'a> {
+pub(crate) struct AuditEntry<'a> {
     pub region: Region,
     pub actor: &'a str,
     pub request_id: Option<&'a str>,
@@ -312,7 +312,10 @@ pub struct AuditEntry<'a> {
 }
 
 /// Writes an audit row (in the change's transaction); returns its id.
-pub async fn insert_audit(conn: &mut PgConnection, entry: &AuditEntry<'_>) -> sqlx::Result<i64> {
+pub(crate) async fn insert_audit(
+    conn: &mut PgConnection,
+    entry: &AuditEntry<'_>,
+) -> sqlx::Result<i64> {
     sqlx::query_scalar!(
         "insert into pricing_audit (region, actor, action, entity, entity_key, before, after, request_id)
          values ($1, $2, $3, $4, $5, $6, $7, $8) returning id",
@@ -330,7 +333,7 @@ pub async fn insert_audit(conn: &mut PgConnection, entry: &AuditEntry<'_>) -> sq
 }
 
 /// The region's whole pricing configuration as one JSON object.
-pub async fn overview(conn: &mut PgConnection, region: Region) -> sqlx::Result<Value> {
+pub(crate) async fn overview(conn: &mut PgConnection, region: Region) -> sqlx::Result<Value> {
     sqlx::query_scalar!(
         r#"select jsonb_build_object(
             'region', $1::text,
@@ -346,7 +349,11 @@ pub async fn overview(conn: &mut PgConnection, region: Region) -> sqlx::Result<V
 }
 
 /// The newest `limit` audit rows (of one region, or all), newest first, as a JSON array.
-pub async fn audit_log(pool: &PgPool, region: Option<Region>, limit: i64) -> sqlx::Result<Value> {
+pub(crate) async fn audit_log(
+    pool: &PgPool,
+    region: Option<Region>,
+    limit: i64,
+) -> sqlx::Result<Value> {
     sqlx::query_scalar!(
         r#"select coalesce(jsonb_agg(to_jsonb(a) order by a.id desc), '[]') as "items!"
              from (select * from pricing_audit where $1::text is null or region = $1

@@ -19,7 +19,7 @@ use super::corrupt;
 
 /// The filters and window every candidate must pass.
 #[derive(Debug, Clone, Copy)]
-pub struct Filters<'a> {
+pub(crate) struct Filters<'a> {
     pub regions: &'a [Region],
     pub class: Option<VehicleClass>,
     pub min_seats: Option<i16>,
@@ -33,7 +33,7 @@ pub struct Filters<'a> {
 
 /// The bays' coordinate box to search in.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BoundingBox {
+pub(crate) struct BoundingBox {
     pub min_lat: f64,
     pub max_lat: f64,
     pub min_lon: f64,
@@ -42,7 +42,7 @@ pub struct BoundingBox {
 
 /// A candidate vehicle with its bay.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Candidate {
+pub(crate) struct Candidate {
     pub vehicle_id: VehicleId,
     pub class: VehicleClass,
     pub make: String,
@@ -99,7 +99,7 @@ fn codes(regions: &[Region]) -> Vec<&'static str> {
 }
 
 /// The candidates among `ids` (found by the GEO index).
-pub async fn near_ids(
+pub(crate) async fn near_ids(
     pool: &PgPool,
     ids: &[Uuid],
     filters: &Filters<'_>,
@@ -138,7 +138,7 @@ pub async fn near_ids(
 }
 
 /// The candidates parked inside `area` (when the GEO index cannot answer).
-pub async fn in_box(
+pub(crate) async fn in_box(
     pool: &PgPool,
     area: BoundingBox,
     filters: &Filters<'_>,

@@ -18,7 +18,7 @@ use super::corrupt;
 
 /// What pricing a quote needs to know about an active vehicle.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PricingFacts {
+pub(crate) struct PricingFacts {
     pub class: VehicleClass,
     /// Its bay's IANA time zone (time-of-day multipliers are local).
     pub timezone: String,
@@ -28,7 +28,7 @@ pub struct PricingFacts {
 }
 
 /// The pricing facts of `vehicle` if it is active in its region (`None` otherwise).
-pub async fn pricing_facts(
+pub(crate) async fn pricing_facts(
     pool: &PgPool,
     vehicle: &VehicleId,
 ) -> sqlx::Result<Option<PricingFacts>> {
@@ -53,7 +53,7 @@ pub async fn pricing_facts(
 }
 
 /// Whether `bay` is a parking bay of `region`.
-pub async fn bay_in_region(pool: &PgPool, bay: Uuid, region: Region) -> sqlx::Result<bool> {
+pub(crate) async fn bay_in_region(pool: &PgPool, bay: Uuid, region: Region) -> sqlx::Result<bool> {
     sqlx::query_scalar!(
         r#"select exists(select 1 from parking_bays where id = $1 and region = $2) as "exists!""#,
         bay,
@@ -65,7 +65,7 @@ pub async fn bay_in_region(pool: &PgPool, bay: Uuid, region: Region) -> sqlx::Re
 
 /// Whether a booking occupies `vehicle` for part of `window` at `now` (a hold past its expiry
 /// does not). Advisory: the exclusion constraint decides when the hold is written.
-pub async fn is_occupied(
+pub(crate) async fn is_occupied(
     pool: &PgPool,
     vehicle: &VehicleId,
     window: &TimeWindow,
@@ -87,7 +87,7 @@ pub async fn is_occupied(
 
 /// An active vehicle at its bay's position.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Position {
+pub(crate) struct Position {
     pub vehicle: Uuid,
     pub lon: f64,
     pub lat: f64,
@@ -95,7 +95,7 @@ pub struct Position {
 
 /// Every active vehicle of `region` at its bay's position, ordered by vehicle id (what the GEO
 /// availability index holds).
-pub async fn active_positions(pool: &PgPool, region: Region) -> sqlx::Result<Vec<Position>> {
+pub(crate) async fn active_positions(pool: &PgPool, region: Region) -> sqlx::Result<Vec<Position>> {
     sqlx::query_as!(
         Position,
         "select v.id as vehicle, b.lon, b.lat
@@ -110,7 +110,7 @@ pub async fn active_positions(pool: &PgPool, region: Region) -> sqlx::Result<Vec
 
 /// A bay's supply and live demand, the surge grid's input.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BayLoad {
+pub(crate) struct BayLoad {
     pub lat: f64,
     pub lon: f64,
     /// Active vehicles parked there.
@@ -120,7 +120,7 @@ pub struct BayLoad {
 }
 
 /// The load of every bay of `region`.
-pub async fn bay_loads(pool: &PgPool, region: Region) -> sqlx::Result<Vec<BayLoad>> {
+pub(crate) async fn bay_loads(pool: &PgPool, region: Region) -> sqlx::Result<Vec<BayLoad>> {
     sqlx::query_as!(
         BayLoad,
         r#"select b.lat, b.lon,

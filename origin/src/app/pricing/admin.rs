@@ -30,7 +30,7 @@ use crate::store::pricing_admin::{
 
 /// Why a change was not made. The HTTP layer (`http/error.rs`) maps each to its answer.
 #[derive(Debug, thiserror::Error)]
-pub enum AdminError {
+pub(crate) enum AdminError {
     /// The change breaks a rule; `field` names the culprit.
     #[error("{detail}")]
     Invalid { field: &'static str, detail: String },
@@ -43,14 +43,14 @@ pub enum AdminError {
 }
 
 /// Result of an admin operation.
-pub type AdminResult<T> = Result<T, AdminError>;
+pub(crate) type AdminResult<T> = Result<T, AdminError>;
 /// Sane range of a time-of-day multiplier: ×0.5 … ×3.0.
-pub const TIME_MULTIPLIER_BP: std::ops::RangeInclusive<i32> = 5_000..=30_000;
+pub(crate) const TIME_MULTIPLIER_BP: std::ops::RangeInclusive<i32> = 5_000..=30_000;
 
 /// `PUT …/base-rates/{class}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BaseRateBody {
+pub(crate) struct BaseRateBody {
     /// Must be the region's currency (EUR for EUW, SEK for EUN).
     pub currency: String,
     /// Price of a started hour, minor units, 1 … 10 000 000.
@@ -62,7 +62,7 @@ pub struct BaseRateBody {
 /// `PUT …/vehicle-config/{class}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct VehicleConfigBody {
+pub(crate) struct VehicleConfigBody {
     /// Lowest total, minor units, ≥ 0.
     pub floor_minor: i64,
     /// Highest total, minor units, ≥ floor, at most 1 000 000 000.
@@ -72,7 +72,7 @@ pub struct VehicleConfigBody {
 /// `POST …/time-multipliers`, `PUT …/time-multipliers/{id}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct TimeMultiplierBody {
+pub(crate) struct TimeMultiplierBody {
     /// Local weekdays, bit 0 = Monday … bit 6 = Sunday (1 … 127).
     pub days_mask: i16,
     /// First local hour covered, 0 … 23.
@@ -88,7 +88,7 @@ pub struct TimeMultiplierBody {
 /// `POST …/discount-rules`, `PUT …/discount-rules/{id}`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct DiscountBody {
+pub(crate) struct DiscountBody {
     /// `promo`, `long_duration` or `membership`.
     pub kind: String,
     /// Promo code (promo rules), 1 … 64 characters, unique per region.
@@ -113,7 +113,7 @@ pub struct DiscountBody {
 
 /// One audited change: what it was, and the row before and after (JSON, `null` when absent).
 #[derive(Debug, Clone)]
-pub struct Change {
+pub(crate) struct Change {
     pub action: &'static str,
     pub entity: &'static str,
     pub key: String,
@@ -134,7 +134,7 @@ fn check(ok: bool, field: &'static str, detail: impl Into<String>) -> AdminResul
 
 impl BaseRateBody {
     /// Range and currency checks.
-    pub fn validate(&self, region: Region) -> AdminResult<()> {
+    pub(crate) fn validate(&self, region: Region) -> AdminResult<()> {
         check(
             self.currency == region.currency().code(),
             "currency",
@@ -155,7 +155,7 @@ impl BaseRateBody {
 
 impl VehicleConfigBody {
     /// Floor ≥ 0, ceiling ≥ floor.
-    pub fn validate(&self) -> AdminResult<()> {
+    pub(crate) fn validate(&self) -> AdminResult<()> {
         check(self.floor_minor >= 0, "floor_minor", "must be at least 0")?;
         check(
             (self.floor_minor..=1_000_000_000).contains(&self.ceiling_minor),
@@ -167,7 +167,7 @@ impl VehicleConfigBody {
 
 impl TimeMultiplierBody {
     /// Ranges (overlap is checked against the database, see [`time_multiplier_upsert`]).
-    pub fn validate(&self) -> AdminResult<()> {
+    pub(crate) fn validate(&self) -> AdminResult<()> {
         check(
             (1..=127).contains(&self.days_mask),
             "days_mask",
@@ -196,14 +196,14 @@ impl TimeMultiplierBody {
     }
 
     /// Whether two rules cover a common hour of the week.
-    pub fn overlaps(&self, days: i16, start: i16, end: i16) -> bool {
+    pub(crate) fn overlaps(&self, days: i16, start: i16, end: i16) -> bool {
         self.days_mask & days != 0 && self.start_hour < end && start < self.end_hour
     }
 }
 
 impl DiscountBody {
     /// Kind-specific required fields and ranges.
-    pub fn validate(&self) -> AdminResult<()> {
+    pub(crate) fn validate(&self) -> AdminResult<()> {
         check(
             matches!(self.kind.as_str(), "promo" | "long_duration" | "membership"),
             "kind",
@@ -243,7 +243,7 @@ impl DiscountBody {
 }
 
 /// Serialises pricing changes of one region (held until the transaction ends).
-pub async fn lock_region(conn: &mut PgConnection, region: Region) -> AdminResult<()> {
+pub(crate) async fn lock_region(conn: &mut PgConnection, region: Region) -> AdminResult<()> {
     Ok(store::lock_region(conn, region).await?)
 }
 
@@ -256,7 +256,7 @@ fn created_or_updated(before: &Option<Value>) -> &'static str {
 }
 
 /// Creates or replaces a class's base rate.
-pub async fn base_rate_put(
+pub(crate) async fn base_rate_put(
     conn: &mut PgConnection,
     region: Region,
     class: VehicleClass,
@@ -285,7 +285,7 @@ pub async fn base_rate_put(
 }
 
 /// Creates or replaces a class's floor and ceiling.
-pub async fn vehicle_config_put(
+pub(crate) async fn vehicle_config_put(
     conn: &mut PgConnection,
     region: Region,
     class: VehicleClass,
@@ -305,7 +305,7 @@ pub async fn vehicle_config_put(
 
 /// Creates (`id` = None) or replaces a time-of-day rule, refusing an overlap with any other
 /// rule of the region (call [`lock_region`] first).
-pub async fn time_multiplier_upsert(
+pub(crate) async fn time_multiplier_upsert(
     conn: &mut PgConnection,
     region: Region,
     id: Option<Uuid>,
@@ -352,7 +352,7 @@ pub async fn time_multiplier_upsert(
 }
 
 /// Deletes a time-of-day rule.
-pub async fn time_multiplier_delete(
+pub(crate) async fn time_multiplier_delete(
     conn: &mut PgConnection,
     region: Region,
     id: Uuid,
@@ -371,7 +371,7 @@ pub async fn time_multiplier_delete(
 }
 
 /// Creates (`id` = None) or replaces a discount rule.
-pub async fn discount_upsert(
+pub(crate) async fn discount_upsert(
     conn: &mut PgConnection,
     region: Region,
     id: Option<Uuid>,
@@ -416,7 +416,7 @@ pub async fn discount_upsert(
 }
 
 /// Deletes a discount rule.
-pub async fn discount_delete(
+pub(crate) async fn discount_delete(
     conn: &mut PgConnection,
     region: Region,
     id: Uuid,
@@ -435,7 +435,7 @@ pub async fn discount_delete(
 }
 
 /// Writes the audit row of a change (same transaction); returns its id.
-pub async fn audit(
+pub(crate) async fn audit(
     conn: &mut PgConnection,
     region: Region,
     actor: &str,
@@ -456,12 +456,16 @@ pub async fn audit(
 }
 
 /// The region's whole pricing configuration as JSON (for `GET /v1/admin/pricing/{region}`).
-pub async fn overview(conn: &mut PgConnection, region: Region) -> AdminResult<Value> {
+pub(crate) async fn overview(conn: &mut PgConnection, region: Region) -> AdminResult<Value> {
     Ok(store::overview(conn, region).await?)
 }
 
 /// The newest `limit` audit rows, of one region or all, newest first (a JSON array).
-pub async fn audit_log(pool: &PgPool, region: Option<Region>, limit: u32) -> AdminResult<Value> {
+pub(crate) async fn audit_log(
+    pool: &PgPool,
+    region: Option<Region>,
+    limit: u32,
+) -> AdminResult<Value> {
     Ok(store::audit_log(pool, region, i64::from(limit)).await?)
 }
 

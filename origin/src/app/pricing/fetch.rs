@@ -35,14 +35,14 @@ use crate::inference::{DemandRequest, RiskRequest};
 use crate::state::AppState;
 
 /// L2 lifetime of a risk multiplier (the seed's 24 h).
-pub const RISK_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+pub(crate) const RISK_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 /// Hour buckets of a window sent to the demand model (its first hours decide the surge).
-pub const DEMAND_BUCKETS: i64 = 6;
+pub(crate) const DEMAND_BUCKETS: i64 = 6;
 
 /// A risk score in `0..=1` → multiplier ×0.95 (no risk) … ×1.45 (highest): 9 500 bp +
 /// 5 000 bp × score, rounded to a basis point. A score outside the range is clamped (the
 /// client already refuses non-numbers).
-pub fn risk_multiplier(score: f64) -> Multiplier {
+pub(crate) fn risk_multiplier(score: f64) -> Multiplier {
     let score = if score.is_finite() {
         score.clamp(0.0, 1.0)
     } else {
@@ -53,13 +53,13 @@ pub fn risk_multiplier(score: f64) -> Multiplier {
 }
 
 /// Predicted demand and supply (means over the window's buckets) plus live holds → surge.
-pub fn demand_surge(predicted: f64, supply: f64, live_holds: u32) -> Multiplier {
+pub(crate) fn demand_surge(predicted: f64, supply: f64, live_holds: u32) -> Multiplier {
     surge::curve(surge::pressure(predicted + f64::from(live_holds), supply))
 }
 
 /// What the quote needs to know to fetch its inputs.
 #[derive(Debug, Clone, Copy)]
-pub struct QuoteFacts<'a> {
+pub(crate) struct QuoteFacts<'a> {
     pub user: &'a str,
     pub vehicle: &'a VehicleId,
     pub window: &'a TimeWindow,
@@ -70,7 +70,7 @@ pub struct QuoteFacts<'a> {
 
 /// The inputs of one quote.
 #[derive(Debug, Clone)]
-pub struct Fetched {
+pub(crate) struct Fetched {
     pub ctx: PricingContext,
     pub signals: Signals,
     /// Sources that used a fallback: `"risk"`, `"demand"`.
@@ -118,7 +118,7 @@ fn risk_key(user: &str) -> String {
 
 impl Fetched {
     /// Stores the fresh values of this quote in L2 (call after validation passed).
-    pub async fn remember(&self, state: &AppState) {
+    pub(crate) async fn remember(&self, state: &AppState) {
         if let Some((key, value)) = &self.fresh_risk {
             state.caches.l2_put_json(key, value, RISK_TTL).await;
         }
@@ -126,7 +126,10 @@ impl Fetched {
 }
 
 /// Fetches base, risk and demand concurrently; see the module docs.
-pub async fn fetch(state: &AppState, facts: QuoteFacts<'_>) -> Result<Fetched, PricingError> {
+pub(crate) async fn fetch(
+    state: &AppState,
+    facts: QuoteFacts<'_>,
+) -> Result<Fetched, PricingError> {
     let deadline = Instant::now() + state.config.pricing.budget;
     let region = facts.vehicle.region;
     let base = state.caches.pricing(&state.db, region, facts.class);
@@ -202,7 +205,7 @@ async fn risk_fallback(
 }
 
 /// The window's first hour buckets (whole UTC hours), at most [`DEMAND_BUCKETS`].
-pub fn buckets(window: &TimeWindow) -> Vec<DateTime<Utc>> {
+pub(crate) fn buckets(window: &TimeWindow) -> Vec<DateTime<Utc>> {
     let first = window
         .start()
         .duration_trunc(ChronoDuration::hours(1))

@@ -8,9 +8,9 @@
 //! deadline, [`validate`] checks the result before a quote leaves, and [`admin`] is the ops
 //! side that changes the tables (audited, caches invalidated at once).
 
-pub mod admin;
-pub mod fetch;
-pub mod validate;
+pub(crate) mod admin;
+pub(crate) mod fetch;
+pub(crate) mod validate;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;

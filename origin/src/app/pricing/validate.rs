@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 /// Why a price was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     #[error("the total {0} is negative")]
     Negative(i64),
     #[error("the total {total} is outside [{floor}, {ceiling}]")]
@@ -41,7 +41,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// Metric label.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Refusal::Negative(_) => "negative",
             Refusal::OutOfBounds { .. } => "out_of_bounds",
@@ -54,14 +54,14 @@ impl Refusal {
 
 /// The previous quote's total for a vehicle and window, as L2 keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Baseline {
+pub(crate) struct Baseline {
     pub total_minor: i64,
     /// The pricing epoch it was computed under (see `Caches::pricing_epoch`).
     pub epoch: u64,
 }
 
 /// Checks a finished price; `previous` is the baseline of the same epoch, if any.
-pub fn validate(
+pub(crate) fn validate(
     breakdown: &PriceBreakdown,
     rate: &RateCard,
     region: Region,

@@ -35,7 +35,7 @@ const MAX_QUOTES: u64 = 10_000;
 
 /// The in-process layer; cheap to clone (shared maps).
 #[derive(Clone)]
-pub struct Local {
+pub(super) struct Local {
     quotes: Cache<String, Arc<CachedQuote>>,
     generations: Cache<VehicleId, u64>,
     epoch: Arc<AtomicU64>,
@@ -51,7 +51,7 @@ impl std::fmt::Debug for Local {
 
 impl Local {
     /// `None` when `generation_ttl` is zero (the layer is off).
-    pub fn new(generation_ttl: Duration, quote_ttl: Duration) -> Option<Self> {
+    pub(super) fn new(generation_ttl: Duration, quote_ttl: Duration) -> Option<Self> {
         if generation_ttl.is_zero() {
             return None;
         }
@@ -69,17 +69,17 @@ impl Local {
     }
 
     /// The generation remembered for `vehicle`, if still fresh.
-    pub fn generation(&self, vehicle: &VehicleId) -> Option<u64> {
+    pub(super) fn generation(&self, vehicle: &VehicleId) -> Option<u64> {
         self.generations.get(vehicle)
     }
 
     /// The epoch to pass to [`Local::remember_generation`] (read it *before* asking Redis).
-    pub fn epoch(&self) -> u64 {
+    pub(super) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::SeqCst)
     }
 
     /// Remembers a generation read from Redis, unless an invalidation ran since `epoch`.
-    pub fn remember_generation(&self, vehicle: VehicleId, generation: u64, epoch: u64) {
+    pub(super) fn remember_generation(&self, vehicle: VehicleId, generation: u64, epoch: u64) {
         if self.epoch.load(Ordering::SeqCst) != epoch {
             return;
         }
@@ -91,22 +91,22 @@ impl Local {
     }
 
     /// Forgets `vehicle`'s generation (after it was bumped in Redis).
-    pub fn forget_vehicle(&self, vehicle: &VehicleId) {
+    pub(super) fn forget_vehicle(&self, vehicle: &VehicleId) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.generations.invalidate(vehicle);
     }
 
     /// Forgets every generation (after a pricing-wide bump).
-    pub fn forget_all(&self) {
+    pub(super) fn forget_all(&self) {
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.generations.invalidate_all();
     }
 
-    pub fn quote(&self, key: &str) -> Option<Arc<CachedQuote>> {
+    pub(super) fn quote(&self, key: &str) -> Option<Arc<CachedQuote>> {
         self.quotes.get(key)
     }
 
-    pub fn store_quote(&self, key: String, quote: Arc<CachedQuote>) {
+    pub(super) fn store_quote(&self, key: String, quote: Arc<CachedQuote>) {
         self.quotes.insert(key, quote);
     }
 }

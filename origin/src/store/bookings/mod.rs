@@ -13,7 +13,7 @@
 //! variants of one query (with and without `for update`, with and without the lazy-expiry
 //! guard) stay static statements rather than strings assembled at run time.
 
-pub mod model;
+pub(crate) mod model;
 
 use chrono::{DateTime, Utc};
 use domain::booking::{Booking, BookingError, Extension, Transition};
@@ -87,7 +87,7 @@ impl From<sqlx::Error> for StoreError {
 
 /// Who is changing a booking, for the history row.
 #[derive(Debug, Clone, Copy)]
-pub struct Actor<'a> {
+pub(crate) struct Actor<'a> {
     /// A user id, or `system` for the sweeper.
     pub id: &'a str,
     /// The request that made the change, when there is one.
@@ -96,7 +96,7 @@ pub struct Actor<'a> {
 
 impl Actor<'static> {
     /// The sweeper and other background work.
-    pub const SYSTEM: Actor<'static> = Actor {
+    pub(crate) const SYSTEM: Actor<'static> = Actor {
         id: "system",
         request_id: None,
     };
@@ -104,7 +104,7 @@ impl Actor<'static> {
 
 /// Who is reading: a user sees their own bookings, ops see every booking.
 #[derive(Debug, Clone, Copy)]
-pub struct Viewer<'a> {
+pub(crate) struct Viewer<'a> {
     /// The caller's user id.
     pub user_id: &'a str,
     /// Whether the caller has the ops role.
@@ -139,7 +139,7 @@ fn parse_all(rows: Vec<BookingRow>) -> Result<Vec<Booking>, StoreError> {
 
 /// Whether [`load`] locks the row for the rest of the transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RowLock {
+pub(crate) enum RowLock {
     /// A plain read.
     None,
     /// `for update`: the row is ours until commit or rollback.
@@ -147,7 +147,7 @@ pub enum RowLock {
 }
 
 /// Reads a booking, optionally locking its row for the rest of the transaction.
-pub async fn load(
+pub(crate) async fn load(
     conn: &mut PgConnection,
     id: &BookingId,
     lock: RowLock,
@@ -179,7 +179,7 @@ pub async fn load(
 
 /// A booking `viewer` may see: their own, or any for ops. `None` for others' bookings as for
 /// missing ones, so ids cannot be probed.
-pub async fn load_visible(
+pub(crate) async fn load_visible(
     pool: &PgPool,
     id: &BookingId,
     viewer: Viewer<'_>,
@@ -192,7 +192,7 @@ pub async fn load_visible(
 
 /// The vehicle of a booking (any user's), to lock it before a transaction changes its
 /// occupancy; `None` when there is no such booking.
-pub async fn vehicle_of(
+pub(crate) async fn vehicle_of(
     conn: &mut PgConnection,
     id: &BookingId,
 ) -> Result<Option<VehicleId>, StoreError> {
@@ -208,7 +208,7 @@ pub async fn vehicle_of(
 
 /// What pricing an extension needs to know about a vehicle: its class and its bay's IANA zone.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PricingFacts {
+pub(crate) struct PricingFacts {
     /// The vehicle class.
     pub class: VehicleClass,
     /// The bay's time zone name, as stored.
@@ -216,7 +216,7 @@ pub struct PricingFacts {
 }
 
 /// The class and bay time zone of `vehicle`.
-pub async fn pricing_facts(
+pub(crate) async fn pricing_facts(
     conn: &mut PgConnection,
     vehicle: &VehicleId,
 ) -> Result<PricingFacts, StoreError> {
@@ -240,7 +240,7 @@ pub async fn pricing_facts(
 
 /// Filters for listing bookings.
 #[derive(Debug, Clone)]
-pub struct ListFilter {
+pub(crate) struct ListFilter {
     pub user_id: String,
     pub status: Option<BookingStatus>,
     pub limit: i64,
@@ -249,7 +249,7 @@ pub struct ListFilter {
 }
 
 /// Lists a user's bookings, newest first.
-pub async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<Booking>, StoreError> {
+pub(crate) async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<Booking>, StoreError> {
     let rows = booking_rows!(
         [],
         "from bookings
@@ -301,7 +301,7 @@ impl OutboxRows {
 
 /// Writes a transition of an existing booking: its new state, its history row and its events,
 /// in one statement.
-pub async fn save(
+pub(crate) async fn save(
     conn: &mut PgConnection,
     transition: &Transition,
     actor: Actor<'_>,
@@ -373,7 +373,7 @@ async fn expire(
 
 /// Ends expired holds on one vehicle that overlap `window`, so a new hold does not wait for
 /// the sweeper. Returns how many it ended.
-pub async fn expire_overlapping_holds(
+pub(crate) async fn expire_overlapping_holds(
     conn: &mut PgConnection,
     vehicle: &VehicleId,
     window: &TimeWindow,
@@ -401,7 +401,7 @@ pub async fn expire_overlapping_holds(
 
 /// The sweeper's batch: ends up to `batch` expired holds in one transaction, skipping rows
 /// another origin is working on. Returns how many it ended.
-pub async fn sweep_expired_holds(
+pub(crate) async fn sweep_expired_holds(
     pool: &PgPool,
     now: DateTime<Utc>,
     batch: i64,
@@ -435,7 +435,7 @@ pub async fn sweep_expired_holds(
 /// does. Only then — rarely — are those holds ended ([`expire_overlapping_holds`]) and the
 /// unguarded insert run, so lazy expiry costs nothing when there is nothing to expire. The
 /// guard is an optimisation only: the exclusion constraint still decides.
-pub async fn insert_hold(
+pub(crate) async fn insert_hold(
     conn: &mut PgConnection,
     hold: &Transition,
     actor: Actor<'_>,

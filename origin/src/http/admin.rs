@@ -65,6 +65,13 @@ pub(crate) fn require_ops(user: &AuthUser) -> ApiResult<()> {
     }
 }
 
+/// 403 unless the caller has the ops role; then the served region named by `code` (404
+/// otherwise): the first step of every route that administers a region.
+pub(crate) fn ops_region(state: &AppState, user: &AuthUser, code: &str) -> ApiResult<Region> {
+    require_ops(user)?;
+    served_region(state, code)
+}
+
 /// A vehicle class named in a path (422 naming `class` otherwise).
 fn path_class(text: &str) -> ApiResult<VehicleClass> {
     text.parse()
@@ -156,8 +163,7 @@ impl Serialize for Edit<'_> {
 impl AdminCall {
     /// 403 unless ops; then the served region named by the path (404 otherwise).
     fn region(&self, code: &str) -> ApiResult<Region> {
-        require_ops(&self.user)?;
-        served_region(&self.state, code)
+        ops_region(&self.state, &self.user, code)
     }
 
     /// Makes one change, answering `status` with its audit record. Once per `Idempotency-Key`,
@@ -232,8 +238,7 @@ pub(crate) async fn overview(
     user: AuthUser,
     ApiPath(region): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
-    require_ops(&user)?;
-    let region = served_region(&state, &region)?;
+    let region = ops_region(&state, &user, &region)?;
     let mut conn = state.db.acquire().await?;
     Ok(axum::Json(admin::overview(&mut conn, region).await?))
 }

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use domain::booking::Booking;
 use domain::cancellation::CancellationFee;
-use domain::ids::BookingId;
+use domain::ids::{BookingId, VehicleId};
 use domain::state::BookingStatus;
 use uuid::Uuid;
 
@@ -22,7 +22,7 @@ use super::dto::{
 };
 use crate::app::booking::{self, Actor, Command, ListFilter, Viewer};
 use crate::http::auth::AuthUser;
-use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, WriteCall};
 use crate::http::idempotent;
 use crate::http::versioned::{versioned, Version};
@@ -52,6 +52,13 @@ fn actor(call: &WriteCall) -> Actor<'_> {
         id: &call.user.id,
         request_id: call.request_id.0.as_deref(),
     }
+}
+
+/// After a committed write that changed when `vehicle` is taken: its cached quotes (origin L1
+/// and the edge's) may offer a window that is now taken, or refuse one that is now free.
+async fn occupancy_changed(state: &AppState, vehicle: &VehicleId) {
+    state.caches.invalidate_vehicle(vehicle).await;
+    state.edge_gen.bump(vehicle);
 }
 
 async fn create(
@@ -88,9 +95,7 @@ async fn create(
     .await;
     lock.release().await;
     let (response, _) = settled?;
-    // Committed: cached quotes of this vehicle may now offer a taken window.
-    state.caches.invalidate_vehicle(&vehicle).await;
-    state.edge_gen.bump(&vehicle);
+    occupancy_changed(state, &vehicle).await;
     Ok(response)
 }
 
@@ -131,10 +136,7 @@ async fn act(
         lock.release().await;
     }
     let (response, transition) = settled?;
-    // Committed: the vehicle's occupancy changed, so its cached quotes are stale.
-    let vehicle = transition.booking.vehicle_id;
-    state.caches.invalidate_vehicle(&vehicle).await;
-    state.edge_gen.bump(&vehicle);
+    occupancy_changed(state, &transition.booking.vehicle_id).await;
     Ok(response)
 }
 
@@ -250,12 +252,12 @@ macro_rules! booking_write {
              params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried POST return the first answer"),
                     $($params)*),],
             errors(
-                (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-                (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-                (status = 403, description = "Not allowed", body = Problem, content_type = "application/problem+json"),
-                (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
-                (status = 409, description = "Conflict", body = Problem, content_type = "application/problem+json"),
-                (status = 422, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
+                400 "Malformed request",
+                401 "Missing or invalid token",
+                403 "Not allowed",
+                404 "Not found",
+                409 "Conflict",
+                422 "Invalid request",
             ),
             $(#[$doc])* $v1 $p1 => (status = $ok, description = "The booking", body = BookingV1),
             $(#[$doc])* $v2 $p2 => (status = $ok, description = "The booking", body = BookingV2),
@@ -316,8 +318,8 @@ booking_write!(
 versioned!(
     get, tag = "bookings", [params(("id" = String, Path, description = "Booking id, e.g. bkg_euw_…")),],
     errors(
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+        401 "Missing or invalid token",
+        404 "Not found",
     ),
     /// Read one booking: your own, or any for ops.
     get_v1 "/v1/bookings/{id}" => (status = 200, description = "The booking", body = BookingV1),
@@ -331,9 +333,9 @@ versioned!(
 versioned!(
     get, tag = "bookings", [params(ListQuery),],
     errors(
-        (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
+        400 "Bad query",
+        401 "Missing or invalid token",
+        403 "Not ops",
     ),
     /// List your bookings, newest first (ops may pass `user_id`).
     list_v1 "/v1/bookings" => (status = 200, description = "A page of bookings", body = BookingPage<BookingV1>),

@@ -27,21 +27,16 @@ impl From<JsonRejection> for ApiError {
         match rejection {
             JsonRejection::JsonDataError(e) => {
                 // "Failed to deserialize the JSON body into the target type: start: premature end…"
-                let detail = std::error::Error::source(&e)
-                    .map(ToString::to_string)
-                    .unwrap_or_else(|| e.body_text());
+                let detail = cause(&e, || e.body_text());
                 let field = detail
                     .split_once(':')
                     .map(|(path, _)| path.trim().to_owned())
                     .filter(|p| !p.contains(' ') && !p.is_empty() && p != ".");
                 ApiError::Validation { field, detail }
             }
-            JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(format!(
-                "malformed JSON: {}",
-                std::error::Error::source(&e)
-                    .map(ToString::to_string)
-                    .unwrap_or_else(|| e.body_text())
-            )),
+            JsonRejection::JsonSyntaxError(e) => {
+                ApiError::BadRequest(format!("malformed JSON: {}", cause(&e, || e.body_text())))
+            }
             JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
                 "expected a body with content-type: application/json".into(),
             ),
@@ -57,6 +52,15 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+/// What a rejection says: the error beneath it when there is one (serde's, which names the
+/// field or parameter), else axum's own text.
+fn cause(rejection: &dyn std::error::Error, text: impl FnOnce() -> String) -> String {
+    rejection
+        .source()
+        .map(ToString::to_string)
+        .unwrap_or_else(text)
+}
+
 /// Query string: any parse error is a 400 naming the parameter.
 #[derive(Debug, Clone, Copy, Default, FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
@@ -66,10 +70,7 @@ impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         match rejection {
             QueryRejection::FailedToDeserializeQueryString(e) => {
-                let detail = std::error::Error::source(&e)
-                    .map(ToString::to_string)
-                    .unwrap_or_else(|| e.body_text());
-                ApiError::BadRequest(format!("invalid query: {detail}"))
+                ApiError::BadRequest(format!("invalid query: {}", cause(&e, || e.body_text())))
             }
             other => ApiError::BadRequest(other.body_text()),
         }

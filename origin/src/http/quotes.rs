@@ -31,7 +31,7 @@ use crate::app::pricing::validate::{self, Baseline, Refusal};
 use crate::app::pricing::{self, Customer};
 use crate::app::surge;
 use crate::http::auth::AuthUser;
-use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
 use crate::http::versioned::{versioned, Version};
 use crate::redis::cache::{CachedQuote, QuoteKey};
@@ -331,12 +331,12 @@ fn render(version: Version, quote: CachedQuote, degraded: &[&'static str]) -> Re
 versioned!(
     post, tag = "quotes", [request_body = QuoteRequest,],
     errors(
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such vehicle", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Vehicle not available", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Price refused by validation, or a dependency down", body = Problem, content_type = "application/problem+json"),
+        400 "Malformed request",
+        401 "Missing or invalid token",
+        404 "No such vehicle",
+        409 "Vehicle not available",
+        422 "Invalid request",
+        503 "Price refused by validation, or a dependency down",
     ),
     /// Get a priced quote (v1).
     create_quote_v1 "/v1/quotes" => (status = 201, description = "A signed quote", body = QuoteV1, headers(

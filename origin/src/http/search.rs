@@ -9,7 +9,7 @@ use domain::vehicle::VehicleClass;
 use super::dto::{SearchPage, SearchParams, VehicleHitV1, VehicleHitV2};
 use crate::app::search::{self, Hit, SearchQuery, MAX_LIMIT, MAX_RADIUS_M};
 use crate::http::auth::AuthUser;
-use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::ApiQuery;
 use crate::http::quotes::parse_window;
 use crate::http::versioned::{versioned, Version};
@@ -120,9 +120,9 @@ where
 versioned!(
     get, tag = "search", [params(SearchParams),],
     errors(
-        (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid window", body = Problem, content_type = "application/problem+json"),
+        400 "Bad query",
+        401 "Missing or invalid token",
+        422 "Invalid window",
     ),
     /// Search available vehicles near a point (v1).
     search_v1 "/v1/vehicles/search" => (status = 200, description = "Available vehicles, nearest first, then cheapest", body = SearchPage<VehicleHitV1>),

@@ -21,7 +21,7 @@ pub(crate) enum Version {
 /// ```text
 /// versioned!(
 ///     get, tag = "search", [params(SearchParams),],
-///     errors((status = 400, …), (status = 401, …)),
+///     errors(400 "Bad query", 401 "Missing or invalid token"),
 ///     /// Doc of v1.
 ///     search_v1 "/v1/vehicles/search" => (status = 200, …, body = SearchPage<VehicleHitV1>),
 ///     /// Doc of v2.
@@ -31,35 +31,39 @@ pub(crate) enum Version {
 /// ```
 ///
 /// The bracketed attributes (`params`, `request_body`) and the `errors` go into both
-/// `#[utoipa::path]`s; the body is compiled once per version, with `version` bound to
-/// [`Version::V1`] or [`Version::V2`].
+/// `#[utoipa::path]`s, each error as a status and its description with a problem+json body
+/// ([`Problem`](crate::http::error::Problem)); the body is compiled once per version, with
+/// `version` bound to [`Version::V1`] or [`Version::V2`].
 macro_rules! versioned {
     (
         $method:ident, tag = $tag:literal, [$($shared:tt)*],
-        errors($($errors:tt)*),
+        errors($($status:literal $description:literal),* $(,)?),
         $(#[$doc1:meta])* $v1:ident $path1:literal => $ok1:tt,
         $(#[$doc2:meta])* $v2:ident $path2:literal => $ok2:tt,
         |$version:ident| ($($args:tt)*) -> $ret:ty $body:block
     ) => {
         $crate::http::versioned::versioned!(
-            @one [$(#[$doc1])*] $v1 V1, $method, $path1, $tag, [$($shared)*], $ok1, ($($errors)*),
+            @one [$(#[$doc1])*] $v1 V1, $method, $path1, $tag, [$($shared)*], $ok1, ($(($status, $description)),*),
             |$version| ($($args)*) -> $ret $body
         );
         $crate::http::versioned::versioned!(
-            @one [$(#[$doc2])*] $v2 V2, $method, $path2, $tag, [$($shared)*], $ok2, ($($errors)*),
+            @one [$(#[$doc2])*] $v2 V2, $method, $path2, $tag, [$($shared)*], $ok2, ($(($status, $description)),*),
             |$version| ($($args)*) -> $ret $body
         );
     };
     (
         @one [$($doc:tt)*] $name:ident $v:ident, $method:ident, $path:literal, $tag:literal,
-        [$($shared:tt)*], $ok:tt, ($($errors:tt)*),
+        [$($shared:tt)*], $ok:tt, ($(($status:literal, $description:literal)),*),
         |$version:ident| ($($args:tt)*) -> $ret:ty $body:block
     ) => {
         $($doc)*
         #[utoipa::path(
             $method, path = $path, tag = $tag,
             $($shared)*
-            responses($ok, $($errors)*),
+            responses(
+                $ok,
+                $((status = $status, description = $description, body = $crate::http::error::Problem, content_type = "application/problem+json"),)*
+            ),
             security(("bearer" = []))
         )]
         pub(crate) async fn $name($($args)*) -> $ret {

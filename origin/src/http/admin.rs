@@ -409,3 +409,45 @@ pub(crate) async fn audit_log(
     let rows = admin::audit_log(&state.db, region, limit).await?;
     Ok(axum::Json(serde_json::json!({ "items": rows })))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(edit: &Edit<'_>) -> Option<(&'static str, String)> {
+        edit.key().map(|(name, value)| (name, value.to_string()))
+    }
+
+    #[test]
+    fn a_change_is_fingerprinted_by_its_row_key_and_its_body_or_null_for_a_delete(
+    ) -> Result<(), serde_json::Error> {
+        let id = Uuid::from_u128(7);
+        let rate = BaseRateBody {
+            currency: "EUR".into(),
+            per_hour_minor: 900,
+            per_day_minor: 6_000,
+        };
+        let window = TimeMultiplierBody {
+            days_mask: 31,
+            start_hour: 7,
+            end_hour: 9,
+            multiplier_bp: 12_000,
+            label: None,
+        };
+        // The key: the class by its name, a rule by its id, nothing for a new rule.
+        let base = Edit::BaseRate(VehicleClass::Van, &rate);
+        assert_eq!(key(&base), Some(("class", "van".to_owned())));
+        let update = Edit::TimeMultiplier(Some(id), &window);
+        assert_eq!(key(&update), Some(("id", id.to_string())));
+        assert_eq!(key(&Edit::TimeMultiplier(None, &window)), None);
+        assert_eq!(key(&Edit::DeleteDiscount(id)), Some(("id", id.to_string())));
+        // The body: exactly the request's, field for field; a delete has none (`null`).
+        assert_eq!(serde_json::to_vec(&base)?, serde_json::to_vec(&rate)?);
+        assert_eq!(serde_json::to_vec(&update)?, serde_json::to_vec(&window)?);
+        assert_eq!(
+            serde_json::to_vec(&Edit::DeleteTimeMultiplier(id))?,
+            b"null"
+        );
+        Ok(())
+    }
+}

@@ -74,3 +74,72 @@ macro_rules! versioned {
 }
 
 pub(crate) use versioned;
+
+#[cfg(test)]
+mod tests {
+    use utoipa::openapi::path::Operation;
+
+    /// Every operation of the document by (method, path).
+    fn operations(doc: &utoipa::openapi::OpenApi) -> Vec<(&'static str, &str, &Operation)> {
+        doc.paths
+            .paths
+            .iter()
+            .flat_map(|(path, item)| {
+                [
+                    ("get", &item.get),
+                    ("put", &item.put),
+                    ("post", &item.post),
+                    ("delete", &item.delete),
+                    ("patch", &item.patch),
+                ]
+                .into_iter()
+                .filter_map(move |(method, op)| op.as_ref().map(|op| (method, path.as_str(), op)))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn both_versions_of_a_route_document_the_same_parameters_body_and_errors(
+    ) -> Result<(), serde_json::Error> {
+        let (_, doc) = crate::http::api();
+        let ops = operations(&doc);
+        let mut pairs = 0;
+        for (method, path, v1) in &ops {
+            let Some(rest) = path.strip_prefix("/v1/") else {
+                continue;
+            };
+            let v2_path = format!("/v2/{rest}");
+            let Some((_, _, v2)) = ops.iter().find(|(m, p, _)| m == method && *p == v2_path) else {
+                continue;
+            };
+            pairs += 1;
+            // Only the success answer may differ (its body shape, and the headers v1 documents).
+            let errors = |op: &Operation| -> Result<serde_json::Value, serde_json::Error> {
+                let mut responses = op.responses.responses.clone();
+                responses.retain(|status, _| !status.starts_with('2'));
+                serde_json::to_value(responses)
+            };
+            let what = format!("{method} {path} and {v2_path}");
+            assert_eq!(errors(v1)?, errors(v2)?, "errors of {what}");
+            assert_eq!(
+                serde_json::to_value(&v1.parameters)?,
+                serde_json::to_value(&v2.parameters)?,
+                "parameters of {what}"
+            );
+            assert_eq!(
+                serde_json::to_value(&v1.request_body)?,
+                serde_json::to_value(&v2.request_body)?,
+                "request body of {what}"
+            );
+            assert_eq!(v1.tags, v2.tags, "tags of {what}");
+            assert_eq!(
+                serde_json::to_value(&v1.security)?,
+                serde_json::to_value(&v2.security)?,
+                "security of {what}"
+            );
+        }
+        // Search, quotes, the bookings (create and list), one booking, and its five actions.
+        assert_eq!(pairs, 10, "v1/v2 pairs found");
+        Ok(())
+    }
+}

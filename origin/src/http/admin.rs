@@ -1,6 +1,11 @@
 //! `/v1/admin/pricing/…`: the ops role's pricing administration (rules in
 //! `pricing/admin.rs`). Every route answers 403 to a token without the `ops` role, 422 naming
 //! the field for an invalid change, and returns the audit record of a valid one.
+//!
+//! Every change takes one path, [`AdminCall::change`]: check the body, begin the idempotent
+//! transaction, lock the region's pricing, apply and audit, commit, make it effective. A route
+//! only names its [`Edit`]; the routes of each pricing table differ by nothing else, so
+//! `table_routes!` writes them, with their documented responses, from one table.
 
 use std::fmt::Display;
 

@@ -1,6 +1,9 @@
 //! Booking routes: hold (create), read, list, confirm, cancel, extend, start, complete.
 //!
 //! v1 and v2 share one core per operation; the versioned handlers only choose the body shape.
+//! Each pair is written by `versioned!` (`http/versioned.rs`) from one response table, and the
+//! writes share theirs through `booking_write!`.
+//!
 //! A write reads top to bottom: parse the request, open the idempotent transaction
 //! (`store::idempotency::begin`: a replay answers at once), take the vehicle's lock in it,
 //! let the booking service (`app::booking`) decide and write, settle the transaction (the effect,

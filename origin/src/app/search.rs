@@ -13,14 +13,12 @@
 use std::collections::hash_map::{Entry, HashMap};
 
 use chrono::{DateTime, Utc};
-use domain::ids::VehicleId;
 use domain::region::Region;
 use domain::search::{haversine_m, GeoPoint, SearchCursor};
 use domain::vehicle::VehicleClass;
 use domain::window::TimeWindow;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::app::pricing::{self, PricingError};
 use crate::redis::availability::Availability;
@@ -84,22 +82,20 @@ impl SearchQuery {
     }
 }
 
-/// One available vehicle.
+/// One available vehicle: the candidate as PostgreSQL found it, with its distance and price.
 #[derive(Debug, Clone)]
 pub(crate) struct Hit {
-    pub vehicle_id: VehicleId,
-    pub class: VehicleClass,
-    pub make: String,
-    pub model: String,
-    pub seats: i16,
-    pub fuel: String,
-    pub bay_id: Uuid,
-    pub bay_name: String,
-    pub lat: f64,
-    pub lon: f64,
+    pub vehicle: Candidate,
     pub distance_m: u32,
     pub price_minor: i64,
     pub currency: domain::money::Currency,
+}
+
+impl Hit {
+    /// The indicative price for the window.
+    pub(crate) fn price(&self) -> domain::money::Money {
+        domain::money::Money::new(self.price_minor, self.currency)
+    }
 }
 
 /// A page of hits.
@@ -170,16 +166,7 @@ pub(crate) async fn search(
             continue;
         }
         hits.push(Hit {
-            vehicle_id: row.vehicle_id,
-            class: row.class,
-            make: row.make,
-            model: row.model,
-            seats: row.seats,
-            fuel: row.fuel,
-            bay_id: row.bay_id,
-            bay_name: row.bay_name,
-            lat: row.lat,
-            lon: row.lon,
+            vehicle: row,
             // Whole metres: the ranking key must be exact to be a stable cursor.
             distance_m: distance.round() as u32,
             price_minor,
@@ -187,15 +174,15 @@ pub(crate) async fn search(
         });
     }
     hits.sort_by(|a, b| {
-        (a.distance_m, a.price_minor, a.vehicle_id.uuid).cmp(&(
+        (a.distance_m, a.price_minor, a.vehicle.vehicle_id.uuid).cmp(&(
             b.distance_m,
             b.price_minor,
-            b.vehicle_id.uuid,
+            b.vehicle.vehicle_id.uuid,
         ))
     });
     if let Some(cursor) = &query.cursor {
         let after = (cursor.distance_m, cursor.price_minor, cursor.vehicle);
-        hits.retain(|h| (h.distance_m, h.price_minor, h.vehicle_id.uuid) > after);
+        hits.retain(|h| (h.distance_m, h.price_minor, h.vehicle.vehicle_id.uuid) > after);
     }
     let limit = query.limit as usize;
     let next = if hits.len() > limit {
@@ -203,7 +190,7 @@ pub(crate) async fn search(
         hits.last().map(|h| SearchCursor {
             distance_m: h.distance_m,
             price_minor: h.price_minor,
-            vehicle: h.vehicle_id.uuid,
+            vehicle: h.vehicle.vehicle_id.uuid,
             query_hash: query.fingerprint(),
         })
     } else {

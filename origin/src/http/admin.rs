@@ -1,6 +1,13 @@
 //! `/v1/admin/pricing/…`: the ops role's pricing administration (rules in
 //! `pricing/admin.rs`). Every route answers 403 to a token without the `ops` role, 422 naming
 //! the field for an invalid change, and returns the audit record of a valid one.
+//!
+//! Every change takes one path, [`AdminCall::change`]: check the body, begin the idempotent
+//! transaction, lock the region's pricing, apply and audit, commit, make it effective. A route
+//! only names its [`Edit`]; the routes of each pricing table differ by nothing else, so
+//! `table_routes!` writes them, with their documented responses, from one table.
+
+use std::fmt::Display;
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -10,6 +17,7 @@ use domain::region::Region;
 use domain::vehicle::VehicleClass;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sqlx::PgConnection;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -21,7 +29,7 @@ use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, WriteCall};
 use crate::http::idempotent;
 use crate::state::AppState;
-use crate::store::idempotency::{Begun, Pending};
+use crate::store::idempotency::Begun;
 
 /// An applied, audited change.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -62,6 +70,13 @@ pub(crate) fn require_ops(user: &AuthUser) -> ApiResult<()> {
     }
 }
 
+/// 403 unless the caller has the ops role; then the served region named by `code` (404
+/// otherwise): the first step of every route that administers a region.
+pub(crate) fn ops_region(state: &AppState, user: &AuthUser, code: &str) -> ApiResult<Region> {
+    require_ops(user)?;
+    served_region(state, code)
+}
+
 /// A vehicle class named in a path (422 naming `class` otherwise).
 fn path_class(text: &str) -> ApiResult<VehicleClass> {
     text.parse()
@@ -83,39 +98,99 @@ pub(crate) fn served_region(state: &AppState, code: &str) -> ApiResult<Region> {
 /// read routes.
 pub(crate) type AdminCall = WriteCall;
 
+/// One change an admin route asks for: which row of which table, and the body, if any.
+#[derive(Debug, Clone, Copy)]
+enum Edit<'a> {
+    BaseRate(VehicleClass, &'a BaseRateBody),
+    VehicleConfig(VehicleClass, &'a VehicleConfigBody),
+    /// Adds a rule (`None`) or replaces rule `id`.
+    TimeMultiplier(Option<Uuid>, &'a TimeMultiplierBody),
+    DeleteTimeMultiplier(Uuid),
+    /// Adds a rule (`None`) or replaces rule `id`.
+    Discount(Option<Uuid>, &'a DiscountBody),
+    DeleteDiscount(Uuid),
+}
+
+impl Edit<'_> {
+    /// The body's own checks, made before anything is looked up or locked.
+    fn validate(&self, region: Region) -> admin::AdminResult<()> {
+        match self {
+            Edit::BaseRate(_, body) => body.validate(region),
+            Edit::VehicleConfig(_, body) => body.validate(),
+            Edit::TimeMultiplier(_, body) => body.validate(),
+            Edit::Discount(_, body) => body.validate(),
+            Edit::DeleteTimeMultiplier(_) | Edit::DeleteDiscount(_) => Ok(()),
+        }
+    }
+
+    /// The route's path parameter besides the region, if any: the row's key.
+    fn key(&self) -> Option<(&'static str, &(dyn Display + Sync))> {
+        match self {
+            Edit::BaseRate(class, _) | Edit::VehicleConfig(class, _) => Some(("class", class)),
+            Edit::TimeMultiplier(Some(id), _)
+            | Edit::Discount(Some(id), _)
+            | Edit::DeleteTimeMultiplier(id)
+            | Edit::DeleteDiscount(id) => Some(("id", id)),
+            Edit::TimeMultiplier(None, _) | Edit::Discount(None, _) => None,
+        }
+    }
+
+    /// Makes the change in the pending transaction (the rules are in `app/pricing/admin.rs`).
+    async fn apply(self, conn: &mut PgConnection, region: Region) -> admin::AdminResult<Change> {
+        match self {
+            Edit::BaseRate(class, body) => admin::base_rate_put(conn, region, class, body).await,
+            Edit::VehicleConfig(class, body) => {
+                admin::vehicle_config_put(conn, region, class, body).await
+            }
+            Edit::TimeMultiplier(id, body) => {
+                admin::time_multiplier_upsert(conn, region, id, body).await
+            }
+            Edit::DeleteTimeMultiplier(id) => admin::time_multiplier_delete(conn, region, id).await,
+            Edit::Discount(id, body) => admin::discount_upsert(conn, region, id, body).await,
+            Edit::DeleteDiscount(id) => admin::discount_delete(conn, region, id).await,
+        }
+    }
+}
+
+/// The request body as the idempotency fingerprint hashes it: `null` for a delete.
+impl Serialize for Edit<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Edit::BaseRate(_, body) => body.serialize(serializer),
+            Edit::VehicleConfig(_, body) => body.serialize(serializer),
+            Edit::TimeMultiplier(_, body) => body.serialize(serializer),
+            Edit::Discount(_, body) => body.serialize(serializer),
+            Edit::DeleteTimeMultiplier(_) | Edit::DeleteDiscount(_) => ().serialize(serializer),
+        }
+    }
+}
+
 impl AdminCall {
     /// 403 unless ops; then the served region named by the path (404 otherwise).
     fn region(&self, code: &str) -> ApiResult<Region> {
-        require_ops(&self.user)?;
-        served_region(&self.state, code)
+        ops_region(&self.state, &self.user, code)
     }
 
-    /// Phase one of a change: once per `Idempotency-Key`, like every write of the API
-    /// (`idempotency.rs`); a fresh change then holds the region's pricing lock in its
-    /// transaction. `params` fill the route's path parameters in their canonical spelling.
-    async fn start(
+    /// Makes one change, answering `status` with its audit record. Once per `Idempotency-Key`,
+    /// like every write of the API (`idempotency.rs`): a replay answers at once. A fresh change
+    /// holds the region's pricing lock in its transaction, records its audit row, commits with
+    /// its stored answer, and is then made effective at once.
+    async fn change(
         &self,
         region: Region,
-        params: &[(&str, &(dyn std::fmt::Display + Sync))],
-        body: &impl Serialize,
-    ) -> ApiResult<Begun> {
-        let mut begun = self.begin(params, body).await?;
-        if let Begun::Fresh(pending) = &mut begun {
-            admin::lock_region(pending.conn(), region).await?;
-        }
-        Ok(begun)
-    }
-
-    /// Phase two: records the change's audit row, commits it with its stored answer, then makes
-    /// it effective at once.
-    async fn finish(
-        &self,
-        mut pending: Pending,
-        region: Region,
-        change: admin::AdminResult<Change>,
+        edit: Edit<'_>,
         status: StatusCode,
     ) -> ApiResult<Response> {
-        let audited: ApiResult<_> = match change {
+        edit.validate(region)?;
+        // The route's parameters in their canonical spelling (the fingerprint's path).
+        let mut params: Vec<(&str, &(dyn Display + Sync))> = vec![("region", &region)];
+        params.extend(edit.key());
+        let mut pending = match self.begin(&params, &edit).await? {
+            Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
+            Begun::Fresh(pending) => pending,
+        };
+        admin::lock_region(pending.conn(), region).await?;
+        let audited: ApiResult<_> = match edit.apply(pending.conn(), region).await {
             Ok(change) => admin::audit(
                 pending.conn(),
                 region,
@@ -168,245 +243,149 @@ pub(crate) async fn overview(
     user: AuthUser,
     ApiPath(region): ApiPath<String>,
 ) -> ApiResult<impl IntoResponse> {
-    require_ops(&user)?;
-    let region = served_region(&state, &region)?;
+    let region = ops_region(&state, &user, &region)?;
     let mut conn = state.db.acquire().await?;
     Ok(axum::Json(admin::overview(&mut conn, region).await?))
 }
 
-/// Set a class's base rate (created if absent).
-#[utoipa::path(
-    put, path = "/v1/admin/pricing/{region}/base-rates/{class}", tag = "admin",
-    params(("region" = String, Path), ("class" = String, Path)),
-    request_body = BaseRateBody,
-    responses(
-        (status = 200, description = "Applied and audited", body = AdminChange),
-        (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid (field named)", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-pub(crate) async fn put_base_rate(
-    call: AdminCall,
-    ApiPath((region, class)): ApiPath<(String, String)>,
-    ApiJson(body): ApiJson<BaseRateBody>,
-) -> ApiResult<Response> {
-    let region = call.region(&region)?;
-    let class = path_class(&class)?;
-    body.validate(region)?;
-    let mut pending = match call
-        .start(region, &[("region", &region), ("class", &class)], &body)
-        .await?
-    {
-        Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
-        Begun::Fresh(pending) => pending,
+/// Writes the routes of one pricing table. They differ only by entity — the paths, the body,
+/// what a refused body is called, the docs and the [`Edit`] they make — so the table of
+/// responses is written once here.
+///
+/// * `by class`: `PUT` sets the row of a vehicle class (created if absent).
+/// * `by id`: `POST` adds a rule, `PUT` replaces rule `{id}` and `DELETE` deletes it.
+macro_rules! table_routes {
+    (
+        by class $path:literal, $body:ident,
+        $(#[$doc:meta])* $put:ident => $edit:path
+    ) => {
+        $(#[$doc])*
+        #[utoipa::path(
+            put, path = $path, tag = "admin",
+            params(("region" = String, Path), ("class" = String, Path)),
+            request_body = $body,
+            responses(
+                (status = 200, description = "Applied and audited", body = AdminChange),
+                (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
+                (status = 422, description = "Invalid (field named)", body = Problem, content_type = "application/problem+json"),
+            ),
+            security(("bearer" = []))
+        )]
+        pub(crate) async fn $put(
+            call: AdminCall,
+            ApiPath((region, class)): ApiPath<(String, String)>,
+            ApiJson(body): ApiJson<$body>,
+        ) -> ApiResult<Response> {
+            let region = call.region(&region)?;
+            let class = path_class(&class)?;
+            call.change(region, $edit(class, &body), StatusCode::OK).await
+        }
     };
-    let change = admin::base_rate_put(pending.conn(), region, class, &body).await;
-    call.finish(pending, region, change, StatusCode::OK).await
+    (
+        by id $collection:literal, $item:literal, $body:ident, invalid = $invalid:literal,
+        $(#[$create_doc:meta])* $create:ident => $upsert:path,
+        $(#[$update_doc:meta])* $update:ident,
+        $(#[$delete_doc:meta])* $delete:ident => $remove:path $(,)?
+    ) => {
+        $(#[$create_doc])*
+        #[utoipa::path(
+            post, path = $collection, tag = "admin",
+            params(("region" = String, Path)),
+            request_body = $body,
+            responses(
+                (status = 201, description = "Created and audited", body = AdminChange),
+                (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
+                (status = 422, description = $invalid, body = Problem, content_type = "application/problem+json"),
+            ),
+            security(("bearer" = []))
+        )]
+        pub(crate) async fn $create(
+            call: AdminCall,
+            ApiPath(region): ApiPath<String>,
+            ApiJson(body): ApiJson<$body>,
+        ) -> ApiResult<Response> {
+            let region = call.region(&region)?;
+            call.change(region, $upsert(None, &body), StatusCode::CREATED).await
+        }
+
+        $(#[$update_doc])*
+        #[utoipa::path(
+            put, path = $item, tag = "admin",
+            params(("region" = String, Path), ("id" = Uuid, Path)),
+            request_body = $body,
+            responses(
+                (status = 200, description = "Applied and audited", body = AdminChange),
+                (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
+                (status = 404, description = "No such rule", body = Problem, content_type = "application/problem+json"),
+                (status = 422, description = $invalid, body = Problem, content_type = "application/problem+json"),
+            ),
+            security(("bearer" = []))
+        )]
+        pub(crate) async fn $update(
+            call: AdminCall,
+            ApiPath((region, id)): ApiPath<(String, Uuid)>,
+            ApiJson(body): ApiJson<$body>,
+        ) -> ApiResult<Response> {
+            let region = call.region(&region)?;
+            call.change(region, $upsert(Some(id), &body), StatusCode::OK).await
+        }
+
+        $(#[$delete_doc])*
+        #[utoipa::path(
+            delete, path = $item, tag = "admin",
+            params(("region" = String, Path), ("id" = Uuid, Path)),
+            responses(
+                (status = 200, description = "Deleted and audited", body = AdminChange),
+                (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
+                (status = 404, description = "No such rule", body = Problem, content_type = "application/problem+json"),
+            ),
+            security(("bearer" = []))
+        )]
+        pub(crate) async fn $delete(
+            call: AdminCall,
+            ApiPath((region, id)): ApiPath<(String, Uuid)>,
+        ) -> ApiResult<Response> {
+            let region = call.region(&region)?;
+            call.change(region, $remove(id), StatusCode::OK).await
+        }
+    };
 }
 
-/// Set a class's floor and ceiling (created if absent).
-#[utoipa::path(
-    put, path = "/v1/admin/pricing/{region}/vehicle-config/{class}", tag = "admin",
-    params(("region" = String, Path), ("class" = String, Path)),
-    request_body = VehicleConfigBody,
-    responses(
-        (status = 200, description = "Applied and audited", body = AdminChange),
-        (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid (field named)", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-pub(crate) async fn put_vehicle_config(
-    call: AdminCall,
-    ApiPath((region, class)): ApiPath<(String, String)>,
-    ApiJson(body): ApiJson<VehicleConfigBody>,
-) -> ApiResult<Response> {
-    let region = call.region(&region)?;
-    let class = path_class(&class)?;
-    body.validate()?;
-    let mut pending = match call
-        .start(region, &[("region", &region), ("class", &class)], &body)
-        .await?
-    {
-        Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
-        Begun::Fresh(pending) => pending,
-    };
-    let change = admin::vehicle_config_put(pending.conn(), region, class, &body).await;
-    call.finish(pending, region, change, StatusCode::OK).await
-}
+table_routes!(
+    by class "/v1/admin/pricing/{region}/base-rates/{class}", BaseRateBody,
+    /// Set a class's base rate (created if absent).
+    put_base_rate => Edit::BaseRate
+);
 
-/// Add a time-of-day multiplier (no overlap with the region's other rules).
-#[utoipa::path(
-    post, path = "/v1/admin/pricing/{region}/time-multipliers", tag = "admin",
-    params(("region" = String, Path)),
-    request_body = TimeMultiplierBody,
-    responses(
-        (status = 201, description = "Created and audited", body = AdminChange),
-        (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid or overlapping (field named)", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-pub(crate) async fn create_time_multiplier(
-    call: AdminCall,
-    ApiPath(region): ApiPath<String>,
-    ApiJson(body): ApiJson<TimeMultiplierBody>,
-) -> ApiResult<Response> {
-    let region = call.region(&region)?;
-    body.validate()?;
-    let mut pending = match call.start(region, &[("region", &region)], &body).await? {
-        Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
-        Begun::Fresh(pending) => pending,
-    };
-    let change = admin::time_multiplier_upsert(pending.conn(), region, None, &body).await;
-    call.finish(pending, region, change, StatusCode::CREATED)
-        .await
-}
+table_routes!(
+    by class "/v1/admin/pricing/{region}/vehicle-config/{class}", VehicleConfigBody,
+    /// Set a class's floor and ceiling (created if absent).
+    put_vehicle_config => Edit::VehicleConfig
+);
 
-/// Replace a time-of-day multiplier.
-#[utoipa::path(
-    put, path = "/v1/admin/pricing/{region}/time-multipliers/{id}", tag = "admin",
-    params(("region" = String, Path), ("id" = Uuid, Path)),
-    request_body = TimeMultiplierBody,
-    responses(
-        (status = 200, description = "Applied and audited", body = AdminChange),
-        (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such rule", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid or overlapping (field named)", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-pub(crate) async fn update_time_multiplier(
-    call: AdminCall,
-    ApiPath((region, id)): ApiPath<(String, Uuid)>,
-    ApiJson(body): ApiJson<TimeMultiplierBody>,
-) -> ApiResult<Response> {
-    let region = call.region(&region)?;
-    body.validate()?;
-    let mut pending = match call
-        .start(region, &[("region", &region), ("id", &id)], &body)
-        .await?
-    {
-        Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
-        Begun::Fresh(pending) => pending,
-    };
-    let change = admin::time_multiplier_upsert(pending.conn(), region, Some(id), &body).await;
-    call.finish(pending, region, change, StatusCode::OK).await
-}
+table_routes!(
+    by id "/v1/admin/pricing/{region}/time-multipliers",
+    "/v1/admin/pricing/{region}/time-multipliers/{id}",
+    TimeMultiplierBody, invalid = "Invalid or overlapping (field named)",
+    /// Add a time-of-day multiplier (no overlap with the region's other rules).
+    create_time_multiplier => Edit::TimeMultiplier,
+    /// Replace a time-of-day multiplier.
+    update_time_multiplier,
+    /// Delete a time-of-day multiplier.
+    delete_time_multiplier => Edit::DeleteTimeMultiplier,
+);
 
-/// Delete a time-of-day multiplier.
-#[utoipa::path(
-    delete, path = "/v1/admin/pricing/{region}/time-multipliers/{id}", tag = "admin",
-    params(("region" = String, Path), ("id" = Uuid, Path)),
-    responses(
-        (status = 200, description = "Deleted and audited", body = AdminChange),
-        (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such rule", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-pub(crate) async fn delete_time_multiplier(
-    call: AdminCall,
-    ApiPath((region, id)): ApiPath<(String, Uuid)>,
-) -> ApiResult<Response> {
-    let region = call.region(&region)?;
-    let mut pending = match call
-        .start(region, &[("region", &region), ("id", &id)], &())
-        .await?
-    {
-        Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
-        Begun::Fresh(pending) => pending,
-    };
-    let change = admin::time_multiplier_delete(pending.conn(), region, id).await;
-    call.finish(pending, region, change, StatusCode::OK).await
-}
-
-/// Add a discount rule.
-#[utoipa::path(
-    post, path = "/v1/admin/pricing/{region}/discount-rules", tag = "admin",
-    params(("region" = String, Path)),
-    request_body = DiscountBody,
-    responses(
-        (status = 201, description = "Created and audited", body = AdminChange),
-        (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid (field named)", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-pub(crate) async fn create_discount(
-    call: AdminCall,
-    ApiPath(region): ApiPath<String>,
-    ApiJson(body): ApiJson<DiscountBody>,
-) -> ApiResult<Response> {
-    let region = call.region(&region)?;
-    body.validate()?;
-    let mut pending = match call.start(region, &[("region", &region)], &body).await? {
-        Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
-        Begun::Fresh(pending) => pending,
-    };
-    let change = admin::discount_upsert(pending.conn(), region, None, &body).await;
-    call.finish(pending, region, change, StatusCode::CREATED)
-        .await
-}
-
-/// Replace a discount rule.
-#[utoipa::path(
-    put, path = "/v1/admin/pricing/{region}/discount-rules/{id}", tag = "admin",
-    params(("region" = String, Path), ("id" = Uuid, Path)),
-    request_body = DiscountBody,
-    responses(
-        (status = 200, description = "Applied and audited", body = AdminChange),
-        (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such rule", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid (field named)", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-pub(crate) async fn update_discount(
-    call: AdminCall,
-    ApiPath((region, id)): ApiPath<(String, Uuid)>,
-    ApiJson(body): ApiJson<DiscountBody>,
-) -> ApiResult<Response> {
-    let region = call.region(&region)?;
-    body.validate()?;
-    let mut pending = match call
-        .start(region, &[("region", &region), ("id", &id)], &body)
-        .await?
-    {
-        Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
-        Begun::Fresh(pending) => pending,
-    };
-    let change = admin::discount_upsert(pending.conn(), region, Some(id), &body).await;
-    call.finish(pending, region, change, StatusCode::OK).await
-}
-
-/// Delete a discount rule.
-#[utoipa::path(
-    delete, path = "/v1/admin/pricing/{region}/discount-rules/{id}", tag = "admin",
-    params(("region" = String, Path), ("id" = Uuid, Path)),
-    responses(
-        (status = 200, description = "Deleted and audited", body = AdminChange),
-        (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such rule", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-pub(crate) async fn delete_discount(
-    call: AdminCall,
-    ApiPath((region, id)): ApiPath<(String, Uuid)>,
-) -> ApiResult<Response> {
-    let region = call.region(&region)?;
-    let mut pending = match call
-        .start(region, &[("region", &region), ("id", &id)], &())
-        .await?
-    {
-        Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
-        Begun::Fresh(pending) => pending,
-    };
-    let change = admin::discount_delete(pending.conn(), region, id).await;
-    call.finish(pending, region, change, StatusCode::OK).await
-}
+table_routes!(
+    by id "/v1/admin/pricing/{region}/discount-rules",
+    "/v1/admin/pricing/{region}/discount-rules/{id}",
+    DiscountBody, invalid = "Invalid (field named)",
+    /// Add a discount rule.
+    create_discount => Edit::Discount,
+    /// Replace a discount rule.
+    update_discount,
+    /// Delete a discount rule.
+    delete_discount => Edit::DeleteDiscount,
+);
 
 /// The audit trail of pricing changes, newest first.
 #[utoipa::path(
@@ -434,4 +413,46 @@ pub(crate) async fn audit_log(
     }
     let rows = admin::audit_log(&state.db, region, limit).await?;
     Ok(axum::Json(serde_json::json!({ "items": rows })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(edit: &Edit<'_>) -> Option<(&'static str, String)> {
+        edit.key().map(|(name, value)| (name, value.to_string()))
+    }
+
+    #[test]
+    fn a_change_is_fingerprinted_by_its_row_key_and_its_body_or_null_for_a_delete(
+    ) -> Result<(), serde_json::Error> {
+        let id = Uuid::from_u128(7);
+        let rate = BaseRateBody {
+            currency: "EUR".into(),
+            per_hour_minor: 900,
+            per_day_minor: 6_000,
+        };
+        let window = TimeMultiplierBody {
+            days_mask: 31,
+            start_hour: 7,
+            end_hour: 9,
+            multiplier_bp: 12_000,
+            label: None,
+        };
+        // The key: the class by its name, a rule by its id, nothing for a new rule.
+        let base = Edit::BaseRate(VehicleClass::Van, &rate);
+        assert_eq!(key(&base), Some(("class", "van".to_owned())));
+        let update = Edit::TimeMultiplier(Some(id), &window);
+        assert_eq!(key(&update), Some(("id", id.to_string())));
+        assert_eq!(key(&Edit::TimeMultiplier(None, &window)), None);
+        assert_eq!(key(&Edit::DeleteDiscount(id)), Some(("id", id.to_string())));
+        // The body: exactly the request's, field for field; a delete has none (`null`).
+        assert_eq!(serde_json::to_vec(&base)?, serde_json::to_vec(&rate)?);
+        assert_eq!(serde_json::to_vec(&update)?, serde_json::to_vec(&window)?);
+        assert_eq!(
+            serde_json::to_vec(&Edit::DeleteTimeMultiplier(id))?,
+            b"null"
+        );
+        Ok(())
+    }
 }

@@ -1,6 +1,9 @@
 //! Booking routes: hold (create), read, list, confirm, cancel, extend, start, complete.
 //!
 //! v1 and v2 share one core per operation; the versioned handlers only choose the body shape.
+//! Each pair is written by `versioned!` (`http/versioned.rs`) from one response table, and the
+//! writes share theirs through `booking_write!`.
+//!
 //! A write reads top to bottom: parse the request, open the idempotent transaction
 //! (`store::idempotency::begin`: a replay answers at once), take the vehicle's lock in it,
 //! let the booking service (`app::booking`) decide and write, settle the transaction (the effect,
@@ -13,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use domain::booking::Booking;
 use domain::cancellation::CancellationFee;
-use domain::ids::BookingId;
+use domain::ids::{BookingId, VehicleId};
 use domain::state::BookingStatus;
 use uuid::Uuid;
 
@@ -22,31 +25,24 @@ use super::dto::{
 };
 use crate::app::booking::{self, Actor, Command, ListFilter, Viewer};
 use crate::http::auth::AuthUser;
-use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, WriteCall};
 use crate::http::idempotent;
+use crate::http::versioned::{versioned, Version};
 use crate::state::AppState;
 use crate::store::idempotency::Begun;
 
-/// Which body shape to answer with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Version {
-    V1,
-    V2,
-}
-
-impl Version {
-    fn render(
-        self,
-        booking: &Booking,
-        cancellation: Option<&CancellationFee>,
-    ) -> serde_json::Value {
-        let value = match self {
-            Version::V1 => serde_json::to_value(BookingV1::render(booking, cancellation)),
-            Version::V2 => serde_json::to_value(BookingV2::render(booking, cancellation)),
-        };
-        value.unwrap_or_default()
-    }
+/// The booking in the body shape of `version`.
+fn render(
+    version: Version,
+    booking: &Booking,
+    cancellation: Option<&CancellationFee>,
+) -> serde_json::Value {
+    let value = match version {
+        Version::V1 => serde_json::to_value(BookingV1::render(booking, cancellation)),
+        Version::V2 => serde_json::to_value(BookingV2::render(booking, cancellation)),
+    };
+    value.unwrap_or_default()
 }
 
 fn parse_id(raw: &str) -> ApiResult<BookingId> {
@@ -59,6 +55,13 @@ fn actor(call: &WriteCall) -> Actor<'_> {
         id: &call.user.id,
         request_id: call.request_id.0.as_deref(),
     }
+}
+
+/// After a committed write that changed when `vehicle` is taken: its cached quotes (origin L1
+/// and the edge's) may offer a window that is now taken, or refuse one that is now free.
+async fn occupancy_changed(state: &AppState, vehicle: &VehicleId) {
+    state.caches.invalidate_vehicle(vehicle).await;
+    state.edge_gen.bump(vehicle);
 }
 
 async fn create(
@@ -90,14 +93,12 @@ async fn create(
         .await
         .map_err(ApiError::from);
     let settled = idempotent::settle(pending, made, StatusCode::CREATED, |b| {
-        version.render(b, None)
+        render(version, b, None)
     })
     .await;
     lock.release().await;
     let (response, _) = settled?;
-    // Committed: cached quotes of this vehicle may now offer a taken window.
-    state.caches.invalidate_vehicle(&vehicle).await;
-    state.edge_gen.bump(&vehicle);
+    occupancy_changed(state, &vehicle).await;
     Ok(response)
 }
 
@@ -131,17 +132,14 @@ async fn act(
         .await
         .map_err(ApiError::from);
     let settled = idempotent::settle(pending, done, StatusCode::OK, |t| {
-        version.render(&t.booking, t.cancellation.as_ref())
+        render(version, &t.booking, t.cancellation.as_ref())
     })
     .await;
     if let Some(lock) = lock {
         lock.release().await;
     }
     let (response, transition) = settled?;
-    // Committed: the vehicle's occupancy changed, so its cached quotes are stale.
-    let vehicle = transition.booking.vehicle_id;
-    state.caches.invalidate_vehicle(&vehicle).await;
-    state.edge_gen.bump(&vehicle);
+    occupancy_changed(state, &transition.booking.vehicle_id).await;
     Ok(response)
 }
 
@@ -157,7 +155,7 @@ async fn get(
         is_ops: user.is_ops,
     };
     let booking = booking::get(&state.db, &id, viewer).await?;
-    Ok(axum::Json(version.render(&booking, None)).into_response())
+    Ok(axum::Json(render(version, &booking, None)).into_response())
 }
 
 fn encode_list_cursor(created_at: DateTime<Utc>, id: Uuid) -> String {
@@ -235,189 +233,121 @@ async fn list(
     } else {
         None
     };
-    let items: Vec<serde_json::Value> =
-        rows.into_iter().map(|b| version.render(&b, None)).collect();
+    let items: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|b| render(version, &b, None))
+        .collect();
     Ok(axum::Json(BookingPage { items, next_cursor }).into_response())
 }
 
-/// Generates the v1 and v2 handler of one route around a shared core, each with its own
-/// OpenAPI description (utoipa needs one annotated function per path).
-macro_rules! versioned {
-    ($(#[$doc:meta])* $v1:ident, $v2:ident, $p1:literal, $p2:literal, [$($extra:tt)*], |$call:ident, $ver:ident| ($($arg:ident : $ty:ty),*) $body:block, $ok:literal) => {
-        $(#[$doc])*
-        #[utoipa::path(
-            post, path = $p1, tag = "bookings",
-            $($extra)*
-            responses(
-                (status = $ok, description = "The booking", body = BookingV1),
-                (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-                (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-                (status = 403, description = "Not allowed", body = Problem, content_type = "application/problem+json"),
-                (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
-                (status = 409, description = "Conflict", body = Problem, content_type = "application/problem+json"),
-                (status = 422, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
+/// A booking write (POST, with an `Idempotency-Key`) in both versions: `[…]` holds its
+/// `request_body`, if any, and `params(…)` its path parameters; the answers besides the booking
+/// are the same for every write.
+macro_rules! booking_write {
+    (
+        $(#[$doc:meta])* $v1:ident $p1:literal, $v2:ident $p2:literal => $ok:literal,
+        [$($request:tt)*], params($($params:tt)*),
+        |$call:ident, $version:ident| ($($arg:ident : $ty:ty),*) $body:block
+    ) => {
+        versioned!(
+            post, tag = "bookings",
+            [$($request)*
+             params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried POST return the first answer"),
+                    $($params)*),],
+            errors(
+                400 "Malformed request",
+                401 "Missing or invalid token",
+                403 "Not allowed",
+                404 "Not found",
+                409 "Conflict",
+                422 "Invalid request",
             ),
-            security(("bearer" = []))
-        )]
-        pub(crate) async fn $v1($call: WriteCall, $($arg: $ty),*) -> ApiResult<Response> {
-            let $ver = Version::V1;
-            $body
-        }
-
-        $(#[$doc])*
-        #[utoipa::path(
-            post, path = $p2, tag = "bookings",
-            $($extra)*
-            responses(
-                (status = $ok, description = "The booking", body = BookingV2),
-                (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-                (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-                (status = 403, description = "Not allowed", body = Problem, content_type = "application/problem+json"),
-                (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
-                (status = 409, description = "Conflict", body = Problem, content_type = "application/problem+json"),
-                (status = 422, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
-            ),
-            security(("bearer" = []))
-        )]
-        pub(crate) async fn $v2($call: WriteCall, $($arg: $ty),*) -> ApiResult<Response> {
-            let $ver = Version::V2;
-            $body
-        }
+            $(#[$doc])* $v1 $p1 => (status = $ok, description = "The booking", body = BookingV1),
+            $(#[$doc])* $v2 $p2 => (status = $ok, description = "The booking", body = BookingV2),
+            |$version| ($call: WriteCall, $($arg: $ty),*) -> ApiResult<Response> $body
+        );
     };
 }
 
-versioned!(
+booking_write!(
     /// Hold a vehicle with a quote token: a RESERVING booking that expires unless confirmed.
-    create_v1, create_v2, "/v1/bookings", "/v2/bookings",
-    [request_body = CreateBookingRequest,
-     params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried POST return the first answer")),],
+    create_v1 "/v1/bookings", create_v2 "/v2/bookings" => 201,
+    [request_body = CreateBookingRequest,], params(),
     |call, version| (body: ApiJson<CreateBookingRequest>) {
         create(call, version, body.0).await
-    },
-    201
+    }
 );
 
+/// A booking action without a body, in both versions.
 macro_rules! action {
-    ($(#[$doc:meta])* $v1:ident, $v2:ident, $p1:literal, $p2:literal, $action:expr) => {
-        versioned!(
-            $(#[$doc])* $v1, $v2, $p1, $p2,
-            [params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried POST return the first answer"),
-                    ("id" = String, Path, description = "Booking id, e.g. bkg_euw_…")),],
+    ($(#[$doc:meta])* $v1:ident $p1:literal, $v2:ident $p2:literal, $command:expr) => {
+        booking_write!(
+            $(#[$doc])* $v1 $p1, $v2 $p2 => 200,
+            [], params(("id" = String, Path, description = "Booking id, e.g. bkg_euw_…")),
             |call, version| (id: ApiPath<String>) {
-                act(call, version, &id.0, $action).await
-            },
-            200
+                act(call, version, &id.0, $command).await
+            }
         );
     };
 }
 
 action!(
     /// Confirm a hold before it expires.
-    confirm_v1, confirm_v2, "/v1/bookings/{id}/confirm", "/v2/bookings/{id}/confirm", Command::Confirm
+    confirm_v1 "/v1/bookings/{id}/confirm", confirm_v2 "/v2/bookings/{id}/confirm", Command::Confirm
 );
 action!(
     /// Cancel a hold or a confirmed booking; the response shows the fee (by how close to the start).
-    cancel_v1, cancel_v2, "/v1/bookings/{id}/cancel", "/v2/bookings/{id}/cancel", Command::Cancel
+    cancel_v1 "/v1/bookings/{id}/cancel", cancel_v2 "/v2/bookings/{id}/cancel", Command::Cancel
 );
 action!(
     /// Start a confirmed booking (from 15 minutes before its start).
-    start_v1, start_v2, "/v1/bookings/{id}/start", "/v2/bookings/{id}/start", Command::Start
+    start_v1 "/v1/bookings/{id}/start", start_v2 "/v2/bookings/{id}/start", Command::Start
 );
 action!(
     /// Complete a booking in progress; the vehicle is released.
-    complete_v1, complete_v2, "/v1/bookings/{id}/complete", "/v2/bookings/{id}/complete", Command::Complete
+    complete_v1 "/v1/bookings/{id}/complete", complete_v2 "/v2/bookings/{id}/complete", Command::Complete
 );
 
-versioned!(
+booking_write!(
     /// Extend a booking's end if the vehicle is free after it; the extra time is priced.
-    extend_v1, extend_v2, "/v1/bookings/{id}/extend", "/v2/bookings/{id}/extend",
-    [request_body = ExtendRequest,
-     params(("Idempotency-Key" = Option<String>, Header, description = "Makes a retried POST return the first answer"),
-            ("id" = String, Path, description = "Booking id, e.g. bkg_euw_…")),],
+    extend_v1 "/v1/bookings/{id}/extend", extend_v2 "/v2/bookings/{id}/extend" => 200,
+    [request_body = ExtendRequest,], params(("id" = String, Path, description = "Booking id, e.g. bkg_euw_…")),
     |call, version| (id: ApiPath<String>, body: ApiJson<ExtendRequest>) {
         let new_end = body.0.end;
         act(call, version, &id.0, Command::Extend { new_end }).await
-    },
-    200
+    }
 );
 
-/// Read one booking: your own, or any for ops.
-#[utoipa::path(
-    get, path = "/v1/bookings/{id}", tag = "bookings",
-    params(("id" = String, Path, description = "Booking id, e.g. bkg_euw_…")),
-    responses(
-        (status = 200, description = "The booking", body = BookingV1),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+versioned!(
+    get, tag = "bookings", [params(("id" = String, Path, description = "Booking id, e.g. bkg_euw_…")),],
+    errors(
+        401 "Missing or invalid token",
+        404 "Not found",
     ),
-    security(("bearer" = []))
-)]
-pub(crate) async fn get_v1(
-    State(state): State<AppState>,
-    user: AuthUser,
-    ApiPath(id): ApiPath<String>,
-) -> ApiResult<Response> {
-    get(state, user, Version::V1, id).await
-}
+    /// Read one booking: your own, or any for ops.
+    get_v1 "/v1/bookings/{id}" => (status = 200, description = "The booking", body = BookingV1),
+    /// Read one booking with its breakdown (v2).
+    get_v2 "/v2/bookings/{id}" => (status = 200, description = "The booking", body = BookingV2),
+    |version| (State(state): State<AppState>, user: AuthUser, ApiPath(id): ApiPath<String>) -> ApiResult<Response> {
+        get(state, user, version, id).await
+    }
+);
 
-/// Read one booking with its breakdown (v2).
-#[utoipa::path(
-    get, path = "/v2/bookings/{id}", tag = "bookings",
-    params(("id" = String, Path, description = "Booking id, e.g. bkg_euw_…")),
-    responses(
-        (status = 200, description = "The booking", body = BookingV2),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Not found", body = Problem, content_type = "application/problem+json"),
+versioned!(
+    get, tag = "bookings", [params(ListQuery),],
+    errors(
+        400 "Bad query",
+        401 "Missing or invalid token",
+        403 "Not ops",
     ),
-    security(("bearer" = []))
-)]
-pub(crate) async fn get_v2(
-    State(state): State<AppState>,
-    user: AuthUser,
-    ApiPath(id): ApiPath<String>,
-) -> ApiResult<Response> {
-    get(state, user, Version::V2, id).await
-}
-
-/// List your bookings, newest first (ops may pass `user_id`).
-#[utoipa::path(
-    get, path = "/v1/bookings", tag = "bookings",
-    params(ListQuery),
-    responses(
-        (status = 200, description = "A page of bookings", body = BookingPage<BookingV1>),
-        (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-pub(crate) async fn list_v1(
-    State(state): State<AppState>,
-    user: AuthUser,
-    ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Response> {
-    list(state, user, Version::V1, q).await
-}
-
-/// List your bookings (v2 bodies).
-#[utoipa::path(
-    get, path = "/v2/bookings", tag = "bookings",
-    params(ListQuery),
-    responses(
-        (status = 200, description = "A page of bookings", body = BookingPage<BookingV2>),
-        (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-pub(crate) async fn list_v2(
-    State(state): State<AppState>,
-    user: AuthUser,
-    ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Response> {
-    list(state, user, Version::V2, q).await
-}
+    /// List your bookings, newest first (ops may pass `user_id`).
+    list_v1 "/v1/bookings" => (status = 200, description = "A page of bookings", body = BookingPage<BookingV1>),
+    /// List your bookings (v2 bodies).
+    list_v2 "/v2/bookings" => (status = 200, description = "A page of bookings", body = BookingPage<BookingV2>),
+    |version| (State(state): State<AppState>, user: AuthUser, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Response> {
+        list(state, user, version, q).await
+    }
+);
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::app::search::Hit;
+
 /// Money in minor units (v2).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub(crate) struct MoneyDto {
@@ -362,34 +364,68 @@ pub(crate) struct BayDto {
     pub lon: f64,
 }
 
-/// A search hit (v1: decimal price; v2: minor units).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub(crate) struct VehicleHitV1 {
-    pub vehicle_id: String,
-    pub class: String,
-    pub make: String,
-    pub model: String,
-    pub seats: i16,
-    pub fuel: String,
-    pub bay: BayDto,
-    pub distance_m: u32,
-    /// Indicative price for the window (time of day included; surge, risk and discounts not).
-    pub price: String,
-    pub currency: String,
+/// Writes a search-hit type and its conversion from [`Hit`]: the vehicle and bay fields both
+/// versions show, in this order, then the version's own price fields, each with the
+/// expression that computes it from the hit named after `from`. One list, so v1 and v2 cannot
+/// drift (`serde(flatten)` would share it too, but turns the OpenAPI schema into an `allOf`).
+macro_rules! vehicle_hit {
+    (
+        $(#[$doc:meta])* $name:ident from $hit:ident {
+            $($(#[$field_doc:meta])* pub $field:ident: $ty:ty = $value:expr,)*
+        }
+    ) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+        pub(crate) struct $name {
+            pub vehicle_id: String,
+            pub class: String,
+            pub make: String,
+            pub model: String,
+            pub seats: i16,
+            pub fuel: String,
+            pub bay: BayDto,
+            pub distance_m: u32,
+            $($(#[$field_doc])* pub $field: $ty,)*
+        }
+
+        impl From<&Hit> for $name {
+            fn from($hit: &Hit) -> Self {
+                let vehicle = &$hit.vehicle;
+                $name {
+                    vehicle_id: vehicle.vehicle_id.to_string(),
+                    class: vehicle.class.as_str().to_owned(),
+                    make: vehicle.make.clone(),
+                    model: vehicle.model.clone(),
+                    seats: vehicle.seats,
+                    fuel: vehicle.fuel.clone(),
+                    bay: BayDto {
+                        id: vehicle.bay_id,
+                        name: vehicle.bay_name.clone(),
+                        lat: vehicle.lat,
+                        lon: vehicle.lon,
+                    },
+                    distance_m: $hit.distance_m,
+                    $($field: $value,)*
+                }
+            }
+        }
+    };
 }
 
-/// A search hit (v2).
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub(crate) struct VehicleHitV2 {
-    pub vehicle_id: String,
-    pub class: String,
-    pub make: String,
-    pub model: String,
-    pub seats: i16,
-    pub fuel: String,
-    pub bay: BayDto,
-    pub distance_m: u32,
-    pub indicative_price: MoneyDto,
+vehicle_hit! {
+    /// A search hit (v1: decimal price; v2: minor units).
+    VehicleHitV1 from hit {
+        /// Indicative price for the window (time of day included; surge, risk and discounts not).
+        pub price: String = decimal(hit.price()),
+        pub currency: String = hit.currency.code().to_owned(),
+    }
+}
+
+vehicle_hit! {
+    /// A search hit (v2).
+    VehicleHitV2 from hit {
+        pub indicative_price: MoneyDto = MoneyDto::from(hit.price()),
+    }
 }
 
 /// A page of search hits.

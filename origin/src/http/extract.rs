@@ -4,112 +4,91 @@
 use std::fmt::Display;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, MatchedPath, Request};
+use axum::extract::{FromRequest, FromRequestParts, MatchedPath};
 use axum::http::request::Parts;
 use axum::http::Method;
-use serde::de::DeserializeOwned;
 
 use crate::http::auth::AuthUser;
 use crate::http::error::ApiError;
 use crate::state::AppState;
 use crate::store::idempotency::{self, Begun, Fingerprint};
 
+// The three wrappers take their extraction from axum (`via`) and only map its rejection, each
+// in its `From` impl below.
+
 /// JSON body: malformed JSON is a 400, a body of the wrong shape (type, unknown or missing
 /// field, invalid window) a 422 naming the path, a missing content type a 415.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
 pub(crate) struct ApiJson<T>(pub T);
 
-impl<S, T> FromRequest<S> for ApiJson<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(value)) => Ok(ApiJson(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::JsonDataError(e) => {
+                // "Failed to deserialize the JSON body into the target type: start: premature end…"
+                let detail = cause(&e, || e.body_text());
+                let field = detail
+                    .split_once(':')
+                    .map(|(path, _)| path.trim().to_owned())
+                    .filter(|p| !p.contains(' ') && !p.is_empty() && p != ".");
+                ApiError::Validation { field, detail }
+            }
+            JsonRejection::JsonSyntaxError(e) => {
+                ApiError::BadRequest(format!("malformed JSON: {}", cause(&e, || e.body_text())))
+            }
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
+                "expected a body with content-type: application/json".into(),
+            ),
+            JsonRejection::BytesRejection(e) => {
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge("the request body is too large".into())
+                } else {
+                    ApiError::BadRequest(format!("could not read the body: {}", e.body_text()))
+                }
+            }
+            other => ApiError::BadRequest(other.body_text()),
         }
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    match rejection {
-        JsonRejection::JsonDataError(e) => {
-            // "Failed to deserialize the JSON body into the target type: start: premature end…"
-            let detail = std::error::Error::source(&e)
-                .map(ToString::to_string)
-                .unwrap_or_else(|| e.body_text());
-            let field = detail
-                .split_once(':')
-                .map(|(path, _)| path.trim().to_owned())
-                .filter(|p| !p.contains(' ') && !p.is_empty() && p != ".");
-            ApiError::Validation { field, detail }
-        }
-        JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest(format!(
-            "malformed JSON: {}",
-            std::error::Error::source(&e)
-                .map(ToString::to_string)
-                .unwrap_or_else(|| e.body_text())
-        )),
-        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType(
-            "expected a body with content-type: application/json".into(),
-        ),
-        JsonRejection::BytesRejection(e) => {
-            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge("the request body is too large".into())
-            } else {
-                ApiError::BadRequest(format!("could not read the body: {}", e.body_text()))
-            }
-        }
-        other => ApiError::BadRequest(other.body_text()),
-    }
+/// What a rejection says: the error beneath it when there is one (serde's, which names the
+/// field or parameter), else axum's own text.
+fn cause(rejection: &dyn std::error::Error, text: impl FnOnce() -> String) -> String {
+    rejection
+        .source()
+        .map(ToString::to_string)
+        .unwrap_or_else(text)
 }
 
 /// Query string: any parse error is a 400 naming the parameter.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub(crate) struct ApiQuery<T>(pub T);
 
-impl<S, T> FromRequestParts<S> for ApiQuery<T>
-where
-    T: DeserializeOwned,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Query(value)) => Ok(ApiQuery(value)),
-            Err(QueryRejection::FailedToDeserializeQueryString(e)) => {
-                let detail = std::error::Error::source(&e)
-                    .map(ToString::to_string)
-                    .unwrap_or_else(|| e.body_text());
-                Err(ApiError::BadRequest(format!("invalid query: {detail}")))
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        match rejection {
+            QueryRejection::FailedToDeserializeQueryString(e) => {
+                ApiError::BadRequest(format!("invalid query: {}", cause(&e, || e.body_text())))
             }
-            Err(other) => Err(ApiError::BadRequest(other.body_text())),
+            other => ApiError::BadRequest(other.body_text()),
         }
     }
 }
 
 /// Path parameters: a malformed id is a 404 (it names nothing that exists), never a 500.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
 pub(crate) struct ApiPath<T>(pub T);
 
-impl<S, T> FromRequestParts<S> for ApiPath<T>
-where
-    T: DeserializeOwned + Send,
-    S: Send + Sync,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Path(value)) => Ok(ApiPath(value)),
-            Err(PathRejection::FailedToDeserializePathParams(e)) => Err(ApiError::NotFound(
-                format!("no such resource: {}", e.body_text()),
-            )),
-            Err(other) => Err(ApiError::BadRequest(other.body_text())),
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        match rejection {
+            PathRejection::FailedToDeserializePathParams(e) => {
+                ApiError::NotFound(format!("no such resource: {}", e.body_text()))
+            }
+            other => ApiError::BadRequest(other.body_text()),
         }
     }
 }

@@ -16,6 +16,7 @@ pub(crate) mod quotes;
 pub(crate) mod search;
 pub(crate) mod shed;
 pub(crate) mod surge;
+pub(crate) mod versioned;
 
 use std::time::Duration;
 

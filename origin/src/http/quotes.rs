@@ -16,7 +16,7 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use domain::ids::VehicleId;
 use domain::quote_token::QuoteClaims;
@@ -31,8 +31,9 @@ use crate::app::pricing::validate::{self, Baseline, Refusal};
 use crate::app::pricing::{self, Customer};
 use crate::app::surge;
 use crate::http::auth::AuthUser;
-use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::ApiJson;
+use crate::http::versioned::{versioned, Version};
 use crate::redis::cache::{CachedQuote, QuoteKey};
 use crate::state::AppState;
 use crate::store;
@@ -284,35 +285,15 @@ fn quote_headers(cache: &'static str, degraded: &[&'static str]) -> axum::http::
     headers
 }
 
-/// Get a priced quote (v1).
-#[utoipa::path(
-    post, path = "/v1/quotes", tag = "quotes",
-    request_body = QuoteRequest,
-    responses(
-        (status = 201, description = "A signed quote", body = QuoteV1, headers(
-            ("pricing-degraded" = String, description = "Pricing inputs that used a fallback because their source was slow or down (`risk`, `demand`, comma-separated); absent when every input was fresh"),
-            ("x-cache" = String, description = "`hit` when answered from the L1 cache, else `miss`"),
-        )),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such vehicle", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Vehicle not available", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Price refused by validation, or a dependency down", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-pub(crate) async fn create_quote_v1(
-    State(state): State<AppState>,
-    user: AuthUser,
-    ApiJson(req): ApiJson<QuoteRequest>,
-) -> ApiResult<impl IntoResponse> {
-    let (quote, cache, degraded) = make_quote(&state, &user, req).await?;
-    let CachedQuote { claims, token, .. } = quote;
-    Ok((
-        StatusCode::CREATED,
-        quote_headers(cache, &degraded),
-        axum::Json(QuoteV1 {
+/// The quote in the body shape of `version`.
+fn render(version: Version, quote: CachedQuote, degraded: &[&'static str]) -> Response {
+    let CachedQuote {
+        claims,
+        breakdown,
+        token,
+    } = quote;
+    match version {
+        Version::V1 => axum::Json(QuoteV1 {
             quote_id: claims.quote_id,
             quote_token: token,
             vehicle_id: claims.vehicle_id.to_string(),
@@ -321,40 +302,9 @@ pub(crate) async fn create_quote_v1(
             price: decimal(claims.total),
             currency: claims.total.currency.code().to_owned(),
             expires_at: claims.expires_at,
-        }),
-    ))
-}
-
-/// Get a priced quote with its itemised breakdown (v2).
-#[utoipa::path(
-    post, path = "/v2/quotes", tag = "quotes",
-    request_body = QuoteRequest,
-    responses(
-        (status = 201, description = "A signed quote with breakdown", body = QuoteV2),
-        (status = 400, description = "Malformed request", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such vehicle", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Vehicle not available", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid request", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Price refused by validation, or a dependency down", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-pub(crate) async fn create_quote_v2(
-    State(state): State<AppState>,
-    user: AuthUser,
-    ApiJson(req): ApiJson<QuoteRequest>,
-) -> ApiResult<impl IntoResponse> {
-    let (quote, cache, degraded) = make_quote(&state, &user, req).await?;
-    let CachedQuote {
-        claims,
-        breakdown,
-        token,
-    } = quote;
-    Ok((
-        StatusCode::CREATED,
-        quote_headers(cache, &degraded),
-        axum::Json(QuoteV2 {
+        })
+        .into_response(),
+        Version::V2 => axum::Json(QuoteV2 {
             quote_id: claims.quote_id,
             quote_token: token,
             vehicle_id: claims.vehicle_id.to_string(),
@@ -373,6 +323,31 @@ pub(crate) async fn create_quote_v2(
             },
             degraded: degraded.iter().map(|d| (*d).to_owned()).collect(),
             expires_at: claims.expires_at,
-        }),
-    ))
+        })
+        .into_response(),
+    }
 }
+
+versioned!(
+    post, tag = "quotes", [request_body = QuoteRequest,],
+    errors(
+        400 "Malformed request",
+        401 "Missing or invalid token",
+        404 "No such vehicle",
+        409 "Vehicle not available",
+        422 "Invalid request",
+        503 "Price refused by validation, or a dependency down",
+    ),
+    /// Get a priced quote (v1).
+    create_quote_v1 "/v1/quotes" => (status = 201, description = "A signed quote", body = QuoteV1, headers(
+        ("pricing-degraded" = String, description = "Pricing inputs that used a fallback because their source was slow or down (`risk`, `demand`, comma-separated); absent when every input was fresh"),
+        ("x-cache" = String, description = "`hit` when answered from the L1 cache, else `miss`"),
+    )),
+    /// Get a priced quote with its itemised breakdown (v2).
+    create_quote_v2 "/v2/quotes" => (status = 201, description = "A signed quote with breakdown", body = QuoteV2),
+    |version| (State(state): State<AppState>, user: AuthUser, ApiJson(req): ApiJson<QuoteRequest>) -> ApiResult<Response> {
+        let (quote, cache, degraded) = make_quote(&state, &user, req).await?;
+        let headers = quote_headers(cache, &degraded);
+        Ok((StatusCode::CREATED, headers, render(version, quote, &degraded)).into_response())
+    }
+);

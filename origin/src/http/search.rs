@@ -3,16 +3,16 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use domain::money::Money;
 use domain::search::{GeoPoint, SearchCursor};
 use domain::vehicle::VehicleClass;
 
-use super::dto::{decimal, BayDto, MoneyDto, SearchPage, SearchParams, VehicleHitV1, VehicleHitV2};
+use super::dto::{SearchPage, SearchParams, VehicleHitV1, VehicleHitV2};
 use crate::app::search::{self, Hit, SearchQuery, MAX_LIMIT, MAX_RADIUS_M};
 use crate::http::auth::AuthUser;
-use crate::http::error::{ApiError, ApiResult, Problem};
+use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::ApiQuery;
 use crate::http::quotes::parse_window;
+use crate::http::versioned::{versioned, Version};
 use crate::state::AppState;
 
 const FUELS: [&str; 4] = ["petrol", "diesel", "hybrid", "electric"];
@@ -105,92 +105,34 @@ async fn run(state: &AppState, p: SearchParams) -> ApiResult<search::Page> {
     .await?)
 }
 
-fn bay(h: &Hit) -> BayDto {
-    BayDto {
-        id: h.bay_id,
-        name: h.bay_name.clone(),
-        lat: h.lat,
-        lon: h.lon,
+/// The page in the body shape of one version.
+fn render<T>(page: search::Page) -> Response
+where
+    T: serde::Serialize + for<'h> From<&'h Hit>,
+{
+    axum::Json(SearchPage {
+        items: page.hits.iter().map(T::from).collect::<Vec<T>>(),
+        next_cursor: page.next.map(|c| c.encode()),
+    })
+    .into_response()
+}
+
+versioned!(
+    get, tag = "search", [params(SearchParams),],
+    errors(
+        400 "Bad query",
+        401 "Missing or invalid token",
+        422 "Invalid window",
+    ),
+    /// Search available vehicles near a point (v1).
+    search_v1 "/v1/vehicles/search" => (status = 200, description = "Available vehicles, nearest first, then cheapest", body = SearchPage<VehicleHitV1>),
+    /// Search available vehicles near a point (v2).
+    search_v2 "/v2/vehicles/search" => (status = 200, description = "Available vehicles, nearest first, then cheapest", body = SearchPage<VehicleHitV2>),
+    |version| (State(state): State<AppState>, _user: AuthUser, ApiQuery(p): ApiQuery<SearchParams>) -> ApiResult<Response> {
+        let page = run(&state, p).await?;
+        Ok(match version {
+            Version::V1 => render::<VehicleHitV1>(page),
+            Version::V2 => render::<VehicleHitV2>(page),
+        })
     }
-}
-
-/// Search available vehicles near a point (v1).
-#[utoipa::path(
-    get, path = "/v1/vehicles/search", tag = "search",
-    params(SearchParams),
-    responses(
-        (status = 200, description = "Available vehicles, nearest first, then cheapest", body = SearchPage<VehicleHitV1>),
-        (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid window", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-pub(crate) async fn search_v1(
-    State(state): State<AppState>,
-    _user: AuthUser,
-    ApiQuery(p): ApiQuery<SearchParams>,
-) -> ApiResult<Response> {
-    let page = run(&state, p).await?;
-    let items = page
-        .hits
-        .iter()
-        .map(|h| VehicleHitV1 {
-            vehicle_id: h.vehicle_id.to_string(),
-            class: h.class.as_str().to_owned(),
-            make: h.make.clone(),
-            model: h.model.clone(),
-            seats: h.seats,
-            fuel: h.fuel.clone(),
-            bay: bay(h),
-            distance_m: h.distance_m,
-            price: decimal(Money::new(h.price_minor, h.currency)),
-            currency: h.currency.code().to_owned(),
-        })
-        .collect();
-    Ok(axum::Json(SearchPage {
-        items,
-        next_cursor: page.next.map(|c| c.encode()),
-    })
-    .into_response())
-}
-
-/// Search available vehicles near a point (v2).
-#[utoipa::path(
-    get, path = "/v2/vehicles/search", tag = "search",
-    params(SearchParams),
-    responses(
-        (status = 200, description = "Available vehicles, nearest first, then cheapest", body = SearchPage<VehicleHitV2>),
-        (status = 400, description = "Bad query", body = Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or invalid token", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid window", body = Problem, content_type = "application/problem+json"),
-    ),
-    security(("bearer" = []))
-)]
-pub(crate) async fn search_v2(
-    State(state): State<AppState>,
-    _user: AuthUser,
-    ApiQuery(p): ApiQuery<SearchParams>,
-) -> ApiResult<Response> {
-    let page = run(&state, p).await?;
-    let items = page
-        .hits
-        .iter()
-        .map(|h| VehicleHitV2 {
-            vehicle_id: h.vehicle_id.to_string(),
-            class: h.class.as_str().to_owned(),
-            make: h.make.clone(),
-            model: h.model.clone(),
-            seats: h.seats,
-            fuel: h.fuel.clone(),
-            bay: bay(h),
-            distance_m: h.distance_m,
-            indicative_price: MoneyDto::from(Money::new(h.price_minor, h.currency)),
-        })
-        .collect();
-    Ok(axum::Json(SearchPage {
-        items,
-        next_cursor: page.next.map(|c| c.encode()),
-    })
-    .into_response())
-}
+);

@@ -7,7 +7,7 @@ use domain::region::Region;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::admin::{require_ops, served_region};
+use super::admin::{ops_region, served_region};
 use crate::app::surge::{self, CellSurge, SurgeGrid};
 use crate::http::auth::AuthUser;
 use crate::http::error::{ApiError, ApiResult, Problem};
@@ -161,8 +161,7 @@ pub(crate) async fn recompute(
     user: AuthUser,
     ApiQuery(query): ApiQuery<RecomputeQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    require_ops(&user)?;
-    let region = served_region(&state, &query.region)?;
+    let region = ops_region(&state, &user, &query.region)?;
     let grid = state
         .surge
         .recompute(region)

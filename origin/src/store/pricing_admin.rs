@@ -24,19 +24,32 @@ pub(crate) async fn lock_region(conn: &mut PgConnection, region: Region) -> sqlx
     Ok(())
 }
 
+/// One row of a pricing table as JSON (`to_jsonb`), by region and key: the snapshot an
+/// audited change takes before and after. The table and key column are literals joined into
+/// the statement, so the query macros still check each statement.
+macro_rules! row_as_json {
+    ($conn:expr, $table:literal, $key_column:literal, $region:expr, $key:expr) => {
+        sqlx::query_scalar!(
+            r#"select to_jsonb(t) as "row!" from "#
+                + $table
+                + " t where t.region = $1 and t."
+                + $key_column
+                + " = $2",
+            $region.code(),
+            $key,
+        )
+        .fetch_optional(&mut *$conn)
+        .await
+    };
+}
+
 /// A class's `base_rates` row as JSON.
 pub(crate) async fn base_rate_row(
     conn: &mut PgConnection,
     region: Region,
     class: VehicleClass,
 ) -> sqlx::Result<Option<Value>> {
-    sqlx::query_scalar!(
-        r#"select to_jsonb(t) as "row!" from base_rates t where t.region = $1 and t.class = $2"#,
-        region.code(),
-        class.as_str(),
-    )
-    .fetch_optional(&mut *conn)
-    .await
+    row_as_json!(conn, "base_rates", "class", region, class.as_str())
 }
 
 /// A class's `vehicle_config` row as JSON.
@@ -45,13 +58,7 @@ pub(crate) async fn vehicle_config_row(
     region: Region,
     class: VehicleClass,
 ) -> sqlx::Result<Option<Value>> {
-    sqlx::query_scalar!(
-        r#"select to_jsonb(t) as "row!" from vehicle_config t where t.region = $1 and t.class = $2"#,
-        region.code(),
-        class.as_str(),
-    )
-    .fetch_optional(&mut *conn)
-    .await
+    row_as_json!(conn, "vehicle_config", "class", region, class.as_str())
 }
 
 /// A `time_multipliers` row of the region as JSON.
@@ -60,13 +67,7 @@ pub(crate) async fn time_multiplier_row(
     region: Region,
     id: Uuid,
 ) -> sqlx::Result<Option<Value>> {
-    sqlx::query_scalar!(
-        r#"select to_jsonb(t) as "row!" from time_multipliers t where t.region = $1 and t.id = $2"#,
-        region.code(),
-        id,
-    )
-    .fetch_optional(&mut *conn)
-    .await
+    row_as_json!(conn, "time_multipliers", "id", region, id)
 }
 
 /// A `discount_rules` row of the region as JSON.
@@ -75,13 +76,7 @@ pub(crate) async fn discount_row(
     region: Region,
     id: Uuid,
 ) -> sqlx::Result<Option<Value>> {
-    sqlx::query_scalar!(
-        r#"select to_jsonb(t) as "row!" from discount_rules t where t.region = $1 and t.id = $2"#,
-        region.code(),
-        id,
-    )
-    .fetch_optional(&mut *conn)
-    .await
+    row_as_json!(conn, "discount_rules", "id", region, id)
 }
 
 /// Creates or replaces a class's base rate (in the region's currency).
@@ -198,20 +193,27 @@ pub(crate) async fn upsert_time_multiplier(
     Ok(())
 }
 
+/// Deletes rule `id` of the region from a rule table (`time_multipliers`, `discount_rules`).
+macro_rules! delete_rule {
+    ($conn:expr, $table:literal, $region:expr, $id:expr) => {
+        sqlx::query!(
+            "delete from " + $table + " where id = $1 and region = $2",
+            $id,
+            $region.code(),
+        )
+        .execute(&mut *$conn)
+        .await
+        .map(drop)
+    };
+}
+
 /// Deletes the time-of-day rule `id` of the region.
 pub(crate) async fn delete_time_multiplier(
     conn: &mut PgConnection,
     region: Region,
     id: Uuid,
 ) -> sqlx::Result<()> {
-    sqlx::query!(
-        "delete from time_multipliers where id = $1 and region = $2",
-        id,
-        region.code(),
-    )
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    delete_rule!(conn, "time_multipliers", region, id)
 }
 
 /// A discount rule as written.
@@ -285,14 +287,7 @@ pub(crate) async fn delete_discount(
     region: Region,
     id: Uuid,
 ) -> sqlx::Result<()> {
-    sqlx::query!(
-        "delete from discount_rules where id = $1 and region = $2",
-        id,
-        region.code(),
-    )
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+    delete_rule!(conn, "discount_rules", region, id)
 }
 
 /// One `pricing_audit` row to write.

@@ -2,10 +2,9 @@
 //!
 //! Two statements that differ only in how they bound the bays: by the vehicle ids the GEO
 //! index found ([`near_ids`]), or by a bounding box on the bays' coordinates when the index
-//! cannot answer ([`in_box`]). Everything after the candidate predicate is the same text in
-//! both ($1–$8; the bound's own parameters come after) — keep it so: the search must answer the
-//! same with or without Redis. The window check
-//! is the occupancy predicate of `store::vehicles` (expired holds do not count).
+//! cannot answer ([`in_box`]). Everything else is one text, joined around the bound
+//! (`candidates_where!`), because the search must answer the same with or without Redis. The
+//! window check is the occupancy predicate of `store::vehicles` (expired holds do not count).
 
 use chrono::{DateTime, Utc};
 use domain::ids::VehicleId;
@@ -98,19 +97,18 @@ fn codes(regions: &[Region]) -> Vec<&'static str> {
     regions.iter().map(|r| r.code()).collect()
 }
 
-/// The candidates among `ids` (found by the GEO index).
-pub(crate) async fn near_ids(
-    pool: &PgPool,
-    ids: &[Uuid],
-    filters: &Filters<'_>,
-) -> sqlx::Result<Vec<Candidate>> {
-    let rows = sqlx::query_as!(
-        CandidateRow,
-        r#"select v.id, v.region, v.class, v.make, v.model, v.seats, v.fuel,
+/// The candidate statement around its bound on the bays: the columns, the filters ($1–$4), the
+/// window check ($5–$7) and the limit ($8) are one text for both bounds, joined around
+/// `$bound`, whose own parameters (`$bound_arg`) come after, from $9.
+macro_rules! candidates_where {
+    ($bound:literal, $filters:expr $(, $bound_arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            CandidateRow,
+            r#"select v.id, v.region, v.class, v.make, v.model, v.seats, v.fuel,
                   b.id as bay_id, b.name as bay_name, b.lat, b.lon, b.timezone
              from parking_bays b
              join vehicles v on v.bay_id = b.id
-            where v.region = any($1) and v.id = any($9)
+            where "# + $bound + r#"
               and v.status = 'active'
               and ($2::text is null or v.class = $2)
               and ($3::smallint is null or v.seats >= $3)
@@ -122,18 +120,28 @@ pub(crate) async fn near_ids(
                      and k.period && tstzrange($5, $6, '[)')
                      and not (k.status = 'RESERVING' and k.hold_expires_at <= $7))
             limit $8"#,
-        &codes(filters.regions) as &[&str],
-        filters.class.map(VehicleClass::as_str),
-        filters.min_seats,
-        filters.fuel,
-        filters.window.start(),
-        filters.window.end(),
-        filters.now,
-        filters.limit,
-        ids,
-    )
-    .fetch_all(pool)
-    .await?;
+            &codes($filters.regions) as &[&str],
+            $filters.class.map(VehicleClass::as_str),
+            $filters.min_seats,
+            $filters.fuel,
+            $filters.window.start(),
+            $filters.window.end(),
+            $filters.now,
+            $filters.limit,
+            $($bound_arg,)*
+        )
+    };
+}
+
+/// The candidates among `ids` (found by the GEO index).
+pub(crate) async fn near_ids(
+    pool: &PgPool,
+    ids: &[Uuid],
+    filters: &Filters<'_>,
+) -> sqlx::Result<Vec<Candidate>> {
+    let rows = candidates_where!("v.region = any($1) and v.id = any($9)", filters, ids)
+        .fetch_all(pool)
+        .await?;
     candidates(rows)
 }
 
@@ -143,32 +151,9 @@ pub(crate) async fn in_box(
     area: BoundingBox,
     filters: &Filters<'_>,
 ) -> sqlx::Result<Vec<Candidate>> {
-    let rows = sqlx::query_as!(
-        CandidateRow,
-        r#"select v.id, v.region, v.class, v.make, v.model, v.seats, v.fuel,
-                  b.id as bay_id, b.name as bay_name, b.lat, b.lon, b.timezone
-             from parking_bays b
-             join vehicles v on v.bay_id = b.id
-            where b.region = any($1) and b.lat between $9 and $10 and b.lon between $11 and $12
-              and v.status = 'active'
-              and ($2::text is null or v.class = $2)
-              and ($3::smallint is null or v.seats >= $3)
-              and ($4::text is null or v.fuel = $4)
-              and not exists (
-                  select 1 from bookings k
-                   where k.vehicle_id = v.id
-                     and k.status in ('RESERVING', 'CONFIRMED', 'IN_PROGRESS')
-                     and k.period && tstzrange($5, $6, '[)')
-                     and not (k.status = 'RESERVING' and k.hold_expires_at <= $7))
-            limit $8"#,
-        &codes(filters.regions) as &[&str],
-        filters.class.map(VehicleClass::as_str),
-        filters.min_seats,
-        filters.fuel,
-        filters.window.start(),
-        filters.window.end(),
-        filters.now,
-        filters.limit,
+    let rows = candidates_where!(
+        "b.region = any($1) and b.lat between $9 and $10 and b.lon between $11 and $12",
+        filters,
         area.min_lat,
         area.max_lat,
         area.min_lon,

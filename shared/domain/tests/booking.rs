@@ -37,15 +37,14 @@ fn rules() -> Rules {
     )
 }
 
-/// The statuses a stored booking can have.
-const STORED: [BookingStatus; 6] = [
-    BookingStatus::Reserving,
-    BookingStatus::Confirmed,
-    BookingStatus::InProgress,
-    BookingStatus::Completed,
-    BookingStatus::Failed,
-    BookingStatus::Cancelled,
-];
+/// The statuses a stored booking can have: all but the two before a hold, which are never
+/// stored.
+fn stored() -> Vec<BookingStatus> {
+    BookingStatus::ALL
+        .into_iter()
+        .filter(|s| !matches!(s, BookingStatus::Searching | BookingStatus::PriceQuoted))
+        .collect()
+}
 
 fn booking(
     status: BookingStatus,
@@ -75,7 +74,7 @@ fn booking(
 
 fn arb_booking() -> impl Strategy<Value = Booking> {
     (
-        proptest::sample::select(STORED.to_vec()),
+        proptest::sample::select(stored()),
         -600..3_000i64,
         1..5_000i64,
         0..1_000_000i64,

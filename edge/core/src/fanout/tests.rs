@@ -501,6 +501,30 @@ fn a_users_booking_list_merges_both_regions_newest_first_with_one_cursor() {
 }
 
 #[test]
+fn one_origin_serving_both_regions_is_asked_once_and_nothing_is_listed_twice() {
+    let mut fake = list_fake();
+    fake.vars
+        .insert("ORIGIN_EUN_URL", "http://euw.test".to_owned());
+    // That one origin holds both regions' bookings (the fake keys its data by the URL).
+    let eun = fake.data.remove(&Region::Eun).unwrap_or_default();
+    if let Some(euw) = fake.data.get_mut(&Region::Euw) {
+        euw.bookings.extend(eun.bookings);
+    }
+    let pages = all_pages(&fake, "/v2/bookings?limit=2");
+    let got: Vec<String> = pages
+        .iter()
+        .flatten()
+        .map(|b| b["id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(got, expected_list(&fake, None));
+    let (resp, _) = get(&fake, "/v2/bookings");
+    assert_eq!(resp.header("x-edge-fanout"), Some("EUW"));
+    fake.down.borrow_mut().insert(Region::Euw);
+    let (resp, body) = get(&fake, "/v2/bookings");
+    assert_eq!(resp.status, 503, "{body}");
+}
+
+#[test]
 fn a_region_that_is_down_makes_the_list_partial_and_flagged_and_is_asked_again_later() {
     let fake = list_fake();
     fake.down.borrow_mut().insert(Region::Eun);

@@ -569,6 +569,39 @@ fn a_region_that_is_down_makes_the_list_partial_and_flagged_and_is_asked_again_l
 }
 
 #[test]
+fn a_search_across_a_boundary_with_one_region_down_is_partial_and_resumes_it_later() {
+    let fake = search_fake("EUW");
+    fake.down.borrow_mut().insert(Region::Euw);
+    let first = format!("/v2/vehicles/search?{BORDER_SEARCH}&limit=3");
+    let (resp, body) = get(&fake, &first);
+    assert_eq!(resp.status, 200, "{body}");
+    assert_eq!(body["partial"], json!(["EUW"]), "{body}");
+    assert_eq!(resp.header("x-partial-regions"), Some("EUW"));
+    let shown: Vec<(u64, i64, String)> = body["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(hit_key)
+        .collect();
+    assert!(
+        shown.iter().all(|(_, _, v)| v.starts_with("veh_eun_")),
+        "{shown:?}"
+    );
+    // EUW comes back: the rest of the pages bring every EUW hit, nothing twice.
+    fake.down.borrow_mut().clear();
+    let cursor = body["next_cursor"].as_str().unwrap_or_default().to_owned();
+    let rest = pages_from(&fake, &first, Some(&cursor));
+    let mut all: Vec<(u64, i64, String)> = shown;
+    all.extend(rest.iter().flatten().map(hit_key));
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, all.len(), "a hit was shown twice");
+    let total: usize = fake.data.values().map(|d| d.hits.len()).sum();
+    assert_eq!(all.len(), total, "every hit of both regions arrives");
+}
+
+#[test]
 fn a_tampered_or_foreign_composite_cursor_is_a_400_problem() {
     let fake = search_fake("EUN");
     let (_, body) = get(

@@ -73,11 +73,24 @@ async fn pages(http: &Http, first: &str, token: &str) -> TestResult<Vec<Vec<Valu
         anyhow::ensure!(reply.status == 200, "{path} via {}: {reply:?}", http.base);
         out.push(reply.body["items"].as_array().cloned().unwrap_or_default());
         match reply.body["next_cursor"].as_str() {
-            Some(cursor) => path = format!("{first}&cursor={cursor}"),
+            Some(cursor) => path = format!("{first}&cursor={}", query_escape(cursor)),
             None => return Ok(out),
         }
     }
     anyhow::bail!("{first}: more than 50 pages")
+}
+
+/// Percent-encodes a query value (a cursor may hold `+`, `/`, `=`).
+fn query_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 /// The region of a public id (`veh_eun_…`, `bkg_euw_…`).

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use domain::area::ServiceAreas;
 use domain::auth::{JwtVerifier, VerifyKey};
 use domain::region::Region;
 
@@ -28,6 +29,9 @@ pub struct EdgeConfig {
     pub region: Region,
     /// Origin base URLs by region (no trailing slash).
     pub origins: Vec<(Region, String)>,
+    /// Every region's service area (`SERVICE_AREAS`, the origins' variable; default
+    /// [`domain::area::DEFAULT_SERVICE_AREAS`]): where searches and surge reads go.
+    pub areas: ServiceAreas,
     /// Upstash REST endpoint and token (`UPSTASH_REDIS_REST_URL` / `_TOKEN`, Upstash's names).
     pub upstash_url: String,
     pub upstash_token: String,
@@ -156,9 +160,17 @@ impl EdgeConfig {
             }
             Ok(v)
         };
+        let areas = match p.var("SERVICE_AREAS").filter(|v| !v.trim().is_empty()) {
+            Some(text) => ServiceAreas::parse(&text).map_err(|e| ConfigError::Invalid {
+                name: "SERVICE_AREAS",
+                reason: e.to_string(),
+            })?,
+            None => ServiceAreas::default(),
+        };
         Ok(EdgeConfig {
             region,
             origins,
+            areas,
             upstash_url: url(p, "UPSTASH_REDIS_REST_URL")?,
             upstash_token: required(p, "UPSTASH_REDIS_REST_TOKEN")?,
             key_prefix: p

@@ -15,14 +15,19 @@
 //!    (`bkg_eun_…`) or the quote token's region — with the caller's `Authorization`,
 //!    `X-Request-Id` and `Idempotency-Key`; the edge never writes bookings itself. After a
 //!    successful write the edge bumps the cache generations it affects.
+//! 6. reads that name no id are placed by [`regions`]: a search or surge by the service area
+//!    of its point, admin by its region; a search circle crossing into another area and a
+//!    user's booking list ask every region's origin in parallel and are merged ([`fanout`]).
 //!
 //! The host is reached only through [`platform::Platform`].
 
 pub mod cache;
 pub mod config;
+mod fanout;
 pub mod platform;
 pub mod problem;
 pub mod ratelimit;
+mod regions;
 mod route;
 pub mod upstash;
 
@@ -35,6 +40,7 @@ use crate::cache::Entry;
 use crate::config::EdgeConfig;
 use crate::platform::{FetchError, Outbound, Platform, Request, Response};
 use crate::ratelimit::{BlockedCache, Check, Outcome, Subject};
+use crate::regions::Placement;
 use crate::route::{canonical, is_write, quote_token_target, route, uri_safe, Route};
 use crate::upstash::{arg, as_u64, Upstash};
 
@@ -65,7 +71,8 @@ pub struct Edge {
 
 /// How a cached route looks its entry up.
 enum Cached {
-    Search,
+    /// A search placed in one region.
+    Search(Region),
     Quote {
         vehicle: VehicleId,
         canonical_body: String,
@@ -247,8 +254,14 @@ impl Edge {
 
         // 2. What it asks for, and which cache generations that needs.
         let route = route(&req.method, rest);
+        // Which origin(s): `regions.rs`; a search across a boundary and the booking list are
+        // merged from several (`fanout.rs`).
+        let placement = regions::place(&self.config, &route, &req.method, rest, &req.query);
         let cached = match route {
-            Route::Search => Some(Cached::Search),
+            Route::Search => match placement {
+                Placement::One(region) => Some(Cached::Search(region)),
+                _ => None,
+            },
             Route::Quote => serde_json::from_slice::<Value>(&req.body)
                 .ok()
                 .and_then(|body| {
@@ -262,7 +275,7 @@ impl Edge {
         };
         let prefix = &self.config.key_prefix;
         let gen_keys: Vec<String> = match &cached {
-            Some(Cached::Search) => Region::ALL
+            Some(Cached::Search(_)) => Region::ALL
                 .iter()
                 .map(|r| cache::region_gen_key(prefix, *r))
                 .collect(),
@@ -305,12 +318,21 @@ impl Edge {
             };
 
         // 4. Serve.
-        let mut resp = match (cached, gens) {
-            (Some(cached), Some(gens)) => {
+        let mut resp = match (placement, cached, gens) {
+            (Placement::Refused(resp), _, _) => resp,
+            (Placement::Search(regions), _, _) => {
+                self.fan_out(p, req, rid, version, fanout::Kind::Search, &regions)
+                    .await
+            }
+            (Placement::List(regions), _, _) => {
+                self.fan_out(p, req, rid, version, fanout::Kind::List, &regions)
+                    .await
+            }
+            (Placement::One(_), Some(cached), Some(gens)) => {
                 self.cached_read(p, req, rid, version, &claims, cached, &gens)
                     .await
             }
-            _ => self.forward_route(p, req, rid, &route).await,
+            (Placement::One(placed), _, _) => self.forward_route(p, req, rid, &route, placed).await,
         };
         if let Some(outcome) = outcome {
             rate_headers(&mut resp, &outcome);
@@ -332,8 +354,14 @@ impl Edge {
             .map_err(|e: AuthError| e.to_string())
     }
 
-    /// Which region's origin answers this route.
-    fn region_of(&self, req: &Request, route: &Route) -> (Region, Option<VehicleId>) {
+    /// Which region's origin answers this route; `placed` is where `regions::place` put a
+    /// route that names no id.
+    fn region_of(
+        &self,
+        req: &Request,
+        route: &Route,
+        placed: Region,
+    ) -> (Region, Option<VehicleId>) {
         match route {
             Route::BookingAction(id) | Route::BookingRead(id) => (id.region, None),
             Route::CreateBooking => serde_json::from_slice::<Value>(&req.body)
@@ -346,7 +374,7 @@ impl Edge {
                 .and_then(|b| b.get("vehicle_id")?.as_str()?.parse::<VehicleId>().ok())
                 .map(|v| (v.region, Some(v)))
                 .unwrap_or((self.config.region, None)),
-            Route::Search | Route::Other => (self.config.region, None),
+            Route::Search | Route::Other => (placed, None),
         }
     }
 
@@ -407,8 +435,9 @@ impl Edge {
         req: &Request,
         rid: &str,
         route: &Route,
+        placed: Region,
     ) -> Response {
-        let (region, vehicle) = self.region_of(req, route);
+        let (region, vehicle) = self.region_of(req, route, placed);
         match self.forward(p, req, rid, region).await {
             Ok(mut resp) => {
                 let write = is_write(&req.method) && !matches!(route, Route::Quote);
@@ -463,9 +492,9 @@ impl Edge {
     ) -> Response {
         let prefix = &self.config.key_prefix;
         let (key, region, ttl_secs, route) = match &cached {
-            Cached::Search => (
+            Cached::Search(region) => (
                 cache::search_key(prefix, version, gens, &req.query),
-                self.config.region,
+                *region,
                 self.config.search_ttl_secs,
                 Route::Search,
             ),

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::money::Currency;
 
-/// A home region of vehicles, bookings and their origin deployment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A home region of vehicles, bookings and their origin deployment. Ordered as declared
+/// (EUW, EUN), which is the order of [`Region::ALL`]; maps keyed by region use it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Region {
     /// Europe West (Frankfurt), charges EUR.
     #[serde(rename = "EUW")]

@@ -10,6 +10,7 @@
 #   REGIONS=EUW scripts/dev.sh              one region (the EUN origin URL of the edge is dead)
 #   EDGE=0 scripts/dev.sh                   origins only
 #   DEMO_VEHICLES_PER_CITY=20 scripts/dev.sh
+#   DEV_PROFILE=debug scripts/dev.sh        reuse the debug build of the tests (no release build)
 #
 # Ports: origins EUW 8080 / EUN 8081, inference 8090 / 8091, PostgreSQL 15441 / 15442,
 # Redis 16381 / 16382, the edges' Redis 16380 behind the Upstash REST gateway 8079, edges EUW
@@ -89,9 +90,13 @@ start_redis() { # port dir
   die "redis-server on $1 did not start"
 }
 
-log "building the origin, the demo fleet's seeder, the inference service and the gateway"
-cargo build -p origin -p demo-fleet -p inference -p upstash-gateway --release --locked
-BIN="$ROOT/target/release"
+# DEV_PROFILE=debug reuses the test suite's debug build instead of a release build.
+PROFILE="${DEV_PROFILE:-release}"
+[[ $PROFILE == release || $PROFILE == debug ]] || die "DEV_PROFILE must be release or debug"
+log "building the origin, the demo fleet's seeder, the inference service and the gateway ($PROFILE)"
+profile_flag=(); [[ $PROFILE == release ]] && profile_flag=(--release)
+cargo build -p origin -p demo-fleet -p inference -p upstash-gateway "${profile_flag[@]}" --locked
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE"
 bash scripts/broker.sh
 export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:${BROKER_PORT:-9092}}"
 

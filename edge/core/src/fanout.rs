@@ -247,6 +247,18 @@ impl Edge {
         kind: Kind,
         regions: &[Region],
     ) -> Response {
+        // One origin serving several regions (`ORIGIN_EUW_URL` = `ORIGIN_EUN_URL`, the
+        // single-origin setup) is asked once: it already answers for all of them.
+        let mut asked: Vec<Region> = Vec::new();
+        for r in regions {
+            if !asked
+                .iter()
+                .any(|a| self.config.origin(*a) == self.config.origin(*r))
+            {
+                asked.push(*r);
+            }
+        }
+        let regions = asked.as_slice();
         let mut positions: BTreeMap<Region, Pos> = match crate::regions::param(&req.query, "cursor")
         {
             None => regions.iter().map(|r| (*r, Pos::Start)).collect(),
@@ -271,7 +283,12 @@ impl Edge {
         for f in fetched {
             match f {
                 Fetched::Page(page) => pages.push(page),
-                Fetched::Failed(region) => partial.push(region),
+                // Every region that origin serves is missing from the answer.
+                Fetched::Failed(region) => partial.extend(
+                    Region::ALL
+                        .into_iter()
+                        .filter(|r| self.config.origin(*r) == self.config.origin(region)),
+                ),
                 Fetched::ClientError(resp) => return resp,
             }
         }

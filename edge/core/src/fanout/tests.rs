@@ -501,6 +501,30 @@ fn a_users_booking_list_merges_both_regions_newest_first_with_one_cursor() {
 }
 
 #[test]
+fn one_origin_serving_both_regions_is_asked_once_and_nothing_is_listed_twice() {
+    let mut fake = list_fake();
+    fake.vars
+        .insert("ORIGIN_EUN_URL", "http://euw.test".to_owned());
+    // That one origin holds both regions' bookings (the fake keys its data by the URL).
+    let eun = fake.data.remove(&Region::Eun).unwrap_or_default();
+    if let Some(euw) = fake.data.get_mut(&Region::Euw) {
+        euw.bookings.extend(eun.bookings);
+    }
+    let pages = all_pages(&fake, "/v2/bookings?limit=2");
+    let got: Vec<String> = pages
+        .iter()
+        .flatten()
+        .map(|b| b["id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(got, expected_list(&fake, None));
+    let (resp, _) = get(&fake, "/v2/bookings");
+    assert_eq!(resp.header("x-edge-fanout"), Some("EUW"));
+    fake.down.borrow_mut().insert(Region::Euw);
+    let (resp, body) = get(&fake, "/v2/bookings");
+    assert_eq!(resp.status, 503, "{body}");
+}
+
+#[test]
 fn a_region_that_is_down_makes_the_list_partial_and_flagged_and_is_asked_again_later() {
     let fake = list_fake();
     fake.down.borrow_mut().insert(Region::Eun);
@@ -542,6 +566,39 @@ fn a_region_that_is_down_makes_the_list_partial_and_flagged_and_is_asked_again_l
     let (resp, body) = get(&fake, "/v2/bookings");
     assert_eq!(resp.status, 503, "{body}");
     assert!(resp.header("retry-after").is_some());
+}
+
+#[test]
+fn a_search_across_a_boundary_with_one_region_down_is_partial_and_resumes_it_later() {
+    let fake = search_fake("EUW");
+    fake.down.borrow_mut().insert(Region::Euw);
+    let first = format!("/v2/vehicles/search?{BORDER_SEARCH}&limit=3");
+    let (resp, body) = get(&fake, &first);
+    assert_eq!(resp.status, 200, "{body}");
+    assert_eq!(body["partial"], json!(["EUW"]), "{body}");
+    assert_eq!(resp.header("x-partial-regions"), Some("EUW"));
+    let shown: Vec<(u64, i64, String)> = body["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(hit_key)
+        .collect();
+    assert!(
+        shown.iter().all(|(_, _, v)| v.starts_with("veh_eun_")),
+        "{shown:?}"
+    );
+    // EUW comes back: the rest of the pages bring every EUW hit, nothing twice.
+    fake.down.borrow_mut().clear();
+    let cursor = body["next_cursor"].as_str().unwrap_or_default().to_owned();
+    let rest = pages_from(&fake, &first, Some(&cursor));
+    let mut all: Vec<(u64, i64, String)> = shown;
+    all.extend(rest.iter().flatten().map(hit_key));
+    all.sort();
+    let before = all.len();
+    all.dedup();
+    assert_eq!(before, all.len(), "a hit was shown twice");
+    let total: usize = fake.data.values().map(|d| d.hits.len()).sum();
+    assert_eq!(all.len(), total, "every hit of both regions arrives");
 }
 
 #[test]

@@ -38,8 +38,9 @@ if ! "$TOOLS/venv/bin/check-jsonschema" --version 2>/dev/null | grep -q "$CHECK_
 fi
 
 # No secrets in the manifests.
-SECRETS='UPSTASH_REDIS_REST_TOKEN|JWT_HS256_SECRET|QUOTE_SIGNING_KEYS|_PASSWORD|_API_TOKEN'
-if grep -nE "^[[:space:]]*($SECRETS)[[:space:]]*=" wrangler.toml spin.toml spin.eun.toml; then
+# A variable whose name says secret, token, password or signing keys must not be set here.
+if grep -nE '^[[:space:]]*[A-Z0-9_]*(SECRET|TOKEN|PASSWORD|SIGNING_KEYS)[[:space:]]*=' \
+    wrangler.toml spin.toml spin.eun.toml; then
   die "a secret is set in a manifest (above): use wrangler secret / spin up --env"
 fi
 

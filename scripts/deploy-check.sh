@@ -47,7 +47,7 @@ fi
 for env in euw eun; do
   log "wrangler deploy --dry-run --env $env"
   rm -rf "${OUT:?}/$env"
-  out=$(WRANGLER_SEND_METRICS=false CI=1 WRANGLER_LOG=warn \
+  out=$(WRANGLER_SEND_METRICS=false CI=1 \
         "$TOOLS/node_modules/.bin/wrangler" deploy --dry-run --outdir "$OUT/$env" --env "$env" 2>&1) \
     || { printf '%s\n' "$out" >&2; die "wrangler dry run failed for --env $env"; }
   region=${env^^}

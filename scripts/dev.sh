@@ -57,6 +57,7 @@ as_pg() { if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; 
 PIDS=()
 CLUSTERS=()
 cleanup() {
+  log "stopping the origins, edges, clusters and Redis servers this script started"
   kill "${PIDS[@]}" 2>/dev/null || true
   for dir in "${CLUSTERS[@]}"; do as_pg pg_ctl -D "$dir" -m fast -w stop >/dev/null 2>&1 || true; done
   for port in "${REDIS_PORT[@]}" "$EDGE_REDIS_PORT"; do redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; done
@@ -177,8 +178,13 @@ TOKEN=$("$BIN/origin" dev-token demo-user)
 OPS_TOKEN=$("$BIN/origin" dev-token demo-ops --ops)
 START=$(date -u -d 'tomorrow 10:00' +%Y-%m-%dT%H:%M:%SZ)
 END=$(date -u -d 'tomorrow 14:00' +%Y-%m-%dT%H:%M:%SZ)
-EDGE_BASE="http://127.0.0.1:${EDGE_PORT[EUW]}"
-[[ "${EDGE:-1}" == 1 ]] || EDGE_BASE="http://127.0.0.1:${ORIGIN_PORT[${REGION_LIST[0]}]}"
+# Every example through the Frankfurt edge (it routes each to the owning region); with EDGE=0,
+# straight to the owning origin.
+EDGE_BASE="http://127.0.0.1:${EDGE_PORT[EUW]}" EUN_BASE="$EDGE_BASE" VIA="the Frankfurt edge"
+if [[ "${EDGE:-1}" != 1 ]]; then
+  EDGE_BASE="http://127.0.0.1:${ORIGIN_PORT[EUW]}" EUN_BASE="http://127.0.0.1:${ORIGIN_PORT[EUN]}"
+  VIA="each region's origin (EDGE=0)"
+fi
 
 echo
 for r in "${REGION_LIST[@]}"; do
@@ -196,8 +202,8 @@ cat <<MSG
   export TOKEN=$TOKEN
   export OPS_TOKEN=$OPS_TOKEN        # role "ops"
 
-  # Stockholm through the Frankfurt edge (routed to the EUN origin), Frankfurt likewise
-  curl -s -H "authorization: Bearer \$TOKEN" '$EDGE_BASE/v1/vehicles/search?lat=59.3303&lon=18.0586&radius_m=3000&start=$START&end=$END'
+  # Stockholm and Frankfurt, through $VIA
+  curl -s -H "authorization: Bearer \$TOKEN" '$EUN_BASE/v1/vehicles/search?lat=59.3303&lon=18.0586&radius_m=3000&start=$START&end=$END'
   curl -s -H "authorization: Bearer \$TOKEN" '$EDGE_BASE/v1/vehicles/search?lat=50.1071&lon=8.6638&radius_m=3000&start=$START&end=$END'
   # a quote (v2 shows the breakdown), a hold with its token, the confirmation
   curl -s -H "authorization: Bearer \$TOKEN" -H 'content-type: application/json' \\
@@ -207,7 +213,7 @@ cat <<MSG
   curl -s -X POST -H "authorization: Bearer \$TOKEN" $EDGE_BASE/v1/bookings/<booking_id>/confirm
   # the user's bookings of both regions; the pricing tables of a region (ops role)
   curl -s -H "authorization: Bearer \$TOKEN" $EDGE_BASE/v2/bookings
-  curl -s -H "authorization: Bearer \$OPS_TOKEN" $EDGE_BASE/v1/admin/pricing/EUN
+  curl -s -H "authorization: Bearer \$OPS_TOKEN" $EUN_BASE/v1/admin/pricing/EUN
 
 MSG
 wait

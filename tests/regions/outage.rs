@@ -63,6 +63,11 @@ struct Client {
 const USER: &str = "otto";
 
 impl Client {
+    /// The next quote made before the run (None when the pool ran dry).
+    fn pooled_quote(&self) -> Option<Value> {
+        self.quotes.lock().ok().and_then(|mut q| q.pop())
+    }
+
     async fn op(&self, kind: Kind, version: &str) -> Op {
         let t = token(USER);
         let started = Instant::now();
@@ -82,7 +87,7 @@ impl Client {
             }
             Kind::Hold => {
                 let quote = if self.region == "EUN" {
-                    self.quotes.lock().ok().and_then(|mut q| q.pop())
+                    self.pooled_quote()
                 } else {
                     let n = self.counter.fetch_add(1, Ordering::SeqCst);
                     let w = window(20 + (n / self.vehicles.len()) as i64, 1);

@@ -218,6 +218,9 @@ pub struct Config {
     pub bind_addr: SocketAddr,
     /// The regions this origin is the home of; vehicles of other regions are not served here.
     pub regions: Vec<Region>,
+    /// Every region's service area (`SERVICE_AREAS`, default [`domain::area::DEFAULT_SERVICE_AREAS`]):
+    /// a search or surge point in another region's area is misdirected (421).
+    pub areas: domain::area::ServiceAreas,
     pub jwt: JwtConfig,
     /// Quote-signing secrets by key id; `quote_active_kid` signs, all verify (rotation).
     pub quote_keys: Vec<(String, Secret)>,
@@ -417,6 +420,16 @@ impl Config {
             });
         }
 
+        let areas = match env.var("SERVICE_AREAS") {
+            Some(text) => {
+                domain::area::ServiceAreas::parse(&text).map_err(|e| ConfigError::Invalid {
+                    name: "SERVICE_AREAS",
+                    reason: e.to_string(),
+                })?
+            }
+            None => domain::area::ServiceAreas::default(),
+        };
+
         let hs256_secret = match env.var("JWT_HS256_SECRET") {
             Some(s) if s.len() < 32 => {
                 return Err(ConfigError::Invalid {
@@ -487,6 +500,7 @@ impl Config {
             db_max_connections: parsed(env, "DB_MAX_CONNECTIONS", 16)?,
             bind_addr: parsed(env, "BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             regions,
+            areas,
             jwt,
             quote_keys,
             quote_active_kid,
@@ -560,6 +574,9 @@ mod tests {
             ("HOLD_TTL_SECS", "ten"),
             ("HOLD_TTL_SECS", "0"),
             ("ORIGIN_REGIONS", "USE"),
+            ("ORIGIN_REGIONS", " , "),
+            ("SERVICE_AREAS", "EUW=1 1, 2 2, 1 2"),
+            ("SERVICE_AREAS", "EUW=1 1, 2 2, 1 2; EUN=1 1, 2 2, 1 2"),
             ("BIND_ADDR", "localhost"),
             ("JWT_HS256_SECRET", "short"),
             ("QUOTE_ACTIVE_KID", "nope"),

@@ -88,6 +88,8 @@ struct Received {
     partition: i32,
     offset: i64,
     sequence: i64,
+    /// The `region` header: the vehicle's home region.
+    region: Option<String>,
     payload: Value,
 }
 
@@ -216,6 +218,7 @@ async fn consume(
             sequence: header(&message, "sequence")
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(-1),
+            region: header(&message, "region").map(str::to_owned),
             payload,
         });
         seen.insert(event_id);
@@ -264,6 +267,20 @@ fn assert_delivered(outbox: &[OutboxRow], received: &[Received], duplicates_allo
         assert_eq!(r.sequence, row.id, "sequence header of {}", r.event_id);
         assert_eq!(r.payload["event_id"], row.event_id.to_string());
         assert_eq!(r.payload["type"], row.topic.as_str());
+        // The region header names the vehicle's home region, as the payload does.
+        let home = row
+            .partition_key
+            .parse::<domain::VehicleId>()
+            .map(|v| v.region.code().to_owned())
+            .ok();
+        assert!(home.is_some(), "key {} is a vehicle id", row.partition_key);
+        assert_eq!(r.region, home, "region header of {}", r.event_id);
+        assert_eq!(
+            r.payload["region"].as_str(),
+            home.as_deref(),
+            "payload region of {}",
+            r.event_id
+        );
         assert_eq!(
             r.payload["booking"]["vehicle_id"],
             row.partition_key.as_str()

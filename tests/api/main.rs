@@ -22,6 +22,7 @@ mod openapi;
 mod pricing_orchestrator;
 mod pricing_validation;
 mod quotes;
+mod regions;
 mod search;
 mod shedding;
 mod shutdown;

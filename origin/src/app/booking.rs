@@ -37,7 +37,9 @@ pub(crate) enum BookingFailure {
     #[error("this quote was issued to another user")]
     QuoteOfAnotherUser,
     /// The quote is for a region this origin does not serve.
-    #[error("region {0} is not served by this origin")]
+    #[error(
+        "the quote is for region {0}, which this origin does not serve; send it to the {0} origin"
+    )]
     RegionNotServed(Region),
     /// No such booking, or not the caller's.
     #[error("booking {0} not found")]

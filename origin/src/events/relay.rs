@@ -10,10 +10,13 @@
 //!
 //! Each row becomes one record on its topic, keyed by `partition_key` (the vehicle's public id,
 //! so within a topic a vehicle's events share a partition and keep their order), with the
-//! payload JSON as value and two headers: `event_id`, and `sequence`, the row's outbox id
+//! payload JSON as value and three headers: `event_id`; `sequence`, the row's outbox id
 //! (within one vehicle a higher sequence is a later event, also across topics, where the
-//! broker gives no order). The producer sends with `acks=all` and **one request in flight per
-//! connection**, so a retried request can never overtake a later one and records of one
+//! broker gives no order); and `region`, the vehicle's home region (`EUW`/`EUN`, also the
+//! payload's `region` field). Both regions' relays publish to one set of topics: a consumer
+//! tells them apart by that header without parsing the payload. The producer sends with
+//! `acks=all` and **one request in flight per connection**, so a retried request can never
+//! overtake a later one and records of one
 //! partition keep their order. It is deliberately *not* librdkafka's idempotent producer: the
 //! broker we test against (tansu 0.6.0, SQLite engine) panics in its idempotent-producer
 //! sequence check when many producers start at once (`lite.rs:503`, "more or less than one
@@ -544,6 +547,12 @@ async fn publish_batch(
     for row in &rows {
         let event_id = row.event_id.to_string();
         let sequence = row.id.to_string();
+        // The key is the vehicle's public id, which names its home region.
+        let region = row
+            .partition_key
+            .parse::<domain::VehicleId>()
+            .map(|v| v.region.code())
+            .unwrap_or("unknown");
         let mut record = FutureRecord::to(&row.topic)
             .key(&row.partition_key)
             .payload(&row.payload)
@@ -556,6 +565,10 @@ async fn publish_batch(
                     .insert(Header {
                         key: "sequence",
                         value: Some(sequence.as_str()),
+                    })
+                    .insert(Header {
+                        key: "region",
+                        value: Some(region),
                     }),
             );
         loop {

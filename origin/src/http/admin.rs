@@ -70,7 +70,7 @@ pub(crate) fn require_ops(user: &AuthUser) -> ApiResult<()> {
     }
 }
 
-/// 403 unless the caller has the ops role; then the served region named by `code` (404
+/// 403 unless the caller has the ops role; then the served region named by `code` (404/421
 /// otherwise): the first step of every route that administers a region.
 pub(crate) fn ops_region(state: &AppState, user: &AuthUser, code: &str) -> ApiResult<Region> {
     require_ops(user)?;
@@ -83,13 +83,40 @@ fn path_class(text: &str) -> ApiResult<VehicleClass> {
         .map_err(|e: domain::vehicle::UnknownVehicleClass| ApiError::field("class", e.to_string()))
 }
 
-/// A region this origin serves, from a path segment (404 otherwise).
+/// A region this origin serves, from a path segment or query: 404 for no region at all, 421
+/// (misdirected) for a region another origin serves.
 pub(crate) fn served_region(state: &AppState, code: &str) -> ApiResult<Region> {
-    code.to_ascii_uppercase()
+    let region = code
+        .to_ascii_uppercase()
         .parse::<Region>()
-        .ok()
-        .filter(|r| state.config.regions.contains(r))
-        .ok_or_else(|| ApiError::NotFound(format!("region {code} is not served here")))
+        .map_err(|_| ApiError::NotFound(format!("region {code}: no such region")))?;
+    misdirected_unless_served(state, region, || format!("region {region}"))?;
+    Ok(region)
+}
+
+/// 421 unless this origin is the home of `region`; `what` names the thing asked about.
+pub(crate) fn misdirected_unless_served(
+    state: &AppState,
+    region: Region,
+    what: impl FnOnce() -> String,
+) -> ApiResult<()> {
+    if state.config.regions.contains(&region) {
+        Ok(())
+    } else {
+        Err(ApiError::Misdirected(format!(
+            "{} belongs to region {region}, which this origin ({}) does not serve; send it to the {region} origin",
+            what(),
+            region_list(&state.config.regions),
+        )))
+    }
+}
+
+fn region_list(regions: &[Region]) -> String {
+    regions
+        .iter()
+        .map(|r| r.code())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// What every admin change takes from its request: the state, the caller, the request id, the
@@ -166,7 +193,7 @@ impl Serialize for Edit<'_> {
 }
 
 impl AdminCall {
-    /// 403 unless ops; then the served region named by the path (404 otherwise).
+    /// 403 unless ops; then the served region named by the path (404 for no region, 421 for another origin's).
     fn region(&self, code: &str) -> ApiResult<Region> {
         ops_region(&self.state, &self.user, code)
     }
@@ -234,7 +261,8 @@ impl AdminCall {
     responses(
         (status = 200, description = "Base rates, vehicle config, time multipliers, discount rules", body = serde_json::Value),
         (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Region not served here", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such region", body = Problem, content_type = "application/problem+json"),
+        (status = 421, description = "A region another origin serves", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

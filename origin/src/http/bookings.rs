@@ -45,9 +45,13 @@ fn render(
     value.unwrap_or_default()
 }
 
-fn parse_id(raw: &str) -> ApiResult<BookingId> {
-    raw.parse()
-        .map_err(|_| ApiError::NotFound(format!("booking {raw:?} not found")))
+/// A booking id from the path: 404 if it names no booking, 421 if another origin owns it.
+fn parse_id(state: &AppState, raw: &str) -> ApiResult<BookingId> {
+    let id: BookingId = raw
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("booking {raw:?} not found")))?;
+    crate::http::admin::misdirected_unless_served(state, id.region, || format!("booking {id}"))?;
+    Ok(id)
 }
 
 fn actor(call: &WriteCall) -> Actor<'_> {
@@ -109,7 +113,7 @@ async fn act(
     command: Command,
 ) -> ApiResult<Response> {
     let state = &call.state;
-    let id = parse_id(raw_id)?;
+    let id = parse_id(state, raw_id)?;
     let now = Utc::now();
     let body = match command {
         Command::Extend { new_end } => serde_json::json!({ "end": new_end }),
@@ -149,7 +153,7 @@ async fn get(
     version: Version,
     raw_id: String,
 ) -> ApiResult<Response> {
-    let id = parse_id(&raw_id)?;
+    let id = parse_id(&state, &raw_id)?;
     let viewer = Viewer {
         user_id: &user.id,
         is_ops: user.is_ops,
@@ -223,6 +227,12 @@ async fn list(
             status,
             limit: i64::from(limit) + 1,
             after,
+            regions: state
+                .config
+                .regions
+                .iter()
+                .map(|r| r.code().to_owned())
+                .collect(),
         },
     )
     .await?;
@@ -260,6 +270,7 @@ macro_rules! booking_write {
                 403 "Not allowed",
                 404 "Not found",
                 409 "Conflict",
+                421 "The booking or quote belongs to another region's origin",
                 422 "Invalid request",
             ),
             $(#[$doc])* $v1 $p1 => (status = $ok, description = "The booking", body = BookingV1),
@@ -323,6 +334,7 @@ versioned!(
     errors(
         401 "Missing or invalid token",
         404 "Not found",
+        421 "The booking belongs to another region's origin",
     ),
     /// Read one booking: your own, or any for ops.
     get_v1 "/v1/bookings/{id}" => (status = 200, description = "The booking", body = BookingV1),

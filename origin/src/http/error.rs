@@ -47,6 +47,10 @@ pub(crate) enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// The request is about another region's vehicle, booking, quote, area or admin data: it
+    /// was sent to the wrong origin (a routing mistake, counted as `misdirected_requests_total`).
+    #[error("{0}")]
+    Misdirected(String),
     /// The vehicle is taken for (part of) that window.
     #[error("{0}")]
     Conflict(String),
@@ -107,6 +111,11 @@ impl ApiError {
             Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            Misdirected(_) => (
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected",
+                "Misdirected request",
+            ),
             Conflict(_) => (StatusCode::CONFLICT, "conflict", "Vehicle not available"),
             InvalidState(_) => (
                 StatusCode::CONFLICT,
@@ -372,9 +381,10 @@ impl From<BookingFailure> for ApiError {
             BookingFailure::QuoteExpired => ApiError::QuoteExpired(e.to_string()),
             BookingFailure::QuoteInvalid(_) => ApiError::QuoteInvalid(e.to_string()),
             BookingFailure::QuoteOfAnotherUser => ApiError::Forbidden(e.to_string()),
-            BookingFailure::RegionNotServed(_)
-            | BookingFailure::NotFound(_)
-            | BookingFailure::VehicleUnavailable(_) => ApiError::NotFound(e.to_string()),
+            BookingFailure::RegionNotServed(_) => ApiError::Misdirected(e.to_string()),
+            BookingFailure::NotFound(_) | BookingFailure::VehicleUnavailable(_) => {
+                ApiError::NotFound(e.to_string())
+            }
             BookingFailure::ExtensionBlocked => ApiError::Conflict(e.to_string()),
             BookingFailure::Refused(refused) => refused.into(),
             BookingFailure::Store(store) => store.into(),
@@ -434,5 +444,15 @@ mod app_error_mapping_tests {
             (missing.status, missing.detail.as_str()),
             (404, "no discount rule x")
         );
+    }
+
+    #[test]
+    fn another_regions_quote_is_a_421_misdirected_not_a_404() {
+        let problem =
+            ApiError::from(BookingFailure::RegionNotServed(domain::Region::Eun)).problem();
+        assert_eq!(problem.status, 421);
+        assert_eq!(problem.kind, "/problems/misdirected");
+        assert_eq!(problem.title, "Misdirected request");
+        assert!(problem.detail.contains("EUN"), "{}", problem.detail);
     }
 }

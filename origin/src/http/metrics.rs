@@ -38,6 +38,10 @@ pub(crate) async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
+    if response.status() == axum::http::StatusCode::MISDIRECTED_REQUEST {
+        // A request for another region's data reached this origin: an edge routed it wrong.
+        metrics::counter!("misdirected_requests_total", "route" => route.clone()).increment(1);
+    }
     metrics::counter!("http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
         .increment(1);
     metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)

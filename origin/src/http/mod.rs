@@ -226,6 +226,16 @@ pub(crate) fn app(state: AppState) -> Router {
     let timeout = state.config.request_timeout;
     let body_limit = state.config.max_body_bytes;
     let admission = shed::Admission::new(state.config.max_in_flight);
+    // Every request's log lines name the region(s) this origin serves ("EUW", "EUW,EUN"), so
+    // logs of two regions shipped to one place stay apart.
+    let origin_region: std::sync::Arc<str> = state
+        .config
+        .regions
+        .iter()
+        .map(|r| r.code())
+        .collect::<Vec<_>>()
+        .join(",")
+        .into();
     router
         .route(
             "/openapi.json",
@@ -242,13 +252,13 @@ pub(crate) fn app(state: AppState) -> Router {
         .route_layer(middleware::from_fn(crate::http::metrics::track))
         .with_state(state)
         .layer(middleware::from_fn_with_state(admission, shed::admit))
-        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
+        .layer(TraceLayer::new_for_http().make_span_with(move |req: &Request| {
             let request_id = req
                 .headers()
                 .get(REQUEST_ID)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-");
-            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id)
+            tracing::info_span!("request", region = %origin_region, method = %req.method(), path = %req.uri().path(), request_id)
         }))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))

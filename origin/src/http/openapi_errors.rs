@@ -54,12 +54,16 @@ fn add_to(op: &mut Operation) {
     if secured {
         add("401", "Missing or invalid token");
     }
-    // A region this origin does not serve is a 404 wherever it is named (path or query).
+    // A name that is no region is a 404 wherever it is named (path or query); a region
+    // another origin serves is a 421 (misdirected).
     let region_query = params
         .iter()
         .any(|p| p.name == "region" && matches!(p.parameter_in, ParameterIn::Query));
     if path || region_query {
-        add("404", "Not found (or a region this origin does not serve)");
+        add("404", "Not found (or no such region)");
+    }
+    if region_query || params.iter().any(|p| p.name == "region") {
+        add("421", "The region belongs to another origin (misdirected)");
     }
     if body {
         add("413", "Body too large");

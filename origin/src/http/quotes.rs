@@ -65,12 +65,7 @@ pub(crate) fn parse_window(
 }
 
 async fn vehicle_facts(state: &AppState, id: &VehicleId) -> ApiResult<PricingFacts> {
-    if !state.config.regions.contains(&id.region) {
-        return Err(ApiError::NotFound(format!(
-            "vehicle {id} belongs to region {} which this origin does not serve",
-            id.region
-        )));
-    }
+    crate::http::admin::misdirected_unless_served(state, id.region, || format!("vehicle {id}"))?;
     store::vehicles::pricing_facts(&state.db, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("vehicle {id} not found")))
@@ -335,6 +330,7 @@ versioned!(
         401 "Missing or invalid token",
         404 "No such vehicle",
         409 "Vehicle not available",
+        421 "The vehicle belongs to another region's origin",
         422 "Invalid request",
         503 "Price refused by validation, or a dependency down",
     ),

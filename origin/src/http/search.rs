@@ -27,6 +27,7 @@ fn validate(state: &AppState, p: SearchParams) -> ApiResult<SearchQuery> {
             "radius_m: must be between 1 and {MAX_RADIUS_M}"
         )));
     }
+    near_served_area(state, &center, radius_m)?;
     let limit = p.limit.unwrap_or(20);
     if !(1..=MAX_LIMIT).contains(&limit) {
         return Err(ApiError::BadRequest(format!(
@@ -91,6 +92,35 @@ fn validate(state: &AppState, p: SearchParams) -> ApiResult<SearchQuery> {
     Ok(query)
 }
 
+/// 422 naming `lat` when the circle is outside every service area (nobody serves it), 421 when
+/// it only reaches other origins' areas (the edge should have sent it there). A circle that
+/// crosses a boundary is served by each origin it reaches, for its own vehicles: the edge asks
+/// both and merges.
+fn near_served_area(state: &AppState, center: &GeoPoint, radius_m: u32) -> ApiResult<()> {
+    let near = state.config.areas.regions_near(center, f64::from(radius_m));
+    if near.is_empty() {
+        return Err(ApiError::field(
+            "lat",
+            format!(
+                "lat/lon: the search circle ({}, {}, {radius_m} m) is outside every service area",
+                center.lat(),
+                center.lon()
+            ),
+        ));
+    }
+    if near.iter().any(|r| state.config.regions.contains(r)) {
+        return Ok(());
+    }
+    let first = near[0];
+    crate::http::admin::misdirected_unless_served(state, first, || {
+        format!(
+            "the search circle around ({}, {})",
+            center.lat(),
+            center.lon()
+        )
+    })
+}
+
 /// Validates and runs a search; shared by v1 and v2.
 async fn run(state: &AppState, p: SearchParams) -> ApiResult<search::Page> {
     let query = validate(state, p)?;
@@ -122,7 +152,8 @@ versioned!(
     errors(
         400 "Bad query",
         401 "Missing or invalid token",
-        422 "Invalid window",
+        421 "The point is in another origin's service area",
+        422 "Invalid window, or a point outside every service area",
     ),
     /// Search available vehicles near a point (v1).
     search_v1 "/v1/vehicles/search" => (status = 200, description = "Available vehicles, nearest first, then cheapest", body = SearchPage<VehicleHitV1>),

@@ -1,5 +1,8 @@
 //! `GET /v1/surge`: the surge grid (rules in `surge.rs`) for a point or a whole region, and
 //! `POST /v1/admin/surge/recompute` for ops (recompute now instead of at the next tick).
+//!
+//! A point belongs to the region whose service area holds it (`domain::area`, `SERVICE_AREAS`):
+//! outside every area is a 422 naming `lat`, in another origin's area a 421 (misdirected).
 
 use axum::extract::State;
 use axum::response::IntoResponse;
@@ -40,19 +43,6 @@ pub(crate) struct SurgeAtPoint {
     pub computed_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// The region whose bays are nearest to a point (the two served cities are far apart; a
-/// point between them belongs to the closer one).
-fn region_of(lat: f64, lon: f64) -> Region {
-    let frankfurt = (50.11, 8.68);
-    let stockholm = (59.33, 18.07);
-    let d = |(a, b): (f64, f64)| (lat - a).powi(2) + (lon - b).powi(2);
-    if d(frankfurt) <= d(stockholm) {
-        Region::Euw
-    } else {
-        Region::Eun
-    }
-}
-
 async fn grid_or_compute(state: &AppState, region: Region) -> ApiResult<std::sync::Arc<SurgeGrid>> {
     if let Some(grid) = state.surge.grid(region).await {
         return Ok(grid);
@@ -85,7 +75,8 @@ pub(crate) enum SurgeAnswer {
     responses(
         (status = 200, description = "SurgeAtPoint for a point, SurgeGrid for a region", body = SurgeAnswer),
         (status = 400, description = "Neither a point nor a region", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid coordinate", body = Problem, content_type = "application/problem+json"),
+        (status = 421, description = "The point or region belongs to another origin", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid coordinate, or outside every service area", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -104,25 +95,28 @@ pub(crate) async fn surge_v1(
             }
             let cell = surge::cell_of(lat, lon, state.surge.resolution())
                 .ok_or_else(|| ApiError::field("lat", "not a valid coordinate"))?;
-            let region = region_of(lat, lon);
-            let grid = if state.config.regions.contains(&region) {
-                Some(grid_or_compute(&state, region).await?)
-            } else {
-                None
-            };
-            let m = grid
-                .as_ref()
-                .map_or(domain::multiplier::Multiplier::ONE, |g| g.multiplier(cell));
+            let point = domain::search::GeoPoint::new(lat, lon)
+                .map_err(|e| ApiError::field("lat", e.to_string()))?;
+            // The point's owner by service area: none is a 422, another origin's is a 421.
+            let region = state.config.areas.region_of(&point).ok_or_else(|| {
+                ApiError::field(
+                    "lat",
+                    format!("lat/lon: ({lat}, {lon}) is outside every service area"),
+                )
+            })?;
+            super::admin::misdirected_unless_served(&state, region, || {
+                format!("the point ({lat}, {lon})")
+            })?;
+            let grid = grid_or_compute(&state, region).await?;
+            let m = grid.multiplier(cell);
             Ok(axum::Json(SurgeAtPoint {
                 region: region.code().to_owned(),
                 cell: cell.to_string(),
                 resolution: state.surge.resolution(),
                 multiplier: m.as_f64(),
                 multiplier_bp: m.bp(),
-                detail: grid
-                    .as_ref()
-                    .and_then(|g| g.cells.get(&cell.to_string()).cloned()),
-                computed_at: grid.as_ref().map(|g| g.computed_at),
+                detail: grid.cells.get(&cell.to_string()).cloned(),
+                computed_at: Some(grid.computed_at),
             })
             .into_response())
         }

@@ -246,6 +246,9 @@ pub(crate) struct ListFilter {
     pub limit: i64,
     /// Keyset cursor: (created_at, id) of the last row of the previous page.
     pub after: Option<(DateTime<Utc>, Uuid)>,
+    /// Only bookings of these regions (the origin's own: a database shared with another
+    /// region's origin never leaks its rows into this origin's answers).
+    pub regions: Vec<String>,
 }
 
 /// Lists a user's bookings, newest first.
@@ -255,12 +258,14 @@ pub(crate) async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<Booki
         "from bookings
           where user_id = $1 and ($2::text is null or status = $2)
             and ($3::timestamptz is null or (created_at, id) < ($3, $4))
+            and region = any($6)
           order by created_at desc, id desc limit $5",
         filter.user_id,
         filter.status.map(|s| s.as_str()),
         filter.after.map(|a| a.0),
         filter.after.map(|a| a.1).unwrap_or_default(),
         filter.limit,
+        &filter.regions,
     )
     .fetch_all(pool)
     .await?;

@@ -1,86 +1,219 @@
 #!/usr/bin/env bash
-# Runs the stack locally: PostgreSQL (and Redis) checked or started, a database of its own
-# (`booking_dev`), migrations, the demo fleet (120 vehicles in Frankfurt, 120 in Stockholm),
-# then the origin on http://127.0.0.1:8080 — and prints how to call it with a dev JWT.
+# Runs the two-region stack locally, as deployed: per region (EUW Frankfurt, EUN Sweden) its own
+# PostgreSQL cluster (initdb'd under .dev/regions/<region>/pg, its own port), its own
+# redis-server, its own reference inference service, the region's demo fleet only, and an origin
+# serving only that region (ORIGIN_REGIONS); then a Frankfurt edge (EDGE_REGION=EUW) and a
+# Sweden edge (EDGE_REGION=EUN) in front of both origins. Prints every URL and a dev JWT.
+#
+#   scripts/dev.sh                          both regions, both edges in workerd (miniflare)
+#   EDGE_RUNTIME=spin scripts/dev.sh        the edges as the Spin component under wasmtime
+#   REGIONS=EUW scripts/dev.sh              one region (the EUN origin URL of the edge is dead)
+#   EDGE=0 scripts/dev.sh                   origins only
+#   DEMO_VEHICLES_PER_CITY=20 scripts/dev.sh
+#   DEV_PROFILE=debug scripts/dev.sh        reuse the debug build of the tests (no release build)
+#
+# Ports: origins EUW 8080 / EUN 8081, inference 8090 / 8091, PostgreSQL 15441 / 15442,
+# Redis 16381 / 16382, the edges' Redis 16380 behind the Upstash REST gateway 8079, edges EUW
+# 8787 / EUN 8788. Ctrl-C stops everything; the clusters' data stays in .dev/regions.
+#
+# Why this shape:
+# - Nothing preconfigured is assumed: the clusters are our own (initdb, trust auth on
+#   127.0.0.1 only, superuser postgres; run as root, the server runs as the `postgres` user,
+#   which initdb demands), so the machine's PostgreSQL service, its pg_hba and its databases do
+#   not matter. Missing binaries (PostgreSQL server and client, redis-server) come from Debian's
+#   packages (apt_install, skipped when present).
+# - Inference: one per region. It reads its region's database (read-only role `inference_ro`),
+#   and no database holds both fleets.
+# - Broker: shared (scripts/broker.sh, 127.0.0.1:9092). Both regions publish the same topics;
+#   every event carries its `region`, so one consumer tells them apart, and a second local tansu
+#   would cost memory and a build without testing anything more. Production runs one per region.
+# - Edges: one Redis and gateway for both (in production each edge has its own Upstash database;
+#   locally that only makes rate limits global).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
-ensure_postgres
-ensure_redis
+IFS=, read -r -a REGION_LIST <<<"${REGIONS:-EUW,EUN}"
+for r in "${REGION_LIST[@]}"; do [[ $r == EUW || $r == EUN ]] || die "REGIONS: unknown region $r (EUW, EUN)"; done
+EDGE_RUNTIME="${EDGE_RUNTIME:-cloudflare}"
+[[ $EDGE_RUNTIME == cloudflare || $EDGE_RUNTIME == spin ]] || die "EDGE_RUNTIME must be cloudflare or spin"
+DEV="$ROOT/.dev/regions"
+declare -A ORIGIN_PORT=([EUW]=8080 [EUN]=8081) INFER_PORT=([EUW]=8090 [EUN]=8091)
+declare -A PG_PORT=([EUW]=15441 [EUN]=15442) REDIS_PORT=([EUW]=16381 [EUN]=16382)
+declare -A EDGE_PORT=([EUW]=8787 [EUN]=8788)
+EDGE_REDIS_PORT=16380 GATEWAY_PORT=8079
+
+# --- binaries ------------------------------------------------------------------------------
+if ! command -v initdb >/dev/null; then
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || apt_install postgresql \
+    || die "initdb not found and PostgreSQL cannot be installed"
+  PATH="$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n1)"):$PATH"
+fi
+command -v psql >/dev/null || apt_install postgresql-client || die "psql not found"
+command -v redis-server >/dev/null || apt_install redis-server || die "redis-server not found"
+command -v redis-cli >/dev/null || apt_install redis-tools || die "redis-cli not found"
+
+as_pg() { if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+PIDS=()
+CLUSTERS=()
+cleanup() {
+  log "stopping the origins, edges, clusters and Redis servers this script started"
+  kill "${PIDS[@]}" 2>/dev/null || true
+  for dir in "${CLUSTERS[@]}"; do as_pg pg_ctl -D "$dir" -m fast -w stop >/dev/null 2>&1 || true; done
+  for port in "${REDIS_PORT[@]}" "$EDGE_REDIS_PORT"; do redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+start_pg() { # region
+  local r=$1 dir="$DEV/${1,,}/pg" port=${PG_PORT[$1]}
+  if [[ ! -f $dir/PG_VERSION ]]; then
+    log "$r: initdb $dir"
+    mkdir -p "$dir"
+    [[ $(id -u) -eq 0 ]] && chown -R postgres:postgres "$dir"
+    as_pg initdb -D "$dir" -U postgres --auth=trust -E UTF8 >/dev/null
+  fi
+  if ! pg_isready -q -h 127.0.0.1 -p "$port"; then
+    as_pg pg_ctl -D "$dir" -o "-p $port -k $dir -c listen_addresses=127.0.0.1" -l "$dir/log" -w start >/dev/null
+  fi
+  CLUSTERS+=("$dir")
+  psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -Atc \
+    "select 1 from pg_database where datname = 'booking'" | grep -q 1 \
+    || psql -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -c "create database booking" >/dev/null
+}
+
+start_redis() { # port dir
+  mkdir -p "$2"
+  redis-cli -p "$1" ping >/dev/null 2>&1 && return 0
+  redis-server --port "$1" --bind 127.0.0.1 --save "" --appendonly no --dir "$2" \
+    --daemonize yes --logfile "$2/redis.log" >/dev/null
+  for _ in $(seq 1 50); do redis-cli -p "$1" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
+  die "redis-server on $1 did not start"
+}
+
+# DEV_PROFILE=debug reuses the test suite's debug build instead of a release build.
+PROFILE="${DEV_PROFILE:-release}"
+[[ $PROFILE == release || $PROFILE == debug ]] || die "DEV_PROFILE must be release or debug"
+log "building the origin, the demo fleet's seeder, the inference service and the gateway ($PROFILE)"
+profile_flag=(); [[ $PROFILE == release ]] && profile_flag=(--release)
+cargo build -p origin -p demo-fleet -p inference -p upstash-gateway "${profile_flag[@]}" --locked
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE"
 bash scripts/broker.sh
-# The origin's outbox relay publishes booking events here (unset it to keep them in the outbox).
 export KAFKA_BROKERS="${KAFKA_BROKERS:-127.0.0.1:${BROKER_PORT:-9092}}"
 
-DEV_DB="${DEV_DB:-booking_dev}"
-export DATABASE_URL="${DEV_DATABASE_URL:-postgres://$PGUSER@$PGHOST:$PGPORT/$DEV_DB}"
-if ! psql -X -q -d test -Atc "select 1 from pg_database where datname = '$DEV_DB'" | grep -q 1; then
-  log "creating database $DEV_DB"
-  psql -X -q -d test -c "create database $DEV_DB" >/dev/null
-fi
-
-# Development settings; every one can be overridden from the environment.
-export BIND_ADDR="${BIND_ADDR:-127.0.0.1:8080}"
-export JWT_ISSUER="${JWT_ISSUER:-booking-dev}"
-export JWT_AUDIENCE="${JWT_AUDIENCE:-booking-api}"
+export JWT_ISSUER="${JWT_ISSUER:-booking-dev}" JWT_AUDIENCE="${JWT_AUDIENCE:-booking-api}"
 export JWT_HS256_SECRET="${JWT_HS256_SECRET:-dev-only-secret-change-me-0123456789}"
 export QUOTE_SIGNING_KEYS="${QUOTE_SIGNING_KEYS:-dev1=dev-only-quote-key-change-me-0123456789}"
 export RUST_LOG="${RUST_LOG:-info,sqlx=warn}"
+export UPSTASH_GATEWAY_TOKEN="${UPSTASH_GATEWAY_TOKEN:-dev-only-upstash-token}"
+EDGE_PREFIX="edge:"
 
-log "building the origin, the demo fleet's seeder and the reference inference service"
-cargo build -p origin -p demo-fleet -p inference --release --locked
-BIN="$ROOT/target/release/origin"
+for r in "${REGION_LIST[@]}"; do
+  dir="$DEV/${r,,}"
+  start_pg "$r"
+  start_redis "${REDIS_PORT[$r]}" "$dir/redis"
+  db="postgres://postgres@127.0.0.1:${PG_PORT[$r]}/booking"
+  DATABASE_URL="$db" "$BIN/origin" migrate >/dev/null
+  DATABASE_URL="$db" "$BIN/seed-demo" "${DEMO_VEHICLES_PER_CITY:-120}" >/dev/null
+  # Only the home fleet: the seeder writes both cities.
+  psql -X -q -d "$db" -v ON_ERROR_STOP=1 -v r="$r" >/dev/null <<'SQL'
+delete from vehicles where region <> :'r';
+delete from parking_bays where region <> :'r';
+delete from base_rates where region <> :'r';
+delete from vehicle_config where region <> :'r';
+delete from time_multipliers where region <> :'r';
+delete from discount_rules where region <> :'r';
+SQL
+  INFERENCE_DATABASE_URL="postgres://inference_ro@127.0.0.1:${PG_PORT[$r]}/booking" \
+    INFERENCE_BIND_ADDR="127.0.0.1:${INFER_PORT[$r]}" "$BIN/inference" >>"$dir/inference.log" 2>&1 &
+  PIDS+=($!)
+  env DATABASE_URL="$db" REDIS_URL="redis://127.0.0.1:${REDIS_PORT[$r]}" ORIGIN_REGIONS="$r" \
+    BIND_ADDR="127.0.0.1:${ORIGIN_PORT[$r]}" INFERENCE_URL="http://127.0.0.1:${INFER_PORT[$r]}" \
+    EDGE_CACHE_REST_URL="http://127.0.0.1:$GATEWAY_PORT" EDGE_CACHE_REST_TOKEN="$UPSTASH_GATEWAY_TOKEN" \
+    EDGE_CACHE_KEY_PREFIX="$EDGE_PREFIX" "$BIN/origin" serve >>"$dir/origin.log" 2>&1 &
+  PIDS+=($!)
+done
+for r in "${REGION_LIST[@]}"; do
+  for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:${ORIGIN_PORT[$r]}/healthz" >/dev/null && break; sleep 0.1; done
+  curl -fs "http://127.0.0.1:${ORIGIN_PORT[$r]}/healthz" >/dev/null \
+    || die "the $r origin did not start: see $DEV/${r,,}/origin.log"
+done
 
-"$ROOT/target/release/seed-demo" "${DEMO_VEHICLES_PER_CITY:-120}"
-
-# The reference AI inference service (origin/inference) reads the same database through its
-# read-only role (created by the migrations); the origin's pricing calls it at INFERENCE_URL.
-# Point INFERENCE_URL at another service to replace it.
-INFERENCE_BIND_ADDR="${INFERENCE_BIND_ADDR:-127.0.0.1:8090}"
-if [[ -z "${INFERENCE_URL:-}" ]]; then
-  export INFERENCE_URL="http://$INFERENCE_BIND_ADDR"
-  INFERENCE_DATABASE_URL="${INFERENCE_DATABASE_URL:-postgres://inference_ro@$PGHOST:$PGPORT/$DEV_DB}" \
-    INFERENCE_BIND_ADDR="$INFERENCE_BIND_ADDR" "$ROOT/target/release/inference" &
-  INFERENCE_PID=$!
-  trap 'kill "$INFERENCE_PID" 2>/dev/null || true' EXIT
-  log "reference inference service on $INFERENCE_URL (pid $INFERENCE_PID)"
+if [[ "${EDGE:-1}" == 1 ]]; then
+  bash scripts/edge.sh build >/dev/null
+  start_redis "$EDGE_REDIS_PORT" "$DEV/edge-redis"
+  REDIS_URL="redis://127.0.0.1:$EDGE_REDIS_PORT" UPSTASH_GATEWAY_ADDR="127.0.0.1:$GATEWAY_PORT" \
+    "$BIN/upstash-gateway" >>"$DEV/gateway.log" 2>&1 &
+  PIDS+=($!)
+  for r in EUW EUN; do
+    vars=(
+      "EDGE_REGION=$r"
+      "ORIGIN_EUW_URL=http://127.0.0.1:${ORIGIN_PORT[EUW]}"
+      "ORIGIN_EUN_URL=http://127.0.0.1:${ORIGIN_PORT[EUN]}"
+      "UPSTASH_REDIS_REST_URL=http://127.0.0.1:$GATEWAY_PORT"
+      "UPSTASH_REDIS_REST_TOKEN=$UPSTASH_GATEWAY_TOKEN"
+      "EDGE_KEY_PREFIX=$EDGE_PREFIX"
+      "JWT_ISSUER=$JWT_ISSUER" "JWT_AUDIENCE=$JWT_AUDIENCE" "JWT_HS256_SECRET=$JWT_HS256_SECRET"
+    )
+    if [[ $EDGE_RUNTIME == spin ]]; then
+      args=(); for v in "${vars[@]}"; do args+=(--env "$v"); done
+      "$ROOT/.dev/edge-tools/wasmtime" serve -S cli=y -S http=y --addr "127.0.0.1:${EDGE_PORT[$r]}" \
+        "${args[@]}" "${CARGO_TARGET_DIR:-$ROOT/target}/wasm32-wasip2/release/edge_spin.wasm" \
+        >>"$DEV/edge-${r,,}.log" 2>&1 &
+    else
+      json=$(printf '%s\n' "${vars[@]}" | python3 -c 'import json,sys; print(json.dumps(dict(l.rstrip("\n").split("=",1) for l in sys.stdin)))')
+      (cd edge/cloudflare && EDGE_PORT="${EDGE_PORT[$r]}" EDGE_STOP_ON_STDIN_CLOSE=0 EDGE_BINDINGS="$json" \
+        exec node run.mjs) >>"$DEV/edge-${r,,}.log" 2>&1 &
+    fi
+    PIDS+=($!)
+  done
+  for r in EUW EUN; do
+    for _ in $(seq 1 100); do curl -fs "http://127.0.0.1:${EDGE_PORT[$r]}/healthz" >/dev/null && break; sleep 0.1; done
+    curl -fs "http://127.0.0.1:${EDGE_PORT[$r]}/healthz" >/dev/null \
+      || die "the $r edge did not start: see $DEV/edge-${r,,}.log"
+  done
 fi
-TOKEN=$("$BIN" dev-token demo-user)
-OPS_TOKEN=$("$BIN" dev-token demo-ops --ops)
+
+TOKEN=$("$BIN/origin" dev-token demo-user)
+OPS_TOKEN=$("$BIN/origin" dev-token demo-ops --ops)
 START=$(date -u -d 'tomorrow 10:00' +%Y-%m-%dT%H:%M:%SZ)
 END=$(date -u -d 'tomorrow 14:00' +%Y-%m-%dT%H:%M:%SZ)
-BASE="http://$BIND_ADDR"
+# Every example through the Frankfurt edge (it routes each to the owning region); with EDGE=0,
+# straight to the owning origin.
+EDGE_BASE="http://127.0.0.1:${EDGE_PORT[EUW]}" EUN_BASE="$EDGE_BASE" VIA="the Frankfurt edge"
+if [[ "${EDGE:-1}" != 1 ]]; then
+  EDGE_BASE="http://127.0.0.1:${ORIGIN_PORT[EUW]}" EUN_BASE="http://127.0.0.1:${ORIGIN_PORT[EUN]}"
+  VIA="each region's origin (EDGE=0)"
+fi
 
+echo
+for r in "${REGION_LIST[@]}"; do
+  printf '  %s origin:    http://127.0.0.1:%s   (PostgreSQL 127.0.0.1:%s, Redis 127.0.0.1:%s, inference http://127.0.0.1:%s; logs .dev/regions/%s/)\n' \
+    "$r" "${ORIGIN_PORT[$r]}" "${PG_PORT[$r]}" "${REDIS_PORT[$r]}" "${INFER_PORT[$r]}" "${r,,}"
+done
+if [[ "${EDGE:-1}" == 1 ]]; then
+  printf '  EUW edge (Frankfurt, %s): http://127.0.0.1:%s\n' "$EDGE_RUNTIME" "${EDGE_PORT[EUW]}"
+  printf '  EUN edge (Sweden, %s):    http://127.0.0.1:%s\n' "$EDGE_RUNTIME" "${EDGE_PORT[EUN]}"
+  printf '  Upstash REST gateway: http://127.0.0.1:%s (Redis 127.0.0.1:%s)\n' "$GATEWAY_PORT" "$EDGE_REDIS_PORT"
+fi
+printf '  Broker (shared): %s\n' "$KAFKA_BROKERS"
 cat <<MSG
-
-  Booking & Pricing origin: $BASE   (OpenAPI: $BASE/openapi.json)
 
   export TOKEN=$TOKEN
   export OPS_TOKEN=$OPS_TOKEN        # role "ops"
 
-  # vehicles near Frankfurt Hbf tomorrow 10:00-14:00 UTC
-  curl -s -H "authorization: Bearer \$TOKEN" '$BASE/v1/vehicles/search?lat=50.1071&lon=8.6638&radius_m=3000&start=$START&end=$END'
-  # a quote (v2 shows the breakdown); put a vehicle_id from the search in
+  # Stockholm and Frankfurt, through $VIA
+  curl -s -H "authorization: Bearer \$TOKEN" '$EUN_BASE/v1/vehicles/search?lat=59.3303&lon=18.0586&radius_m=3000&start=$START&end=$END'
+  curl -s -H "authorization: Bearer \$TOKEN" '$EDGE_BASE/v1/vehicles/search?lat=50.1071&lon=8.6638&radius_m=3000&start=$START&end=$END'
+  # a quote (v2 shows the breakdown), a hold with its token, the confirmation
   curl -s -H "authorization: Bearer \$TOKEN" -H 'content-type: application/json' \\
-       -d '{"vehicle_id":"<vehicle_id>","start":"$START","end":"$END"}' $BASE/v2/quotes
-  # hold it with the quote's token, then confirm
+       -d '{"vehicle_id":"<vehicle_id>","start":"$START","end":"$END"}' $EDGE_BASE/v2/quotes
   curl -s -H "authorization: Bearer \$TOKEN" -H 'content-type: application/json' -H "idempotency-key: \$(uuidgen || date +%s%N)" \\
-       -d '{"quote_token":"<quote_token>"}' $BASE/v1/bookings
-  curl -s -X POST -H "authorization: Bearer \$TOKEN" $BASE/v1/bookings/<booking_id>/confirm
-  # the surge multiplier near Frankfurt Hbf; the pricing tables (ops role)
-  curl -s -H "authorization: Bearer \$TOKEN" '$BASE/v1/surge?lat=50.1071&lon=8.6638'
-  curl -s -H "authorization: Bearer \$OPS_TOKEN" $BASE/v1/admin/pricing/EUW
+       -d '{"quote_token":"<quote_token>"}' $EDGE_BASE/v1/bookings
+  curl -s -X POST -H "authorization: Bearer \$TOKEN" $EDGE_BASE/v1/bookings/<booking_id>/confirm
+  # the user's bookings of both regions; the pricing tables of a region (ops role)
+  curl -s -H "authorization: Bearer \$TOKEN" $EDGE_BASE/v2/bookings
+  curl -s -H "authorization: Bearer \$OPS_TOKEN" $EUN_BASE/v1/admin/pricing/EUN
 
 MSG
-# Both edge workers (Cloudflare worker in workerd on :8787, Spin component in wasmtime on :8788)
-# in front of this origin, with the Upstash REST gateway; they print their URLs when up.
-# The first run installs their tools (see scripts/edge.sh). EDGE=0 skips them.
-if [[ "${EDGE:-1}" == 1 ]]; then
-  export UPSTASH_GATEWAY_TOKEN="${UPSTASH_GATEWAY_TOKEN:-dev-only-upstash-token}"
-  export EDGE_CACHE_REST_URL="${EDGE_CACHE_REST_URL:-http://127.0.0.1:${UPSTASH_GATEWAY_PORT:-8079}}"
-  export EDGE_CACHE_REST_TOKEN="${EDGE_CACHE_REST_TOKEN:-$UPSTASH_GATEWAY_TOKEN}"
-  ORIGIN_URL="$BASE" bash scripts/edge.sh run &
-  EDGE_PID=$!
-  # A background job ignores Ctrl-C: stop it (and, by its trap, the edges) with the origin.
-  trap 'kill "$EDGE_PID" "${INFERENCE_PID:-}" 2>/dev/null || true' EXIT
-fi
-"$BIN" serve
+wait

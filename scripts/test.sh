@@ -25,6 +25,8 @@ bash scripts/sqlx.sh check
 # compiles for wasm32-unknown-unknown (Cloudflare) and wasm32-wasip2 (Spin).
 log "edge workers for workerd and wasmtime, with the domain crate for both wasm targets"
 bash scripts/edge.sh build
+log "deploy manifests: wrangler deploy --dry-run (euw, eun), spin manifests against Spin's schema"
+bash scripts/deploy-check.sh
 log "build (every binary and test target; the suite and the scripts below reuse it)"
 cargo build --workspace --bins --tests --locked
 log "tests (DATABASE_URL=$DATABASE_URL)"

@@ -79,14 +79,14 @@ pub fn free_port() -> TestResult<u16> {
 
 /// A running edge worker process.
 #[derive(Debug)]
-struct EdgeProcess {
+pub(crate) struct EdgeProcess {
     child: Child,
     /// Closing it tells the miniflare runner to dispose workerd and exit.
     stdin: Option<ChildStdin>,
 }
 
 impl EdgeProcess {
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         drop(self.stdin.take());
         if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
             .await
@@ -109,7 +109,7 @@ async fn wait_healthy(client: &reqwest::Client, base: &str, what: &str) -> TestR
     bail!("{what} did not become healthy at {base}")
 }
 
-async fn start_edge(
+pub(crate) async fn start_edge(
     runtime: Runtime,
     vars: &[(String, String)],
 ) -> TestResult<(EdgeProcess, String)> {

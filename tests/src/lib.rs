@@ -20,6 +20,8 @@ pub mod edge;
 pub mod fault_proxy;
 pub mod history;
 pub mod jwt_forge;
+pub mod latency_proxy;
+pub mod regions;
 pub mod test_redis;
 
 /// Test result alias.

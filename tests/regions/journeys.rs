@@ -1,0 +1,363 @@
+//! A user who crosses regions: searches, books and lists through the other region's edge and
+//! gets what the home region has, stored and published at home; and what that costs in time.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use origin::events::Topic;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::*;
+
+async fn searches_through_either_edge_equal_the_home_origins_pages(
+    world: &TwoRegions,
+    t: &str,
+) -> TestResult {
+    let w = window(3, 2);
+    for (region, point, other_edge) in [
+        ("EUW", FRANKFURT, &world.edge_eun),
+        ("EUN", STOCKHOLM, &world.edge_euw),
+    ] {
+        for version in ["v1", "v2"] {
+            // Small pages, so the cursor is exercised too.
+            let path = search_path(version, point, 20_000, w, 5);
+            let home = pages(&world.site(region).direct()?, &path, t).await?;
+            let via_other = pages(other_edge, &path, t).await?;
+            let via_own = pages(world.edge(region), &path, t).await?;
+            let count: usize = home.iter().map(Vec::len).sum();
+            assert!(
+                count >= 10 && home.len() >= 2,
+                "{region}: the home origin found {count} vehicles in {} pages",
+                home.len()
+            );
+            assert_eq!(
+                via_other, home,
+                "{region} {version} through the other region's edge"
+            );
+            assert_eq!(via_own, home, "{region} {version} through its own edge");
+        }
+    }
+    Ok(())
+}
+
+/// One booking's public id, region and user, as created.
+#[derive(Debug, Clone)]
+struct Booked {
+    id: String,
+    region: String,
+}
+
+async fn confirm(http: &Http, user: &str, id: &str) -> TestResult {
+    let reply = http
+        .post(
+            &format!("/v1/bookings/{id}/confirm"),
+            Some(&token(user)),
+            &Value::Null,
+            None,
+        )
+        .await?;
+    anyhow::ensure!(reply.status == 200, "confirm {id}: {reply:?}");
+    Ok(())
+}
+
+/// Median of durations (sorts in place).
+fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples.get(samples.len() / 2).copied().unwrap_or_default()
+}
+
+/// The end offset of every partition of every topic now: events published later come after.
+fn end_offsets(brokers: &str) -> TestResult<HashMap<(String, i32), i64>> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("regions-marks-{}", uuid::Uuid::new_v4()),
+        )
+        .create()
+        .context("create the offsets consumer")?;
+    let mut ends = HashMap::new();
+    for topic in Topic::ALL {
+        let metadata = consumer
+            .fetch_metadata(Some(topic.as_str()), Duration::from_secs(10))
+            .with_context(|| format!("metadata of {}", topic.as_str()))?;
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                let (_, high) = consumer
+                    .fetch_watermarks(t.name(), p.id(), Duration::from_secs(10))
+                    .with_context(|| format!("watermarks of {}/{}", t.name(), p.id()))?;
+                ends.insert((t.name().to_owned(), p.id()), high);
+            }
+        }
+    }
+    Ok(ends)
+}
+
+/// Reads every topic from `from` until every `wanted` event id was seen (bounded); the payload
+/// of each wanted event.
+async fn consume(
+    brokers: &str,
+    from: &HashMap<(String, i32), i64>,
+    wanted: &HashSet<uuid::Uuid>,
+) -> TestResult<HashMap<uuid::Uuid, Value>> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("regions-events-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .create()
+        .context("create the consumer")?;
+    let mut partitions = TopicPartitionList::new();
+    for ((topic, partition), offset) in from {
+        partitions
+            .add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            .context("add a partition")?;
+    }
+    consumer.assign(&partitions).context("assign partitions")?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = HashMap::new();
+    while seen.len() < wanted.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        anyhow::ensure!(
+            !left.is_zero(),
+            "only {} of {} events reached the broker",
+            seen.len(),
+            wanted.len()
+        );
+        let Ok(Ok(message)) = tokio::time::timeout(left, consumer.recv()).await else {
+            continue;
+        };
+        let id = message
+            .headers()
+            .and_then(|h| {
+                h.iter()
+                    .find(|h| h.key == "event_id")
+                    .and_then(|h| h.value)
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(|v| uuid::Uuid::try_parse(v).ok())
+            })
+            .filter(|id| wanted.contains(id));
+        if let Some(id) = id {
+            let payload: Value = serde_json::from_slice(message.payload().unwrap_or_default())?;
+            seen.insert(id, payload);
+        }
+    }
+    Ok(seen)
+}
+
+async fn a_user_searches_books_and_lists_across_regions_through_both_edges(
+    runtime: Runtime,
+) -> TestResult {
+    let brokers = std::env::var("KAFKA_BROKERS").context(
+        "KAFKA_BROKERS is not set: run scripts/broker.sh and export KAFKA_BROKERS=127.0.0.1:9092",
+    )?;
+    let marks = end_offsets(&brokers)?;
+    let world = TwoRegions::start(runtime, WorldOptions::default()).await?;
+    println!(
+        "{}: inter-region latency {:?} RTT by {LATENCY_MECHANISM}",
+        runtime.name(),
+        world.rtt
+    );
+    let user = "ulla";
+    let t = token(user);
+
+    searches_through_either_edge_equal_the_home_origins_pages(&world, &t).await?;
+
+    // Book a Stockholm vehicle through the Frankfurt edge and a Frankfurt vehicle through the
+    // Sweden edge, three each, confirmed; and one of each through its own edge.
+    let mut booked: Vec<Booked> = Vec::new();
+    for i in 0..4usize {
+        for (region, edge) in [("EUN", &world.edge_euw), ("EUW", &world.edge_eun)] {
+            let edge = if i == 3 { world.edge(region) } else { edge };
+            let vehicle = &world.site(region).vehicles[i];
+            let (hold, _) = quote_and_hold(edge, user, vehicle, window(5, 2)).await?;
+            assert_eq!(
+                hold.status, 201,
+                "{region} hold via {}: {hold:?}",
+                edge.base
+            );
+            let id = hold.body["id"].as_str().context("booking id")?.to_owned();
+            assert_eq!(region_of(&id), region, "{id}");
+            confirm(edge, user, &id).await?;
+            booked.push(Booked {
+                id,
+                region: region.to_owned(),
+            });
+        }
+    }
+    // Each booking is in its home cluster, and only there.
+    for b in &booked {
+        let uuid = uuid_of(&b.id)?;
+        let cond = format!("id = '{uuid}' and user_id = '{user}' and status = 'CONFIRMED'");
+        assert_eq!(world.site(&b.region).count("bookings", &cond).await?, 1);
+        let away = if b.region == "EUW" { "EUN" } else { "EUW" };
+        assert_eq!(
+            world
+                .site(away)
+                .count("bookings", &format!("id = '{uuid}'"))
+                .await?,
+            0
+        );
+    }
+
+    // The user's list through either edge: both regions merged by (created_at, id) newest
+    // first, the same as both clusters say, across pages of 3 with the composite cursor.
+    let mut expected: Vec<(chrono::DateTime<Utc>, uuid::Uuid, String)> = Vec::new();
+    for region in e2e::regions::REGIONS {
+        let rows: Vec<(uuid::Uuid, chrono::DateTime<Utc>)> =
+            sqlx::query_as("select id, created_at from bookings where user_id = $1")
+                .bind(user)
+                .fetch_all(&world.site(region).pool)
+                .await?;
+        expected.extend(rows.into_iter().map(|(id, at)| {
+            (
+                at,
+                id,
+                format!("bkg_{}_{}", region.to_lowercase(), id.simple()),
+            )
+        }));
+    }
+    expected.sort();
+    expected.reverse();
+    let expected: Vec<String> = expected.into_iter().map(|(_, _, id)| id).collect();
+    assert_eq!(expected.len(), booked.len());
+    for edge in [&world.edge_euw, &world.edge_eun] {
+        for version in ["v1", "v2"] {
+            let listed = pages(edge, &format!("/{version}/bookings?limit=3"), &t).await?;
+            assert!(listed.len() >= 3, "{} pages", listed.len());
+            let ids: Vec<String> = listed
+                .iter()
+                .flatten()
+                .filter_map(|b| b["id"].as_str().map(str::to_owned))
+                .collect();
+            assert_eq!(ids, expected, "{version} list via {}", edge.base);
+        }
+    }
+
+    // Every event of these bookings was published by its home region's relay (it is in that
+    // cluster's outbox, marked published) and carries the region.
+    let mut wanted = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for b in &booked {
+        let site = world.site(&b.region);
+        let uuid = uuid_of(&b.id)?;
+        loop {
+            let rows: Vec<(uuid::Uuid, bool)> = sqlx::query_as(
+                "select event_id, published_at is not null from outbox where aggregate_id = $1",
+            )
+            .bind(uuid)
+            .fetch_all(&site.pool)
+            .await?;
+            assert!(rows.len() >= 2, "{}: {} outbox rows", b.id, rows.len());
+            if rows.iter().all(|(_, published)| *published) {
+                for (event, _) in rows {
+                    wanted.insert(event, b.clone());
+                }
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {b:?} events not published by its relay",
+                b.region
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let ids: HashSet<uuid::Uuid> = wanted.keys().copied().collect();
+    let received = consume(&brokers, &marks, &ids).await?;
+    for (event, payload) in &received {
+        let b = &wanted[event];
+        assert_eq!(payload["region"], b.region.as_str(), "{payload}");
+        assert_eq!(payload["booking"]["id"], b.id.as_str(), "{payload}");
+    }
+
+    // Straight to an origin, the other region's vehicle, quote and admin path are 421.
+    let euw = world.euw.direct()?;
+    let eun_vehicle = &world.eun.vehicles[8];
+    let w = window(6, 1);
+    let misdirected = euw
+        .post(
+            "/v1/quotes",
+            Some(&t),
+            &json!({ "vehicle_id": eun_vehicle, "start": w.0, "end": w.1 }),
+            None,
+        )
+        .await?;
+    misdirected.assert_problem(421);
+    let eun_booking = booked
+        .iter()
+        .find(|b| b.region == "EUN")
+        .context("an EUN booking")?;
+    euw.get(&format!("/v1/bookings/{}", eun_booking.id), Some(&t))
+        .await?
+        .assert_problem(421);
+    euw.get("/v1/admin/pricing/EUN", Some(&ops_token("olaf")))
+        .await?
+        .assert_problem(421);
+
+    // Latency: holds of EUN vehicles through the Sweden edge (home) and through the Frankfurt
+    // edge (one inter-region hop each way), five each; the difference of the medians is what
+    // the region crossing adds.
+    let before = world.proxy_to_eun.connections();
+    let (mut home, mut cross) = (Vec::new(), Vec::new());
+    for i in 0..5usize {
+        for (j, (edge, samples)) in [(&world.edge_eun, &mut home), (&world.edge_euw, &mut cross)]
+            .into_iter()
+            .enumerate()
+        {
+            let vehicle = &world.eun.vehicles[(i % 4) + 8];
+            let w = window(10 + 2 * i as i64 + j as i64, 1);
+            let quote = edge
+                .post(
+                    "/v1/quotes",
+                    Some(&t),
+                    &json!({ "vehicle_id": vehicle, "start": w.0, "end": w.1 }),
+                    None,
+                )
+                .await?;
+            assert_eq!(quote.status, 201, "{quote:?}");
+            let key = uuid::Uuid::new_v4().to_string();
+            let started = Instant::now();
+            let hold = edge
+                .post(
+                    "/v1/bookings",
+                    Some(&t),
+                    &json!({ "quote_token": quote.body["quote_token"] }),
+                    Some(&key),
+                )
+                .await?;
+            let took = started.elapsed();
+            assert_eq!(hold.status, 201, "{hold:?}");
+            samples.push(took);
+        }
+    }
+    assert!(
+        world.proxy_to_eun.connections() > before,
+        "the cross-region holds did not go through the delay line"
+    );
+    let (home, cross) = (median(&mut home), median(&mut cross));
+    let added = cross.saturating_sub(home);
+    println!(
+        "{}: EUN hold through the Sweden edge {home:?}, through the Frankfurt edge {cross:?} \
+         (median of 5): +{added:?} = {:.2} inter-region RTTs of {:?}",
+        runtime.name(),
+        added.as_secs_f64() / world.rtt.as_secs_f64(),
+        world.rtt
+    );
+    // The delay line adds at least one round trip to every call through it: less means the
+    // traffic did not cross regions and the measurement proves nothing.
+    assert!(cross >= world.rtt, "cross-region hold took {cross:?}");
+    assert!(
+        added < world.rtt * 3,
+        "a cross-region booking added {added:?} (≥ 3 × {:?})",
+        world.rtt
+    );
+    world.stop().await
+}
+on_both_runtimes!(a_user_searches_books_and_lists_across_regions_through_both_edges);

@@ -23,7 +23,8 @@
 # Knobs (environment): BENCH_SECS [15] seconds per run; MIXED_SECS [BENCH_SECS] (600 for the
 # memory soak); LIMITS_DURATION [10]; BENCH_MAX_IN_FLIGHT [128] the origin's MAX_IN_FLIGHT;
 # BENCH_EDGE_URLS ["name=url,..."] also runs cached-quote and mixed through each edge URL;
-# BENCH_SKIP_LIMITS=1 reuses target/bench/limits.txt; BENCH_BEFORE [unset] a git ref to compare.
+# BENCH_SKIP_LIMITS=1 reuses target/bench/limits.txt; BENCH_BEFORE [unset] a git ref to compare;
+# BENCH_NO_BUILD=1 uses the binaries already built.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
@@ -55,8 +56,12 @@ else
 fi
 
 # ---------------------------------------------------------------- 2. stack
-log "building the release origin and loadgen"
-cargo build --release --locked -p origin -p demo-fleet -p loadgen
+if [[ "${BENCH_NO_BUILD:-0}" == 1 ]]; then
+  log "BENCH_NO_BUILD=1: using the binaries in target/release as they are"
+else
+  log "building the release origin and loadgen"
+  cargo build --release --locked -p origin -p demo-fleet -p loadgen
+fi
 # The code before (BENCH_BEFORE=<git ref>): checked out in its own worktree under target/ and
 # built into its own target dir (seeded with hard links of ours, so only what changed builds).
 BEFORE_BIN=""
@@ -65,9 +70,13 @@ if [[ -n "${BENCH_BEFORE:-}" ]]; then
   rev=$(git rev-parse --verify "$BENCH_BEFORE^{commit}") || die "BENCH_BEFORE=$BENCH_BEFORE is not a commit"
   if [[ -d "$BSRC" ]]; then git -C "$BSRC" checkout -q --detach "$rev"
   else git worktree add -q --detach "$BSRC" "$rev"; fi
-  [[ -d "$BTARGET/release" ]] || { mkdir -p "$BTARGET"; cp -al target/release "$BTARGET/release"; }
+  if [[ ! -d "$BTARGET/release" ]]; then
+    mkdir -p "$BTARGET"; cp -al target/release "$BTARGET/release"
+    rm -f "$BTARGET/release/.cargo-lock"   # its own lock, not a link to ours
+  fi
   log "building the code before: $BENCH_BEFORE ($(git rev-parse --short "$rev"))"
-  (cd "$BSRC" && CARGO_TARGET_DIR="$BTARGET" cargo build --release --locked -p origin -p demo-fleet)
+  [[ "${BENCH_NO_BUILD:-0}" == 1 && -x "$BTARGET/release/origin" ]] \
+    || (cd "$BSRC" && CARGO_TARGET_DIR="$BTARGET" cargo build --release --locked -p origin -p demo-fleet)
   BEFORE_BIN="$BTARGET/release"
 fi
 export JWT_ISSUER=booking-dev JWT_AUDIENCE=booking-api

@@ -34,7 +34,7 @@ BASE="http://$BIND_ADDR"
 MON=$(mktemp)
 redis-cli -u "$REDIS_URL" monitor >"$MON" & MPID=$!
 cleanup() {
-  kill "$PID" "$MPID" 2>/dev/null; wait "$PID" "$MPID" 2>/dev/null
+  kill "$PID" "$MPID" 2>/dev/null; wait "$PID" "$MPID" 2>/dev/null || true
   psql -X -q -d postgres -c "drop database if exists $DB with (force)" >/dev/null 2>&1
   redis-cli -u "$REDIS_URL" --scan --pattern "$REDIS_KEY_PREFIX*" | xargs -r redis-cli -u "$REDIS_URL" unlink >/dev/null 2>&1
   rm -f "$MON"

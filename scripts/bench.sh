@@ -12,13 +12,19 @@
 # 3. Runs the workloads (tests/loadgen): cached-quote at its max (loadgen and wrk) and at half
 #    of it, mixed (closed loop to find the max, then open loop at 80 % of it), burst (5× step
 #    over 60 % of the mixed max, so the step offers 3× capacity), contention, and holds (closed loop) last.
-# 4. Writes target/bench/report.{json,md}, one <run>.{json,md} per run and the burst plot
+#    With BENCH_BEFORE=<git ref> (e.g. main) it first builds that code in its own worktree
+#    (target/bench-before-src) and runs the headline workloads against its origin, in the same
+#    session, as runs named before-<run>: the report sets each figure next to the code before.
+#    The origin's CPU time per request is read from /proc/<pid>/stat around every run.
+# 4. Writes target/bench/report.{json,md}, one <run>.{json,md} per run, the plot of every
+#    path's throughput and p99 (target/bench/paths.svg) and the burst plot
 #    target/bench/burst.svg, and prints the report: every figure with its ratio to its ceiling.
 #
 # Knobs (environment): BENCH_SECS [15] seconds per run; MIXED_SECS [BENCH_SECS] (600 for the
 # memory soak); LIMITS_DURATION [10]; BENCH_MAX_IN_FLIGHT [128] the origin's MAX_IN_FLIGHT;
 # BENCH_EDGE_URLS ["name=url,..."] also runs cached-quote and mixed through each edge URL;
-# BENCH_SKIP_LIMITS=1 reuses target/bench/limits.txt.
+# BENCH_SKIP_LIMITS=1 reuses target/bench/limits.txt; BENCH_BEFORE [unset] a git ref to compare;
+# BENCH_NO_BUILD=1 uses the binaries already built.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
@@ -26,9 +32,6 @@ SECS="${BENCH_SECS:-15}"
 MIXED_SECS="${MIXED_SECS:-$SECS}"
 OUT=target/bench
 LIMITS_SH="${LIMITS_SH:-$ROOT/../shared/bench/limits.sh}"
-PORT=18381
-export BIND_ADDR="127.0.0.1:$PORT"
-BASE="http://$BIND_ADDR"
 
 LOAD0=$(cut -d' ' -f1-3 /proc/loadavg)
 ensure_postgres
@@ -53,15 +56,33 @@ else
 fi
 
 # ---------------------------------------------------------------- 2. stack
-log "building the release origin and loadgen"
-cargo build --release --locked -p origin -p demo-fleet -p loadgen
-BENCH_DB=booking_bench
-psql -X -q -d postgres -c "drop database if exists $BENCH_DB with (force)" -c "create database $BENCH_DB" >/dev/null
-export DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$BENCH_DB"
+if [[ "${BENCH_NO_BUILD:-0}" == 1 ]]; then
+  log "BENCH_NO_BUILD=1: using the binaries in target/release as they are"
+else
+  log "building the release origin and loadgen"
+  cargo build --release --locked -p origin -p demo-fleet -p loadgen
+fi
+# The code before (BENCH_BEFORE=<git ref>): checked out in its own worktree under target/ and
+# built into its own target dir (seeded with hard links of ours, so only what changed builds).
+BEFORE_BIN=""
+if [[ -n "${BENCH_BEFORE:-}" ]]; then
+  BSRC="$ROOT/target/bench-before-src"; BTARGET="$ROOT/target/bench-before"
+  rev=$(git rev-parse --verify "$BENCH_BEFORE^{commit}") || die "BENCH_BEFORE=$BENCH_BEFORE is not a commit"
+  if [[ -d "$BSRC" ]]; then git -C "$BSRC" checkout -q --detach "$rev"
+  else git worktree add -q --detach "$BSRC" "$rev"; fi
+  if [[ ! -d "$BTARGET/release" ]]; then
+    mkdir -p "$BTARGET"; cp -al target/release "$BTARGET/release"
+    rm -f "$BTARGET/release/.cargo-lock"   # its own lock, not a link to ours
+  fi
+  log "building the code before: $BENCH_BEFORE ($(git rev-parse --short "$rev"))"
+  [[ "${BENCH_NO_BUILD:-0}" == 1 && -x "$BTARGET/release/origin" ]] \
+    || (cd "$BSRC" && CARGO_TARGET_DIR="$BTARGET" cargo build --release --locked -p origin -p demo-fleet)
+  BEFORE_BIN="$BTARGET/release"
+fi
 export JWT_ISSUER=booking-dev JWT_AUDIENCE=booking-api
 export JWT_HS256_SECRET=dev-only-secret-change-me-0123456789
 export QUOTE_SIGNING_KEYS=dev1=dev-only-quote-key-change-me-0123456789
-export REDIS_KEY_PREFIX="bench:$$:" RUST_LOG=warn
+export RUST_LOG=warn
 export MAX_IN_FLIGHT="${BENCH_MAX_IN_FLIGHT:-128}"
 BROKERS="${KAFKA_BROKERS:-127.0.0.1:9092}"
 if (exec 3<>"/dev/tcp/${BROKERS%:*}/${BROKERS##*:}") 2>/dev/null; then
@@ -70,77 +91,119 @@ else
   unset KAFKA_BROKERS
   log "no broker at $BROKERS: the outbox relay is off (no events/s figure)"
 fi
-target/release/seed-demo 120 >/dev/null
-target/release/origin serve & PID=$!
+PID=""; DBS=(); PREFIXES=()
 cleanup() {
-  kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null
-  psql -X -q -d postgres -c "drop database if exists $BENCH_DB with (force)" >/dev/null 2>&1
-  redis-cli -u "$REDIS_URL" --scan --pattern "$REDIS_KEY_PREFIX*" | xargs -r redis-cli -u "$REDIS_URL" unlink >/dev/null 2>&1
+  [[ -n "$PID" ]] && { kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null; }
+  for db in "${DBS[@]}"; do
+    psql -X -q -d postgres -c "drop database if exists $db with (force)" >/dev/null 2>&1
+  done
+  for p in "${PREFIXES[@]}"; do
+    redis-cli -u "$REDIS_URL" --scan --pattern "$p*" | xargs -r redis-cli -u "$REDIS_URL" unlink >/dev/null 2>&1
+  done
 }
 trap cleanup EXIT
-for _ in $(seq 1 100); do curl -sf "$BASE/readyz" >/dev/null && break; sleep 0.1; done
-curl -sf "$BASE/readyz" >/dev/null || die "the origin did not become ready on $BASE"
+# Starts the origin built in <bin dir> on its own database and Redis prefix (named after <tag>)
+# with the demo fleet; sets PID and BASE.
+start_origin() { # <bin dir> <tag> <port>
+  local bin=$1 db="booking_bench_$2"
+  psql -X -q -d postgres -c "drop database if exists $db with (force)" -c "create database $db" >/dev/null
+  DBS+=("$db")
+  export DATABASE_URL="postgres://$PGUSER@$PGHOST:$PGPORT/$db"
+  export REDIS_KEY_PREFIX="bench:$$:$2:" BIND_ADDR="127.0.0.1:$3"
+  PREFIXES+=("$REDIS_KEY_PREFIX")
+  BASE="http://$BIND_ADDR"
+  "$bin/seed-demo" 120 >/dev/null
+  "$bin/origin" serve & PID=$!
+  for _ in $(seq 1 100); do curl -sf "$BASE/readyz" >/dev/null && break; sleep 0.1; done
+  curl -sf "$BASE/readyz" >/dev/null || die "the origin ($bin) did not become ready on $BASE"
+}
+stop_origin() { kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true; PID=""; }
 
 # ---------------------------------------------------------------- 3. workloads
-LG=(target/release/loadgen run --quiet --origin-pid "$PID")
 field() { sed -nE "s/^  \"$2\": ([0-9.]+),?$/\1/p" "$OUT/$1.json"; }
+cpu_s() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$PID/stat"; }  # USER_HZ is 100
 LOADS=()
-run() { # <name> <loadgen args...>
-  local name=$1; shift
-  log "run $name: $*"
-  "${LG[@]}" --out "$OUT/$name" "$@" >/dev/null
-  LOADS+=("$OUT/$name.json")
+# Every workload against the origin at BASE (PID); run files are named <prefix><run>.
+workloads() { # <prefix>
+  local P=$1
+  local LG=(target/release/loadgen run --quiet --origin-pid "$PID")
+  run() { # <name> <loadgen args...>
+    local name=$P$1; shift
+    log "run $name: $*"
+    "${LG[@]}" --out "$OUT/$name" "$@" >/dev/null
+    LOADS+=("$OUT/$name.json")
+  }
+  run cached-quote-max --base-url "$BASE" --workload cached-quote --closed 64 --duration "$SECS"
+  # The same endpoint under wrk, the client limits.sh measures hello-world with: the fair ratio
+  # (loadgen's reqwest client costs this 2-core box more CPU per request than wrk does).
+  if command -v wrk >/dev/null; then
+    local TOKEN S E c0 c1
+    TOKEN=$(target/release/origin dev-token bench-wrk)
+    S=$(date -u -d "tomorrow 09:00" +%Y-%m-%dT%H:%M:%SZ); E=$(date -u -d "tomorrow 12:00" +%Y-%m-%dT%H:%M:%SZ)
+    {
+      printf 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+      printf 'wrk.headers["Authorization"] = "Bearer %s"\nlocal bodies = {\n' "$TOKEN"
+      curl -sf -H "authorization: Bearer $TOKEN" \
+        "$BASE/v1/vehicles/search?lat=50.1109&lon=8.6821&radius_m=50000&limit=64&start=$S&end=$E" \
+        | grep -o '"vehicle_id":"[^"]*"' \
+        | sed -E "s/.*:\"([^\"]*)\"/  [[{\"vehicle_id\":\"\\1\",\"start\":\"$S\",\"end\":\"$E\"}]],/"
+      printf '}\nlocal i = 0\nrequest = function()\n  i = i + 1\n  return wrk.format(nil, nil, nil, bodies[(i %% #bodies) + 1])\nend\n'
+    } >"$OUT/${P}cached-quote.lua"
+    wrk -t2 -c64 -d2s -s "$OUT/${P}cached-quote.lua" "$BASE/v1/quotes" >/dev/null   # warm L1
+    log "run ${P}cached-quote-wrk: wrk -t2 -c64 -d${SECS}s"
+    c0=$(cpu_s)
+    wrk -t2 -c64 -d"${SECS}s" --latency -s "$OUT/${P}cached-quote.lua" "$BASE/v1/quotes" >"$OUT/${P}cached-quote-wrk.txt"
+    c1=$(cpu_s)
+    awk -v cpu="$(awk -v a="$c0" -v b="$c1" 'BEGIN { print b - a }')" \
+      '/^Requests\/sec:/ { rps = $2 } $1 == "99%" { p99 = $2 } /Non-2xx/ { bad = $NF }
+       / requests in / { n = $1 }
+       END { u = p99; v = u + 0; if (u ~ /us$/) v /= 1000; else if (u ~ /[^m]s$/) v *= 1000;
+             per = n > 0 ? cpu * 1e6 / n : 0;
+             printf "{\"workload\": \"cached-quote\", \"mode\": \"closed (wrk -t2 -c64)\", \"ok_per_s\": %s, \"non_2xx\": %d, \"origin_cpu_s\": %.2f, \"origin_cpu_us_per_request\": %.1f, \"all\": {\"p99_ms\": %.2f}}\n", rps, bad + 0, cpu, per, v }' \
+      "$OUT/${P}cached-quote-wrk.txt" >"$OUT/${P}cached-quote-wrk.json"
+    LOADS+=("$OUT/${P}cached-quote-wrk.json")
+  fi
+  local MAXQ HALF MAX_OPS MIXED_RATE BURST_BASE
+  MAXQ=$(field "${P}cached-quote-max" ok_per_s)
+  [[ -s "$OUT/${P}cached-quote-wrk.json" ]] && MAXQ=$(sed -nE 's/.*"ok_per_s": ([0-9.]+).*/\1/p' "$OUT/${P}cached-quote-wrk.json")
+  HALF=$(awk -v r="$MAXQ" 'BEGIN { printf "%.0f", r / 2 }')
+  run cached-quote-half --base-url "$BASE" --workload cached-quote --rate "$HALF" --duration "$SECS"
+  run mixed-max --base-url "$BASE" --workload mixed --closed 64 --duration "$SECS"
+  MAX_OPS=$(field "${P}mixed-max" achieved_ops_per_s)
+  MIXED_RATE=$(awk -v r="$MAX_OPS" 'BEGIN { printf "%.0f", r * 0.8 }')
+  [[ -z "$P" ]] && AFTER_MIXED_RATE=$MIXED_RATE
+  run mixed --base-url "$BASE" --workload mixed --rate "$MIXED_RATE" --duration "$MIXED_SECS"
+  if [[ -z "$P" ]]; then
+    # Base at 0.6 × the measured capacity, so the 5× step offers 3× capacity: the design's 5×
+    # burst and the overload case (admitted p99 within 2× of steady, the excess shed fast).
+    BURST_BASE=$(awk -v r="$MAX_OPS" 'BEGIN { printf "%.0f", r * 0.6 }')
+    run burst --base-url "$BASE" --workload burst --rate "$BURST_BASE" --burst-factor 5 \
+      --duration "$(( SECS * 2 ))" --plot --max-in-flight 4096 --timeout-ms 5000
+    run contention --base-url "$BASE" --workload contention --rate 200 --duration "$SECS"
+  fi
+  # Last: its ~10 000 live holds raise the demand signal (surge) of every later quote.
+  run holds --base-url "$BASE" --workload holds --closed 32 --duration "$SECS" --prepared-holds 12000
 }
 
-run cached-quote-max --base-url "$BASE" --workload cached-quote --closed 64 --duration "$SECS"
-# The same endpoint under wrk, the client limits.sh measures hello-world with: the fair ratio
-# (loadgen's reqwest client costs this 2-core box more CPU per request than wrk does).
-if command -v wrk >/dev/null; then
-  TOKEN=$(target/release/origin dev-token bench-wrk)
-  S=$(date -u -d "tomorrow 09:00" +%Y-%m-%dT%H:%M:%SZ); E=$(date -u -d "tomorrow 12:00" +%Y-%m-%dT%H:%M:%SZ)
-  {
-    printf 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-    printf 'wrk.headers["Authorization"] = "Bearer %s"\nlocal bodies = {\n' "$TOKEN"
-    curl -sf -H "authorization: Bearer $TOKEN" \
-      "$BASE/v1/vehicles/search?lat=50.1109&lon=8.6821&radius_m=50000&limit=64&start=$S&end=$E" \
-      | grep -o '"vehicle_id":"[^"]*"' \
-      | sed -E "s/.*:\"([^\"]*)\"/  [[{\"vehicle_id\":\"\\1\",\"start\":\"$S\",\"end\":\"$E\"}]],/"
-    printf '}\nlocal i = 0\nrequest = function()\n  i = i + 1\n  return wrk.format(nil, nil, nil, bodies[(i %% #bodies) + 1])\nend\n'
-  } >"$OUT/cached-quote.lua"
-  wrk -t2 -c64 -d2s -s "$OUT/cached-quote.lua" "$BASE/v1/quotes" >/dev/null   # warm L1
-  log "run cached-quote-wrk: wrk -t2 -c64 -d${SECS}s"
-  wrk -t2 -c64 -d"${SECS}s" --latency -s "$OUT/cached-quote.lua" "$BASE/v1/quotes" >"$OUT/cached-quote-wrk.txt"
-  awk '/^Requests\/sec:/ { rps = $2 } $1 == "99%" { p99 = $2 } /Non-2xx/ { bad = $NF }
-       END { u = p99; v = u + 0; if (u ~ /us$/) v /= 1000; else if (u ~ /[^m]s$/) v *= 1000;
-             printf "{\"workload\": \"cached-quote\", \"mode\": \"closed (wrk -t2 -c64)\", \"ok_per_s\": %s, \"non_2xx\": %d, \"all\": {\"p99_ms\": %.2f}}\n", rps, bad + 0, v }' \
-    "$OUT/cached-quote-wrk.txt" >"$OUT/cached-quote-wrk.json"
-  LOADS+=("$OUT/cached-quote-wrk.json")
+if [[ -n "$BEFORE_BIN" ]]; then
+  start_origin "$BEFORE_BIN" before 18382
+  workloads before-
+  stop_origin
 fi
-MAXQ=$(field cached-quote-max ok_per_s)
-[[ -s "$OUT/cached-quote-wrk.json" ]] && MAXQ=$(sed -nE 's/.*"ok_per_s": ([0-9.]+).*/\1/p' "$OUT/cached-quote-wrk.json")
-HALF=$(awk -v r="$MAXQ" 'BEGIN { printf "%.0f", r / 2 }')
-run cached-quote-half --base-url "$BASE" --workload cached-quote --rate "$HALF" --duration "$SECS"
-run mixed-max --base-url "$BASE" --workload mixed --closed 64 --duration "$SECS"
-MAX_OPS=$(field mixed-max achieved_ops_per_s)
-MIXED_RATE=$(awk -v r="$MAX_OPS" 'BEGIN { printf "%.0f", r * 0.8 }')
-run mixed --base-url "$BASE" --workload mixed --rate "$MIXED_RATE" --duration "$MIXED_SECS"
-# Base at 0.6 × the measured capacity, so the 5× step offers 3× capacity: the design's 5× burst
-# and the overload case (admitted p99 within 2× of steady, the excess shed fast) in one run.
-BURST_BASE=$(awk -v r="$MAX_OPS" 'BEGIN { printf "%.0f", r * 0.6 }')
-run burst --base-url "$BASE" --workload burst --rate "$BURST_BASE" --burst-factor 5 \
-  --duration "$(( SECS * 2 ))" --plot --max-in-flight 4096 --timeout-ms 5000
-run contention --base-url "$BASE" --workload contention --rate 200 --duration "$SECS"
-# Last: its ~10 000 live holds raise the demand signal (surge) of every later quote.
-run holds --base-url "$BASE" --workload holds --closed 32 --duration "$SECS" --prepared-holds 12000
+start_origin target/release after 18381
+workloads ""
 
 IFS=',' read -r -a EDGES <<<"${BENCH_EDGE_URLS:-}"
 for edge in "${EDGES[@]}"; do
   [[ -n "$edge" ]] || continue
   name=${edge%%=*}; url=${edge#*=}
+  P=""
+  run() { local name=$1; shift; log "run $name: $*"
+    target/release/loadgen run --quiet --out "$OUT/$name" "$@" >/dev/null; LOADS+=("$OUT/$name.json"); }
   run "edge-$name-cached-quote" --base-url "$url" --metrics-url "$BASE/metrics" \
     --workload cached-quote --closed 64 --duration "$SECS"
   run "edge-$name-mixed" --base-url "$url" --metrics-url "$BASE/metrics" \
-    --workload mixed --rate "$MIXED_RATE" --duration "$SECS"
+    --workload mixed --rate "$AFTER_MIXED_RATE" --duration "$SECS"
 done
 
 # ---------------------------------------------------------------- 4. report
@@ -148,4 +211,4 @@ NOTE="$(nproc) cores; load average at the start $LOAD0, at the end $(cut -d' ' -
 LIMITS_ARG=()
 [[ -s "$OUT/limits.txt" ]] && LIMITS_ARG=(--limits "$OUT/limits.txt")
 target/release/loadgen summary "${LIMITS_ARG[@]}" --out "$OUT" --note "$NOTE" "${LOADS[@]}"
-log "report: $OUT/report.md, $OUT/report.json; burst plot: $OUT/burst.svg"
+log "report: $OUT/report.md, $OUT/report.json; plots: $OUT/paths.svg (every path), $OUT/burst.svg"

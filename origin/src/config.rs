@@ -234,6 +234,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// API requests served at once; past it, 503 + Retry-After at once (`http/shed.rs`).
     pub max_in_flight: usize,
+    /// How long a request past `max_in_flight` may wait for a permit before its 503 (zero:
+    /// refused at once); at most `max_in_flight` wait (`http/shed.rs`).
+    pub admission_wait: Duration,
     /// How long this process trusts a vehicle's L1 generation without asking Redis (the
     /// in-process quote cache, `cache/local.rs`); zero turns that layer off.
     pub l1_local_ttl: Duration,
@@ -511,6 +514,7 @@ impl Config {
             header_read_timeout: millis(env, "HEADER_READ_TIMEOUT_MS", 10_000)?,
             max_body_bytes: parsed(env, "MAX_BODY_BYTES", 64 * 1024)?,
             max_in_flight: at_least_one(env, "MAX_IN_FLIGHT", 512)?,
+            admission_wait: Duration::from_millis(parsed(env, "ADMISSION_WAIT_MS", 25)?),
             l1_local_ttl: Duration::from_millis(parsed(env, "L1_LOCAL_TTL_MS", 1_000)?),
             log_json,
             kafka_brokers: env.var("KAFKA_BROKERS").map(|b| b.trim().to_owned()),

@@ -16,9 +16,22 @@ use crate::redis::cache::Caches;
 use crate::redis::link::RedisLink;
 use crate::redis::locks::Locks;
 
-/// Cheap to clone: everything behind an `Arc` or already a handle.
+/// The state every handler shares: one `Arc`, so the clone axum makes for each extractor of
+/// each request is one reference count, not one per field (the profile of a cached quote had
+/// ~20 of them, about 5 % of its CPU). Fields are reached through `Deref`.
 #[derive(Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] shares.
+pub(crate) struct Shared {
     pub db: PgPool,
     pub config: Arc<Config>,
     pub jwt: Arc<JwtVerifier>,
@@ -39,7 +52,7 @@ pub(crate) struct AppState {
     pub edge_gen: crate::redis::edge_gen::EdgeGen,
 }
 
-impl std::fmt::Debug for AppState {
+impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
             .field("regions", &self.config.regions)
@@ -77,7 +90,7 @@ impl AppState {
             config.pricing.budget,
         );
         let edge_gen = crate::redis::edge_gen::EdgeGen::new(config.edge_cache.as_ref(), tasks)?;
-        Ok(AppState {
+        Ok(AppState(Arc::new(Shared {
             edge_gen,
             inference,
             surge,
@@ -91,6 +104,12 @@ impl AppState {
             quotes: Arc::new(quotes),
             policy: Arc::new(BookingPolicy::default()),
             cancellation: Arc::new(CancellationPolicy::default()),
-        })
+        })))
+    }
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
     }
 }

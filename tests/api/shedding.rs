@@ -61,7 +61,8 @@ async fn requests_past_the_in_flight_limit_get_a_fast_503_while_admitted_ones_su
         .collect();
     wait_for_blocked(&app.pool, 2).await?;
 
-    // Both permits are taken: anything else is refused at once, not queued.
+    // Both permits are taken: anything else waits at most ADMISSION_WAIT_MS (25 ms), then is
+    // refused.
     for _ in 0..5 {
         let started = Instant::now();
         let refused = app
@@ -113,5 +114,104 @@ async fn requests_past_the_in_flight_limit_get_a_fast_503_while_admitted_ones_su
     // And the origin admits again by itself.
     let again = app.quote("carol", &vehicles[2], window(2, 2)).await?;
     assert!(again["quote_token"].is_string());
+    app.stop().await
+}
+
+/// Stalls two holds inside the database so they keep both permits of `MAX_IN_FLIGHT=2`;
+/// returns the blocking transaction and the holds' tasks.
+async fn stall_two_holds(
+    app: &TestApp,
+    vehicles: &[String],
+) -> TestResult<(
+    sqlx::Transaction<'static, sqlx::Postgres>,
+    Vec<tokio::task::JoinHandle<reqwest::Result<reqwest::Response>>>,
+)> {
+    let quotes = [
+        (
+            "alice",
+            app.quote("alice", &vehicles[0], window(1, 2)).await?,
+        ),
+        ("bob", app.quote("bob", &vehicles[1], window(1, 2)).await?),
+    ];
+    let mut blocker = app.pool.begin().await?;
+    sqlx::query("lock table bookings in access exclusive mode")
+        .execute(&mut *blocker)
+        .await?;
+    let holds = quotes
+        .iter()
+        .map(|(user, quote)| {
+            let request = app
+                .client
+                .post(format!("{}/v1/bookings", app.base))
+                .bearer_auth(token(user))
+                .header("idempotency-key", uuid::Uuid::new_v4().to_string())
+                .json(&json!({ "quote_token": quote["quote_token"] }));
+            tokio::spawn(async move { request.send().await })
+        })
+        .collect();
+    wait_for_blocked(&app.pool, 2).await?;
+    Ok((blocker, holds))
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_request_past_the_limit_waits_for_a_permit_and_is_served_when_one_frees_within_the_wait(
+    pool: PgPool,
+) -> TestResult {
+    let app = spawn_app_with(
+        pool,
+        &[("MAX_IN_FLIGHT", "2"), ("ADMISSION_WAIT_MS", "10000")],
+    )
+    .await?;
+    let vehicles = app.vehicles("EUW").await?;
+    let (blocker, holds) = stall_two_holds(&app, &vehicles).await?;
+
+    // Two requests take the two places in the waiting line...
+    let quote = |user: &'static str, vehicle: String| {
+        let request = app
+            .client
+            .post(format!("{}/v1/quotes", app.base))
+            .bearer_auth(token(user))
+            .json(
+                &json!({ "vehicle_id": vehicle, "start": window(2, 2).0, "end": window(2, 2).1 }),
+            );
+        tokio::spawn(async move { request.send().await })
+    };
+    let waiting = [
+        quote("carol", vehicles[2].clone()),
+        quote("dave", vehicles[3].clone()),
+    ];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        waiting.iter().all(|w| !w.is_finished()),
+        "a request past the limit was answered while both permits were taken"
+    );
+    // ...so a third one is refused at once, long before the 10 s wait.
+    let started = Instant::now();
+    let refused = app
+        .post(
+            "/v1/quotes",
+            Some(&token("erin")),
+            &json!({ "vehicle_id": vehicles[4], "start": window(2, 2).0, "end": window(2, 2).1 }),
+            None,
+        )
+        .await?;
+    refused.assert_problem(503);
+    assert_eq!(refused.problem_type(), "/problems/overloaded");
+    assert!(started.elapsed() < Duration::from_millis(1000));
+
+    // The stall ends: the holds finish, and the waiting requests get permits and are served.
+    blocker.rollback().await?;
+    for hold in holds {
+        assert_eq!(hold.await??.status().as_u16(), 201);
+    }
+    for w in waiting {
+        let response = w.await??;
+        assert_eq!(
+            response.status().as_u16(),
+            201,
+            "{:?}",
+            response.text().await
+        );
+    }
     app.stop().await
 }

@@ -3,13 +3,21 @@
 //! Code anywhere in the origin records with `metrics::counter!`/`histogram!`/`gauge!`; this
 //! module installs the process-wide recorder once (several apps in one test process share it)
 //! and times every HTTP request by its route template, so label cardinality stays bounded.
+//!
+//! The per-request pair (a counter by method, route and status; a histogram by method and
+//! route) is looked up in a map of handles made once per label set: building the labels
+//! (three `String`s) and hashing them through the recorder's registry on every request was a
+//! visible part of a cached quote's CPU.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{OnceLock, RwLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -27,25 +35,58 @@ pub(crate) fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// Handles by route template, then (method, status).
+type Handles = HashMap<String, HashMap<(Method, u16), (Counter, Histogram)>>;
+
+static HANDLES: OnceLock<RwLock<Handles>> = OnceLock::new();
+
+/// The counter and histogram of one label set, made on first use.
+fn handles(method: &Method, route: &str, status: u16) -> (Counter, Histogram) {
+    let map = HANDLES.get_or_init(Default::default);
+    let key = (method.clone(), status);
+    if let Ok(read) = map.read() {
+        if let Some(found) = read.get(route).and_then(|r| r.get(&key)) {
+            return found.clone();
+        }
+    }
+    let labels = |with_status: bool| {
+        let mut labels = vec![
+            ("method", method.as_str().to_owned()),
+            ("route", route.to_owned()),
+        ];
+        if with_status {
+            labels.push(("status", status.to_string()));
+        }
+        labels
+    };
+    let made = (
+        metrics::counter!("http_requests_total", &labels(true)),
+        metrics::histogram!("http_request_duration_seconds", &labels(false)),
+    );
+    if let Ok(mut write) = map.write() {
+        write
+            .entry(route.to_owned())
+            .or_default()
+            .insert(key, made.clone());
+    }
+    made
+}
+
 /// Counts and times requests by method, route template and status.
 pub(crate) async fn track(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().as_str().to_owned();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let method = request.method().clone();
     let started = Instant::now();
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    if response.status() == axum::http::StatusCode::MISDIRECTED_REQUEST {
+    let status = response.status();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    if status == axum::http::StatusCode::MISDIRECTED_REQUEST {
         // A request for another region's data reached this origin: an edge routed it wrong.
-        metrics::counter!("misdirected_requests_total", "route" => route.clone()).increment(1);
+        metrics::counter!("misdirected_requests_total", "route" => route.to_owned()).increment(1);
     }
-    metrics::counter!("http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("http_request_duration_seconds", "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    let (counter, histogram) = handles(&method, route, status.as_u16());
+    counter.increment(1);
+    histogram.record(started.elapsed().as_secs_f64());
     response
 }
 

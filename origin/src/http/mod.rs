@@ -225,7 +225,7 @@ pub(crate) fn app(state: AppState) -> Router {
     let doc_json = serde_json::to_value(&doc).unwrap_or_default();
     let timeout = state.config.request_timeout;
     let body_limit = state.config.max_body_bytes;
-    let admission = shed::Admission::new(state.config.max_in_flight);
+    let admission = shed::Admission::new(state.config.max_in_flight, state.config.admission_wait);
     // Every request's log lines name the region(s) this origin serves ("EUW", "EUW,EUN"), so
     // logs of two regions shipped to one place stay apart.
     let origin_region: std::sync::Arc<str> = state

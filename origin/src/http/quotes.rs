@@ -14,6 +14,8 @@
 //! it happens). The token of a degraded quote is still valid and honoured: the customer was
 //! shown that price.
 
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -134,7 +136,7 @@ async fn make_quote(
     state: &AppState,
     user: &AuthUser,
     req: QuoteRequest,
-) -> ApiResult<(CachedQuote, &'static str, Vec<&'static str>)> {
+) -> ApiResult<(Arc<CachedQuote>, &'static str, Vec<&'static str>)> {
     let now = Utc::now();
     let vehicle_id: VehicleId = req
         .vehicle_id
@@ -237,11 +239,12 @@ async fn make_quote(
         expires_at: now + ttl,
     };
     let token = state.quotes.sign(&claims);
-    let quote = CachedQuote {
+    let quote = Arc::new(CachedQuote {
         claims,
         breakdown,
         token,
-    };
+        rendered: Default::default(),
+    });
     let degraded = fetched.degraded.clone();
     let store_quote = async {
         if let (Some(generation), true) = (generation, degraded.is_empty()) {
@@ -280,46 +283,72 @@ fn quote_headers(cache: &'static str, degraded: &[&'static str]) -> axum::http::
     headers
 }
 
-/// The quote in the body shape of `version`.
-fn render(version: Version, quote: CachedQuote, degraded: &[&'static str]) -> Response {
-    let CachedQuote {
-        claims,
-        breakdown,
-        token,
-    } = quote;
-    match version {
-        Version::V1 => axum::Json(QuoteV1 {
-            quote_id: claims.quote_id,
-            quote_token: token,
-            vehicle_id: claims.vehicle_id.to_string(),
+/// The quote in the body shape of `version`: encoded once per quote and version and kept
+/// with the quote when nothing fell back (the body of a cached quote never changes; a
+/// degraded quote is not cached and lists what fell back).
+fn render(version: Version, quote: &CachedQuote, degraded: &[&'static str]) -> Response {
+    let encode = || -> axum::body::Bytes {
+        let body = match version {
+            Version::V1 => serde_json::to_vec(&v1_body(quote)),
+            Version::V2 => serde_json::to_vec(&v2_body(quote, degraded)),
+        };
+        // Plain data with string keys: encoding cannot fail; an empty body would be a bug.
+        body.unwrap_or_default().into()
+    };
+    let body = if degraded.is_empty() {
+        let slot = match version {
+            Version::V1 => 0,
+            Version::V2 => 1,
+        };
+        quote.rendered.get_or_init(slot, encode)
+    } else {
+        encode()
+    };
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+fn v1_body(quote: &CachedQuote) -> QuoteV1 {
+    let claims = &quote.claims;
+    QuoteV1 {
+        quote_id: claims.quote_id,
+        quote_token: quote.token.clone(),
+        vehicle_id: claims.vehicle_id.to_string(),
+        start: claims.window.start(),
+        end: claims.window.end(),
+        price: decimal(claims.total),
+        currency: claims.total.currency.code().to_owned(),
+        expires_at: claims.expires_at,
+    }
+}
+
+fn v2_body(quote: &CachedQuote, degraded: &[&'static str]) -> QuoteV2 {
+    let (claims, breakdown) = (&quote.claims, &quote.breakdown);
+    QuoteV2 {
+        quote_id: claims.quote_id,
+        quote_token: quote.token.clone(),
+        vehicle_id: claims.vehicle_id.to_string(),
+        region: claims.region.code().to_owned(),
+        window: WindowDto {
             start: claims.window.start(),
             end: claims.window.end(),
-            price: decimal(claims.total),
-            currency: claims.total.currency.code().to_owned(),
-            expires_at: claims.expires_at,
-        })
-        .into_response(),
-        Version::V2 => axum::Json(QuoteV2 {
-            quote_id: claims.quote_id,
-            quote_token: token,
-            vehicle_id: claims.vehicle_id.to_string(),
-            region: claims.region.code().to_owned(),
-            window: WindowDto {
-                start: claims.window.start(),
-                end: claims.window.end(),
-            },
-            total: MoneyDto::from(claims.total),
-            breakdown: breakdown.lines.iter().map(PriceLineDto::from).collect(),
-            multipliers: MultipliersDto {
-                time_of_day: breakdown.time_multiplier.as_f64(),
-                surge: breakdown.surge.as_f64(),
-                risk: breakdown.risk.as_f64(),
-                discount_bp: breakdown.discount_bp,
-            },
-            degraded: degraded.iter().map(|d| (*d).to_owned()).collect(),
-            expires_at: claims.expires_at,
-        })
-        .into_response(),
+        },
+        total: MoneyDto::from(claims.total),
+        breakdown: breakdown.lines.iter().map(PriceLineDto::from).collect(),
+        multipliers: MultipliersDto {
+            time_of_day: breakdown.time_multiplier.as_f64(),
+            surge: breakdown.surge.as_f64(),
+            risk: breakdown.risk.as_f64(),
+            discount_bp: breakdown.discount_bp,
+        },
+        degraded: degraded.iter().map(|d| (*d).to_owned()).collect(),
+        expires_at: claims.expires_at,
     }
 }
 
@@ -344,6 +373,6 @@ versioned!(
     |version| (State(state): State<AppState>, user: AuthUser, ApiJson(req): ApiJson<QuoteRequest>) -> ApiResult<Response> {
         let (quote, cache, degraded) = make_quote(&state, &user, req).await?;
         let headers = quote_headers(cache, &degraded);
-        Ok((StatusCode::CREATED, headers, render(version, quote, &degraded)).into_response())
+        Ok((StatusCode::CREATED, headers, render(version, &quote, &degraded)).into_response())
     }
 );

@@ -54,6 +54,28 @@ pub struct CachedQuote {
     pub claims: QuoteClaims,
     pub breakdown: PriceBreakdown,
     pub token: String,
+    /// The response bodies already encoded, per API version, filled by the first answer that
+    /// needs one: an in-process hit then costs no serialisation at all. Never stored in Redis.
+    #[serde(skip)]
+    pub rendered: Rendered,
+}
+
+/// Encoded response bodies of a quote: index 0 for v1, 1 for v2.
+#[derive(Debug, Clone, Default)]
+pub struct Rendered(std::sync::Arc<[std::sync::OnceLock<axum::body::Bytes>; 2]>);
+
+impl Rendered {
+    /// The body of `slot`, encoded by `encode` the first time.
+    pub fn get_or_init(
+        &self,
+        slot: usize,
+        encode: impl FnOnce() -> axum::body::Bytes,
+    ) -> axum::body::Bytes {
+        match self.0.get(slot) {
+            Some(cell) => cell.get_or_init(encode).clone(),
+            None => encode(),
+        }
+    }
 }
 
 /// What identifies a quote request for L1.
@@ -168,7 +190,10 @@ impl Caches {
 
     /// L1 lookup. Returns the cached quote and, on a miss, the generation to store under
     /// (`None` when Redis is unusable: do not store).
-    pub(crate) async fn get_quote(&self, key: &QuoteKey<'_>) -> (Option<CachedQuote>, Option<u64>) {
+    pub(crate) async fn get_quote(
+        &self,
+        key: &QuoteKey<'_>,
+    ) -> (Option<std::sync::Arc<CachedQuote>>, Option<u64>) {
         let Some(generation) = self.generation(key.vehicle).await else {
             count("l1", "quote", "error");
             return (None, None);
@@ -178,7 +203,7 @@ impl Caches {
             if let Some(quote) = local.quote(&redis_key) {
                 count("l1", "quote", "hit");
                 count("l1-local", "quote", "hit");
-                return (Some(CachedQuote::clone(&quote)), Some(generation));
+                return (Some(quote), Some(generation));
             }
             count("l1-local", "quote", "miss");
         }
@@ -193,8 +218,9 @@ impl Caches {
             Ok(Some(bytes)) => match serde_json::from_slice::<CachedQuote>(&bytes) {
                 Ok(quote) => {
                     count("l1", "quote", "hit");
+                    let quote = std::sync::Arc::new(quote);
                     if let Some(local) = &self.local {
-                        local.store_quote(lookup_key, std::sync::Arc::new(quote.clone()));
+                        local.store_quote(lookup_key, quote.clone());
                     }
                     (Some(quote), Some(generation))
                 }
@@ -216,13 +242,18 @@ impl Caches {
     }
 
     /// Stores a quote under the generation read before computing it.
-    pub(crate) async fn put_quote(&self, key: &QuoteKey<'_>, generation: u64, quote: &CachedQuote) {
-        let Ok(bytes) = serde_json::to_vec(quote) else {
+    pub(crate) async fn put_quote(
+        &self,
+        key: &QuoteKey<'_>,
+        generation: u64,
+        quote: &std::sync::Arc<CachedQuote>,
+    ) {
+        let Ok(bytes) = serde_json::to_vec(&**quote) else {
             return;
         };
         let redis_key = self.quote_key(key, generation);
         if let Some(local) = &self.local {
-            local.store_quote(redis_key.clone(), std::sync::Arc::new(quote.clone()));
+            local.store_quote(redis_key.clone(), quote.clone());
         }
         let _ = self
             .l1

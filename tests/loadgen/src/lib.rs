@@ -136,8 +136,17 @@ pub async fn run(options: &RunOptions) -> anyhow::Result<RunReport> {
     let ctx = workload::Context::prepare(client, options).await?;
     let before = report::MetricsSnapshot::scrape(&ctx.client, &ctx.metrics_url).await;
     let rss_sampler = report::RssSampler::start(options.origin_pid);
+    let cpu_before = options.origin_pid.and_then(report::cpu_seconds);
     let recorded = engine::drive(&ctx, options).await?;
+    let cpu_after = options.origin_pid.and_then(report::cpu_seconds);
     let rss = rss_sampler.finish().await;
     let after = report::MetricsSnapshot::scrape(&ctx.client, &ctx.metrics_url).await;
-    Ok(RunReport::build(options, recorded, before, after, rss))
+    Ok(RunReport::build(
+        options,
+        recorded,
+        before,
+        after,
+        rss,
+        cpu_after.zip(cpu_before).map(|(a, b)| a - b),
+    ))
 }

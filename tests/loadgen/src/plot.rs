@@ -1,6 +1,8 @@
 //! The latency-over-time plot of a run (the burst run's picture): offered and shed operations
 //! per second on top, p50 / p99 latency (all, and admitted only) below. SVG through `plotters`
-//! without its font stack, so it builds on a machine without fontconfig.
+//! without its font stack, so it builds on a machine without fontconfig. Also the report's
+//! picture of every path: throughput and p99 per target, the code before next to after when a
+//! `before-` run was measured in the same session.
 
 use std::path::Path;
 
@@ -99,6 +101,86 @@ pub fn latency_svg(report: &RunReport, path: &Path) -> anyhow::Result<()> {
         .background_style(WHITE.mix(0.8))
         .draw()
         .map_err(draw)?;
+    root.present().map_err(draw)?;
+    std::fs::metadata(path).with_context(|| format!("plot not written at {}", path.display()))?;
+    Ok(())
+}
+
+/// Writes one bar pair per path (after, and before when measured): throughput on top, p99
+/// below, both on log scales since the paths differ by two orders of magnitude.
+pub fn paths_svg(targets: &[&crate::summary::Target], path: &Path) -> anyhow::Result<()> {
+    let n = targets.len().max(1) as f64;
+    let root = SVGBackend::new(path, (1200, 760)).into_drawing_area();
+    root.fill(&WHITE).map_err(draw)?;
+    let (top, bottom) = root.split_vertically(380);
+    type Figure = fn(&crate::summary::Target) -> Option<f64>;
+    let panels: [(_, &str, Figure); 2] = [
+        (top, "throughput per second (log)", |t| t.throughput),
+        (bottom, "p99 latency, ms (log)", |t| t.p99_ms),
+    ];
+    let before_color = RGBColor(170, 170, 170);
+    for (area, desc, figure) in panels {
+        let values: Vec<f64> = targets
+            .iter()
+            .flat_map(|t| [figure(t), t.before.as_deref().and_then(figure)])
+            .flatten()
+            .filter(|v| *v > 0.0)
+            .collect();
+        let lo = values.iter().copied().fold(f64::MAX, f64::min).min(1.0) / 2.0;
+        let hi = values.iter().copied().fold(1.0, f64::max) * 2.0;
+        let mut chart = ChartBuilder::on(&area)
+            .caption(desc, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(10)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0f64..n, (lo..hi).log_scale())
+            .map_err(draw)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .disable_x_axis()
+            .y_desc(desc)
+            .draw()
+            .map_err(draw)?;
+        for (i, t) in targets.iter().enumerate() {
+            let x = i as f64;
+            let bars = [
+                (figure(t), x + 0.08, BLUE),
+                (t.before.as_deref().and_then(figure), x + 0.48, before_color),
+            ];
+            for (value, from, color) in bars {
+                if let Some(v) = value.filter(|v| *v > 0.0) {
+                    chart
+                        .draw_series(std::iter::once(Rectangle::new(
+                            [(from, lo), (from + 0.38, v)],
+                            color.filled(),
+                        )))
+                        .map_err(draw)?;
+                    chart
+                        .draw_series(std::iter::once(Text::new(
+                            format!("{v:.0}"),
+                            (from, v * 1.15),
+                            ("sans-serif", 11),
+                        )))
+                        .map_err(draw)?;
+                }
+            }
+            let label: String = t.name.chars().take(22).collect();
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    label,
+                    (x + 0.05, hi / 1.4),
+                    ("sans-serif", 11),
+                )))
+                .map_err(draw)?;
+        }
+    }
+    root.draw(&Text::new(
+        "blue: this code; grey: the code before (same session), when measured",
+        (700, 5),
+        ("sans-serif", 12),
+    ))
+    .map_err(draw)?;
     root.present().map_err(draw)?;
     std::fs::metadata(path).with_context(|| format!("plot not written at {}", path.display()))?;
     Ok(())

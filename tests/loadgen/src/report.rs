@@ -1,7 +1,9 @@
 //! What a run reports: latency percentiles per endpoint, achieved vs target rate, outcomes by
 //! status (409 and 429 apart from 5xx, 503 sheds apart from other 5xx), the origin's cache hit
-//! ratios per layer and events/s (deltas of its `/metrics` counters over the run), and the
-//! origin's resident memory sampled from `/proc/<pid>/status`.
+//! ratios per layer and events/s (deltas of its `/metrics` counters over the run), the
+//! origin's resident memory sampled from `/proc/<pid>/status`, and the origin's CPU time per
+//! request (`/proc/<pid>/stat` utime + stime before and after the run): on a shared 2-core box
+//! the CPU a request costs moves much less than the requests per second it allows.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -111,6 +113,22 @@ impl RssSampler {
             samples: samples.len(),
         })
     }
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times: `USER_HZ`, which Linux fixes at 100
+/// for user space on every architecture it runs on (the kernel's own HZ is not exposed there).
+const USER_HZ: f64 = 100.0;
+
+/// CPU seconds (user + system, all threads) `pid` has used so far, from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces, hence the last ')'): state is
+    // field 3 of stat(5), utime 14 and stime 15, so indexes 11 and 12 here.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / USER_HZ)
 }
 
 /// Origin memory during a run.
@@ -246,6 +264,12 @@ pub struct RunReport {
     pub shed_by_origin: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub origin_rss: Option<Rss>,
+    /// CPU seconds the origin process used during the run (`/proc/<pid>/stat`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin_cpu_s: Option<f64>,
+    /// `origin_cpu_s` per request answered, in microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin_cpu_us_per_request: Option<f64>,
     pub phases: Vec<PhaseReport>,
     pub timeline: Vec<SecondReport>,
     /// The workload ran out of prepared operations before the clock did.
@@ -271,6 +295,7 @@ impl RunReport {
         before: MetricsSnapshot,
         after: MetricsSnapshot,
         rss: Option<Rss>,
+        origin_cpu_s: Option<f64>,
     ) -> Self {
         let secs = recorded.elapsed.as_secs_f64().max(1e-9);
         let mut all = crate::engine::EndpointStats::default().latency_us;
@@ -422,6 +447,10 @@ impl RunReport {
             events_published_per_s: events,
             shed_by_origin,
             origin_rss: rss,
+            origin_cpu_s: origin_cpu_s.map(|c| (c * 1000.0).round() / 1000.0),
+            origin_cpu_us_per_request: origin_cpu_s
+                .filter(|_| !all.is_empty())
+                .map(|c| round2(c * 1e6 / all.len() as f64)),
             phases,
             timeline,
             exhausted: recorded.exhausted,
@@ -475,6 +504,9 @@ impl RunReport {
                 "origin RSS {:.0} → {:.0} MiB (max {:.0}, growth {:+.1})",
                 rss.start_mib, rss.end_mib, rss.max_mib, rss.growth_mib
             ));
+        }
+        if let Some(us) = self.origin_cpu_us_per_request {
+            extras.push(format!("origin CPU {us:.0} µs per request"));
         }
         if !extras.is_empty() {
             out.push_str(&format!("{}.\n", extras.join("; ")));

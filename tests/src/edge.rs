@@ -71,6 +71,22 @@ fn wasmtime() -> PathBuf {
     PathBuf::from("wasmtime")
 }
 
+/// `wasmtime serve`'s limits, set deliberately (the same in `scripts/edge.sh`; README, "Edge
+/// limits"): the pooling allocator with room for 1,000 instances; at most 400 requests in
+/// the component at once — the rest wait for a free slot instead of failing instantiation
+/// with an HTML 500 page; an instance serves up to 10,000 requests, one at a time, and is
+/// kept 10 s when idle, so its edge (configuration, blocked clients) outlives one request.
+pub const WASMTIME_SERVE_LIMITS: &[&str] = &[
+    "-O",
+    "pooling-allocator=y,pooling-total-core-instances=1000,pooling-total-component-instances=1000,pooling-total-memories=1000,pooling-total-tables=1000,pooling-total-stacks=1000",
+    "--max-concurrent-requests",
+    "400",
+    "--max-instance-reuse-count",
+    "10000",
+    "--idle-instance-timeout",
+    "10s",
+];
+
 /// A port nobody listens on right now (bound, read, released).
 pub fn free_port() -> TestResult<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
@@ -124,7 +140,9 @@ async fn start_edge(
                 );
             }
             let mut cmd = Command::new(wasmtime());
-            cmd.args(["serve", "-S", "cli=y", "-S", "http=y", "--addr"])
+            cmd.args(["serve", "-S", "cli=y", "-S", "http=y"])
+                .args(WASMTIME_SERVE_LIMITS)
+                .arg("--addr")
                 .arg(format!("127.0.0.1:{port}"));
             for (k, v) in vars {
                 cmd.arg("--env").arg(format!("{k}={v}"));
@@ -341,6 +359,14 @@ impl EdgeStack {
         self.gateway
             .as_ref()
             .map_or(0, upstash_gateway::Running::requests_served)
+    }
+
+    /// Commands the Upstash gateway has run, by upper-case name (`EVALSHA`, `SET`, …).
+    pub fn redis_commands(&self) -> std::collections::BTreeMap<String, u64> {
+        self.gateway
+            .as_ref()
+            .map(upstash_gateway::Running::command_counts)
+            .unwrap_or_default()
     }
 
     /// Sends a request to the edge with optional token, JSON body and extra headers.

@@ -216,6 +216,8 @@ pub struct EdgeStack {
     /// The edge's Redis key prefix (rate-limit counters, cache entries, generations).
     pub edge_prefix: String,
     origin_overrides: Vec<(String, String)>,
+    /// The variables the edge was started with (a benchmark starts another edge alike).
+    pub edge_vars: Vec<(String, String)>,
     edge: Option<EdgeProcess>,
 }
 
@@ -260,6 +262,7 @@ impl EdgeStack {
             gateway: Some(gateway),
             edge_prefix: edge_prefix.clone(),
             origin_overrides,
+            edge_vars: Vec::new(),
             edge: None,
         };
         stack.start_origin().await?;
@@ -285,6 +288,7 @@ impl EdgeStack {
             vars.retain(|(name, _)| name != k);
             vars.push(((*k).to_owned(), (*v).to_owned()));
         }
+        stack.edge_vars = vars.clone();
         match start_edge(runtime, &vars).await {
             Ok((process, base)) => {
                 stack.edge = Some(process);
@@ -359,6 +363,11 @@ impl EdgeStack {
         self.gateway
             .as_ref()
             .map_or(0, upstash_gateway::Running::requests_served)
+    }
+
+    /// The edge process's id (node running miniflare, or wasmtime).
+    pub fn edge_pid(&self) -> Option<u32> {
+        self.edge.as_ref().and_then(|e| e.child.id())
     }
 
     /// Commands the Upstash gateway has run, by upper-case name (`EVALSHA`, `SET`, …).

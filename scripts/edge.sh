@@ -80,7 +80,7 @@ edge_profile() {
 # `wasmtime serve`'s limits, set deliberately (the same as tests/src/edge.rs
 # WASMTIME_SERVE_LIMITS; README, "Edge limits and build").
 WASMTIME_SERVE_LIMITS=(
-  -O pooling-allocator=y,pooling-total-core-instances=1000,pooling-total-component-instances=1000,pooling-total-memories=1000,pooling-total-tables=1000,pooling-total-stacks=1000
+  -O pooling-allocator=y,pooling-total-component-instances=1000,pooling-total-core-instances=10000,pooling-total-memories=2000,pooling-total-tables=4000,pooling-total-stacks=1000
   --max-concurrent-requests 400
   --max-instance-reuse-count 10000
   --idle-instance-timeout 10s

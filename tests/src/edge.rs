@@ -72,13 +72,16 @@ fn wasmtime() -> PathBuf {
 }
 
 /// `wasmtime serve`'s limits, set deliberately (the same in `scripts/edge.sh`; README, "Edge
-/// limits"): the pooling allocator with room for 1,000 instances; at most 400 requests in
-/// the component at once — the rest wait for a free slot instead of failing instantiation
-/// with an HTML 500 page; an instance serves up to 10,000 requests, one at a time, and is
-/// kept 10 s when idle, so its edge (configuration, blocked clients) outlives one request.
+/// limits and build"): at most 400 requests in the component at once — the rest wait for a
+/// slot; without the cap a burst of 1,100 failed instantiation past the pool's limits with an
+/// HTML 500 page. The pooling allocator holds 1,000 component instances and 10,000 core
+/// instances (one instance of this component takes several core instances: at the default
+/// 1,000, 250 concurrent requests already failed). An instance serves up to 10,000 requests,
+/// one at a time, and is kept 10 s when idle, so its edge (configuration, blocked clients)
+/// outlives one request.
 pub const WASMTIME_SERVE_LIMITS: &[&str] = &[
     "-O",
-    "pooling-allocator=y,pooling-total-core-instances=1000,pooling-total-component-instances=1000,pooling-total-memories=1000,pooling-total-tables=1000,pooling-total-stacks=1000",
+    "pooling-allocator=y,pooling-total-component-instances=1000,pooling-total-core-instances=10000,pooling-total-memories=2000,pooling-total-tables=4000,pooling-total-stacks=1000",
     "--max-concurrent-requests",
     "400",
     "--max-instance-reuse-count",

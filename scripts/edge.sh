@@ -68,8 +68,27 @@ stale() { # artifact
             -not -path '*/node_modules/*' -not -path '*/build/*' -print -quit) ]]
 }
 
+# The workers' release profile, for their builds only (the workspace's release profile stays
+# quick for the origin): whole-program LTO in one codegen unit, symbols stripped. panic=abort
+# is already what wasm32 targets do. Figures: README, "Edge limits and build".
+edge_profile() {
+  export CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
+    CARGO_PROFILE_RELEASE_PANIC=abort CARGO_PROFILE_RELEASE_STRIP=true \
+    CARGO_PROFILE_RELEASE_OPT_LEVEL="${EDGE_OPT_LEVEL:-3}"
+}
+
+# `wasmtime serve`'s limits, set deliberately (the same as tests/src/edge.rs
+# WASMTIME_SERVE_LIMITS; README, "Edge limits and build").
+WASMTIME_SERVE_LIMITS=(
+  -O pooling-allocator=y,pooling-total-component-instances=1000,pooling-total-core-instances=10000,pooling-total-memories=2000,pooling-total-tables=4000,pooling-total-stacks=1000
+  --max-concurrent-requests 400
+  --max-instance-reuse-count 10000
+  --idle-instance-timeout 10s
+)
+
 build() {
   ensure_tools
+  edge_profile
   if stale "$SPIN_WASM"; then
     log "building the Spin component (wasm32-wasip2)"
     cargo build -p edge-spin --locked --release --target wasm32-wasip2
@@ -120,7 +139,7 @@ run() {
   done
   json+="}"
   (cd "$CF_DIR" && EDGE_PORT="$cf_port" EDGE_STOP_ON_STDIN_CLOSE=0 EDGE_BINDINGS="$json" exec node run.mjs) & pids+=($!)
-  "$TOOLS/wasmtime" serve -S cli=y -S http=y --addr "127.0.0.1:$spin_port" "${env_args[@]}" "$SPIN_WASM" & pids+=($!)
+  "$TOOLS/wasmtime" serve -S cli=y -S http=y "${WASMTIME_SERVE_LIMITS[@]}" --addr "127.0.0.1:$spin_port" "${env_args[@]}" "$SPIN_WASM" & pids+=($!)
   for url in "http://127.0.0.1:$cf_port" "http://127.0.0.1:$spin_port"; do
     for _ in $(seq 1 100); do curl -fs "$url/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
   done

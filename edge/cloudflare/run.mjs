@@ -3,6 +3,11 @@
 //
 //   EDGE_PORT=18101 EDGE_BINDINGS='{"EDGE_REGION":"EUW",...}' node edge/cloudflare/run.mjs
 //
+// EDGE_EXTRA_WORKERS='[{"name":"js","host":"js.edge","dir":"/abs/build","main":"worker.js"}]' adds
+// workers to the same workerd, with the same bindings, served for requests whose Host is
+// `host` (the edge benchmark runs the JavaScript way and the code before a change side by
+// side this way); every other request goes to the edge worker.
+//
 // Prints `ready http://127.0.0.1:<port>` once serving. Stops (and stops workerd) on SIGINT,
 // SIGTERM or when stdin closes, so a test harness that dies takes the worker with it.
 import { Miniflare } from "miniflare";
@@ -14,14 +19,23 @@ const build = path.join(here, "build");
 const bindings = JSON.parse(process.env.EDGE_BINDINGS || "{}");
 const port = Number(process.env.EDGE_PORT || "0");
 
-const mf = new Miniflare({
+const worker = (name, dir, main) => ({
+  name,
   modules: true,
-  scriptPath: path.join(build, "index.js"),
+  scriptPath: path.join(dir, main),
   // Module names are resolved below this root, whatever the caller's working directory.
-  modulesRoot: build,
+  modulesRoot: dir,
   modulesRules: [{ type: "CompiledWasm", include: ["**/*.wasm"], fallthrough: true }],
   compatibilityDate: "2025-09-01",
   bindings,
+});
+const extra = JSON.parse(process.env.EDGE_EXTRA_WORKERS || "[]").map((w) => ({
+  ...worker(w.name, w.dir, w.main || "index.js"),
+  routes: [`${w.host}/*`],
+}));
+
+const mf = new Miniflare({
+  workers: [worker("edge", build, "index.js"), ...extra],
   cf: false,
   host: "127.0.0.1",
   port,

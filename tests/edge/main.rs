@@ -56,13 +56,27 @@ fn cache_state(reply: &Reply) -> &str {
     header(reply, "x-edge-cache").unwrap_or("")
 }
 
+/// Waits, if needed, so that the next few seconds fall inside one rate-limit window (the
+/// sliding estimate then counts every request of the test at full weight).
+async fn inside_one_window(needed: Duration) {
+    let now = Utc::now().timestamp_millis() as u64;
+    let left = 60_000 - now % 60_000;
+    if u128::from(left) < needed.as_millis() {
+        tokio::time::sleep(Duration::from_millis(left + 100)).await;
+    }
+}
+
 // One module per capability; every scenario runs on both runtimes (`on_both_runtimes!`).
 mod authentication;
+// Issue 17: a burst past the runtime's capacity is answered, never dropped.
+mod burst;
 mod early_refusals;
 mod invalidation;
 mod lifecycle;
 mod origin_down;
 mod rate_limits;
+// Issue 17: Upstash requests per cached read and per blocked request, counted at the gateway.
+mod round_trips;
 // Security at the edge (issue 8): JWT attacks and the anonymous column of the authz matrix.
 mod security;
 mod slow_origin;

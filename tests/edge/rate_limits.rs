@@ -3,16 +3,6 @@
 
 use super::*;
 
-/// Waits, if needed, so that the next few seconds fall inside one rate-limit window (the
-/// sliding estimate then counts every request of the test at full weight).
-async fn inside_one_window(needed: Duration) {
-    let now = Utc::now().timestamp_millis() as u64;
-    let left = 60_000 - now % 60_000;
-    if u128::from(left) < needed.as_millis() {
-        tokio::time::sleep(Duration::from_millis(left + 100)).await;
-    }
-}
-
 async fn burst(
     stack: &EdgeStack,
     users: &[String],
@@ -80,19 +70,20 @@ async fn the_101st_request_of_a_user_and_the_1001st_of_an_address_are_429(
     assert_eq!(header(&over, "ratelimit-remaining"), Some("0"));
     assert_eq!(header(&over, "ratelimit-limit"), Some("100"));
 
-    // Blocked clients are remembered in the isolate: on Cloudflare (isolates live across
-    // requests) the next refusal costs no Redis call; Spin instantiates per request and asks.
+    // Blocked clients are remembered in the isolate: on Cloudflare (one isolate) the next
+    // refusal costs no Redis call; `wasmtime serve` runs many instances after the burst and
+    // the next request may land on one that has not seen the refusal (one call, the script's).
+    // Exactly zero on both runtimes is `round_trips`' test (sequential requests, one instance).
     let calls = stack.redis_requests();
     let again = stack.get(&path, Some(&token("uma"))).await?;
     again.assert_problem(429);
     assert!(header(&again, "retry-after").is_some());
-    let expected = match runtime {
+    let most = match runtime {
         Runtime::Cloudflare => 0,
         Runtime::Spin => 1,
     };
-    assert_eq!(
-        stack.redis_requests() - calls,
-        expected,
+    assert!(
+        stack.redis_requests() - calls <= most,
         "Upstash calls for a known-blocked user"
     );
 

@@ -71,6 +71,25 @@ fn wasmtime() -> PathBuf {
     PathBuf::from("wasmtime")
 }
 
+/// `wasmtime serve`'s limits, set deliberately (the same in `scripts/edge.sh`; README, "Edge
+/// limits and build"): at most 400 requests in the component at once — the rest wait for a
+/// slot; without the cap a burst of 1,100 failed instantiation past the pool's limits with an
+/// HTML 500 page. The pooling allocator holds 1,000 component instances and 10,000 core
+/// instances (one instance of this component takes several core instances: at the default
+/// 1,000, 250 concurrent requests already failed). An instance serves up to 10,000 requests,
+/// one at a time, and is kept 10 s when idle, so its edge (configuration, blocked clients)
+/// outlives one request.
+pub const WASMTIME_SERVE_LIMITS: &[&str] = &[
+    "-O",
+    "pooling-allocator=y,pooling-total-component-instances=1000,pooling-total-core-instances=10000,pooling-total-memories=2000,pooling-total-tables=4000,pooling-total-stacks=1000",
+    "--max-concurrent-requests",
+    "400",
+    "--max-instance-reuse-count",
+    "10000",
+    "--idle-instance-timeout",
+    "10s",
+];
+
 /// A port nobody listens on right now (bound, read, released).
 pub fn free_port() -> TestResult<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
@@ -124,7 +143,9 @@ pub(crate) async fn start_edge(
                 );
             }
             let mut cmd = Command::new(wasmtime());
-            cmd.args(["serve", "-S", "cli=y", "-S", "http=y", "--addr"])
+            cmd.args(["serve", "-S", "cli=y", "-S", "http=y"])
+                .args(WASMTIME_SERVE_LIMITS)
+                .arg("--addr")
                 .arg(format!("127.0.0.1:{port}"));
             for (k, v) in vars {
                 cmd.arg("--env").arg(format!("{k}={v}"));
@@ -198,6 +219,8 @@ pub struct EdgeStack {
     /// The edge's Redis key prefix (rate-limit counters, cache entries, generations).
     pub edge_prefix: String,
     origin_overrides: Vec<(String, String)>,
+    /// The variables the edge was started with (a benchmark starts another edge alike).
+    pub edge_vars: Vec<(String, String)>,
     edge: Option<EdgeProcess>,
 }
 
@@ -242,6 +265,7 @@ impl EdgeStack {
             gateway: Some(gateway),
             edge_prefix: edge_prefix.clone(),
             origin_overrides,
+            edge_vars: Vec::new(),
             edge: None,
         };
         stack.start_origin().await?;
@@ -267,6 +291,7 @@ impl EdgeStack {
             vars.retain(|(name, _)| name != k);
             vars.push(((*k).to_owned(), (*v).to_owned()));
         }
+        stack.edge_vars = vars.clone();
         match start_edge(runtime, &vars).await {
             Ok((process, base)) => {
                 stack.edge = Some(process);
@@ -341,6 +366,19 @@ impl EdgeStack {
         self.gateway
             .as_ref()
             .map_or(0, upstash_gateway::Running::requests_served)
+    }
+
+    /// The edge process's id (node running miniflare, or wasmtime).
+    pub fn edge_pid(&self) -> Option<u32> {
+        self.edge.as_ref().and_then(|e| e.child.id())
+    }
+
+    /// Commands the Upstash gateway has run, by upper-case name (`EVALSHA`, `SET`, …).
+    pub fn redis_commands(&self) -> std::collections::BTreeMap<String, u64> {
+        self.gateway
+            .as_ref()
+            .map(upstash_gateway::Running::command_counts)
+            .unwrap_or_default()
     }
 
     /// Sends a request to the edge with optional token, JSON body and extra headers.

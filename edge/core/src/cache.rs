@@ -56,29 +56,58 @@ pub fn normalized_query(query: &str) -> String {
     pairs.join("&")
 }
 
-/// Key of a cached search: version, the generations of every region, the normalized query.
-pub fn search_key(prefix: &str, version: &str, gens: &[u64], query: &str) -> String {
-    let gens: Vec<String> = gens.iter().map(u64::to_string).collect();
-    format!(
-        "{prefix}c:search:{version}:{}:{}",
-        gens.join("."),
-        digest(&[&normalized_query(query)])
-    )
+/// The two halves of a cache key around its generations: the key is
+/// `head ++ generations joined by "." ++ tail`. Split so that the rate-limit script, which
+/// reads the generations, can assemble the key and read the entry in the same round trip
+/// ([`crate::ratelimit`]); [`key`] assembles it the same way on the edge for the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyParts {
+    pub head: String,
+    pub tail: String,
 }
 
-/// Key of a cached quote: quotes are signed for one user (and priced with their membership),
-/// so the user is part of the key, with the vehicle's generation and the canonical body.
-pub fn quote_key(
+/// The key for `parts` under `gens` (the script's `head .. table.concat(gens, '.') .. tail`).
+pub fn key(parts: &KeyParts, gens: &[String]) -> String {
+    let mut key = String::with_capacity(parts.head.len() + parts.tail.len() + 8 * gens.len());
+    key.push_str(&parts.head);
+    for (i, g) in gens.iter().enumerate() {
+        if i > 0 {
+            key.push('.');
+        }
+        key.push_str(g);
+    }
+    key.push_str(&parts.tail);
+    key
+}
+
+/// Key parts of a cached search: version, (the generations of every region), the normalized
+/// query.
+pub fn search_key_parts(prefix: &str, version: &str, query: &str) -> KeyParts {
+    KeyParts {
+        head: format!("{prefix}c:search:{version}:"),
+        tail: format!(":{}", digest(&[&normalized_query(query)])),
+    }
+}
+
+/// Key of a cached search under the generations of every region.
+pub fn search_key(prefix: &str, version: &str, gens: &[u64], query: &str) -> String {
+    let gens: Vec<String> = gens.iter().map(u64::to_string).collect();
+    key(&search_key_parts(prefix, version, query), &gens)
+}
+
+/// Key parts of a cached quote: quotes are signed for one user (and priced with their
+/// membership), so the user is part of the key, with the vehicle (its generation between the
+/// halves) and the canonical body.
+pub fn quote_key_parts(
     prefix: &str,
     version: &str,
     vehicle: &domain::VehicleId,
-    generation: u64,
     user: &str,
     membership: &str,
     canonical_body: &str,
-) -> String {
-    format!(
-        "{prefix}c:quote:{version}:{vehicle}:{generation}:{}",
-        digest(&[user, membership, canonical_body])
-    )
+) -> KeyParts {
+    KeyParts {
+        head: format!("{prefix}c:quote:{version}:{vehicle}:"),
+        tail: format!(":{}", digest(&[user, membership, canonical_body])),
+    }
 }

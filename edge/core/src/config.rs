@@ -48,9 +48,18 @@ pub struct EdgeConfig {
     pub stale_secs: u64,
     pub origin_timeout_ms: u64,
     pub redis_timeout_ms: u64,
-    /// `Retry-After` sent with a 503 when the origin is unreachable.
+    /// `Retry-After` sent with a 503 when the origin is unreachable or the edge is full.
     pub retry_after_secs: u64,
+    /// Requests one isolate (or instance) serves at once; more are answered 503 with
+    /// `Retry-After` at once. Default [`DEFAULT_MAX_IN_FLIGHT`].
+    pub max_in_flight: usize,
 }
+
+/// Below the host limits that fail less politely: `wasmtime serve`'s pooling allocator
+/// refuses instances past 1,000 (an HTML 500 page), and one workerd isolate holding
+/// thousands of open subrequests drops connections. Spin instances serve one request at a
+/// time, so there the host's own limits (README, "Edge limits") are what bind.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 512;
 
 fn parsed<T: std::str::FromStr>(
     p: &impl Platform,
@@ -188,6 +197,11 @@ impl EdgeConfig {
             origin_timeout_ms: positive("EDGE_ORIGIN_TIMEOUT_MS", 5_000)?,
             redis_timeout_ms: positive("EDGE_REDIS_TIMEOUT_MS", 1_000)?,
             retry_after_secs: positive("EDGE_RETRY_AFTER_SECS", 5)?,
+            max_in_flight: usize::try_from(positive(
+                "EDGE_MAX_IN_FLIGHT",
+                DEFAULT_MAX_IN_FLIGHT as u64,
+            )?)
+            .unwrap_or(usize::MAX),
         })
     }
 

@@ -7,9 +7,11 @@
 //! 2. the bearer JWT is verified here with `domain::auth` — the origin's rules, so both tiers
 //!    accept exactly the same tokens — and a bad token is a 401 that never reaches the origin;
 //! 3. the per-user (100/min) and per-IP (1000/min) limits are checked in one Redis round trip
-//!    ([`ratelimit`]), with the client address from the platform's trusted source only;
+//!    ([`ratelimit`]), with the client address from the platform's trusted source only; for a
+//!    search or quote the same round trip reads the cache entry, so a hit costs one Upstash
+//!    request and a client known to be blocked none;
 //! 4. searches and quotes are answered from the edge cache when fresh ([`cache`]); on a miss
-//!    they are fetched from the origin and stored; when the origin is unreachable a stale
+//!    they are fetched from the origin and stored (a second Upstash request); when the origin is unreachable a stale
 //!    entry is served (`x-edge-cache: stale`), without one a 503 with `Retry-After`;
 //! 5. writes go to the origin of the vehicle's home region — from the booking id
 //!    (`bkg_eun_…`) or the quote token's region — with the caller's `Authorization`,
@@ -31,6 +33,9 @@ mod regions;
 mod route;
 pub mod upstash;
 
+use std::cell::Cell;
+use std::rc::Rc;
+
 use domain::auth::{AuthError, Claims};
 use domain::ratelimit::RateLimit;
 use domain::{Region, VehicleId};
@@ -39,10 +44,10 @@ use serde_json::Value;
 use crate::cache::Entry;
 use crate::config::EdgeConfig;
 use crate::platform::{FetchError, Outbound, Platform, Request, Response};
-use crate::ratelimit::{BlockedCache, Check, Outcome, Subject};
+use crate::ratelimit::{BlockedCache, CacheFound, CacheRead, Check, Outcome, Subject};
 use crate::regions::Placement;
 use crate::route::{canonical, is_write, quote_token_target, route, uri_safe, Route};
-use crate::upstash::{arg, as_u64, Upstash};
+use crate::upstash::{arg, Upstash};
 
 /// Largest request body the edge forwards (the origin's default limit).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -67,6 +72,18 @@ pub struct Edge {
     pub config: EdgeConfig,
     blocked: BlockedCache,
     runtime: &'static str,
+    /// Requests being handled by this isolate right now (single-threaded hosts: a `Cell`).
+    in_flight: Rc<Cell<usize>>,
+}
+
+/// Counts a request in flight until dropped — also when the host drops the request's
+/// future (a client that went away), so the count cannot leak.
+struct InFlight(Rc<Cell<usize>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
 }
 
 /// How a cached route looks its entry up.
@@ -145,6 +162,7 @@ impl Edge {
             config: EdgeConfig::from_platform(p)?,
             blocked: BlockedCache::default(),
             runtime,
+            in_flight: Rc::new(Cell::new(0)),
         })
     }
 
@@ -159,7 +177,13 @@ impl Edge {
     /// Handles one request; never fails (every error is a problem response).
     pub async fn handle(&self, p: &impl Platform, req: Request) -> Response {
         let rid = request_id(&req);
-        let mut resp = self.dispatch(p, &req, &rid).await;
+        let mut resp = if self.in_flight.get() >= self.config.max_in_flight {
+            problem::overloaded(self.config.retry_after_secs, self.config.max_in_flight)
+        } else {
+            self.in_flight.set(self.in_flight.get() + 1);
+            let _counted = InFlight(self.in_flight.clone());
+            self.dispatch(p, &req, &rid).await
+        };
         resp.set_header("x-request-id", rid);
         resp.set_header("x-edge-region", self.config.region.code());
         resp.set_header("x-edge-runtime", self.runtime);
@@ -239,7 +263,7 @@ impl Edge {
                     &self.config.key_prefix,
                     &self.blocked,
                     std::slice::from_ref(&ip_check),
-                    Vec::new(),
+                    None,
                     now,
                 )
                 .await
@@ -274,51 +298,58 @@ impl Edge {
             _ => None,
         };
         let prefix = &self.config.key_prefix;
-        let gen_keys: Vec<String> = match &cached {
-            Some(Cached::Search(_)) => Region::ALL
-                .iter()
-                .map(|r| cache::region_gen_key(prefix, *r))
-                .collect(),
-            Some(Cached::Quote { vehicle, .. }) => vec![cache::vehicle_gen_key(prefix, vehicle)],
-            None => Vec::new(),
-        };
-        let extra = if gen_keys.is_empty() {
-            Vec::new()
-        } else {
-            let mut mget = vec![arg("MGET")];
-            mget.extend(gen_keys.iter().map(|k| arg(k.clone())));
-            vec![mget]
-        };
+        let read = cached.as_ref().map(|cached| match cached {
+            Cached::Search(_) => CacheRead {
+                gen_keys: Region::ALL
+                    .iter()
+                    .map(|r| cache::region_gen_key(prefix, *r))
+                    .collect(),
+                key: cache::search_key_parts(prefix, version, &req.query),
+            },
+            Cached::Quote {
+                vehicle,
+                canonical_body,
+            } => CacheRead {
+                gen_keys: vec![cache::vehicle_gen_key(prefix, vehicle)],
+                key: cache::quote_key_parts(
+                    prefix,
+                    version,
+                    vehicle,
+                    &claims.sub,
+                    claims.membership.as_deref().unwrap_or(""),
+                    canonical_body,
+                ),
+            },
+        });
 
-        // 3. Rate limits (and the generations, in the same round trip).
+        // 3. Rate limits, and the cache entry if they allow the request: one round trip.
         let user_check = Check {
             subject: Subject::User,
             id: claims.sub.clone(),
             limit: self.limit(self.config.user_limit_per_min),
         };
         let checks = [user_check, ip_check];
-        let (outcome, gens) =
-            match ratelimit::apply(p, &self.redis(), prefix, &self.blocked, &checks, extra, now)
-                .await
-            {
-                Ok((outcome, _)) if !outcome.decision.allowed => return too_many(&outcome),
-                Ok((outcome, extra)) => {
-                    let gens = match extra.into_iter().next() {
-                        Some(Ok(Value::Array(items))) => {
-                            Some(items.iter().map(as_u64).collect::<Vec<u64>>())
-                        }
-                        _ => None,
-                    };
-                    (Some(outcome), gens)
-                }
-                Err(e) => {
-                    p.log(&format!("rate limit check failed (allowed): {e}"));
-                    (None, None)
-                }
-            };
+        let (outcome, found) = match ratelimit::apply(
+            p,
+            &self.redis(),
+            prefix,
+            &self.blocked,
+            &checks,
+            read.as_ref(),
+            now,
+        )
+        .await
+        {
+            Ok((outcome, _)) if !outcome.decision.allowed => return too_many(&outcome),
+            Ok((outcome, found)) => (Some(outcome), found),
+            Err(e) => {
+                p.log(&format!("rate limit check failed (allowed): {e}"));
+                (None, None)
+            }
+        };
 
         // 4. Serve.
-        let mut resp = match (placement, cached, gens) {
+        let mut resp = match (placement, cached, found) {
             (Placement::Refused(resp), _, _) => resp,
             (Placement::Search(regions), _, _) => {
                 self.fan_out(p, req, rid, version, fanout::Kind::Search, &regions)
@@ -328,9 +359,8 @@ impl Edge {
                 self.fan_out(p, req, rid, version, fanout::Kind::List, &regions)
                     .await
             }
-            (Placement::One(_), Some(cached), Some(gens)) => {
-                self.cached_read(p, req, rid, version, &claims, cached, &gens)
-                    .await
+            (Placement::One(_), Some(cached), Some(found)) => {
+                self.cached_read(p, req, rid, cached, found).await
             }
             (Placement::One(placed), _, _) => self.forward_route(p, req, rid, &route, placed).await,
         };
@@ -476,56 +506,32 @@ impl Edge {
         }
     }
 
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "one read path for both cached routes; the arguments are the request's parts"
-    )]
+    /// A cached route whose entry (if any) the rate-limit round trip has read: serve it when
+    /// fresh, else ask the origin and store its answer.
     async fn cached_read(
         &self,
         p: &impl Platform,
         req: &Request,
         rid: &str,
-        version: &str,
-        claims: &Claims,
         cached: Cached,
-        gens: &[u64],
+        found: CacheFound,
     ) -> Response {
-        let prefix = &self.config.key_prefix;
-        let (key, region, ttl_secs, route) = match &cached {
+        let (region, ttl_secs, route) = match &cached {
             Cached::Search(region) => (
-                cache::search_key(prefix, version, gens, &req.query),
                 *region,
                 self.config.search_ttl_secs,
                 Route::Search,
             ),
-            Cached::Quote {
-                vehicle,
-                canonical_body,
-            } => (
-                cache::quote_key(
-                    prefix,
-                    version,
-                    vehicle,
-                    gens.first().copied().unwrap_or(0),
-                    &claims.sub,
-                    claims.membership.as_deref().unwrap_or(""),
-                    canonical_body,
-                ),
-                vehicle.region,
-                self.config.quote_ttl_secs,
-                Route::Quote,
-            ),
-        };
-        let now = p.now_ms();
-        let entry: Option<Entry> = match self.redis().command(p, vec![arg("GET"), arg(&key)]).await
-        {
-            Ok(Value::String(s)) => serde_json::from_str(&s).ok(),
-            Ok(_) => None,
-            Err(e) => {
-                p.log(&format!("edge cache read failed (miss): {e}"));
-                None
+            Cached::Quote { vehicle, .. } => {
+                (vehicle.region, self.config.quote_ttl_secs, Route::Quote)
             }
         };
+        let key = found.key;
+        let now = p.now_ms();
+        let entry: Option<Entry> = found
+            .entry
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok());
         if let Some(entry) = &entry {
             if entry.f > now {
                 return Self::from_entry(entry, "hit", now);

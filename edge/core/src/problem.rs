@@ -33,3 +33,16 @@ pub fn origin_unavailable(retry_after_secs: u64, detail: &str) -> Response {
     r.set_header("retry-after", retry_after_secs.to_string());
     r
 }
+
+/// 503 with `Retry-After`: this isolate already serves as many requests as it is allowed to
+/// (`EDGE_MAX_IN_FLIGHT`); refusing fast beats the host's own failure past its limit.
+pub fn overloaded(retry_after_secs: u64, limit: usize) -> Response {
+    let mut r = problem(
+        503,
+        "edge-overloaded",
+        "Service unavailable",
+        &format!("the edge is serving its maximum of {limit} concurrent requests; retry later"),
+    );
+    r.set_header("retry-after", retry_after_secs.to_string());
+    r
+}

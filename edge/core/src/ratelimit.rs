@@ -1,5 +1,5 @@
-//! Per-user and per-IP rate limits: one atomic Redis round trip, plus an in-isolate memory of
-//! identifiers already blocked.
+//! Per-user and per-IP rate limits and the edge-cache read: one Upstash request per cached
+//! read, plus an in-isolate memory of identifiers already blocked.
 //!
 //! The algorithm is the sliding-window counter of `domain::ratelimit` (two fixed-window counts,
 //! the previous one weighted by how much of it still overlaps the sliding window). The Lua
@@ -11,6 +11,15 @@
 //! whose integer formula is the script's, to get the same decision plus the numbers for the
 //! `RateLimit-*` and `Retry-After` headers.
 //!
+//! **One round trip per cached read.** When the request is allowed, the same script reads the
+//! cache generations the route depends on, assembles the entry's key from them (the key embeds
+//! the generations, see [`crate::cache`]) and returns the entry: a cache hit is exactly one
+//! Upstash request (`EVALSHA`; only the first use on a Redis costs a second one, `NOSCRIPT`
+//! → `EVAL`, which also caches the script), a miss costs one more (the store). A refused
+//! request reads no generation and no entry. The entry's key is not declared in `KEYS`
+//! because it is only known inside the script; Upstash (and a single Redis) accept that, a
+//! Redis Cluster would not — every key here is built with the same prefix for that reason.
+//!
 //! Windows are numbered by the edge clock (`now / window`), so the counter keys of all edges
 //! in the world agree as long as their clocks do (Cloudflare's and NTP-synced hosts' do, to
 //! well under the 60 s window).
@@ -18,8 +27,9 @@
 //! **Blocked cache.** A client that got a 429 is remembered in the isolate until its
 //! `Retry-After` passes, and its next requests are refused without a Redis call — a flood from
 //! one client costs nothing downstream. Cloudflare keeps an isolate alive across requests;
-//! Spin and `wasmtime serve` instantiate per request, where the memory is simply empty and
-//! every request asks Redis (still correct, just not free).
+//! the Spin component keeps its edge for as long as the host reuses the instance
+//! (`wasmtime serve --max-instance-reuse-count`); a host that instantiates per request starts
+//! with an empty memory and asks Redis (still correct, just not free).
 //!
 //! If Upstash is unreachable the request is let through (fail open) and the failure logged:
 //! rate limiting protects capacity, it is not worth an outage.
@@ -33,34 +43,64 @@ use sha1::{Digest, Sha1};
 
 use crate::upstash::{arg, as_u64, RedisError, Upstash};
 
-/// KEYS: prev₁, curr₁, prev₂, curr₂, … ARGV: window_ms, elapsed_ms, limit₁, limit₂, …
-/// Returns prev₁, curr₁, prev₂, curr₂, … as read before this request.
+/// KEYS: prev₁, curr₁, prev₂, curr₂, …, then the generation keys g₁ … gₖ.
+/// ARGV: window_ms, elapsed_ms, n (the number of limits), limit₁ … limitₙ, then the cache
+/// key's head and tail (an empty head: no cache read).
+/// Returns `{counts, gens, entry}`: prev₁, curr₁, … as read before this request; when every
+/// limit had room, the generations (`"0"` for a missing one) and the entry stored under
+/// `head .. concat(gens, ".") .. tail` (nil when absent or when no read was asked for).
 pub const SCRIPT: &str = r"
 local w = tonumber(ARGV[1])
 local e = tonumber(ARGV[2])
-local n = #KEYS / 2
+local n = tonumber(ARGV[3])
 local out = {}
 local room = true
 for i = 1, n do
   local prev = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
   local curr = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
-  local lim = tonumber(ARGV[2 + i])
+  local lim = tonumber(ARGV[3 + i])
   if prev * (w - e) + curr * w + w > lim * w then room = false end
   out[2 * i - 1] = prev
   out[2 * i] = curr
 end
-if room then
-  for i = 1, n do
-    redis.call('INCR', KEYS[2 * i])
-    redis.call('PEXPIRE', KEYS[2 * i], 2 * w)
-  end
+if not room then return {out, {}, false} end
+for i = 1, n do
+  redis.call('INCR', KEYS[2 * i])
+  redis.call('PEXPIRE', KEYS[2 * i], 2 * w)
 end
-return out
+local gens = {}
+for j = 2 * n + 1, #KEYS do
+  gens[#gens + 1] = redis.call('GET', KEYS[j]) or '0'
+end
+local entry = false
+local head = ARGV[4 + n]
+if head and head ~= '' then
+  entry = redis.call('GET', head .. table.concat(gens, '.') .. ARGV[5 + n])
+end
+return {out, gens, entry}
 ";
 
-/// The script's SHA-1, for `EVALSHA`.
-pub fn script_sha() -> String {
-    hex::encode(Sha1::digest(SCRIPT.as_bytes()))
+/// The script's SHA-1, for `EVALSHA`: computed once per isolate or instance.
+pub fn script_sha() -> &'static str {
+    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SHA.get_or_init(|| hex::encode(Sha1::digest(SCRIPT.as_bytes())))
+}
+
+/// A cache read to do in the rate-limit round trip: the generation keys the route depends
+/// on, and the key around them.
+#[derive(Debug, Clone)]
+pub struct CacheRead {
+    pub gen_keys: Vec<String>,
+    pub key: crate::cache::KeyParts,
+}
+
+/// What the cache read found: the generations (as stored, `"0"` when missing), the entry's
+/// key they give, and the entry's text, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheFound {
+    pub gens: Vec<String>,
+    pub key: String,
+    pub entry: Option<String>,
 }
 
 /// What is being limited.
@@ -134,16 +174,17 @@ fn key(prefix: &str, check: &Check, window: u64) -> String {
     format!("{prefix}rl:{}:{id}:{window}", check.subject.slug())
 }
 
-/// Applies `checks` (all with the same window) at `now_ms`.
+/// Applies `checks` (all with the same window) at `now_ms` and, when they allow the request,
+/// does `read` in the same Upstash request.
 pub async fn apply(
     p: &impl crate::platform::Platform,
     redis: &Upstash<'_>,
     prefix: &str,
     blocked: &BlockedCache,
     checks: &[Check],
-    extra: Vec<Vec<Value>>,
+    read: Option<&CacheRead>,
     now_ms: u64,
-) -> Result<(Outcome, Vec<Result<Value, RedisError>>), RedisError> {
+) -> Result<(Outcome, Option<CacheFound>), RedisError> {
     let Some(first) = checks.first() else {
         return Err(RedisError::Body);
     };
@@ -162,43 +203,52 @@ pub async fn apply(
                 limit: check.limit,
                 from_memory: true,
             };
-            return Ok((outcome, Vec::new()));
+            return Ok((outcome, None));
         }
     }
     let index = now_ms / window_ms;
     let elapsed = now_ms % window_ms;
-    let mut keys = Vec::with_capacity(checks.len() * 2);
+    let gen_keys = read.map_or(&[][..], |r| &r.gen_keys[..]);
+    let key_count = checks.len() * 2 + gen_keys.len();
+    // EVALSHA sha numkeys KEYS… ARGV…
+    let mut cmd = Vec::with_capacity(3 + key_count + 5 + checks.len());
+    cmd.push(arg("EVALSHA"));
+    cmd.push(arg(script_sha()));
+    cmd.push(arg(key_count.to_string()));
     for check in checks {
-        keys.push(arg(key(prefix, check, index.saturating_sub(1))));
-        keys.push(arg(key(prefix, check, index)));
+        cmd.push(arg(key(prefix, check, index.saturating_sub(1))));
+        cmd.push(arg(key(prefix, check, index)));
     }
-    let mut tail = vec![arg(keys.len().to_string())];
-    tail.extend(keys);
-    tail.push(arg(window_ms.to_string()));
-    tail.push(arg(elapsed.to_string()));
-    tail.extend(checks.iter().map(|c| arg(c.limit.limit.to_string())));
-
-    // The script and the caller's extra reads (cache generations) share one round trip.
-    let pipeline = |script: Vec<Value>| {
-        let mut cmd = script;
-        cmd.extend(tail.iter().cloned());
-        let mut cmds = vec![cmd];
-        cmds.extend(extra.iter().cloned());
-        cmds
+    cmd.extend(gen_keys.iter().map(|k| arg(k.as_str())));
+    cmd.push(arg(window_ms.to_string()));
+    cmd.push(arg(elapsed.to_string()));
+    cmd.push(arg(checks.len().to_string()));
+    cmd.extend(checks.iter().map(|c| arg(c.limit.limit.to_string())));
+    match read {
+        Some(r) => {
+            cmd.push(arg(r.key.head.as_str()));
+            cmd.push(arg(r.key.tail.as_str()));
+        }
+        None => {
+            cmd.push(arg(""));
+            cmd.push(arg(""));
+        }
+    }
+    let reply = match redis.command(p, cmd.clone()).await {
+        Err(RedisError::Command(e)) if e.starts_with("NOSCRIPT") => {
+            // First use on this Redis: send the script itself (which also caches it).
+            cmd[0] = arg("EVAL");
+            cmd[1] = arg(SCRIPT);
+            redis.command(p, cmd).await?
+        }
+        other => other?,
     };
-    let mut results = redis
-        .pipeline(p, pipeline(vec![arg("EVALSHA"), arg(script_sha())]))
-        .await?;
-    if matches!(results.first(), Some(Err(RedisError::Command(e))) if e.starts_with("NOSCRIPT")) {
-        // First use on this Redis: send the script itself (which also caches it).
-        results = redis
-            .pipeline(p, pipeline(vec![arg("EVAL"), arg(SCRIPT)]))
-            .await?;
-    }
-    let mut results = results.into_iter();
-    let counts = results.next().ok_or(RedisError::Body)??;
-    let counts: Vec<u64> = match counts {
-        Value::Array(items) => items.iter().map(as_u64).collect(),
+    let Value::Array(parts) = reply else {
+        return Err(RedisError::Body);
+    };
+    let mut parts = parts.into_iter();
+    let counts: Vec<u64> = match parts.next() {
+        Some(Value::Array(items)) => items.iter().map(as_u64).collect(),
         _ => return Err(RedisError::Body),
     };
     if counts.len() != checks.len() * 2 {
@@ -228,5 +278,29 @@ pub async fn apply(
         }
     }
     let outcome = binding.ok_or(RedisError::Body)?;
-    Ok((outcome, results.collect()))
+    let found = match (read, outcome.decision.allowed, parts.next(), parts.next()) {
+        (Some(r), true, Some(Value::Array(gens)), entry) => {
+            let gens: Vec<String> = gens
+                .into_iter()
+                .map(|g| match g {
+                    Value::String(s) => s,
+                    other => as_u64(&other).to_string(),
+                })
+                .collect();
+            if gens.len() != r.gen_keys.len() {
+                return Err(RedisError::Body);
+            }
+            let entry = match entry {
+                Some(Value::String(s)) => Some(s),
+                _ => None,
+            };
+            Some(CacheFound {
+                key: crate::cache::key(&r.key, &gens),
+                gens,
+                entry,
+            })
+        }
+        _ => None,
+    };
+    Ok((outcome, found))
 }

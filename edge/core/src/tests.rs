@@ -85,3 +85,148 @@ fn only_the_methods_the_origin_routes_are_forwarded() {
         assert!(!FORWARDED_METHODS.contains(&m), "{m}");
     }
 }
+
+/// A platform whose Upstash answers are scripted, recording every command sent.
+struct Scripted {
+    replies: std::cell::RefCell<Vec<(u16, Value)>>,
+    sent: std::cell::RefCell<Vec<Value>>,
+}
+
+impl Platform for Scripted {
+    async fn fetch(&self, req: Outbound) -> Result<Response, FetchError> {
+        self.sent
+            .borrow_mut()
+            .push(serde_json::from_slice(&req.body).unwrap_or(Value::Null));
+        let (status, body) = self.replies.borrow_mut().remove(0);
+        Ok(Response {
+            status,
+            headers: Vec::new(),
+            body: serde_json::to_vec(&body).unwrap_or_default(),
+        })
+    }
+    fn now_ms(&self) -> u64 {
+        120_000
+    }
+    fn var(&self, _name: &str) -> Option<String> {
+        None
+    }
+    fn log(&self, _line: &str) {}
+}
+
+fn checks() -> Vec<Check> {
+    [(Subject::User, "u", 5), (Subject::Ip, "1.2.3.4", 10)]
+        .into_iter()
+        .map(|(subject, id, limit)| Check {
+            subject,
+            id: id.into(),
+            limit: RateLimit {
+                limit,
+                window_ms: 60_000,
+            },
+        })
+        .collect()
+}
+
+#[test]
+fn one_request_checks_the_limits_and_reads_the_entry_under_the_generations_it_read() {
+    let p = Scripted {
+        replies: std::cell::RefCell::new(vec![
+            (
+                400,
+                serde_json::json!({"error": "NOSCRIPT No matching script"}),
+            ),
+            (
+                200,
+                serde_json::json!({"result": [[0, 1, 0, 2], ["7", "0"], "{\"s\":200}"]}),
+            ),
+        ]),
+        sent: Default::default(),
+    };
+    let redis = Upstash {
+        url: "http://x",
+        token: "t",
+        timeout_ms: 1,
+    };
+    let read = CacheRead {
+        gen_keys: vec!["p:gen:EUW".into(), "p:gen:EUN".into()],
+        key: cache::search_key_parts("p:", "v1", "b=2&a=1"),
+    };
+    let blocked = ratelimit::BlockedCache::default();
+    let (outcome, found) = futures_executor::block_on(ratelimit::apply(
+        &p,
+        &redis,
+        "p:",
+        &blocked,
+        &checks(),
+        Some(&read),
+        120_000,
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(outcome.decision.allowed);
+    let found = found.unwrap_or_else(|| panic!("no cache read"));
+    assert_eq!(found.gens, ["7", "0"]);
+    assert_eq!(found.key, cache::search_key("p:", "v1", &[7, 0], "a=1&b=2"));
+    assert_eq!(found.entry.as_deref(), Some("{\"s\":200}"));
+    // EVALSHA first; on NOSCRIPT the same command with the script itself.
+    let sent = p.sent.borrow();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[0][0], "EVALSHA");
+    assert_eq!(sent[0][1], ratelimit::script_sha());
+    assert_eq!(sent[1][0], "EVAL");
+    assert_eq!(sent[1][1], ratelimit::SCRIPT);
+    assert_eq!(sent[0][2], "6", "four counters and two generations");
+    assert_eq!(
+        sent[0].as_array().map(Vec::len),
+        sent[1].as_array().map(Vec::len)
+    );
+}
+
+#[test]
+fn a_refused_request_reads_nothing_and_the_next_costs_no_request() {
+    let p = Scripted {
+        // The user's window is full (5 of 5): the script reads no generation, no entry.
+        replies: std::cell::RefCell::new(vec![(
+            200,
+            serde_json::json!({"result": [[0, 5, 0, 5], [], null]}),
+        )]),
+        sent: Default::default(),
+    };
+    let redis = Upstash {
+        url: "http://x",
+        token: "t",
+        timeout_ms: 1,
+    };
+    let read = CacheRead {
+        gen_keys: vec!["p:gen:veh:x".into()],
+        key: cache::search_key_parts("p:", "v1", ""),
+    };
+    let blocked = ratelimit::BlockedCache::default();
+    for _ in 0..2 {
+        let (outcome, found) = futures_executor::block_on(ratelimit::apply(
+            &p,
+            &redis,
+            "p:",
+            &blocked,
+            &checks(),
+            Some(&read),
+            120_000,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!outcome.decision.allowed);
+        assert!(found.is_none());
+    }
+    assert_eq!(
+        p.sent.borrow().len(),
+        1,
+        "the second refusal came from memory"
+    );
+}
+
+#[test]
+fn the_script_sha_is_the_sha1_of_the_script() {
+    assert_eq!(ratelimit::script_sha().len(), 40);
+    assert_eq!(
+        ratelimit::script_sha(),
+        hex::encode(<sha1::Sha1 as sha1::Digest>::digest(ratelimit::SCRIPT))
+    );
+}

@@ -5,24 +5,46 @@
 //! `environment`) and under `wasmtime serve -S cli=y -S http=y --env …` (how the scripts
 //! and tests run it locally: the Spin CLI cannot be installed here). `wasmtime serve`
 //! ignores `spin.toml` and offers neither Spin variables nor key-value stores, so the component
-//! uses neither: environment variables and outbound wasi:http are all it needs. Both hosts
-//! instantiate the component per request, so the edge is built per request (`handle_once`).
+//! uses neither: environment variables and outbound wasi:http are all it needs.
+//!
+//! **Instances.** Spin instantiates the component per request; `wasmtime serve` reuses an
+//! instance for up to `--max-instance-reuse-count` requests (one at a time: a wasi:http 0.2
+//! component is never called concurrently). The edge — parsed configuration and the memory of
+//! blocked clients — is built on an instance's first request and kept for its life, exactly
+//! as on Cloudflare; a per-request host simply builds it every time.
 //!
 //! **Client address.** wasi:http does not expose the peer address; Spin sets the
 //! `spin-client-addr` header from the socket (overwriting any sent by the client), and that is
 //! the only source used. `wasmtime serve` does not set it: locally every client is `unknown`
 //! for the per-IP limit — one shared bucket, never a spoofable header.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::pin;
+use std::rc::Rc;
 use std::task::Poll;
 
 use edge_core::platform::{FetchError, Outbound, Platform, Request, Response};
+use edge_core::Edge;
 use futures_util::future::{join, select, Either};
 use futures_util::SinkExt as _;
 use spin_sdk::http::conversions::TryIntoOutgoingRequest as _;
 use spin_sdk::http::{IntoResponse, Method, Request as SpinRequest, Response as SpinResponse};
 use spin_sdk::http_component;
+
+thread_local! {
+    static EDGE: RefCell<Option<Rc<Edge>>> = const { RefCell::new(None) };
+}
+
+/// The instance's edge, built on its first request.
+fn edge() -> Result<Rc<Edge>, edge_core::config::ConfigError> {
+    if let Some(edge) = EDGE.with(|e| e.borrow().clone()) {
+        return Ok(edge);
+    }
+    let edge = Rc::new(Edge::new(&Wasi, "spin")?);
+    EDGE.with(|e| *e.borrow_mut() = Some(edge.clone()));
+    Ok(edge)
+}
 
 /// The wasi:http host as an edge platform.
 #[derive(Debug)]
@@ -162,7 +184,10 @@ mod component {
             body: req.body().to_vec(),
             client_ip,
         };
-        let resp = edge_core::handle_once(&Wasi, "spin", core_req).await;
+        let resp = match edge() {
+            Ok(edge) => edge.handle(&Wasi, core_req).await,
+            Err(_) => edge_core::handle_once(&Wasi, "spin", core_req).await,
+        };
         let mut builder = SpinResponse::builder();
         builder.status(resp.status);
         for (k, v) in resp.headers {

@@ -9,21 +9,26 @@
 //!   the command, HTTP 400 with `{"error": "…"}`;
 //! * `POST /pipeline` with an array of such arrays → an array of those objects, in order;
 //! * `Authorization: Bearer <token>` is required: anything else is 401
-//!   `{"error": "Unauthorized"}`, as Upstash answers.
+//!   `{"error": "Unauthorized"}`, as Upstash answers;
+//! * `GET /stats` (not Upstash's; same token) → `{"requests": n, "commands": {"EVALSHA": n, …}}`:
+//!   HTTP requests served and commands run by name, so tests and benchmarks can count what
+//!   the edge costs in Upstash requests (in process: [`Running::requests_served`] and
+//!   [`Running::command_counts`]).
 //!
 //! Result shapes follow Upstash: nil → `null`, integers → numbers, bulk strings → strings,
 //! arrays → arrays, simple strings (`OK`) → strings. Arguments may be strings or numbers.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use redis::aio::ConnectionManager;
 use serde_json::{json, Value};
@@ -36,6 +41,20 @@ struct Gateway {
     token: String,
     /// Authorized HTTP requests served (a test can tell whether the edge called Redis).
     served: Arc<AtomicU64>,
+    /// Commands run, by upper-case name (a pipeline counts each of its commands).
+    commands: Commands,
+}
+
+type Commands = Arc<Mutex<BTreeMap<String, u64>>>;
+
+fn count(commands: &Commands, args: &Value) {
+    let name = match args {
+        Value::Array(parts) => parts.first().and_then(Value::as_str).unwrap_or("?"),
+        _ => "?",
+    };
+    if let Ok(mut map) = commands.lock() {
+        *map.entry(name.to_ascii_uppercase()).or_insert(0) += 1;
+    }
 }
 
 /// A running gateway; dropping the handle does not stop it, [`Running::stop`] does.
@@ -43,6 +62,7 @@ struct Gateway {
 pub struct Running {
     pub addr: SocketAddr,
     served: Arc<AtomicU64>,
+    commands: Commands,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -56,6 +76,11 @@ impl Running {
     /// Authorized requests (single commands and pipelines) served so far.
     pub fn requests_served(&self) -> u64 {
         self.served.load(Ordering::SeqCst)
+    }
+
+    /// Commands run so far, by upper-case name (`EVALSHA`, `SET`, …).
+    pub fn command_counts(&self) -> BTreeMap<String, u64> {
+        self.commands.lock().map(|m| m.clone()).unwrap_or_default()
     }
 
     /// Stops serving and waits for the server task.
@@ -160,6 +185,7 @@ async fn single(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) -> R
         Ok(v) => v,
         Err(r) => return *r,
     };
+    count(&gw.commands, &args);
     let mut redis = gw.redis.clone();
     let (status, value) = run(&mut redis, &args).await;
     (status, Json(value)).into_response()
@@ -184,9 +210,22 @@ async fn pipeline(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) ->
     let mut redis = gw.redis.clone();
     let mut out = Vec::with_capacity(cmds.len());
     for cmd in &cmds {
+        count(&gw.commands, cmd);
         out.push(run(&mut redis, cmd).await.1);
     }
     Json(Value::Array(out)).into_response()
+}
+
+async fn stats(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
+    if !authorized(&gw, &headers) {
+        return unauthorized();
+    }
+    let commands = gw.commands.lock().map(|m| m.clone()).unwrap_or_default();
+    Json(json!({
+        "requests": gw.served.load(Ordering::SeqCst),
+        "commands": commands,
+    }))
+    .into_response()
 }
 
 /// The gateway's routes.
@@ -194,6 +233,7 @@ fn router(gw: Gateway) -> Router {
     Router::new()
         .route("/", post(single))
         .route("/pipeline", post(pipeline))
+        .route("/stats", get(stats))
         .with_state(gw)
 }
 
@@ -205,10 +245,12 @@ pub async fn start(listener: TcpListener, redis_url: &str, token: &str) -> anyho
         .context("connect to Redis")?;
     let addr = listener.local_addr().context("gateway address")?;
     let served = Arc::new(AtomicU64::new(0));
+    let commands = Commands::default();
     let app = router(Gateway {
         redis,
         token: token.to_owned(),
         served: served.clone(),
+        commands: commands.clone(),
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -224,6 +266,7 @@ pub async fn start(listener: TcpListener, redis_url: &str, token: &str) -> anyho
     Ok(Running {
         addr,
         served,
+        commands,
         stop,
         task,
     })

@@ -1,24 +1,34 @@
-//! `edge-bench`: requests per second and latency percentiles of a *cached* quote through each
-//! edge runtime (workerd and wasmtime), measured with `wrk`.
+//! `edge-bench`: a *cached* quote through each edge runtime with `wrk` — throughput, p99,
+//! the runtime's CPU time per request (from `/proc/<pid>/stat` around the run) and Upstash
+//! requests per request (counted by the gateway) — with, when given, the JavaScript way and
+//! the code before a change side by side in the same run.
 //!
 //! ```sh
-//! scripts/edge.sh build
+//! scripts/bench-edge.sh            # builds everything below and runs this
 //! cargo run -p e2e --release --bin edge-bench -- [seconds] [connections]
 //! ```
 //!
 //! It starts the same stack as the edge suite (a real origin on a scratch database, the
 //! Upstash REST gateway in front of the local Redis, the worker in its runtime), fills the
-//! edge cache with one quote, then lets `wrk` POST that same quote request: every request
-//! verifies the JWT, runs the rate-limit script with the cache-generation read (one Upstash
-//! round trip) and reads the cached entry (a second one) — the origin is not involved. The
-//! rate limits are raised for the run, so it measures the edge, not the 429 path.
+//! edge cache with one quote, then lets `wrk -t2` POST that same quote request: every request
+//! verifies the JWT, runs the rate-limit script that also reads the cached entry (one Upstash
+//! request); the origin is not involved. The rate limits are raised for the run, so it
+//! measures the edge, not the 429 path.
+//!
+//! Side by side (environment): `EDGE_BENCH_JS_DIR` (the bundled `edge/js-baseline` worker)
+//! and `EDGE_BENCH_BEFORE_CF_DIR` (an older worker-build output) run as extra workers in the
+//! same workerd (chosen by `Host`); `EDGE_BENCH_BEFORE_SPIN_WASM` (an older component) runs in
+//! a second `wasmtime serve` with the flags the old code was run with. Ratios against the
+//! targets of issue 17 are printed with met / not met.
 
+use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
-use e2e::edge::{header, EdgeStack, Runtime};
+use e2e::edge::{free_port, header, EdgeStack, Runtime};
 use e2e::{token, window, TestResult};
-use serde_json::json;
+use serde_json::{json, Value};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 
@@ -41,7 +51,198 @@ async fn scratch_database() -> TestResult<(PgPool, String, String)> {
     Ok((pool, url, name))
 }
 
-async fn bench(pool: PgPool, runtime: Runtime, secs: u32, conns: u32) -> TestResult {
+/// One measured run.
+#[derive(Debug, Clone, Default)]
+struct Figures {
+    name: String,
+    rps: f64,
+    p99_ms: f64,
+    requests: u64,
+    non_2xx: u64,
+    cpu_ms_per_req: f64,
+    upstash_per_req: f64,
+}
+
+/// utime + stime of `pid` and of its descendants that are still running, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let mut total = 0;
+    let mut pids = vec![pid];
+    while let Some(p) = pids.pop() {
+        if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
+            // Fields after the command name (which may contain spaces) start at ") ".
+            let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            // state=0 ppid=1 … utime=11 stime=12
+            total += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            total += f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        }
+        if let Ok(children) = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")) {
+            pids.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+    }
+    total
+}
+
+fn ticks_per_sec() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn latency_ms(v: &str) -> f64 {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+    let n: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => f64::NAN,
+    }
+}
+
+fn parse_wrk(out: &str) -> Figures {
+    let mut f = Figures::default();
+    for line in out.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Requests/sec:", v] => f.rps = v.parse().unwrap_or(0.0),
+            ["99%", v] => f.p99_ms = latency_ms(v),
+            [n, "requests", "in", ..] => f.requests = n.parse().unwrap_or(0),
+            ["Non-2xx", "or", "3xx", "responses:", n] => f.non_2xx = n.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    f
+}
+
+struct Target<'a> {
+    name: String,
+    url: String,
+    host: Option<&'a str>,
+    /// The process whose CPU time is counted.
+    pid: u32,
+}
+
+async fn measure(
+    stack: &EdgeStack,
+    target: &Target<'_>,
+    body: &Value,
+    t: &str,
+    secs: u32,
+    conns: u32,
+) -> TestResult<Figures> {
+    // Warm: the first request stores the quote, the second must be a hit.
+    let client = reqwest::Client::new();
+    let mut last = None;
+    for _ in 0..2 {
+        let mut req = client.post(&target.url).bearer_auth(t).json(body);
+        if let Some(h) = target.host {
+            req = req.header("host", h);
+        }
+        let resp = req.send().await?;
+        let state = resp
+            .headers()
+            .get("x-edge-cache")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let status = resp.status();
+        let text = resp.text().await?;
+        last = Some((status, state, text));
+    }
+    match &last {
+        Some((s, state, _)) if s.as_u16() == 201 && state == "hit" => {}
+        other => bail!("{}: the quote is not cached: {other:?}", target.name),
+    }
+    let script = std::env::temp_dir().join(format!("edge-bench-{}.lua", std::process::id()));
+    let host = target
+        .host
+        .map(|h| format!("wrk.headers[\"Host\"] = \"{h}\"\n"))
+        .unwrap_or_default();
+    std::fs::write(
+        &script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = [[{body}]]\n\
+             wrk.headers[\"content-type\"] = \"application/json\"\n\
+             wrk.headers[\"authorization\"] = \"Bearer {t}\"\n{host}"
+        ),
+    )?;
+    let (cpu0, redis0) = (cpu_ticks(target.pid), stack.redis_requests());
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{conns}"),
+            &format!("-d{secs}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(&script)
+        .arg(&target.url)
+        .output()
+        .context("run wrk (apt-get install wrk)")?;
+    let (cpu1, redis1) = (cpu_ticks(target.pid), stack.redis_requests());
+    let _ = std::fs::remove_file(&script);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut f = parse_wrk(&text);
+    f.name = target.name.clone();
+    if f.requests == 0 {
+        bail!("{}: wrk made no requests:\n{text}", target.name);
+    }
+    let n = f.requests as f64;
+    f.cpu_ms_per_req = (cpu1 - cpu0) as f64 / ticks_per_sec() * 1000.0 / n;
+    f.upstash_per_req = (redis1 - redis0) as f64 / n;
+    println!(
+        "{:<22} {:>9.0} req/s  p99 {:>7.1} ms  {:>6.3} ms CPU/req  {:>5.2} Upstash req/req  \
+         {} non-2xx of {}",
+        f.name, f.rps, f.p99_ms, f.cpu_ms_per_req, f.upstash_per_req, f.non_2xx, f.requests
+    );
+    Ok(f)
+}
+
+/// A second `wasmtime serve` running an older component the way the old code was run.
+async fn start_old_spin(
+    stack: &EdgeStack,
+    wasm: &Path,
+) -> TestResult<(tokio::process::Child, String)> {
+    let port = free_port()?;
+    let wasmtime = std::env::var("WASMTIME").unwrap_or_else(|_| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../.dev/edge-tools/wasmtime")
+            .display()
+            .to_string()
+    });
+    let mut cmd = tokio::process::Command::new(wasmtime);
+    cmd.args(["serve", "-S", "cli=y", "-S", "http=y", "--addr"])
+        .arg(format!("127.0.0.1:{port}"));
+    for (k, v) in &stack.edge_vars {
+        cmd.arg("--env").arg(format!("{k}={v}"));
+    }
+    let child = cmd
+        .arg(wasm)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("start the old Spin component")?;
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..200 {
+        if reqwest::get(format!("{base}/healthz")).await.is_ok() {
+            return Ok((child, base));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("the old Spin component did not start")
+}
+
+async fn bench(pool: PgPool, runtime: Runtime, secs: u32, conns: u32) -> TestResult<Vec<Figures>> {
     let stack = EdgeStack::start_with(
         pool,
         runtime,
@@ -56,65 +257,164 @@ async fn bench(pool: PgPool, runtime: Runtime, secs: u32, conns: u32) -> TestRes
         let w = window(2, 3);
         let body = json!({ "vehicle_id": vehicle, "start": w.0, "end": w.1 });
         let t = token("bench-user");
-        let first = stack.post("/v1/quotes", Some(&t), &body, None).await?;
-        let second = stack.post("/v1/quotes", Some(&t), &body, None).await?;
-        if first.status != 201 || header(&second, "x-edge-cache") != Some("hit") {
-            bail!("the quote is not cached at the edge: {first:?} / {second:?}");
+        let pid = stack.edge_pid().context("edge pid")?;
+        let url = format!("{}/v1/quotes", stack.base);
+        let mut targets = vec![Target {
+            name: format!("{}-rust", runtime.name()),
+            url: url.clone(),
+            host: None,
+            pid,
+        }];
+        let mut old_spin = None;
+        match runtime {
+            Runtime::Cloudflare => {
+                if std::env::var_os("EDGE_BENCH_BEFORE_CF_DIR").is_some() {
+                    targets.push(Target {
+                        name: "cloudflare-before".into(),
+                        url: url.clone(),
+                        host: Some("before.edge"),
+                        pid,
+                    });
+                }
+                if std::env::var_os("EDGE_BENCH_JS_DIR").is_some() {
+                    targets.push(Target {
+                        name: "cloudflare-js".into(),
+                        url: url.clone(),
+                        host: Some("js.edge"),
+                        pid,
+                    });
+                }
+            }
+            Runtime::Spin => {
+                if let Some(wasm) = std::env::var_os("EDGE_BENCH_BEFORE_SPIN_WASM") {
+                    let (child, base) = start_old_spin(&stack, Path::new(&wasm)).await?;
+                    targets.push(Target {
+                        name: "spin-before".into(),
+                        url: format!("{base}/v1/quotes"),
+                        host: None,
+                        pid: child.id().unwrap_or(0),
+                    });
+                    old_spin = Some(child);
+                }
+            }
         }
-        let script = std::env::temp_dir().join(format!("edge-bench-{}.lua", std::process::id()));
-        std::fs::write(
-            &script,
-            format!(
-                "wrk.method = \"POST\"\nwrk.body = [[{body}]]\n\
-                 wrk.headers[\"content-type\"] = \"application/json\"\n\
-                 wrk.headers[\"authorization\"] = \"Bearer {t}\"\n"
-            ),
-        )?;
-        let out = Command::new("wrk")
-            .args([
-                "-t2",
-                &format!("-c{conns}"),
-                &format!("-d{secs}s"),
-                "--latency",
-                "-s",
-            ])
-            .arg(&script)
-            .arg(format!("{}/v1/quotes", stack.base))
-            .output()
-            .context("run wrk (apt-get install wrk)")?;
-        let _ = std::fs::remove_file(&script);
-        println!(
-            "== cached quote through {} ({} s, {conns} connections)\n{}",
-            runtime.name(),
-            secs,
-            String::from_utf8_lossy(&out.stdout)
-        );
+        let mut figures = Vec::new();
+        for target in &targets {
+            figures.push(measure(&stack, target, &body, &t, secs, conns).await?);
+        }
         let after = stack.post("/v1/quotes", Some(&t), &body, None).await?;
-        println!(
-            "after the run: HTTP {} x-edge-cache={:?}",
-            after.status,
-            header(&after, "x-edge-cache")
-        );
-        Ok(())
+        if header(&after, "x-edge-cache") != Some("hit") {
+            bail!("after the run the quote is no longer a hit: {after:?}");
+        }
+        drop(old_spin);
+        Ok(figures)
     }
     .await;
     stack.stop().await?;
     result
 }
 
+fn verdict(what: &str, value: f64, target: &str, met: bool) {
+    let mark = if met { "met" } else { "NOT met" };
+    println!("{what:<58} {value:>8.2}  target {target:<10} {mark}");
+}
+
+fn report(all: &[Figures]) {
+    let get = |n: &str| all.iter().find(|f| f.name == n);
+    println!("\n== against issue 17's targets");
+    if let Some(cf) = get("cloudflare-rust") {
+        if let Some(before) = get("cloudflare-before") {
+            let r = cf.rps / before.rps;
+            verdict(
+                "workerd: throughput vs the code before (×)",
+                r,
+                "≥ 2.5",
+                r >= 2.5,
+            );
+        }
+        verdict("workerd: p99 (ms)", cf.p99_ms, "≤ 50", cf.p99_ms <= 50.0);
+        verdict(
+            "workerd: CPU per request (ms)",
+            cf.cpu_ms_per_req,
+            "≤ 0.5",
+            cf.cpu_ms_per_req <= 0.5,
+        );
+        verdict(
+            "workerd: Upstash requests per cached read",
+            cf.upstash_per_req,
+            "= 1",
+            (cf.upstash_per_req - 1.0).abs() < 0.01,
+        );
+        if let Some(js) = get("cloudflare-js") {
+            let r = cf.rps / js.rps;
+            verdict(
+                "workerd: throughput vs the JavaScript way (×)",
+                r,
+                "≥ 1.5",
+                r >= 1.5,
+            );
+            let q = cf.p99_ms / js.p99_ms;
+            verdict(
+                "workerd: p99 / the JavaScript way's p99",
+                q,
+                "≤ 0.5",
+                q <= 0.5,
+            );
+        }
+    }
+    if let Some(spin) = get("spin-rust") {
+        if let Some(before) = get("spin-before") {
+            let r = spin.rps / before.rps;
+            verdict(
+                "wasmtime: throughput vs the code before (×)",
+                r,
+                "≥ 2",
+                r >= 2.0,
+            );
+        }
+        verdict(
+            "wasmtime: p99 (ms)",
+            spin.p99_ms,
+            "≤ 30",
+            spin.p99_ms <= 30.0,
+        );
+        verdict(
+            "wasmtime: Upstash requests per cached read",
+            spin.upstash_per_req,
+            "= 1",
+            (spin.upstash_per_req - 1.0).abs() < 0.01,
+        );
+    }
+}
+
 #[tokio::main]
 async fn main() -> TestResult {
     let mut args = std::env::args().skip(1);
     let secs: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(10);
-    let conns: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(16);
+    let conns: u32 = args.next().and_then(|a| a.parse().ok()).unwrap_or(64);
+    // The extra workers of the same workerd (edge/cloudflare/run.mjs reads this).
+    let mut extra = Vec::new();
+    if let Some(dir) = std::env::var_os("EDGE_BENCH_BEFORE_CF_DIR") {
+        extra.push(json!({ "name": "before", "host": "before.edge", "dir": dir.to_string_lossy(), "main": "index.js" }));
+    }
+    if let Some(dir) = std::env::var_os("EDGE_BENCH_JS_DIR") {
+        extra.push(json!({ "name": "js", "host": "js.edge", "dir": dir.to_string_lossy(), "main": "worker.js" }));
+    }
+    std::env::set_var("EDGE_EXTRA_WORKERS", Value::Array(extra).to_string());
+    println!("== cached quote, wrk -t2 -c{conns} -d{secs}s per row");
     let (pool, url, name) = scratch_database().await?;
     let mut result = Ok(());
+    let mut all = Vec::new();
     for runtime in Runtime::ALL {
-        if let Err(e) = bench(pool.clone(), runtime, secs, conns).await {
-            result = Err(e);
-            break;
+        match bench(pool.clone(), runtime, secs, conns).await {
+            Ok(f) => all.extend(f),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
         }
     }
+    report(&all);
     pool.close().await;
     let admin = PgPoolOptions::new()
         .max_connections(1)

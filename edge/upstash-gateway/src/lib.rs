@@ -15,6 +15,10 @@
 //!   the edge costs in Upstash requests (in process: [`Running::requests_served`] and
 //!   [`Running::command_counts`]).
 //!
+//! Scripts with Upstash's `#!lua flags=allow-key-locking` shebang (as `@upstash/ratelimit`
+//! sends) run with that flag removed, which Redis does not know: an `EVALSHA` of the original
+//! script's SHA is run as an `EVAL` of the script without it.
+//!
 //! Result shapes follow Upstash: nil → `null`, integers → numbers, bulk strings → strings,
 //! arrays → arrays, simple strings (`OK`) → strings. Arguments may be strings or numbers.
 
@@ -43,9 +47,60 @@ struct Gateway {
     served: Arc<AtomicU64>,
     /// Commands run, by upper-case name (a pipeline counts each of its commands).
     commands: Commands,
+    scripts: Scripts,
 }
 
 type Commands = Arc<Mutex<BTreeMap<String, u64>>>;
+
+/// Scripts seen with Upstash-only shebang flags: the original's SHA-1 → the script as run.
+type Scripts = Arc<Mutex<std::collections::HashMap<String, String>>>;
+
+/// Removes `allow-key-locking` from a `#!lua flags=…` shebang; `None` if there is none.
+fn without_upstash_flags(script: &str) -> Option<String> {
+    let (first, rest) = script.split_once('\n').unwrap_or((script, ""));
+    let flags = first.strip_prefix("#!lua")?.trim().strip_prefix("flags=")?;
+    if !flags.split(',').any(|f| f == "allow-key-locking") {
+        return None;
+    }
+    let kept: Vec<&str> = flags
+        .split(',')
+        .filter(|f| *f != "allow-key-locking" && !f.is_empty())
+        .collect();
+    let shebang = if kept.is_empty() {
+        "#!lua".to_owned()
+    } else {
+        format!("#!lua flags={}", kept.join(","))
+    };
+    Some(format!("{shebang}\n{rest}"))
+}
+
+/// Rewrites a script command for Redis (see the module docs).
+fn upstash_script(scripts: &Scripts, args: &Value) -> Option<Value> {
+    let Value::Array(parts) = args else {
+        return None;
+    };
+    let name = parts.first()?.as_str()?.to_ascii_uppercase();
+    let body = parts.get(1)?.as_str()?;
+    let script = match name.as_str() {
+        "EVAL" | "EVAL_RO" => {
+            let stripped = without_upstash_flags(body)?;
+            let sha = redis::Script::new(body).get_hash().to_owned();
+            if let Ok(mut map) = scripts.lock() {
+                map.insert(sha, stripped.clone());
+            }
+            stripped
+        }
+        "EVALSHA" | "EVALSHA_RO" => scripts
+            .lock()
+            .ok()?
+            .get(&body.to_ascii_lowercase())?
+            .clone(),
+        _ => return None,
+    };
+    let mut out = vec![Value::String("EVAL".into()), Value::String(script)];
+    out.extend(parts.iter().skip(2).cloned());
+    Some(Value::Array(out))
+}
 
 fn count(commands: &Commands, args: &Value) {
     let name = match args {
@@ -130,12 +185,14 @@ fn command(args: &Value) -> Result<redis::Cmd, String> {
     Ok(cmd)
 }
 
-async fn run(redis: &mut ConnectionManager, args: &Value) -> (StatusCode, Value) {
-    let cmd = match command(args) {
+async fn run(gw: &Gateway, args: &Value) -> (StatusCode, Value) {
+    let mut redis = gw.redis.clone();
+    let rewritten = upstash_script(&gw.scripts, args);
+    let cmd = match command(rewritten.as_ref().unwrap_or(args)) {
         Ok(cmd) => cmd,
         Err(e) => return (StatusCode::BAD_REQUEST, json!({ "error": e })),
     };
-    match cmd.query_async::<redis::Value>(redis).await {
+    match cmd.query_async::<redis::Value>(&mut redis).await {
         Ok(v) => (StatusCode::OK, json!({ "result": to_json(v) })),
         Err(e) => {
             // Redis' own error text ("NOSCRIPT No matching script…"), as Upstash relays it.
@@ -186,8 +243,7 @@ async fn single(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) -> R
         Err(r) => return *r,
     };
     count(&gw.commands, &args);
-    let mut redis = gw.redis.clone();
-    let (status, value) = run(&mut redis, &args).await;
+    let (status, value) = run(&gw, &args).await;
     (status, Json(value)).into_response()
 }
 
@@ -207,11 +263,10 @@ async fn pipeline(State(gw): State<Gateway>, headers: HeaderMap, body: Bytes) ->
         }
         Err(r) => return *r,
     };
-    let mut redis = gw.redis.clone();
     let mut out = Vec::with_capacity(cmds.len());
     for cmd in &cmds {
         count(&gw.commands, cmd);
-        out.push(run(&mut redis, cmd).await.1);
+        out.push(run(&gw, cmd).await.1);
     }
     Json(Value::Array(out)).into_response()
 }
@@ -251,6 +306,7 @@ pub async fn start(listener: TcpListener, redis_url: &str, token: &str) -> anyho
         token: token.to_owned(),
         served: served.clone(),
         commands: commands.clone(),
+        scripts: Scripts::default(),
     });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {

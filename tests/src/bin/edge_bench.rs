@@ -198,6 +198,8 @@ async fn measure(
     }
     let n = f.requests as f64;
     f.cpu_ms_per_req = (cpu1 - cpu0) as f64 / ticks_per_sec() * 1000.0 / n;
+    // Requests still open when wrk stops reached the gateway but are not in wrk's count:
+    // up to `conns` extra, hence the 5 % tolerance in the verdict.
     f.upstash_per_req = (redis1 - redis0) as f64 / n;
     println!(
         "{:<22} {:>9.0} req/s  p99 {:>7.1} ms  {:>6.3} ms CPU/req  {:>5.2} Upstash req/req  \
@@ -343,7 +345,7 @@ fn report(all: &[Figures]) {
             "workerd: Upstash requests per cached read",
             cf.upstash_per_req,
             "= 1",
-            (cf.upstash_per_req - 1.0).abs() < 0.01,
+            (cf.upstash_per_req - 1.0).abs() < 0.05,
         );
         if let Some(js) = get("cloudflare-js") {
             let r = cf.rps / js.rps;
@@ -382,7 +384,7 @@ fn report(all: &[Figures]) {
             "wasmtime: Upstash requests per cached read",
             spin.upstash_per_req,
             "= 1",
-            (spin.upstash_per_req - 1.0).abs() < 0.01,
+            (spin.upstash_per_req - 1.0).abs() < 0.05,
         );
     }
 }

@@ -172,7 +172,8 @@ fn search_urls() -> Vec<String> {
         (50.1109, 8.6821, 1_500),
         (59.3293, 18.0686, 5_000),
         (59.3293, 18.0686, 50_000),
-        (48.8566, 2.3522, 10_000),
+        // Munich: inside EUW's service area, far from every bay (an empty answer).
+        (48.1372, 11.5756, 10_000),
     ]
     .iter()
     .map(|(lat, lon, r)| {

@@ -517,11 +517,7 @@ impl Edge {
         found: CacheFound,
     ) -> Response {
         let (region, ttl_secs, route) = match &cached {
-            Cached::Search(region) => (
-                *region,
-                self.config.search_ttl_secs,
-                Route::Search,
-            ),
+            Cached::Search(region) => (*region, self.config.search_ttl_secs, Route::Search),
             Cached::Quote { vehicle, .. } => {
                 (vehicle.region, self.config.quote_ttl_secs, Route::Quote)
             }

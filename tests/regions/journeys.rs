@@ -302,11 +302,15 @@ async fn a_user_searches_books_and_lists_across_regions_through_both_edges(
         .assert_problem(421);
 
     // Latency: holds of EUN vehicles through the Sweden edge (home) and through the Frankfurt
-    // edge (one inter-region hop each way), five each; the difference of the medians is what
-    // the region crossing adds.
-    let before = world.proxy_to_eun.connections();
+    // edge (one inter-region hop each way), nine each, interleaved. What the region crossing
+    // adds is judged on the fastest sample of each: the delay line makes every round trip
+    // across it cost at least one RTT, so the fastest cross-region hold still pays for every
+    // crossing, while a loaded machine only ever adds time (with the medians, a busy 2-core
+    // box once measured 3.0 RTTs on workerd where quiet runs measured 1.0). Medians are
+    // printed too.
+    const SAMPLES: usize = 9;
     let (mut home, mut cross) = (Vec::new(), Vec::new());
-    for i in 0..5usize {
+    for i in 0..SAMPLES {
         for (j, (edge, samples)) in [(&world.edge_eun, &mut home), (&world.edge_euw, &mut cross)]
             .into_iter()
             .enumerate()
@@ -323,6 +327,7 @@ async fn a_user_searches_books_and_lists_across_regions_through_both_edges(
                 .await?;
             assert_eq!(quote.status, 201, "{quote:?}");
             let key = uuid::Uuid::new_v4().to_string();
+            let crossed_before = world.proxy_to_eun.upstream_bytes();
             let started = Instant::now();
             let hold = edge
                 .post(
@@ -334,25 +339,39 @@ async fn a_user_searches_books_and_lists_across_regions_through_both_edges(
                 .await?;
             let took = started.elapsed();
             assert_eq!(hold.status, 201, "{hold:?}");
+            // The Frankfurt edge's hold must have crossed the delay line (bytes, not
+            // connections: workerd keeps its connections alive).
+            let crossed = world.proxy_to_eun.upstream_bytes() > crossed_before;
+            assert_eq!(
+                crossed,
+                j == 1,
+                "hold via {} crossed regions: {crossed}",
+                edge.base
+            );
             samples.push(took);
         }
     }
-    assert!(
-        world.proxy_to_eun.connections() > before,
-        "the cross-region holds did not go through the delay line"
-    );
-    let (home, cross) = (median(&mut home), median(&mut cross));
-    let added = cross.saturating_sub(home);
+    let rtts = |d: Duration| d.as_secs_f64() / world.rtt.as_secs_f64();
+    let (home_median, cross_median) = (median(&mut home), median(&mut cross));
+    // `median` sorted both: the first sample is the fastest.
+    let (home_min, cross_min) = (home[0], cross[0]);
+    let added = cross_min.saturating_sub(home_min);
+    let added_median = cross_median.saturating_sub(home_median);
     println!(
-        "{}: EUN hold through the Sweden edge {home:?}, through the Frankfurt edge {cross:?} \
-         (median of 5): +{added:?} = {:.2} inter-region RTTs of {:?}",
+        "{}: EUN hold through the Sweden edge {home_min:?} (median {home_median:?}), through \
+         the Frankfurt edge {cross_min:?} (median {cross_median:?}), fastest of {SAMPLES}: \
+         +{added:?} = {:.2} inter-region RTTs of {:?} (medians: +{added_median:?} = {:.2})",
         runtime.name(),
-        added.as_secs_f64() / world.rtt.as_secs_f64(),
-        world.rtt
+        rtts(added),
+        world.rtt,
+        rtts(added_median)
     );
     // The delay line adds at least one round trip to every call through it: less means the
     // traffic did not cross regions and the measurement proves nothing.
-    assert!(cross >= world.rtt, "cross-region hold took {cross:?}");
+    assert!(
+        cross_min >= world.rtt,
+        "cross-region hold took {cross_min:?}"
+    );
     assert!(
         added < world.rtt * 3,
         "a cross-region booking added {added:?} (≥ 3 × {:?})",

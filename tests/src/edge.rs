@@ -116,6 +116,30 @@ impl EdgeProcess {
     }
 }
 
+impl Drop for EdgeProcess {
+    /// A test that fails (or panics) never calls `stop`, and `kill_on_drop` alone SIGKILLs only
+    /// the runner: miniflare starts workerd detached (its own process group), so workerd
+    /// outlived every failed test. Here the runner is asked to stop (stdin closed, SIGTERM: it
+    /// disposes workerd) and given up to 3 s before `kill_on_drop` follows. Blocking, but only
+    /// when a world is dropped without `stop`.
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let Some(pid) = self.child.id() else {
+            return; // already reaped by `stop`
+        };
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .stderr(Stdio::null())
+            .status();
+        for _ in 0..60 {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 async fn wait_healthy(client: &reqwest::Client, base: &str, what: &str) -> TestResult {
     for _ in 0..300 {
         if let Ok(r) = client.get(format!("{base}/healthz")).send().await {

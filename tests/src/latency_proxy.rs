@@ -31,6 +31,7 @@ pub struct LatencyProxy {
     /// The injected round trip.
     pub rtt: Duration,
     connections: Arc<AtomicU64>,
+    upstream_bytes: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -41,10 +42,13 @@ impl LatencyProxy {
         let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
         let port = listener.local_addr()?.port();
         let connections = Arc::new(AtomicU64::new(0));
+        let upstream_bytes = Arc::new(AtomicU64::new(0));
         let count = connections.clone();
+        let bytes = upstream_bytes.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::Relaxed);
+                let bytes = bytes.clone();
                 tokio::spawn(async move {
                     // The handshake of a connection across regions: one round trip.
                     tokio::time::sleep(rtt).await;
@@ -54,7 +58,10 @@ impl LatencyProxy {
                     };
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
-                    tokio::join!(delay_line(cr, sw, rtt / 2), delay_line(sr, cw, rtt / 2));
+                    tokio::join!(
+                        delay_line(cr, sw, rtt / 2, Some(bytes)),
+                        delay_line(sr, cw, rtt / 2, None)
+                    );
                 });
             }
         });
@@ -62,6 +69,7 @@ impl LatencyProxy {
             port,
             rtt,
             connections,
+            upstream_bytes,
             task,
         })
     }
@@ -75,6 +83,12 @@ impl LatencyProxy {
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)
     }
+
+    /// Bytes forwarded to the upstream so far: unlike [`Self::connections`] this grows with
+    /// requests on a kept-alive connection too (workerd pools its connections).
+    pub fn upstream_bytes(&self) -> u64 {
+        self.upstream_bytes.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for LatencyProxy {
@@ -84,8 +98,13 @@ impl Drop for LatencyProxy {
 }
 
 /// Forwards `from` to `to`, each chunk `delay` after it arrived; EOF is forwarded as a
-/// shutdown of the write side, after the same delay.
-async fn delay_line(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Duration) {
+/// shutdown of the write side, after the same delay. `counted` adds up the bytes read.
+async fn delay_line(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    delay: Duration,
+    counted: Option<Arc<AtomicU64>>,
+) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
     let reader = async move {
         let mut buf = vec![0u8; 16 * 1024];
@@ -97,6 +116,9 @@ async fn delay_line(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Dura
                     return;
                 }
                 Ok(n) => {
+                    if let Some(c) = &counted {
+                        c.fetch_add(n as u64, Ordering::Relaxed);
+                    }
                     if tx
                         .send((Instant::now() + delay, buf[..n].to_vec()))
                         .is_err()
@@ -169,6 +191,7 @@ mod tests {
             "second exchange {second:?}"
         );
         assert_eq!(proxy.connections(), 1);
+        assert_eq!(proxy.upstream_bytes(), payload.len() as u64 + 4);
         Ok(())
     }
 }

@@ -50,10 +50,14 @@ impl LatencyProxy {
                 count.fetch_add(1, Ordering::Relaxed);
                 let bytes = bytes.clone();
                 tokio::spawn(async move {
-                    // The handshake of a connection across regions: one round trip.
-                    tokio::time::sleep(rtt).await;
+                    // The handshake of a connection across regions: one round trip, which
+                    // stands for the local connect too (made meanwhile, not added to it).
+                    let (_, server) = tokio::join!(
+                        tokio::time::sleep(rtt),
+                        TcpStream::connect(("127.0.0.1", upstream))
+                    );
                     // A dead upstream (the region is down) closes the client's connection.
-                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await else {
+                    let Ok(server) = server else {
                         return;
                     };
                     let (cr, cw) = client.into_split();

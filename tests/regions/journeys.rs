@@ -302,14 +302,14 @@ async fn a_user_searches_books_and_lists_across_regions_through_both_edges(
         .assert_problem(421);
 
     // Latency: holds of EUN vehicles through the Sweden edge (home) and through the Frankfurt
-    // edge (one inter-region hop each way), nine each, interleaved. What the region crossing
-    // adds is judged on the fastest sample of each: the delay line makes every round trip
-    // across it cost at least one RTT, so the fastest cross-region hold still pays for every
-    // crossing, while a loaded machine only ever adds time (with the medians, a busy 2-core
-    // box once measured 3.0 RTTs on workerd where quiet runs measured 1.0). Medians are
-    // printed too.
+    // edge (one inter-region hop each way), nine each, interleaved. The bar (under 3
+    // inter-region round trips) is judged on the round trips the delay line charged each
+    // cross-region hold — a count, which load cannot move (timed, a busy 2-core box once
+    // measured 3.0 RTTs on workerd where quiet runs measured 1.0) — and each hold must have
+    // taken at least what it was charged. The added time (fastest and median) is printed.
     const SAMPLES: usize = 9;
     let (mut home, mut cross) = (Vec::new(), Vec::new());
+    let mut charged_max = 0;
     for i in 0..SAMPLES {
         for (j, (edge, samples)) in [(&world.edge_eun, &mut home), (&world.edge_euw, &mut cross)]
             .into_iter()
@@ -328,6 +328,7 @@ async fn a_user_searches_books_and_lists_across_regions_through_both_edges(
             assert_eq!(quote.status, 201, "{quote:?}");
             let key = uuid::Uuid::new_v4().to_string();
             let crossed_before = world.proxy_to_eun.upstream_bytes();
+            let charged_before = world.proxy_to_eun.round_trips();
             let started = Instant::now();
             let hold = edge
                 .post(
@@ -338,7 +339,23 @@ async fn a_user_searches_books_and_lists_across_regions_through_both_edges(
                 )
                 .await?;
             let took = started.elapsed();
+            let charged = world.proxy_to_eun.round_trips() - charged_before;
             assert_eq!(hold.status, 201, "{hold:?}");
+            if j == 1 {
+                // What the hold paid across regions, counted at the delay line: under 3 round
+                // trips, whatever the load (the timings below are printed, not judged).
+                assert!(
+                    (1..3).contains(&charged),
+                    "a cross-region hold through {} cost {charged} inter-region round trips",
+                    edge.base
+                );
+                assert!(
+                    took >= world.rtt * u32::try_from(charged)?,
+                    "{charged} round trips of {:?} in {took:?}: the delay was not applied",
+                    world.rtt
+                );
+                charged_max = charged_max.max(charged);
+            }
             // The Frankfurt edge's hold must have crossed the delay line (bytes, not
             // connections: workerd keeps its connections alive).
             let crossed = world.proxy_to_eun.upstream_bytes() > crossed_before;
@@ -372,10 +389,10 @@ async fn a_user_searches_books_and_lists_across_regions_through_both_edges(
         cross_min >= world.rtt,
         "cross-region hold took {cross_min:?}"
     );
-    assert!(
-        added < world.rtt * 3,
-        "a cross-region booking added {added:?} (≥ 3 × {:?})",
-        world.rtt
+    println!(
+        "{}: a cross-region hold cost at most {charged_max} inter-region round trips \
+         (counted at the delay line; under 3 is the bar)",
+        runtime.name()
     );
     world.stop().await
 }

@@ -13,7 +13,7 @@
 //! request/response exchange pays exactly one round trip however many chunks it has, and
 //! bytes stay in order. Close and EOF travel the same way (after the same delay).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +32,7 @@ pub struct LatencyProxy {
     pub rtt: Duration,
     connections: Arc<AtomicU64>,
     upstream_bytes: Arc<AtomicU64>,
+    turns: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -43,12 +44,15 @@ impl LatencyProxy {
         let port = listener.local_addr()?.port();
         let connections = Arc::new(AtomicU64::new(0));
         let upstream_bytes = Arc::new(AtomicU64::new(0));
+        let turns = Arc::new(AtomicU64::new(0));
         let count = connections.clone();
         let bytes = upstream_bytes.clone();
+        let turned = turns.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::Relaxed);
                 let bytes = bytes.clone();
+                let turned = turned.clone();
                 tokio::spawn(async move {
                     // The handshake of a connection across regions: one round trip, which
                     // stands for the local connect too (made meanwhile, not added to it).
@@ -62,9 +66,22 @@ impl LatencyProxy {
                     };
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
+                    let last = Arc::new(AtomicU8::new(NONE));
+                    let up = Side {
+                        dir: UP,
+                        last: last.clone(),
+                        bytes: Some(bytes),
+                        turns: Some(turned),
+                    };
+                    let down = Side {
+                        dir: DOWN,
+                        last,
+                        bytes: None,
+                        turns: None,
+                    };
                     tokio::join!(
-                        delay_line(cr, sw, rtt / 2, Some(bytes)),
-                        delay_line(sr, cw, rtt / 2, None)
+                        delay_line(cr, sw, rtt / 2, up),
+                        delay_line(sr, cw, rtt / 2, down)
                     );
                 });
             }
@@ -74,6 +91,7 @@ impl LatencyProxy {
             rtt,
             connections,
             upstream_bytes,
+            turns,
             task,
         })
     }
@@ -93,6 +111,14 @@ impl LatencyProxy {
     pub fn upstream_bytes(&self) -> u64 {
         self.upstream_bytes.load(Ordering::Relaxed)
     }
+
+    /// Round trips charged so far: one per connection (its handshake) and one per exchange,
+    /// an exchange being the client speaking after the server did (or first) on a
+    /// connection. A count, so a test can bound what a request costs across regions
+    /// whatever else the machine is doing; the time it took is only printed beside it.
+    pub fn round_trips(&self) -> u64 {
+        self.connections() + self.turns.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for LatencyProxy {
@@ -101,14 +127,22 @@ impl Drop for LatencyProxy {
     }
 }
 
+const NONE: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
+
+/// One direction of a connection: which way it carries bytes, the direction the connection
+/// last carried (shared by both sides, for counting exchanges), and its counters.
+struct Side {
+    dir: u8,
+    last: Arc<AtomicU8>,
+    bytes: Option<Arc<AtomicU64>>,
+    turns: Option<Arc<AtomicU64>>,
+}
+
 /// Forwards `from` to `to`, each chunk `delay` after it arrived; EOF is forwarded as a
-/// shutdown of the write side, after the same delay. `counted` adds up the bytes read.
-async fn delay_line(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
-    delay: Duration,
-    counted: Option<Arc<AtomicU64>>,
-) {
+/// shutdown of the write side, after the same delay. `side` counts bytes and exchanges.
+async fn delay_line(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, delay: Duration, side: Side) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
     let reader = async move {
         let mut buf = vec![0u8; 16 * 1024];
@@ -120,8 +154,12 @@ async fn delay_line(
                     return;
                 }
                 Ok(n) => {
-                    if let Some(c) = &counted {
+                    if let Some(c) = &side.bytes {
                         c.fetch_add(n as u64, Ordering::Relaxed);
+                    }
+                    let before = side.last.swap(side.dir, Ordering::Relaxed);
+                    if let (Some(t), true) = (&side.turns, before != side.dir) {
+                        t.fetch_add(1, Ordering::Relaxed);
                     }
                     if tx
                         .send((Instant::now() + delay, buf[..n].to_vec()))
@@ -195,6 +233,7 @@ mod tests {
             "second exchange {second:?}"
         );
         assert_eq!(proxy.connections(), 1);
+        assert_eq!(proxy.round_trips(), 3, "one handshake and two exchanges");
         assert_eq!(proxy.upstream_bytes(), payload.len() as u64 + 4);
         Ok(())
     }

@@ -136,6 +136,11 @@ pub(crate) async fn begin(
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(saved) = existing {
+        // End the transaction before answering: a dropped sqlx transaction rolls back only
+        // when its connection is next used, so the key's advisory lock would outlive the
+        // answer and a client's immediate next request with the key would be refused as
+        // "in progress" (seen under load in idempotency.rs's tests).
+        tx.rollback().await?;
         if saved.request_hash != fingerprint.as_bytes() {
             return Err(IdempotencyError::Mismatch);
         }

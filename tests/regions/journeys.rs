@@ -82,9 +82,12 @@ fn end_offsets(brokers: &str) -> TestResult<HashMap<(String, i32), i64>> {
         .context("create the offsets consumer")?;
     let mut ends = HashMap::new();
     for topic in Topic::ALL {
-        let metadata = consumer
-            .fetch_metadata(Some(topic.as_str()), Duration::from_secs(10))
-            .with_context(|| format!("metadata of {}", topic.as_str()))?;
+        // A fresh broker (a clean CI run) may not know the topic yet: then everything in it
+        // will be new, and `consume` reads it from the beginning.
+        let Ok(metadata) = consumer.fetch_metadata(Some(topic.as_str()), Duration::from_secs(10))
+        else {
+            continue;
+        };
         for t in metadata.topics() {
             for p in t.partitions() {
                 let (_, high) = consumer
@@ -97,8 +100,8 @@ fn end_offsets(brokers: &str) -> TestResult<HashMap<(String, i32), i64>> {
     Ok(ends)
 }
 
-/// Reads every topic from `from` until every `wanted` event id was seen (bounded); the payload
-/// of each wanted event.
+/// Reads every topic from `from` (a partition it does not know: from the beginning) until
+/// every `wanted` event id was seen (bounded); the payload of each wanted event.
 async fn consume(
     brokers: &str,
     from: &HashMap<(String, i32), i64>,
@@ -113,11 +116,22 @@ async fn consume(
         .set("enable.auto.commit", "false")
         .create()
         .context("create the consumer")?;
+    // The topics exist now: the wanted events were published before this is called.
     let mut partitions = TopicPartitionList::new();
-    for ((topic, partition), offset) in from {
-        partitions
-            .add_partition_offset(topic, *partition, Offset::Offset(*offset))
-            .context("add a partition")?;
+    for topic in Topic::ALL {
+        let metadata = consumer
+            .fetch_metadata(Some(topic.as_str()), Duration::from_secs(10))
+            .with_context(|| format!("metadata of {}", topic.as_str()))?;
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                let offset = from
+                    .get(&(t.name().to_owned(), p.id()))
+                    .map_or(Offset::Beginning, |high| Offset::Offset(*high));
+                partitions
+                    .add_partition_offset(t.name(), p.id(), offset)
+                    .context("add a partition")?;
+            }
+        }
     }
     consumer.assign(&partitions).context("assign partitions")?;
     let deadline = Instant::now() + Duration::from_secs(30);

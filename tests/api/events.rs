@@ -102,33 +102,6 @@ fn header<'a>(message: &'a impl Message, name: &str) -> Option<&'a str> {
         .and_then(|v| std::str::from_utf8(v).ok())
 }
 
-/// Where every partition of every topic ends now. The shared broker keeps the history of all
-/// earlier runs (benchmarks included); a test reads only what comes after these offsets, so
-/// its time does not grow with that history.
-fn end_offsets(brokers: &str) -> TestResult<HashMap<(String, i32), i64>> {
-    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("e2e-marks-{}", Uuid::new_v4()))
-        .create()
-        .context("create the offsets consumer")?;
-    let mut ends = HashMap::new();
-    for topic in Topic::ALL {
-        let Ok(metadata) = consumer.fetch_metadata(Some(topic.as_str()), Duration::from_secs(10))
-        else {
-            continue;
-        };
-        for t in metadata.topics() {
-            for p in t.partitions() {
-                let (_, high) = consumer
-                    .fetch_watermarks(t.name(), p.id(), Duration::from_secs(10))
-                    .with_context(|| format!("watermarks of {}/{}", t.name(), p.id()))?;
-                ends.insert((t.name().to_owned(), p.id()), high);
-            }
-        }
-    }
-    Ok(ends)
-}
-
 /// Reads every topic (a consumer of its own) from `from` (else from the beginning) until
 /// each `wanted` event was seen, then for `quiet` more to catch late duplicates. Bounded by
 /// `within`.
@@ -365,7 +338,7 @@ async fn every_committed_state_change_is_published_once_in_order_per_vehicle(
     pool: PgPool,
 ) -> TestResult {
     let brokers = shared_brokers()?;
-    let start = end_offsets(&brokers)?;
+    let start = e2e::broker::end_offsets(&brokers)?;
     let app = spawn_app_with(
         pool,
         &[("KAFKA_BROKERS", brokers.as_str()), ("RELAY_POLL_MS", "50")],
@@ -595,7 +568,7 @@ async fn two_relays_at_once_publish_each_event_once_in_order_per_vehicle(
     pool: PgPool,
 ) -> TestResult {
     let brokers = shared_brokers()?;
-    let start = end_offsets(&brokers)?;
+    let start = e2e::broker::end_offsets(&brokers)?;
     // The origin's own relay is off (no KAFKA_BROKERS): the two below are the only ones.
     let app = spawn_app(pool).await?;
     let stop = CancellationToken::new();

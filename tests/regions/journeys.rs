@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use origin::events::Topic;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -68,36 +68,6 @@ async fn confirm(http: &Http, user: &str, id: &str) -> TestResult {
 fn median(samples: &mut [Duration]) -> Duration {
     samples.sort();
     samples.get(samples.len() / 2).copied().unwrap_or_default()
-}
-
-/// The end offset of every partition of every topic now: events published later come after.
-fn end_offsets(brokers: &str) -> TestResult<HashMap<(String, i32), i64>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set(
-            "group.id",
-            format!("regions-marks-{}", uuid::Uuid::new_v4()),
-        )
-        .create()
-        .context("create the offsets consumer")?;
-    let mut ends = HashMap::new();
-    for topic in Topic::ALL {
-        // A fresh broker (a clean CI run) may not know the topic yet: then everything in it
-        // will be new, and `consume` reads it from the beginning.
-        let Ok(metadata) = consumer.fetch_metadata(Some(topic.as_str()), Duration::from_secs(10))
-        else {
-            continue;
-        };
-        for t in metadata.topics() {
-            for p in t.partitions() {
-                let (_, high) = consumer
-                    .fetch_watermarks(t.name(), p.id(), Duration::from_secs(10))
-                    .with_context(|| format!("watermarks of {}/{}", t.name(), p.id()))?;
-                ends.insert((t.name().to_owned(), p.id()), high);
-            }
-        }
-    }
-    Ok(ends)
 }
 
 /// Reads every topic from `from` (a partition it does not know: from the beginning) until
@@ -171,7 +141,7 @@ async fn a_user_searches_books_and_lists_across_regions_through_both_edges(
     let brokers = std::env::var("KAFKA_BROKERS").context(
         "KAFKA_BROKERS is not set: run scripts/broker.sh and export KAFKA_BROKERS=127.0.0.1:9092",
     )?;
-    let marks = end_offsets(&brokers)?;
+    let marks = e2e::broker::end_offsets(&brokers)?;
     let world = TwoRegions::start(runtime, WorldOptions::default()).await?;
     println!(
         "{}: inter-region latency {:?} RTT by {LATENCY_MECHANISM}",

@@ -425,21 +425,7 @@ impl EdgeStack {
             req = req.header(*k, *v);
         }
         let resp = req.send().await.context("send to edge")?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let content_type = headers
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let bytes = resp.bytes().await?;
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok(Reply {
-            status,
-            content_type,
-            headers,
-            body,
-        })
+        Reply::read(resp).await
     }
 
     /// GET through the edge.

@@ -15,6 +15,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
+pub mod broker;
 pub mod cluster;
 pub mod edge;
 pub mod fault_proxy;
@@ -43,6 +44,25 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// Reads a response whole: its status, headers and JSON body.
+    pub async fn read(resp: reqwest::Response) -> TestResult<Reply> {
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let content_type = headers
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let bytes = resp.bytes().await?;
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Ok(Reply {
+            status,
+            content_type,
+            headers,
+            body,
+        })
+    }
+
     /// The problem `type` of an error body.
     pub fn problem_type(&self) -> &str {
         self.body["type"].as_str().unwrap_or("")
@@ -171,21 +191,7 @@ pub fn window(days: i64, hours: i64) -> (DateTime<Utc>, DateTime<Utc>) {
 impl TestApp {
     async fn send(&self, req: reqwest::RequestBuilder) -> TestResult<Reply> {
         let resp = req.send().await.context("send request")?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let content_type = headers
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let bytes = resp.bytes().await?;
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok(Reply {
-            status,
-            content_type,
-            headers,
-            body,
-        })
+        Reply::read(resp).await
     }
 
     /// GET with an optional bearer token.

@@ -105,21 +105,7 @@ impl Http {
             .send()
             .await
             .with_context(|| format!("send to {}", self.base))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let content_type = headers
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let bytes = resp.bytes().await?;
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        Ok(Reply {
-            status,
-            content_type,
-            headers,
-            body,
-        })
+        Reply::read(resp).await
     }
 
     /// GET with an optional token.

@@ -1,0 +1,165 @@
+//! (f), broker side: what a consumer reading every topic sees, against the outbox.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::db::Db;
+use super::{uuid_of, Options, Report};
+use crate::TestResult;
+
+/// One record as the checker reads it.
+#[derive(Debug, Clone)]
+struct Record {
+    topic: String,
+    key: String,
+    event_id: Uuid,
+    /// The booking the payload is about.
+    booking: Option<Uuid>,
+}
+
+/// Reads the broker and counts lost, phantom, duplicate and out-of-order events.
+pub(crate) async fn consumed(db: &Db, options: &Options, r: &mut Report) -> TestResult {
+    let sequence: HashMap<Uuid, i64> = db.outbox.iter().map(|o| (o.event_id, o.id)).collect();
+    let wanted: HashSet<Uuid> = sequence.keys().copied().collect();
+    let received = consume_all(options, wanted.clone()).await?;
+    let mut seen: HashSet<Uuid> = HashSet::new();
+    let mut last: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for rec in received {
+        let known = rec.booking.is_some_and(|b| db.bookings.contains_key(&b));
+        if options.only_known_bookings && !known && !sequence.contains_key(&rec.event_id) {
+            continue;
+        }
+        r.events_consumed += 1;
+        if !seen.insert(rec.event_id) {
+            r.duplicates_delivered += 1;
+            continue;
+        }
+        let Some(seq) = sequence.get(&rec.event_id) else {
+            r.events_phantom += 1;
+            r.problems.push(format!(
+                "event {} on {} was never committed",
+                rec.event_id, rec.topic
+            ));
+            continue;
+        };
+        let slot = (rec.topic.clone(), rec.key.clone());
+        if let Some(prev) = last.insert(slot, *seq) {
+            if prev > *seq {
+                r.events_out_of_order += 1;
+                r.problems.push(format!(
+                    "{}/{}: outbox id {seq} consumed after {prev}",
+                    rec.topic, rec.key
+                ));
+            }
+        }
+    }
+    if !wanted.is_empty() && r.events_consumed == 0 {
+        r.consumer_saw_nothing = true;
+        r.problems.push(format!(
+            "consumer saw nothing while {} events were committed (topics {:?} on {})",
+            wanted.len(),
+            options.topics,
+            options.brokers
+        ));
+        return Ok(());
+    }
+    let lost: Vec<_> = wanted.difference(&seen).collect();
+    r.events_lost = lost.len();
+    if !lost.is_empty() {
+        r.problems.push(format!(
+            "{} committed events never consumed (e.g. {:?})",
+            lost.len(),
+            lost.iter().take(3).collect::<Vec<_>>()
+        ));
+    }
+    Ok(())
+}
+
+fn header(msg: &impl Message, name: &str) -> Option<String> {
+    msg.headers().and_then(|h| {
+        h.iter()
+            .find(|x| x.key == name)
+            .and_then(|x| x.value)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::to_owned)
+    })
+}
+
+/// Every record of the topics from `options.since` (or the beginning), in partition order;
+/// reads until every `wanted` id was seen (then 2 s more for late duplicates) or
+/// `options.event_wait` passes.
+async fn consume_all(options: &Options, wanted: HashSet<Uuid>) -> TestResult<Vec<Record>> {
+    let options = options.clone();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &options.brokers)
+            .set("group.id", format!("checker-{}", Uuid::new_v4()))
+            .set("enable.auto.commit", "false")
+            .create()
+            .context("create the checker's consumer")?;
+        let mut partitions = TopicPartitionList::new();
+        for topic in &options.topics {
+            // A topic the broker cannot describe is read as empty: a consumer that reads
+            // nothing then fails as "consumer saw nothing", which is what it is.
+            let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) else {
+                continue;
+            };
+            for t in metadata.topics() {
+                for p in t.partitions() {
+                    let from = options
+                        .since
+                        .as_ref()
+                        .and_then(|s| s.get(&(t.name().to_owned(), p.id())))
+                        .map_or(Offset::Beginning, |o| Offset::Offset(*o));
+                    partitions
+                        .add_partition_offset(t.name(), p.id(), from)
+                        .context("add a partition")?;
+                }
+            }
+        }
+        consumer.assign(&partitions).context("assign")?;
+        let deadline = Instant::now() + options.event_wait;
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        let mut complete_at: Option<Instant> = None;
+        while Instant::now() < deadline {
+            if complete_at.is_some_and(|t| t.elapsed() > Duration::from_secs(2)) {
+                break;
+            }
+            let Some(Ok(msg)) = consumer.poll(Duration::from_millis(200)) else {
+                continue;
+            };
+            let payload = msg
+                .payload()
+                .and_then(|p| serde_json::from_slice::<Value>(p).ok())
+                .unwrap_or(Value::Null);
+            let id = header(&msg, "event_id")
+                .or_else(|| payload["event_id"].as_str().map(str::to_owned))
+                .and_then(|s| Uuid::try_parse(&s).ok());
+            if let Some(event_id) = id {
+                seen.insert(event_id);
+                out.push(Record {
+                    topic: msg.topic().to_owned(),
+                    key: msg
+                        .key()
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                        .unwrap_or_default(),
+                    event_id,
+                    booking: payload["booking"]["id"].as_str().and_then(uuid_of),
+                });
+            }
+            if complete_at.is_none() && wanted.is_subset(&seen) {
+                complete_at = Some(Instant::now());
+            }
+        }
+        Ok(out)
+    })
+    .await?
+}

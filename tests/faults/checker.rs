@@ -239,6 +239,8 @@ async fn a_clean_history_of_real_operations_gives_a_clean_report(pool: PgPool) -
     let b = Bench::start(pool, true, true, &[]).await?;
     let vehicles = b.app.vehicles("EUW").await?;
     let (v1, v2) = (&vehicles[0], &vehicles[1]);
+    // Bob's quote comes first: once Ann holds, quoting that window is refused already.
+    let bob = b.hold_request("bob", v1, window(3, 1)).await?;
     let req = b.hold_request("ann", v1, window(3, 2)).await?;
     let first = b.send_hold("ann", v1, &req, "k-ann").await;
     anyhow::ensure!(first.status == Some(201), "{first:?}");
@@ -248,9 +250,7 @@ async fn a_clean_history_of_real_operations_gives_a_clean_report(pool: PgPool) -
     anyhow::ensure!(replay.replayed && replay.body == first.body, "{replay:?}");
     b.read("ann", &id1).await;
     // A taken window: a definite 409 that must leave nothing.
-    let taken = b
-        .hold_keyed("bob", v1, window(3, 1), &Uuid::new_v4().to_string())
-        .await?;
+    let taken = b.send_hold("bob", v1, &bob, "k-bob").await;
     anyhow::ensure!(taken.status == Some(409), "{taken:?}");
     assert_eq!(
         b.act(Kind::Confirm, "ann", &id1, Value::Null).await.status,

@@ -31,6 +31,10 @@ struct Known {
     ttl: Option<Duration>,
 }
 
+/// A booking the clients know, with until when it certainly occupied (None: for all they know,
+/// still).
+type Span<'a> = (&'a str, &'a Known, Option<Instant>);
+
 /// The booking a write or read is about (a hold's from its answer).
 fn booking_of(op: &Op) -> Option<String> {
     match op.kind {
@@ -123,7 +127,7 @@ pub(crate) fn overlaps(ops: &[Op], options: &Options, r: &mut Report) {
             (b, _) => b,
         }
     };
-    let mut by_vehicle: HashMap<&str, Vec<(&str, &Known, Option<Instant>)>> = HashMap::new();
+    let mut by_vehicle: HashMap<&str, Vec<Span<'_>>> = HashMap::new();
     for (id, k) in &known {
         by_vehicle
             .entry(k.vehicle.as_str())

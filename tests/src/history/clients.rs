@@ -339,6 +339,12 @@ pub(crate) fn keys(ops: &[Op], db: &Db, r: &mut Report) {
         .filter_map(|h| h.request_id.as_deref())
         .collect();
     let quotes = by_quote(db);
+    let mut keys_per_quote: HashMap<Uuid, usize> = HashMap::new();
+    for ((_, _), attempts) in &by_key {
+        if let Some(q) = attempts.first().and_then(|a| quote_of(a)) {
+            *keys_per_quote.entry(q).or_default() += 1;
+        }
+    }
     for ((user, key), mut attempts) in by_key {
         attempts.sort_by_key(|o| o.started);
         let Some(last) = attempts.last() else {
@@ -355,16 +361,30 @@ pub(crate) fn keys(ops: &[Op], db: &Db, r: &mut Report) {
                 ));
             }
             Outcome::Failed => {
-                let effect = attempts
+                let wrote: Vec<&str> = attempts
                     .iter()
-                    .any(|a| written.contains(a.request_id.as_str()))
-                    || (last.kind == Kind::Hold
-                        && quote_of(last).is_some_and(|q| quotes.contains_key(&q)));
-                if effect {
+                    .map(|a| a.request_id.as_str())
+                    .filter(|rid| written.contains(rid))
+                    .collect();
+                // A quote another key also tried (the origin may hand out one quote twice) is
+                // that key's to explain; a quote only this key tried must have no booking.
+                let booked = (last.kind == Kind::Hold)
+                    .then(|| quote_of(last))
+                    .flatten()
+                    .filter(|q| keys_per_quote.get(q).is_some_and(|n| *n == 1))
+                    .and_then(|q| quotes.get(&q));
+                if !wrote.is_empty() || booked.is_some() {
                     r.inconsistent_resolutions += 1;
                     r.problems.push(format!(
-                        "{user}/{key}: ends in {:?} but one of its attempts took effect",
-                        last.status
+                        "{user}/{key}: {:?} ends in {:?} {} but took effect (attempts {:?} wrote history rows; booking of its quote {booked:?}); attempts {:?}",
+                        last.kind,
+                        last.status,
+                        last.body["type"],
+                        wrote,
+                        attempts
+                            .iter()
+                            .map(|a| (a.origin, a.status, a.body["type"].clone()))
+                            .collect::<Vec<_>>()
                     ));
                 }
             }

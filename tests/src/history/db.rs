@@ -32,6 +32,8 @@ pub(crate) struct Hist {
     pub event: String,
     pub request_id: Option<String>,
     pub details: Value,
+    /// When the origin decided the change (its clock).
+    pub at: DateTime<Utc>,
 }
 
 impl Hist {
@@ -100,6 +102,16 @@ type BookingTuple = (
     Uuid,
 );
 
+type HistTuple = (
+    i64,
+    Uuid,
+    String,
+    String,
+    Option<String>,
+    Value,
+    DateTime<Utc>,
+);
+
 impl Db {
     pub async fn load(pool: &PgPool) -> TestResult<Db> {
         let rows: Vec<BookingTuple> = sqlx::query_as(
@@ -128,8 +140,8 @@ impl Db {
                 },
             )
             .collect();
-        let rows: Vec<(i64, Uuid, String, String, Option<String>, Value)> = sqlx::query_as(
-            "select id, booking_id, to_status, event, request_id, details
+        let rows: Vec<HistTuple> = sqlx::query_as(
+            "select id, booking_id, to_status, event, request_id, details, at
                from booking_history order by id",
         )
         .fetch_all(pool)
@@ -137,13 +149,14 @@ impl Db {
         .context("read booking_history")?;
         let history: Vec<Hist> = rows
             .into_iter()
-            .map(|(id, booking, to, event, request_id, details)| Hist {
+            .map(|(id, booking, to, event, request_id, details, at)| Hist {
                 id,
                 booking,
                 to,
                 event,
                 request_id,
                 details,
+                at,
             })
             .collect();
         let mut by_booking: HashMap<Uuid, Vec<usize>> = HashMap::new();

@@ -3,9 +3,9 @@
 //! Every client operation of a run is recorded as an [`Op`]: what was asked (hold, confirm,
 //! cancel, extend, or a read of a booking), by whom, of which origin, with which
 //! Idempotency-Key and `x-request-id`, when it was invoked and when it completed, and what came
-//! back — an [`Outcome`]: **ok** (2xx), **definite failure** (a 4xx other than "in progress":
-//! the request did nothing), or **indeterminate** (no answer, a 5xx, or "in progress": it may or
-//! may not have taken effect). After the run, with the faults healed, [`check`] compares that
+//! back — an [`Outcome`]: **ok** (2xx), **definite failure** (a 4xx other than "in progress"
+//! and 429: the request did nothing), or **indeterminate** (no answer, a 5xx, a 429 or "in
+//! progress": it may or may not have taken effect, or says nothing about its key). After the run, with the faults healed, [`check`] compares that
 //! history with the system of record and the broker. Each check is its own counter in
 //! [`Report`]; a clean run has every violation counter at zero.
 //!
@@ -50,7 +50,10 @@
 //!   stored, so a 4xx may be followed by a 2xx; but every 2xx of a key (replays included)
 //!   equals its first 2xx, and no 4xx follows a 2xx.
 //! - **(h) Holds end** (`stale_holds`): at check time no hold is still RESERVING past its
-//!   expiry plus the sweeper's period (plus `clock_slack`).
+//!   expiry plus the sweeper's period (plus `clock_slack`). How long expired holds stayed
+//!   RESERVING before their `fail` row is reported as a figure (`hold_overstay_max_ms`), not a
+//!   violation: while PostgreSQL is down nothing can end a hold, and nothing can use one either
+//!   (a confirm checks the expiry, a new hold ends an expired one in its own transaction).
 //! - **(i) Reads saw real states** (`impossible_reads`): every 200 read of a booking shows a
 //!   state in its history (status with the window it had then, vehicle and start of the row),
 //!   and no read invoked after a hold's ack answered 404.
@@ -91,7 +94,7 @@ pub enum Kind {
 pub enum Outcome {
     /// 2xx: it took effect (or was replayed from the stored effect).
     Ok,
-    /// A 4xx other than "in progress": the origin refused it, so it did nothing.
+    /// A 4xx other than "in progress" (and 429): the origin refused it, so it did nothing.
     Failed,
     /// No answer, a 5xx or "in progress": it may or may not have taken effect.
     Indeterminate,
@@ -128,6 +131,8 @@ impl Op {
         match self.status {
             None => Outcome::Indeterminate,
             Some(s) if s >= 500 => Outcome::Indeterminate,
+            // Turned away before any handler: says nothing about the key's state.
+            Some(429) => Outcome::Indeterminate,
             Some(409) if self.body["type"] == "/problems/idempotency-in-progress" => {
                 Outcome::Indeterminate
             }
@@ -206,6 +211,8 @@ pub struct Report {
     pub idempotency_violations: usize,
     /// (h)
     pub stale_holds: usize,
+    /// (h), a figure: the longest an expired hold stayed RESERVING before it was ended.
+    pub hold_overstay_max_ms: i64,
     /// (i)
     pub impossible_reads: usize,
     pub problems: Vec<String>,
@@ -350,6 +357,7 @@ pub async fn check_with(ops: &[Op], pool: &PgPool, options: &Options) -> TestRes
             r.stale_holds
         ));
     }
+    store::hold_overstay(&db, &mut r);
     clients::reads(ops, &db, &mut r);
     Ok(r)
 }

@@ -136,3 +136,20 @@ pub(crate) async fn stale_holds(pool: &PgPool, options: &Options) -> TestResult<
     .await?;
     Ok(usize::try_from(n).unwrap_or_default())
 }
+
+/// (h), as a figure: the longest an expired hold stayed RESERVING before its `fail` row (the
+/// sweeper's or a lazy expiry's). Not a violation: while PostgreSQL is down nothing can end a
+/// hold, and nothing can use it either (a confirm checks the expiry, a new hold ends it).
+pub(crate) fn hold_overstay(db: &Db, r: &mut Report) {
+    r.hold_overstay_max_ms = db
+        .history
+        .iter()
+        .filter(|h| h.event == "fail")
+        .filter_map(|h| {
+            let expiry: DateTime<Utc> =
+                serde_json::from_value(h.details["hold_expires_at"].clone()).ok()?;
+            Some((h.at - expiry).num_milliseconds())
+        })
+        .max()
+        .unwrap_or_default();
+}

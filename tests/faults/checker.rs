@@ -231,8 +231,8 @@ fn assert_fired(report: &Report, expected: &[&str]) {
     assert!(!report.clean());
 }
 
-/// A history of real operations — holds, a 409 on a taken window, a confirm, an extend, a
-/// cancel, a replayed key, reads after each — through a real origin whose relay publishes to
+/// A history of real operations — holds, a 409 on a taken window, a quote held twice, a
+/// confirm, an extend, a cancel, a replayed key, reads after each — through a real origin whose relay publishes to
 /// the broker, is clean: no check fires on a correct system, and events were really read.
 #[sqlx::test(migrations = "../migrations")]
 async fn a_clean_history_of_real_operations_gives_a_clean_report(pool: PgPool) -> TestResult {
@@ -248,6 +248,10 @@ async fn a_clean_history_of_real_operations_gives_a_clean_report(pool: PgPool) -
     // The same key again: a replay, equal to the first answer.
     let replay = b.send_hold("ann", v1, &req, "k-ann").await;
     anyhow::ensure!(replay.replayed && replay.body == first.body, "{replay:?}");
+    // The origin hands the same caller the same quote for 60 s: a second key holding it is
+    // refused (quote used) — that quote's booking is the first key's, not this key's effect.
+    let second = b.send_hold("ann", v1, &req, "k-ann-again").await;
+    anyhow::ensure!(second.status == Some(409), "{second:?}");
     b.read("ann", &id1).await;
     // A taken window: a definite 409 that must leave nothing.
     let taken = b.send_hold("bob", v1, &bob, "k-bob").await;

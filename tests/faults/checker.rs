@@ -66,6 +66,15 @@ impl Bench {
         })
     }
 
+    /// An origin (relay off) with one acknowledged hold by Ann: the bench, the vehicle and the
+    /// booking id.
+    async fn with_hold(pool: PgPool, events: bool) -> TestResult<(Bench, String, String)> {
+        let b = Bench::start(pool, false, events, &[]).await?;
+        let vehicle = b.app.vehicles("EUW").await?[0].clone();
+        let (_, id) = b.hold("ann", &vehicle, window(3, 2)).await?;
+        Ok((b, vehicle, id))
+    }
+
     /// A fresh quote's hold request: its body and the detail the history records.
     async fn hold_request(
         &self,
@@ -365,9 +374,7 @@ async fn contended_holds_without_the_exclusion_constraint_are_reported_as_overla
 /// (b): an acknowledged hold and confirm whose booking was deleted are lost writes.
 #[sqlx::test(migrations = "../migrations")]
 async fn a_deleted_acknowledged_booking_is_reported_as_lost_writes(pool: PgPool) -> TestResult {
-    let b = Bench::start(pool, false, false, &[]).await?;
-    let vehicle = b.app.vehicles("EUW").await?[0].clone();
-    let (_, id) = b.hold("ann", &vehicle, window(3, 2)).await?;
+    let (b, _, id) = Bench::with_hold(pool, false).await?;
     assert_eq!(
         b.act(Kind::Confirm, "ann", &id, Value::Null).await.status,
         Some(200)
@@ -387,9 +394,7 @@ async fn a_deleted_acknowledged_booking_is_reported_as_lost_writes(pool: PgPool)
 /// acknowledged write (and no longer the attempted hold).
 #[sqlx::test(migrations = "../migrations")]
 async fn a_changed_acknowledged_window_is_reported(pool: PgPool) -> TestResult {
-    let b = Bench::start(pool, false, false, &[]).await?;
-    let vehicle = b.app.vehicles("EUW").await?[0].clone();
-    let (_, id) = b.hold("ann", &vehicle, window(3, 2)).await?;
+    let (b, _, id) = Bench::with_hold(pool, false).await?;
     b.sql(
         "update bookings set period = tstzrange(lower(period), upper(period) + interval '1 hour', '[)')
           where id = $1",
@@ -406,9 +411,7 @@ async fn a_changed_acknowledged_window_is_reported(pool: PgPool) -> TestResult {
 /// off) is a phantom.
 #[sqlx::test(migrations = "../migrations")]
 async fn a_booking_no_client_attempted_is_reported_as_a_phantom(pool: PgPool) -> TestResult {
-    let b = Bench::start(pool, false, false, &[]).await?;
-    let vehicle = b.app.vehicles("EUW").await?[0].clone();
-    b.hold("ann", &vehicle, window(3, 2)).await?;
+    let (b, _, _) = Bench::with_hold(pool, false).await?;
     sqlx::query(
         "with v as (select id, region, bay_id from vehicles where region = 'EUW' order by id offset 3 limit 1),
               b as (insert into bookings (id, region, vehicle_id, user_id, bay_id, period, status, currency,
@@ -438,9 +441,7 @@ async fn a_booking_no_client_attempted_is_reported_as_a_phantom(pool: PgPool) ->
 /// (e): a row whose status no longer matches its last history state.
 #[sqlx::test(migrations = "../migrations")]
 async fn a_status_out_of_step_with_its_history_is_reported(pool: PgPool) -> TestResult {
-    let b = Bench::start(pool, false, false, &[]).await?;
-    let vehicle = b.app.vehicles("EUW").await?[0].clone();
-    let (_, id) = b.hold("ann", &vehicle, window(3, 2)).await?;
+    let (b, _, id) = Bench::with_hold(pool, false).await?;
     assert_eq!(
         b.act(Kind::Confirm, "ann", &id, Value::Null).await.status,
         Some(200)
@@ -463,9 +464,7 @@ async fn a_status_out_of_step_with_its_history_is_reported(pool: PgPool) -> Test
 /// (f): two events of one vehicle published in the wrong order are reported out of order.
 #[sqlx::test(migrations = "../migrations")]
 async fn events_published_out_of_commit_order_are_reported(pool: PgPool) -> TestResult {
-    let b = Bench::start(pool, false, true, &[]).await?;
-    let vehicle = b.app.vehicles("EUW").await?[0].clone();
-    b.hold("ann", &vehicle, window(3, 2)).await?;
+    let (b, vehicle, _) = Bench::with_hold(pool, true).await?;
     b.hold("bob", &vehicle, window(4, 2)).await?;
     let mut rows = b.outbox().await?;
     rows.reverse();
@@ -481,9 +480,7 @@ async fn events_published_out_of_commit_order_are_reported(pool: PgPool) -> Test
 /// phantom on the broker.
 #[sqlx::test(migrations = "../migrations")]
 async fn an_event_of_a_rolled_back_change_is_reported_as_phantom(pool: PgPool) -> TestResult {
-    let b = Bench::start(pool, false, true, &[]).await?;
-    let vehicle = b.app.vehicles("EUW").await?[0].clone();
-    let (_, id) = b.hold("ann", &vehicle, window(3, 2)).await?;
+    let (b, vehicle, id) = Bench::with_hold(pool, true).await?;
     let mut rows = b.outbox().await?;
     // A cancel that wrote its outbox row, then rolled back.
     let event_id = Uuid::now_v7();
@@ -518,9 +515,7 @@ async fn an_event_of_a_rolled_back_change_is_reported_as_phantom(pool: PgPool) -
 /// (f): a committed event that never reached the broker is lost.
 #[sqlx::test(migrations = "../migrations")]
 async fn an_event_that_never_reached_the_broker_is_reported_lost(pool: PgPool) -> TestResult {
-    let b = Bench::start(pool, false, true, &[]).await?;
-    let vehicle = b.app.vehicles("EUW").await?[0].clone();
-    b.hold("ann", &vehicle, window(3, 2)).await?;
+    let (b, _, _) = Bench::with_hold(pool, true).await?;
     let rows = b.outbox().await?;
     publish(&rows[..1]).await?;
     let mut options = b.options(true);
@@ -535,9 +530,7 @@ async fn an_event_that_never_reached_the_broker_is_reported_lost(pool: PgPool) -
 /// nothing", not as a run without lost events.
 #[sqlx::test(migrations = "../migrations")]
 async fn a_consumer_that_reads_nothing_fails_as_consumer_saw_nothing(pool: PgPool) -> TestResult {
-    let b = Bench::start(pool, false, true, &[]).await?;
-    let vehicle = b.app.vehicles("EUW").await?[0].clone();
-    b.hold("ann", &vehicle, window(3, 2)).await?;
+    let (b, _, _) = Bench::with_hold(pool, true).await?;
     publish(&b.outbox().await?).await?;
     let mut options = b.options(true);
     options.topics = vec![format!("checker-nothing-{}", Uuid::new_v4().simple())];
@@ -553,9 +546,7 @@ async fn a_consumer_that_reads_nothing_fails_as_consumer_saw_nothing(pool: PgPoo
 /// does not exist.
 #[sqlx::test(migrations = "../migrations")]
 async fn outbox_rows_missing_or_without_a_change_are_reported(pool: PgPool) -> TestResult {
-    let b = Bench::start(pool, false, false, &[]).await?;
-    let vehicle = b.app.vehicles("EUW").await?[0].clone();
-    let (_, id) = b.hold("ann", &vehicle, window(3, 2)).await?;
+    let (b, _, id) = Bench::with_hold(pool, false).await?;
     b.sql(
         "delete from outbox where aggregate_id = $1 and topic = 'vehicle.reserved'",
         &id,
@@ -580,9 +571,7 @@ async fn outbox_rows_missing_or_without_a_change_are_reported(pool: PgPool) -> T
 /// CONFIRMED without a committed confirm, as a torn or reverted write would show).
 #[sqlx::test(migrations = "../migrations")]
 async fn a_read_of_a_state_that_never_existed_is_reported(pool: PgPool) -> TestResult {
-    let b = Bench::start(pool, false, false, &[]).await?;
-    let vehicle = b.app.vehicles("EUW").await?[0].clone();
-    let (_, id) = b.hold("ann", &vehicle, window(3, 2)).await?;
+    let (b, _, id) = Bench::with_hold(pool, false).await?;
     assert_eq!(b.read("ann", &id).await.status, Some(200));
     b.sql(
         "update bookings set status = 'CONFIRMED' where id = $1",
@@ -605,9 +594,7 @@ async fn a_read_of_a_state_that_never_existed_is_reported(pool: PgPool) -> TestR
 /// (g): a key whose only attempt got no answer, never retried, is unresolved.
 #[sqlx::test(migrations = "../migrations")]
 async fn an_unanswered_key_never_retried_is_reported_unresolved(pool: PgPool) -> TestResult {
-    let b = Bench::start(pool, false, false, &[]).await?;
-    let vehicle = b.app.vehicles("EUW").await?[0].clone();
-    let (_, id) = b.hold("ann", &vehicle, window(3, 2)).await?;
+    let (b, _, id) = Bench::with_hold(pool, false).await?;
     // Nothing listens on port 1: the confirm gets no answer.
     let path = format!("/v1/bookings/{id}/confirm");
     let call = Call {
@@ -638,9 +625,7 @@ async fn an_unanswered_key_never_retried_is_reported_unresolved(pool: PgPool) ->
 /// a history row, with its outbox row so nothing else is off).
 #[sqlx::test(migrations = "../migrations")]
 async fn a_definite_failure_that_left_a_change_is_reported(pool: PgPool) -> TestResult {
-    let b = Bench::start(pool, false, false, &[]).await?;
-    let vehicle = b.app.vehicles("EUW").await?[0].clone();
-    let (_, id) = b.hold("ann", &vehicle, window(3, 2)).await?;
+    let (b, _, id) = Bench::with_hold(pool, false).await?;
     // A hold cannot be extended: a definite 4xx.
     let refused = b
         .act(Kind::Extend, "ann", &id, json!({ "end": window(3, 3).1 }))

@@ -68,33 +68,24 @@ struct Client {
 }
 
 impl Client {
+    /// One attempt of `call` with `key` on a random origin, recorded.
+    async fn attempt_anywhere(&self, call: &Call<'_>, key: &str) -> Op {
+        let origin = rand::thread_rng().gen_range(0..2);
+        attempt(&self.http, &self.history, &base(origin), origin, call, key).await
+    }
+
     /// Runs one keyed request until it gets a definitive answer (same key each time, any
     /// origin), at most 8 attempts; after a 2xx, replays it once more as a client that lost
     /// the answer. A key whose last attempt got no answer is kept for [`Client::resolve`].
     async fn keyed(&mut self, call: Call<'_>) -> Option<Op> {
         let key = uuid::Uuid::new_v4().to_string();
         for i in 0..8 {
-            let origin = rand::thread_rng().gen_range(0..2);
-            let op = attempt(
-                &self.http,
-                &self.history,
-                &base(origin),
-                origin,
-                &call,
-                &key,
-            )
-            .await;
+            let op = self.attempt_anywhere(&call, &key).await;
             if op.definitive() {
                 if op.acknowledged() {
-                    let replay = attempt(
-                        &self.http,
-                        &self.history,
-                        &base(1 - origin),
-                        1 - origin,
-                        &call,
-                        &key,
-                    )
-                    .await;
+                    let other = 1 - op.origin;
+                    let replay =
+                        attempt(&self.http, &self.history, &base(other), other, &call, &key).await;
                     if !replay.definitive() {
                         self.unanswered.push(Unanswered::of(&call, &key));
                     }
@@ -129,16 +120,7 @@ impl Client {
         while !left.is_empty() && Instant::now() < deadline {
             let mut still = Vec::new();
             for u in left {
-                let origin = rand::thread_rng().gen_range(0..2);
-                let op = attempt(
-                    &self.http,
-                    &self.history,
-                    &base(origin),
-                    origin,
-                    &u.call(),
-                    &u.key,
-                )
-                .await;
+                let op = self.attempt_anywhere(&u.call(), &u.key).await;
                 if !op.definitive() {
                     still.push(u);
                 }

@@ -45,7 +45,9 @@
 //! - **(g) Indeterminate operations resolve** (`unresolved_keys`,
 //!   `inconsistent_resolutions`): after healing, the last attempt of every Idempotency-Key is a
 //!   definite answer (the workload retries unanswered keys to an answer), and a key that ends
-//!   in a 4xx left no effect (no history row of any of its attempts, no booking of its quote).
+//!   in a 4xx left no effect (no history row of any of its attempts; no booking of its quote
+//!   when no other key tried that quote — the origin hands one caller the same quote for 60 s,
+//!   so a second key may be refused "quote used" for the first key's booking).
 //! - **Idempotency as the contract states it** (`idempotency_violations`): only 2xx answers are
 //!   stored, so a 4xx may be followed by a 2xx; but every 2xx of a key (replays included)
 //!   equals its first 2xx, and no 4xx follows a 2xx.

@@ -43,4 +43,5 @@ log "schema fuzzing of the origin (schemathesis, bounded)"
 bash scripts/schemathesis.sh
 log "cargo fuzz targets (bounded)"
 bash scripts/fuzz.sh
+bash scripts/fuzz.sh --self-test
 log "all checks passed in $((SECONDS - T0))s"

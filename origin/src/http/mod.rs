@@ -12,6 +12,7 @@ pub(crate) mod extract;
 pub(crate) mod idempotent;
 pub(crate) mod metrics;
 pub(crate) mod openapi_errors;
+pub(crate) mod openapi_links;
 pub(crate) mod quotes;
 pub(crate) mod search;
 pub(crate) mod shed;
@@ -180,6 +181,9 @@ pub(crate) fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::audit_log))
         .split_for_parts();
     openapi_errors::document_common_errors(&mut doc);
+    for unplaced in openapi_links::document_links(&mut doc) {
+        tracing::warn!(%unplaced, "OpenAPI link without its operation");
+    }
     (router, doc)
 }
 

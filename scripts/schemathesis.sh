@@ -17,7 +17,7 @@
 # cannot name: quotes, bookings in every state, admin rows; the hooks
 # (scripts/schemathesis_hooks.py) put them into about half of the positive cases. After it,
 # scripts/schemathesis_coverage.py prints per-operation case counts (cases, 2xx, 4xx, 5xx)
-# and fails the run if any operation got fewer than ST_MIN_CASES (20) cases or no 2xx.
+# and fails the run if any operation got fewer than ST_MIN_CASES (10) cases or no 2xx.
 #
 # Installs schemathesis into .dev/schemathesis (a venv; skipped when present), builds the
 # origin, serves it on 127.0.0.1:$ST_PORT (18400) against its own database
@@ -81,7 +81,8 @@ mapfile -t VEHICLES < <(psql -X -At -d "$ST_DB" -c \
 export ST_SEEDS="$OUT/seeds.json"
 "$VENV/bin/python" "$ROOT/scripts/schemathesis_seed.py" "http://$BIND_ADDR" "$TOKEN" "$ST_SEEDS" "${VEHICLES[@]}" \
   || die "seeding failed; see $OUT/origin.log"
-MIN_CASES="${ST_MIN_CASES:-20}"
+MIN_CASES="${ST_MIN_CASES:-10}"
+"$VENV/bin/python" "$ROOT/scripts/schemathesis_coverage.py" --self-test >&2
 
 if [[ -n "${SCHEMATHESIS_LONG:-}" ]]; then
   EXAMPLES="${SCHEMATHESIS_EXAMPLES:-500}"; PHASES="examples,coverage,fuzzing,stateful"

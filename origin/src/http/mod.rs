@@ -226,7 +226,8 @@ async fn problem_for_plain_errors(request: Request, next: Next) -> Response {
 pub(crate) fn app(state: AppState) -> Router {
     crate::http::metrics::handle();
     let (router, doc) = api();
-    let doc_json = serde_json::to_value(&doc).unwrap_or_default();
+    let mut doc_json = serde_json::to_value(&doc).unwrap_or_default();
+    openapi_links::spec_field_names(&mut doc_json);
     let timeout = state.config.request_timeout;
     let body_limit = state.config.max_body_bytes;
     let admission = shed::Admission::new(state.config.max_in_flight, state.config.admission_wait);

@@ -131,6 +131,41 @@ pub(crate) fn document_links(doc: &mut OpenApi) -> Vec<String> {
     missing
 }
 
+/// utoipa 5.5 serialises a Link's fields in snake_case (`operation_id`, `request_body`),
+/// which OpenAPI readers do not know (schemathesis refused every link as "missing both
+/// operationRef and operationId"). Renames them to the specification's camelCase in the
+/// served JSON document.
+pub(crate) fn spec_field_names(doc: &mut Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let operations = paths
+        .values_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|item| item.values_mut());
+    for operation in operations {
+        let Some(responses) = operation.get_mut("responses").and_then(Value::as_object_mut)
+        else {
+            continue;
+        };
+        let links = responses
+            .values_mut()
+            .filter_map(|r| r.get_mut("links").and_then(Value::as_object_mut))
+            .flat_map(|links| links.values_mut().filter_map(Value::as_object_mut));
+        for link in links {
+            for (snake, camel) in [
+                ("operation_id", "operationId"),
+                ("operation_ref", "operationRef"),
+                ("request_body", "requestBody"),
+            ] {
+                if let Some(value) = link.remove(snake) {
+                    link.insert(camel.to_owned(), value);
+                }
+            }
+        }
+    }
+}
+
 fn method_name(method: &HttpMethod) -> &'static str {
     match method {
         HttpMethod::Get => "GET",
@@ -157,5 +192,19 @@ mod tests {
             panic!("no 201 on POST /v1/quotes")
         };
         assert!(quote.links.contains_key("hold"));
+    }
+
+    #[test]
+    fn the_served_links_use_the_specifications_field_names() {
+        let (_, doc) = crate::http::api();
+        let mut json = serde_json::to_value(&doc).unwrap_or_default();
+        spec_field_names(&mut json);
+        let hold = &json["paths"]["/v1/quotes"]["post"]["responses"]["201"]["links"]["hold"];
+        assert_eq!(hold["operationId"], "create_v1", "{hold}");
+        assert_eq!(
+            hold["requestBody"]["quote_token"],
+            "$response.body#/quote_token"
+        );
+        assert!(hold.get("operation_id").is_none() && hold.get("request_body").is_none());
     }
 }

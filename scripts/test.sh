@@ -14,7 +14,7 @@ ensure_wasm_targets
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
-log "dependency licences, bans and sources (cargo deny, offline)"
+log "dependency advisories (vendored RustSec snapshot), licences, bans and sources (cargo deny, offline)"
 bash scripts/deny.sh
 log "cargo clippy (all targets, -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings

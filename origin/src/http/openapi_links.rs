@@ -85,7 +85,11 @@ fn rule_edges() -> Vec<Edge> {
     edges
 }
 
-fn operation<'d>(doc: &'d mut OpenApi, method: &HttpMethod, path: &str) -> Option<&'d mut Operation> {
+fn operation<'d>(
+    doc: &'d mut OpenApi,
+    method: &HttpMethod,
+    path: &str,
+) -> Option<&'d mut Operation> {
     let item = doc.paths.paths.get_mut(path)?;
     match method {
         HttpMethod::Get => item.get.as_mut(),
@@ -109,7 +113,11 @@ pub(crate) fn document_links(doc: &mut OpenApi) -> Vec<String> {
         let (to_method, to_path) = &edge.to;
         let Some(target) = operation(doc, to_method, to_path).and_then(|o| o.operation_id.clone())
         else {
-            missing.push(format!("{} {to_path} (target of {})", method_name(to_method), edge.name));
+            missing.push(format!(
+                "{} {to_path} (target of {})",
+                method_name(to_method),
+                edge.name
+            ));
             continue;
         };
         let (from_method, from_path, status) = &edge.from;
@@ -144,7 +152,9 @@ pub(crate) fn spec_field_names(doc: &mut Value) {
         .filter_map(Value::as_object_mut)
         .flat_map(|item| item.values_mut());
     for operation in operations {
-        let Some(responses) = operation.get_mut("responses").and_then(Value::as_object_mut)
+        let Some(responses) = operation
+            .get_mut("responses")
+            .and_then(Value::as_object_mut)
         else {
             continue;
         };

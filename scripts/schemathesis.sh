@@ -78,10 +78,8 @@ curl -sf "http://$BIND_ADDR/openapi.json" -o "$OUT/openapi.json" || die "no /ope
 
 mapfile -t VEHICLES < <(psql -X -At -d "$ST_DB" -c \
   "select 'veh_' || lower(region) || '_' || replace(id::text, '-', '') from vehicles where status = 'active' order by region, id")
-export ST_SEEDS="$OUT/seeds.json"
-"$VENV/bin/python" "$ROOT/scripts/schemathesis_seed.py" "http://$BIND_ADDR" "$TOKEN" "$ST_SEEDS" "${VEHICLES[@]}" \
-  || die "seeding failed; see $OUT/origin.log"
 MIN_CASES="${ST_MIN_CASES:-10}"
+SEED_SLOT=0
 "$VENV/bin/python" "$ROOT/scripts/schemathesis_coverage.py" --self-test >&2
 
 if [[ -n "${SCHEMATHESIS_LONG:-}" ]]; then
@@ -101,6 +99,10 @@ st_run() {
   local name=$1 base=$2 status=0 excluded=() arg prev=""; shift 2
   for arg in "$@"; do [[ $prev == --exclude-path ]] && excluded+=(--exclude "$arg"); prev=$arg; done
   export ST_COUNTS="$OUT/$name.counts"; : >"$ST_COUNTS"
+  # Fresh seeds per pass: the previous pass used up its quotes and moved its bookings on.
+  export ST_SEEDS="$OUT/$name.seeds.json" ST_SEED_SLOT=$((SEED_SLOT++))
+  "$VENV/bin/python" "$ROOT/scripts/schemathesis_seed.py" "http://$BIND_ADDR" "$TOKEN" "$ST_SEEDS" "${VEHICLES[@]}" \
+    || die "seeding failed; see $OUT/origin.log"
   log "schemathesis against $name ($base): $EXAMPLES examples per operation, phases $PHASES, at most ${MAX_TIME}s"
   # From target/schemathesis: schemathesis keeps a cache directory (.schemathesis) in its cwd.
   # One worker: with two, Python 3.11 intermittently raised SystemError inside schemathesis.

@@ -9,6 +9,7 @@ with that token are allowed to act on them.
 """
 
 import json
+import os
 import sys
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -40,8 +41,12 @@ class Api:
 
 def main():
     base, token, out, vehicles = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
-    if len(vehicles) < 24:
-        raise SystemExit(f"seed: need at least 24 vehicles, got {len(vehicles)}")
+    # Each pass of a run (origin, then each edge runtime) seeds its own slice of the fleet:
+    # the previous pass's bookings still occupy theirs.
+    slot = int(os.environ.get("ST_SEED_SLOT", "0"))
+    vehicles = vehicles[slot * 13 : (slot + 1) * 13]
+    if len(vehicles) < 13:
+        raise SystemExit(f"seed: need 13 vehicles for slot {slot}, got {len(vehicles)}")
     api = Api(base, token)
     now = datetime.now(timezone.utc).replace(second=0, microsecond=0)
     free = iter(vehicles)
@@ -51,16 +56,21 @@ def main():
             "/v1/quotes",
             {"vehicle_id": vehicle, "start": iso(start), "end": iso(start + timedelta(hours=hours))},
         )
-        booking = api.post("/v1/bookings", {"quote_token": quote["quote_token"]})
+        booking = api.post("/v1/bookings", {"quote_token": quote["quote_token"]}, expect=(201, 409))
+        if "id" not in booking:
+            return None  # a fuzzed booking took the window: the caller tries another
         return {"id": booking["id"], "end": iso(start + timedelta(hours=hours))}
 
     # Far-future bookings share vehicles by day; near-now ones (startable: from 15 minutes
     # before the start) each get a vehicle of their own, their windows overlap.
     far = next(free)
-    day = iter(range(2, 400, 3))
+    day = iter(range(2, 178))
 
     def far_hold():
-        return hold(far, now + timedelta(days=next(day)))
+        while True:
+            b = hold(far, now + timedelta(days=next(day), minutes=7 * slot))
+            if b:
+                return b
 
     reserving = [far_hold() for _ in range(8)]
     confirmed = []
@@ -71,6 +81,8 @@ def main():
     startable, in_progress = [], []
     for i in range(12):
         b = hold(next(free), now + timedelta(minutes=7))
+        if b is None:
+            raise SystemExit("seed: a near-now window of this slot's fleet is taken")
         api.post(f"/v1/bookings/{b['id']}/confirm")
         if i < 6:
             startable.append(b)
@@ -83,7 +95,7 @@ def main():
     for version in ("v1", "v2"):
         quote_tokens[version] = []
         for _ in range(15):
-            start = now + timedelta(days=next(day))
+            start = now + timedelta(days=next(day), minutes=7 * slot)
             q = api.post(
                 f"/{version}/quotes",
                 {"vehicle_id": far, "start": iso(start), "end": iso(start + timedelta(hours=1))},

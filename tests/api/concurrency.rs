@@ -65,6 +65,9 @@ async fn two_hundred_racers_one_winner(app: &TestApp, lock_off: bool) -> TestRes
     .await;
     let mut created = 0;
     let mut conflicts = 0;
+    // Which guard refused each loser: the lock, the constraint (23P01) or a deadlock between
+    // two transactions waiting on the constraint (40P01).
+    let mut by_constraint = 0;
     for reply in replies {
         let reply = reply?;
         match reply.status.as_u16() {
@@ -73,6 +76,9 @@ async fn two_hundred_racers_one_winner(app: &TestApp, lock_off: bool) -> TestRes
                 reply.assert_problem(409);
                 let detail = reply.body["detail"].as_str().unwrap_or_default();
                 assert!(!(lock_off && detail.contains(LOCK_BUSY)), "{}", reply.body);
+                if detail.contains("already booked") || detail.contains("concurrent booking") {
+                    by_constraint += 1;
+                }
                 conflicts += 1;
             }
             other => panic!("unexpected {other}: {}", reply.body),
@@ -80,6 +86,11 @@ async fn two_hundred_racers_one_winner(app: &TestApp, lock_off: bool) -> TestRes
     }
     assert_eq!(created, 1, "exactly one hold wins");
     assert_eq!(conflicts, 199);
+    eprintln!("lock off: {lock_off}; 409s from the database (not the lock): {by_constraint}");
+    if lock_off {
+        // Nothing else stood between them: every loser met the database's guard.
+        assert_eq!(by_constraint, 199);
+    }
     let vid = uuid_of(&vehicle)?;
     let occupying = app
         .count(

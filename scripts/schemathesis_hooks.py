@@ -1,13 +1,42 @@
-"""Schemathesis hooks for scripts/schemathesis.sh: project-specific checks.
+"""Schemathesis hooks for scripts/schemathesis.sh: project-specific checks, seeded ids and
+per-operation accounting.
 
 `problem_json_for_errors`: every 4xx and 5xx answer is an RFC 9457 problem
 (`application/problem+json` with `type`, `title`, `status`, `detail`), documented or not
 (413, 415, 405 are produced by middleware for any route).
+
+Seeds (`ST_SEEDS`, a JSON file written by scripts/schemathesis_seed.py before the run): real
+vehicle ids, unused quote tokens, bookings in each state, admin rows. Random strings almost
+never name an existing booking, so without them every action route answers 404 and its
+success path is never exercised. `map_case` puts a seeded value into about half of the
+*positive* cases of the operations that need one (negative cases are left alone: their
+invalid value is the point of the case).
+
+Accounting (`ST_COUNTS`, a file): `after_call` appends one line per request — operation,
+status, generation mode — and scripts/schemathesis_coverage.py fails the run if an
+operation got too few cases or no 2xx at all.
 """
 
 import json
+import os
+import random
+from datetime import datetime, timedelta, timezone
 
 import schemathesis
+
+_SEEDS = None
+_RNG = random.Random(int(os.environ.get("SCHEMATHESIS_SEED", "20261125")))
+
+
+def _seeds():
+    global _SEEDS
+    if _SEEDS is None:
+        path = os.environ.get("ST_SEEDS")
+        _SEEDS = {}
+        if path and os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                _SEEDS = json.load(f)
+    return _SEEDS
 
 
 def _header(response, name):
@@ -15,6 +44,134 @@ def _header(response, name):
     if isinstance(value, list):
         value = value[0] if value else ""
     return value
+
+
+def _label(case):
+    return f"{case.method.upper()} {case.path}"
+
+
+def _mode(case):
+    meta = getattr(case, "_meta", None) or getattr(case, "meta", None)
+    try:
+        return str(meta.generation.mode.value)
+    except AttributeError:
+        return "unknown"
+
+
+def _negative_at(case, location):
+    meta = getattr(case, "_meta", None) or getattr(case, "meta", None)
+    try:
+        from schemathesis.core.parameters import ParameterLocation
+
+        return meta.is_negative_at(ParameterLocation(location))
+    except (AttributeError, ValueError, ImportError):
+        return True  # unknown: leave the case alone
+
+
+def _iso(t):
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _future_window():
+    """A window the booking policy accepts: whole minutes, 1 to 60 days ahead, 1 to 4 hours."""
+    start = datetime.now(timezone.utc).replace(second=0, microsecond=0) + timedelta(
+        days=_RNG.randint(1, 60), minutes=_RNG.randint(0, 1439)
+    )
+    return start, start + timedelta(minutes=30 * _RNG.randint(2, 8))
+
+
+# Which seeded bookings make each action succeed (by the last path segment).
+_ACTION_POOL = {
+    "confirm": "reserving",
+    "cancel": "cancellable",
+    "start": "startable",
+    "complete": "in_progress",
+    "extend": "extendable",
+}
+
+
+@schemathesis.hook
+def map_case(ctx, case):
+    seeds = _seeds()
+    if not seeds or _RNG.random() < 0.5:
+        return case
+    path = case.path
+    parts = path.strip("/").split("/")
+    # Booking actions and reads: a seeded booking in the state the action needs.
+    if len(parts) >= 3 and parts[1] == "bookings" and "{id}" in path:
+        if _negative_at(case, "path"):
+            return case
+        action = parts[3] if len(parts) > 3 else "read"
+        pool = seeds.get("bookings", {}).get(_ACTION_POOL.get(action, "any"), [])
+        if not pool:
+            return case
+        booking = _RNG.choice(pool)
+        case.path_parameters["id"] = booking["id"]
+        if action == "extend" and isinstance(case.body, dict) and not _negative_at(case, "body"):
+            end = datetime.fromisoformat(booking["end"].replace("Z", "+00:00"))
+            case.body["end"] = _iso(end + timedelta(minutes=30 * _RNG.randint(1, 4)))
+        return case
+    # A hold: an unused quote of the right version.
+    if len(parts) == 2 and parts[1] == "bookings" and case.method.upper() == "POST":
+        tokens = seeds.get("quote_tokens", {}).get(parts[0], [])
+        if tokens and isinstance(case.body, dict) and not _negative_at(case, "body"):
+            case.body["quote_token"] = tokens.pop()
+        return case
+    # A quote: a real vehicle and a window the policy accepts.
+    if len(parts) == 2 and parts[1] == "quotes" and isinstance(case.body, dict):
+        if not _negative_at(case, "body") and seeds.get("vehicles"):
+            start, end = _future_window()
+            case.body.update(vehicle_id=_RNG.choice(seeds["vehicles"]), start=_iso(start), end=_iso(end))
+            case.body.pop("destination_bay_id", None)
+            case.body.pop("promo_code", None)
+        return case
+    # Search and surge: a point in Frankfurt, a window the policy accepts.
+    if path.endswith("/vehicles/search") and isinstance(case.query, dict):
+        if not _negative_at(case, "query"):
+            start, end = _future_window()
+            case.query.update(lat=50.1109, lon=8.6821, start=_iso(start), end=_iso(end))
+            case.query.pop("cursor", None)
+        return case
+    if path in ("/v1/surge", "/v1/admin/surge/recompute") and not _negative_at(case, "query"):
+        case.query = {"region": _RNG.choice(["EUW", "EUN"])}
+        return case
+    # Admin items: an id that exists (update and delete need one), and bodies whose fields
+    # agree with each other (the schema states each field's range, not how they relate).
+    admin = seeds.get("admin", {}).get(path)
+    if admin and not _negative_at(case, "path"):
+        case.path_parameters.update(_RNG.choice(admin))
+    if parts[:3] == ["v1", "admin", "pricing"] and isinstance(case.body, dict):
+        if not _negative_at(case, "body"):
+            _agreeing_admin_body(case, parts)
+    return case
+
+
+def _agreeing_admin_body(case, parts):
+    region = str(case.path_parameters.get("region", "EUW")).upper()
+    body = case.body
+    kind = parts[4] if len(parts) > 4 else ""
+    if kind == "base-rates":
+        body["currency"] = "SEK" if region == "EUN" else "EUR"
+        body["per_day_minor"] = max(body.get("per_day_minor", 1), body.get("per_hour_minor", 1))
+    elif kind == "vehicle-config":
+        lo, hi = sorted((body.get("floor_minor", 0), body.get("ceiling_minor", 0)))
+        body.update(floor_minor=lo, ceiling_minor=hi)
+    elif kind == "time-multipliers":
+        start = _RNG.randint(0, 23)
+        body.update(days_mask=1 << _RNG.randint(0, 6), start_hour=start, end_hour=start + 1)
+    elif kind == "discount-rules":
+        body.update(kind="long_duration", min_duration_minutes=_RNG.randint(60, 10_000))
+        for field in ("valid_from", "valid_until"):
+            body.pop(field, None)
+
+
+@schemathesis.hook
+def after_call(ctx, case, response):
+    path = os.environ.get("ST_COUNTS")
+    if not path:
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"{_label(case)}\t{response.status_code}\t{_mode(case)}\n")
 
 
 @schemathesis.check

@@ -14,7 +14,7 @@ ensure_wasm_targets
 
 log "cargo fmt --check"
 cargo fmt --all -- --check
-log "dependency licences, bans and sources (cargo deny, offline)"
+log "dependency advisories (vendored RustSec snapshot), licences, bans and sources (cargo deny, offline)"
 bash scripts/deny.sh
 log "cargo clippy (all targets, -D warnings)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -43,4 +43,5 @@ log "schema fuzzing of the origin (schemathesis, bounded)"
 bash scripts/schemathesis.sh
 log "cargo fuzz targets (bounded)"
 bash scripts/fuzz.sh
+bash scripts/fuzz.sh --self-test
 log "all checks passed in $((SECONDS - T0))s"

@@ -65,8 +65,32 @@ pub struct RedisConfig {
     pub lock_ttl: Duration,
     /// How long a contender waits for a held vehicle lock before a 409 (0 = one try).
     pub lock_wait: Duration,
+    /// Whether holds take the per-vehicle lock at all (`VEHICLE_LOCK`).
+    pub vehicle_lock: VehicleLockMode,
     /// How often the GEO availability index is rebuilt from PostgreSQL.
     pub availability_rebuild: Duration,
+}
+
+/// `VEHICLE_LOCK`: `on` (the default: Redis, or PostgreSQL's advisory lock while Redis is
+/// down) or `off`. The lock only spares contenders a wasted transaction; the exclusion
+/// constraint alone decides who gets a vehicle (see `redis/locks.rs`). `off` exists so that a
+/// test can show that: contenders then race straight into the constraint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VehicleLockMode {
+    On,
+    Off,
+}
+
+impl std::str::FromStr for VehicleLockMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "on" => Ok(VehicleLockMode::On),
+            "off" => Ok(VehicleLockMode::Off),
+            other => Err(format!("expected on or off, got {other:?}")),
+        }
+    }
 }
 
 impl RedisConfig {
@@ -130,6 +154,7 @@ fn redis_config(env: &dyn Env) -> Result<RedisConfig, ConfigError> {
         command_timeout: millis(env, "REDIS_COMMAND_TIMEOUT_MS", 150)?,
         lock_ttl: millis(env, "LOCK_TTL_MS", 5_000)?,
         lock_wait: Duration::from_millis(lock_wait_ms),
+        vehicle_lock: parsed(env, "VEHICLE_LOCK", VehicleLockMode::On)?,
         availability_rebuild: secs(env, "AVAILABILITY_REBUILD_SECS", 60)?,
     })
 }
@@ -561,6 +586,17 @@ mod tests {
         assert_eq!(config.shutdown_grace, Duration::from_secs(20));
         assert_eq!(config.redis.key_prefix, "bp:");
         assert_eq!(config.redis.lock_ttl, Duration::from_millis(5_000));
+        assert_eq!(config.redis.vehicle_lock, VehicleLockMode::On);
+        Ok(())
+    }
+
+    #[test]
+    fn vehicle_lock_can_be_switched_off() -> Result<(), ConfigError> {
+        for (value, mode) in [("on", VehicleLockMode::On), ("off", VehicleLockMode::Off)] {
+            let mut env = base();
+            env.insert("VEHICLE_LOCK".into(), value.into());
+            assert_eq!(Config::from(&env)?.redis.vehicle_lock, mode, "{value}");
+        }
         Ok(())
     }
 
@@ -596,6 +632,7 @@ mod tests {
             ("SHUTDOWN_GRACE_SECS", "soon"),
             ("LOCK_TTL_MS", "0"),
             ("LOCK_WAIT_MS", "5000"),
+            ("VEHICLE_LOCK", "maybe"),
             ("INFERENCE_URL", "ftp://models"),
             ("INFERENCE_RETRIES", "9"),
             ("PRICING_BUDGET_MS", "0"),

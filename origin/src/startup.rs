@@ -38,12 +38,18 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
 /// Opens the pool and waits (bounded) for the database to accept connections.
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
-        .max_connections(config.db_max_connections)
-        .acquire_timeout(Duration::from_secs(5))
+    pool_options(config)
         .connect(&config.database_url())
         .await
         .context("connect to PostgreSQL (DATABASE_URL)")
+}
+
+/// The pool's settings (size, acquire timeout): the e2e harness opens its origins' pools with
+/// these too, on a database of its own.
+pub fn pool_options(config: &Config) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(config.db_max_connections)
+        .acquire_timeout(Duration::from_secs(5))
 }
 
 /// A running origin: its address and a handle to stop it.

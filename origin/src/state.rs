@@ -79,7 +79,8 @@ impl AppState {
             .collect();
         let quotes = QuoteSigner::new(&config.quote_active_kid, keys)
             .map_err(|e| anyhow::anyhow!("quote signing keys: {e}"))?;
-        let locks = Locks::new(redis.clone(), config.redis.lock_ttl, config.redis.lock_wait);
+        let locks = Locks::new(redis.clone(), config.redis.lock_ttl, config.redis.lock_wait)
+            .with_mode(config.redis.vehicle_lock);
         let availability = Availability::new(redis.clone(), db.clone(), &config.regions);
         let inference = InferenceClient::new(&config.pricing)?;
         let surge = Surge::new(

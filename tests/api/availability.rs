@@ -6,7 +6,7 @@ use domain::ids::VehicleId;
 use domain::region::Region;
 use e2e::test_redis;
 use e2e::*;
-use origin::config::{RedisConfig, Secret};
+use origin::config::{RedisConfig, Secret, VehicleLockMode};
 use origin::redis::availability::Availability;
 use origin::redis::link::RedisLink;
 use serde_json::Value;
@@ -21,6 +21,7 @@ async fn index_of(app: &TestApp) -> TestResult<Availability> {
         command_timeout: Duration::from_millis(500),
         lock_ttl: Duration::from_secs(5),
         lock_wait: Duration::from_millis(50),
+        vehicle_lock: VehicleLockMode::On,
         availability_rebuild: Duration::from_secs(60),
     };
     let link = RedisLink::connect(&config).await?;

@@ -8,7 +8,7 @@ use domain::region::Region;
 use e2e::test_redis::{self, TestRedis};
 use e2e::*;
 use futures_util::future::join_all;
-use origin::config::{RedisConfig, Secret};
+use origin::config::{RedisConfig, Secret, VehicleLockMode};
 use origin::redis::link::RedisLink;
 use origin::redis::locks::{LockError, Locks, LOCK_NAMESPACE};
 use serde_json::Value;
@@ -236,6 +236,7 @@ fn lock_config(url: String, prefix: &str, ttl_ms: u64) -> RedisConfig {
         command_timeout: Duration::from_millis(200),
         lock_ttl: Duration::from_millis(ttl_ms),
         lock_wait: Duration::from_millis(20),
+        vehicle_lock: VehicleLockMode::On,
         availability_rebuild: Duration::from_secs(60),
     }
 }

@@ -19,6 +19,7 @@ mod loadgen_smoke;
 mod locks;
 mod log_secrets;
 mod openapi;
+mod origin_runtime;
 mod pricing_orchestrator;
 mod pricing_validation;
 mod quotes;

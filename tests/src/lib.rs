@@ -2,7 +2,9 @@
 //!
 //! Each test gets a fresh database from `#[sqlx::test]` (created on the machine's PostgreSQL
 //! and dropped afterwards), a small demo fleet, and an origin bound to port 0, so tests run in
-//! parallel and never depend on what earlier runs left on the server.
+//! parallel and never depend on what earlier runs left on the server. The origin runs on a
+//! multi-thread runtime of its own ([`origin_runtime`]), as in production, whatever runtime the
+//! test itself runs on.
 
 use std::collections::BTreeMap;
 
@@ -11,6 +13,7 @@ use chrono::{DateTime, Duration, DurationRound, Utc};
 use domain::auth::{sign_hs256, Claims};
 use origin::config::Config;
 use origin::startup::Running;
+use origin_runtime::OriginRuntime;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -22,6 +25,7 @@ pub mod fault_proxy;
 pub mod history;
 pub mod jwt_forge;
 pub mod latency_proxy;
+pub mod origin_runtime;
 pub mod regions;
 pub mod test_redis;
 
@@ -98,6 +102,10 @@ pub struct TestApp {
     pub redis_url: String,
     pub redis_prefix: String,
     running: Option<Running>,
+    /// The origin's own pool (opened on its runtime; the test's is `pool`).
+    origin_pool: PgPool,
+    /// Declared last: dropped after `running`, whose tasks live on it.
+    runtime: Option<OriginRuntime>,
 }
 
 /// Configuration overrides for [`spawn_app_with`].
@@ -140,7 +148,22 @@ pub async fn spawn_app_with(pool: PgPool, overrides: Overrides<'_>) -> TestResul
     let redis_prefix = config.redis.key_prefix.clone();
     origin::startup::MIGRATOR.run(&pool).await?;
     demo_fleet::seed_demo(&pool, FLEET_PER_CITY).await?;
-    let running = origin::startup::start(config, pool.clone(), false).await?;
+    // The origin's pool and tasks live on its own runtime (see `origin_runtime`), on the
+    // test's database, with the pool settings the origin uses in production.
+    let runtime = OriginRuntime::new().context("start the origin's runtime")?;
+    let options = pool.connect_options();
+    let (running, origin_pool) = runtime
+        .handle()
+        .spawn(async move {
+            let origin_pool = origin::startup::pool_options(&config)
+                .connect_with((*options).clone())
+                .await
+                .context("open the origin's pool")?;
+            let running = origin::startup::start(config, origin_pool.clone(), false).await?;
+            anyhow::Ok((running, origin_pool))
+        })
+        .await
+        .context("the origin's start-up task")??;
     Ok(TestApp {
         base: format!("http://{}", running.addr),
         client: reqwest::Client::builder()
@@ -150,6 +173,8 @@ pub async fn spawn_app_with(pool: PgPool, overrides: Overrides<'_>) -> TestResul
         redis_url,
         redis_prefix,
         running: Some(running),
+        origin_pool,
+        runtime: Some(runtime),
     })
 }
 
@@ -331,10 +356,19 @@ impl TestApp {
         Ok(sqlx::query_scalar(&sql).fetch_one(&self.pool).await?)
     }
 
-    /// Stops the server.
+    /// The origin's runtime: multi-thread with [`origin_runtime::WORKERS`] workers.
+    pub fn origin_runtime(&self) -> TestResult<&tokio::runtime::Handle> {
+        Ok(self.runtime.as_ref().context("origin stopped")?.handle())
+    }
+
+    /// Stops the server (drained as on SIGTERM), closes its pool and ends its runtime.
     pub async fn stop(mut self) -> TestResult {
         if let Some(r) = self.running.take() {
             r.stop().await?;
+        }
+        self.origin_pool.close().await;
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown().await;
         }
         // Best effort: the test may have taken this Redis down on purpose.
         let _ = test_redis::delete_prefix(&self.redis_url, &self.redis_prefix).await;

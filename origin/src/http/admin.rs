@@ -290,7 +290,7 @@ macro_rules! table_routes {
         $(#[$doc])*
         #[utoipa::path(
             put, path = $path, tag = "admin",
-            params(("region" = String, Path), ("class" = String, Path)),
+            params(("region" = String, Path, pattern = "^[Ee][Uu][WwNn]$"), ("class" = String, Path, pattern = "^(compact|sedan|suv|van|premium)$")),
             request_body = $body,
             responses(
                 (status = 200, description = "Applied and audited", body = AdminChange),
@@ -318,7 +318,7 @@ macro_rules! table_routes {
         $(#[$create_doc])*
         #[utoipa::path(
             post, path = $collection, tag = "admin",
-            params(("region" = String, Path)),
+            params(("region" = String, Path, pattern = "^[Ee][Uu][WwNn]$")),
             request_body = $body,
             responses(
                 (status = 201, description = "Created and audited", body = AdminChange),
@@ -339,7 +339,7 @@ macro_rules! table_routes {
         $(#[$update_doc])*
         #[utoipa::path(
             put, path = $item, tag = "admin",
-            params(("region" = String, Path), ("id" = Uuid, Path)),
+            params(("region" = String, Path, pattern = "^[Ee][Uu][WwNn]$"), ("id" = Uuid, Path)),
             request_body = $body,
             responses(
                 (status = 200, description = "Applied and audited", body = AdminChange),
@@ -361,7 +361,7 @@ macro_rules! table_routes {
         $(#[$delete_doc])*
         #[utoipa::path(
             delete, path = $item, tag = "admin",
-            params(("region" = String, Path), ("id" = Uuid, Path)),
+            params(("region" = String, Path, pattern = "^[Ee][Uu][WwNn]$"), ("id" = Uuid, Path)),
             responses(
                 (status = 200, description = "Deleted and audited", body = AdminChange),
                 (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),

@@ -294,7 +294,7 @@ macro_rules! action {
     ($(#[$doc:meta])* $v1:ident $p1:literal, $v2:ident $p2:literal, $command:expr) => {
         booking_write!(
             $(#[$doc])* $v1 $p1, $v2 $p2 => 200,
-            [], params(("id" = String, Path, description = "Booking id, e.g. bkg_euw_…")),
+            [], params(("id" = String, Path, description = "Booking id, e.g. bkg_euw_…", pattern = "^bkg_(euw|eun)_[0-9A-Fa-f]{32}$")),
             |call, version| (id: ApiPath<String>) {
                 act(call, version, &id.0, $command).await
             }
@@ -322,7 +322,7 @@ action!(
 booking_write!(
     /// Extend a booking's end if the vehicle is free after it; the extra time is priced.
     extend_v1 "/v1/bookings/{id}/extend", extend_v2 "/v2/bookings/{id}/extend" => 200,
-    [request_body = ExtendRequest,], params(("id" = String, Path, description = "Booking id, e.g. bkg_euw_…")),
+    [request_body = ExtendRequest,], params(("id" = String, Path, description = "Booking id, e.g. bkg_euw_…", pattern = "^bkg_(euw|eun)_[0-9A-Fa-f]{32}$")),
     |call, version| (id: ApiPath<String>, body: ApiJson<ExtendRequest>) {
         let new_end = body.0.end;
         act(call, version, &id.0, Command::Extend { new_end }).await
@@ -330,7 +330,7 @@ booking_write!(
 );
 
 versioned!(
-    get, tag = "bookings", [params(("id" = String, Path, description = "Booking id, e.g. bkg_euw_…")),],
+    get, tag = "bookings", [params(("id" = String, Path, description = "Booking id, e.g. bkg_euw_…", pattern = "^bkg_(euw|eun)_[0-9A-Fa-f]{32}$")),],
     errors(
         401 "Missing or invalid token",
         404 "Not found",

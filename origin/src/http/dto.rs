@@ -74,6 +74,7 @@ pub(crate) struct WindowDto {
 #[serde(deny_unknown_fields)]
 pub(crate) struct QuoteRequest {
     /// e.g. `veh_euw_0190…`
+    #[schema(pattern = "^veh_(euw|eun)_[0-9A-Fa-f]{32}$")]
     pub vehicle_id: String,
     /// RFC 3339, on a whole minute.
     pub start: DateTime<Utc>,
@@ -319,6 +320,7 @@ pub(crate) struct ListQuery {
     /// Only bookings in this status.
     pub status: Option<String>,
     /// Page size, 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     pub cursor: Option<String>,
     /// Ops only: list another user's bookings.
@@ -330,27 +332,35 @@ pub(crate) struct ListQuery {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct SearchParams {
-    /// Latitude of the search centre.
+    /// Latitude of the search centre (inside a service area, or 422).
+    #[param(minimum = -90.0, maximum = 90.0)]
     pub lat: f64,
     /// Longitude of the search centre.
+    #[param(minimum = -180.0, maximum = 180.0)]
     pub lon: f64,
     /// Radius in metres, 1–50000 (default 2000).
+    #[param(minimum = 1, maximum = 50_000)]
     pub radius_m: Option<u32>,
     /// Window start, RFC 3339 (encode `+` as `%2B`).
     pub start: DateTime<Utc>,
     /// Window end, RFC 3339.
     pub end: DateTime<Utc>,
     /// compact, sedan, suv, van or premium.
+    #[param(pattern = "^(compact|sedan|suv|van|premium)$")]
     pub class: Option<String>,
-    /// At least this many seats.
+    /// At least this many seats (1–9).
+    #[param(minimum = 1, maximum = 9)]
     pub min_seats: Option<i16>,
     /// petrol, diesel, hybrid or electric.
+    #[param(pattern = "^(petrol|diesel|hybrid|electric)$")]
     pub fuel: Option<String>,
     /// Only electric vehicles (same as fuel=electric).
     pub electric: Option<bool>,
     /// Highest indicative price in minor units.
+    #[param(minimum = 0)]
     pub max_price_minor: Option<i64>,
     /// Page size, 1–100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<u32>,
     pub cursor: Option<String>,
 }

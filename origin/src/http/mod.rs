@@ -12,6 +12,7 @@ pub(crate) mod extract;
 pub(crate) mod idempotent;
 pub(crate) mod metrics;
 pub(crate) mod openapi_errors;
+pub(crate) mod openapi_links;
 pub(crate) mod quotes;
 pub(crate) mod search;
 pub(crate) mod shed;
@@ -180,6 +181,9 @@ pub(crate) fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::audit_log))
         .split_for_parts();
     openapi_errors::document_common_errors(&mut doc);
+    for unplaced in openapi_links::document_links(&mut doc) {
+        tracing::warn!(%unplaced, "OpenAPI link without its operation");
+    }
     (router, doc)
 }
 
@@ -222,7 +226,8 @@ async fn problem_for_plain_errors(request: Request, next: Next) -> Response {
 pub(crate) fn app(state: AppState) -> Router {
     crate::http::metrics::handle();
     let (router, doc) = api();
-    let doc_json = serde_json::to_value(&doc).unwrap_or_default();
+    let mut doc_json = serde_json::to_value(&doc).unwrap_or_default();
+    openapi_links::spec_field_names(&mut doc_json);
     let timeout = state.config.request_timeout;
     let body_limit = state.config.max_body_bytes;
     let admission = shed::Admission::new(state.config.max_in_flight, state.config.admission_wait);

@@ -62,6 +62,7 @@ use domain::ids::VehicleId;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::config::VehicleLockMode;
 use crate::redis::link::{RedisLink, Unavailable};
 
 /// First half of the advisory-lock key: "lock" in ASCII, so `pg_locks` shows whose it is.
@@ -94,16 +95,29 @@ pub struct Locks {
     redis: RedisLink,
     ttl: Duration,
     wait: Duration,
+    mode: VehicleLockMode,
 }
 
 impl Locks {
     pub fn new(redis: RedisLink, ttl: Duration, wait: Duration) -> Self {
-        Locks { redis, ttl, wait }
+        Locks {
+            redis,
+            ttl,
+            wait,
+            mode: VehicleLockMode::On,
+        }
     }
 
-    /// Where locks are taken right now: `redis` or `postgres-fallback`.
+    /// With `VEHICLE_LOCK=off` no lock is taken: contenders meet at the exclusion constraint.
+    pub fn with_mode(self, mode: VehicleLockMode) -> Self {
+        Locks { mode, ..self }
+    }
+
+    /// Where locks are taken right now: `redis`, `postgres-fallback`, or `off`.
     pub fn backend(&self) -> &'static str {
-        if self.redis.is_up() {
+        if self.mode == VehicleLockMode::Off {
+            "off"
+        } else if self.redis.is_up() {
             "redis"
         } else {
             "postgres-fallback"
@@ -134,6 +148,13 @@ impl Locks {
     /// ([`Locks::lock_in`] does both).
     /// A lock held by someone else for longer than `LOCK_WAIT_MS` is [`LockError::Busy`].
     pub async fn acquire(&self, vehicle: &VehicleId) -> Result<VehicleLock, LockError> {
+        if self.mode == VehicleLockMode::Off {
+            return Ok(VehicleLock {
+                vehicle: *vehicle,
+                held: Held::Off,
+                wait: self.wait,
+            });
+        }
         let key = self.key(vehicle);
         let token = Uuid::new_v4().to_string();
         let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
@@ -217,6 +238,8 @@ enum Held {
     },
     /// Redis was unavailable: the transaction takes an advisory lock instead.
     Postgres,
+    /// `VEHICLE_LOCK=off`: nothing taken, nothing to release.
+    Off,
     Released,
 }
 
@@ -229,10 +252,11 @@ pub struct VehicleLock {
 }
 
 impl VehicleLock {
-    /// `redis` or `postgres-fallback`.
+    /// `redis`, `postgres-fallback` or `off`.
     pub fn backend(&self) -> &'static str {
         match self.held {
             Held::Postgres => "postgres-fallback",
+            Held::Off => "off",
             _ => "redis",
         }
     }
@@ -265,8 +289,8 @@ impl VehicleLock {
                     false
                 }
             },
-            // The advisory lock ended with the transaction.
-            Held::Postgres | Held::Released => true,
+            // The advisory lock ended with the transaction; `off` held nothing.
+            Held::Postgres | Held::Off | Held::Released => true,
         }
     }
 }

@@ -52,10 +52,13 @@ pub(crate) const TIME_MULTIPLIER_BP: std::ops::RangeInclusive<i32> = 5_000..=30_
 #[serde(deny_unknown_fields)]
 pub(crate) struct BaseRateBody {
     /// Must be the region's currency (EUR for EUW, SEK for EUN).
+    #[schema(pattern = "^(EUR|SEK)$")]
     pub currency: String,
     /// Price of a started hour, minor units, 1 … 10 000 000.
+    #[schema(minimum = 1, maximum = 10_000_000)]
     pub per_hour_minor: i64,
     /// Price of a day, minor units, at least one hour's price, at most 100 000 000.
+    #[schema(minimum = 1, maximum = 100_000_000)]
     pub per_day_minor: i64,
 }
 
@@ -64,8 +67,10 @@ pub(crate) struct BaseRateBody {
 #[serde(deny_unknown_fields)]
 pub(crate) struct VehicleConfigBody {
     /// Lowest total, minor units, ≥ 0.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub floor_minor: i64,
     /// Highest total, minor units, ≥ floor, at most 1 000 000 000.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub ceiling_minor: i64,
 }
 
@@ -74,14 +79,19 @@ pub(crate) struct VehicleConfigBody {
 #[serde(deny_unknown_fields)]
 pub(crate) struct TimeMultiplierBody {
     /// Local weekdays, bit 0 = Monday … bit 6 = Sunday (1 … 127).
+    #[schema(minimum = 1, maximum = 127)]
     pub days_mask: i16,
     /// First local hour covered, 0 … 23.
+    #[schema(minimum = 0, maximum = 23)]
     pub start_hour: i16,
     /// Hour after the last one covered, start_hour + 1 … 24.
+    #[schema(minimum = 1, maximum = 24)]
     pub end_hour: i16,
     /// 5 000 … 30 000 basis points (×0.5 … ×3.0).
+    #[schema(minimum = 5_000, maximum = 30_000)]
     pub multiplier_bp: i32,
     #[serde(default)]
+    #[schema(max_length = 100)]
     pub label: Option<String>,
 }
 
@@ -90,11 +100,13 @@ pub(crate) struct TimeMultiplierBody {
 #[serde(deny_unknown_fields)]
 pub(crate) struct DiscountBody {
     /// `promo`, `long_duration` or `membership`.
+    #[schema(pattern = "^(promo|long_duration|membership)$")]
     pub kind: String,
     /// Promo code (promo rules), 1 … 64 characters, unique per region.
     #[serde(default)]
     pub code: Option<String>,
     /// 1 … 5 000 basis points (at most 50 %).
+    #[schema(minimum = 1, maximum = 5_000)]
     pub percent_bp: i32,
     /// Minimum booking length (long-duration rules), > 0.
     #[serde(default)]

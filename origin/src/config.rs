@@ -625,7 +625,8 @@ mod tests {
     }
 
     #[test]
-    fn the_role_defaults_to_all_and_start_up_migration_to_on_and_both_switch() -> Result<(), ConfigError> {
+    fn the_role_defaults_to_all_and_start_up_migration_to_on_and_both_switch(
+    ) -> Result<(), ConfigError> {
         use crate::role::Role;
         let mut env = base();
         let default = Config::from(&env)?;

@@ -87,12 +87,17 @@ fn role_flag(args: &[String]) -> Option<Result<Role, String>> {
     while let Some(arg) = args.next() {
         if arg == "--role" {
             return Some(match args.next() {
-                Some(name) => name.parse().map_err(|e: origin::role::UnknownRole| e.to_string()),
+                Some(name) => name
+                    .parse()
+                    .map_err(|e: origin::role::UnknownRole| e.to_string()),
                 None => Err("needs a role name".into()),
             });
         }
         if let Some(name) = arg.strip_prefix("--role=") {
-            return Some(name.parse().map_err(|e: origin::role::UnknownRole| e.to_string()));
+            return Some(
+                name.parse()
+                    .map_err(|e: origin::role::UnknownRole| e.to_string()),
+            );
         }
     }
     None

@@ -108,7 +108,14 @@ pub async fn start(
     } else {
         crate::jobs::leader::Leadership::unelected()
     };
-    let state = AppState::new(config, pool, redis, caches, jobs.tracker().clone(), leadership)?;
+    let state = AppState::new(
+        config,
+        pool,
+        redis,
+        caches,
+        jobs.tracker().clone(),
+        leadership,
+    )?;
     tracing::info!(%role, "origin role");
 
     // The GEO index is built before serving, so a ready origin has it (unless Redis is down:

@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// First key of the leader lock: "JOBL" (jobs leader), apart from the relay's "OBRX".
-pub const LOCK_NAMESPACE: i32 = 0x4a4f_424c;
+pub(crate) const LOCK_NAMESPACE: i32 = 0x4a4f_424c;
 /// Second key: one lock for every singleton job (one leader runs them all).
 const LOCK_KEY: i32 = 0;
 /// How often a follower tries the lock and a leader checks its session.
@@ -81,7 +81,11 @@ pub(crate) fn elect() -> (Leadership, watch::Sender<bool>) {
 }
 
 /// Holds the lock while it can, retries while it cannot, until `stop`.
-pub(crate) async fn campaign(database_url: String, tx: watch::Sender<bool>, stop: CancellationToken) {
+pub(crate) async fn campaign(
+    database_url: String,
+    tx: watch::Sender<bool>,
+    stop: CancellationToken,
+) {
     let mut session: Option<PgConnection> = None;
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -102,7 +106,9 @@ pub(crate) async fn campaign(database_url: String, tx: watch::Sender<bool>, stop
                 None => false,
             };
             if !alive {
-                tracing::warn!("jobs leader: lock session lost; stopped leading, will campaign again");
+                tracing::warn!(
+                    "jobs leader: lock session lost; stopped leading, will campaign again"
+                );
                 metrics::counter!("jobs_leader_changes_total", "change" => "lost").increment(1);
                 session = None;
                 tx.send_replace(false);
@@ -119,7 +125,10 @@ pub(crate) async fn campaign(database_url: String, tx: watch::Sender<bool>, stop
             }
             Ok(false) => {}
             Err(e) => {
-                tracing::warn!(error = format!("{e:#}"), "jobs leader: campaign failed; retrying");
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "jobs leader: campaign failed; retrying"
+                );
                 session = None;
             }
         }

@@ -36,6 +36,7 @@ pub(crate) async fn run(state: AppState, stop: CancellationToken) {
         while !stop.is_cancelled() {
             match crate::store::bookings::sweep_expired_holds(&state.db, Utc::now(), BATCH).await {
                 Ok(n) if n > 0 => {
+                    metrics::counter!("holds_expired_total").increment(n as u64);
                     tracing::info!(expired = n, "sweeper ended expired holds");
                     if (n as i64) < BATCH {
                         break;

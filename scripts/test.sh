@@ -29,6 +29,8 @@ log "deploy manifests: wrangler deploy --dry-run (euw, eun), spin manifests agai
 bash scripts/deploy-check.sh
 log "Kubernetes manifests: both overlays rendered (kubectl kustomize), validated offline (kubernetes-validate) and checked against the code"
 bash scripts/k8s-check.sh
+log "Prometheus rules: promtool check rules, promtool test rules (two alerts)"
+bash scripts/prometheus-check.sh
 log "build (every binary and test target; the suite and the scripts below reuse it)"
 cargo build --workspace --bins --tests --locked
 log "tests (DATABASE_URL=$DATABASE_URL)"

@@ -57,6 +57,9 @@ pub(crate) fn handle() -> Option<&'static PrometheusHandle> {
                     for name in ZERO_AT_START {
                         metrics::counter!(*name).increment(0);
                     }
+                    for reason in crate::app::pricing::validate::Refusal::REASONS {
+                        metrics::counter!("price_refusals_total", "reason" => reason).increment(0);
+                    }
                     Some(handle)
                 }
                 Err(e) => {

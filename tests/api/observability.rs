@@ -13,10 +13,8 @@ use sqlx::PgPool;
 use crate::inference_fake::FakeInference;
 
 fn deploy_file(path: &str) -> TestResult<String> {
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path);
-    Ok(std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?)
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+    std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
 }
 
 /// The `expr:` of every rule in a Prometheus rules file, and the names of the recording rules.

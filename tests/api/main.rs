@@ -13,6 +13,7 @@ mod idempotency;
 mod inference_fake;
 mod inference_reference;
 mod jwt_attacks;
+mod key_rotation;
 mod lifecycle;
 mod limits;
 mod loadgen_smoke;

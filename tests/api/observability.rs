@@ -13,7 +13,9 @@ use sqlx::PgPool;
 use crate::inference_fake::FakeInference;
 
 fn deploy_file(path: &str) -> TestResult<String> {
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(path);
+    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path);
     std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
 }
 

@@ -68,7 +68,8 @@ async fn quote(app: &TestApp, jwt: &str, vehicle: &str, days: i64) -> TestResult
         .to_owned())
 }
 
-async fn hold(app: &TestApp, jwt: &str, quote_token: &str) -> TestResult<Reply> {
+/// Holds with a quote token (and a fresh Idempotency-Key) as `jwt`'s user.
+pub(crate) async fn hold(app: &TestApp, jwt: &str, quote_token: &str) -> TestResult<Reply> {
     app.post(
         "/v1/bookings",
         Some(jwt),

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::inference_fake::FakeInference;
+use crate::key_rotation::hold;
 
 fn deploy_file(path: &str) -> TestResult<String> {
     let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -367,24 +368,11 @@ async fn every_metric_the_rules_and_the_dashboard_read_is_exported_by_a_running_
     stockholm.assert_problem(421);
     let first = app.quote("alice", &vehicle, w).await?;
     let second = app.quote("bob", &vehicle, w).await?;
-    let held = app
-        .post(
-            "/v1/bookings",
-            Some(&token("alice")),
-            &json!({ "quote_token": first["quote_token"] }),
-            Some(&uuid::Uuid::new_v4().to_string()),
-        )
-        .await?;
+    let quote_of = |q: &Value| q["quote_token"].as_str().unwrap_or_default().to_owned();
+    let held = hold(&app, &token("alice"), &quote_of(&first)).await?;
     assert_eq!(held.status.as_u16(), 201, "{held:?}");
     let before = overlap_rejections(&app).await?;
-    let refused = app
-        .post(
-            "/v1/bookings",
-            Some(&token("bob")),
-            &json!({ "quote_token": second["quote_token"] }),
-            Some(&uuid::Uuid::new_v4().to_string()),
-        )
-        .await?;
+    let refused = hold(&app, &token("bob"), &quote_of(&second)).await?;
     refused.assert_problem(409);
     assert!(
         overlap_rejections(&app).await? > before,
@@ -395,13 +383,7 @@ async fn every_metric_the_rules_and_the_dashboard_read_is_exported_by_a_running_
     // the leader is elected within a poll.
     let until = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let scraped = loop {
-        let text = app
-            .client
-            .get(format!("{}/metrics", app.base))
-            .send()
-            .await?
-            .text()
-            .await?;
+        let text = metrics_text(&app).await?;
         let scraped = scraped_names(&text);
         let ready = [
             "outbox_oldest_unpublished_age_seconds",
@@ -432,15 +414,19 @@ async fn every_metric_the_rules_and_the_dashboard_read_is_exported_by_a_running_
     app.stop().await
 }
 
-/// The origin's count of double bookings the exclusion constraint refused.
-async fn overlap_rejections(app: &TestApp) -> TestResult<f64> {
-    let text = app
+/// The origin's `/metrics` text.
+async fn metrics_text(app: &TestApp) -> TestResult<String> {
+    let reply = app
         .client
         .get(format!("{}/metrics", app.base))
         .send()
-        .await?
-        .text()
         .await?;
+    Ok(reply.text().await?)
+}
+
+/// The origin's count of double bookings the exclusion constraint refused.
+async fn overlap_rejections(app: &TestApp) -> TestResult<f64> {
+    let text = metrics_text(app).await?;
     Ok(text
         .lines()
         .find_map(|l| l.strip_prefix("booking_overlap_rejections_total "))

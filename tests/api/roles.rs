@@ -8,6 +8,8 @@ use e2e::*;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
+use crate::key_rotation::hold;
+
 /// One request of a route group, and whether the group answers it (anything but 404).
 struct Probe {
     group: &'static str,
@@ -138,14 +140,8 @@ async fn a_booking_replica_holds_with_a_quote_signed_by_a_pricing_replica(
         .await?;
     refused.assert_problem(404);
     // …and needs not: the signed quote is enough to hold.
-    let hold = booking
-        .post(
-            "/v1/bookings",
-            Some(&token("alice")),
-            &json!({ "quote_token": quote["quote_token"] }),
-            Some(&uuid::Uuid::new_v4().to_string()),
-        )
-        .await?;
+    let quote_token = quote["quote_token"].as_str().unwrap_or_default();
+    let hold = hold(&booking, &token("alice"), quote_token).await?;
     assert_eq!(hold.status.as_u16(), 201, "{hold:?}");
     booking.stop().await?;
     pricing.stop().await
@@ -179,14 +175,8 @@ async fn leader_locks(pool: &PgPool) -> TestResult<i64> {
 /// A hold that expires in a second, made through a booking replica (which never sweeps).
 async fn short_hold(booking: &TestApp, pricing: &TestApp, vehicle: &str) -> TestResult<uuid::Uuid> {
     let quote = pricing.quote("carol", vehicle, window(3, 2)).await?;
-    let hold = booking
-        .post(
-            "/v1/bookings",
-            Some(&token("carol")),
-            &json!({ "quote_token": quote["quote_token"] }),
-            Some(&uuid::Uuid::new_v4().to_string()),
-        )
-        .await?;
+    let quote_token = quote["quote_token"].as_str().unwrap_or_default();
+    let hold = hold(booking, &token("carol"), quote_token).await?;
     anyhow::ensure!(hold.status.as_u16() == 201, "hold: {hold:?}");
     uuid_of(hold.body["id"].as_str().unwrap_or_default())
 }

@@ -76,3 +76,12 @@ ensure_sqlx_cli() {
   cargo install sqlx-cli --version "$SQLX_CLI_VERSION" --no-default-features \
     --features postgres,rustls --locked >&2
 }
+
+# promtool (rule checks and rule unit tests, scripts/prometheus-check.sh): Debian's
+# `prometheus` package carries it; installed once, without the recommended extras.
+ensure_promtool() {
+  command -v promtool >/dev/null && return 0
+  log "installing promtool (Debian package prometheus, once)"
+  apt_install --no-install-recommends prometheus || die "promtool is missing and cannot be installed: install Debian's prometheus package (or a promtool from https://prometheus.io/download/)"
+  command -v promtool >/dev/null || die "the prometheus package did not provide promtool"
+}

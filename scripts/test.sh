@@ -27,6 +27,12 @@ log "edge workers for workerd and wasmtime, with the domain crate for both wasm 
 bash scripts/edge.sh build
 log "deploy manifests: wrangler deploy --dry-run (euw, eun), spin manifests against Spin's schema"
 bash scripts/deploy-check.sh
+log "Kubernetes manifests: both overlays rendered (kubectl kustomize), validated offline (kubernetes-validate) and checked against the code"
+bash scripts/k8s-check.sh
+log "Prometheus rules: promtool check rules, promtool test rules (two alerts)"
+bash scripts/prometheus-check.sh
+log "Containerfile lint (multi-stage, scratch, non-root, no HEALTHCHECK; self-test first)"
+bash scripts/container-check.sh --self-test
 log "build (every binary and test target; the suite and the scripts below reuse it)"
 cargo build --workspace --bins --tests --locked
 log "tests (DATABASE_URL=$DATABASE_URL)"

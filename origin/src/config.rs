@@ -284,6 +284,13 @@ pub struct Config {
     pub pricing: PricingConfig,
     /// The edge cache whose generations the origin bumps (`edge_gen.rs`); None = off.
     pub edge_cache: Option<crate::redis::edge_gen::EdgeCacheConfig>,
+    /// What this process serves and runs (`ORIGIN_ROLE`, overridden by `serve --role`;
+    /// default `all`): see [`crate::role`].
+    pub role: crate::role::Role,
+    /// Whether `serve` applies the migrations before serving (`MIGRATE_ON_START`, default
+    /// true). Off in Kubernetes, where a `Job` runs `origin migrate` before the rollout and 50
+    /// replicas do not race to take the migration lock.
+    pub migrate_on_start: bool,
 }
 
 /// A source of variables: the process environment, or a map in tests.
@@ -551,6 +558,8 @@ impl Config {
             redis: redis_config(env)?,
             pricing: pricing_config(env)?,
             edge_cache: crate::redis::edge_gen::config(env)?,
+            role: parsed(env, "ORIGIN_ROLE", crate::role::Role::All)?,
+            migrate_on_start: parsed(env, "MIGRATE_ON_START", true)?,
         })
     }
 
@@ -639,6 +648,8 @@ mod tests {
             ("SURGE_H3_RESOLUTION", "15"),
             ("BREAKER_FAILURES", "0"),
             ("PRICE_MAX_JUMP_BP", "-1"),
+            ("ORIGIN_ROLE", "frontend"),
+            ("MIGRATE_ON_START", "sometimes"),
         ] {
             let mut env = base();
             env.insert(name.into(), value.into());
@@ -648,6 +659,22 @@ mod tests {
                 "{name}={value} gave {err:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_role_defaults_to_all_and_start_up_migration_to_on_and_both_switch(
+    ) -> Result<(), ConfigError> {
+        use crate::role::Role;
+        let mut env = base();
+        let default = Config::from(&env)?;
+        assert_eq!(default.role, Role::All);
+        assert!(default.migrate_on_start);
+        env.insert("ORIGIN_ROLE".into(), "booking".into());
+        env.insert("MIGRATE_ON_START".into(), "false".into());
+        let switched = Config::from(&env)?;
+        assert_eq!(switched.role, Role::Booking);
+        assert!(!switched.migrate_on_start);
+        Ok(())
     }
 
     #[test]

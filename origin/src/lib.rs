@@ -25,6 +25,7 @@ pub(crate) mod http;
 pub mod inference;
 pub(crate) mod jobs;
 pub mod redis;
+pub mod role;
 pub mod startup;
 pub(crate) mod state;
 pub(crate) mod store;

@@ -1,4 +1,8 @@
-//! `origin` binary: `serve` (default), `migrate`, `dev-token <user> [--ops]`.
+//! `origin` binary: `serve [--role api|booking|pricing|relay|jobs|all]` (default), `migrate`,
+//! `dev-token <user> [--ops]`.
+//!
+//! `--role` (or `ORIGIN_ROLE`; the flag wins) picks what the process serves and runs, so one
+//! image runs as every Deployment: see `origin::role`.
 //!
 //! `serve` runs until SIGTERM or SIGINT, then stops gracefully (see `startup.rs`): it exits 0
 //! once requests have drained and every background job has stopped, and 1 if that did not
@@ -7,12 +11,13 @@
 
 use anyhow::Context;
 use origin::config::Config;
+use origin::role::Role;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = args.first().map(String::as_str).unwrap_or("serve");
-    let config = match Config::from_env() {
+    let mut config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("origin: configuration error: {e}");
@@ -22,6 +27,15 @@ async fn main() -> anyhow::Result<()> {
     origin::init_tracing(config.log_json);
     match command {
         "serve" => {
+            if let Some(role) = role_flag(&args[1..]) {
+                config.role = match role {
+                    Ok(role) => role,
+                    Err(e) => {
+                        eprintln!("origin: --role: {e}");
+                        std::process::exit(2);
+                    }
+                };
+            }
             let pool = origin::startup::connect(&config).await?;
             let running = origin::startup::start(config, pool, true).await?;
             running.wait().await
@@ -61,8 +75,30 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         other => {
-            eprintln!("origin: unknown command {other:?} (serve, migrate, dev-token <user> [--ops]; the demo fleet: seed-demo [N])");
+            eprintln!("origin: unknown command {other:?} (serve [--role R], migrate, dev-token <user> [--ops]; the demo fleet: seed-demo [N])");
             std::process::exit(2);
         }
     }
+}
+
+/// `--role <name>` or `--role=<name>` among `serve`'s arguments, if given.
+fn role_flag(args: &[String]) -> Option<Result<Role, String>> {
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if arg == "--role" {
+            return Some(match args.next() {
+                Some(name) => name
+                    .parse()
+                    .map_err(|e: origin::role::UnknownRole| e.to_string()),
+                None => Err("needs a role name".into()),
+            });
+        }
+        if let Some(name) = arg.strip_prefix("--role=") {
+            return Some(
+                name.parse()
+                    .map_err(|e: origin::role::UnknownRole| e.to_string()),
+            );
+        }
+    }
+    None
 }

@@ -88,10 +88,15 @@ pub async fn start(
     } else {
         None
     };
-    MIGRATOR
-        .run(&pool)
-        .await
-        .context("run database migrations")?;
+    if config.migrate_on_start {
+        MIGRATOR
+            .run(&pool)
+            .await
+            .context("run database migrations")?;
+    } else {
+        tracing::info!("MIGRATE_ON_START=false: not migrating (a migration Job does it)");
+    }
+    let role = config.role;
     let listener = TcpListener::bind(config.bind_addr)
         .await
         .with_context(|| format!("bind {}", config.bind_addr))?;
@@ -99,11 +104,29 @@ pub async fn start(
     let redis = crate::redis::link::RedisLink::connect(&config.redis).await?;
     let caches = crate::redis::cache::Caches::connect(&config.redis, config.l1_local_ttl).await?;
     let jobs = Jobs::new();
-    let state = AppState::new(config, pool, redis, caches, jobs.tracker().clone())?;
+    let leadership = if role.elects() {
+        let (leadership, tx) = crate::jobs::leader::elect();
+        let url = config.database_url();
+        jobs.spawn("leader", move |stop| {
+            crate::jobs::leader::campaign(url, tx, stop)
+        });
+        leadership
+    } else {
+        crate::jobs::leader::Leadership::unelected()
+    };
+    let state = AppState::new(
+        config,
+        pool,
+        redis,
+        caches,
+        jobs.tracker().clone(),
+        leadership,
+    )?;
+    tracing::info!(%role, "origin role");
 
     // The GEO index is built before serving, so a ready origin has it (unless Redis is down:
     // then search uses PostgreSQL, and the index is built when Redis comes back).
-    if state.redis.is_up() {
+    if role.runs_singletons() && state.redis.is_up() {
         if let Err(e) = state.availability.rebuild_all().await {
             tracing::warn!(
                 error = format!("{e:#}"),
@@ -112,9 +135,11 @@ pub async fn start(
         }
     }
     // Cache warming: the pricing contexts are in L2 before the first quote.
-    match state.caches.warm(&state.db, &state.config.regions).await {
-        Ok(n) => tracing::info!(contexts = n, "L2 pricing cache warmed"),
-        Err(e) => tracing::warn!(error = format!("{e:#}"), "L2 cache warming failed"),
+    if role.prices() {
+        match state.caches.warm(&state.db, &state.config.regions).await {
+            Ok(n) => tracing::info!(contexts = n, "L2 pricing cache warmed"),
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "L2 cache warming failed"),
+        }
     }
     match &state.config.pricing.inference_url {
         Some(url) => tracing::info!(%url, "pricing: AI inference API configured"),
@@ -143,8 +168,10 @@ pub async fn start(
     })
 }
 
-/// Starts every background job on `jobs` (see [`crate::jobs`]).
+/// Starts the background jobs of this process's role on `jobs` (see [`crate::jobs`] and the
+/// table in [`crate::role`]).
 fn spawn_jobs(state: &AppState, jobs: &Jobs) {
+    let role = state.config.role;
     let links = [
         ("redis-probe", &state.redis),
         ("redis-probe-l1", state.caches.links()[0]),
@@ -154,21 +181,35 @@ fn spawn_jobs(state: &AppState, jobs: &Jobs) {
         let link = link.clone();
         jobs.spawn(name, move |stop| crate::jobs::redis_probe::run(link, stop));
     }
-    let (index, redis) = (state.availability.clone(), state.redis.clone());
-    let every = state.config.redis.availability_rebuild;
-    jobs.spawn("availability", move |stop| {
-        crate::jobs::availability::run(index, redis, every, stop)
-    });
-    // The surge grid: computed now, then every SURGE_RECOMPUTE_SECS.
-    let (surge, regions) = (state.surge.clone(), state.config.regions.clone());
-    let interval = state.config.pricing.surge_recompute;
-    jobs.spawn("surge", move |stop| {
-        crate::jobs::surge::run(surge, regions, interval, stop)
-    });
-    let sweeper_state = state.clone();
-    jobs.spawn("sweeper", move |stop| {
-        crate::jobs::sweeper::run(sweeper_state, stop)
-    });
+    if role.runs_singletons() {
+        let (index, redis) = (state.availability.clone(), state.redis.clone());
+        let every = state.config.redis.availability_rebuild;
+        let leadership = state.leadership.clone();
+        jobs.spawn("availability", move |stop| {
+            crate::jobs::availability::run(index, redis, every, leadership, stop)
+        });
+        let sweeper_state = state.clone();
+        jobs.spawn("sweeper", move |stop| {
+            crate::jobs::sweeper::run(sweeper_state, stop)
+        });
+    }
+    if role.prices() || role.runs_singletons() {
+        // The surge grid: computed now, then every SURGE_RECOMPUTE_SECS (by the jobs leader,
+        // and by every pricing replica for its own in-process grid).
+        let (surge, regions) = (state.surge.clone(), state.config.regions.clone());
+        let interval = state.config.pricing.surge_recompute;
+        let leadership = if role.prices() {
+            crate::jobs::leader::Leadership::unelected()
+        } else {
+            state.leadership.clone()
+        };
+        jobs.spawn("surge", move |stop| {
+            crate::jobs::surge::run(surge, regions, interval, leadership, stop)
+        });
+    }
+    if !role.relays() {
+        return;
+    }
     match crate::events::relay::RelaySettings::from_config(&state.config) {
         Some(settings) => {
             let pool = state.db.clone();

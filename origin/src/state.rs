@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub surge: Surge,
     /// Bumps the edge cache generations after committed booking changes.
     pub edge_gen: crate::redis::edge_gen::EdgeGen,
+    /// Whether this replica runs the singleton jobs now (the `jobs` role's election).
+    pub leadership: crate::jobs::leader::Leadership,
 }
 
 impl std::fmt::Debug for Shared {
@@ -70,6 +72,7 @@ impl AppState {
         redis: RedisLink,
         caches: Caches,
         tasks: tokio_util::task::TaskTracker,
+        leadership: crate::jobs::leader::Leadership,
     ) -> anyhow::Result<Self> {
         let jwt = crate::http::auth::verifier(&config.jwt)?;
         let keys = config
@@ -92,6 +95,7 @@ impl AppState {
         );
         let edge_gen = crate::redis::edge_gen::EdgeGen::new(config.edge_cache.as_ref(), tasks)?;
         Ok(AppState(Arc::new(Shared {
+            leadership,
             edge_gen,
             inference,
             surge,

@@ -60,3 +60,15 @@ pub(crate) async fn backlog(pool: &PgPool) -> sqlx::Result<i64> {
         .fetch_one(pool)
         .await
 }
+
+/// How old the oldest unpublished row is, in seconds (0 when every row is published): the
+/// outbox lag, read from the head of the partial index of unpublished rows.
+pub(crate) async fn oldest_unpublished_age(pool: &PgPool) -> sqlx::Result<f64> {
+    let age = sqlx::query_scalar!(
+        r#"select extract(epoch from now() - created_at)::float8 as "age!"
+           from outbox where published_at is null order by id limit 1"#
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(age.unwrap_or(0.0).max(0.0))
+}

@@ -480,7 +480,8 @@ impl Relay {
         }
     }
 
-    /// Sets the backlog gauge now and then (a count over the partial index of unpublished rows).
+    /// Sets the backlog gauges now and then: the count of unpublished rows and the age of the
+    /// oldest (the outbox lag the `OutboxLagHigh` alert watches, deploy/prometheus/rules.yml).
     async fn refresh_backlog(&mut self) {
         if self
             .last_backlog
@@ -492,6 +493,9 @@ impl Relay {
         let count = outbox::backlog(&self.pool).await;
         if let Ok(count) = count {
             metrics::gauge!("outbox_unpublished_rows").set(count as f64);
+        }
+        if let Ok(age) = outbox::oldest_unpublished_age(&self.pool).await {
+            metrics::gauge!("outbox_oldest_unpublished_age_seconds").set(age);
         }
     }
 

@@ -247,9 +247,10 @@ impl From<sqlx::Error> for ApiError {
             match db.code().as_deref() {
                 // exclusion_violation: the vehicle is taken for that window.
                 Some("23P01") => {
+                    metrics::counter!(crate::store::bookings::OVERLAP_REJECTIONS).increment(1);
                     return ApiError::Conflict(
                         "the vehicle is already booked for part of that window".into(),
-                    )
+                    );
                 }
                 // deadlock_detected / serialization_failure: a concurrent booking won.
                 Some("40P01") | Some("40001") => {

@@ -1,5 +1,8 @@
 //! Metrics: a Prometheus recorder for the `metrics` facade, rendered at `GET /metrics`.
 //!
+//! `http_request_duration_seconds` is a histogram with [`LATENCY_BUCKETS`] (the others are
+//! summaries, the exporter's default).
+//!
 //! Code anywhere in the origin records with `metrics::counter!`/`histogram!`/`gauge!`; this
 //! module installs the process-wide recorder once (several apps in one test process share it)
 //! and times every HTTP request by its route template, so label cardinality stays bounded.
@@ -18,18 +21,51 @@ use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics::{Counter, Histogram};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Request latency buckets (seconds): a histogram, not a summary, so the p95 of a route can be
+/// computed over every pod (`histogram_quantile` in deploy/prometheus/rules.yml), with
+/// bounds around the 200 ms target.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Unlabelled counters registered at 0 when the recorder is installed.
+const ZERO_AT_START: &[&str] = &[
+    crate::store::bookings::OVERLAP_REJECTIONS,
+    "http_requests_shed_total",
+    "sweeper_runs_total",
+    "holds_expired_total",
+];
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// Installs the recorder (first call) and returns its handle.
 pub(crate) fn handle() -> Option<&'static PrometheusHandle> {
     HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(handle) => Some(handle),
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics recorder not installed");
-                None
+        .get_or_init(|| {
+            match PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full("http_request_duration_seconds".into()),
+                    LATENCY_BUCKETS,
+                )
+                .and_then(|b| b.install_recorder())
+            {
+                Ok(handle) => {
+                    // Counters the alert rules watch exist from the start (at 0), so a rule over
+                    // them has a series before the first event and `absent()` means a dead target.
+                    for name in ZERO_AT_START {
+                        metrics::counter!(*name).increment(0);
+                    }
+                    for reason in crate::app::pricing::validate::Refusal::REASONS {
+                        metrics::counter!("price_refusals_total", "reason" => reason).increment(0);
+                    }
+                    Some(handle)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed");
+                    None
+                }
             }
         })
         .as_ref()

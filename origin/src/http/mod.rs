@@ -36,6 +36,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::http::error::{problem_response, ApiError, Problem};
+use crate::role::{Role, RouteGroup};
 use crate::state::AppState;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -123,6 +124,13 @@ async fn readyz(State(state): State<AppState>) -> Response {
         },
         "redis_degradations": state.redis.degradations(),
         "regions": state.config.regions.iter().map(|r| r.code()).collect::<Vec<_>>(),
+        "role": state.config.role.name(),
+        // Which replica runs the singleton jobs (the `jobs` role elects one: `jobs/leader.rs`).
+        "jobs": {
+            "elected": state.leadership.is_elected(),
+            "leader": state.config.role.runs_singletons() && state.leadership.is_leader(),
+            "sweeps": state.leadership.sweeps(),
+        },
     });
     (status, axum::Json(body)).into_response()
 }
@@ -142,16 +150,39 @@ fn inference_checks(state: &AppState) -> serde_json::Value {
     serde_json::Value::Object(checks)
 }
 
-/// The router and the OpenAPI document, built from one list of routes.
-pub(crate) fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
-    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+/// Routes every role serves: liveness, readiness, metrics.
+fn health_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(crate::http::metrics::render))
+}
+
+/// The pricing role's routes: search, quotes, surge, pricing administration.
+fn pricing_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .routes(routes!(search::search_v1))
         .routes(routes!(search::search_v2))
         .routes(routes!(quotes::create_quote_v1))
         .routes(routes!(quotes::create_quote_v2))
+        .routes(routes!(surge::surge_v1))
+        .routes(routes!(surge::recompute))
+        .routes(routes!(admin::overview))
+        .routes(routes!(admin::put_base_rate))
+        .routes(routes!(admin::put_vehicle_config))
+        .routes(routes!(admin::create_time_multiplier))
+        .routes(routes!(
+            admin::update_time_multiplier,
+            admin::delete_time_multiplier
+        ))
+        .routes(routes!(admin::create_discount))
+        .routes(routes!(admin::update_discount, admin::delete_discount))
+        .routes(routes!(admin::audit_log))
+}
+
+/// The booking role's routes: holds and bookings.
+fn booking_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .routes(routes!(bookings::create_v1, bookings::list_v1))
         .routes(routes!(bookings::create_v2, bookings::list_v2))
         .routes(routes!(bookings::get_v1))
@@ -166,25 +197,28 @@ pub(crate) fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(bookings::start_v2))
         .routes(routes!(bookings::complete_v1))
         .routes(routes!(bookings::complete_v2))
-        .routes(routes!(surge::surge_v1))
-        .routes(routes!(surge::recompute))
-        .routes(routes!(admin::overview))
-        .routes(routes!(admin::put_base_rate))
-        .routes(routes!(admin::put_vehicle_config))
-        .routes(routes!(admin::create_time_multiplier))
-        .routes(routes!(
-            admin::update_time_multiplier,
-            admin::delete_time_multiplier
-        ))
-        .routes(routes!(admin::create_discount))
-        .routes(routes!(admin::update_discount, admin::delete_discount))
-        .routes(routes!(admin::audit_log))
-        .split_for_parts();
+}
+
+/// The routes `role` serves and the OpenAPI document of those routes, built from one list.
+fn routes_for(role: Role) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let mut router = OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(health_routes());
+    if role.serves(RouteGroup::Pricing) {
+        router = router.merge(pricing_routes());
+    }
+    if role.serves(RouteGroup::Booking) {
+        router = router.merge(booking_routes());
+    }
+    let (router, mut doc) = router.split_for_parts();
     openapi_errors::document_common_errors(&mut doc);
     for unplaced in openapi_links::document_links(&mut doc) {
         tracing::warn!(%unplaced, "OpenAPI link without its operation");
     }
     (router, doc)
+}
+
+/// The router and the OpenAPI document of every route (the `all` role).
+pub(crate) fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    routes_for(Role::All)
 }
 
 async fn no_route(request: Request) -> Response {
@@ -225,7 +259,10 @@ async fn problem_for_plain_errors(request: Request, next: Next) -> Response {
 /// The complete application: routes, `/openapi.json`, fallbacks and middleware.
 pub(crate) fn app(state: AppState) -> Router {
     crate::http::metrics::handle();
-    let (router, doc) = api();
+    // The document always describes the whole API (one contract for every role); the router
+    // holds only this role's routes, so another role's path is a 404 problem.
+    let (router, _) = routes_for(state.config.role);
+    let (_, doc) = api();
     let mut doc_json = serde_json::to_value(&doc).unwrap_or_default();
     openapi_links::spec_field_names(&mut doc_json);
     let timeout = state.config.request_timeout;

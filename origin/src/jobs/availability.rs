@@ -6,15 +6,18 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::jobs::leader::Leadership;
 use crate::redis::availability::Availability;
 use crate::redis::link::RedisLink;
 
-/// Rebuilds every `every`, and when `redis` recovers, until `stop` fires. Start-up has just
+/// Rebuilds every `every`, and when `redis` recovers, while `leadership` allows, until `stop`
+/// fires. Start-up has just
 /// rebuilt, so the first rebuild is one interval away.
 pub(crate) async fn run(
     index: Availability,
     redis: RedisLink,
     every: Duration,
+    leadership: Leadership,
     stop: CancellationToken,
 ) {
     let mut recoveries = redis.recoveries();
@@ -30,7 +33,7 @@ pub(crate) async fn run(
             }
             () = stop.cancelled() => break,
         }
-        if !redis.is_up() {
+        if !redis.is_up() || !leadership.is_leader() {
             continue;
         }
         if let Err(e) = index.rebuild_all().await {

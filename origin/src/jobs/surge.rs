@@ -11,12 +11,15 @@ use domain::region::Region;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::surge::Surge;
+use crate::jobs::leader::Leadership;
 
-/// Recomputes the grids of `regions` every `interval` until `stop` fires.
+/// Recomputes the grids of `regions` every `interval`, while `leadership` allows, until
+/// `stop` fires.
 pub(crate) async fn run(
     surge: Surge,
     regions: Vec<Region>,
     interval: Duration,
+    leadership: Leadership,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(interval);
@@ -25,6 +28,9 @@ pub(crate) async fn run(
         tokio::select! {
             _ = tick.tick() => {}
             () = stop.cancelled() => break,
+        }
+        if !leadership.is_leader() {
+            continue;
         }
         for region in &regions {
             if stop.is_cancelled() {

@@ -1,6 +1,7 @@
 //! The hold sweeper: ends holds that were not confirmed in time and records why.
 //!
-//! Several origins may sweep at once: each batch locks its rows with `FOR UPDATE SKIP LOCKED`,
+//! In the `jobs` role only the elected leader sweeps ([`super::leader`]). Several origins may
+//! still sweep at once (`all` replicas, or a leader whose lock session was just cut): each batch locks its rows with `FOR UPDATE SKIP LOCKED`,
 //! so two sweepers never end the same hold twice. A hold is also ended lazily when a new hold
 //! wants its window (see `bookings::expire_overlapping_holds`), so the vehicle is free the
 //! moment the hold expires, not one sweep later.
@@ -26,9 +27,16 @@ pub(crate) async fn run(state: AppState, stop: CancellationToken) {
             _ = tick.tick() => {}
             () = stop.cancelled() => break,
         }
+        // The `jobs` role sweeps only while it leads (see `leader.rs`); other roles always.
+        if !state.leadership.is_leader() {
+            continue;
+        }
+        state.leadership.count_sweep();
+        metrics::counter!("sweeper_runs_total").increment(1);
         while !stop.is_cancelled() {
             match crate::store::bookings::sweep_expired_holds(&state.db, Utc::now(), BATCH).await {
                 Ok(n) if n > 0 => {
+                    metrics::counter!("holds_expired_total").increment(n as u64);
                     tracing::info!(expired = n, "sweeper ended expired holds");
                     if (n as i64) < BATCH {
                         break;

@@ -40,7 +40,17 @@ pub(crate) enum Refusal {
 }
 
 impl Refusal {
-    /// Metric label.
+    /// Every [`Refusal::reason`], so the counter has each series (at 0) before the first
+    /// refusal (`http/metrics.rs`).
+    pub(crate) const REASONS: [&'static str; 5] = [
+        "negative",
+        "out_of_bounds",
+        "currency",
+        "inconsistent",
+        "jump",
+    ];
+
+    /// Metric label (one of [`Refusal::REASONS`]).
     pub(crate) fn reason(&self) -> &'static str {
         match self {
             Refusal::Negative(_) => "negative",

@@ -29,6 +29,10 @@ use uuid::Uuid;
 use crate::events::{Event, Topic};
 use model::BookingRow;
 
+/// Counter of writes the exclusion constraint `bookings_no_overlap` refused (SQLSTATE 23P01):
+/// each is a double booking that reached the database and was stopped there.
+pub(crate) const OVERLAP_REJECTIONS: &str = "booking_overlap_rejections_total";
+
 /// Why a repository call failed. Constraint violations the API answers (a taken window, a used
 /// quote, a lost race) have their own variants; the HTTP layer maps each once (`error.rs`).
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +72,11 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         if let sqlx::Error::Database(db) = &e {
             match db.code().as_deref() {
-                Some("23P01") => return StoreError::Overlap,
+                Some("23P01") => {
+                    // A double booking the exclusion constraint refused (alerted on: rules.yml).
+                    metrics::counter!(OVERLAP_REJECTIONS).increment(1);
+                    return StoreError::Overlap;
+                }
                 Some("40P01") | Some("40001") => return StoreError::Contention,
                 Some("23505") if db.constraint() == Some("bookings_quote") => {
                     return StoreError::QuoteUsed

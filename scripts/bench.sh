@@ -22,7 +22,10 @@
 #
 # Knobs (environment): BENCH_SECS [15] seconds per run; MIXED_SECS [BENCH_SECS] (600 for the
 # memory soak); LIMITS_DURATION [10]; BENCH_MAX_IN_FLIGHT [128] the origin's MAX_IN_FLIGHT;
-# BENCH_EDGE_URLS ["name=url,..."] also runs cached-quote and mixed through each edge URL;
+# BENCH_EDGE [auto] 1 = run scripts/bench-edge.sh (both edge runtimes, the JavaScript way and
+# the code before, then the seed mix and the 5× burst through each runtime), 0 = skip, auto = run
+# it when both edge builds exist (scripts/edge.sh build); BENCH_EDGE_URLS ["name=url,..."] also
+# runs cached-quote and mixed through already running edges;
 # BENCH_SKIP_LIMITS=1 reuses target/bench/limits.txt; BENCH_BEFORE [unset] a git ref to compare;
 # BENCH_NO_BUILD=1 uses the binaries already built.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -205,6 +208,25 @@ for edge in "${EDGES[@]}"; do
   run "edge-$name-mixed" --base-url "$url" --metrics-url "$BASE/metrics" \
     --workload mixed --rate "$AFTER_MIXED_RATE" --duration "$SECS"
 done
+
+# The edges, in their runtimes, in front of their own origin (the edge suite's stack): wrk rows
+# for the cached quote (the Rust worker, the code before, the JavaScript way), then the seed
+# mix and the 5× burst through each runtime with the load generator.
+EDGE_MODE="${BENCH_EDGE:-auto}"
+if [[ "$EDGE_MODE" == auto ]]; then
+  EDGE_MODE=0
+  [[ -s edge/cloudflare/build/index_bg.wasm && -s "${CARGO_TARGET_DIR:-target}/wasm32-wasip2/release/edge_spin.wasm" ]] \
+    && EDGE_MODE=1
+  [[ "$EDGE_MODE" == 0 ]] && log "edge builds not found: no edge runs (scripts/edge.sh build, or BENCH_EDGE=1)"
+fi
+if [[ "$EDGE_MODE" == 1 ]]; then
+  log "the edges: scripts/bench-edge.sh $SECS 64"
+  rm -f "$OUT"/edge-*.json "$OUT"/before-edge-*.json
+  EDGE_BENCH_OUT="$ROOT/$OUT" EDGE_BENCH_LOADGEN="$ROOT/target/release/loadgen" \
+    EDGE_BENCH_MIXED_RATE="$AFTER_MIXED_RATE" \
+    bash scripts/bench-edge.sh "$SECS" 64 | tee "$OUT/edge-bench.txt"
+  for f in "$OUT"/edge-*.json "$OUT"/before-edge-*.json; do [[ -s "$f" ]] && LOADS+=("$f"); done
+fi
 
 # ---------------------------------------------------------------- 4. report
 NOTE="$(nproc) cores; load average at the start $LOAD0, at the end $(cut -d' ' -f1-3 /proc/loadavg) (other work on the box makes figures pessimistic; ratios come from the same session); $SECS s per run, mixed $MIXED_SECS s; MAX_IN_FLIGHT $MAX_IN_FLIGHT; git $(git rev-parse --short HEAD 2>/dev/null || echo '?')"

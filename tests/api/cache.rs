@@ -180,3 +180,84 @@ async fn pricing_contexts_are_warmed_into_l2_and_served_from_it(pool: PgPool) ->
     );
     app.stop().await
 }
+
+/// A search prices each (region, class) it shows from this process's memory after the first
+/// time (no L2 round trip per class), and a pricing change made here is in the very next search.
+#[sqlx::test(migrations = "../migrations")]
+async fn searches_price_from_memory_and_see_a_pricing_change_made_here_at_once(
+    pool: PgPool,
+) -> TestResult {
+    let app = spawn_app(pool.clone()).await?;
+    let t = token("price-watcher");
+    let (start, end) = window(2, 3);
+    let fmt =
+        |d: chrono::DateTime<chrono::Utc>| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let path = format!(
+        "/v2/vehicles/search?lat=50.1109&lon=8.6821&radius_m=20000&limit=100&start={}&end={}",
+        fmt(start),
+        fmt(end)
+    );
+    // Indicative price per vehicle class.
+    let prices = |r: &Reply| -> std::collections::BTreeMap<String, i64> {
+        r.body["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| {
+                Some((
+                    i["class"].as_str()?.to_owned(),
+                    i["indicative_price"]["minor"].as_i64()?,
+                ))
+            })
+            .collect()
+    };
+    let first = app.get(&path, Some(&t)).await?;
+    assert_eq!(first.status.as_u16(), 200, "{}", first.body);
+    let before = prices(&first);
+    assert!(!before.is_empty(), "{}", first.body);
+    const L2: [&str; 2] = [r#"layer="l2""#, r#"kind="pricing""#];
+    const LOCAL_HITS: [&str; 3] = [
+        r#"layer="l2-local""#,
+        r#"kind="pricing""#,
+        r#"result="hit""#,
+    ];
+    let l2_before = counter(&app, "cache_requests_total", &L2).await?;
+    let local_before = counter(&app, "cache_requests_total", &LOCAL_HITS).await?;
+    let second = app.get(&path, Some(&t)).await?;
+    assert_eq!(prices(&second), before);
+    assert_eq!(
+        counter(&app, "cache_requests_total", &L2).await?,
+        l2_before,
+        "the second search asked L2"
+    );
+    assert!(
+        counter(&app, "cache_requests_total", &LOCAL_HITS).await?
+            >= local_before + before.len() as f64,
+        "one in-process hit per class shown"
+    );
+
+    // Double one class's base rate through the admin API: the next search shows it.
+    let class = before.keys().next().cloned().unwrap_or_default();
+    let (per_hour, per_day): (i64, i64) = sqlx::query_as(
+        "select per_hour_minor, per_day_minor from base_rates where region = 'EUW' and class = $1",
+    )
+    .bind(&class)
+    .fetch_one(&pool)
+    .await?;
+    let change = app
+        .client
+        .put(format!("{}/v1/admin/pricing/EUW/base-rates/{class}", app.base))
+        .bearer_auth(ops_token("ops-price"))
+        .json(&json!({ "currency": "EUR", "per_hour_minor": per_hour * 2, "per_day_minor": per_day * 2 }))
+        .send()
+        .await?;
+    assert_eq!(change.status().as_u16(), 200);
+    let after = prices(&app.get(&path, Some(&t)).await?);
+    assert!(
+        after[&class] > before[&class],
+        "{class}: {} before the change, {} after",
+        before[&class],
+        after[&class]
+    );
+    app.stop().await
+}

@@ -383,8 +383,30 @@ impl Caches {
         self.l2.key(&pricing_entry(region, class))
     }
 
-    /// The pricing context of a region and class: L2, else PostgreSQL (then stored in L2).
+    /// The pricing context of a region and class: this process's memory (for
+    /// `L1_LOCAL_TTL_MS`), else L2, else PostgreSQL (then stored in L2).
     pub(crate) async fn pricing(
+        &self,
+        db: &PgPool,
+        region: Region,
+        class: VehicleClass,
+    ) -> Result<PricingContext, PricingError> {
+        let Some(local) = &self.local else {
+            return self.pricing_shared(db, region, class).await;
+        };
+        if let Some(ctx) = local.pricing(region, class) {
+            count("l2-local", "pricing", "hit");
+            return Ok(PricingContext::clone(&ctx));
+        }
+        count("l2-local", "pricing", "miss");
+        let epoch = local.epoch();
+        let ctx = self.pricing_shared(db, region, class).await?;
+        local.remember_pricing(region, class, std::sync::Arc::new(ctx.clone()), epoch);
+        Ok(ctx)
+    }
+
+    /// The pricing context from L2, else PostgreSQL (then stored in L2).
+    async fn pricing_shared(
         &self,
         db: &PgPool,
         region: Region,
@@ -458,6 +480,11 @@ impl Caches {
                 c.del::<_, ()>(keys).await
             })
             .await;
+        // After the delete: a reader that got the old entry from L2 before it went must not
+        // keep it here (the epoch bump makes its store a no-op).
+        if let Some(local) = &self.local {
+            local.forget_pricing(region, classes);
+        }
     }
 
     /// Cache warming at start: loads every served region's pricing contexts into L2.

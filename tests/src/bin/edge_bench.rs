@@ -20,6 +20,13 @@
 //! same workerd (chosen by `Host`); `EDGE_BENCH_BEFORE_SPIN_WASM` (an older component) runs in
 //! a second `wasmtime serve` with the flags the old code was run with. Ratios against the
 //! targets of issue 17 are printed with met / not met.
+//!
+//! For `scripts/bench.sh` (environment): `EDGE_BENCH_OUT` writes every wrk row as a run file
+//! the report reads (`edge-<runtime>-cached-quote`, `before-edge-<runtime>-cached-quote`,
+//! `edge-cloudflare-js-cached-quote`); with `EDGE_BENCH_LOADGEN` (the loadgen binary) it also
+//! runs the seed mix (`edge-<runtime>-mixed`, open loop at `EDGE_BENCH_MIXED_RATE` ops/s) and
+//! the design's 5× burst (`edge-<runtime>-burst`: a step to five times
+//! `EDGE_BENCH_BURST_RATE`) through each runtime, against the same stack.
 
 use std::path::Path;
 use std::process::Command;
@@ -302,7 +309,12 @@ async fn bench(pool: PgPool, runtime: Runtime, secs: u32, conns: u32) -> TestRes
         }
         let mut figures = Vec::new();
         for target in &targets {
-            figures.push(measure(&stack, target, &body, &t, secs, conns).await?);
+            let f = measure(&stack, target, &body, &t, secs, conns).await?;
+            write_run(runtime, &f, conns)?;
+            figures.push(f);
+        }
+        if let Some(loadgen) = std::env::var_os("EDGE_BENCH_LOADGEN") {
+            through_loadgen(&stack, runtime, Path::new(&loadgen), secs).await?;
         }
         let after = stack.post("/v1/quotes", Some(&t), &body, None).await?;
         if header(&after, "x-edge-cache") != Some("hit") {
@@ -314,6 +326,109 @@ async fn bench(pool: PgPool, runtime: Runtime, secs: u32, conns: u32) -> TestRes
     .await;
     stack.stop().await?;
     result
+}
+
+/// The run file name of a wrk row in the report (`EDGE_BENCH_OUT`): the Rust worker as
+/// `edge-<runtime>-…`, the code before as `before-edge-<runtime>-…` (paired by the report), the
+/// JavaScript way as `edge-cloudflare-js-…`.
+fn run_name(runtime: Runtime, row: &str) -> String {
+    let rt = runtime.name();
+    match row.rsplit_once('-').map_or("", |(_, who)| who) {
+        "before" => format!("before-edge-{rt}-cached-quote"),
+        "js" => format!("edge-{rt}-js-cached-quote"),
+        _ => format!("edge-{rt}-cached-quote"),
+    }
+}
+
+/// Writes one wrk row as a run file in the shape the report reads (as `scripts/bench.sh`
+/// writes its own wrk run), when `EDGE_BENCH_OUT` is set.
+fn write_run(runtime: Runtime, f: &Figures, conns: u32) -> TestResult {
+    let Some(out) = std::env::var_os("EDGE_BENCH_OUT") else {
+        return Ok(());
+    };
+    let run = json!({
+        "workload": "cached-quote",
+        "mode": format!("closed (wrk -t2 -c{conns}), one cached quote"),
+        "ok_per_s": f.rps * (1.0 - f.non_2xx as f64 / f.requests.max(1) as f64),
+        "non_2xx": f.non_2xx,
+        "edge_cpu_us_per_request": f.cpu_ms_per_req * 1000.0,
+        "upstash_requests_per_request": f.upstash_per_req,
+        "all": { "p99_ms": f.p99_ms },
+    });
+    let path = Path::new(&out).join(format!("{}.json", run_name(runtime, &f.name)));
+    std::fs::write(path, serde_json::to_vec_pretty(&run)?)?;
+    Ok(())
+}
+
+/// The seed mix and the 5× burst through the edge, with the load generator (open loop).
+async fn through_loadgen(
+    stack: &EdgeStack,
+    runtime: Runtime,
+    loadgen: &Path,
+    secs: u32,
+) -> TestResult {
+    let out = std::env::var("EDGE_BENCH_OUT").unwrap_or_else(|_| ".".into());
+    let rate: u32 = std::env::var("EDGE_BENCH_MIXED_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(200);
+    let burst_base: u32 = std::env::var("EDGE_BENCH_BURST_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(rate * 3 / 4);
+    let metrics = format!("{}/metrics", stack.origin()?.base);
+    let rt = runtime.name();
+    let runs: [(String, Vec<String>); 2] = [
+        (
+            format!("edge-{rt}-mixed"),
+            vec![
+                "--workload".into(),
+                "mixed".into(),
+                "--rate".into(),
+                rate.to_string(),
+                "--duration".into(),
+                secs.to_string(),
+            ],
+        ),
+        (
+            format!("edge-{rt}-burst"),
+            vec![
+                "--workload".into(),
+                "burst".into(),
+                "--rate".into(),
+                burst_base.to_string(),
+                "--burst-factor".into(),
+                "5".into(),
+                "--duration".into(),
+                (secs * 2).to_string(),
+                "--max-in-flight".into(),
+                "4096".into(),
+                "--timeout-ms".into(),
+                "5000".into(),
+            ],
+        ),
+    ];
+    for (name, args) in runs {
+        println!("{name:<22} loadgen {}", args.join(" "));
+        let status = tokio::process::Command::new(loadgen)
+            .args(["run", "--quiet", "--base-url", &stack.base])
+            .args(["--metrics-url", &metrics, "--out"])
+            .arg(Path::new(&out).join(&name))
+            .args(&args)
+            // The tokens the edge suite's stack accepts.
+            .env("JWT_HS256_SECRET", e2e::JWT_SECRET)
+            .env("JWT_ISSUER", e2e::ISSUER)
+            .env("JWT_AUDIENCE", e2e::AUDIENCE)
+            .env_remove("JWT_HS256_KID")
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await
+            .context("run the load generator")?;
+        if !status.success() {
+            bail!("{name}: loadgen failed ({status})");
+        }
+    }
+    Ok(())
 }
 
 fn verdict(what: &str, value: f64, target: &str, met: bool) {

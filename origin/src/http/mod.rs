@@ -121,6 +121,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
             "inference": inference_checks(&state),
         },
         "redis_degradations": state.redis.degradations(),
+        "redis_replacements": state.redis.replacements(),
         "regions": state.config.regions.iter().map(|r| r.code()).collect::<Vec<_>>(),
     });
     (status, axum::Json(body)).into_response()

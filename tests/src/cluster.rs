@@ -110,7 +110,7 @@ impl PrivatePg {
             "-p {} -k {d} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200",
             self.port
         );
-        run(&mut self.pg(&[
+        let started = run(&mut self.pg(&[
             "pg_ctl",
             "-D",
             &d,
@@ -120,7 +120,12 @@ impl PrivatePg {
             &format!("{d}/log"),
             "-w",
             "start",
-        ]))?;
+        ]));
+        if let Err(e) = started {
+            let log = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(8).collect();
+            bail!("{e:#}\nlog tail (newest first):\n{}", tail.join("\n"));
+        }
         wait_port(self.port, Duration::from_secs(20)).await
     }
 
@@ -146,10 +151,13 @@ impl PrivatePg {
 
     /// A machine crash: `kill -9` of the postmaster and every backend at once (no shutdown
     /// checkpoint, shared memory abandoned); waits until the port is closed. [`Self::up`]
-    /// then starts with crash recovery (WAL replay), which [`Self::recovered_from_crash`]
+    /// then starts with crash recovery (WAL replay), which [`Self::recoveries_logged`]
     /// finds in the log.
     pub async fn crash(&self) -> TestResult {
         let pid = self.postmaster_pid()?;
+        // Frozen first, so it forks no backend between the listing and the kill (an orphan
+        // still attached to the shared memory would stop the restart).
+        run(Command::new("kill").args(["-STOP", &pid.to_string()]))?;
         let children = Command::new("ps")
             .args(["-o", "pid=", "--ppid", &pid.to_string()])
             .output()
@@ -160,7 +168,12 @@ impl PrivatePg {
                 .split_whitespace()
                 .map(str::to_owned),
         );
-        run(Command::new("kill").arg("-KILL").args(&pids))?;
+        // A backend may have exited meanwhile: kill's status is not the point, the port is.
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .args(&pids)
+            .stderr(Stdio::null())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
             .await
@@ -171,8 +184,18 @@ impl PrivatePg {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        // The processes are gone once the port is; a stale postmaster.pid is what a crash
-        // leaves, and pg_ctl start copes with it.
+        // The postmaster was reparented when pg_ctl daemonised it; until its new parent reaps
+        // it, it is a zombie whose pid still "exists", and a new postmaster would refuse to
+        // start over its postmaster.pid. Wait for the reaping; past that, the stale lock file
+        // (all processes are dead) is removed, as an operator would after a crash.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while process_state(pid).is_some() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if process_state(pid).is_some() {
+            std::fs::remove_file(self.dir.join("postmaster.pid"))
+                .context("remove the crashed postmaster's lock file")?;
+        }
         Ok(())
     }
 
@@ -508,11 +531,44 @@ impl OriginProcess {
             "{} not found: cargo build -p origin",
             bin.display()
         );
+        // A start may fail while a dependency is away (the origin exits when PostgreSQL does
+        // not answer at start): retried until the deadline, as a supervisor would.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut child = self.spawn(&bin)?;
+            let answered = Instant::now() + Duration::from_secs(15);
+            loop {
+                if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                    .await
+                    .is_ok()
+                {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                if child.try_wait().ok().flatten().is_some() || Instant::now() > answered {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the origin did not come up on 127.0.0.1:{} within 60 s (log: {})",
+                    self.port,
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    fn spawn(&self, bin: &Path) -> TestResult<Child> {
         let log = std::fs::File::options()
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(bin)
+        Command::new(bin)
             .arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -527,9 +583,7 @@ impl OriginProcess {
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("start the origin")?;
-        self.child = Some(child);
-        wait_port(self.port, Duration::from_secs(30)).await
+            .context("start the origin")
     }
 
     /// SIGTERM: asks for a graceful stop (see `origin/src/startup.rs`); [`Self::wait_exit`]

@@ -217,7 +217,7 @@ async fn pipe(
                 }
                 match *mode.borrow_and_update() {
                     Mode::Reset => {
-                        abort(&from, &to, &stats, client_side);
+                        abort(&from, to, &stats, client_side);
                         return End::Closed;
                     }
                     Mode::Dead => return End::Dead(from, to),
@@ -235,7 +235,7 @@ async fn pipe(
                     break;
                 }
                 Mode::Reset => {
-                    abort(&from, &to, &stats, client_side);
+                    abort(&from, to, &stats, client_side);
                     return End::Closed;
                 }
                 Mode::Dead => {
@@ -261,10 +261,109 @@ async fn pipe(
 
 /// RSTs both sockets of a connection (both directions call this; only the client-side
 /// direction counts, so a connection counts once).
-fn abort(from: &OwnedReadHalf, to: &OwnedWriteHalf, stats: &Stats, count: bool) {
+/// The write half is forgotten, not dropped: dropping it would send a FIN first (its drop
+/// shuts the write side down), and the peer would read a clean end before the RST.
+fn abort(from: &OwnedReadHalf, to: OwnedWriteHalf, stats: &Stats, count: bool) {
     rst(from.as_ref());
     rst(to.as_ref());
+    to.forget();
     if count {
         stats.resets.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The proxy's faults are what they are named: an RST (not a FIN), a dead peer that stays
+    //! dead after the mode returns to `Pass`, a partition that holds bytes and then delivers.
+
+    use super::*;
+
+    /// An echo server on an ephemeral port; its port.
+    async fn echo() -> anyhow::Result<u16> {
+        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let port = listener.local_addr()?.port();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 1024];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 || s.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(port)
+    }
+
+    async fn proxy() -> anyhow::Result<FaultProxy> {
+        let port = TcpListener::bind(("127.0.0.1", 0))
+            .await?
+            .local_addr()?
+            .port();
+        FaultProxy::start(port, echo().await?).await
+    }
+
+    async fn round_trip(s: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
+        s.write_all(b"ping").await.ok()?;
+        let mut buf = [0u8; 4];
+        match tokio::time::timeout(within, s.read_exact(&mut buf)).await {
+            Ok(Ok(_)) => Some(buf.to_vec()),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn reset_aborts_open_connections_with_an_rst_not_a_fin() -> anyhow::Result<()> {
+        let p = proxy().await?;
+        let mut s = TcpStream::connect(("127.0.0.1", p.port)).await?;
+        assert!(round_trip(&mut s, Duration::from_secs(2)).await.is_some());
+        p.set(Mode::Reset);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut buf = [0u8; 4];
+        let read = s.read(&mut buf).await;
+        // A FIN reads as Ok(0); an RST as ECONNRESET.
+        assert_eq!(
+            read.map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionReset)
+        );
+        assert_eq!(p.counts().resets, 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_dead_connection_stays_open_and_silent_after_the_mode_returns_to_pass(
+    ) -> anyhow::Result<()> {
+        let p = proxy().await?;
+        let mut s = TcpStream::connect(("127.0.0.1", p.port)).await?;
+        assert!(round_trip(&mut s, Duration::from_secs(2)).await.is_some());
+        p.set(Mode::Dead);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        p.set(Mode::Pass);
+        // Open (writes succeed), silent (no echo), not closed (no EOF, no reset).
+        assert!(round_trip(&mut s, Duration::from_millis(500)).await.is_none());
+        assert!(p.counts().dead >= 1 && p.counts().dropped_bytes >= 4);
+        // A new connection works.
+        let mut fresh = TcpStream::connect(("127.0.0.1", p.port)).await?;
+        assert!(round_trip(&mut fresh, Duration::from_secs(2)).await.is_some());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_partition_holds_bytes_both_ways_and_delivers_them_when_healed(
+    ) -> anyhow::Result<()> {
+        let p = proxy().await?;
+        let mut s = TcpStream::connect(("127.0.0.1", p.port)).await?;
+        assert!(round_trip(&mut s, Duration::from_secs(2)).await.is_some());
+        p.set(Mode::Partition);
+        assert!(round_trip(&mut s, Duration::from_millis(500)).await.is_none());
+        p.set(Mode::Pass);
+        let mut buf = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf)).await??;
+        assert_eq!(&buf, b"ping");
+        assert!(p.counts().partitioned >= 1);
+        Ok(())
     }
 }

@@ -90,7 +90,10 @@ pub(crate) async fn start_cluster(dir: &std::path::Path) -> TestResult<Cluster> 
         // Small, so the overload fault can push past it with a modest burst.
         ("MAX_IN_FLIGHT", "24".into()),
         ("SHUTDOWN_GRACE_SECS", "5".into()),
-        ("RUST_LOG", "warn".into()),
+        (
+            "RUST_LOG",
+            std::env::var("FAULTS_ORIGIN_LOG").unwrap_or_else(|_| "warn".into()),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

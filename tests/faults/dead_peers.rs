@@ -132,9 +132,10 @@ async fn an_origin_recovers_by_itself_when_its_postgres_and_redis_peers_go_silen
     for t in load {
         answers.push(t.await?);
     }
+    // Quotes work (a 201 quote then a hold answered 201 or 409 for a taken window).
     anyhow::ensure!(
-        answers.iter().all(|s| s.is_some_and(|s| s < 500)),
-        "after the heal some holds got no answer or a 5xx: {answers:?}"
+        answers.iter().all(|s| matches!(s, Some(201 | 409))),
+        "after the heal some quotes or holds failed: {answers:?}"
     );
     // The sweeper ended the first hold and the relay published its events.
     let id = e2e::uuid_of(&booking)?;

@@ -172,6 +172,17 @@ async fn under_seeded_faults_every_fault_has_an_effect_and_no_double_booking_los
         .filter(|o| o.acknowledged())
         .filter(|o| !records.iter().any(|r| during(o, t0, r.start_ms, r.end_ms)))
         .count();
+    // Operations per 10 s of the run (all attempts, acknowledged): where the work went.
+    let mut per_10s: Vec<(usize, usize)> = Vec::new();
+    for o in &ops {
+        let slot = usize::try_from(o.started.saturating_duration_since(t0).as_secs() / 10)
+            .unwrap_or(usize::MAX);
+        if per_10s.len() <= slot {
+            per_10s.resize(slot + 1, (0, 0));
+        }
+        per_10s[slot].0 += 1;
+        per_10s[slot].1 += usize::from(o.acknowledged());
+    }
     let report = check(
         &ops,
         &c.pool,
@@ -191,6 +202,7 @@ async fn under_seeded_faults_every_fault_has_an_effect_and_no_double_booking_los
         "faults_without_effect": no_effect.len(),
         "acked_during_faults": acked_in_faults,
         "acked_outside_faults": acked_outside,
+        "ops_and_acks_per_10s": per_10s,
         "schedule": schedule,
         "faults": records,
         "report": report,
@@ -207,6 +219,7 @@ async fn under_seeded_faults_every_fault_has_an_effect_and_no_double_booking_los
     )?;
     std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&summary)?)?;
     eprintln!("{}", serde_json::to_string_pretty(&summary["report"])?);
+    eprintln!("[faults] operations, acknowledged per 10 s: {per_10s:?}");
     eprintln!("[faults] seed {seed}: per fault (injected / effect / acked / failed / unanswered):");
     for r in &records {
         eprintln!(

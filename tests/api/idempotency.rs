@@ -353,9 +353,6 @@ async fn a_hold_retried_with_its_key_after_the_quote_expired_replays_the_201(
         .await?;
     fresh.assert_problem(422);
     assert_eq!(app.count("bookings", "true").await?, 1);
-    assert_eq!(
-        app.count("idempotency_keys", "key = 'k-new'").await?,
-        0
-    );
+    assert_eq!(app.count("idempotency_keys", "key = 'k-new'").await?, 0);
     app.stop().await
 }

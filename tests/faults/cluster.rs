@@ -41,19 +41,22 @@ pub(crate) async fn start_cluster(dir: &std::path::Path) -> TestResult<Cluster> 
     let vehicles_wanted = knob("FAULTS_VEHICLES", VEHICLES);
     let pg = PrivatePg::start(&dir.join("pg"), PG_PORT).await?;
     let redis = PrivateRedis::start(REDIS_PORT).await?;
-    let (broker, broker_on_tmpfs) =
-        match PrivateBroker::start_on_tmpfs(&dir.join("broker"), BROKER_PORT, BROKER_TMPFS_MB)
-            .await
-        {
-            Ok(b) => (b, true),
-            Err(e) => {
-                eprintln!("[faults] no tmpfs for the broker ({e:#}): the disk-full fault is off");
-                (
-                    PrivateBroker::start(&dir.join("broker"), BROKER_PORT).await?,
-                    false,
-                )
-            }
-        };
+    let (broker, broker_on_tmpfs) = match PrivateBroker::start_on_tmpfs(
+        &dir.join("broker"),
+        BROKER_PORT,
+        BROKER_TMPFS_MB,
+    )
+    .await
+    {
+        Ok(b) => (b, true),
+        Err(e) => {
+            eprintln!("[faults] no tmpfs for the broker ({e:#}): the disk-full fault is off");
+            (
+                PrivateBroker::start(&dir.join("broker"), BROKER_PORT).await?,
+                false,
+            )
+        }
+    };
     let pg_proxy = FaultProxy::start(PG_PROXY, PG_PORT).await?;
     let redis_proxy = FaultProxy::start(REDIS_PROXY, REDIS_PORT).await?;
     let db_url = pg.url("postgres");

@@ -74,8 +74,7 @@ async fn ready(http: &reqwest::Client, origin: usize) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "the origin binary and a private cluster: run by scripts/faults.sh"]
-async fn an_origin_recovers_by_itself_when_its_postgres_and_redis_peers_go_silent() -> TestResult
-{
+async fn an_origin_recovers_by_itself_when_its_postgres_and_redis_peers_go_silent() -> TestResult {
     let dir = std::env::temp_dir().join(format!("dead-peers-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let c = start_cluster(&dir).await?;
@@ -125,7 +124,9 @@ async fn an_origin_recovers_by_itself_when_its_postgres_and_redis_peers_go_silen
     for i in 0..16usize {
         let (http, vehicle) = (http.clone(), c.vehicles[i % c.vehicles.len()].clone());
         load.push(tokio::spawn(async move {
-            quote_and_hold(&http, i % 2, &vehicle, 20 + i as i64).await.0
+            quote_and_hold(&http, i % 2, &vehicle, 20 + i as i64)
+                .await
+                .0
         }));
     }
     let mut answers = Vec::new();

@@ -54,16 +54,37 @@ pub(crate) enum LinkFault {
 /// One fault with its target and parameters (all chosen by the nemesis from the seed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub(crate) enum Fault {
-    OriginKill { origin: usize },
-    OriginPause { origin: usize, ms: u64 },
-    ClockSkew { origin: usize, secs: i64, ms: u64 },
+    OriginKill {
+        origin: usize,
+    },
+    OriginPause {
+        origin: usize,
+        ms: u64,
+    },
+    ClockSkew {
+        origin: usize,
+        secs: i64,
+        ms: u64,
+    },
     PgCrash,
     PgTerminate,
-    Link { link: Link, what: LinkFault, ms: u64 },
-    RedisKill { ms: u64 },
-    BrokerKill { ms: u64 },
-    BrokerDiskFull { ms: u64 },
-    Overload { ms: u64 },
+    Link {
+        link: Link,
+        what: LinkFault,
+        ms: u64,
+    },
+    RedisKill {
+        ms: u64,
+    },
+    BrokerKill {
+        ms: u64,
+    },
+    BrokerDiskFull {
+        ms: u64,
+    },
+    Overload {
+        ms: u64,
+    },
 }
 
 /// The part a fault holds while it lasts (two faults on one target never overlap).

@@ -77,7 +77,9 @@ fn ids_in(problems: &[String]) -> BTreeSet<String> {
         .flat_map(|p| {
             p.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
                 .filter(|w| {
-                    w.starts_with("bk_") || w.starts_with("veh_") || uuid::Uuid::parse_str(w).is_ok()
+                    w.starts_with("bk_")
+                        || w.starts_with("veh_")
+                        || uuid::Uuid::parse_str(w).is_ok()
                 })
                 .map(str::to_owned)
                 .collect::<Vec<_>>()
@@ -115,14 +117,12 @@ async fn under_seeded_faults_every_fault_has_an_effect_and_no_double_booking_los
     loop {
         // Round 0 is the seed's schedule; a contended-holds run keeps drawing rounds (seed + i)
         // until enough holds were attempted.
-        let p = plan(
-            seed.wrapping_add(round),
-            SPAN,
-            EXTRA,
-            c.broker_on_tmpfs,
-        );
+        let p = plan(seed.wrapping_add(round), SPAN, EXTRA, c.broker_on_tmpfs);
         let base = u64::try_from(t0.elapsed().as_millis()).unwrap_or(u64::MAX);
-        schedule.extend(p.iter().map(|x| json!({"round": round, "at_ms": base + x.at_ms, "fault": x.fault})));
+        schedule.extend(
+            p.iter()
+                .map(|x| json!({"round": round, "at_ms": base + x.at_ms, "fault": x.fault})),
+        );
         let round_t0 = Instant::now();
         let mut got = crate::nemesis::run(c.clone(), p, round_t0).await;
         let shift = u64::try_from(round_t0.duration_since(t0).as_millis()).unwrap_or(0);
@@ -217,7 +217,10 @@ async fn under_seeded_faults_every_fault_has_an_effect_and_no_double_booking_los
         out.join(format!("report-{seed}.json")),
         serde_json::to_vec_pretty(&summary)?,
     )?;
-    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&summary)?)?;
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_vec_pretty(&summary)?,
+    )?;
     eprintln!("{}", serde_json::to_string_pretty(&summary["report"])?);
     eprintln!("[faults] operations, acknowledged per 10 s: {per_10s:?}");
     eprintln!("[faults] seed {seed}: per fault (injected / effect / acked / failed / unanswered):");
@@ -229,7 +232,10 @@ async fn under_seeded_faults_every_fault_has_an_effect_and_no_double_booking_los
     }
     let mut failures = Vec::new();
     for r in &no_effect {
-        failures.push(format!("fault without effect: {} ({:?}): {}", r.kind, r.fault, r.note));
+        failures.push(format!(
+            "fault without effect: {} ({:?}): {}",
+            r.kind, r.fault, r.note
+        ));
     }
     if acked_in_faults == 0 {
         failures.push("no operation was acknowledged while a fault lasted".into());
@@ -238,17 +244,27 @@ async fn under_seeded_faults_every_fault_has_an_effect_and_no_double_booking_los
         failures.push("no operation was acknowledged outside every fault".into());
     }
     if holds_target > 0 && holds_attempted(&ops) < holds_target {
-        failures.push(format!("only {} of {holds_target} holds attempted", holds_attempted(&ops)));
+        failures.push(format!(
+            "only {} of {holds_target} holds attempted",
+            holds_attempted(&ops)
+        ));
     }
     if !report.clean() {
-        failures.push(format!("the history checker found violations: {:#?}", report.problems));
+        failures.push(format!(
+            "the history checker found violations: {:#?}",
+            report.problems
+        ));
         for line in excerpt(&ops, t0, &ids_in(&report.problems), 30) {
             eprintln!("  history: {line}");
         }
     }
     for r in &no_effect {
         // The operations in flight while the ineffective fault lasted (the first few).
-        for o in ops.iter().filter(|o| during(o, t0, r.start_ms, r.end_ms)).take(5) {
+        for o in ops
+            .iter()
+            .filter(|o| during(o, t0, r.start_ms, r.end_ms))
+            .take(5)
+        {
             eprintln!(
                 "  during {}: origin {} {:?} {} -> {:?}",
                 r.kind, o.origin, o.kind, o.target, o.status

@@ -239,9 +239,7 @@ async fn pipe(
                     return End::Closed;
                 }
                 Mode::Dead => {
-                    stats
-                        .dropped_bytes
-                        .fetch_add(n as u64, Ordering::Relaxed);
+                    stats.dropped_bytes.fetch_add(n as u64, Ordering::Relaxed);
                     return End::Dead(from, to);
                 }
                 // Hold the bytes until the mode changes: nothing flows, nothing closes.
@@ -343,22 +341,28 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         p.set(Mode::Pass);
         // Open (writes succeed), silent (no echo), not closed (no EOF, no reset).
-        assert!(round_trip(&mut s, Duration::from_millis(500)).await.is_none());
+        assert!(round_trip(&mut s, Duration::from_millis(500))
+            .await
+            .is_none());
         assert!(p.counts().dead >= 1 && p.counts().dropped_bytes >= 4);
         // A new connection works.
         let mut fresh = TcpStream::connect(("127.0.0.1", p.port)).await?;
-        assert!(round_trip(&mut fresh, Duration::from_secs(2)).await.is_some());
+        assert!(round_trip(&mut fresh, Duration::from_secs(2))
+            .await
+            .is_some());
         Ok(())
     }
 
     #[tokio::test]
-    async fn a_partition_holds_bytes_both_ways_and_delivers_them_when_healed(
-    ) -> anyhow::Result<()> {
+    async fn a_partition_holds_bytes_both_ways_and_delivers_them_when_healed() -> anyhow::Result<()>
+    {
         let p = proxy().await?;
         let mut s = TcpStream::connect(("127.0.0.1", p.port)).await?;
         assert!(round_trip(&mut s, Duration::from_secs(2)).await.is_some());
         p.set(Mode::Partition);
-        assert!(round_trip(&mut s, Duration::from_millis(500)).await.is_none());
+        assert!(round_trip(&mut s, Duration::from_millis(500))
+            .await
+            .is_none());
         p.set(Mode::Pass);
         let mut buf = [0u8; 4];
         tokio::time::timeout(Duration::from_secs(2), s.read_exact(&mut buf)).await??;

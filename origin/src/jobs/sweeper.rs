@@ -51,7 +51,9 @@ pub(crate) async fn run(state: AppState, stop: CancellationToken) {
                     break;
                 }
                 Err(_) => {
-                    tracing::warn!("sweeper: no answer within {BATCH_TIMEOUT:?}; retrying next tick");
+                    tracing::warn!(
+                        "sweeper: no answer within {BATCH_TIMEOUT:?}; retrying next tick"
+                    );
                     break;
                 }
             }

@@ -237,6 +237,20 @@ async fn drained(c: &Cluster, healed: chrono::DateTime<Utc>, within: Duration) -
     }
 }
 
+/// Waits (bounded, 60 s) until every outbox row created before now is published.
+async fn drained_from_now(c: &Cluster) -> Option<Duration> {
+    drained(c, Utc::now(), Duration::from_secs(60)).await
+}
+
+/// A broker fault's effect on the relay: it stalled (rows waited in the outbox while the fault
+/// lasted) and resumed (every row older than the heal published soon after).
+fn relay_effect(most: i64, drain: Option<Duration>, what: String) -> Effect {
+    Effect::new(
+        most > 0 && drain.is_some(),
+        format!("{what}; up to {most} rows waited in the outbox; drained after {drain:?}"),
+    )
+}
+
 /// Runs `fault` (holding its target) and returns what it showed.
 pub(crate) async fn inject(c: &Cluster, fault: Fault) -> TestResult<Effect> {
     let http = http()?;
@@ -365,14 +379,11 @@ pub(crate) async fn inject(c: &Cluster, fault: Fault) -> TestResult<Effect> {
             b.kill();
             let most = watch_outbox(c, Duration::from_millis(ms)).await;
             b.up().await?;
-            let healed = Utc::now();
-            let drain = drained(c, healed, Duration::from_secs(60)).await;
-            Ok(Effect::new(
-                most > 0 && drain.is_some(),
-                format!(
-                    "pid {before:?} -> {:?}; up to {most} rows waited in the outbox; drained after {drain:?}",
-                    b.pid()
-                ),
+            let drain = drained_from_now(c).await;
+            Ok(relay_effect(
+                most,
+                drain,
+                format!("pid {before:?} -> {:?}", b.pid()),
             ))
         }
         Fault::BrokerDiskFull { ms } => {
@@ -387,12 +398,12 @@ pub(crate) async fn inject(c: &Cluster, fault: Fault) -> TestResult<Effect> {
                 b.kill();
                 b.up().await?;
             }
-            let healed = Utc::now();
-            let drain = drained(c, healed, Duration::from_secs(60)).await;
-            Ok(Effect::new(
-                most > 0 && drain.is_some(),
+            let drain = drained_from_now(c).await;
+            Ok(relay_effect(
+                most,
+                drain,
                 format!(
-                    "{} MiB written to fill the disk; up to {most} rows waited in the outbox; broker died: {died}; drained after {drain:?}",
+                    "{} MiB written to fill the disk; broker died: {died}",
                     filled >> 20
                 ),
             ))

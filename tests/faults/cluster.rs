@@ -82,6 +82,10 @@ pub(crate) async fn start_cluster(dir: &std::path::Path) -> TestResult<Cluster> 
         ("JWT_ISSUER", ISSUER.into()),
         ("JWT_AUDIENCE", AUDIENCE.into()),
         ("JWT_HS256_SECRET", JWT_SECRET.into()),
+        // Above the largest clock skew the nemesis injects (5 min): the skew is there to reach
+        // the booking logic (quotes, hold expiry, sweepers) on a skewed origin; with the
+        // default 30 s a 5-min-slow origin answers every request 401 "token not valid yet".
+        ("JWT_LEEWAY_SECS", "360".into()),
         (
             "QUOTE_SIGNING_KEYS",
             "k1=fault-quote-key-fault-quote-key-fault-quote".into(),

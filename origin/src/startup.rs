@@ -36,6 +36,9 @@ use crate::state::AppState;
 /// The migrations, embedded at build time from the top-level `migrations/` folder.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
+/// How long a connection handed back to the pool may take to answer the release check.
+pub const RELEASE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Opens the pool and waits (bounded) for the database to accept connections.
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
     pool_options(config)
@@ -44,12 +47,34 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
         .context("connect to PostgreSQL (DATABASE_URL)")
 }
 
-/// The pool's settings (size, acquire timeout): the e2e harness opens its origins' pools with
-/// these too, on a database of its own.
+/// The pool's settings (the e2e harness opens its origins' pools with these too, on a
+/// database of its own). Acquiring (the pool's own liveness ping included) is bounded by
+/// `acquire_timeout`. Releasing is bounded here: sqlx 0.8 PINGs a returned connection
+/// without any timeout, so a connection whose peer went silent (a dead host, a blackholed
+/// link: no RST, no FIN) and whose query was cut by the request timeout would wait on that
+/// PING forever and keep its pool slot; a few of them and every later request waits out
+/// `acquire_timeout` for good (the fault suite's dead-peer fault found it). So each released
+/// connection first answers a PING within [`RELEASE_CHECK_TIMEOUT`], or is closed. The price
+/// is one more round trip per release, after the answer has gone out.
 pub fn pool_options(config: &Config) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(config.db_max_connections)
         .acquire_timeout(Duration::from_secs(5))
+        .after_release(|conn, _meta| {
+            Box::pin(async move {
+                use sqlx::Connection;
+                match tokio::time::timeout(RELEASE_CHECK_TIMEOUT, conn.ping()).await {
+                    Ok(Ok(())) => Ok(true),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => {
+                        tracing::warn!(
+                            "a pooled PostgreSQL connection did not answer within {RELEASE_CHECK_TIMEOUT:?}; closing it"
+                        );
+                        Err(sqlx::Error::PoolTimedOut)
+                    }
+                }
+            })
+        })
 }
 
 /// A running origin: its address and a handle to stop it.

@@ -325,3 +325,34 @@ async fn a_retry_that_spells_the_booking_id_differently_gets_the_first_answer(
     );
     app.stop().await
 }
+
+/// Found by the fault suite's clock skew: a hold replayed (same key) after its quote expired
+/// — here by waiting, there on an origin whose clock ran 5 min ahead — was answered 422 "quote
+/// expired" instead of the stored 201, because the quote was checked before the key.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_hold_retried_with_its_key_after_the_quote_expired_replays_the_201(
+    pool: PgPool,
+) -> TestResult {
+    let app = spawn_app_with(pool, &[("QUOTE_TTL_SECS", "1")]).await?;
+    let vehicle = app.vehicles("EUW").await?[2].clone();
+    let quote = app.quote("erin", &vehicle, window(2, 2)).await?;
+    let body = json!({ "quote_token": quote["quote_token"] });
+    let first = app
+        .post("/v1/bookings", Some(&token("erin")), &body, Some("k-exp"))
+        .await?;
+    assert_eq!(first.status.as_u16(), 201);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let again = app
+        .post("/v1/bookings", Some(&token("erin")), &body, Some("k-exp"))
+        .await?;
+    assert_eq!(again.status.as_u16(), 201, "{}", again.body);
+    assert_eq!(again.body, first.body);
+    // A new key with the expired quote is still refused, and leaves no key behind.
+    let fresh = app
+        .post("/v1/bookings", Some(&token("erin")), &body, Some("k-new"))
+        .await?;
+    fresh.assert_problem(422);
+    assert_eq!(app.count("bookings", "true").await?, 1);
+    assert_eq!(app.count("idempotency_keys", "key = 'k-new'").await?, 0);
+    app.stop().await
+}

@@ -1,24 +1,36 @@
-//! The fault run's private cluster: PostgreSQL, Redis and a tansu broker of its own, a fault
-//! proxy in front of PostgreSQL and of Redis, and two origin processes.
+//! The fault run's private cluster: PostgreSQL, Redis and a tansu broker of its own (its data
+//! directory on a small tmpfs, so its disk can be filled), a fault proxy in front of
+//! PostgreSQL and of Redis, and two origin processes.
+//!
+//! Every part sits behind its own lock: the nemesis runs faults concurrently, and a fault
+//! holds its target's lock while it lasts, so two faults never fight over one process.
 
 use e2e::cluster::{
     ensure_origin_bin_is_current, OriginProcess, PrivateBroker, PrivatePg, PrivateRedis,
 };
 use e2e::fault_proxy::FaultProxy;
 use e2e::{TestResult, AUDIENCE, ISSUER, JWT_SECRET};
+use tokio::sync::Mutex;
 
 use crate::{
-    BROKER_PORT, ORIGIN_PORTS, PG_PORT, PG_PROXY, REDIS_PORT, REDIS_PROXY, SWEEPER_MS, VEHICLES,
+    knob, BROKER_PORT, LOCK_TTL_MS, ORIGIN_PORTS, PG_PORT, PG_PROXY, REDIS_PORT, REDIS_PROXY,
+    SWEEPER_MS, VEHICLES,
 };
+
+/// The broker's tmpfs: room for a long run's events, small enough to fill in a moment.
+const BROKER_TMPFS_MB: u32 = 256;
 
 /// The private dependencies, the two origins and the vehicles the clients book.
 pub(crate) struct Cluster {
-    pub pg: PrivatePg,
-    pub redis: PrivateRedis,
-    pub broker: PrivateBroker,
-    pub pg_proxy: FaultProxy,
-    pub redis_proxy: FaultProxy,
-    pub origins: Vec<tokio::sync::Mutex<OriginProcess>>,
+    pub pg: Mutex<PrivatePg>,
+    pub redis: Mutex<PrivateRedis>,
+    pub broker: Mutex<PrivateBroker>,
+    /// Whether the broker's data directory is a tmpfs (the disk-full fault needs it).
+    pub broker_on_tmpfs: bool,
+    pub brokers: String,
+    pub pg_proxy: Mutex<FaultProxy>,
+    pub redis_proxy: Mutex<FaultProxy>,
+    pub origins: Vec<Mutex<OriginProcess>>,
     pub pool: sqlx::PgPool,
     pub vehicles: Vec<String>,
 }
@@ -26,18 +38,37 @@ pub(crate) struct Cluster {
 /// Starts PostgreSQL, Redis, the broker, the fault proxies and two origins, with the demo fleet.
 pub(crate) async fn start_cluster(dir: &std::path::Path) -> TestResult<Cluster> {
     ensure_origin_bin_is_current()?;
+    let vehicles_wanted = knob("FAULTS_VEHICLES", VEHICLES);
     let pg = PrivatePg::start(&dir.join("pg"), PG_PORT).await?;
     let redis = PrivateRedis::start(REDIS_PORT).await?;
-    let broker = PrivateBroker::start(&dir.join("broker"), BROKER_PORT).await?;
+    let (broker, broker_on_tmpfs) = match PrivateBroker::start_on_tmpfs(
+        &dir.join("broker"),
+        BROKER_PORT,
+        BROKER_TMPFS_MB,
+    )
+    .await
+    {
+        Ok(b) => (b, true),
+        Err(e) => {
+            eprintln!("[faults] no tmpfs for the broker ({e:#}): the disk-full fault is off");
+            (
+                PrivateBroker::start(&dir.join("broker"), BROKER_PORT).await?,
+                false,
+            )
+        }
+    };
     let pg_proxy = FaultProxy::start(PG_PROXY, PG_PORT).await?;
     let redis_proxy = FaultProxy::start(REDIS_PROXY, REDIS_PORT).await?;
     let db_url = pg.url("postgres");
+    // Named, so `pg_terminate_backend` of the origins' connections spares the harness's.
+    let opts: sqlx::postgres::PgConnectOptions = db_url.parse()?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
-        .connect(&db_url)
+        .connect_with(opts.application_name("faults-harness"))
         .await?;
     origin::startup::MIGRATOR.run(&pool).await?;
-    demo_fleet::seed_demo(&pool, VEHICLES).await?;
+    // The demo seeds per city; a few more than wanted, then the first `vehicles_wanted`.
+    demo_fleet::seed_demo(&pool, vehicles_wanted).await?;
     let env: Vec<(String, String)> = [
         (
             "DATABASE_URL",
@@ -46,10 +77,15 @@ pub(crate) async fn start_cluster(dir: &std::path::Path) -> TestResult<Cluster> 
         ("DB_MAX_CONNECTIONS", "8".into()),
         ("REDIS_URL", format!("redis://127.0.0.1:{REDIS_PROXY}")),
         ("REDIS_KEY_PREFIX", "faults:".into()),
+        ("LOCK_TTL_MS", LOCK_TTL_MS.to_string()),
         ("KAFKA_BROKERS", broker.brokers()),
         ("JWT_ISSUER", ISSUER.into()),
         ("JWT_AUDIENCE", AUDIENCE.into()),
         ("JWT_HS256_SECRET", JWT_SECRET.into()),
+        // Above the largest clock skew the nemesis injects (5 min): the skew is there to reach
+        // the booking logic (quotes, hold expiry, sweepers) on a skewed origin; with the
+        // default 30 s a 5-min-slow origin answers every request 401 "token not valid yet".
+        ("JWT_LEEWAY_SECS", "360".into()),
         (
             "QUOTE_SIGNING_KEYS",
             "k1=fault-quote-key-fault-quote-key-fault-quote".into(),
@@ -60,33 +96,44 @@ pub(crate) async fn start_cluster(dir: &std::path::Path) -> TestResult<Cluster> 
         ("REQUEST_TIMEOUT_MS", "4000".into()),
         // Small, so the overload fault can push past it with a modest burst.
         ("MAX_IN_FLIGHT", "24".into()),
-        ("RUST_LOG", "warn".into()),
+        ("SHUTDOWN_GRACE_SECS", "5".into()),
+        (
+            "RUST_LOG",
+            std::env::var("FAULTS_ORIGIN_LOG").unwrap_or_else(|_| "warn".into()),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     let mut origins = Vec::new();
     for (i, port) in ORIGIN_PORTS.into_iter().enumerate() {
-        origins.push(tokio::sync::Mutex::new(
+        origins.push(Mutex::new(
             OriginProcess::start(port, env.clone(), dir.join(format!("origin{i}.log"))).await?,
         ));
     }
     let rows: Vec<(uuid::Uuid,)> = sqlx::query_as(
         "select id from vehicles where region = 'EUW' and status = 'active' order by id limit $1",
     )
-    .bind(i64::try_from(VEHICLES)?)
+    .bind(i64::try_from(vehicles_wanted)?)
     .fetch_all(&pool)
     .await?;
-    let vehicles = rows
+    let vehicles: Vec<String> = rows
         .into_iter()
         .map(|(id,)| format!("veh_euw_{}", id.simple()))
         .collect();
+    anyhow::ensure!(
+        vehicles.len() == vehicles_wanted,
+        "wanted {vehicles_wanted} EUW vehicles, the demo fleet has {}",
+        vehicles.len()
+    );
     Ok(Cluster {
-        pg,
-        redis,
-        broker,
-        pg_proxy,
-        redis_proxy,
+        pg: Mutex::new(pg),
+        redis: Mutex::new(redis),
+        brokers: broker.brokers(),
+        broker: Mutex::new(broker),
+        broker_on_tmpfs,
+        pg_proxy: Mutex::new(pg_proxy),
+        redis_proxy: Mutex::new(redis_proxy),
         origins,
         pool,
         vehicles,

@@ -1,15 +1,485 @@
-//! The faults, injected one after the other: process kills, restarts, unreachable and slow
-//! links, terminated connections, an overload burst.
+//! The faults: what each does to the cluster, and how each shows it had an effect.
+//!
+//! A fault that changes nothing proves nothing, so every one measures its own effect and
+//! reports it; the run fails when any fault saw none:
+//! * origin SIGKILL: the process is gone (pid changes) and the restarted one answers;
+//! * origin SIGSTOP: `/proc` shows it stopped (`T`) for longer than the lock TTL, and it
+//!   answers again after SIGCONT;
+//! * clock skew: the origin's HTTP `Date` is off by the skew while it lasts, and right after;
+//! * PostgreSQL crash: the log shows a crash recovery, and both origins are ready again;
+//! * `pg_terminate_backend`: backends were terminated;
+//! * link RST / dead peer / partition / latency: the proxy counted resets sent, connections
+//!   killed, traffic held, chunks delayed; after an RST or a dead peer every origin must be
+//!   ready again by itself (the harness never resets a dead connection);
+//! * Redis SIGKILL: an origin reported Redis down, then up again;
+//! * broker SIGKILL and disk full: rows waited in the outbox while it lasted (the relay
+//!   stalled) and every row older than the heal is published soon after (it resumed);
+//! * overload: requests were shed (503) and a fresh one succeeds soon after.
 
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DurationRound, Utc};
-use e2e::fault_proxy::Mode;
+use e2e::cluster::process_state;
+use e2e::fault_proxy::{FaultProxy, Mode};
 use e2e::{token, TestResult};
+use serde_json::Value;
 
 use crate::cluster::Cluster;
-use crate::ORIGIN_PORTS;
+use crate::{LOCK_TTL_MS, ORIGIN_PORTS};
+
+/// Where the libfaketime preload lives (Debian's `faketime` package).
+pub(crate) const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// A dependency link behind a fault proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub(crate) enum Link {
+    Postgres,
+    Redis,
+}
+
+/// What is done to a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub(crate) enum LinkFault {
+    /// Every connection aborted with an RST.
+    Rst,
+    /// Every connection turned into a dead peer, left so for good.
+    Dead,
+    /// No traffic either way, nothing closed; flows again afterwards.
+    Partition,
+    /// 300 ms before each chunk.
+    Latency,
+}
+
+/// One fault with its target and parameters (all chosen by the nemesis from the seed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub(crate) enum Fault {
+    OriginKill {
+        origin: usize,
+    },
+    OriginPause {
+        origin: usize,
+        ms: u64,
+    },
+    ClockSkew {
+        origin: usize,
+        secs: i64,
+        ms: u64,
+    },
+    PgCrash,
+    PgTerminate,
+    Link {
+        link: Link,
+        what: LinkFault,
+        ms: u64,
+    },
+    RedisKill {
+        ms: u64,
+    },
+    BrokerKill {
+        ms: u64,
+    },
+    BrokerDiskFull {
+        ms: u64,
+    },
+    Overload {
+        ms: u64,
+    },
+}
+
+/// The part a fault holds while it lasts (two faults on one target never overlap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum Target {
+    Origin(usize),
+    Postgres,
+    PgLink,
+    Redis,
+    RedisLink,
+    Broker,
+    /// The overload burst hits both origins' admission; it is its own target.
+    Admission,
+}
+
+impl Fault {
+    pub(crate) fn target(&self) -> Target {
+        match *self {
+            Fault::OriginKill { origin }
+            | Fault::OriginPause { origin, .. }
+            | Fault::ClockSkew { origin, .. } => Target::Origin(origin),
+            Fault::PgCrash | Fault::PgTerminate => Target::Postgres,
+            Fault::Link {
+                link: Link::Postgres,
+                ..
+            } => Target::PgLink,
+            Fault::Link {
+                link: Link::Redis, ..
+            } => Target::RedisLink,
+            Fault::RedisKill { .. } => Target::Redis,
+            Fault::BrokerKill { .. } | Fault::BrokerDiskFull { .. } => Target::Broker,
+            Fault::Overload { .. } => Target::Admission,
+        }
+    }
+
+    /// A short name for reports (the kind, without parameters).
+    pub(crate) fn kind(&self) -> String {
+        match *self {
+            Fault::OriginKill { .. } => "origin SIGKILL".into(),
+            Fault::OriginPause { .. } => "origin SIGSTOP > lock TTL".into(),
+            Fault::ClockSkew { secs, .. } => format!("clock skew {secs:+} s"),
+            Fault::PgCrash => "postgres kill -9 + crash recovery".into(),
+            Fault::PgTerminate => "pg_terminate_backend".into(),
+            Fault::Link { link, what, .. } => format!("{link:?} link {what:?}"),
+            Fault::RedisKill { .. } => "redis SIGKILL".into(),
+            Fault::BrokerKill { .. } => "broker SIGKILL".into(),
+            Fault::BrokerDiskFull { .. } => "broker disk full".into(),
+            Fault::Overload { .. } => "overload burst".into(),
+        }
+    }
+}
+
+/// What running a fault showed.
+#[derive(Debug, Default)]
+pub(crate) struct Effect {
+    /// Whether the fault visibly did what it is named for.
+    pub seen: bool,
+    pub note: String,
+}
+
+impl Effect {
+    fn new(seen: bool, note: String) -> Self {
+        Effect { seen, note }
+    }
+}
+
+fn http() -> TestResult<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()?)
+}
+
+/// The origin's `/readyz` body, if it answered.
+async fn readyz(http: &reqwest::Client, origin: usize) -> Option<Value> {
+    let r = http
+        .get(format!("http://127.0.0.1:{}/readyz", ORIGIN_PORTS[origin]))
+        .send()
+        .await
+        .ok()?;
+    r.json().await.ok()
+}
+
+/// Waits (bounded) until `pred` holds for every origin's `/readyz`; how long it took.
+async fn all_ready_by(
+    http: &reqwest::Client,
+    within: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Option<Duration> {
+    let started = Instant::now();
+    loop {
+        let mut ok = true;
+        for o in 0..ORIGIN_PORTS.len() {
+            ok &= readyz(http, o).await.is_some_and(|v| pred(&v));
+        }
+        if ok {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() > within {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn pg_ready(v: &Value) -> bool {
+    v["checks"]["postgres"] == "ok"
+}
+
+fn redis_ready(v: &Value) -> bool {
+    v["checks"]["redis"] == "ok" && pg_ready(v)
+}
+
+/// Outbox rows not yet published (created before `before`, when given).
+async fn unpublished(c: &Cluster, before: Option<chrono::DateTime<Utc>>) -> TestResult<i64> {
+    let n: i64 = sqlx::query_scalar(
+        "select count(*) from outbox where published_at is null
+          and ($1::timestamptz is null or created_at < $1)",
+    )
+    .bind(before)
+    .fetch_one(&c.pool)
+    .await
+    .context("count unpublished outbox rows")?;
+    Ok(n)
+}
+
+/// Sleeps `lasting` while sampling the unpublished outbox; the largest count seen.
+async fn watch_outbox(c: &Cluster, lasting: Duration) -> i64 {
+    let until = Instant::now() + lasting;
+    let mut most = 0;
+    while Instant::now() < until {
+        if let Ok(n) = unpublished(c, None).await {
+            most = most.max(n);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    most
+}
+
+/// Waits (bounded) until every outbox row created before `healed` is published.
+async fn drained(c: &Cluster, healed: chrono::DateTime<Utc>, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    loop {
+        if unpublished(c, Some(healed)).await.is_ok_and(|n| n == 0) {
+            return Some(started.elapsed());
+        }
+        if started.elapsed() > within {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Waits (bounded, 60 s) until every outbox row created before now is published.
+async fn drained_from_now(c: &Cluster) -> Option<Duration> {
+    drained(c, Utc::now(), Duration::from_secs(60)).await
+}
+
+/// A broker fault's effect on the relay: it stalled (rows waited in the outbox while the fault
+/// lasted) and resumed (every row older than the heal published soon after).
+fn relay_effect(most: i64, drain: Option<Duration>, what: String) -> Effect {
+    Effect::new(
+        most > 0 && drain.is_some(),
+        format!("{what}; up to {most} rows waited in the outbox; drained after {drain:?}"),
+    )
+}
+
+/// Runs `fault` (holding its target) and returns what it showed.
+pub(crate) async fn inject(c: &Cluster, fault: Fault) -> TestResult<Effect> {
+    let http = http()?;
+    match fault {
+        Fault::OriginKill { origin } => {
+            let mut o = c.origins[origin].lock().await;
+            let before = o.pid();
+            o.kill();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            o.up().await?;
+            let after = o.pid();
+            let answers = readyz(&http, origin).await.is_some();
+            Ok(Effect::new(
+                before.is_some() && before != after && answers,
+                format!("pid {before:?} -> {after:?}, answers after restart: {answers}"),
+            ))
+        }
+        Fault::OriginPause { origin, ms } => {
+            let o = c.origins[origin].lock().await;
+            let pid = o.pid().context("origin not running")?;
+            o.signal_stop(true)?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let state = process_state(pid);
+            tokio::time::sleep(Duration::from_millis(ms.saturating_sub(100))).await;
+            o.signal_stop(false)?;
+            let back = all_ready_by(&http, Duration::from_secs(10), pg_ready).await;
+            Ok(Effect::new(
+                state == Some('T') && ms > LOCK_TTL_MS && back.is_some(),
+                format!(
+                    "state while paused {state:?} for {ms} ms (lock TTL {LOCK_TTL_MS} ms); ready again after {back:?}"
+                ),
+            ))
+        }
+        Fault::ClockSkew { origin, secs, ms } => {
+            let mut o = c.origins[origin].lock().await;
+            o.extra_env = vec![
+                ("LD_PRELOAD".into(), LIBFAKETIME.into()),
+                ("FAKETIME".into(), format!("{secs:+}")),
+                ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+                ("FAKETIME_NO_CACHE".into(), "1".into()),
+            ];
+            restart_gracefully(&mut o).await?;
+            let seen = date_offset(&http, origin).await;
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            o.extra_env.clear();
+            restart_gracefully(&mut o).await?;
+            let after = date_offset(&http, origin).await;
+            let skewed = seen.is_some_and(|s| (s - secs).abs() <= 3);
+            let restored = after.is_some_and(|s| s.abs() <= 3);
+            Ok(Effect::new(
+                skewed && restored,
+                format!("Date header off by {seen:?} s while skewed, {after:?} s after"),
+            ))
+        }
+        Fault::PgCrash => {
+            let pg = c.pg.lock().await;
+            let before = pg.recoveries_logged();
+            pg.crash().await?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            pg.up().await?;
+            let after = pg.recoveries_logged();
+            let back = all_ready_by(&http, Duration::from_secs(30), pg_ready).await;
+            Ok(Effect::new(
+                after > before && back.is_some(),
+                format!(
+                    "crash recoveries in the log {before} -> {after}; origins ready after {back:?}"
+                ),
+            ))
+        }
+        Fault::PgTerminate => {
+            let _pg = c.pg.lock().await;
+            let mut terminated = 0i64;
+            for _ in 0..3 {
+                let n: i64 = sqlx::query_scalar(
+                    "select count(*) filter (where pg_terminate_backend(pid)) from pg_stat_activity
+                      where pid <> pg_backend_pid() and datname = 'postgres'
+                        and backend_type = 'client backend'
+                        and application_name <> 'faults-harness'",
+                )
+                .fetch_one(&c.pool)
+                .await
+                .context("terminate backends")?;
+                terminated += n;
+                tokio::time::sleep(Duration::from_millis(700)).await;
+            }
+            let back = all_ready_by(&http, Duration::from_secs(15), pg_ready).await;
+            Ok(Effect::new(
+                terminated > 0 && back.is_some(),
+                format!("{terminated} backends terminated; origins ready after {back:?}"),
+            ))
+        }
+        Fault::Link { link, what, ms } => {
+            let proxy = match link {
+                Link::Postgres => c.pg_proxy.lock().await,
+                Link::Redis => c.redis_proxy.lock().await,
+            };
+            link_fault(&http, &proxy, link, what, ms).await
+        }
+        Fault::RedisKill { ms } => {
+            let mut r = c.redis.lock().await;
+            let before = r.pid();
+            r.kill();
+            let until = Instant::now() + Duration::from_millis(ms);
+            let mut down_seen = false;
+            while Instant::now() < until {
+                for o in 0..ORIGIN_PORTS.len() {
+                    down_seen |= readyz(&http, o)
+                        .await
+                        .is_some_and(|v| v["checks"]["redis"] == "down");
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            r.up().await?;
+            let after = r.pid();
+            let back = all_ready_by(&http, Duration::from_secs(15), redis_ready).await;
+            Ok(Effect::new(
+                down_seen && back.is_some(),
+                format!(
+                    "pid {before:?} -> {after:?}; an origin saw Redis down: {down_seen}; all up again after {back:?}"
+                ),
+            ))
+        }
+        Fault::BrokerKill { ms } => {
+            let mut b = c.broker.lock().await;
+            let before = b.pid();
+            b.kill();
+            let most = watch_outbox(c, Duration::from_millis(ms)).await;
+            b.up().await?;
+            let drain = drained_from_now(c).await;
+            Ok(relay_effect(
+                most,
+                drain,
+                format!("pid {before:?} -> {:?}", b.pid()),
+            ))
+        }
+        Fault::BrokerDiskFull { ms } => {
+            let mut b = c.broker.lock().await;
+            let filled = b.fill_disk()?;
+            let most = watch_outbox(c, Duration::from_millis(ms)).await;
+            b.free_disk()?;
+            // A broker that died of the full disk is restarted (noted): the relay must then
+            // resume from its outbox, nothing lost.
+            let died = !b.running();
+            if died {
+                b.kill();
+                b.up().await?;
+            }
+            let drain = drained_from_now(c).await;
+            Ok(relay_effect(
+                most,
+                drain,
+                format!(
+                    "{} MiB written to fill the disk; broker died: {died}",
+                    filled >> 20
+                ),
+            ))
+        }
+        Fault::Overload { ms } => {
+            let (shed, ok, other, recover) = overload_burst(Duration::from_millis(ms)).await?;
+            Ok(Effect::new(
+                shed > 0 && recover < 2000,
+                format!(
+                    "{shed} shed (503), {ok} served, {other} other; first 200 after the burst in {recover} ms"
+                ),
+            ))
+        }
+    }
+}
+
+/// SIGTERM, a bounded wait, SIGKILL if needed, then up again (with its current `extra_env`).
+async fn restart_gracefully(o: &mut e2e::cluster::OriginProcess) -> TestResult {
+    if o.terminate().is_ok() && o.wait_exit(Duration::from_secs(8)).await.is_err() {
+        o.kill();
+    }
+    o.kill();
+    o.up().await
+}
+
+/// How far the origin's clock (its HTTP `Date` header) is from ours, in seconds.
+async fn date_offset(http: &reqwest::Client, origin: usize) -> Option<i64> {
+    let r = http
+        .get(format!("http://127.0.0.1:{}/healthz", ORIGIN_PORTS[origin]))
+        .send()
+        .await
+        .ok()?;
+    let date = r.headers().get("date")?.to_str().ok()?;
+    let theirs = chrono::DateTime::parse_from_rfc2822(date).ok()?;
+    Some(theirs.timestamp() - Utc::now().timestamp())
+}
+
+async fn link_fault(
+    http: &reqwest::Client,
+    proxy: &FaultProxy,
+    link: Link,
+    what: LinkFault,
+    ms: u64,
+) -> TestResult<Effect> {
+    let before = proxy.counts();
+    let ready: fn(&Value) -> bool = match link {
+        Link::Postgres => pg_ready,
+        Link::Redis => redis_ready,
+    };
+    let mode = match what {
+        LinkFault::Rst => Mode::Reset,
+        LinkFault::Dead => Mode::Dead,
+        LinkFault::Partition => Mode::Partition,
+        LinkFault::Latency => Mode::Latency(300),
+    };
+    proxy.set(mode);
+    // An RST is instantaneous; leave the mode on briefly so new connections are reset too.
+    let lasting = if what == LinkFault::Rst { 300 } else { ms };
+    tokio::time::sleep(Duration::from_millis(lasting)).await;
+    proxy.set(Mode::Pass);
+    let after = proxy.counts();
+    // Dead connections stay dead: only the origin's own timeouts can get it back.
+    let back = all_ready_by(http, Duration::from_secs(30), ready).await;
+    let (seen, what_counted) = match what {
+        LinkFault::Rst => (after.resets > before.resets, "resets"),
+        LinkFault::Dead => (after.dead > before.dead, "dead connections"),
+        LinkFault::Partition => (after.partitioned > before.partitioned, "held chunks"),
+        LinkFault::Latency => (after.delayed > before.delayed, "delayed chunks"),
+    };
+    Ok(Effect::new(
+        seen && back.is_some(),
+        format!(
+            "{what_counted}: proxy counts {before:?} -> {after:?}; every origin ready again by itself after {back:?}"
+        ),
+    ))
+}
 
 /// Floods both origins with searches for `lasting`; returns (shed 503s, 2xx, other answers,
 /// milliseconds from the burst's end to the first 200 of a fresh search).
@@ -63,115 +533,4 @@ async fn overload_burst(lasting: Duration) -> TestResult<(usize, usize, usize, u
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok((shed, ok, other, ended.elapsed().as_millis()))
-}
-
-/// One fault: what it is, and when it ran (relative to the run's start).
-#[derive(Debug, serde::Serialize)]
-pub(crate) struct Injected {
-    fault: &'static str,
-    at_ms: u128,
-    lasted_ms: u128,
-    note: String,
-}
-
-/// Injects every fault once, one after the other, logging each.
-pub(crate) async fn inject_all(
-    c: &mut Cluster,
-    t0: Instant,
-    log: &mut Vec<Injected>,
-) -> TestResult {
-    let hold = Duration::from_secs(3);
-    let gap = Duration::from_secs(3);
-    let mut note = String::new();
-    macro_rules! fault {
-        ($name:expr, $body:block) => {{
-            let at = t0.elapsed();
-            let started = Instant::now();
-            $body
-            log.push(Injected { fault: $name, at_ms: at.as_millis(), lasted_ms: started.elapsed().as_millis(), note: std::mem::take(&mut note) });
-            eprintln!("[faults] {} at {:?}", $name, at);
-            tokio::time::sleep(gap).await;
-        }};
-    }
-    fault!("origin SIGKILL + restart", {
-        let mut o = c.origins[0].lock().await;
-        o.kill();
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        o.up().await?;
-    });
-    fault!("redis restart", {
-        c.redis.kill();
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        c.redis.up().await?;
-    });
-    fault!("redis unreachable (half-open)", {
-        c.redis_proxy.set(Mode::Blackhole);
-        tokio::time::sleep(hold).await;
-        c.redis_proxy.set(Mode::Reset);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        c.redis_proxy.set(Mode::Pass);
-    });
-    fault!("broker SIGKILL + restart", {
-        c.broker.kill();
-        tokio::time::sleep(hold).await;
-        c.broker.up().await?;
-    });
-    fault!("pg_terminate_backend of every origin connection", {
-        for _ in 0..3 {
-            sqlx::query(
-                "select pg_terminate_backend(pid) from pg_stat_activity
-                  where pid <> pg_backend_pid() and datname = 'postgres' and backend_type = 'client backend'",
-            )
-            .execute(&c.pool)
-            .await
-            .context("terminate backends")?;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    });
-    fault!("postgres restart", {
-        c.pool.close().await;
-        c.pg.down()?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        c.pg.up().await?;
-        c.pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(4)
-            .connect(&c.pg.url("postgres"))
-            .await?;
-    });
-    fault!("postgres link: 300 ms latency", {
-        c.pg_proxy.set(Mode::Latency(300));
-        tokio::time::sleep(hold).await;
-        c.pg_proxy.set(Mode::Pass);
-    });
-    fault!("postgres link: resets", {
-        for _ in 0..3 {
-            c.pg_proxy.set(Mode::Reset);
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            c.pg_proxy.set(Mode::Pass);
-            tokio::time::sleep(Duration::from_millis(700)).await;
-        }
-    });
-    fault!("postgres link: half-open", {
-        c.pg_proxy.set(Mode::Blackhole);
-        tokio::time::sleep(hold).await;
-        c.pg_proxy.set(Mode::Reset);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        c.pg_proxy.set(Mode::Pass);
-    });
-    fault!("overload: 160 concurrent searches past MAX_IN_FLIGHT=24", {
-        let (shed, ok, other, p_recover) = overload_burst(hold).await?;
-        note = format!(
-            "{shed} shed (503 overloaded), {ok} served, {other} other; first 200 after the burst in {p_recover} ms"
-        );
-        anyhow::ensure!(shed > 0, "the burst was never shed: {note}");
-        anyhow::ensure!(p_recover < 2000, "no recovery within 2 s: {note}");
-    });
-    fault!("redis link: 300 ms latency then resets", {
-        c.redis_proxy.set(Mode::Latency(300));
-        tokio::time::sleep(hold).await;
-        c.redis_proxy.set(Mode::Reset);
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        c.redis_proxy.set(Mode::Pass);
-    });
-    Ok(())
 }

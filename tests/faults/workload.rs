@@ -155,7 +155,9 @@ pub(crate) async fn client(
             let mut rng = rand::thread_rng();
             (
                 vehicles[rng.gen_range(0..vehicles.len())].clone(),
-                rng.gen_range(0..12i64),
+                // Start hours to pick from (`FAULTS_SLOTS`, default 120): enough free windows
+                // that the run does not fill every vehicle and run out of work.
+                rng.gen_range(0..crate::knob("FAULTS_SLOTS", 120) as i64),
                 rng.gen_range(1..4i64),
                 rng.gen_range(0..4u8),
             )

@@ -74,7 +74,8 @@ impl PrivatePg {
         cmd
     }
 
-    /// `initdb` into `dir` (trust auth, fsync off) and start on `port`.
+    /// `initdb` into `dir` (trust auth) and start on `port`, with `fsync=on` so a crash
+    /// ([`Self::crash`]) is survived by WAL replay, as in production.
     pub async fn start(dir: &Path, port: u16) -> TestResult<Self> {
         let pg = PrivatePg {
             dir: dir.to_owned(),
@@ -106,10 +107,10 @@ impl PrivatePg {
     pub async fn up(&self) -> TestResult {
         let d = self.dir.to_string_lossy().into_owned();
         let opts = format!(
-            "-p {} -k {d} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "-p {} -k {d} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=200",
             self.port
         );
-        run(&mut self.pg(&[
+        let started = run(&mut self.pg(&[
             "pg_ctl",
             "-D",
             &d,
@@ -119,7 +120,12 @@ impl PrivatePg {
             &format!("{d}/log"),
             "-w",
             "start",
-        ]))?;
+        ]));
+        if let Err(e) = started {
+            let log = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(8).collect();
+            bail!("{e:#}\nlog tail (newest first):\n{}", tail.join("\n"));
+        }
         wait_port(self.port, Duration::from_secs(20)).await
     }
 
@@ -131,6 +137,74 @@ impl PrivatePg {
 
     pub fn url(&self, db: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// The postmaster's pid (first line of `postmaster.pid`).
+    pub fn postmaster_pid(&self) -> TestResult<u32> {
+        let text = std::fs::read_to_string(self.dir.join("postmaster.pid"))
+            .context("read postmaster.pid")?;
+        text.lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .context("postmaster.pid has no pid")
+    }
+
+    /// A machine crash: `kill -9` of the postmaster and every backend at once (no shutdown
+    /// checkpoint, shared memory abandoned); waits until the port is closed. [`Self::up`]
+    /// then starts with crash recovery (WAL replay), which [`Self::recoveries_logged`]
+    /// finds in the log.
+    pub async fn crash(&self) -> TestResult {
+        let pid = self.postmaster_pid()?;
+        // Frozen first, so it forks no backend between the listing and the kill (an orphan
+        // still attached to the shared memory would stop the restart).
+        run(Command::new("kill").args(["-STOP", &pid.to_string()]))?;
+        let children = Command::new("ps")
+            .args(["-o", "pid=", "--ppid", &pid.to_string()])
+            .output()
+            .context("list the postmaster's children")?;
+        let mut pids = vec![pid.to_string()];
+        pids.extend(
+            String::from_utf8_lossy(&children.stdout)
+                .split_whitespace()
+                .map(str::to_owned),
+        );
+        // A backend may have exited meanwhile: kill's status is not the point, the port is.
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .args(&pids)
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_ok()
+        {
+            if Instant::now() > deadline {
+                bail!("PostgreSQL still listens 10 s after kill -9");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // The postmaster was reparented when pg_ctl daemonised it; until its new parent reaps
+        // it, it is a zombie whose pid still "exists", and a new postmaster would refuse to
+        // start over its postmaster.pid. Wait for the reaping; past that, the stale lock file
+        // (all processes are dead) is removed, as an operator would after a crash.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while process_state(pid).is_some() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if process_state(pid).is_some() {
+            std::fs::remove_file(self.dir.join("postmaster.pid"))
+                .context("remove the crashed postmaster's lock file")?;
+        }
+        Ok(())
+    }
+
+    /// How many times the log says the server started after a crash ("database system was
+    /// interrupted" / "not properly shut down; automatic recovery in progress").
+    pub fn recoveries_logged(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("log"))
+            .map(|l| l.matches("automatic recovery in progress").count())
+            .unwrap_or(0)
     }
 }
 
@@ -180,6 +254,11 @@ impl PrivateRedis {
             let _ = c.wait();
         }
     }
+
+    /// The running process's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
 }
 
 impl Drop for PrivateRedis {
@@ -188,14 +267,21 @@ impl Drop for PrivateRedis {
     }
 }
 
-/// A tansu broker of our own (SQLite storage in a temporary directory).
+/// A tansu broker of our own (SQLite storage in a temporary directory; with
+/// [`PrivateBroker::start_on_tmpfs`], a small tmpfs of its own that [`PrivateBroker::fill_disk`]
+/// can fill).
 #[derive(Debug)]
 pub struct PrivateBroker {
     pub port: u16,
     pub dir: PathBuf,
     bin: PathBuf,
     child: Option<Child>,
+    /// Whether `dir` is a tmpfs this value mounted (unmounted on drop).
+    mounted: bool,
 }
+
+/// The file [`PrivateBroker::fill_disk`] writes until the device is full.
+const FILLER: &str = "filler";
 
 /// Topics the origin's relay publishes to.
 pub const TOPICS: [&str; 9] = [
@@ -228,8 +314,77 @@ impl PrivateBroker {
             dir: dir.to_owned(),
             bin,
             child: None,
+            mounted: false,
         };
         b.up().await?;
+        b.create_topics();
+        Ok(b)
+    }
+
+    /// Like [`Self::start`], with the data directory on a tmpfs of `size_mb` (needs root:
+    /// `mount`), so the disk can be made full.
+    pub async fn start_on_tmpfs(dir: &Path, port: u16, size_mb: u32) -> TestResult<Self> {
+        std::fs::create_dir_all(dir)?;
+        run(Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m"), "tmpfs"])
+            .arg(dir))?;
+        let mut b = match Self::start(dir, port).await {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = Command::new("umount").arg(dir).status();
+                return Err(e);
+            }
+        };
+        b.mounted = true;
+        Ok(b)
+    }
+
+    /// Fills the data directory's device: a file grown until the write fails with "no space
+    /// left on device". Returns the bytes written.
+    pub fn fill_disk(&self) -> TestResult<u64> {
+        use std::io::Write;
+        anyhow::ensure!(self.mounted, "fill_disk needs start_on_tmpfs");
+        let mut f = std::fs::File::create(self.dir.join(FILLER)).context("create the filler")?;
+        let chunk = vec![0xA5u8; 1 << 20];
+        let mut written = 0u64;
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) if e.raw_os_error() == Some(28) => break,
+                Err(e) => return Err(e).context("fill the broker's disk"),
+            }
+        }
+        // Small leftovers too, byte-sized.
+        while f.write(&[0u8; 512]).is_ok_and(|n| n > 0) {
+            written += 512;
+        }
+        Ok(written)
+    }
+
+    /// Frees what [`Self::fill_disk`] took.
+    pub fn free_disk(&self) -> TestResult {
+        match std::fs::remove_file(self.dir.join(FILLER)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).context("remove the filler"),
+        }
+    }
+
+    /// Whether the broker process is still running (a disk-full may have ended it).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().is_ok_and(|s| s.is_none()))
+    }
+
+    /// The running process's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    fn create_topics(&self) {
+        let (b, port) = (self, self.port);
         for topic in TOPICS {
             let _ = Command::new(&b.bin)
                 .args(["topic", "create", topic, "--broker"])
@@ -239,7 +394,6 @@ impl PrivateBroker {
                 .stderr(Stdio::null())
                 .status();
         }
-        Ok(b)
     }
 
     pub async fn up(&mut self) -> TestResult {
@@ -290,6 +444,9 @@ impl Drop for PrivateBroker {
             std::thread::sleep(Duration::from_millis(500));
         }
         self.kill();
+        if self.mounted {
+            let _ = Command::new("umount").arg(&self.dir).status();
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -299,6 +456,8 @@ impl Drop for PrivateBroker {
 pub struct OriginProcess {
     pub port: u16,
     env: Vec<(String, String)>,
+    /// Added to `env` at the next [`OriginProcess::up`] (a clock skew's `LD_PRELOAD`).
+    pub extra_env: Vec<(String, String)>,
     log: PathBuf,
     child: Option<Child>,
 }
@@ -357,6 +516,7 @@ impl OriginProcess {
         let mut o = OriginProcess {
             port,
             env,
+            extra_env: Vec::new(),
             log,
             child: None,
         };
@@ -371,23 +531,59 @@ impl OriginProcess {
             "{} not found: cargo build -p origin",
             bin.display()
         );
+        // A start may fail while a dependency is away (the origin exits when PostgreSQL does
+        // not answer at start): retried until the deadline, as a supervisor would.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut child = self.spawn(&bin)?;
+            let answered = Instant::now() + Duration::from_secs(15);
+            loop {
+                if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                    .await
+                    .is_ok()
+                {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                if child.try_wait().ok().flatten().is_some() || Instant::now() > answered {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the origin did not come up on 127.0.0.1:{} within 60 s (log: {})",
+                    self.port,
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    fn spawn(&self, bin: &Path) -> TestResult<Child> {
         let log = std::fs::File::options()
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(bin)
+        Command::new(bin)
             .arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(
+                self.env
+                    .iter()
+                    .chain(&self.extra_env)
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .env("BIND_ADDR", format!("127.0.0.1:{}", self.port))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .context("start the origin")?;
-        self.child = Some(child);
-        wait_port(self.port, Duration::from_secs(30)).await
+            .context("start the origin")
     }
 
     /// SIGTERM: asks for a graceful stop (see `origin/src/startup.rs`); [`Self::wait_exit`]
@@ -429,6 +625,26 @@ impl OriginProcess {
     pub fn base(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// The running process's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGSTOP (`stop = true`) or SIGCONT: the process freezes mid-request, holding whatever
+    /// it holds (connections, Redis locks), and wakes up where it was.
+    pub fn signal_stop(&self, stop: bool) -> TestResult {
+        let pid = self.pid().context("the origin is not running")?;
+        let sig = if stop { "-STOP" } else { "-CONT" };
+        run(Command::new("kill").args([sig, &pid.to_string()]))
+    }
+}
+
+/// The state letter of `pid` in `/proc/<pid>/stat` (`T` when stopped by a signal).
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold spaces: the state follows the last ')'.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 impl Drop for OriginProcess {

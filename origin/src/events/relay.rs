@@ -100,6 +100,13 @@ pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(10);
 pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How often the backlog gauge is refreshed.
 const BACKLOG_EVERY: Duration = Duration::from_secs(10);
+/// The longest any of the relay's database steps may take (taking or releasing lanes, the
+/// backlog count; a batch gets this on top of the delivery timeout). A connection whose peer
+/// went silent (no RST, no FIN: a dead host or a blackholed link) never answers, and without
+/// a bound the relay would wait on it forever while its lock session kept its lanes from every
+/// other instance (the fault suite's dead-peer fault found it). Past the bound the pass fails
+/// and [`Relay::recover`] drops a lock session that does not answer.
+pub(crate) const DB_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a relay needs to know.
 #[derive(Debug, Clone)]
@@ -346,8 +353,10 @@ impl Relay {
     /// One round over the lanes: take free lanes, publish one batch in each held lane,
     /// release lanes whose lease ran out. Returns whether a lane may have more rows waiting.
     async fn pass(&mut self, stop: &CancellationToken) -> anyhow::Result<bool> {
-        self.acquire_lanes().await?;
-        self.refresh_backlog().await;
+        tokio::time::timeout(DB_STEP_TIMEOUT, self.acquire_lanes())
+            .await
+            .map_err(|_| anyhow::anyhow!("taking lanes took longer than {DB_STEP_TIMEOUT:?}"))??;
+        let _ = tokio::time::timeout(DB_STEP_TIMEOUT, self.refresh_backlog()).await;
         if self.producer.is_none() {
             self.producer = Some(producer(&self.settings)?);
         }
@@ -361,14 +370,19 @@ impl Relay {
             if stop.is_cancelled() {
                 break;
             }
-            let work = publish_batch(&self.pool, producer, &self.settings, pid, lane);
+            let bound = self.settings.delivery_timeout + DB_STEP_TIMEOUT;
+            let work = tokio::time::timeout(
+                bound,
+                publish_batch(&self.pool, producer, &self.settings, pid, lane),
+            );
             tokio::pin!(work);
             let sent = tokio::select! {
                 r = &mut work => r,
                 () = stop.cancelled() => tokio::time::timeout(self.settings.stop_grace, &mut work)
                     .await
                     .context("stopped while a batch was in flight; it will be sent again")?,
-            };
+            }
+            .map_err(|_| anyhow::anyhow!("a batch of lane {lane} took longer than {bound:?}"))?;
             match sent {
                 Ok(n) => more |= n as i64 >= self.settings.batch,
                 Err(e) => {
@@ -379,7 +393,11 @@ impl Relay {
                 }
             }
         }
-        self.release_leases().await?;
+        tokio::time::timeout(DB_STEP_TIMEOUT, self.release_leases())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("releasing lanes took longer than {DB_STEP_TIMEOUT:?}")
+            })??;
         Ok(more)
     }
 

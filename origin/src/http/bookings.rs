@@ -76,17 +76,26 @@ async fn create(
     let state = &call.state;
     let now = Utc::now();
     let rules = booking::rules(state)?;
-    let hold = booking::prepare_hold(
+    // The key first: a retry of a hold that succeeded replays its answer even when the quote
+    // has expired since (or this origin's clock says so: the fault suite's clock skew found a
+    // replay answered 422 "quote expired" on the other origin).
+    let mut pending = match call.begin(&[], &req).await? {
+        Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
+        Begun::Fresh(pending) => pending,
+    };
+    let hold = match booking::prepare_hold(
         &state.quotes,
         &state.config.regions,
         &call.user.id,
         &req.quote_token,
         &rules,
         now,
-    )?;
-    let mut pending = match call.begin(&[], &req).await? {
-        Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
-        Begun::Fresh(pending) => pending,
+    ) {
+        Ok(hold) => hold,
+        Err(e) => {
+            pending.abort().await;
+            return Err(e.into());
+        }
     };
     let vehicle = hold.booking.vehicle_id;
     // Serialises contenders for this vehicle so they fail fast (409 after LOCK_WAIT_MS); the

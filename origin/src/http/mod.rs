@@ -123,6 +123,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
             "inference": inference_checks(&state),
         },
         "redis_degradations": state.redis.degradations(),
+        "redis_replacements": state.redis.replacements(),
         "regions": state.config.regions.iter().map(|r| r.code()).collect::<Vec<_>>(),
         "role": state.config.role.name(),
         // Which replica runs the singleton jobs (the `jobs` role elects one: `jobs/leader.rs`).

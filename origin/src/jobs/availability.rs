@@ -36,11 +36,14 @@ pub(crate) async fn run(
         if !redis.is_up() || !leadership.is_leader() {
             continue;
         }
-        if let Err(e) = index.rebuild_all().await {
-            tracing::warn!(
+        // Bounded: a pooled connection whose peer went silent must not stall the job for good.
+        match tokio::time::timeout(super::STEP_TIMEOUT, index.rebuild_all()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(
                 error = format!("{e:#}"),
                 "availability index rebuild failed"
-            );
+            ),
+            Err(_) => tracing::warn!("availability index rebuild timed out"),
         }
     }
 }

@@ -36,6 +36,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// The longest one step of a periodic job (an index rebuild, a surge recompute) may take.
+/// A pooled connection whose peer went silent (a dead host, a blackholed link: no RST, no
+/// FIN) never answers; unbounded, the job would wait on it for good.
+pub(crate) const STEP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The origin's background jobs: their stop signal and their tracker. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Jobs {

@@ -36,8 +36,13 @@ pub(crate) async fn run(
             if stop.is_cancelled() {
                 break;
             }
-            if let Err(e) = surge.recompute(*region).await {
-                tracing::warn!(error = format!("{e:#}"), %region, "surge recompute failed");
+            // Bounded: a pooled connection whose peer went silent must not stall the job for good.
+            match tokio::time::timeout(super::STEP_TIMEOUT, surge.recompute(*region)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = format!("{e:#}"), %region, "surge recompute failed")
+                }
+                Err(_) => tracing::warn!(%region, "surge recompute timed out"),
             }
         }
     }

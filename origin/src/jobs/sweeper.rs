@@ -16,6 +16,12 @@ use crate::state::AppState;
 
 /// Holds ended per transaction.
 const BATCH: i64 = 200;
+/// The longest one sweep batch may take. A pooled connection whose peer went silent (a dead
+/// host, a blackholed link) never answers; without a bound the sweeper would wait on it
+/// forever and no hold would expire again (the fault suite's dead-peer fault found it). Past
+/// the bound the batch is dropped (its transaction rolls back with the connection) and the
+/// next tick tries again.
+pub(crate) const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Sweeps every `SWEEPER_INTERVAL_MS` until `stop` fires.
 pub(crate) async fn run(state: AppState, stop: CancellationToken) {
@@ -34,28 +40,41 @@ pub(crate) async fn run(state: AppState, stop: CancellationToken) {
         state.leadership.count_sweep();
         metrics::counter!("sweeper_runs_total").increment(1);
         while !stop.is_cancelled() {
-            match crate::store::bookings::sweep_expired_holds(&state.db, Utc::now(), BATCH).await {
-                Ok(n) if n > 0 => {
+            let batch = tokio::time::timeout(
+                BATCH_TIMEOUT,
+                crate::store::bookings::sweep_expired_holds(&state.db, Utc::now(), BATCH),
+            )
+            .await;
+            match batch {
+                Ok(Ok(n)) if n > 0 => {
                     metrics::counter!("holds_expired_total").increment(n as u64);
                     tracing::info!(expired = n, "sweeper ended expired holds");
                     if (n as i64) < BATCH {
                         break;
                     }
                 }
-                Ok(_) => break,
-                Err(e) => {
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => {
                     tracing::warn!(error = %e, "sweeper failed; retrying next tick");
+                    break;
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "sweeper: no answer within {BATCH_TIMEOUT:?}; retrying next tick"
+                    );
                     break;
                 }
             }
         }
         if last_purge.elapsed() > std::time::Duration::from_secs(3600) {
             last_purge = std::time::Instant::now();
-            if let Err(e) =
-                crate::store::idempotency::purge_older_than(&state.db, chrono::Duration::hours(24))
-                    .await
-            {
-                tracing::warn!(error = %e, "idempotency key purge failed");
+            let purge = tokio::time::timeout(
+                BATCH_TIMEOUT,
+                crate::store::idempotency::purge_older_than(&state.db, chrono::Duration::hours(24)),
+            )
+            .await;
+            if !matches!(purge, Ok(Ok(_))) {
+                tracing::warn!("idempotency key purge failed or timed out");
             }
         }
     }

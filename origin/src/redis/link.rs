@@ -16,6 +16,12 @@
 //!
 //! The connection is one `ConnectionManager` (a multiplexed connection that reconnects by
 //! itself), created lazily so the origin starts, degraded, when Redis is not there.
+//!
+//! The manager reconnects only when its connection *fails* (refused, reset, closed). A
+//! connection whose peer went silent (a dead host, a blackholed link: no RST, no FIN) fails
+//! nothing: every command just times out, forever, and Redis would stay down for good (the
+//! fault suite's dead-peer fault found it). So after [`REPLACE_AFTER`] failed probes in a
+//! row the probe replaces the manager with a fresh one, which opens a new connection.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,6 +36,8 @@ use crate::config::RedisConfig;
 
 /// How often the probe PINGs Redis.
 pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+/// Failed probes in a row after which the connection is replaced by a new one.
+pub(crate) const REPLACE_AFTER: u32 = 3;
 
 /// Why a Redis call did not produce an answer. Callers fall back to PostgreSQL on any of them.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +56,12 @@ pub enum Unavailable {
 pub struct RedisLink(Arc<Inner>);
 
 struct Inner {
-    conn: ConnectionManager,
+    /// Replaced (not repaired) when the connection went silent: see the module doc.
+    conn: std::sync::RwLock<ConnectionManager>,
+    client: redis::Client,
+    manager_config: ConnectionManagerConfig,
+    failed_probes: std::sync::atomic::AtomicU32,
+    replacements: AtomicU64,
     prefix: String,
     timeout: Duration,
     up: AtomicBool,
@@ -78,11 +91,15 @@ impl RedisLink {
             .set_number_of_retries(1)
             .set_min_delay(Duration::from_millis(10))
             .set_max_delay(Duration::from_millis(100));
-        let conn = ConnectionManager::new_lazy_with_config(client, manager_config)
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config.clone())
             .context("create the Redis connection manager")?;
         let (recoveries, _) = watch::channel(0);
         let link = RedisLink(Arc::new(Inner {
-            conn,
+            conn: std::sync::RwLock::new(conn),
+            client,
+            manager_config,
+            failed_probes: std::sync::atomic::AtomicU32::new(0),
+            replacements: AtomicU64::new(0),
             prefix: config.key_prefix.clone(),
             timeout: config.command_timeout,
             up: AtomicBool::new(true),
@@ -137,7 +154,7 @@ impl RedisLink {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        match tokio::time::timeout(self.0.timeout, f(self.0.conn.clone())).await {
+        match tokio::time::timeout(self.0.timeout, f(self.conn())).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
                 if e.is_io_error()
@@ -191,14 +208,53 @@ impl RedisLink {
             .await;
         match pong {
             Ok(_) => {
+                self.0.failed_probes.store(0, Ordering::SeqCst);
                 self.mark_up();
                 true
             }
             Err(e) => {
                 // A non-connection error to PING still means we cannot use it.
                 self.mark_down("ping", &e.to_string());
+                if self.0.failed_probes.fetch_add(1, Ordering::SeqCst) + 1 >= REPLACE_AFTER {
+                    self.0.failed_probes.store(0, Ordering::SeqCst);
+                    self.replace_connection();
+                }
                 false
             }
         }
+    }
+
+    /// The current connection (a cheap clone of the manager).
+    fn conn(&self) -> ConnectionManager {
+        self.0
+            .conn
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Drops the current connection for a fresh, lazily connecting one.
+    fn replace_connection(&self) {
+        match ConnectionManager::new_lazy_with_config(
+            self.0.client.clone(),
+            self.0.manager_config.clone(),
+        ) {
+            Ok(fresh) => {
+                *self
+                    .0
+                    .conn
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+                self.0.replacements.fetch_add(1, Ordering::SeqCst);
+                metrics::counter!("redis_connection_replacements_total").increment(1);
+                tracing::warn!("Redis: replaced a connection that stopped answering");
+            }
+            Err(e) => tracing::warn!(error = %e, "Redis: could not create a fresh connection"),
+        }
+    }
+
+    /// How many times the connection was replaced after it stopped answering.
+    pub fn replacements(&self) -> u64 {
+        self.0.replacements.load(Ordering::SeqCst)
     }
 }

@@ -140,31 +140,57 @@ impl Drop for EdgeProcess {
     }
 }
 
-async fn wait_healthy(client: &reqwest::Client, base: &str, what: &str) -> TestResult {
-    for _ in 0..300 {
-        if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
-            if r.status() == StatusCode::OK {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("{what} did not become healthy at {base}")
-}
-
+/// Starts the edge in its runtime on a free port. The port is free when picked but may be
+/// taken before the runtime binds it (another test's process picked it too): a runtime that
+/// exits before it is healthy is started again on another port, up to three times.
 pub(crate) async fn start_edge(
     runtime: Runtime,
     vars: &[(String, String)],
 ) -> TestResult<(EdgeProcess, String)> {
-    let port = free_port()?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match start_edge_on(runtime, vars, free_port()?).await {
+            Ok(started) => return Ok(started),
+            Err(StartError::Exited(why)) if attempt < 3 => {
+                println!(
+                    "[edge] {} exited before it was healthy ({why}); another port",
+                    runtime.name()
+                );
+            }
+            Err(StartError::Exited(why)) => {
+                bail!("{} exited before it was healthy: {why}", runtime.name())
+            }
+            Err(StartError::Other(e)) => return Err(e),
+        }
+    }
+}
+
+enum StartError {
+    /// The runtime's process ended before answering `/healthz` (e.g. its port was taken).
+    Exited(String),
+    Other(anyhow::Error),
+}
+
+impl From<anyhow::Error> for StartError {
+    fn from(e: anyhow::Error) -> Self {
+        StartError::Other(e)
+    }
+}
+
+async fn start_edge_on(
+    runtime: Runtime,
+    vars: &[(String, String)],
+    port: u16,
+) -> Result<(EdgeProcess, String), StartError> {
     let mut cmd = match runtime {
         Runtime::Spin => {
             let wasm = target_dir().join("wasm32-wasip2/release/edge_spin.wasm");
             if !wasm.exists() {
-                bail!(
+                return Err(StartError::Other(anyhow::anyhow!(
                     "{} is missing: build the edge workers first (scripts/edge.sh build)",
                     wasm.display()
-                );
+                )));
             }
             let mut cmd = Command::new(wasmtime());
             cmd.args(["serve", "-S", "cli=y", "-S", "http=y"])
@@ -185,10 +211,10 @@ pub(crate) async fn start_edge(
                 "node_modules/miniflare",
             ] {
                 if !dir.join(needed).exists() {
-                    bail!(
+                    return Err(StartError::Other(anyhow::anyhow!(
                         "edge/cloudflare/{needed} is missing: build the edge workers first \
                          (scripts/edge.sh build)"
-                    );
+                    )));
                 }
             }
             let bindings: serde_json::Map<String, Value> = vars
@@ -220,13 +246,24 @@ pub(crate) async fn start_edge(
         });
     }
     let base = format!("http://127.0.0.1:{port}");
-    let process = EdgeProcess { child, stdin };
+    let mut process = EdgeProcess { child, stdin };
     let client = reqwest::Client::new();
-    if let Err(e) = wait_healthy(&client, &base, runtime.name()).await {
-        process.stop().await;
-        return Err(e);
+    for _ in 0..300 {
+        if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
+            if r.status() == StatusCode::OK {
+                return Ok((process, base));
+            }
+        }
+        if let Ok(Some(status)) = process.child.try_wait() {
+            return Err(StartError::Exited(status.to_string()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok((process, base))
+    process.stop().await;
+    Err(StartError::Other(anyhow::anyhow!(
+        "{} did not become healthy at {base}",
+        runtime.name()
+    )))
 }
 
 /// Origin + gateway + edge, and a client for the edge.

@@ -11,7 +11,7 @@
 #   scripts/faults.sh                          bounded: one seed (random, printed), < 4 min
 #   FAULTS_SEED=42 scripts/faults.sh           reproduce a seed's schedule
 #   FAULTS_SEEDS=20 scripts/faults.sh          long run: 20 seeds one after the other
-#   FAULTS_HOLDS=10000 FAULTS_VEHICLES=50 FAULTS_CLIENTS=16 scripts/faults.sh
+#   FAULTS_HOLDS=10000 FAULTS_VEHICLES=50 FAULTS_CLIENTS=16 FAULTS_SLOTS=2000 scripts/faults.sh
 #                                              contended holds (outside CI): rounds of faults
 #                                              until 10,000 holds were attempted
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -46,6 +46,10 @@ run_tests() {
 seeds=${FAULTS_SEEDS:-1}
 if [[ $seeds -le 1 ]]; then
   started=$SECONDS
+  # One short seed (CI): without the disk-full fault unless asked for, since a full tmpfs does
+  # not always stop the broker within one run (its SQLite reuses free pages); the long modes
+  # and FAULTS_DISK_FULL=1 keep it.
+  [[ -n "${FAULTS_HOLDS:-}" ]] || export FAULTS_DISK_FULL="${FAULTS_DISK_FULL:-0}"
   run_tests
   log "fault suite passed in $((SECONDS - started)) s"
   exit 0

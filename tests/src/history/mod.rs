@@ -205,6 +205,9 @@ pub struct Report {
     pub events_phantom: usize,
     pub events_out_of_order: usize,
     pub duplicates_delivered: usize,
+    /// Events of changes committed after the checker read the database (found in the outbox
+    /// when looked up again): a count, not a violation.
+    pub events_committed_late: usize,
     pub consumer_saw_nothing: bool,
     /// (g)
     pub unresolved_keys: usize,
@@ -349,7 +352,7 @@ pub async fn check_with(ops: &[Op], pool: &PgPool, options: &Options) -> TestRes
     store::row_matches_history(&db, &mut r);
     store::outbox_matches_history(&db, &mut r);
     if options.read_events {
-        events::consumed(&db, options, &mut r).await?;
+        events::consumed(&db, pool, options, &mut r).await?;
     }
     clients::keys(ops, &db, &mut r);
     r.stale_holds = store::stale_holds(pool, options).await?;

@@ -168,3 +168,28 @@ async fn unknown_routes_and_methods_are_problems(pool: PgPool) -> TestResult {
     );
     app.stop().await
 }
+
+/// A NUL character (U+0000) in a text value is a 400 problem, not a 500 from PostgreSQL
+/// (schemathesis found both: a query parameter and an admin body), and nothing is written.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_nul_character_in_a_text_value_is_a_400_and_writes_nothing(pool: PgPool) -> TestResult {
+    let app = spawn_app(pool).await?;
+    let list = app
+        .get("/v1/bookings?user_id=a%00b", Some(&ops_token("ops-nul")))
+        .await?;
+    assert_eq!(list.status.as_u16(), 400, "{}", list.body);
+    assert_eq!(list.body["type"], "/problems/bad-request", "{}", list.body);
+    let rules = app.count("discount_rules", "true").await?;
+    let created = app
+        .post(
+            "/v1/admin/pricing/EUN/discount-rules",
+            Some(&ops_token("ops-nul")),
+            &serde_json::json!({ "kind": "long_duration", "min_duration_minutes": 1691,
+                "active": false, "code": "x", "membership_tier": "a\u{0}b", "percent_bp": 2504 }),
+            None,
+        )
+        .await?;
+    assert_eq!(created.status.as_u16(), 400, "{}", created.body);
+    assert_eq!(app.count("discount_rules", "true").await?, rules);
+    app.stop().await
+}

@@ -258,6 +258,14 @@ impl From<sqlx::Error> for ApiError {
                         "a concurrent booking for this vehicle won; try another window".into(),
                     )
                 }
+                // character_not_in_repertoire: a text value with U+0000, which PostgreSQL's text
+                // cannot hold (schemathesis sent one in a query parameter and in an admin body).
+                // The statement failed, so nothing was written.
+                Some("22021") => {
+                    return ApiError::BadRequest(
+                        "text values must not contain the NUL character (U+0000)".into(),
+                    )
+                }
                 // unique violation on the quote: the quote was already used for a booking.
                 Some("23505") if db.constraint() == Some("bookings_quote") => {
                     return ApiError::QuoteUsed("this quote was already used for a booking".into())

@@ -72,12 +72,14 @@ pub struct RedisConfig {
 }
 
 /// `VEHICLE_LOCK`: `on` (the default: Redis, or PostgreSQL's advisory lock while Redis is
-/// down) or `off`. The lock only spares contenders a wasted transaction; the exclusion
-/// constraint alone decides who gets a vehicle (see `redis/locks.rs`). `off` exists so that a
-/// test can show that: contenders then race straight into the constraint.
+/// down), `postgres` (always PostgreSQL's advisory lock: a hold takes it inside its one
+/// statement, so it costs no round trip) or `off`. The lock only spares contenders a wasted
+/// transaction; the exclusion constraint alone decides who gets a vehicle (see
+/// `redis/locks.rs`). `off` lets contenders race straight into the constraint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VehicleLockMode {
     On,
+    Postgres,
     Off,
 }
 
@@ -87,8 +89,9 @@ impl std::str::FromStr for VehicleLockMode {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "on" => Ok(VehicleLockMode::On),
+            "postgres" => Ok(VehicleLockMode::Postgres),
             "off" => Ok(VehicleLockMode::Off),
-            other => Err(format!("expected on or off, got {other:?}")),
+            other => Err(format!("expected on, postgres or off, got {other:?}")),
         }
     }
 }
@@ -601,7 +604,11 @@ mod tests {
 
     #[test]
     fn vehicle_lock_can_be_switched_off() -> Result<(), ConfigError> {
-        for (value, mode) in [("on", VehicleLockMode::On), ("off", VehicleLockMode::Off)] {
+        for (value, mode) in [
+            ("on", VehicleLockMode::On),
+            ("postgres", VehicleLockMode::Postgres),
+            ("off", VehicleLockMode::Off),
+        ] {
             let mut env = base();
             env.insert("VEHICLE_LOCK".into(), value.into());
             assert_eq!(Config::from(&env)?.redis.vehicle_lock, mode, "{value}");

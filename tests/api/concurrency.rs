@@ -1,9 +1,11 @@
 //! Contention: many users racing for one vehicle.
 //!
 //! The origin runs on a multi-thread runtime of its own (see `e2e::origin_runtime`), so the
-//! contenders' handlers and transactions really overlap. The race runs twice: with the
-//! per-vehicle lock (Redis) in front, and with `VEHICLE_LOCK=off`, where nothing but the
-//! exclusion constraint `bookings_no_overlap` stands between the contenders.
+//! contenders' handlers and transactions really overlap. The race runs three times: with the
+//! per-vehicle lock in Redis in front, with it as PostgreSQL's advisory lock inside the hold's
+//! statement (`VEHICLE_LOCK=postgres`), and with `VEHICLE_LOCK=off`, where nothing but the
+//! exclusion constraint `bookings_no_overlap` stands between the contenders. Each prints how
+//! long the 200 answers took and the slowest one: how fast contenders fail in each mode.
 
 use e2e::*;
 use futures_util::future::join_all;
@@ -20,6 +22,21 @@ async fn two_hundred_concurrent_holds_on_one_vehicle_give_exactly_one_booking(
     let app = spawn_app_with(pool, &[("DB_MAX_CONNECTIONS", "20")]).await?;
     let ready = app.get("/readyz", None).await?;
     assert_eq!(ready.body["checks"]["locks"], "redis", "{}", ready.body);
+    two_hundred_racers_one_winner(&app, false).await?;
+    app.stop().await
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn two_hundred_concurrent_holds_under_the_postgres_lock_give_exactly_one_booking(
+    pool: PgPool,
+) -> TestResult {
+    let app = spawn_app_with(
+        pool,
+        &[("DB_MAX_CONNECTIONS", "20"), ("VEHICLE_LOCK", "postgres")],
+    )
+    .await?;
+    let ready = app.get("/readyz", None).await?;
+    assert_eq!(ready.body["checks"]["locks"], "postgres", "{}", ready.body);
     two_hundred_racers_one_winner(&app, false).await?;
     app.stop().await
 }
@@ -53,22 +70,27 @@ async fn two_hundred_racers_one_winner(app: &TestApp, lock_off: bool) -> TestRes
         let q = app.quote(&format!("racer-{i}"), &vehicle, (s, e)).await?;
         tokens.push((format!("racer-{i}"), q["quote_token"].clone()));
     }
+    let started = std::time::Instant::now();
     let replies = join_all(tokens.iter().map(|(user, quote)| async move {
-        app.post(
-            "/v1/bookings",
-            Some(&token(user)),
-            &json!({ "quote_token": quote }),
-            Some(&format!("key-{user}")),
-        )
-        .await
+        let reply = app
+            .post(
+                "/v1/bookings",
+                Some(&token(user)),
+                &json!({ "quote_token": quote }),
+                Some(&format!("key-{user}")),
+            )
+            .await;
+        (reply, started.elapsed())
     }))
     .await;
+    let all = started.elapsed();
+    let slowest = replies.iter().map(|(_, t)| *t).max().unwrap_or_default();
     let mut created = 0;
     let mut conflicts = 0;
     // Which guard refused each loser: the lock, the constraint (23P01) or a deadlock between
     // two transactions waiting on the constraint (40P01).
     let mut by_constraint = 0;
-    for reply in replies {
+    for (reply, _) in replies {
         let reply = reply?;
         match reply.status.as_u16() {
             201 => created += 1,
@@ -86,7 +108,10 @@ async fn two_hundred_racers_one_winner(app: &TestApp, lock_off: bool) -> TestRes
     }
     assert_eq!(created, 1, "exactly one hold wins");
     assert_eq!(conflicts, 199);
-    eprintln!("lock off: {lock_off}; 409s from the database (not the lock): {by_constraint}");
+    eprintln!(
+        "lock off: {lock_off}; 409s from the database (not the lock): {by_constraint}; \
+         200 answers in {all:?}, the slowest after {slowest:?}"
+    );
     if lock_off {
         // Nothing else stood between them: every loser met the database's guard.
         assert_eq!(by_constraint, 199);

@@ -1,7 +1,7 @@
 //! Holds expire and free their vehicle.
 
 use e2e::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 use sqlx::PgPool;
 
 #[sqlx::test(migrations = "../migrations")]
@@ -89,5 +89,56 @@ async fn the_sweeper_expires_holds_and_confirming_late_is_refused(pool: PgPool) 
         )
         .await?;
     confirm.assert_problem(409);
+    app.stop().await
+}
+
+/// A hold's answer is rendered before its insert (`store::bookings::at_once`), with a
+/// placeholder where the vehicle's bay goes: it must read exactly as the booking read back —
+/// bay, times to the microsecond — in both versions, with a key and without, and so must the
+/// answer stored under the key.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_holds_answer_is_the_booking_read_back_in_both_versions(pool: PgPool) -> TestResult {
+    let app = spawn_app(pool).await?;
+    let vehicles = app.vehicles("EUW").await?;
+    let cases = [
+        ("v1", Some("k-v1")),
+        ("v2", Some("k-v2")),
+        ("v1", None),
+        ("v2", None),
+    ];
+    for (i, (version, key)) in cases.into_iter().enumerate() {
+        let user = format!("rita-{i}");
+        let quote = app.quote(&user, &vehicles[i], window(2, 2)).await?;
+        let body = json!({ "quote_token": quote["quote_token"] });
+        let path = format!("/{version}/bookings");
+        let made = app.post(&path, Some(&token(&user)), &body, key).await?;
+        assert_eq!(made.status.as_u16(), 201, "{}", made.body);
+        let id = made.body["id"].as_str().unwrap_or_default();
+        let read = app
+            .get(&format!("/{version}/bookings/{id}"), Some(&token(&user)))
+            .await?;
+        assert_eq!(made.body, read.body, "{version}, key {key:?}");
+        if version == "v2" {
+            let bay: uuid::Uuid =
+                sqlx::query_scalar("select bay_id from vehicles where id = $1")
+                    .bind(uuid_of(&vehicles[i])?)
+                    .fetch_one(&app.pool)
+                    .await?;
+            assert_eq!(made.body["bay_id"], bay.to_string());
+        }
+        if let Some(key) = key {
+            let stored: Vec<u8> = sqlx::query_scalar(
+                "select response_body from idempotency_keys where user_id = $1 and key = $2",
+            )
+            .bind(&user)
+            .bind(key)
+            .fetch_one(&app.pool)
+            .await?;
+            assert_eq!(serde_json::from_slice::<Value>(&stored)?, made.body);
+            let again = app.post(&path, Some(&token(&user)), &body, Some(key)).await?;
+            assert_eq!(again.status.as_u16(), 201);
+            assert_eq!(again.body, made.body);
+        }
+    }
     app.stop().await
 }

@@ -356,3 +356,85 @@ async fn a_hold_retried_with_its_key_after_the_quote_expired_replays_the_201(
     assert_eq!(app.count("idempotency_keys", "key = 'k-new'").await?, 0);
     app.stop().await
 }
+
+/// The hold's statement waits for its key's lock, then looks the key up; the lookup must see
+/// what the lock's previous holder committed while it waited — a fresh snapshot after the
+/// wait, which is why `hold_booking` is a VOLATILE function and not one CTE (one statement
+/// looks with the snapshot it started with, before the wait: it would miss the stored answer,
+/// run the hold again and fail on the key's primary key). The previous holder is the test:
+/// it takes the key's lock, stores an answer under the key, lets the hold queue behind it,
+/// then commits. (`VEHICLE_LOCK=postgres`: under a Redis vehicle lock the statement does not
+/// wait for the key, see `store::bookings::at_once::Waits`.)
+#[sqlx::test(migrations = "../migrations")]
+async fn a_hold_that_waited_for_its_key_replays_what_the_request_before_it_committed(
+    pool: PgPool,
+) -> TestResult {
+    let app = spawn_app_with(
+        pool,
+        &[("LOCK_WAIT_MS", "1000"), ("VEHICLE_LOCK", "postgres")],
+    )
+    .await?;
+    let vehicle = app.vehicles("EUW").await?[3].clone();
+    let quote = app.quote("nina", &vehicle, window(2, 2)).await?;
+    let body = json!({ "quote_token": quote["quote_token"] });
+    let planted = json!({ "planted": "by the request before" });
+    let mut before = app.pool.begin().await?;
+    // The key's lock id (the first 8 bytes of sha256(user ‖ 0 ‖ key), big-endian) and the
+    // request's fingerprint, computed by PostgreSQL from their formulas.
+    sqlx::query(
+        "select pg_advisory_xact_lock(('x' || left(encode(sha256(
+                    convert_to($1, 'UTF8') || '\\x00'::bytea || convert_to($2, 'UTF8')), 'hex'), 16)
+                )::bit(64)::bigint)",
+    )
+    .bind("nina")
+    .bind("k-wait")
+    .execute(&mut *before)
+    .await?;
+    sqlx::query(
+        "insert into idempotency_keys (user_id, key, request_hash, response_status, response_body)
+         values ($1, $2,
+                 sha256(convert_to('POST', 'UTF8') || '\\x00'::bytea || convert_to('/v1/bookings', 'UTF8')
+                        || '\\x00'::bytea || convert_to($3, 'UTF8')),
+                 201, convert_to($4, 'UTF8'))",
+    )
+    .bind("nina")
+    .bind("k-wait")
+    .bind(body.to_string())
+    .bind(planted.to_string())
+    .execute(&mut *before)
+    .await?;
+    let (reply, staged) = tokio::join!(
+        app.post("/v1/bookings", Some(&token("nina")), &body, Some("k-wait")),
+        async {
+            // Commit only once the hold is queued on the key's lock: otherwise the race was
+            // not staged and the test must fail, not pass.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                let waiting: i64 = sqlx::query_scalar(
+                    "select count(*) from pg_locks l join pg_database d on d.oid = l.database
+                      where l.locktype = 'advisory' and not l.granted
+                        and d.datname = current_database()",
+                )
+                .fetch_one(&app.pool)
+                .await?;
+                if waiting > 0 {
+                    break;
+                }
+                anyhow::ensure!(
+                    std::time::Instant::now() < deadline,
+                    "the hold never waited on its key's lock: the race was not staged"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            before.commit().await?;
+            TestResult::Ok(())
+        }
+    );
+    staged?;
+    let reply = reply?;
+    assert_eq!(reply.status.as_u16(), 201, "{}", reply.body);
+    assert_eq!(reply.body, planted);
+    assert!(replayed(&reply));
+    assert_eq!(app.count("bookings", "true").await?, 0, "the effect ran once");
+    app.stop().await
+}

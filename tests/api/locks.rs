@@ -229,6 +229,45 @@ async fn bookings_continue_without_redis_and_locks_return_when_it_does(pool: PgP
     app.stop().await
 }
 
+/// `VEHICLE_LOCK=postgres`: the hold's one statement takes the vehicle's advisory lock itself
+/// (no Redis round trip): a planted advisory lock refuses a hold within `LOCK_WAIT_MS`, and a
+/// planted Redis lock is not even looked at.
+#[sqlx::test(migrations = "../migrations")]
+async fn with_the_postgres_lock_a_hold_meets_the_advisory_lock_inside_its_statement(
+    pool: PgPool,
+) -> TestResult {
+    let app = spawn_app_with(pool, &[("VEHICLE_LOCK", "postgres")]).await?;
+    let body = readiness(&app).await?;
+    assert_eq!(body["checks"]["locks"], "postgres", "{body}");
+    let vehicle = app.vehicles("EUN").await?[0].clone();
+
+    let mut conn = test_redis::connect(&app.redis_url).await?;
+    let lock_key = format!(
+        "{}lock:vehicle:{}",
+        app.redis_prefix,
+        uuid_of(&vehicle)?.simple()
+    );
+    redis::cmd("SET")
+        .arg(&lock_key)
+        .arg("someone-else")
+        .arg("PX")
+        .arg(30_000)
+        .query_async::<()>(&mut conn)
+        .await?;
+    hold_is_blocked_while(&app, "pg-1", &vehicle, window(2, 1), false).await?;
+
+    let mut tx = app.pool.begin().await?;
+    sqlx::query("select pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(LOCK_NAMESPACE)
+        .bind(uuid_of(&vehicle)?.to_string())
+        .execute(&mut *tx)
+        .await?;
+    hold_is_blocked_while(&app, "pg-2", &vehicle, window(3, 1), true).await?;
+    tx.rollback().await?;
+    hold_is_blocked_while(&app, "pg-2", &vehicle, window(3, 1), false).await?;
+    app.stop().await
+}
+
 fn lock_config(url: String, prefix: &str, ttl_ms: u64) -> RedisConfig {
     RedisConfig {
         url: Secret(url.into_bytes()),

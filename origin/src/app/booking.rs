@@ -20,7 +20,9 @@ use uuid::Uuid;
 
 use crate::app::pricing;
 use crate::state::AppState;
+use crate::store::bookings::at_once::{self, Outcome, StatementLock, Waits};
 use crate::store::bookings::{self as store, RowLock, StoreError};
+use crate::store::idempotency::KeyClaim;
 
 pub(crate) use crate::store::bookings::{Actor, ListFilter, Viewer};
 
@@ -116,6 +118,20 @@ pub(crate) async fn hold(
     store::insert_hold(conn, hold, actor)
         .await?
         .ok_or(BookingFailure::VehicleUnavailable(hold.booking.vehicle_id))
+}
+
+/// Writes a prepared hold in one statement (`store::bookings::at_once`): with `key`, its
+/// lookup and stored answer too, and the vehicle's advisory lock when `lock` asks for it.
+pub(crate) async fn hold_at_once(
+    pool: &PgPool,
+    hold: &Transition,
+    actor: Actor<'_>,
+    key: Option<&KeyClaim<'_>>,
+    lock: StatementLock,
+    waits: Waits,
+    response: &at_once::Response,
+) -> Result<Outcome, BookingFailure> {
+    Ok(at_once::hold(pool, hold, actor, key, lock, waits, response).await?)
 }
 
 /// The vehicle of a booking (anyone's), to lock before changing its occupancy.

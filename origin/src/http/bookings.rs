@@ -13,8 +13,8 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Utc};
-use domain::booking::Booking;
+use chrono::{DateTime, SubsecRound, Utc};
+use domain::booking::{Booking, Transition};
 use domain::cancellation::CancellationFee;
 use domain::ids::{BookingId, VehicleId};
 use domain::state::BookingStatus;
@@ -23,14 +23,16 @@ use uuid::Uuid;
 use super::dto::{
     BookingPage, BookingV1, BookingV2, CreateBookingRequest, ExtendRequest, ListQuery,
 };
-use crate::app::booking::{self, Actor, Command, ListFilter, Viewer};
+use crate::app::booking::{self, Actor, BookingFailure, Command, ListFilter, Viewer};
 use crate::http::auth::AuthUser;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, WriteCall};
 use crate::http::idempotent;
 use crate::http::versioned::{versioned, Version};
 use crate::state::AppState;
-use crate::store::idempotency::Begun;
+use crate::redis::locks::{HoldLock, LockError, VehicleLock, LOCK_NAMESPACE};
+use crate::store::bookings::at_once::{self, Outcome, StatementLock, Waits};
+use crate::store::idempotency::{Begun, IdempotencyError};
 
 /// The booking in the body shape of `version`.
 fn render(
@@ -74,15 +76,10 @@ async fn create(
     req: CreateBookingRequest,
 ) -> ApiResult<Response> {
     let state = &call.state;
-    let now = Utc::now();
+    // Microseconds, as PostgreSQL stores times: the answer is rendered before the insert
+    // (`store::bookings::at_once`) and must read the same as the booking read back.
+    let now = Utc::now().trunc_subsecs(6);
     let rules = booking::rules(state)?;
-    // The key first: a retry of a hold that succeeded replays its answer even when the quote
-    // has expired since (or this origin's clock says so: the fault suite's clock skew found a
-    // replay answered 422 "quote expired" on the other origin).
-    let mut pending = match call.begin(&[], &req).await? {
-        Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
-        Begun::Fresh(pending) => pending,
-    };
     let hold = match booking::prepare_hold(
         &state.quotes,
         &state.config.regions,
@@ -92,17 +89,108 @@ async fn create(
         now,
     ) {
         Ok(hold) => hold,
-        Err(e) => {
-            pending.abort().await;
-            return Err(e.into());
+        // The key first: a retry of a hold that succeeded replays its answer even when the
+        // quote has expired since (or this origin's clock says so: the fault suite's clock
+        // skew found a replay answered 422 "quote expired" on the other origin).
+        Err(e) if call.key.0.is_some() => {
+            return match call.begin(&[], &req).await? {
+                Begun::Replay(saved) => Ok(idempotent::replay(saved)),
+                Begun::Fresh(pending) => {
+                    pending.abort().await;
+                    Err(e.into())
+                }
+            };
         }
+        Err(e) => return Err(e.into()),
     };
     let vehicle = hold.booking.vehicle_id;
     // Serialises contenders for this vehicle so they fail fast (409 after LOCK_WAIT_MS); the
-    // exclusion constraint stays the guarantee. Taken in the transaction after the
-    // idempotency check, released after commit or rollback (see `locks.rs`).
-    let lock = state.locks.lock_in(pending.conn(), &vehicle).await?;
-    let made = booking::hold(pending.conn(), &hold, actor(&call))
+    // exclusion constraint stays the guarantee. A Redis lock held by someone else sends the
+    // hold the multi-statement way, which looks at the idempotency key before it waits.
+    let (mut redis_lock, statement_lock) = match state.locks.for_hold(&vehicle).await {
+        HoldLock::Busy => return create_in_steps(&call, version, &req, &hold, None).await,
+        HoldLock::Redis(lock) => (Some(lock), StatementLock::None),
+        HoldLock::InStatement => (
+            None,
+            StatementLock::Advisory {
+                namespace: LOCK_NAMESPACE,
+            },
+        ),
+        HoldLock::None => (None, StatementLock::None),
+    };
+    // The answer before the bay is known: a placeholder the statement replaces.
+    let placeholder = Uuid::new_v4();
+    let mut draft = hold.booking.clone();
+    draft.bay_id = placeholder;
+    let response = at_once::Response {
+        status: StatusCode::CREATED.as_u16(),
+        body: render(version, &draft, None).to_string(),
+        placeholder,
+    };
+    let key = call.key_claim(&[], &req)?;
+    let outcome = booking::hold_at_once(
+        &state.db,
+        &hold,
+        actor(&call),
+        key.as_ref(),
+        statement_lock,
+        Waits {
+            key: if redis_lock.is_some() {
+                std::time::Duration::ZERO
+            } else {
+                state.locks.wait()
+            },
+            vehicle: state.locks.wait(),
+        },
+        &response,
+    )
+    .await;
+    if !matches!(outcome, Ok(Outcome::ExpiredInTheWay)) {
+        if let Some(lock) = redis_lock.take() {
+            lock.release().await;
+        }
+    }
+    match outcome? {
+        Outcome::Created { body, .. } => {
+            occupancy_changed(state, &vehicle).await;
+            Ok(idempotent::fresh(StatusCode::CREATED, body))
+        }
+        Outcome::Replay(saved) => Ok(idempotent::replay(saved)),
+        Outcome::Mismatch => Err(IdempotencyError::Mismatch.into()),
+        Outcome::InProgress => Err(IdempotencyError::InProgress.into()),
+        Outcome::Busy => Err(LockError::Busy(vehicle).into()),
+        Outcome::Unavailable => Err(BookingFailure::VehicleUnavailable(vehicle).into()),
+        Outcome::ExpiredInTheWay => create_in_steps(&call, version, &req, &hold, redis_lock).await,
+    }
+}
+
+/// A hold in several statements (the idempotent transaction, the vehicle lock, the insert
+/// that ends expired holds in its way, the stored answer): for what the one statement hands
+/// back — a Redis lock held by someone else, an expired hold in the way. `lock` is the
+/// vehicle lock already held, if any.
+async fn create_in_steps(
+    call: &WriteCall,
+    version: Version,
+    req: &CreateBookingRequest,
+    hold: &Transition,
+    lock: Option<VehicleLock>,
+) -> ApiResult<Response> {
+    let state = &call.state;
+    let vehicle = hold.booking.vehicle_id;
+    let mut pending = match call.begin(&[], req).await? {
+        Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
+        Begun::Fresh(pending) => pending,
+    };
+    // Taken in the transaction after the idempotency check, released after commit or
+    // rollback (see `locks.rs`).
+    let lock = match lock {
+        Some(lock) => {
+            lock.fence().enter(pending.conn()).await?;
+            lock
+        }
+        None => state.locks.lock_in(pending.conn(), &vehicle).await?,
+    };
+    let made = booking::hold(pending.conn(), hold, actor(call))
         .await
         .map_err(ApiError::from);
     let settled = idempotent::settle(pending, made, StatusCode::CREATED, |b| {

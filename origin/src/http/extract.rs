@@ -11,7 +11,7 @@ use axum::http::Method;
 use crate::http::auth::AuthUser;
 use crate::http::error::ApiError;
 use crate::state::AppState;
-use crate::store::idempotency::{self, Begun, Fingerprint};
+use crate::store::idempotency::{self, Begun, Fingerprint, KeyClaim};
 
 // The three wrappers take their extraction from axum (`via`) and only map its rejection, each
 // in its `From` impl below.
@@ -284,6 +284,25 @@ impl WriteCall {
             fingerprint,
         )
         .await?)
+    }
+}
+
+impl WriteCall {
+    /// The request's key for a write that claims it inside its own statement (the
+    /// one-statement hold, `store::bookings::at_once`); `None` without a key.
+    pub(crate) fn key_claim(
+        &self,
+        params: &[(&str, &(dyn Display + Sync))],
+        body: &impl serde::Serialize,
+    ) -> Result<Option<KeyClaim<'_>>, ApiError> {
+        let Some(key) = self.key.0.as_deref() else {
+            return Ok(None);
+        };
+        Ok(Some(KeyClaim {
+            user: &self.user.id,
+            key,
+            fingerprint: self.route.fingerprint(params, body)?,
+        }))
     }
 }
 

@@ -27,6 +27,11 @@ fn json_response(status: StatusCode, body: Vec<u8>, replayed: bool) -> Response 
     response
 }
 
+/// A fresh answer whose body is already encoded (and, with a key, stored).
+pub(crate) fn fresh(status: StatusCode, body: Vec<u8>) -> Response {
+    json_response(status, body, false)
+}
+
 /// The stored answer to a request seen before.
 pub(crate) fn replay(saved: Saved) -> Response {
     let status = StatusCode::from_u16(saved.status).unwrap_or(StatusCode::OK);

@@ -40,6 +40,18 @@
 //! contender. The handler keeps the [`VehicleLock`] in its own scope and releases it after the
 //! commit or rollback.
 //!
+//! # A hold's lock: one try, or none at all
+//!
+//! A hold is one SQL statement (`store::bookings::at_once`), so there is no transaction to
+//! take the lock "in" before it runs. [`Locks::for_hold`] makes ONE `SET NX` before the
+//! statement: taken, the statement runs under it and the handler releases it after; held by
+//! someone else, the hold goes the multi-statement way (the idempotency transaction, then
+//! [`Locks::lock_in`] with its wait), so the ordering above still holds for every request
+//! that meets a busy lock. `VEHICLE_LOCK=postgres` takes no Redis lock at all: the statement
+//! itself takes the advisory lock below (waiting `LOCK_WAIT_MS`) after the idempotency
+//! check — the same serialisation for no round trip, which is why it exists; the fallback
+//! while Redis is down does the same.
+//!
 //! # Fallback: `pg_advisory_xact_lock` inside the booking transaction
 //!
 //! When Redis is down (see `redis_link.rs`: a dead Redis is detected once and then skipped, so
@@ -113,15 +125,69 @@ impl Locks {
         Locks { mode, ..self }
     }
 
-    /// Where locks are taken right now: `redis`, `postgres-fallback`, or `off`.
+    /// Where locks are taken right now: `redis`, `postgres-fallback`, `postgres` or `off`.
     pub fn backend(&self) -> &'static str {
-        if self.mode == VehicleLockMode::Off {
-            "off"
-        } else if self.redis.is_up() {
-            "redis"
-        } else {
-            "postgres-fallback"
+        match self.mode {
+            VehicleLockMode::Off => "off",
+            VehicleLockMode::Postgres => "postgres",
+            VehicleLockMode::On if self.redis.is_up() => "redis",
+            VehicleLockMode::On => "postgres-fallback",
         }
+    }
+
+    /// How long a contender waits for a held lock (`LOCK_WAIT_MS`).
+    pub fn wait(&self) -> Duration {
+        self.wait
+    }
+
+    /// The lock a hold runs its one statement under (`store::bookings::at_once`): with
+    /// `VEHICLE_LOCK=on` and Redis answering, ONE `SET NX` — taken, or [`HoldLock::Busy`] at
+    /// once (the caller then goes the multi-statement way, where the idempotency key is
+    /// looked at before the vehicle lock is waited for, as the module docs require); the
+    /// advisory lock inside the statement with `postgres`, or while Redis is down; none with
+    /// `off`.
+    pub(crate) async fn for_hold(&self, vehicle: &VehicleId) -> HoldLock {
+        match self.mode {
+            VehicleLockMode::Off => return HoldLock::None,
+            VehicleLockMode::Postgres => return HoldLock::InStatement,
+            VehicleLockMode::On => {}
+        }
+        let key = self.key(vehicle);
+        let token = Uuid::new_v4().to_string();
+        match self.set_nx(&key, &token).await {
+            Ok(true) => {
+                metrics::counter!("vehicle_locks_total", "backend" => "redis", "outcome" => "acquired").increment(1);
+                HoldLock::Redis(VehicleLock {
+                    vehicle: *vehicle,
+                    held: Held::Redis {
+                        link: self.redis.clone(),
+                        key,
+                        token,
+                    },
+                    wait: self.wait,
+                })
+            }
+            Ok(false) => HoldLock::Busy,
+            Err(_) => HoldLock::InStatement,
+        }
+    }
+
+    /// One `SET key token NX PX ttl`: true when it took the lock.
+    async fn set_nx(&self, key: &str, token: &str) -> Result<bool, Unavailable> {
+        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        let set = redis::cmd("SET")
+            .arg(key)
+            .arg(token)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms)
+            .clone();
+        self.redis
+            .run("lock", |mut conn| async move {
+                set.query_async::<Option<String>>(&mut conn).await
+            })
+            .await
+            .map(|taken| taken.is_some())
     }
 
     /// The Redis key of a vehicle's lock.
@@ -148,33 +214,24 @@ impl Locks {
     /// ([`Locks::lock_in`] does both).
     /// A lock held by someone else for longer than `LOCK_WAIT_MS` is [`LockError::Busy`].
     pub async fn acquire(&self, vehicle: &VehicleId) -> Result<VehicleLock, LockError> {
-        if self.mode == VehicleLockMode::Off {
+        let held = match self.mode {
+            VehicleLockMode::Off => Some(Held::Off),
+            VehicleLockMode::Postgres => Some(Held::Postgres),
+            VehicleLockMode::On => None,
+        };
+        if let Some(held) = held {
             return Ok(VehicleLock {
                 vehicle: *vehicle,
-                held: Held::Off,
+                held,
                 wait: self.wait,
             });
         }
         let key = self.key(vehicle);
         let token = Uuid::new_v4().to_string();
-        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
         let deadline = Instant::now() + self.wait;
         loop {
-            let set = redis::cmd("SET")
-                .arg(&key)
-                .arg(&token)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl_ms)
-                .clone();
-            let taken = self
-                .redis
-                .run("lock", |mut conn| async move {
-                    set.query_async::<Option<String>>(&mut conn).await
-                })
-                .await;
-            match taken {
-                Ok(Some(_)) => {
+            match self.set_nx(&key, &token).await {
+                Ok(true) => {
                     metrics::counter!("vehicle_locks_total", "backend" => "redis", "outcome" => "acquired").increment(1);
                     return Ok(VehicleLock {
                         vehicle: *vehicle,
@@ -186,7 +243,7 @@ impl Locks {
                         wait: self.wait,
                     });
                 }
-                Ok(None) => {
+                Ok(false) => {
                     let now = Instant::now();
                     if now >= deadline {
                         metrics::counter!("vehicle_locks_total", "backend" => "redis", "outcome" => "busy").increment(1);
@@ -227,6 +284,19 @@ async fn release(link: &RedisLink, key: &str, token: &str) -> Result<bool, Unava
         })
         .await?;
     Ok(deleted == 1)
+}
+
+/// The lock a hold's one statement runs under ([`Locks::for_hold`]).
+#[derive(Debug)]
+pub(crate) enum HoldLock {
+    /// The Redis lock, held: release it after the statement.
+    Redis(VehicleLock),
+    /// Redis said the vehicle is locked (one try).
+    Busy,
+    /// The statement takes the vehicle's advisory lock itself.
+    InStatement,
+    /// No lock (`VEHICLE_LOCK=off`).
+    None,
 }
 
 #[derive(Debug)]

@@ -95,6 +95,26 @@ struct Key {
     fingerprint: Fingerprint,
 }
 
+/// A key the one-statement hold (`store::bookings::at_once`) claims, looks up and stores
+/// inside its own statement: the same lock, lookup and row as [`begin`] and
+/// [`Pending::finish`], in the SQL function `hold_booking`.
+#[derive(Debug)]
+pub(crate) struct KeyClaim<'a> {
+    /// The caller (keys are per user).
+    pub user: &'a str,
+    /// The `Idempotency-Key`.
+    pub key: &'a str,
+    /// The request's fingerprint.
+    pub fingerprint: Fingerprint,
+}
+
+impl KeyClaim<'_> {
+    /// The key's advisory lock id, the one [`begin`] takes.
+    pub(crate) fn lock_id(&self) -> i64 {
+        lock_key(self.user, self.key)
+    }
+}
+
 fn lock_key(user: &str, key: &str) -> i64 {
     let digest = Sha256::new()
         .chain_update(user.as_bytes())

@@ -13,6 +13,7 @@
 //! variants of one query (with and without `for update`, with and without the lazy-expiry
 //! guard) stay static statements rather than strings assembled at run time.
 
+pub(crate) mod at_once;
 pub(crate) mod model;
 
 use chrono::{DateTime, Utc};

@@ -403,8 +403,9 @@ async fn a_hold_that_waited_for_its_key_replays_what_the_request_before_it_commi
     .bind(planted.to_string())
     .execute(&mut *before)
     .await?;
+    let nina = token("nina");
     let (reply, staged) = tokio::join!(
-        app.post("/v1/bookings", Some(&token("nina")), &body, Some("k-wait")),
+        app.post("/v1/bookings", Some(&nina), &body, Some("k-wait")),
         async {
             // Commit only once the hold is queued on the key's lock: otherwise the race was
             // not staged and the test must fail, not pass.

@@ -119,11 +119,10 @@ async fn a_holds_answer_is_the_booking_read_back_in_both_versions(pool: PgPool) 
             .await?;
         assert_eq!(made.body, read.body, "{version}, key {key:?}");
         if version == "v2" {
-            let bay: uuid::Uuid =
-                sqlx::query_scalar("select bay_id from vehicles where id = $1")
-                    .bind(uuid_of(&vehicles[i])?)
-                    .fetch_one(&app.pool)
-                    .await?;
+            let bay: uuid::Uuid = sqlx::query_scalar("select bay_id from vehicles where id = $1")
+                .bind(uuid_of(&vehicles[i])?)
+                .fetch_one(&app.pool)
+                .await?;
             assert_eq!(made.body["bay_id"], bay.to_string());
         }
         if let Some(key) = key {
@@ -135,7 +134,9 @@ async fn a_holds_answer_is_the_booking_read_back_in_both_versions(pool: PgPool) 
             .fetch_one(&app.pool)
             .await?;
             assert_eq!(serde_json::from_slice::<Value>(&stored)?, made.body);
-            let again = app.post(&path, Some(&token(&user)), &body, Some(key)).await?;
+            let again = app
+                .post(&path, Some(&token(&user)), &body, Some(key))
+                .await?;
             assert_eq!(again.status.as_u16(), 201);
             assert_eq!(again.body, made.body);
         }

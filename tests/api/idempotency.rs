@@ -436,6 +436,10 @@ async fn a_hold_that_waited_for_its_key_replays_what_the_request_before_it_commi
     assert_eq!(reply.status.as_u16(), 201, "{}", reply.body);
     assert_eq!(reply.body, planted);
     assert!(replayed(&reply));
-    assert_eq!(app.count("bookings", "true").await?, 0, "the effect ran once");
+    assert_eq!(
+        app.count("bookings", "true").await?,
+        0,
+        "the effect ran once"
+    );
     app.stop().await
 }

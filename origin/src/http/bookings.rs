@@ -29,8 +29,8 @@ use crate::http::error::{ApiError, ApiResult};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, WriteCall};
 use crate::http::idempotent;
 use crate::http::versioned::{versioned, Version};
-use crate::state::AppState;
 use crate::redis::locks::{HoldLock, LockError, VehicleLock, LOCK_NAMESPACE};
+use crate::state::AppState;
 use crate::store::bookings::at_once::{self, Outcome, StatementLock, Waits};
 use crate::store::idempotency::{Begun, IdempotencyError};
 

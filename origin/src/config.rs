@@ -71,9 +71,9 @@ pub struct RedisConfig {
     pub availability_rebuild: Duration,
 }
 
-/// `VEHICLE_LOCK`: `on` (the default: Redis, or PostgreSQL's advisory lock while Redis is
-/// down), `postgres` (always PostgreSQL's advisory lock: a hold takes it inside its one
-/// statement, so it costs no round trip) or `off`. The lock only spares contenders a wasted
+/// `VEHICLE_LOCK`: `postgres` (the default: PostgreSQL's advisory lock, which a hold takes
+/// inside its one statement, so it costs no round trip; measured fastest, see README
+/// "Benchmarks"), `on` (Redis, or PostgreSQL's advisory lock while Redis is down) or `off`. The lock only spares contenders a wasted
 /// transaction; the exclusion constraint alone decides who gets a vehicle (see
 /// `redis/locks.rs`). `off` lets contenders race straight into the constraint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,7 +157,7 @@ fn redis_config(env: &dyn Env) -> Result<RedisConfig, ConfigError> {
         command_timeout: millis(env, "REDIS_COMMAND_TIMEOUT_MS", 150)?,
         lock_ttl: millis(env, "LOCK_TTL_MS", 5_000)?,
         lock_wait: Duration::from_millis(lock_wait_ms),
-        vehicle_lock: parsed(env, "VEHICLE_LOCK", VehicleLockMode::On)?,
+        vehicle_lock: parsed(env, "VEHICLE_LOCK", VehicleLockMode::Postgres)?,
         availability_rebuild: secs(env, "AVAILABILITY_REBUILD_SECS", 60)?,
     })
 }
@@ -598,7 +598,7 @@ mod tests {
         assert_eq!(config.shutdown_grace, Duration::from_secs(20));
         assert_eq!(config.redis.key_prefix, "bp:");
         assert_eq!(config.redis.lock_ttl, Duration::from_millis(5_000));
-        assert_eq!(config.redis.vehicle_lock, VehicleLockMode::On);
+        assert_eq!(config.redis.vehicle_lock, VehicleLockMode::Postgres);
         Ok(())
     }
 

@@ -19,7 +19,11 @@ const LOCK_BUSY: &str = "is being booked by someone else";
 async fn two_hundred_concurrent_holds_on_one_vehicle_give_exactly_one_booking(
     pool: PgPool,
 ) -> TestResult {
-    let app = spawn_app_with(pool, &[("DB_MAX_CONNECTIONS", "20")]).await?;
+    let app = spawn_app_with(
+        pool,
+        &[("DB_MAX_CONNECTIONS", "20"), ("VEHICLE_LOCK", "on")],
+    )
+    .await?;
     let ready = app.get("/readyz", None).await?;
     assert_eq!(ready.body["checks"]["locks"], "redis", "{}", ready.body);
     two_hundred_racers_one_winner(&app, false).await?;

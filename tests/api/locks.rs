@@ -121,7 +121,15 @@ async fn hold_is_blocked_while(
 async fn bookings_continue_without_redis_and_locks_return_when_it_does(pool: PgPool) -> TestResult {
     let mut redis = TestRedis::start().await?;
     let url = redis.url();
-    let app = spawn_app_with(pool, &[("REDIS_URL", &url), ("DB_MAX_CONNECTIONS", "20")]).await?;
+    let app = spawn_app_with(
+        pool,
+        &[
+            ("REDIS_URL", &url),
+            ("DB_MAX_CONNECTIONS", "20"),
+            ("VEHICLE_LOCK", "on"),
+        ],
+    )
+    .await?;
     let vehicles: Vec<String> = app.vehicles("EUW").await?.into_iter().take(4).collect();
     let probe_vehicle = app.vehicles("EUN").await?[0].clone();
     let body = readiness(&app).await?;

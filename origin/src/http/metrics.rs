@@ -115,7 +115,8 @@ pub(crate) async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status();
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let matched = route;
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     if status == axum::http::StatusCode::MISDIRECTED_REQUEST {
         // A request for another region's data reached this origin: an edge routed it wrong.
         metrics::counter!("misdirected_requests_total", "route" => route.to_owned()).increment(1);
@@ -123,6 +124,17 @@ pub(crate) async fn track(request: Request, next: Next) -> Response {
     let (counter, histogram) = handles(&method, route, status.as_u16());
     counter.increment(1);
     histogram.record(started.elapsed().as_secs_f64());
+    if crate::telemetry::exporting() {
+        // The server span is named by its route template (OpenTelemetry's HTTP convention).
+        tracing::Span::current().record("otel.name", format!("{method} {route}"));
+    }
+    let mut response = response;
+    if let Some(matched) = matched {
+        // For the access log (`access.rs`), which runs outside the router.
+        response
+            .extensions_mut()
+            .insert(crate::http::access::RouteTemplate(matched));
+    }
     response
 }
 

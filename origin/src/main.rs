@@ -17,7 +17,7 @@ use origin::role::Role;
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = args.first().map(String::as_str).unwrap_or("serve");
-    let mut config = match Config::from_env() {
+    let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("origin: configuration error: {e}");

@@ -24,14 +24,14 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    let telemetry =
-        match origin::telemetry::init(config.log_json, config.otel_endpoint.as_deref()) {
-            Ok(t) => t,
-            Err(e) => {
-                eprintln!("origin: {e:#}");
-                std::process::exit(2);
-            }
-        };
+    let telemetry = match origin::telemetry::init(config.log_json, config.otel_endpoint.as_deref())
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("origin: {e:#}");
+            std::process::exit(2);
+        }
+    };
     let result = run(command, &args, config).await;
     // The spans still queued go out before the exit (bounded by the exporter's timeout).
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;

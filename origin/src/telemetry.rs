@@ -25,8 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context as _;
 use domain::trace::TraceParent;
 use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
-    TracerProvider as _,
+    SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState, TracerProvider as _,
 };
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -196,7 +195,11 @@ pub(crate) fn traceparent_of(span: &tracing::Span) -> Option<TraceParent> {
 pub(crate) fn current_traceparent(incoming: Option<&str>) -> Option<String> {
     traceparent_of(&tracing::Span::current())
         .map(|tp| tp.to_string())
-        .or_else(|| incoming.and_then(TraceParent::parse).map(|tp| tp.to_string()))
+        .or_else(|| {
+            incoming
+                .and_then(TraceParent::parse)
+                .map(|tp| tp.to_string())
+        })
 }
 
 /// The trace id of `span` (exporting) or of the request's `traceparent`, for the access log.

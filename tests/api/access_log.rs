@@ -78,10 +78,7 @@ async fn the_origin_writes_one_json_access_line_per_request_with_its_route_templ
         .post(format!("{base}/v1/quotes"))
         .bearer_auth(&ann)
         .header("x-request-id", "access-quote-1")
-        .header(
-            "traceparent",
-            format!("00-{trace_id}-00f067aa0ba902b7-01"),
-        )
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
         .json(&json!({ "vehicle_id": vehicle, "start": w.0, "end": w.1 }))
         .send()
         .await?;
@@ -132,14 +129,14 @@ async fn the_origin_writes_one_json_access_line_per_request_with_its_route_templ
     assert_eq!(q["trace_id"], trace_id, "{q}");
     assert_eq!(q["region"], "EUW,EUN", "{q}");
     assert_eq!(q["user"], domain::trace::user_hash("ann").as_str(), "{q}");
-    assert!(
-        q["duration_ms"].as_f64().is_some_and(|d| d > 0.0),
-        "{q}"
-    );
+    assert!(q["duration_ms"].as_f64().is_some_and(|d| d > 0.0), "{q}");
     let r = by_id("access-refused-1")?;
     assert_eq!(r["status"], 401, "{r}");
     assert_eq!(r["route"], "/v1/bookings", "{r}");
-    assert!(r.get("user").is_none(), "an unverified caller was named: {r}");
+    assert!(
+        r.get("user").is_none(),
+        "an unverified caller was named: {r}"
+    );
     assert!(r.get("trace_id").is_none(), "{r}");
     let u = by_id("access-unknown-1")?;
     assert_eq!(u["status"], 404, "{u}");

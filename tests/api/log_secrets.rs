@@ -182,7 +182,10 @@ async fn logs_at_debug_hold_no_secret_token_or_signature(pool: PgPool) -> TestRe
     );
     for line in &access {
         let fields = &line["fields"];
-        assert!(fields["route"].is_string() && fields["status"].is_u64(), "{line}");
+        assert!(
+            fields["route"].is_string() && fields["status"].is_u64(),
+            "{line}"
+        );
         if let Some(user) = fields.get("user") {
             let user = user.as_str().unwrap_or_default();
             assert!(
@@ -199,7 +202,9 @@ async fn logs_at_debug_hold_no_secret_token_or_signature(pool: PgPool) -> TestRe
     );
     for name in ["ann", "bob", "olga"] {
         assert!(
-            !access.iter().any(|l| l.to_string().contains(&format!("\"{name}\""))),
+            !access
+                .iter()
+                .any(|l| l.to_string().contains(&format!("\"{name}\""))),
             "an access line names {name} in clear"
         );
     }

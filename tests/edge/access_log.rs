@@ -20,7 +20,10 @@ async fn the_edge_writes_one_json_access_line_per_request_and_no_token(
     let refused = stack.get("/v1/bookings", Some("not-a-token")).await?;
     assert_eq!(refused.status, 401);
     let booking = stack
-        .get("/v1/bookings/bkg_euw_0000000000000000000000000000", Some(&t))
+        .get(
+            "/v1/bookings/bkg_euw_0000000000000000000000000000",
+            Some(&t),
+        )
         .await?;
     let replies = [&miss, &hit, &refused, &booking];
 
@@ -38,10 +41,7 @@ async fn the_edge_writes_one_json_access_line_per_request_and_no_token(
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let line_of = |r: &Reply| -> TestResult<Value> {
-        let mine: Vec<&Value> = lines
-            .iter()
-            .filter(|l| l["request_id"] == rid(r))
-            .collect();
+        let mine: Vec<&Value> = lines.iter().filter(|l| l["request_id"] == rid(r)).collect();
         anyhow::ensure!(
             mine.len() == 1,
             "{} access lines for request {}: {lines:#?}",
@@ -78,7 +78,10 @@ async fn the_edge_writes_one_json_access_line_per_request_and_no_token(
     let line = line_of(&refused)?;
     assert_eq!(line["status"], 401, "{line}");
     assert_eq!(line["route"], "/v1/bookings", "{line}");
-    assert!(line["user"].is_null(), "an unverified caller was named: {line}");
+    assert!(
+        line["user"].is_null(),
+        "an unverified caller was named: {line}"
+    );
     let line = line_of(&booking)?;
     assert_eq!(line["route"], "/v1/bookings/{id}", "{line}");
 

@@ -149,7 +149,10 @@ async fn a_clients_trace_runs_through_the_edge_into_the_origins_spans_and_the_ka
         .await?;
     assert_eq!(quote.status, 201, "{}", quote.body);
     let quote_edge = edge_span(&quote)?;
-    assert_ne!(quote_edge.trace_id, [0; 16], "the invalid trace id was kept");
+    assert_ne!(
+        quote_edge.trace_id, [0; 16],
+        "the invalid trace id was kept"
+    );
 
     // 2. A hold with the client's trace.
     let trace_id = random_hex(16);
@@ -199,9 +202,8 @@ async fn a_clients_trace_runs_through_the_edge_into_the_origins_spans_and_the_ka
         "the origin's server span is not a child of the edge's span"
     );
     assert!(
-        spans
-            .iter()
-            .any(|s| s.name == "redis" && s.attributes.get("command").map(String::as_str) == Some("lock")),
+        spans.iter().any(|s| s.name == "redis"
+            && s.attributes.get("command").map(String::as_str) == Some("lock")),
         "no span for the vehicle lock: {spans:#?}"
     );
     assert!(
@@ -236,7 +238,9 @@ async fn a_clients_trace_runs_through_the_edge_into_the_origins_spans_and_the_ka
         let row_tp = row_traceparent
             .as_deref()
             .and_then(TraceParent::parse)
-            .with_context(|| format!("outbox row {event_id} has traceparent {row_traceparent:?}"))?;
+            .with_context(|| {
+                format!("outbox row {event_id} has traceparent {row_traceparent:?}")
+            })?;
         assert_eq!(row_tp.trace_id_hex(), trace_id);
         assert_eq!(
             row_tp.parent_id_hex(),
@@ -253,4 +257,6 @@ async fn a_clients_trace_runs_through_the_edge_into_the_origins_spans_and_the_ka
     stack.stop().await
 }
 
-on_both_runtimes!(a_clients_trace_runs_through_the_edge_into_the_origins_spans_and_the_kafka_record);
+on_both_runtimes!(
+    a_clients_trace_runs_through_the_edge_into_the_origins_spans_and_the_kafka_record
+);

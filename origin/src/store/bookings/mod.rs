@@ -159,7 +159,7 @@ pub(crate) enum RowLock {
 }
 
 /// Reads a booking, optionally locking its row for the rest of the transaction.
-#[tracing::instrument(level = "debug", name = "db.bookings.load", skip_all, fields(otel.kind = "client"))]
+#[tracing::instrument(level = "debug", name = "db.bookings.load", skip_all)]
 pub(crate) async fn load(
     conn: &mut PgConnection,
     id: &BookingId,
@@ -192,7 +192,7 @@ pub(crate) async fn load(
 
 /// A booking `viewer` may see: their own, or any for ops. `None` for others' bookings as for
 /// missing ones, so ids cannot be probed.
-#[tracing::instrument(level = "debug", name = "db.bookings.load_visible", skip_all, fields(otel.kind = "client"))]
+#[tracing::instrument(level = "debug", name = "db.bookings.load_visible", skip_all)]
 pub(crate) async fn load_visible(
     pool: &PgPool,
     id: &BookingId,
@@ -206,7 +206,7 @@ pub(crate) async fn load_visible(
 
 /// The vehicle of a booking (any user's), to lock it before a transaction changes its
 /// occupancy; `None` when there is no such booking.
-#[tracing::instrument(level = "debug", name = "db.bookings.vehicle_of", skip_all, fields(otel.kind = "client"))]
+#[tracing::instrument(level = "debug", name = "db.bookings.vehicle_of", skip_all)]
 pub(crate) async fn vehicle_of(
     conn: &mut PgConnection,
     id: &BookingId,
@@ -231,7 +231,7 @@ pub(crate) struct PricingFacts {
 }
 
 /// The class and bay time zone of `vehicle`.
-#[tracing::instrument(level = "debug", name = "db.bookings.pricing_facts", skip_all, fields(otel.kind = "client"))]
+#[tracing::instrument(level = "debug", name = "db.bookings.pricing_facts", skip_all)]
 pub(crate) async fn pricing_facts(
     conn: &mut PgConnection,
     vehicle: &VehicleId,
@@ -268,7 +268,7 @@ pub(crate) struct ListFilter {
 }
 
 /// Lists a user's bookings, newest first.
-#[tracing::instrument(level = "debug", name = "db.bookings.list", skip_all, fields(otel.kind = "client"))]
+#[tracing::instrument(level = "debug", name = "db.bookings.list", skip_all)]
 pub(crate) async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<Booking>, StoreError> {
     let rows = booking_rows!(
         [],
@@ -323,7 +323,7 @@ impl OutboxRows {
 
 /// Writes a transition of an existing booking: its new state, its history row and its events,
 /// in one statement.
-#[tracing::instrument(level = "debug", name = "db.bookings.save", skip_all, fields(otel.kind = "client"))]
+#[tracing::instrument(level = "debug", name = "db.bookings.save", skip_all)]
 pub(crate) async fn save(
     conn: &mut PgConnection,
     transition: &Transition,
@@ -398,7 +398,11 @@ async fn expire(
 
 /// Ends expired holds on one vehicle that overlap `window`, so a new hold does not wait for
 /// the sweeper. Returns how many it ended.
-#[tracing::instrument(level = "debug", name = "db.bookings.expire_overlapping_holds", skip_all, fields(otel.kind = "client"))]
+#[tracing::instrument(
+    level = "debug",
+    name = "db.bookings.expire_overlapping_holds",
+    skip_all
+)]
 pub(crate) async fn expire_overlapping_holds(
     conn: &mut PgConnection,
     vehicle: &VehicleId,
@@ -427,7 +431,7 @@ pub(crate) async fn expire_overlapping_holds(
 
 /// The sweeper's batch: ends up to `batch` expired holds in one transaction, skipping rows
 /// another origin is working on. Returns how many it ended.
-#[tracing::instrument(level = "debug", name = "db.bookings.sweep_expired_holds", skip_all, fields(otel.kind = "client"))]
+#[tracing::instrument(level = "debug", name = "db.bookings.sweep_expired_holds", skip_all)]
 pub(crate) async fn sweep_expired_holds(
     pool: &PgPool,
     now: DateTime<Utc>,
@@ -462,7 +466,7 @@ pub(crate) async fn sweep_expired_holds(
 /// does. Only then — rarely — are those holds ended ([`expire_overlapping_holds`]) and the
 /// unguarded insert run, so lazy expiry costs nothing when there is nothing to expire. The
 /// guard is an optimisation only: the exclusion constraint still decides.
-#[tracing::instrument(level = "debug", name = "db.bookings.insert_hold", skip_all, fields(otel.kind = "client"))]
+#[tracing::instrument(level = "debug", name = "db.bookings.insert_hold", skip_all)]
 pub(crate) async fn insert_hold(
     conn: &mut PgConnection,
     hold: &Transition,

@@ -137,8 +137,14 @@ where
                 .build(),
         )
         .build();
+    // No context activation: the request span then starts when its first child does, after
+    // `http::metrics::track` has named it by its route; no thread or busy/idle attributes
+    // (two clock reads per poll, per span).
     let layer = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("origin"))
+        .with_context_activation(false)
+        .with_tracked_inactivity(false)
+        .with_threads(false)
         .with_filter(otel_filter())
         .boxed();
     EXPORTING.store(true, Ordering::Relaxed);

@@ -191,11 +191,27 @@ impl OtlpReceiver {
                 return Ok(spans);
             }
             if tokio::time::Instant::now() > deadline {
+                let all: Vec<String> = self
+                    .spans()
+                    .iter()
+                    .take(300)
+                    .map(|s| {
+                        format!(
+                            "{} {} <- {} {} {:?}",
+                            s.trace_id,
+                            s.span_id,
+                            s.parent_span_id,
+                            s.name,
+                            s.attributes.get("command")
+                        )
+                    })
+                    .collect();
                 anyhow::bail!(
-                    "the spans of trace {trace_id} did not all arrive within {within:?}; got {:#?}\n(all: {} spans in {} requests)",
+                    "the spans of trace {trace_id} did not all arrive within {within:?}; got {:#?}\n(all: {} spans in {} requests:\n{})",
                     spans,
                     self.spans().len(),
-                    self.requests()
+                    self.requests(),
+                    all.join("\n")
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -240,12 +256,19 @@ pub fn tracing() -> TestResult<&'static Tracing> {
     TRACING
         .get_or_init(|| {
             use tracing_subscriber::layer::SubscriberExt as _;
+            use tracing_subscriber::Layer as _;
             use tracing_subscriber::util::SubscriberInitExt as _;
             let make = || -> TestResult<Tracing> {
                 let receiver = OtlpReceiver::start()?;
                 let (layer, provider) = origin::telemetry::otel_layer(&receiver.endpoint())?;
+                let debug = std::env::var("OTLP_DEBUG_SPANS").is_ok().then(|| {
+                    tracing_subscriber::fmt::layer()
+                        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
+                        .with_filter(tracing_subscriber::filter::Targets::new().with_target("origin", tracing::Level::DEBUG))
+                });
                 tracing_subscriber::registry()
                     .with(layer)
+                    .with(debug)
                     .try_init()
                     .context("another subscriber is installed")?;
                 Ok(Tracing {

@@ -251,20 +251,24 @@ impl Tracing {
 static TRACING: std::sync::OnceLock<Result<Tracing, String>> = std::sync::OnceLock::new();
 
 /// The process's receiver and exporter (made and installed on the first call). Fails if
-/// another subscriber was installed first.
+/// another subscriber was installed first. `OTLP_DEBUG_SPANS=1` also prints every origin span
+/// as it closes (to see a span that never reaches the receiver).
 pub fn tracing() -> TestResult<&'static Tracing> {
     TRACING
         .get_or_init(|| {
             use tracing_subscriber::layer::SubscriberExt as _;
-            use tracing_subscriber::Layer as _;
             use tracing_subscriber::util::SubscriberInitExt as _;
+            use tracing_subscriber::Layer as _;
             let make = || -> TestResult<Tracing> {
                 let receiver = OtlpReceiver::start()?;
                 let (layer, provider) = origin::telemetry::otel_layer(&receiver.endpoint())?;
                 let debug = std::env::var("OTLP_DEBUG_SPANS").is_ok().then(|| {
                     tracing_subscriber::fmt::layer()
                         .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE)
-                        .with_filter(tracing_subscriber::filter::Targets::new().with_target("origin", tracing::Level::DEBUG))
+                        .with_filter(
+                            tracing_subscriber::filter::Targets::new()
+                                .with_target("origin", tracing::Level::DEBUG),
+                        )
                 });
                 tracing_subscriber::registry()
                     .with(layer)

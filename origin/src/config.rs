@@ -269,6 +269,9 @@ pub struct Config {
     /// in-process quote cache, `cache/local.rs`); zero turns that layer off.
     pub l1_local_ttl: Duration,
     pub log_json: bool,
+    /// OTLP/HTTP collector base URL (`OTEL_EXPORTER_OTLP_ENDPOINT`, `http://host:4318`);
+    /// spans go to `{it}/v1/traces`. `None`: no tracing layer at all (see `telemetry.rs`).
+    pub otel_endpoint: Option<String>,
     /// Kafka bootstrap servers (`KAFKA_BROKERS`); `None` turns the outbox relay off.
     pub kafka_brokers: Option<String>,
     /// Partitions per topic when the relay creates the topics.
@@ -533,6 +536,24 @@ impl Config {
             }
         };
 
+        let otel_endpoint = match env.var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            None => None,
+            Some(url) if url.trim().is_empty() => None,
+            Some(url) => {
+                let url = url.trim().to_owned();
+                let host = url.strip_prefix("http://").unwrap_or_default();
+                if host.is_empty() || host.contains(char::is_whitespace) {
+                    return Err(ConfigError::Invalid {
+                        name: "OTEL_EXPORTER_OTLP_ENDPOINT",
+                        reason: "expected http://host:port of an OTLP/HTTP collector (plain \
+                                 HTTP: run the collector next to the origin, it forwards with TLS)"
+                            .into(),
+                    });
+                }
+                Some(url)
+            }
+        };
+
         Ok(Config {
             database_url: Secret(required(env, "DATABASE_URL")?.into_bytes()),
             db_max_connections: parsed(env, "DB_MAX_CONNECTIONS", 16)?,
@@ -552,6 +573,7 @@ impl Config {
             admission_wait: Duration::from_millis(parsed(env, "ADMISSION_WAIT_MS", 25)?),
             l1_local_ttl: Duration::from_millis(parsed(env, "L1_LOCAL_TTL_MS", 1_000)?),
             log_json,
+            otel_endpoint,
             kafka_brokers: env.var("KAFKA_BROKERS").map(|b| b.trim().to_owned()),
             kafka_topic_partitions: at_least_one(env, "KAFKA_TOPIC_PARTITIONS", 3)?,
             relay_batch: at_least_one(env, "RELAY_BATCH", 200)?,
@@ -599,6 +621,23 @@ mod tests {
         assert_eq!(config.redis.key_prefix, "bp:");
         assert_eq!(config.redis.lock_ttl, Duration::from_millis(5_000));
         assert_eq!(config.redis.vehicle_lock, VehicleLockMode::Postgres);
+        Ok(())
+    }
+
+    #[test]
+    fn tracing_is_off_unless_an_otlp_endpoint_is_set() -> Result<(), ConfigError> {
+        let mut env = base();
+        assert_eq!(Config::from(&env)?.otel_endpoint, None);
+        env.insert("OTEL_EXPORTER_OTLP_ENDPOINT".into(), "".into());
+        assert_eq!(Config::from(&env)?.otel_endpoint, None);
+        env.insert(
+            "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+            "http://otel-collector:4318".into(),
+        );
+        assert_eq!(
+            Config::from(&env)?.otel_endpoint.as_deref(),
+            Some("http://otel-collector:4318")
+        );
         Ok(())
     }
 
@@ -657,6 +696,9 @@ mod tests {
             ("PRICE_MAX_JUMP_BP", "-1"),
             ("ORIGIN_ROLE", "frontend"),
             ("MIGRATE_ON_START", "sometimes"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"),
         ] {
             let mut env = base();
             env.insert(name.into(), value.into());

@@ -11,7 +11,8 @@
 //! - `jobs`: background work, owned and stopped together (sweeper, surge refresh, availability
 //!   rebuild, Redis probes, the outbox relay);
 //! - `config` (environment), `startup` (serve, migrate, shut down), `state` (shared handles);
-//! - `backoff`: the one retry pause schedule (the relay, the inference client).
+//! - `backoff`: the one retry pause schedule (the relay, the inference client);
+//! - `telemetry`: logs, and traces over OTLP (W3C trace context in and out).
 
 // What the binary, the tests and the benches use is `pub`; everything else is `pub(crate)`, so
 // the dead-code lint sees what nothing calls. This lint keeps it that way.
@@ -29,16 +30,4 @@ pub mod role;
 pub mod startup;
 pub(crate) mod state;
 pub(crate) mod store;
-
-/// Sets up structured logging (JSON in production, pretty locally); `RUST_LOG` filters.
-pub fn init_tracing(json: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
-}
+pub mod telemetry;

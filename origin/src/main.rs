@@ -17,14 +17,28 @@ use origin::role::Role;
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = args.first().map(String::as_str).unwrap_or("serve");
-    let mut config = match Config::from_env() {
+    let config = match Config::from_env() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("origin: configuration error: {e}");
             std::process::exit(2);
         }
     };
-    origin::init_tracing(config.log_json);
+    let telemetry = match origin::telemetry::init(config.log_json, config.otel_endpoint.as_deref())
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("origin: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let result = run(command, &args, config).await;
+    // The spans still queued go out before the exit (bounded by the exporter's timeout).
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    result
+}
+
+async fn run(command: &str, args: &[String], mut config: Config) -> anyhow::Result<()> {
     match command {
         "serve" => {
             if let Some(role) = role_flag(&args[1..]) {

@@ -168,6 +168,47 @@ async fn logs_at_debug_hold_no_secret_token_or_signature(pool: PgPool) -> TestRe
     assert!(lines > 20, "only {lines} log lines captured:\n{logs}");
     assert!(logs.contains("/v1/bookings"), "no request lines captured");
 
+    // The access log (issue 15) is part of what is searched: one line per request above (at
+    // least the 16 the test sent), each naming the caller only by a 16-hex pseudonym.
+    let access: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == "access")
+        .collect();
+    assert!(
+        access.len() >= 16,
+        "only {} access lines captured",
+        access.len()
+    );
+    for line in &access {
+        let fields = &line["fields"];
+        assert!(
+            fields["route"].is_string() && fields["status"].is_u64(),
+            "{line}"
+        );
+        if let Some(user) = fields.get("user") {
+            let user = user.as_str().unwrap_or_default();
+            assert!(
+                user.len() == 16 && user.bytes().all(|b| b.is_ascii_hexdigit()),
+                "the user is not a pseudonym: {line}"
+            );
+        }
+    }
+    assert!(
+        access
+            .iter()
+            .any(|l| l["fields"]["user"] == domain::trace::user_hash("ann").as_str()),
+        "no access line names ann's pseudonym"
+    );
+    for name in ["ann", "bob", "olga"] {
+        assert!(
+            !access
+                .iter()
+                .any(|l| l.to_string().contains(&format!("\"{name}\""))),
+            "an access line names {name} in clear"
+        );
+    }
+
     let mut secrets: Vec<(String, String)> = vec![("JWT secret".into(), JWT_SECRET.into())];
     for (i, k) in QUOTE_KEYS.iter().enumerate() {
         secrets.push((format!("quote key {i}"), (*k).to_owned()));

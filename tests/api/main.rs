@@ -1,5 +1,6 @@
 //! One integration test binary (fast to link, shares the harness in `e2e`).
 
+mod access_log;
 mod admin_pricing;
 mod atomicity;
 mod auth;

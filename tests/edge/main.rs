@@ -67,6 +67,8 @@ async fn inside_one_window(needed: Duration) {
 }
 
 // One module per capability; every scenario runs on both runtimes (`on_both_runtimes!`).
+// Issue 15: the edge's JSON access line.
+mod access_log;
 mod authentication;
 // Issue 17: a burst past the runtime's capacity is answered, never dropped.
 mod burst;
@@ -80,3 +82,5 @@ mod round_trips;
 // Security at the edge (issue 8): JWT attacks and the anonymous column of the authz matrix.
 mod security;
 mod slow_origin;
+// Issue 15: traces from the client through the edge to the origin's spans and Kafka.
+mod traces;

@@ -102,6 +102,8 @@ pub(crate) struct EdgeProcess {
     child: Child,
     /// Closing it tells the miniflare runner to dispose workerd and exit.
     stdin: Option<ChildStdin>,
+    /// Every line the runtime wrote to its standard output (the access log is there).
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl EdgeProcess {
@@ -236,17 +238,27 @@ async fn start_edge_on(
         .spawn()
         .with_context(|| format!("start the {} edge", runtime.name()))?;
     let stdin = child.stdin.take();
+    let captured = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     if let Some(stdout) = child.stdout.take() {
-        // Drain the runtime's output (into the test's output) so it never blocks on a pipe.
+        // Drain the runtime's output (into the test's output, and kept for the test to read)
+        // so it never blocks on a pipe.
+        let captured = captured.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 println!("[edge] {line}");
+                if let Ok(mut all) = captured.lock() {
+                    all.push(line);
+                }
             }
         });
     }
     let base = format!("http://127.0.0.1:{port}");
-    let mut process = EdgeProcess { child, stdin };
+    let mut process = EdgeProcess {
+        child,
+        stdin,
+        stdout: captured,
+    };
     let client = reqwest::Client::new();
     for _ in 0..300 {
         if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
@@ -297,6 +309,17 @@ impl EdgeStack {
         runtime: Runtime,
         edge_vars: &[(&str, &str)],
     ) -> TestResult<Self> {
+        Self::start_with_origin(pool, runtime, edge_vars, &[]).await
+    }
+
+    /// Starts a stack with extra edge variables and origin configuration overrides (e.g. the
+    /// broker for the relay).
+    pub async fn start_with_origin(
+        pool: PgPool,
+        runtime: Runtime,
+        edge_vars: &[(&str, &str)],
+        origin_vars: &[(&str, &str)],
+    ) -> TestResult<Self> {
         let redis_url = crate::test_redis::shared_url();
         let gateway = upstash_gateway::start(
             tokio::net::TcpListener::bind("127.0.0.1:0").await?,
@@ -315,6 +338,11 @@ impl EdgeStack {
             ("EDGE_CACHE_REST_TOKEN".into(), GATEWAY_TOKEN.into()),
             ("EDGE_CACHE_KEY_PREFIX".into(), edge_prefix.clone()),
         ];
+        let mut origin_overrides = origin_overrides;
+        for (k, v) in origin_vars {
+            origin_overrides.retain(|(name, _)| name != k);
+            origin_overrides.push(((*k).to_owned(), (*v).to_owned()));
+        }
         let mut stack = EdgeStack {
             runtime,
             base: String::new(),
@@ -427,6 +455,27 @@ impl EdgeStack {
         self.gateway
             .as_ref()
             .map_or(0, upstash_gateway::Running::requests_served)
+    }
+
+    /// The lines the edge runtime has written to its standard output so far.
+    pub fn edge_stdout(&self) -> Vec<String> {
+        self.edge
+            .as_ref()
+            .and_then(|e| e.stdout.lock().ok().map(|l| l.clone()))
+            .unwrap_or_default()
+    }
+
+    /// The edge's access lines so far: every JSON object with `"target":"access"` in its
+    /// standard output (a runtime may prefix the line, e.g. `wasmtime serve`'s `stdout [0] ::`).
+    pub fn edge_access_lines(&self) -> Vec<Value> {
+        self.edge_stdout()
+            .iter()
+            .filter_map(|line| {
+                let json = &line[line.find('{')?..];
+                serde_json::from_str::<Value>(json).ok()
+            })
+            .filter(|v| v["target"] == "access")
+            .collect()
     }
 
     /// The edge process's id (node running miniflare, or wasmtime).

@@ -26,6 +26,7 @@ pub mod history;
 pub mod jwt_forge;
 pub mod latency_proxy;
 pub mod origin_runtime;
+pub mod otlp;
 pub mod regions;
 pub mod test_redis;
 

@@ -89,6 +89,10 @@ impl Platform for Workerd<'_> {
     fn log(&self, line: &str) {
         console_log!("edge: {line}");
     }
+
+    fn access_log(&self, line: &str) {
+        console_log!("{line}");
+    }
 }
 
 fn edge(p: &Workerd<'_>) -> Result<Rc<Edge>, edge_core::config::ConfigError> {

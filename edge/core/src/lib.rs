@@ -31,6 +31,7 @@ pub mod problem;
 pub mod ratelimit;
 mod regions;
 mod route;
+pub mod trace;
 pub mod upstash;
 
 use std::cell::Cell;
@@ -174,16 +175,43 @@ impl Edge {
         }
     }
 
-    /// Handles one request; never fails (every error is a problem response).
-    pub async fn handle(&self, p: &impl Platform, req: Request) -> Response {
+    /// Handles one request; never fails (every error is a problem response). Writes one
+    /// access line ([`trace`]).
+    pub async fn handle(&self, p: &impl Platform, mut req: Request) -> Response {
+        let started = p.now_ms();
         let rid = request_id(&req);
+        // The trace this request continues or starts; what is forwarded carries the edge's span.
+        let trace = trace::EdgeTrace::of(&req);
+        match &trace {
+            Some(trace) => trace.apply(&mut req),
+            None => req.headers.retain(|(k, _)| {
+                !k.eq_ignore_ascii_case("traceparent") && !k.eq_ignore_ascii_case("tracestate")
+            }),
+        }
+        let mut user = None;
         let mut resp = if self.in_flight.get() >= self.config.max_in_flight {
             problem::overloaded(self.config.retry_after_secs, self.config.max_in_flight)
         } else {
             self.in_flight.set(self.in_flight.get() + 1);
             let _counted = InFlight(self.in_flight.clone());
-            self.dispatch(p, &req, &rid).await
+            self.dispatch(p, &req, &rid, &mut user).await
         };
+        if let Some(trace) = &trace {
+            resp.set_header("traceresponse", trace.forwarded.to_string());
+        }
+        trace::Access {
+            method: &req.method,
+            path: &req.path,
+            status: resp.status,
+            duration_ms: p.now_ms().saturating_sub(started),
+            request_id: &rid,
+            trace: trace.as_ref(),
+            region: self.config.region.code(),
+            runtime: self.runtime,
+            cache: resp.header("x-edge-cache"),
+            user: user.as_deref(),
+        }
+        .log(p);
         resp.set_header("x-request-id", rid);
         resp.set_header("x-edge-region", self.config.region.code());
         resp.set_header("x-edge-runtime", self.runtime);
@@ -197,7 +225,14 @@ impl Edge {
         }
     }
 
-    async fn dispatch(&self, p: &impl Platform, req: &Request, rid: &str) -> Response {
+    /// Serves one request; `user` gets the verified caller's id (for the access line).
+    async fn dispatch(
+        &self,
+        p: &impl Platform,
+        req: &Request,
+        rid: &str,
+        user: &mut Option<String>,
+    ) -> Response {
         if req.path == "/healthz" {
             let body = serde_json::json!({
                 "status": "ok",
@@ -275,6 +310,8 @@ impl Edge {
                 return resp;
             }
         };
+
+        *user = Some(claims.sub.clone());
 
         // 2. What it asks for, and which cache generations that needs.
         let route = route(&req.method, rest);
@@ -425,7 +462,15 @@ impl Edge {
             url.push_str(&uri_safe(&req.query, true));
         }
         let mut headers = vec![("x-request-id".to_owned(), rid.to_owned())];
-        for name in ["authorization", "content-type", "idempotency-key", "accept"] {
+        for name in [
+            "authorization",
+            "content-type",
+            "idempotency-key",
+            "accept",
+            // Set by `handle` (`trace.rs`): the edge's span as the parent.
+            "traceparent",
+            "tracestate",
+        ] {
             if let Some(v) = req.header(name) {
                 headers.push((name.to_owned(), v.to_owned()));
             }

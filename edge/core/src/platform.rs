@@ -102,4 +102,9 @@ pub trait Platform {
     fn var(&self, name: &str) -> Option<String>;
     /// Writes a diagnostic line (never with secrets or tokens).
     fn log(&self, line: &str);
+    /// Writes the request's access line (one JSON object, `trace.rs`) as it is, so a log
+    /// pipeline can parse it; by default through [`Platform::log`].
+    fn access_log(&self, line: &str) {
+        self.log(line);
+    }
 }

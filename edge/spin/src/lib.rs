@@ -151,6 +151,11 @@ impl Platform for Wasi {
     fn log(&self, line: &str) {
         eprintln!("edge: {line}");
     }
+
+    /// Standard output, one line: Spin (and `wasmtime serve`) pass it to the host's log.
+    fn access_log(&self, line: &str) {
+        println!("{line}");
+    }
 }
 
 /// The exported wasi:http handler.

@@ -16,6 +16,8 @@ pub(crate) struct OutboxRow {
     pub(crate) partition_key: String,
     /// The event's JSON, as text (the record's value).
     pub(crate) payload: String,
+    /// The `traceparent` of the span that wrote the row (sent as a record header).
+    pub(crate) traceparent: Option<String>,
 }
 
 /// Locks and returns the oldest `limit` unpublished rows of `lane` (of `lanes`), in `id`
@@ -29,7 +31,8 @@ pub(crate) async fn lock_batch(
     // `::int8` before `abs`: abs(int4 minimum) would overflow.
     sqlx::query_as!(
         OutboxRow,
-        r#"select id, event_id, topic, partition_key, payload::text as "payload!"
+        r#"select id, event_id, topic, partition_key, payload::text as "payload!",
+                  traceparent
              from outbox
             where published_at is null and abs(hashtext(partition_key)::int8) % $1 = $2
             order by id

@@ -575,24 +575,30 @@ async fn publish_batch(
             .parse::<domain::VehicleId>()
             .map(|v| v.region.code())
             .unwrap_or("unknown");
+        let mut headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "event_id",
+                value: Some(event_id.as_str()),
+            })
+            .insert(Header {
+                key: "sequence",
+                value: Some(sequence.as_str()),
+            })
+            .insert(Header {
+                key: "region",
+                value: Some(region),
+            });
+        if let Some(traceparent) = &row.traceparent {
+            // The span that wrote the row (W3C trace context): a consumer's span continues it.
+            headers = headers.insert(Header {
+                key: "traceparent",
+                value: Some(traceparent.as_str()),
+            });
+        }
         let mut record = FutureRecord::to(&row.topic)
             .key(&row.partition_key)
             .payload(&row.payload)
-            .headers(
-                OwnedHeaders::new()
-                    .insert(Header {
-                        key: "event_id",
-                        value: Some(event_id.as_str()),
-                    })
-                    .insert(Header {
-                        key: "sequence",
-                        value: Some(sequence.as_str()),
-                    })
-                    .insert(Header {
-                        key: "region",
-                        value: Some(region),
-                    }),
-            );
+            .headers(headers);
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {

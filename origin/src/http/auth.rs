@@ -92,6 +92,9 @@ impl FromRequestParts<AppState> for AuthUser {
             .jwt
             .verify(token, chrono::Utc::now().timestamp())
             .map_err(|e| ApiError::Unauthorized(format!("invalid token: {e}")))?;
+        if let Some(access) = parts.extensions.get::<crate::http::access::AccessUser>() {
+            access.set(&claims.sub);
+        }
         Ok(AuthUser::from_claims(claims))
     }
 }

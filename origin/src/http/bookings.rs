@@ -60,6 +60,7 @@ fn actor(call: &WriteCall) -> Actor<'_> {
     Actor {
         id: &call.user.id,
         request_id: call.request_id.0.as_deref(),
+        traceparent: call.traceparent.as_deref(),
     }
 }
 

@@ -234,6 +234,8 @@ pub(crate) struct WriteCall {
     pub request_id: RequestId,
     pub key: IdempotencyKey,
     pub route: Route,
+    /// The request's `traceparent` header, as sent (validated where it is used).
+    pub traceparent: Option<String>,
 }
 
 impl std::fmt::Debug for WriteCall {
@@ -258,12 +260,18 @@ impl FromRequestParts<AppState> for WriteCall {
         };
         let key = IdempotencyKey::from_request_parts(parts, state).await?;
         let route = Route::from_request_parts(parts, state).await?;
+        let traceparent = parts
+            .headers
+            .get("traceparent")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         Ok(WriteCall {
             state: state.clone(),
             user,
             request_id,
             key,
             route,
+            traceparent,
         })
     }
 }

@@ -112,10 +112,17 @@ fn handles(method: &Method, route: &str, status: u16) -> (Counter, Histogram) {
 pub(crate) async fn track(request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().cloned();
     let method = request.method().clone();
+    if crate::telemetry::exporting() {
+        // The server span is named by its route template (OpenTelemetry's HTTP convention),
+        // before the handler runs: once a child span has started it, its name is fixed.
+        let name = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+        tracing::Span::current().record("otel.name", format!("{method} {name}"));
+    }
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status();
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let matched = route;
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     if status == axum::http::StatusCode::MISDIRECTED_REQUEST {
         // A request for another region's data reached this origin: an edge routed it wrong.
         metrics::counter!("misdirected_requests_total", "route" => route.to_owned()).increment(1);
@@ -123,6 +130,13 @@ pub(crate) async fn track(request: Request, next: Next) -> Response {
     let (counter, histogram) = handles(&method, route, status.as_u16());
     counter.increment(1);
     histogram.record(started.elapsed().as_secs_f64());
+    let mut response = response;
+    if let Some(matched) = matched {
+        // For the access log (`access.rs`), which runs outside the router.
+        response
+            .extensions_mut()
+            .insert(crate::http::access::RouteTemplate(matched));
+    }
     response
 }
 

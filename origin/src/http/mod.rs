@@ -3,6 +3,7 @@
 //! Routes are registered through `utoipa_axum::OpenApiRouter`, so the router and
 //! `/openapi.json` come from the same list and cannot drift apart.
 
+pub(crate) mod access;
 pub(crate) mod admin;
 pub(crate) mod auth;
 pub(crate) mod bookings;
@@ -314,14 +315,45 @@ pub(crate) fn app(state: AppState) -> Router {
         .route_layer(middleware::from_fn(crate::http::metrics::track))
         .with_state(state)
         .layer(middleware::from_fn_with_state(admission, shed::admit))
-        .layer(TraceLayer::new_for_http().make_span_with(move |req: &Request| {
-            let request_id = req
-                .headers()
-                .get(REQUEST_ID)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("-");
-            tracing::info_span!("request", region = %origin_region, method = %req.method(), path = %req.uri().path(), request_id)
-        }))
+        .layer(middleware::from_fn_with_state(
+            origin_region.clone(),
+            access::log,
+        ))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(move |req: &Request| {
+                let request_id = req
+                    .headers()
+                    .get(REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                // The `otel.*` fields name the span for the trace exporter (`telemetry.rs`); they
+                // are filled in when traces are exported.
+                let span = tracing::info_span!(
+                    "request",
+                    region = %origin_region,
+                    method = %req.method(),
+                    path = %req.uri().path(),
+                    request_id,
+                    otel.name = tracing::field::Empty,
+                    otel.kind = "server",
+                    otel.status_code = tracing::field::Empty,
+                    http.response.status_code = tracing::field::Empty,
+                );
+                if crate::telemetry::exporting() {
+                    // The edge's span (or the client's) is the parent of this one; an invalid
+                    // `traceparent` starts a new trace.
+                    if let Some(incoming) = req
+                        .headers()
+                        .get("traceparent")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(domain::trace::TraceParent::parse)
+                    {
+                        crate::telemetry::set_remote_parent(&span, &incoming);
+                    }
+                }
+                span
+            }),
+        )
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .layer(SetSensitiveRequestHeadersLayer::new([

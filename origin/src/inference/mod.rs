@@ -225,11 +225,15 @@ impl InferenceClient {
         Req: Serialize,
         Resp: serde::de::DeserializeOwned,
     {
+        let span = tracing::debug_span!("inference", url = url, otel.kind = "client");
+        // The inference API continues the trace when it records one.
+        let traceparent = crate::telemetry::traceparent_of(&span);
         let request = async {
-            let response = self
-                .http
-                .post(url)
-                .json(body)
+            let mut request = self.http.post(url).json(body);
+            if let Some(tp) = traceparent {
+                request = request.header("traceparent", tp.to_string());
+            }
+            let response = request
                 .send()
                 .await
                 .map_err(|e| InferenceError::Transport(e.to_string()))?;
@@ -246,7 +250,8 @@ impl InferenceClient {
             check(&answer).map_err(InferenceError::Invalid)?;
             Ok(answer)
         };
-        match tokio::time::timeout(self.timeout, request).await {
+        let bounded = tokio::time::timeout(self.timeout, request);
+        match tracing::Instrument::instrument(bounded, span).await {
             Ok(result) => result,
             Err(_) => Err(InferenceError::Timeout),
         }

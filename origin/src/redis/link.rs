@@ -154,7 +154,10 @@ impl RedisLink {
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        match tokio::time::timeout(self.0.timeout, f(self.conn())).await {
+        // A span per command (DEBUG: exported with traces, free otherwise: `telemetry.rs`).
+        let span = tracing::debug_span!("redis", command = what, otel.kind = "client");
+        let bounded = tokio::time::timeout(self.0.timeout, f(self.conn()));
+        match tracing::Instrument::instrument(bounded, span).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
                 if e.is_io_error()

@@ -128,6 +128,7 @@ fn lock_key(user: &str, key: &str) -> i64 {
 
 /// Phase one: opens the request's transaction and, with a key, replays or refuses a request
 /// already seen (see the module docs). Without a key every request is fresh.
+#[tracing::instrument(level = "debug", name = "db.idempotency.begin", skip_all)]
 pub(crate) async fn begin(
     pool: &PgPool,
     user: &str,
@@ -193,6 +194,7 @@ impl Pending {
 
     /// Phase two: stores the response under the key (2xx only), then commits the effect and
     /// the key together.
+    #[tracing::instrument(level = "debug", name = "db.idempotency.finish", skip_all)]
     pub(crate) async fn finish(mut self, status: u16, body: &[u8]) -> Result<(), IdempotencyError> {
         if let Some(key) = &self.key {
             if (200..300).contains(&status) {
@@ -216,6 +218,7 @@ impl Pending {
     /// Commits a request that has no key ([`Pending::stores_response`] is false), so its
     /// response can be rendered after the commit. With a key, use [`Pending::finish`]: a
     /// response not stored would make a retry run the effect again.
+    #[tracing::instrument(level = "debug", name = "db.idempotency.commit", skip_all)]
     pub(crate) async fn commit(self) -> Result<(), IdempotencyError> {
         debug_assert!(
             self.key.is_none(),
@@ -227,6 +230,7 @@ impl Pending {
 
     /// Rolls the effect back now (rather than when the connection is next used), so locks
     /// released after it are released after the rollback.
+    #[tracing::instrument(level = "debug", name = "db.idempotency.abort", skip_all)]
     pub(crate) async fn abort(self) {
         if let Err(e) = self.tx.rollback().await {
             tracing::debug!(error = %e, "rollback; the connection discards the transaction");
@@ -236,6 +240,7 @@ impl Pending {
 
 /// Deletes keys older than `max_age` (called by the sweeper): retries are expected within
 /// hours, not weeks.
+#[tracing::instrument(level = "debug", name = "db.idempotency.purge_older_than", skip_all)]
 pub(crate) async fn purge_older_than(
     pool: &PgPool,
     max_age: chrono::Duration,

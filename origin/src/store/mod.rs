@@ -6,6 +6,10 @@
 //! checked against the migrations when `.sqlx/` is prepared (see README, "Queries"). Rows
 //! become domain types at this boundary; a value the domain refuses is a decode error
 //! ([`corrupt`]), never a string that travels on.
+//!
+//! Each public function is one statement group and one `DEBUG` span, `db.<module>.<function>`
+//! (`#[tracing::instrument]`): exported as a child of the request's span when traces are on,
+//! a disabled call site otherwise (`telemetry.rs`).
 
 pub(crate) mod bookings;
 pub(crate) mod idempotency;

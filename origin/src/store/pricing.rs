@@ -19,6 +19,7 @@ use super::corrupt;
 
 /// The rate card (base rates with floor and ceiling) of a region and class; `None` when either
 /// half is missing (such a class cannot be quoted).
+#[tracing::instrument(level = "debug", name = "db.pricing.rate_card", skip_all)]
 pub(crate) async fn rate_card(
     conn: &mut PgConnection,
     region: Region,
@@ -47,6 +48,7 @@ pub(crate) async fn rate_card(
 }
 
 /// A region's time-of-day multiplier rules.
+#[tracing::instrument(level = "debug", name = "db.pricing.time_rules", skip_all)]
 pub(crate) async fn time_rules(
     conn: &mut PgConnection,
     region: Region,
@@ -74,6 +76,7 @@ pub(crate) async fn time_rules(
 }
 
 /// A region's active discount rules.
+#[tracing::instrument(level = "debug", name = "db.pricing.discount_rules", skip_all)]
 pub(crate) async fn discount_rules(
     conn: &mut PgConnection,
     region: Region,
@@ -115,6 +118,7 @@ fn discount_kind(text: &str) -> sqlx::Result<DiscountKind> {
 /// The (region, class) pairs of `regions` that have a base rate, for cache warming. Only
 /// known classes: `base_rates.class` has no check of its own, and a rate for a class no
 /// vehicle can have prices nothing.
+#[tracing::instrument(level = "debug", name = "db.pricing.priced_classes", skip_all)]
 pub(crate) async fn priced_classes(
     pool: &PgPool,
     regions: &[Region],
@@ -153,6 +157,7 @@ pub(crate) struct Refused<'a> {
 }
 
 /// Records a refused price in `price_refusals`.
+#[tracing::instrument(level = "debug", name = "db.pricing.record_refusal", skip_all)]
 pub(crate) async fn record_refusal(pool: &PgPool, refused: &Refused<'_>) -> sqlx::Result<()> {
     sqlx::query!(
         "insert into price_refusals (region, vehicle_id, user_id, period, total_minor, reason, detail)

@@ -13,6 +13,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 /// Serialises pricing changes of one region (held until the transaction ends).
+#[tracing::instrument(level = "debug", name = "db.pricing_admin.lock_region", skip_all)]
 pub(crate) async fn lock_region(conn: &mut PgConnection, region: Region) -> sqlx::Result<()> {
     // The function returns `void`, which the query macros cannot type: declare it as `()`.
     sqlx::query!(
@@ -44,6 +45,7 @@ macro_rules! row_as_json {
 }
 
 /// A class's `base_rates` row as JSON.
+#[tracing::instrument(level = "debug", name = "db.pricing_admin.base_rate_row", skip_all)]
 pub(crate) async fn base_rate_row(
     conn: &mut PgConnection,
     region: Region,
@@ -53,6 +55,11 @@ pub(crate) async fn base_rate_row(
 }
 
 /// A class's `vehicle_config` row as JSON.
+#[tracing::instrument(
+    level = "debug",
+    name = "db.pricing_admin.vehicle_config_row",
+    skip_all
+)]
 pub(crate) async fn vehicle_config_row(
     conn: &mut PgConnection,
     region: Region,
@@ -62,6 +69,11 @@ pub(crate) async fn vehicle_config_row(
 }
 
 /// A `time_multipliers` row of the region as JSON.
+#[tracing::instrument(
+    level = "debug",
+    name = "db.pricing_admin.time_multiplier_row",
+    skip_all
+)]
 pub(crate) async fn time_multiplier_row(
     conn: &mut PgConnection,
     region: Region,
@@ -71,6 +83,7 @@ pub(crate) async fn time_multiplier_row(
 }
 
 /// A `discount_rules` row of the region as JSON.
+#[tracing::instrument(level = "debug", name = "db.pricing_admin.discount_row", skip_all)]
 pub(crate) async fn discount_row(
     conn: &mut PgConnection,
     region: Region,
@@ -80,6 +93,7 @@ pub(crate) async fn discount_row(
 }
 
 /// Creates or replaces a class's base rate (in the region's currency).
+#[tracing::instrument(level = "debug", name = "db.pricing_admin.upsert_base_rate", skip_all)]
 pub(crate) async fn upsert_base_rate(
     conn: &mut PgConnection,
     region: Region,
@@ -105,6 +119,11 @@ pub(crate) async fn upsert_base_rate(
 }
 
 /// Creates or replaces a class's floor and ceiling.
+#[tracing::instrument(
+    level = "debug",
+    name = "db.pricing_admin.upsert_vehicle_config",
+    skip_all
+)]
 pub(crate) async fn upsert_vehicle_config(
     conn: &mut PgConnection,
     region: Region,
@@ -139,6 +158,7 @@ pub(crate) struct TimeWindowRow {
 
 /// The windows of every time-of-day rule of the region except `except` (the rule being
 /// replaced, if any).
+#[tracing::instrument(level = "debug", name = "db.pricing_admin.time_windows", skip_all)]
 pub(crate) async fn time_windows(
     conn: &mut PgConnection,
     region: Region,
@@ -167,6 +187,11 @@ pub(crate) struct TimeMultiplierFields<'a> {
 }
 
 /// Creates or replaces the time-of-day rule `id`.
+#[tracing::instrument(
+    level = "debug",
+    name = "db.pricing_admin.upsert_time_multiplier",
+    skip_all
+)]
 pub(crate) async fn upsert_time_multiplier(
     conn: &mut PgConnection,
     region: Region,
@@ -208,6 +233,11 @@ macro_rules! delete_rule {
 }
 
 /// Deletes the time-of-day rule `id` of the region.
+#[tracing::instrument(
+    level = "debug",
+    name = "db.pricing_admin.delete_time_multiplier",
+    skip_all
+)]
 pub(crate) async fn delete_time_multiplier(
     conn: &mut PgConnection,
     region: Region,
@@ -244,6 +274,7 @@ pub(crate) enum DiscountWrite {
 ///
 /// A taken promo code fails the statement, which aborts the caller's transaction: roll it back
 /// after [`DiscountWrite::CodeTaken`].
+#[tracing::instrument(level = "debug", name = "db.pricing_admin.upsert_discount", skip_all)]
 pub(crate) async fn upsert_discount(
     conn: &mut PgConnection,
     region: Region,
@@ -282,6 +313,7 @@ pub(crate) async fn upsert_discount(
 }
 
 /// Deletes the discount rule `id` of the region.
+#[tracing::instrument(level = "debug", name = "db.pricing_admin.delete_discount", skip_all)]
 pub(crate) async fn delete_discount(
     conn: &mut PgConnection,
     region: Region,
@@ -307,6 +339,7 @@ pub(crate) struct AuditEntry<'a> {
 }
 
 /// Writes an audit row (in the change's transaction); returns its id.
+#[tracing::instrument(level = "debug", name = "db.pricing_admin.insert_audit", skip_all)]
 pub(crate) async fn insert_audit(
     conn: &mut PgConnection,
     entry: &AuditEntry<'_>,
@@ -328,6 +361,7 @@ pub(crate) async fn insert_audit(
 }
 
 /// The region's whole pricing configuration as one JSON object.
+#[tracing::instrument(level = "debug", name = "db.pricing_admin.overview", skip_all)]
 pub(crate) async fn overview(conn: &mut PgConnection, region: Region) -> sqlx::Result<Value> {
     sqlx::query_scalar!(
         r#"select jsonb_build_object(
@@ -344,6 +378,7 @@ pub(crate) async fn overview(conn: &mut PgConnection, region: Region) -> sqlx::R
 }
 
 /// The newest `limit` audit rows (of one region, or all), newest first, as a JSON array.
+#[tracing::instrument(level = "debug", name = "db.pricing_admin.audit_log", skip_all)]
 pub(crate) async fn audit_log(
     pool: &PgPool,
     region: Option<Region>,

@@ -134,6 +134,7 @@ macro_rules! candidates_where {
 }
 
 /// The candidates among `ids` (found by the GEO index).
+#[tracing::instrument(level = "debug", name = "db.search.near_ids", skip_all)]
 pub(crate) async fn near_ids(
     pool: &PgPool,
     ids: &[Uuid],
@@ -146,6 +147,7 @@ pub(crate) async fn near_ids(
 }
 
 /// The candidates parked inside `area` (when the GEO index cannot answer).
+#[tracing::instrument(level = "debug", name = "db.search.in_box", skip_all)]
 pub(crate) async fn in_box(
     pool: &PgPool,
     area: BoundingBox,

@@ -28,6 +28,7 @@ pub(crate) struct PricingFacts {
 }
 
 /// The pricing facts of `vehicle` if it is active in its region (`None` otherwise).
+#[tracing::instrument(level = "debug", name = "db.vehicles.pricing_facts", skip_all)]
 pub(crate) async fn pricing_facts(
     pool: &PgPool,
     vehicle: &VehicleId,
@@ -53,6 +54,7 @@ pub(crate) async fn pricing_facts(
 }
 
 /// Whether `bay` is a parking bay of `region`.
+#[tracing::instrument(level = "debug", name = "db.vehicles.bay_in_region", skip_all)]
 pub(crate) async fn bay_in_region(pool: &PgPool, bay: Uuid, region: Region) -> sqlx::Result<bool> {
     sqlx::query_scalar!(
         r#"select exists(select 1 from parking_bays where id = $1 and region = $2) as "exists!""#,
@@ -65,6 +67,7 @@ pub(crate) async fn bay_in_region(pool: &PgPool, bay: Uuid, region: Region) -> s
 
 /// Whether a booking occupies `vehicle` for part of `window` at `now` (a hold past its expiry
 /// does not). Advisory: the exclusion constraint decides when the hold is written.
+#[tracing::instrument(level = "debug", name = "db.vehicles.is_occupied", skip_all)]
 pub(crate) async fn is_occupied(
     pool: &PgPool,
     vehicle: &VehicleId,
@@ -95,6 +98,7 @@ pub(crate) struct Position {
 
 /// Every active vehicle of `region` at its bay's position, ordered by vehicle id (what the GEO
 /// availability index holds).
+#[tracing::instrument(level = "debug", name = "db.vehicles.active_positions", skip_all)]
 pub(crate) async fn active_positions(pool: &PgPool, region: Region) -> sqlx::Result<Vec<Position>> {
     sqlx::query_as!(
         Position,
@@ -120,6 +124,7 @@ pub(crate) struct BayLoad {
 }
 
 /// The load of every bay of `region`.
+#[tracing::instrument(level = "debug", name = "db.vehicles.bay_loads", skip_all)]
 pub(crate) async fn bay_loads(pool: &PgPool, region: Region) -> sqlx::Result<Vec<BayLoad>> {
     sqlx::query_as!(
         BayLoad,

@@ -26,6 +26,7 @@ pub mod ratelimit;
 pub mod region;
 pub mod search;
 pub mod state;
+pub mod trace;
 pub mod vehicle;
 pub mod window;
 

@@ -101,6 +101,9 @@ pub(crate) struct Actor<'a> {
     pub id: &'a str,
     /// The request that made the change, when there is one.
     pub request_id: Option<&'a str>,
+    /// The request's incoming `traceparent` (raw; validated where used): the outbox rows carry
+    /// the trace on (`telemetry::current_traceparent`).
+    pub traceparent: Option<&'a str>,
 }
 
 impl Actor<'static> {
@@ -108,6 +111,7 @@ impl Actor<'static> {
     pub(crate) const SYSTEM: Actor<'static> = Actor {
         id: "system",
         request_id: None,
+        traceparent: None,
     };
 }
 
@@ -156,6 +160,7 @@ pub(crate) enum RowLock {
 }
 
 /// Reads a booking, optionally locking its row for the rest of the transaction.
+#[tracing::instrument(level = "debug", name = "db.bookings.load", skip_all)]
 pub(crate) async fn load(
     conn: &mut PgConnection,
     id: &BookingId,
@@ -188,6 +193,7 @@ pub(crate) async fn load(
 
 /// A booking `viewer` may see: their own, or any for ops. `None` for others' bookings as for
 /// missing ones, so ids cannot be probed.
+#[tracing::instrument(level = "debug", name = "db.bookings.load_visible", skip_all)]
 pub(crate) async fn load_visible(
     pool: &PgPool,
     id: &BookingId,
@@ -201,6 +207,7 @@ pub(crate) async fn load_visible(
 
 /// The vehicle of a booking (any user's), to lock it before a transaction changes its
 /// occupancy; `None` when there is no such booking.
+#[tracing::instrument(level = "debug", name = "db.bookings.vehicle_of", skip_all)]
 pub(crate) async fn vehicle_of(
     conn: &mut PgConnection,
     id: &BookingId,
@@ -225,6 +232,7 @@ pub(crate) struct PricingFacts {
 }
 
 /// The class and bay time zone of `vehicle`.
+#[tracing::instrument(level = "debug", name = "db.bookings.pricing_facts", skip_all)]
 pub(crate) async fn pricing_facts(
     conn: &mut PgConnection,
     vehicle: &VehicleId,
@@ -261,6 +269,7 @@ pub(crate) struct ListFilter {
 }
 
 /// Lists a user's bookings, newest first.
+#[tracing::instrument(level = "debug", name = "db.bookings.list", skip_all)]
 pub(crate) async fn list(pool: &PgPool, filter: &ListFilter) -> Result<Vec<Booking>, StoreError> {
     let rows = booking_rows!(
         [],
@@ -315,6 +324,7 @@ impl OutboxRows {
 
 /// Writes a transition of an existing booking: its new state, its history row and its events,
 /// in one statement.
+#[tracing::instrument(level = "debug", name = "db.bookings.save", skip_all)]
 pub(crate) async fn save(
     conn: &mut PgConnection,
     transition: &Transition,
@@ -323,6 +333,7 @@ pub(crate) async fn save(
     let after = &transition.booking;
     let outbox = OutboxRows::of(transition)?;
     let extensions = serde_json::to_value(&after.extensions)?;
+    let traceparent = crate::telemetry::current_traceparent(actor.traceparent);
     let done = sqlx::query!(
         "with u as (
              update bookings
@@ -333,8 +344,8 @@ pub(crate) async fn save(
          h as (
              insert into booking_history (booking_id, from_status, to_status, event, reason, actor, request_id, details, at)
              select id, $10::text, $2, $11::text, $12::text, $13::text, $14::text, $15::jsonb, $9 from u)
-         insert into outbox (event_id, topic, partition_key, aggregate_id, payload)
-         select e.event_id, e.topic, $16, u.id, e.payload
+         insert into outbox (event_id, topic, partition_key, aggregate_id, payload, traceparent)
+         select e.event_id, e.topic, $16, u.id, e.payload, $20::text
            from u, unnest($17::uuid[], $18::text[], $19::jsonb[]) with ordinality as e(event_id, topic, payload, n)
           order by e.n",
         after.id.uuid,
@@ -356,6 +367,7 @@ pub(crate) async fn save(
         &outbox.ids,
         &outbox.topics,
         &outbox.payloads,
+        traceparent,
     )
     .execute(conn)
     .await?;
@@ -387,6 +399,11 @@ async fn expire(
 
 /// Ends expired holds on one vehicle that overlap `window`, so a new hold does not wait for
 /// the sweeper. Returns how many it ended.
+#[tracing::instrument(
+    level = "debug",
+    name = "db.bookings.expire_overlapping_holds",
+    skip_all
+)]
 pub(crate) async fn expire_overlapping_holds(
     conn: &mut PgConnection,
     vehicle: &VehicleId,
@@ -415,6 +432,7 @@ pub(crate) async fn expire_overlapping_holds(
 
 /// The sweeper's batch: ends up to `batch` expired holds in one transaction, skipping rows
 /// another origin is working on. Returns how many it ended.
+#[tracing::instrument(level = "debug", name = "db.bookings.sweep_expired_holds", skip_all)]
 pub(crate) async fn sweep_expired_holds(
     pool: &PgPool,
     now: DateTime<Utc>,
@@ -449,6 +467,7 @@ pub(crate) async fn sweep_expired_holds(
 /// does. Only then — rarely — are those holds ended ([`expire_overlapping_holds`]) and the
 /// unguarded insert run, so lazy expiry costs nothing when there is nothing to expire. The
 /// guard is an optimisation only: the exclusion constraint still decides.
+#[tracing::instrument(level = "debug", name = "db.bookings.insert_hold", skip_all)]
 pub(crate) async fn insert_hold(
     conn: &mut PgConnection,
     hold: &Transition,
@@ -457,6 +476,7 @@ pub(crate) async fn insert_hold(
     let b = &hold.booking;
     let outbox = OutboxRows::of(hold)?;
     let breakdown = serde_json::to_value(&b.breakdown)?;
+    let traceparent = crate::telemetry::current_traceparent(actor.traceparent);
     /// The hold's statement; `$guard` is extra SQL on the vehicle row.
     macro_rules! insert {
         ($guard:literal) => {
@@ -478,8 +498,8 @@ pub(crate) async fn insert_hold(
                          select id, $15::text, status, $16::text, $17::text, $18::text, $19::text, $20::jsonb, $13
                            from b),
                      o as (
-                         insert into outbox (event_id, topic, partition_key, aggregate_id, payload)
-                         select e.event_id, e.topic, $21, b.id, e.payload
+                         insert into outbox (event_id, topic, partition_key, aggregate_id, payload, traceparent)
+                         select e.event_id, e.topic, $21, b.id, e.payload, $25::text
                            from b, unnest($22::uuid[], $23::text[], $24::jsonb[])
                                    with ordinality as e(event_id, topic, payload, n)
                           order by e.n)
@@ -510,6 +530,7 @@ pub(crate) async fn insert_hold(
                 &outbox.ids,
                 &outbox.topics,
                 &outbox.payloads,
+                traceparent.as_deref(),
             )
             .fetch_optional(&mut *conn)
         };

@@ -42,6 +42,8 @@ create function hold_booking(
     p_from text, p_event text, p_reason text, p_actor text, p_request_id text, p_details jsonb,
     -- Its outbox rows, in order.
     p_partition_key text, p_event_ids uuid[], p_topics text[], p_payloads jsonb[],
+    -- The trace the outbox rows carry on (W3C traceparent, or null).
+    p_traceparent text,
     -- The response: rendered before the bay is known, with `p_bay_placeholder` where the bay
     -- id goes; stored under the key (if any) and returned with the bay filled in.
     p_response_status smallint, p_response_body text, p_bay_placeholder text
@@ -122,8 +124,8 @@ begin
         select b.id, p_from, b.status, p_event, p_reason, p_actor, p_request_id, p_details, p_at
           from b),
     o as (
-        insert into outbox (event_id, topic, partition_key, aggregate_id, payload)
-        select e.event_id, e.topic, p_partition_key, b.id, e.payload
+        insert into outbox (event_id, topic, partition_key, aggregate_id, payload, traceparent)
+        select e.event_id, e.topic, p_partition_key, b.id, e.payload, p_traceparent
           from b, unnest(p_event_ids, p_topics, p_payloads)
                   with ordinality as e(event_id, topic, payload, n)
          order by e.n)

@@ -185,7 +185,7 @@ async fn a_clients_trace_runs_through_the_edge_into_the_origins_spans_and_the_ka
 
     // 3. The origin's spans arrive with the trace id and the expected parents.
     tracing.flush().await?;
-    let wanted = ["db.idempotency.begin", "db.bookings.insert_hold", "redis"];
+    let wanted = ["db.bookings.hold_at_once", "redis"];
     let spans = tracing
         .receiver
         .wait_for_trace(&trace_id, Duration::from_secs(30), |spans| {
@@ -233,7 +233,7 @@ async fn a_clients_trace_runs_through_the_edge_into_the_origins_spans_and_the_ka
     anyhow::ensure!(!rows.is_empty(), "the hold wrote no outbox row");
     let insert = spans
         .iter()
-        .find(|s| s.name == "db.bookings.insert_hold")
+        .find(|s| s.name == "db.bookings.hold_at_once")
         .context("no insert span")?;
     for (event_id, topic, row_traceparent) in &rows {
         let row_tp = row_traceparent

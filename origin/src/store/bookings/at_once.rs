@@ -94,6 +94,7 @@ fn lock_wait(wait: std::time::Duration) -> String {
 }
 
 /// Runs the hold `hold` in one statement (see the module docs).
+#[tracing::instrument(level = "debug", name = "db.bookings.hold_at_once", skip_all)]
 pub(crate) async fn hold(
     pool: &PgPool,
     hold: &Transition,
@@ -114,7 +115,7 @@ pub(crate) async fn hold(
         r#"select outcome as "outcome!", stored_status, body, bay_id
              from hold_booking($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
                                $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28,
-                               $29, $30, $31, $32, $33)"#,
+                               $29, $30, $31, $32, $33, $34)"#,
         b.user_id,
         key.map(KeyClaim::lock_id),
         key.map(|k| k.key),
@@ -145,6 +146,7 @@ pub(crate) async fn hold(
         &outbox.ids,
         &outbox.topics,
         &outbox.payloads,
+        crate::telemetry::current_traceparent(actor.traceparent),
         i16::try_from(response.status).unwrap_or(201),
         response.body,
         response.placeholder.to_string(),

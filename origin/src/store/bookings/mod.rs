@@ -414,13 +414,17 @@ pub(crate) async fn expire_overlapping_holds(
 
 /// The sweeper's batch: ends up to `batch` expired holds in one transaction, skipping rows
 /// another origin is working on. Returns how many it ended.
+///
+/// The holds are ended in vehicle order: each change locks its vehicle's event-sequence row
+/// until commit (migration `20261202071500_outbox_vehicle_sequence.sql`), and two sweepers
+/// taking the rows of two vehicles in opposite orders would deadlock.
 pub(crate) async fn sweep_expired_holds(
     pool: &PgPool,
     now: DateTime<Utc>,
     batch: i64,
 ) -> Result<usize, StoreError> {
     let mut tx = pool.begin().await?;
-    let rows = booking_rows!(
+    let mut rows = booking_rows!(
         [],
         "from bookings
           where status = 'RESERVING' and hold_expires_at <= $1
@@ -432,6 +436,7 @@ pub(crate) async fn sweep_expired_holds(
     .fetch_all(&mut *tx)
     .await?;
     let count = rows.len();
+    rows.sort_by_key(|r| (r.region.clone(), r.vehicle_id));
     for row in rows {
         expire(&mut tx, row, now).await?;
     }

@@ -787,11 +787,13 @@ async fn a_later_commit_with_a_lower_outbox_id_gets_the_next_number_and_is_publi
 /// Lock order: a vehicle's sequence row is locked before any of its bookings changes, so a
 /// transaction that already wrote the vehicle's events never waits on the exclusion
 /// constraint for a change that itself waits for the sequence row. Here the test's
-/// transaction holds the vehicle (it changed a booking) while a cancel of another booking of
-/// that vehicle waits; its insert overlapping that booking is then refused at once (23P01)
-/// and the cancel goes through after it. Were the row locked only by the outbox insert, the
-/// cancel would already have changed its booking and wait for the row: a deadlock, and
-/// PostgreSQL would abort the cancel (a 409 "a concurrent booking won").
+/// transaction does what a hold's lazy expiry does (changes a booking of the vehicle and
+/// writes its event) while a cancel of another booking of that vehicle waits; its insert
+/// overlapping that booking is then refused at once (23P01) and the cancel goes through after
+/// it. Were the row locked only by the outbox insert (checked by dropping the bookings
+/// trigger: this test then fails), the cancel would already have changed its booking and wait
+/// for the row while the insert waits for the cancel: a deadlock, and PostgreSQL aborts one
+/// of them (40P01).
 #[sqlx::test(migrations = "../migrations")]
 async fn a_transaction_holding_a_vehicles_events_does_not_deadlock_with_a_change_waiting_on_it(
     pool: PgPool,
@@ -810,10 +812,12 @@ async fn a_transaction_holding_a_vehicles_events_does_not_deadlock_with_a_change
     );
 
     let mut holder = app.pool.begin().await?;
+    // What a hold's lazy expiry does first: change a booking of the vehicle, write its event.
     sqlx::query("update bookings set updated_at = updated_at where id = $1")
         .bind(uuid_of(&first)?)
         .execute(&mut *holder)
         .await?;
+    insert_event(&mut holder, None, &vehicle).await?;
     let cancel = {
         let (base, id) = (app.base.clone(), second.clone());
         tokio::spawn(async move {

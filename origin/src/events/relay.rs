@@ -561,13 +561,20 @@ async fn publish_batch(
 ) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await.context("begin a relay batch")?;
     // objsubid 2: the lock was taken with two int4 keys (classid = first, objid = second).
+    // The same statement lets this transaction idle while it waits for the broker: the pool's
+    // sessions are ended by the server past the request deadline (`startup::pool_options`),
+    // a batch may wait for its deliveries up to the delivery timeout.
+    let idle = settings.delivery_timeout + DB_STEP_TIMEOUT + DB_STEP_TIMEOUT;
     let holds = sqlx::query_scalar!(
         r#"select exists (select 1 from pg_locks
                            where locktype = 'advisory' and pid = $1 and granted and objsubid = 2
-                             and classid::int8 = $2 and objid::int8 = $3) as "held!""#,
+                             and classid::int8 = $2 and objid::int8 = $3)
+                  and set_config('idle_in_transaction_session_timeout', $4, true) is not null
+                  as "held!""#,
         lock_pid,
         i64::from(LOCK_NAMESPACE),
         i64::from(lane),
+        format!("{}ms", idle.as_millis()),
     )
     .fetch_one(&mut *tx)
     .await

@@ -60,15 +60,20 @@ async fn quote_and_hold(
     }
 }
 
-async fn ready(http: &reqwest::Client, origin: usize) -> bool {
+/// The origin's `/readyz` body (Null without an answer).
+async fn readyz(http: &reqwest::Client, origin: usize) -> Value {
     let Ok(r) = http
         .get(format!("http://127.0.0.1:{}/readyz", ORIGIN_PORTS[origin]))
         .send()
         .await
     else {
-        return false;
+        return Value::Null;
     };
-    let v: Value = r.json().await.unwrap_or(Value::Null);
+    r.json().await.unwrap_or(Value::Null)
+}
+
+async fn ready(http: &reqwest::Client, origin: usize) -> bool {
+    let v = readyz(http, origin).await;
     v["checks"]["postgres"] == "ok" && v["checks"]["redis"] == "ok"
 }
 
@@ -132,7 +137,9 @@ async fn an_origin_recovers_by_itself_when_its_postgres_and_redis_peers_go_silen
         if healed.elapsed() > Duration::from_secs(40) {
             anyhow::bail!(
                 "the origins did not recover from silent PostgreSQL/Redis connections within \
-                 40 s; the database's sessions:\n{}",
+                 40 s; /readyz: {} | {}; the database's sessions:\n{}",
+                readyz(&http, 0).await,
+                readyz(&http, 1).await,
                 sessions(&c.pool).await.join("\n")
             );
         }

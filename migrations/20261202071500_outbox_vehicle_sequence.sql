@@ -21,8 +21,8 @@
 -- way) could wait on the exclusion constraint for a booking another transaction just changed,
 -- while that one waits for the sequence row: a deadlock. With it, whoever holds the sequence
 -- row is the only transaction with uncommitted changes to that vehicle's bookings, so the
--- constraint never makes it wait on one that waits for it. The sweeper, which ends holds of
--- many vehicles in one transaction, takes them in vehicle order (store/bookings).
+-- constraint never makes it wait on one that waits for it. The sweeper ends each hold in a
+-- transaction of its own (store/bookings), so it never holds two vehicles' rows at once.
 --
 -- Compatibility: the old release's inserts are numbered by the trigger; its relay keeps
 -- publishing in id order with the id in the `sequence` header until it is replaced (README).

@@ -39,6 +39,25 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 /// How long a connection handed back to the pool may take to answer the release check.
 pub const RELEASE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long past the request deadline a pooled session may sit idle inside a transaction
+/// before PostgreSQL ends it ([`idle_in_transaction_timeout`]).
+const IDLE_IN_TRANSACTION_MARGIN: Duration = Duration::from_secs(5);
+
+/// `idle_in_transaction_session_timeout` for the pool's sessions: the request deadline
+/// (`REQUEST_TIMEOUT_MS`, which bounds every request's transaction) plus a margin.
+///
+/// Why: a client that vanishes mid-transaction (a dead host, a blackholed link: no RST, no
+/// FIN) leaves its server session idle in its transaction, holding its locks, until TCP
+/// keepalive notices hours later. Among those locks is the vehicle's event-sequence row
+/// (migration `20261202071500_outbox_vehicle_sequence.sql`), which every write of that vehicle
+/// needs: the fault suite's dead-peer test saw the sweeper wait on it. No live transaction of
+/// ours idles that long (the relay's batch, which waits for the broker inside its
+/// transaction, sets its own bound: `events::relay`), so past it the session is dead and the
+/// server ends it, freeing the vehicle.
+pub fn idle_in_transaction_timeout(config: &Config) -> Duration {
+    config.request_timeout + IDLE_IN_TRANSACTION_MARGIN
+}
+
 /// Opens the pool and waits (bounded) for the database to accept connections.
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
     pool_options(config)
@@ -55,11 +74,25 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
 /// PING forever and keep its pool slot; a few of them and every later request waits out
 /// `acquire_timeout` for good (the fault suite's dead-peer fault found it). So each released
 /// connection first answers a PING within [`RELEASE_CHECK_TIMEOUT`], or is closed. The price
-/// is one more round trip per release, after the answer has gone out.
+/// is one more round trip per release, after the answer has gone out. Each new session gets
+/// [`idle_in_transaction_timeout`] (one statement when it is opened).
 pub fn pool_options(config: &Config) -> PgPoolOptions {
+    let idle = format!("{}ms", idle_in_transaction_timeout(config).as_millis());
     PgPoolOptions::new()
         .max_connections(config.db_max_connections)
         .acquire_timeout(Duration::from_secs(5))
+        .after_connect(move |conn, _meta| {
+            let idle = idle.clone();
+            Box::pin(async move {
+                sqlx::query!(
+                    "select set_config('idle_in_transaction_session_timeout', $1, false)",
+                    idle
+                )
+                .fetch_one(conn)
+                .await?;
+                Ok(())
+            })
+        })
         .after_release(|conn, _meta| {
             Box::pin(async move {
                 use sqlx::Connection;

@@ -45,14 +45,15 @@ struct OutboxRow {
     event_id: Uuid,
     topic: String,
     partition_key: String,
+    sequence: i64,
 }
 
 async fn outbox(pool: &PgPool) -> TestResult<Vec<OutboxRow>> {
-    Ok(
-        sqlx::query_as("select id, event_id, topic, partition_key from outbox order by id")
-            .fetch_all(pool)
-            .await?,
+    Ok(sqlx::query_as(
+        "select id, event_id, topic, partition_key, sequence from outbox order by id",
     )
+    .fetch_all(pool)
+    .await?)
 }
 
 async fn unpublished(pool: &PgPool) -> TestResult<i64> {
@@ -208,15 +209,28 @@ async fn consume(
     Ok(received)
 }
 
-/// Checks the records against the outbox: each event with its topic, key, payload and
-/// sequence; exactly once (or, with `duplicates_allowed`, at least once); and per topic and
-/// vehicle in outbox order (the first copy of each event, in partition offset order).
+/// Checks the outbox and the records: each vehicle's events numbered 1, 2, … without holes;
+/// each event delivered with its topic, key, payload and sequence; exactly once (or, with
+/// `duplicates_allowed`, at least once); and per topic and vehicle in sequence order (the
+/// first copy of each event, in partition offset order).
 fn assert_delivered(outbox: &[OutboxRow], received: &[Received], duplicates_allowed: bool) {
     let mut copies: HashMap<Uuid, usize> = HashMap::new();
     for r in received {
         *copies.entry(r.event_id).or_default() += 1;
     }
     let by_id: HashMap<Uuid, &OutboxRow> = outbox.iter().map(|o| (o.event_id, o)).collect();
+    let mut numbers: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    for row in outbox {
+        numbers
+            .entry(&row.partition_key)
+            .or_default()
+            .push(row.sequence);
+    }
+    for (key, mut seqs) in numbers {
+        seqs.sort_unstable();
+        let expected: Vec<i64> = (1..=seqs.len() as i64).collect();
+        assert_eq!(seqs, expected, "sequence numbers of {key}");
+    }
     for row in outbox {
         let n = copies.get(&row.event_id).copied().unwrap_or(0);
         assert!(
@@ -237,7 +251,11 @@ fn assert_delivered(outbox: &[OutboxRow], received: &[Received], duplicates_allo
         let row = by_id[&r.event_id];
         assert_eq!(r.topic, row.topic, "topic of {}", r.event_id);
         assert_eq!(r.key, row.partition_key, "key of {}", r.event_id);
-        assert_eq!(r.sequence, row.id, "sequence header of {}", r.event_id);
+        assert_eq!(
+            r.sequence, row.sequence,
+            "sequence header of {}",
+            r.event_id
+        );
         assert_eq!(r.payload["event_id"], row.event_id.to_string());
         assert_eq!(r.payload["type"], row.topic.as_str());
         // The region header names the vehicle's home region, as the payload does.
@@ -260,7 +278,7 @@ fn assert_delivered(outbox: &[OutboxRow], received: &[Received], duplicates_allo
         );
     }
 
-    // Per (topic, vehicle): one partition, and the offsets follow the outbox ids.
+    // Per (topic, vehicle): one partition, and the offsets follow the sequence.
     let mut streams: BTreeMap<(&str, &str), Vec<&Received>> = BTreeMap::new();
     for r in received {
         streams.entry((&r.topic, &r.key)).or_default().push(r);
@@ -279,11 +297,12 @@ fn assert_delivered(outbox: &[OutboxRow], received: &[Received], duplicates_allo
             .filter(|r| firsts.insert(r.event_id))
             .map(|r| r.sequence)
             .collect();
-        let expected: Vec<i64> = outbox
+        let mut expected: Vec<i64> = outbox
             .iter()
             .filter(|o| o.topic == topic && o.partition_key == key)
-            .map(|o| o.id)
+            .map(|o| o.sequence)
             .collect();
+        expected.sort_unstable();
         assert_eq!(order, expected, "order of {topic} for {key}");
     }
 }
@@ -638,5 +657,201 @@ async fn two_relays_at_once_publish_each_event_once_in_order_per_vehicle(
     )
     .await?;
     assert_delivered(&rows, &received, false);
+    app.stop().await
+}
+
+/// Waits (bounded) until a session of this database waits on a lock (a row lock: the vehicle's
+/// event-sequence row); fails if none does, so a test that needs a blocked writer cannot pass
+/// with one that was never blocked.
+async fn until_a_session_waits_on_a_lock(pool: &PgPool) -> TestResult {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "select count(*) from pg_stat_activity
+              where datname = current_database() and wait_event_type = 'Lock'",
+        )
+        .fetch_one(pool)
+        .await?;
+        if waiting > 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no session of this database waited on a lock within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// An outbox row about `vehicle` (an event of no booking: the trigger numbers any row).
+async fn insert_event(
+    conn: &mut sqlx::PgConnection,
+    id: Option<i64>,
+    vehicle: &str,
+) -> TestResult<(Uuid, i64)> {
+    let event_id = Uuid::now_v7();
+    let payload = json!({
+        "event_id": event_id, "type": "vehicle.released", "region": "EUW",
+        "booking": { "vehicle_id": vehicle },
+    });
+    let sequence: i64 = sqlx::query_scalar(
+        "insert into outbox (id, event_id, topic, partition_key, aggregate_id, payload)
+         values (coalesce($1, nextval('outbox_id_seq')), $2, 'vehicle.released', $3, $4, $5)
+         returning sequence",
+    )
+    .bind(id)
+    .bind(event_id)
+    .bind(vehicle)
+    .bind(Uuid::now_v7())
+    .bind(&payload)
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok((event_id, sequence))
+}
+
+/// The old failure mode, forced: a transaction whose row has the *lower* outbox id commits
+/// *after* another one of the same vehicle (ids are drawn at insert, not at commit). The
+/// second writer waits for the first's commit to get its number, so the sequence follows the
+/// commits, and the relay publishes by sequence: a relay ordering by id would send the later
+/// commit first and fail this test.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_later_commit_with_a_lower_outbox_id_gets_the_next_number_and_is_published_after(
+    pool: PgPool,
+) -> TestResult {
+    let brokers = shared_brokers()?;
+    let start = e2e::broker::end_offsets(&brokers)?;
+    let app = spawn_app(pool).await?;
+    let vehicle = app.vehicles("EUW").await?[0].clone();
+
+    let mut first = app.pool.begin().await?;
+    let (_, first_seq) = insert_event(&mut first, Some(2_000_001), &vehicle).await?;
+    let second = {
+        let (pool, vehicle) = (app.pool.clone(), vehicle.clone());
+        tokio::spawn(async move {
+            let mut tx = pool.begin().await?;
+            let numbered = insert_event(&mut tx, Some(2_000_000), &vehicle).await?;
+            tx.commit().await?;
+            anyhow::Ok(numbered)
+        })
+    };
+    until_a_session_waits_on_a_lock(&app.pool).await?;
+    assert!(!second.is_finished(), "the second writer did not wait");
+    first.commit().await?;
+    let (_, second_seq) = second.await??;
+    assert_eq!((first_seq, second_seq), (1, 2));
+
+    // A rolled-back transaction gives its number back: no hole for consumers to wait on.
+    let mut rolled_back = app.pool.begin().await?;
+    assert_eq!(insert_event(&mut rolled_back, None, &vehicle).await?.1, 3);
+    rolled_back.rollback().await?;
+    let mut conn = app.pool.acquire().await?;
+    assert_eq!(insert_event(&mut conn, None, &vehicle).await?.1, 3);
+    // Another vehicle counts on its own.
+    let other = app.vehicles("EUW").await?[1].clone();
+    assert_eq!(insert_event(&mut conn, None, &other).await?.1, 1);
+    drop(conn);
+
+    let stop = CancellationToken::new();
+    let settings = RelaySettings {
+        poll: Duration::from_millis(20),
+        ..RelaySettings::new(brokers.clone())
+    };
+    let relay = tokio::spawn(run_relay(app.pool.clone(), settings, stop.clone()));
+    wait_until_published(&app.pool, Duration::from_secs(60)).await?;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), relay)
+        .await
+        .context("the relay did not stop")??;
+    let rows = outbox(&app.pool).await?;
+    let wanted: HashSet<Uuid> = rows.iter().map(|r| r.event_id).collect();
+    let received = consume(
+        &brokers,
+        Some(&start),
+        &wanted,
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    )
+    .await?;
+    // Sequence order on the topic: id 2_000_001 (committed first) before 2_000_000.
+    let ids: Vec<i64> = received
+        .iter()
+        .filter(|r| r.key == vehicle)
+        .filter_map(|r| rows.iter().find(|o| o.event_id == r.event_id).map(|o| o.id))
+        .take(2)
+        .collect();
+    assert_eq!(ids, vec![2_000_001, 2_000_000]);
+    assert_delivered(&rows, &received, false);
+    app.stop().await
+}
+
+/// Lock order: a vehicle's sequence row is locked before any of its bookings changes, so a
+/// transaction that already wrote the vehicle's events never waits on the exclusion
+/// constraint for a change that itself waits for the sequence row. Here the test's
+/// transaction does what a hold's lazy expiry does (changes a booking of the vehicle and
+/// writes its event) while a cancel of another booking of that vehicle waits; its insert
+/// overlapping that booking is then refused at once (23P01) and the cancel goes through after
+/// it. Were the row locked only by the outbox insert (checked by dropping the bookings
+/// trigger: this test then fails), the cancel would already have changed its booking and wait
+/// for the row while the insert waits for the cancel: a deadlock, and PostgreSQL aborts one
+/// of them (40P01).
+#[sqlx::test(migrations = "../migrations")]
+async fn a_transaction_holding_a_vehicles_events_does_not_deadlock_with_a_change_waiting_on_it(
+    pool: PgPool,
+) -> TestResult {
+    let app = spawn_app(pool).await?;
+    let vehicle = app.vehicles("EUW").await?[0].clone();
+    let first = app.hold("ann", &vehicle, window(3, 2)).await?;
+    let second = app.hold("bob", &vehicle, window(5, 2)).await?;
+    anyhow::ensure!(
+        first.status.as_u16() == 201 && second.status.as_u16() == 201,
+        "holds: {first:?} {second:?}"
+    );
+    let (first, second) = (
+        first.body["id"].as_str().context("id")?.to_owned(),
+        second.body["id"].as_str().context("id")?.to_owned(),
+    );
+
+    let mut holder = app.pool.begin().await?;
+    // What a hold's lazy expiry does first: change a booking of the vehicle, write its event.
+    sqlx::query("update bookings set updated_at = updated_at where id = $1")
+        .bind(uuid_of(&first)?)
+        .execute(&mut *holder)
+        .await?;
+    insert_event(&mut holder, None, &vehicle).await?;
+    let cancel = {
+        let (base, id) = (app.base.clone(), second.clone());
+        tokio::spawn(async move {
+            let reply = reqwest::Client::new()
+                .post(format!("{base}/v1/bookings/{id}/cancel"))
+                .bearer_auth(token("bob"))
+                .header("idempotency-key", Uuid::new_v4().to_string())
+                .send()
+                .await?;
+            anyhow::Ok(reply.status().as_u16())
+        })
+    };
+    until_a_session_waits_on_a_lock(&app.pool).await?;
+    let overlapping = sqlx::query(
+        "insert into bookings (id, region, vehicle_id, user_id, bay_id, period, status, currency,
+                               price_minor, breakdown, quote_id, created_at, updated_at)
+         select $2, region, vehicle_id, 'rex', bay_id, period, 'CONFIRMED', currency,
+                price_minor, breakdown, $2, now(), now()
+           from bookings where id = $1",
+    )
+    .bind(uuid_of(&second)?)
+    .bind(Uuid::now_v7())
+    .execute(&mut *holder)
+    .await;
+    let code = match &overlapping {
+        Err(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+        _ => None,
+    };
+    assert_eq!(
+        code.as_deref(),
+        Some("23P01"),
+        "the overlapping insert: {overlapping:?}"
+    );
+    holder.rollback().await?;
+    assert_eq!(cancel.await??, 200, "the waiting cancel");
     app.stop().await
 }

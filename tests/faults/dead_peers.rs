@@ -60,16 +60,37 @@ async fn quote_and_hold(
     }
 }
 
-async fn ready(http: &reqwest::Client, origin: usize) -> bool {
+/// The origin's `/readyz` body (Null without an answer).
+async fn readyz(http: &reqwest::Client, origin: usize) -> Value {
     let Ok(r) = http
         .get(format!("http://127.0.0.1:{}/readyz", ORIGIN_PORTS[origin]))
         .send()
         .await
     else {
-        return false;
+        return Value::Null;
     };
-    let v: Value = r.json().await.unwrap_or(Value::Null);
+    r.json().await.unwrap_or(Value::Null)
+}
+
+async fn ready(http: &reqwest::Client, origin: usize) -> bool {
+    let v = readyz(http, origin).await;
     v["checks"]["postgres"] == "ok" && v["checks"]["redis"] == "ok"
+}
+
+/// The database's sessions as the server sees them (what each waits on, since when), for a
+/// failure's message.
+async fn sessions(pool: &sqlx::PgPool) -> Vec<String> {
+    let rows: Vec<(i32, String, String, String, String, String)> = sqlx::query_as(
+        "select pid, coalesce(application_name, ''), coalesce(state, ''),
+                coalesce(wait_event_type || ':' || wait_event, ''),
+                coalesce(extract(epoch from now() - xact_start)::int::text || ' s', ''),
+                left(coalesce(query, ''), 90)
+           from pg_stat_activity where datname = current_database() order by pid",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap_or_default();
+    rows.into_iter().map(|r| format!("{r:?}")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -113,10 +134,15 @@ async fn an_origin_recovers_by_itself_when_its_postgres_and_redis_peers_go_silen
     // Recovered by itself: the dead connections are still open and silent.
     let healed = Instant::now();
     while !(ready(&http, 0).await && ready(&http, 1).await) {
-        anyhow::ensure!(
-            healed.elapsed() < Duration::from_secs(40),
-            "the origins did not recover from silent PostgreSQL/Redis connections within 40 s"
-        );
+        if healed.elapsed() > Duration::from_secs(40) {
+            anyhow::bail!(
+                "the origins did not recover from silent PostgreSQL/Redis connections within \
+                 40 s; /readyz: {} | {}; the database's sessions:\n{}",
+                readyz(&http, 0).await,
+                readyz(&http, 1).await,
+                sessions(&c.pool).await.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     // No pool slot is lost: more concurrent holds than DB_MAX_CONNECTIONS all get an answer.

@@ -14,8 +14,16 @@
 //! * Redis SIGKILL: an origin reported Redis down, then up again;
 //! * broker SIGKILL and disk full: rows waited in the outbox while it lasted (the relay
 //!   stalled) and every row older than the heal is published soon after (it resumed);
-//! * overload: requests were shed (503) and a fresh one succeeds soon after.
+//! * overload: requests were shed (503), and once the burst is over a fresh search is
+//!   answered by every origin within 2 s. The burst runs alongside whatever else is running
+//!   (shedding must work then too), but the recovery is measured with no other fault running:
+//!   the overload fault waits for the others to end and keeps new ones from starting while it
+//!   measures ([`quiet`]). A search needs PostgreSQL and an origin that is not stopped, so a
+//!   PostgreSQL partition or a paused origin overlapping the burst would otherwise be counted
+//!   as the shedder's slowness; the note says which faults it waited for and how long the first
+//!   answer took from the burst's end (a figure, not the bound).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -24,6 +32,7 @@ use e2e::cluster::process_state;
 use e2e::fault_proxy::{FaultProxy, Mode};
 use e2e::{token, TestResult};
 use serde_json::Value;
+use tokio::sync::{Mutex, MutexGuard};
 
 use crate::cluster::Cluster;
 use crate::{LOCK_TTL_MS, ORIGIN_PORTS};
@@ -251,8 +260,30 @@ fn relay_effect(most: i64, drain: Option<Duration>, what: String) -> Effect {
     )
 }
 
-/// Runs `fault` (holding its target) and returns what it showed.
-pub(crate) async fn inject(c: &Cluster, fault: Fault) -> TestResult<Effect> {
+/// The nemesis's lock per target: a fault holds its target's while it lasts.
+pub(crate) type TargetLocks = BTreeMap<Target, Mutex<()>>;
+
+/// Takes every target's lock but `own` (in the map's order; every other holder holds one lock
+/// only, so this cannot deadlock): waits for the faults running on them to end and keeps new
+/// ones from starting while the guards live. Returns the guards and the targets that were busy.
+async fn quiet(locks: &TargetLocks, own: Target) -> (Vec<MutexGuard<'_, ()>>, Vec<Target>) {
+    let mut guards = Vec::new();
+    let mut busy = Vec::new();
+    for (target, lock) in locks.iter().filter(|(t, _)| **t != own) {
+        match lock.try_lock() {
+            Ok(guard) => guards.push(guard),
+            Err(_) => {
+                busy.push(*target);
+                guards.push(lock.lock().await);
+            }
+        }
+    }
+    (guards, busy)
+}
+
+/// Runs `fault` (holding its target) and returns what it showed. `locks` are the nemesis's
+/// target locks (the overload fault measures its recovery in quiet: [`quiet`]).
+pub(crate) async fn inject(c: &Cluster, fault: Fault, locks: &TargetLocks) -> TestResult<Effect> {
     let http = http()?;
     match fault {
         Fault::OriginKill { origin } => {
@@ -409,11 +440,21 @@ pub(crate) async fn inject(c: &Cluster, fault: Fault) -> TestResult<Effect> {
             ))
         }
         Fault::Overload { ms } => {
-            let (shed, ok, other, recover) = overload_burst(Duration::from_millis(ms)).await?;
+            let search = burst_search()?;
+            let (shed, ok, other) = overload_burst(&search, Duration::from_millis(ms)).await?;
+            let ended = Instant::now();
+            let (_quiet, busy) = quiet(locks, Target::Admission).await;
+            let waited = ended.elapsed();
+            let recover = first_answers(&search).await;
+            let slowest = recover.iter().max().copied();
             Ok(Effect::new(
-                shed > 0 && recover < 2000,
+                shed > 0 && slowest.is_some_and(|d| d < Duration::from_secs(2)),
                 format!(
-                    "{shed} shed (503), {ok} served, {other} other; first 200 after the burst in {recover} ms"
+                    "{shed} shed (503), {ok} served, {other} other; waited {} ms for {busy:?} \
+                     to end; then a fresh search answered 200 by each origin in {recover:?} \
+                     ({} ms after the burst)",
+                    waited.as_millis(),
+                    slowest.map_or(0, |d| (waited + d).as_millis()),
                 ),
             ))
         }
@@ -481,19 +522,22 @@ async fn link_fault(
     ))
 }
 
-/// Floods both origins with searches for `lasting`; returns (shed 503s, 2xx, other answers,
-/// milliseconds from the burst's end to the first 200 of a fresh search).
-async fn overload_burst(lasting: Duration) -> TestResult<(usize, usize, usize, u128)> {
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
+/// The search the overload burst floods the origins with (a path and query).
+fn burst_search() -> TestResult<String> {
     let start =
         (Utc::now() + chrono::Duration::days(3)).duration_trunc(chrono::Duration::hours(1))?;
-    let path = format!(
+    Ok(format!(
         "/v1/vehicles/search?lat=50.11&lon=8.68&radius_m=20000&start={}&end={}",
         start.format("%Y-%m-%dT%H:%M:%SZ"),
         (start + chrono::Duration::hours(2)).format("%Y-%m-%dT%H:%M:%SZ")
-    );
+    ))
+}
+
+/// Floods both origins with `path` for `lasting`; returns (shed 503s, 2xx, other answers).
+async fn overload_burst(path: &str, lasting: Duration) -> TestResult<(usize, usize, usize)> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
     let until = Instant::now() + lasting;
     let mut tasks = Vec::new();
     for i in 0..160usize {
@@ -520,17 +564,33 @@ async fn overload_burst(lasting: Duration) -> TestResult<(usize, usize, usize, u
         ok += o;
         other += x;
     }
-    let ended = Instant::now();
-    loop {
-        let r = http
-            .get(format!("http://127.0.0.1:{}{path}", ORIGIN_PORTS[0]))
-            .bearer_auth(token("burst"))
-            .send()
-            .await;
-        if r.is_ok_and(|r| r.status().as_u16() == 200) || ended.elapsed() > Duration::from_secs(5) {
-            break;
+    Ok((shed, ok, other))
+}
+
+/// Per origin, how long until a fresh `path` is answered 200, all origins asked at once
+/// (retried every 20 ms, for 5 s at most: past that the origin's entry is over 5 s, which
+/// fails the 2 s bound).
+async fn first_answers(path: &str) -> Vec<Duration> {
+    let Ok(http) = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+    else {
+        return Vec::new();
+    };
+    let started = Instant::now();
+    let asks = ORIGIN_PORTS.map(|port| {
+        let (http, url) = (http.clone(), format!("http://127.0.0.1:{port}{path}"));
+        async move {
+            loop {
+                let r = http.get(&url).bearer_auth(token("burst")).send().await;
+                if r.is_ok_and(|r| r.status().as_u16() == 200)
+                    || started.elapsed() > Duration::from_secs(5)
+                {
+                    return started.elapsed();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok((shed, ok, other, ended.elapsed().as_millis()))
+    });
+    futures_util::future::join_all(asks).await
 }

@@ -140,7 +140,7 @@ pub(crate) async fn run(c: Arc<Cluster>, plan: Vec<Planned>, t0: Instant) -> Vec
             };
             let start = t0.elapsed();
             eprintln!("[nemesis] {:>6} ms start {:?}", start.as_millis(), p.fault);
-            let (effect_seen, note) = match inject(&c, p.fault).await {
+            let (effect_seen, note) = match inject(&c, p.fault, &locks).await {
                 Ok(e) => (e.seen, e.note),
                 Err(e) => (false, format!("error: {e:#}")),
             };

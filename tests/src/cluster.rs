@@ -537,10 +537,19 @@ impl OriginProcess {
         loop {
             let mut child = self.spawn(&bin)?;
             let answered = Instant::now() + Duration::from_secs(15);
+            // Up means serving HTTP, not only listening: the origin binds its port before it
+            // connects to Redis, and a fault that starts in between (the dead-peer test goes
+            // dead right after its first hold) would leave it listening and never serving.
+            let http = reqwest::Client::builder()
+                .timeout(Duration::from_secs(1))
+                .build()?;
+            let health = format!("http://127.0.0.1:{}/healthz", self.port);
             loop {
-                if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                if http
+                    .get(&health)
+                    .send()
                     .await
-                    .is_ok()
+                    .is_ok_and(|r| r.status().is_success())
                 {
                     self.child = Some(child);
                     return Ok(());

@@ -3,6 +3,11 @@
 //!
 //! A batch is locked `for update` (not `skip locked`: see the relay's module docs for why a
 //! second relay must wait rather than skip), sent, and marked in the same transaction.
+//!
+//! Each row carries its vehicle's `sequence`, numbered by a trigger in commit order
+//! (migration `20261202071500_outbox_vehicle_sequence.sql`); a batch holds, for every vehicle
+//! in it, the next rows of that vehicle in `sequence` order, never a later row without the
+//! earlier ones (see [`lock_batch`]).
 
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -14,29 +19,51 @@ pub(crate) struct OutboxRow {
     pub(crate) event_id: Uuid,
     pub(crate) topic: String,
     pub(crate) partition_key: String,
+    /// The event's number among its vehicle's events: 1, 2, … in commit order, no holes.
+    pub(crate) sequence: i64,
     /// The event's JSON, as text (the record's value).
     pub(crate) payload: String,
     /// The `traceparent` of the span that wrote the row (sent as a record header).
     pub(crate) traceparent: Option<String>,
 }
 
-/// Locks and returns the oldest `limit` unpublished rows of `lane` (of `lanes`), in `id`
-/// order; the lock lasts until the caller's transaction ends.
+/// Locks and returns up to `limit` unpublished rows of `lane` (of `lanes`), ordered by
+/// vehicle and `sequence`; the lock lasts until the caller's transaction ends.
+///
+/// Vehicles are taken oldest first (by the id of their oldest waiting row, so no vehicle
+/// waits behind a busy one), and each with its waiting rows in `sequence` order, so the
+/// `limit` cuts at most the last vehicle's rows short, keeping their first ones. Why that is
+/// a prefix of the vehicle's events: a row's sequence was taken under a lock its transaction
+/// held until commit, so a row this statement sees implies every lower sequence of its
+/// vehicle committed earlier and is seen too; rows are marked published only as a per-vehicle
+/// prefix (the relay's `publish_batch`); so the rows seen waiting are exactly the next ones.
+/// Ordering by `id` instead would publish a row that committed later but drew a lower id
+/// first.
 pub(crate) async fn lock_batch(
     conn: &mut PgConnection,
     lanes: i32,
     lane: i32,
     limit: i64,
 ) -> sqlx::Result<Vec<OutboxRow>> {
-    // `::int8` before `abs`: abs(int4 minimum) would overflow.
+    // `::int8` before `abs`: abs(int4 minimum) would overflow. The window function picks the
+    // rows; `for update` cannot be combined with it, so the outer query locks them by id (and
+    // re-checks `published_at` after waiting on a lock another relay held).
     sqlx::query_as!(
         OutboxRow,
-        r#"select id, event_id, topic, partition_key, payload::text as "payload!",
+        r#"select id, event_id, topic, partition_key, sequence, payload::text as "payload!",
                   traceparent
              from outbox
-            where published_at is null and abs(hashtext(partition_key)::int8) % $1 = $2
-            order by id
-            limit $3
+            where id = any(array(
+                      select id
+                        from (select id, sequence,
+                                     min(id) over (partition by partition_key) as oldest
+                                from outbox
+                               where published_at is null
+                                 and abs(hashtext(partition_key)::int8) % $1 = $2) waiting
+                       order by oldest, sequence
+                       limit $3))
+              and published_at is null
+            order by partition_key, sequence
               for update"#,
         i64::from(lanes),
         i64::from(lane),

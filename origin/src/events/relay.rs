@@ -10,9 +10,9 @@
 //!
 //! Each row becomes one record on its topic, keyed by `partition_key` (the vehicle's public id,
 //! so within a topic a vehicle's events share a partition and keep their order), with the
-//! payload JSON as value and three headers: `event_id`; `sequence`, the row's outbox id
-//! (within one vehicle a higher sequence is a later event, also across topics, where the
-//! broker gives no order); and `region`, the vehicle's home region (`EUW`/`EUN`, also the
+//! payload JSON as value and three headers: `event_id`; `sequence`, the event's number among
+//! its vehicle's events (1, 2, … in commit order, no holes, across every topic: see "Per-vehicle
+//! order" below); and `region`, the vehicle's home region (`EUW`/`EUN`, also the
 //! payload's `region` field). Both regions' relays publish to one set of topics: a consumer
 //! tells them apart by that header without parsing the payload. The producer sends with
 //! `acks=all` and **one request in flight per connection**, so a retried request can never
@@ -33,11 +33,11 @@
 //! session-level advisory lock `(LOCK_NAMESPACE, lane)` on a dedicated connection (outside
 //! the pool, so the lock lives exactly as long as that session: if the instance dies, the
 //! server ends the session and another instance takes the lane over). Within a lane, a batch
-//! is `select … where published_at is null order by id limit B for update`; it is sent in
-//! `id` order, every delivery is awaited, and the acknowledged rows are marked in one
-//! `update` before the transaction commits. So at most one relay publishes a vehicle's events
-//! at any time, in `id` order, and the next batch starts only after the previous one is
-//! settled.
+//! is the next unpublished rows of some vehicles, each vehicle's in `sequence` order
+//! (`outbox::lock_batch`, `for update`); it is sent in that order, every delivery is
+//! awaited, and the acknowledged rows are marked in one `update` before the transaction
+//! commits. So at most one relay publishes a vehicle's events at any time, in `sequence`
+//! order, and the next batch starts only after the previous one is settled.
 //!
 //! Deviation from the usual `for update skip locked`: skipping a locked row would let a later
 //! row of the same vehicle overtake it if two relays ever overlapped on a lane (say, a lock
@@ -50,11 +50,30 @@
 //! lanes spread over the instances that are running instead of staying with whichever
 //! started first.
 //!
-//! `id` order is the order of the events of one booking (its row is locked by every change)
-//! and of overlapping bookings of one vehicle (the exclusion constraint makes the second wait
-//! for the first to commit). Two *independent* transactions on one vehicle (different,
-//! non-overlapping windows) may commit in the opposite order of their ids; the relay then
-//! publishes them in commit order, never skipping the row that committed late.
+//! # Per-vehicle order: the sequence, not the id
+//!
+//! The outbox `id` is drawn when a row is inserted, not when it commits: two independent
+//! transactions on one vehicle (the sweeper ending a hold, a new hold on another window) could
+//! commit in the opposite order of their ids, and a relay ordering by id published the one
+//! that committed later first whenever both were in one batch (the fault suite's contended run
+//! saw it). So each row carries its vehicle's `sequence`, numbered by a trigger under a row
+//! lock (`outbox_sequences`) that its transaction holds until it ends: the next transaction
+//! writing that vehicle's events waits for the commit and takes the next number, a rollback
+//! gives its numbers back. Per vehicle, sequence order is commit order, without holes.
+//!
+//! The relay can then never publish number n + 1 of a vehicle before n:
+//! - a batch sees n + 1 only if its transaction committed, which happened after n's committed,
+//!   so the batch sees n too (or n is already published);
+//! - a batch takes a vehicle's waiting rows from its lowest number up, in order, and the row
+//!   limit only cuts the tail (`outbox::lock_batch`);
+//! - only a per-vehicle prefix of a batch is marked published: a row acknowledged after an
+//!   earlier row of its vehicle failed stays unpublished and is sent again after it
+//!   (`published_prefixes`), so the published rows of a vehicle are always 1..=k.
+//!
+//! Within one topic a vehicle's records are therefore in sequence order (first deliveries; a
+//! resend repeats an `event_id`); across topics a consumer orders them by `sequence`, and a
+//! number it has not seen while it holds a higher one is an event still on its way (or lost,
+//! which the fault suite's checker counts).
 //!
 //! # When the broker is away
 //!
@@ -542,13 +561,20 @@ async fn publish_batch(
 ) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await.context("begin a relay batch")?;
     // objsubid 2: the lock was taken with two int4 keys (classid = first, objid = second).
+    // The same statement lets this transaction idle while it waits for the broker: the pool's
+    // sessions are ended by the server past the request deadline (`startup::pool_options`),
+    // a batch may wait for its deliveries up to the delivery timeout.
+    let idle = settings.delivery_timeout + DB_STEP_TIMEOUT + DB_STEP_TIMEOUT;
     let holds = sqlx::query_scalar!(
         r#"select exists (select 1 from pg_locks
                            where locktype = 'advisory' and pid = $1 and granted and objsubid = 2
-                             and classid::int8 = $2 and objid::int8 = $3) as "held!""#,
+                             and classid::int8 = $2 and objid::int8 = $3)
+                  and set_config('idle_in_transaction_session_timeout', $4, true) is not null
+                  as "held!""#,
         lock_pid,
         i64::from(LOCK_NAMESPACE),
         i64::from(lane),
+        format!("{}ms", idle.as_millis()),
     )
     .fetch_one(&mut *tx)
     .await
@@ -563,12 +589,13 @@ async fn publish_batch(
         return Ok(0);
     }
 
-    // Enqueue in id order: with one request in flight the producer keeps that order per partition.
+    // Enqueue in batch order (each vehicle's rows by sequence): with one request in flight the
+    // producer keeps that order per partition.
     let mut pending = Vec::with_capacity(rows.len());
     let mut enqueue_error = None;
-    for row in &rows {
+    for (i, row) in rows.iter().enumerate() {
         let event_id = row.event_id.to_string();
-        let sequence = row.id.to_string();
+        let sequence = row.sequence.to_string();
         // The key is the vehicle's public id, which names its home region.
         let region = row
             .partition_key
@@ -602,7 +629,7 @@ async fn publish_batch(
         loop {
             match producer.send_result(record) {
                 Ok(delivery) => {
-                    pending.push((row.id, delivery));
+                    pending.push((i, delivery));
                     break;
                 }
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -620,11 +647,12 @@ async fn publish_batch(
         }
     }
 
-    let mut acked = Vec::with_capacity(pending.len());
+    let mut delivered = vec![false; rows.len()];
     let mut first_failure = None;
-    for (id, delivery) in pending {
+    for (i, delivery) in pending {
+        let id = rows.get(i).map_or(0, |r| r.id);
         match delivery.await {
-            Ok(Ok(_)) => acked.push(id),
+            Ok(Ok(_)) => delivered[i] = true,
             Ok(Err((e, _))) => {
                 first_failure.get_or_insert_with(|| format!("row {id}: {e}"));
             }
@@ -633,6 +661,7 @@ async fn publish_batch(
             }
         }
     }
+    let acked = published_prefixes(&rows, &delivered);
     if !acked.is_empty() {
         outbox::mark_published(&mut tx, &acked)
             .await
@@ -647,7 +676,7 @@ async fn publish_batch(
     }
     if let Some(failure) = first_failure {
         anyhow::bail!(
-            "{} of {} records not acknowledged (first: {failure})",
+            "{} of {} records not marked published (first failure: {failure})",
             rows.len() - acked.len(),
             rows.len()
         );
@@ -655,11 +684,65 @@ async fn publish_batch(
     Ok(rows.len())
 }
 
+/// The ids of the rows to mark published: per vehicle, the delivered rows up to (not
+/// including) its first row that was not delivered. `rows` are in batch order (by vehicle,
+/// then sequence), `delivered` says which the broker acknowledged.
+///
+/// A later row of a vehicle may be acknowledged while an earlier one failed (another topic's
+/// partition, or a record-level error); marking it would leave the vehicle's published rows
+/// with a hole, and the next batch would publish the earlier row after the later one. Left
+/// unmarked, it is sent again after the failed one: consumers drop the repeat by `event_id`.
+fn published_prefixes(rows: &[outbox::OutboxRow], delivered: &[bool]) -> Vec<i64> {
+    let mut stopped: Option<&str> = None;
+    let mut ids = Vec::with_capacity(rows.len());
+    for (row, ok) in rows.iter().zip(delivered) {
+        if stopped == Some(row.partition_key.as_str()) {
+            continue;
+        }
+        if *ok {
+            ids.push(row.id);
+        } else {
+            stopped = Some(&row.partition_key);
+        }
+    }
+    ids
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    fn row(id: i64, vehicle: &str, sequence: i64) -> outbox::OutboxRow {
+        outbox::OutboxRow {
+            id,
+            event_id: uuid::Uuid::now_v7(),
+            topic: "vehicle.reserved".into(),
+            partition_key: vehicle.into(),
+            sequence,
+            payload: "{}".into(),
+            traceparent: None,
+        }
+    }
+
+    #[test]
+    fn a_failed_delivery_keeps_its_vehicles_later_rows_unmarked_and_no_other_vehicles() {
+        // Batch order: vehicle a's 1, 2, 3, then vehicle b's 7, 8; a's 2 failed, b's 7 failed.
+        let rows = [
+            row(10, "a", 1),
+            row(12, "a", 2),
+            row(11, "a", 3),
+            row(20, "b", 7),
+            row(21, "b", 8),
+        ];
+        let marked = published_prefixes(&rows, &[true, false, true, false, true]);
+        assert_eq!(marked, vec![10]);
+        let marked = published_prefixes(&rows, &[true, true, true, true, true]);
+        assert_eq!(marked, vec![10, 12, 11, 20, 21]);
+        let marked = published_prefixes(&rows, &[false, true, true, true, false]);
+        assert_eq!(marked, vec![20]);
+    }
 
     fn config(shutdown_grace_secs: &str) -> anyhow::Result<Config> {
         let env: BTreeMap<String, String> = [

@@ -1,26 +1,27 @@
 //! The hold sweeper: ends holds that were not confirmed in time and records why.
 //!
 //! In the `jobs` role only the elected leader sweeps ([`super::leader`]). Several origins may
-//! still sweep at once (`all` replicas, or a leader whose lock session was just cut): each batch locks its rows with `FOR UPDATE SKIP LOCKED`,
-//! so two sweepers never end the same hold twice. A hold is also ended lazily when a new hold
+//! still sweep at once (`all` replicas, or a leader whose lock session was just cut): each hold
+//! is ended in its own transaction that locks it with `FOR UPDATE SKIP LOCKED` and re-checks
+//! it, so two sweepers never end the same hold twice. A hold is also ended lazily when a new hold
 //! wants its window (see `bookings::expire_overlapping_holds`), so the vehicle is free the
 //! moment the hold expires, not one sweep later.
 //!
-//! A stop is heard between batches: a batch in progress (one transaction) completes, so a
-//! shutdown never leaves a hold half-ended.
+//! A stop is heard between batches; a hold is ended in one transaction, so a shutdown never
+//! leaves a hold half-ended.
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 
 use crate::state::AppState;
 
-/// Holds ended per transaction.
+/// Holds ended per batch (each in a transaction of its own).
 const BATCH: i64 = 200;
 /// The longest one sweep batch may take. A pooled connection whose peer went silent (a dead
 /// host, a blackholed link) never answers; without a bound the sweeper would wait on it
 /// forever and no hold would expire again (the fault suite's dead-peer fault found it). Past
-/// the bound the batch is dropped (its transaction rolls back with the connection) and the
-/// next tick tries again.
+/// the bound the batch is dropped (the hold it was ending rolls back with the connection; the
+/// ones it had ended stay ended) and the next tick tries again.
 pub(crate) const BATCH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Sweeps every `SWEEPER_INTERVAL_MS` until `stop` fires.

@@ -55,9 +55,12 @@ impl Hist {
 /// An `outbox` row.
 #[derive(Debug, Clone)]
 pub(crate) struct Outbox {
-    pub id: i64,
     pub event_id: Uuid,
     pub topic: String,
+    /// The partition key: the vehicle's public id.
+    pub key: String,
+    /// The event's number among its vehicle's events (commit order, no holes).
+    pub sequence: i64,
     pub booking: Uuid,
     /// The booking's status in the payload.
     pub status: String,
@@ -112,6 +115,8 @@ type HistTuple = (
     DateTime<Utc>,
 );
 
+type OutboxTuple = (Uuid, String, String, i64, Uuid, Value);
+
 impl Db {
     pub async fn load(pool: &PgPool) -> TestResult<Db> {
         let rows: Vec<BookingTuple> = sqlx::query_as(
@@ -163,24 +168,28 @@ impl Db {
         for (i, h) in history.iter().enumerate() {
             by_booking.entry(h.booking).or_default().push(i);
         }
-        let rows: Vec<(i64, Uuid, String, Uuid, Value)> = sqlx::query_as(
-            "select id, event_id, topic, aggregate_id, payload from outbox order by id",
+        let rows: Vec<OutboxTuple> = sqlx::query_as(
+            "select event_id, topic, partition_key, sequence, aggregate_id, payload
+               from outbox order by id",
         )
         .fetch_all(pool)
         .await
         .context("read outbox")?;
         let outbox = rows
             .into_iter()
-            .map(|(id, event_id, topic, booking, payload)| Outbox {
-                id,
-                event_id,
-                topic,
-                booking,
-                status: payload["booking"]["status"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_owned(),
-            })
+            .map(
+                |(event_id, topic, key, sequence, booking, payload)| Outbox {
+                    event_id,
+                    topic,
+                    key,
+                    sequence,
+                    booking,
+                    status: payload["booking"]["status"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                },
+            )
             .collect();
         Ok(Db {
             bookings,

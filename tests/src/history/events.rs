@@ -1,6 +1,12 @@
 //! (f), broker side: what a consumer reading every topic sees, against the outbox.
+//!
+//! The consumer's view is the records' `sequence` header (the event's number among its
+//! vehicle's events, in commit order, no holes): within a topic a vehicle's first deliveries
+//! must come in increasing sequence, each header must be the number the outbox gave the event,
+//! and a number the consumer never received while it holds a higher one of that vehicle is a
+//! lost event, as a committed event never received is.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -10,7 +16,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::db::Db;
+use super::db::{Db, Outbox};
 use super::{uuid_of, Options, Report};
 use crate::TestResult;
 
@@ -22,24 +28,26 @@ struct Record {
     event_id: Uuid,
     /// The booking the payload is about.
     booking: Option<Uuid>,
+    /// The `sequence` header, when it is a number.
+    sequence: Option<i64>,
 }
 
-/// Reads the broker and counts lost, phantom, duplicate and out-of-order events.
+/// Reads the broker and counts lost, phantom, duplicate, misnumbered and out-of-order events.
 pub(crate) async fn consumed(
     db: &Db,
     pool: &sqlx::PgPool,
     options: &Options,
     r: &mut Report,
 ) -> TestResult {
-    let sequence: HashMap<Uuid, i64> = db.outbox.iter().map(|o| (o.event_id, o.id)).collect();
-    let wanted: HashSet<Uuid> = sequence.keys().copied().collect();
+    let committed: HashMap<Uuid, &Outbox> = db.outbox.iter().map(|o| (o.event_id, o)).collect();
+    let wanted: HashSet<Uuid> = committed.keys().copied().collect();
     let received = consume_all(options, wanted.clone()).await?;
     // Events the database read did not know: a change committed after that read (a sweep
     // that ended late) is in the outbox now; only what is still not there is a phantom.
     let unknown: Vec<Uuid> = received
         .iter()
         .map(|rec| rec.event_id)
-        .filter(|id| !sequence.contains_key(id))
+        .filter(|id| !committed.contains_key(id))
         .collect();
     let late: HashSet<Uuid> = if unknown.is_empty() {
         HashSet::new()
@@ -52,10 +60,13 @@ pub(crate) async fn consumed(
             .collect()
     };
     let mut seen: HashSet<Uuid> = HashSet::new();
+    // Per (topic, vehicle): the last sequence delivered, for the order within a partition.
     let mut last: BTreeMap<(String, String), i64> = BTreeMap::new();
+    // Per vehicle: every sequence delivered, across topics, for the gaps.
+    let mut numbers: BTreeMap<String, BTreeSet<i64>> = BTreeMap::new();
     for rec in received {
         let known = rec.booking.is_some_and(|b| db.bookings.contains_key(&b));
-        if options.only_known_bookings && !known && !sequence.contains_key(&rec.event_id) {
+        if options.only_known_bookings && !known && !committed.contains_key(&rec.event_id) {
             continue;
         }
         r.events_consumed += 1;
@@ -63,7 +74,7 @@ pub(crate) async fn consumed(
             r.duplicates_delivered += 1;
             continue;
         }
-        let Some(seq) = sequence.get(&rec.event_id) else {
+        let Some(row) = committed.get(&rec.event_id) else {
             if late.contains(&rec.event_id) {
                 r.events_committed_late += 1;
                 continue;
@@ -75,12 +86,22 @@ pub(crate) async fn consumed(
             ));
             continue;
         };
-        let slot = (rec.topic.clone(), rec.key.clone());
-        if let Some(prev) = last.insert(slot, *seq) {
-            if prev > *seq {
+        if rec.sequence != Some(row.sequence) || rec.key != row.key {
+            r.events_misnumbered += 1;
+            r.problems.push(format!(
+                "event {} on {}: key {} sequence header {:?}, the outbox numbered it {} of {}",
+                rec.event_id, rec.topic, rec.key, rec.sequence, row.sequence, row.key
+            ));
+        }
+        let Some(seq) = rec.sequence else {
+            continue;
+        };
+        numbers.entry(rec.key.clone()).or_default().insert(seq);
+        if let Some(prev) = last.insert((rec.topic.clone(), rec.key.clone()), seq) {
+            if prev > seq {
                 r.events_out_of_order += 1;
                 r.problems.push(format!(
-                    "{}/{}: outbox id {seq} consumed after {prev}",
+                    "{}/{}: sequence {seq} consumed after {prev}",
                     rec.topic, rec.key
                 ));
             }
@@ -97,7 +118,6 @@ pub(crate) async fn consumed(
         return Ok(());
     }
     let lost: Vec<_> = wanted.difference(&seen).collect();
-    r.events_lost = lost.len();
     if !lost.is_empty() {
         r.problems.push(format!(
             "{} committed events never consumed (e.g. {:?})",
@@ -105,6 +125,33 @@ pub(crate) async fn consumed(
             lost.iter().take(3).collect::<Vec<_>>()
         ));
     }
+    // Numbers a consumer waits for in vain: below a number it holds, never delivered, and not
+    // already counted as a committed event never consumed (the outbox does not have them).
+    let mut lost_numbers: BTreeMap<&str, BTreeSet<i64>> = BTreeMap::new();
+    for row in lost.iter().filter_map(|id| committed.get(*id)) {
+        lost_numbers
+            .entry(row.key.as_str())
+            .or_default()
+            .insert(row.sequence);
+    }
+    let mut holes = 0usize;
+    for (key, seqs) in &numbers {
+        let counted = lost_numbers.get(key.as_str());
+        for (low, high) in seqs.iter().zip(seqs.iter().skip(1)) {
+            let missing = high - low - 1;
+            let already = counted.map_or(0, |c| c.range(low + 1..*high).count());
+            let n = usize::try_from(missing)
+                .unwrap_or(0)
+                .saturating_sub(already);
+            if n > 0 {
+                holes += n;
+                r.problems.push(format!(
+                    "{key}: {n} sequence numbers between {low} and {high} never consumed"
+                ));
+            }
+        }
+    }
+    r.events_lost = lost.len() + holes;
     Ok(())
 }
 
@@ -179,6 +226,7 @@ async fn consume_all(options: &Options, wanted: HashSet<Uuid>) -> TestResult<Vec
                         .unwrap_or_default(),
                     event_id,
                     booking: payload["booking"]["id"].as_str().and_then(uuid_of),
+                    sequence: header(&msg, "sequence").and_then(|s| s.parse().ok()),
                 });
             }
             if complete_at.is_none() && wanted.is_subset(&seen) {

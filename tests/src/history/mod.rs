@@ -38,9 +38,12 @@
 //!   its events, by topic and booking status (`missing_outbox_events`), and every outbox row
 //!   belongs to a committed history row of a known booking (`outbox_without_change`). On the
 //!   broker: every outbox event is consumed (`events_lost`), redeliveries share an id
-//!   (`duplicates_delivered`, a count, not a violation), within a topic a vehicle's events come
-//!   in commit (outbox id) order (`events_out_of_order`), and no event exists that the outbox
-//!   does not hold (`events_phantom`, e.g. a rolled-back change's). A consumer that read nothing
+//!   (`duplicates_delivered`, a count, not a violation), each record's `sequence` header is
+//!   the number the outbox gave its event (`events_misnumbered`), within a topic a vehicle's
+//!   events come in sequence order, which is commit order (`events_out_of_order`), a sequence
+//!   number missing below one the consumer holds is lost too (`events_lost`), and no event
+//!   exists that the outbox does not hold (`events_phantom`, e.g. a rolled-back change's). A
+//!   consumer that read nothing
 //!   while events were committed fails as `consumer_saw_nothing`, not as "no lost events".
 //! - **(g) Indeterminate operations resolve** (`unresolved_keys`,
 //!   `inconsistent_resolutions`): after healing, the last attempt of every Idempotency-Key is a
@@ -204,6 +207,8 @@ pub struct Report {
     pub events_lost: usize,
     pub events_phantom: usize,
     pub events_out_of_order: usize,
+    /// A record whose `sequence` header (or key) is not what the outbox gave its event.
+    pub events_misnumbered: usize,
     pub duplicates_delivered: usize,
     /// Events of changes committed after the checker read the database (found in the outbox
     /// when looked up again): a count, not a violation.
@@ -225,7 +230,7 @@ pub struct Report {
 
 impl Report {
     /// Every violation counter by name (`consumer_saw_nothing` as 0 or 1).
-    pub fn violations(&self) -> [(&'static str, usize); 17] {
+    pub fn violations(&self) -> [(&'static str, usize); 18] {
         [
             ("overlaps_acked", self.overlaps_acked),
             ("overlaps_db", self.overlaps_db),
@@ -238,6 +243,7 @@ impl Report {
             ("events_lost", self.events_lost),
             ("events_phantom", self.events_phantom),
             ("events_out_of_order", self.events_out_of_order),
+            ("events_misnumbered", self.events_misnumbered),
             (
                 "consumer_saw_nothing",
                 usize::from(self.consumer_saw_nothing),

@@ -430,32 +430,52 @@ pub(crate) async fn expire_overlapping_holds(
     Ok(count)
 }
 
-/// The sweeper's batch: ends up to `batch` expired holds in one transaction, skipping rows
-/// another origin is working on. Returns how many it ended.
+/// The sweeper's batch: ends up to `batch` expired holds, oldest expiry first, each in a
+/// transaction of its own, skipping holds another origin (or a new hold's lazy expiry) is
+/// working on. Returns how many it ended.
+///
+/// One transaction per hold, not one per batch: ending a hold locks its vehicle's
+/// event-sequence row until commit (migration `20261202071500_outbox_vehicle_sequence.sql`),
+/// and a batch transaction would hold the rows of every vehicle it had touched until its last
+/// hold was ended, stalling every write to those vehicles meanwhile (the fault suite's
+/// PostgreSQL latency fault, at 300 ms a round trip, made that seconds), and two sweepers
+/// would lock the vehicles of their batches in different orders. The candidates are read
+/// without a lock; each is locked (`skip locked`) and re-checked in its own transaction.
 #[tracing::instrument(level = "debug", name = "db.bookings.sweep_expired_holds", skip_all)]
 pub(crate) async fn sweep_expired_holds(
     pool: &PgPool,
     now: DateTime<Utc>,
     batch: i64,
 ) -> Result<usize, StoreError> {
-    let mut tx = pool.begin().await?;
-    let rows = booking_rows!(
-        [],
-        "from bookings
+    let candidates = sqlx::query_scalar!(
+        "select id from bookings
           where status = 'RESERVING' and hold_expires_at <= $1
-          order by hold_expires_at limit $2
-          for update skip locked",
+          order by hold_expires_at limit $2",
         now,
         batch,
     )
-    .fetch_all(&mut *tx)
+    .fetch_all(pool)
     .await?;
-    let count = rows.len();
-    for row in rows {
-        expire(&mut tx, row, now).await?;
+    let mut ended = 0;
+    for id in candidates {
+        let mut tx = pool.begin().await?;
+        let row = booking_rows!(
+            [],
+            "from bookings
+              where id = $1 and status = 'RESERVING' and hold_expires_at <= $2
+              for update skip locked",
+            id,
+            now,
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = row {
+            expire(&mut tx, row, now).await?;
+            tx.commit().await?;
+            ended += 1;
+        }
     }
-    tx.commit().await?;
-    Ok(count)
+    Ok(ended)
 }
 
 /// Inserts a hold the aggregate made ([`Booking::hold`]) with its history and outbox rows, in

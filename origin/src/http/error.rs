@@ -49,9 +49,9 @@ pub(crate) enum ApiError {
     /// The caller is over the origin's own per-user limit (`edge_guard.rs`).
     #[error(
         "rate limit of {} requests per {} s exceeded; retry after {} s",
-        limit.limit,
-        limit.window_ms / 1000,
-        decision.retry_after_secs()
+        .limit.limit,
+        .limit.window_ms / 1000,
+        .decision.retry_after_secs()
     )]
     RateLimited {
         decision: domain::ratelimit::Decision,

@@ -331,6 +331,8 @@ pub(crate) fn app(state: AppState) -> Router {
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
             header::COOKIE,
+            // Replayable for its minute: as careful as a token.
+            HeaderName::from_static(domain::edge_auth::SIGNATURE_HEADER),
         ]))
         .layer(CatchPanicLayer::custom(panic_response))
 }

@@ -716,8 +716,14 @@ mod tests {
             ("ORIGIN_USER_LIMIT_PER_MIN", "-1"),
             ("EDGE_SIGNING_KEYS", "e1"),
             ("EDGE_SIGNING_KEYS", "e1=short"),
-            ("EDGE_SIGNING_KEYS", "e.1=edge-key-edge-key-edge-key-edge-key"),
-            ("EDGE_SIGNING_KEYS", "e1=edge-key-edge-key-edge-key-edge-key,e1=edge-key-edge-key-edge-key-edge-kez"),
+            (
+                "EDGE_SIGNING_KEYS",
+                "e.1=edge-key-edge-key-edge-key-edge-key",
+            ),
+            (
+                "EDGE_SIGNING_KEYS",
+                "e1=edge-key-edge-key-edge-key-edge-key,e1=edge-key-edge-key-edge-key-edge-kez",
+            ),
         ] {
             let mut env = base();
             env.insert(name.into(), value.into());

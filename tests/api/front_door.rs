@@ -52,7 +52,12 @@ fn signed(signer: &TestSigner, mut req: reqwest::Request) -> TestResult<reqwest:
 
 fn assert_edge_refusal(reply: &Reply, why: &str) {
     reply.assert_problem(401);
-    assert_eq!(reply.problem_type(), "/problems/edge-signature", "{why}: {}", reply.body);
+    assert_eq!(
+        reply.problem_type(),
+        "/problems/edge-signature",
+        "{why}: {}",
+        reply.body
+    );
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -69,7 +74,10 @@ async fn an_origin_refuses_unsigned_tampered_expired_and_replayed_requests_befor
     // Straight to the origin: no signature, a stranger's key, a well-formed lie.
     let unsigned = send(&app, bookings(&app, "ann")?).await?;
     assert_edge_refusal(&unsigned, "unsigned");
-    assert!(unsigned.body["detail"].as_str().unwrap_or("").contains("no edge signature"));
+    assert!(unsigned.body["detail"]
+        .as_str()
+        .unwrap_or("")
+        .contains("no edge signature"));
     let stranger = TestSigner::new("e1", "someone-elses-key-someone-elses-key-000", "EUW")?;
     let forged = send(&app, signed(&stranger, bookings(&app, "ann")?)?).await?;
     assert_edge_refusal(&forged, "signed with another secret");
@@ -97,8 +105,12 @@ async fn an_origin_refuses_unsigned_tampered_expired_and_replayed_requests_befor
     };
     let body = json!({ "vehicle_id": vehicle, "start": w.0, "end": w.1 });
     let mut other_body = signed(&edge, quote(body.clone())?)?;
-    *other_body.body_mut() =
-        Some(serde_json::to_vec(&json!({ "vehicle_id": vehicle, "start": w.0, "end": w.1, "promo_code": "FREE" }))?.into());
+    *other_body.body_mut() = Some(
+        serde_json::to_vec(
+            &json!({ "vehicle_id": vehicle, "start": w.0, "end": w.1, "promo_code": "FREE" }),
+        )?
+        .into(),
+    );
     assert_edge_refusal(&send(&app, other_body).await?, "body changed");
     let mut other_query = signed(&edge, bookings(&app, "ann")?)?;
     other_query.url_mut().set_query(Some("limit=1"));
@@ -121,22 +133,42 @@ async fn an_origin_refuses_unsigned_tampered_expired_and_replayed_requests_befor
     let now = Utc::now().timestamp();
     for skew in [-90, 90] {
         let mut req = bookings(&app, "ann")?;
-        edge.sign_at(&mut req, now + skew, &uuid::Uuid::new_v4().simple().to_string())?;
+        edge.sign_at(
+            &mut req,
+            now + skew,
+            &uuid::Uuid::new_v4().simple().to_string(),
+        )?;
         let reply = send(&app, req).await?;
         assert_edge_refusal(&reply, "expired");
-        assert!(reply.body["detail"].as_str().unwrap_or("").contains("window"));
+        assert!(reply.body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("window"));
     }
     let mut recent = bookings(&app, "ann")?;
-    edge.sign_at(&mut recent, now - 30, &uuid::Uuid::new_v4().simple().to_string())?;
-    assert_eq!(send(&app, recent).await?.status, 200, "30 s old is inside the window");
+    edge.sign_at(
+        &mut recent,
+        now - 30,
+        &uuid::Uuid::new_v4().simple().to_string(),
+    )?;
+    assert_eq!(
+        send(&app, recent).await?.status,
+        200,
+        "30 s old is inside the window"
+    );
 
     // Replayed: the same signed request twice.
     let once = signed(&edge, bookings(&app, "ann")?)?;
-    let again = once.try_clone().ok_or_else(|| anyhow::anyhow!("clone request"))?;
+    let again = once
+        .try_clone()
+        .ok_or_else(|| anyhow::anyhow!("clone request"))?;
     assert_eq!(send(&app, once).await?.status, 200);
     let replay = send(&app, again).await?;
     assert_edge_refusal(&replay, "replayed");
-    assert!(replay.body["detail"].as_str().unwrap_or("").contains("replay"));
+    assert!(replay.body["detail"]
+        .as_str()
+        .unwrap_or("")
+        .contains("replay"));
 
     // A refused write costs nothing: no booking, no idempotency record.
     let hold = app
@@ -162,9 +194,18 @@ async fn an_origin_refuses_unsigned_tampered_expired_and_replayed_requests_befor
         .await?
         .text()
         .await?;
-    for reason in ["missing", "bad-signature", "unknown-key", "malformed", "expired", "replayed"] {
+    for reason in [
+        "missing",
+        "bad-signature",
+        "unknown-key",
+        "malformed",
+        "expired",
+        "replayed",
+    ] {
         assert!(
-            metrics.contains(&format!("edge_signature_refusals_total{{reason=\"{reason}\"}}")),
+            metrics.contains(&format!(
+                "edge_signature_refusals_total{{reason=\"{reason}\"}}"
+            )),
             "{reason} not counted"
         );
     }
@@ -180,7 +221,12 @@ async fn a_key_rotation_adds_the_new_key_switches_the_edges_then_removes_the_old
 
     // Before: only the old key.
     let app = edges_only(pool.clone(), &[("e0", OLD_KEY)]).await?;
-    assert_eq!(send(&app, signed(&old, bookings(&app, "rot")?)?).await?.status, 200);
+    assert_eq!(
+        send(&app, signed(&old, bookings(&app, "rot")?)?)
+            .await?
+            .status,
+        200
+    );
     assert_edge_refusal(
         &send(&app, signed(&new, bookings(&app, "rot")?)?).await?,
         "new key before the origins know it",
@@ -191,16 +237,28 @@ async fn a_key_rotation_adds_the_new_key_switches_the_edges_then_removes_the_old
     let app = edges_only(pool.clone(), &[("e0", OLD_KEY), ("e1", NEW_KEY)]).await?;
     for (name, signer) in [("old", &old), ("new", &new)] {
         let reply = send(&app, signed(signer, bookings(&app, "rot")?)?).await?;
-        assert_eq!(reply.status, 200, "{name} key during the rotation: {}", reply.body);
+        assert_eq!(
+            reply.status, 200,
+            "{name} key during the rotation: {}",
+            reply.body
+        );
     }
     app.stop().await?;
 
     // Step 3: the old key removed; a request signed with it is refused.
     let app = edges_only(pool, &[("e1", NEW_KEY)]).await?;
-    assert_eq!(send(&app, signed(&new, bookings(&app, "rot")?)?).await?.status, 200);
+    assert_eq!(
+        send(&app, signed(&new, bookings(&app, "rot")?)?)
+            .await?
+            .status,
+        200
+    );
     let stale = send(&app, signed(&old, bookings(&app, "rot")?)?).await?;
     assert_edge_refusal(&stale, "old key after its removal");
-    assert!(stale.body["detail"].as_str().unwrap_or("").contains("unknown key"));
+    assert!(stale.body["detail"]
+        .as_str()
+        .unwrap_or("")
+        .contains("unknown key"));
     app.stop().await
 }
 
@@ -210,12 +268,24 @@ async fn with_direct_calls_allowed_a_signature_that_is_present_is_still_checked(
 ) -> TestResult {
     let app = spawn_app_with(
         pool,
-        &[("EDGE_SIGNING_KEYS", &keys(&[("e1", NEW_KEY)])), ("ORIGIN_ALLOW_DIRECT", "1")],
+        &[
+            ("EDGE_SIGNING_KEYS", &keys(&[("e1", NEW_KEY)])),
+            ("ORIGIN_ALLOW_DIRECT", "1"),
+        ],
     )
     .await?;
-    assert_eq!(send(&app, bookings(&app, "dev")?).await?.status, 200, "unsigned, allowed");
+    assert_eq!(
+        send(&app, bookings(&app, "dev")?).await?.status,
+        200,
+        "unsigned, allowed"
+    );
     let good = TestSigner::new("e1", NEW_KEY, "EUW")?;
-    assert_eq!(send(&app, signed(&good, bookings(&app, "dev")?)?).await?.status, 200);
+    assert_eq!(
+        send(&app, signed(&good, bookings(&app, "dev")?)?)
+            .await?
+            .status,
+        200
+    );
     let bad = TestSigner::new("e1", OLD_KEY, "EUW")?;
     assert_edge_refusal(
         &send(&app, signed(&bad, bookings(&app, "dev")?)?).await?,
@@ -242,7 +312,9 @@ async fn with_redis_down_signatures_are_still_checked_but_not_remembered(
     let edge = TestSigner::new("e1", NEW_KEY, "EUW")?;
     assert_edge_refusal(&send(&app, bookings(&app, "deg")?).await?, "unsigned");
     let once = signed(&edge, bookings(&app, "deg")?)?;
-    let again = once.try_clone().ok_or_else(|| anyhow::anyhow!("clone request"))?;
+    let again = once
+        .try_clone()
+        .ok_or_else(|| anyhow::anyhow!("clone request"))?;
     // The documented degraded mode: window and MAC only, no replay memory.
     assert_eq!(send(&app, once).await?.status, 200);
     assert_eq!(send(&app, again).await?.status, 200);
@@ -278,7 +350,10 @@ async fn a_user_past_the_origins_own_limit_gets_429_with_retry_after_and_others_
 
     // Another user is not affected; a refused request did not count (still refused, not
     // pushed further out).
-    assert_eq!(app.get("/v1/bookings", Some(&token("light"))).await?.status, 200);
+    assert_eq!(
+        app.get("/v1/bookings", Some(&token("light"))).await?.status,
+        200
+    );
     let still = app.get("/v1/bookings", Some(&token("heavy"))).await?;
     assert_eq!(still.status, 429);
     let retry_again: u64 = edge::header(&still, "retry-after")

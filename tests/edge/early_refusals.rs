@@ -124,14 +124,24 @@ async fn requests_the_origin_refuses_early_get_its_4xx_through_the_edge(
             path,
             headers,
             *body,
-        ).await?;
+        )
+        .await?;
         assert!(
             direct.status.is_client_error(),
             "{what}: the origin answered {} {}",
             direct.status,
             direct.body
         );
-        let edged = raw(&stack.client, &stack.base, None, method, path, headers, *body).await?;
+        let edged = raw(
+            &stack.client,
+            &stack.base,
+            None,
+            method,
+            path,
+            headers,
+            *body,
+        )
+        .await?;
         assert_eq!(
             (edged.status, edged.problem_type()),
             (direct.status, direct.problem_type()),

@@ -79,8 +79,7 @@ async fn only_requests_through_the_edge_reach_the_origin(
         .get(format!("{}/v1/bookings", origin.base))
         .bearer_auth(&t)
         .build()?;
-    TestSigner::new(EDGE_KID, "not-the-edge-key-not-the-edge-key-00", "EUW")?
-        .sign(&mut forged)?;
+    TestSigner::new(EDGE_KID, "not-the-edge-key-not-the-edge-key-00", "EUW")?.sign(&mut forged)?;
     let forged = Reply::read(reqwest::Client::new().execute(forged).await?).await?;
     assert_eq!(forged.problem_type(), "/problems/edge-signature");
     // A client cannot pass a signature through the edge: the edge signs itself.
@@ -90,7 +89,10 @@ async fn only_requests_through_the_edge_reach_the_origin(
             "/v1/bookings",
             Some(&t),
             None,
-            &[("x-edge-signature", "kid=e1,ts=1,nonce=00000000000000000000,sig=AAAA")],
+            &[(
+                "x-edge-signature",
+                "kid=e1,ts=1,nonce=00000000000000000000,sig=AAAA",
+            )],
         )
         .await?;
     assert_eq!(smuggled.status, 200, "{}", smuggled.body);
@@ -130,10 +132,17 @@ async fn an_edge_key_rotation_passes_without_a_refused_request(
 
     // 2. The edge switches to the next key.
     stack
-        .restart_edge(&[("EDGE_SIGNING_KID", NEXT_KID), ("EDGE_SIGNING_KEY", NEXT_KEY)])
+        .restart_edge(&[
+            ("EDGE_SIGNING_KID", NEXT_KID),
+            ("EDGE_SIGNING_KEY", NEXT_KEY),
+        ])
         .await?;
     let switched = through(&stack).await?;
-    assert_eq!(switched.status, 200, "edge on the next key: {}", switched.body);
+    assert_eq!(
+        switched.status, 200,
+        "edge on the next key: {}",
+        switched.body
+    );
 
     // 3. The origin forgets the old key: the edge is unaffected, the old key is refused.
     stack.set_origin_var("EDGE_SIGNING_KEYS", &format!("{NEXT_KID}={NEXT_KEY}"));
@@ -173,7 +182,10 @@ async fn the_address_limit_uses_the_platforms_address_an_ipv6_64_and_never_x_for
     let stack = EdgeStack::start_with(
         pool,
         runtime,
-        &[("EDGE_IP_LIMIT_PER_MIN", "3"), ("EDGE_USER_LIMIT_PER_MIN", "1000")],
+        &[
+            ("EDGE_IP_LIMIT_PER_MIN", "3"),
+            ("EDGE_USER_LIMIT_PER_MIN", "1000"),
+        ],
     )
     .await?;
     inside_one_window(Duration::from_secs(20)).await;
@@ -198,7 +210,11 @@ async fn the_address_limit_uses_the_platforms_address_an_ipv6_64_and_never_x_for
 
     // Four addresses of one /64, each request with another X-Forwarded-For: one bucket.
     for i in 0..LIMIT {
-        let reply = ask(&format!("2001:db8:19:6::{}", i + 1), &format!("198.51.100.{i}")).await?;
+        let reply = ask(
+            &format!("2001:db8:19:6::{}", i + 1),
+            &format!("198.51.100.{i}"),
+        )
+        .await?;
         assert_eq!(reply.status, 200, "request {i} of the /64: {}", reply.body);
     }
     let over = ask("2001:db8:19:6:ffff:1:2:3", "198.51.100.99").await?;
@@ -213,12 +229,21 @@ async fn the_address_limit_uses_the_platforms_address_an_ipv6_64_and_never_x_for
     // of a client that is not limited yet, and then a fresh one each time).
     for i in 0..LIMIT {
         let reply = ask("203.0.113.19", &format!("192.0.2.{i}")).await?;
-        assert_eq!(reply.status, 200, "request {i} of the IPv4 client: {}", reply.body);
+        assert_eq!(
+            reply.status, 200,
+            "request {i} of the IPv4 client: {}",
+            reply.body
+        );
     }
     let v4_over = ask("203.0.113.19", "2001:db8:19:7::1").await?;
     assert_eq!(v4_over.status, 429, "{}", v4_over.body);
     let neighbour = ask("203.0.113.20", "203.0.113.19").await?;
-    assert_eq!(neighbour.status, 200, "the next IPv4 address is its own bucket");
+    assert_eq!(
+        neighbour.status, 200,
+        "the next IPv4 address is its own bucket"
+    );
     stack.stop().await
 }
-on_both_runtimes!(the_address_limit_uses_the_platforms_address_an_ipv6_64_and_never_x_forwarded_for);
+on_both_runtimes!(
+    the_address_limit_uses_the_platforms_address_an_ipv6_64_and_never_x_forwarded_for
+);

@@ -329,7 +329,11 @@ impl EdgeStack {
             ("EDGE_CACHE_KEY_PREFIX".into(), edge_prefix.clone()),
             (
                 "EDGE_SIGNING_KEYS".into(),
-                format!("{}={}", crate::edge_signing::EDGE_KID, crate::edge_signing::EDGE_KEY),
+                format!(
+                    "{}={}",
+                    crate::edge_signing::EDGE_KID,
+                    crate::edge_signing::EDGE_KEY
+                ),
             ),
             ("ORIGIN_ALLOW_DIRECT".into(), "0".into()),
         ];
@@ -420,7 +424,8 @@ impl EdgeStack {
     /// them.
     pub fn set_origin_var(&mut self, name: &str, value: &str) {
         self.origin_overrides.retain(|(k, _)| k != name);
-        self.origin_overrides.push((name.to_owned(), value.to_owned()));
+        self.origin_overrides
+            .push((name.to_owned(), value.to_owned()));
     }
 
     /// Starts the edge again with some variables changed (e.g. another signing key): the

@@ -152,11 +152,9 @@ pub async fn spawn_app_with(pool: PgPool, overrides: Overrides<'_>) -> TestResul
     }
     let config = Config::from(&env)?;
     let signer = match config.front_door.edge_keys.first() {
-        Some((kid, secret)) if !config.front_door.allow_direct => Some(edge_signing::TestSigner::new(
-            kid,
-            &String::from_utf8_lossy(&secret.0),
-            "EUW",
-        )?),
+        Some((kid, secret)) if !config.front_door.allow_direct => Some(
+            edge_signing::TestSigner::new(kid, &String::from_utf8_lossy(&secret.0), "EUW")?,
+        ),
         _ => None,
     };
     let redis_url = config.redis.url();

@@ -259,7 +259,10 @@ impl IntoResponse for ApiError {
                     ("retry-after", decision.retry_after_secs().to_string()),
                     ("ratelimit-limit", limit.limit.to_string()),
                     ("ratelimit-remaining", decision.remaining.to_string()),
-                    ("ratelimit-reset", decision.reset_ms.div_ceil(1000).to_string()),
+                    (
+                        "ratelimit-reset",
+                        decision.reset_ms.div_ceil(1000).to_string(),
+                    ),
                     ("ratelimit-policy", format!("{};w={window}", limit.limit)),
                 ] {
                     if let Ok(value) = HeaderValue::from_str(&value) {

@@ -56,7 +56,10 @@ fn add_to(op: &mut Operation, signed: bool) {
     // Every public route: a missing or invalid edge signature (`edge_guard.rs`) is a 401, and
     // a caller over the origin's own per-user limit a 429.
     if signed {
-        add("401", "Missing or invalid token, or no valid edge signature");
+        add(
+            "401",
+            "Missing or invalid token, or no valid edge signature",
+        );
     }
     if secured {
         add("429", "Over the per-user rate limit (Retry-After)");

@@ -66,7 +66,10 @@ pub(crate) enum Verdict {
     /// The signature was seen before within its window.
     Replayed,
     /// The user is over the origin's limit.
-    Limited { decision: Decision, limit: RateLimit },
+    Limited {
+        decision: Decision,
+        limit: RateLimit,
+    },
 }
 
 /// The front door's Redis side: one per origin, cheap to clone.
@@ -102,9 +105,7 @@ impl FrontDoor {
         match sig {
             Some(sig) => {
                 invocation.key(self.redis.key(&format!("edge-sig:{sig}")));
-                invocation
-                    .arg("1")
-                    .arg(domain::edge_auth::REPLAY_TTL_SECS);
+                invocation.arg("1").arg(domain::edge_auth::REPLAY_TTL_SECS);
             }
             None => {
                 invocation.arg("0").arg(0);

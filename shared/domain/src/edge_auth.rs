@@ -231,7 +231,10 @@ fn parse_header(value: &str) -> Result<Header<'_>, EdgeAuthError> {
     }
     let (mut kid, mut ts, mut nonce, mut sig) = (None, None, None, None);
     for item in value.split(',') {
-        let (name, v) = item.trim().split_once('=').ok_or(EdgeAuthError::Malformed)?;
+        let (name, v) = item
+            .trim()
+            .split_once('=')
+            .ok_or(EdgeAuthError::Malformed)?;
         let slot = match name {
             "kid" => &mut kid,
             "ts" => &mut ts,
@@ -251,7 +254,12 @@ fn parse_header(value: &str) -> Result<Header<'_>, EdgeAuthError> {
         return Err(EdgeAuthError::Malformed);
     }
     let ts = ts.parse().map_err(|_| EdgeAuthError::Malformed)?;
-    Ok(Header { kid, ts, nonce, sig })
+    Ok(Header {
+        kid,
+        ts,
+        nonce,
+        sig,
+    })
 }
 
 impl EdgeVerifier {
@@ -347,7 +355,10 @@ mod tests {
 
     fn verifier() -> EdgeVerifier {
         EdgeVerifier::new(vec![
-            ("e0".into(), b"old-edge-key-old-edge-key-old-edge-key".to_vec()),
+            (
+                "e0".into(),
+                b"old-edge-key-old-edge-key-old-edge-key".to_vec(),
+            ),
             ("e1".into(), SECRET.to_vec()),
         ])
         .unwrap()
@@ -372,7 +383,10 @@ mod tests {
                 hex_lower(&hash)
             )
         );
-        assert_eq!(header, format!("kid=e1,ts={NOW},nonce={NONCE},sig={VECTOR_SIG}"));
+        assert_eq!(
+            header,
+            format!("kid=e1,ts={NOW},nonce={NONCE},sig={VECTOR_SIG}")
+        );
     }
 
     const VECTOR_SIG: &str = "_TteTclhV8QOr7y870-9geMapdsg6CB1mWElrULFz14";
@@ -389,7 +403,9 @@ mod tests {
             let header = EdgeSigner::new(kid, secret)
                 .unwrap()
                 .sign(&parts(&hash), NOW, NONCE);
-            let ok = verifier().verify(Some(&header), &parts(&hash), NOW).unwrap();
+            let ok = verifier()
+                .verify(Some(&header), &parts(&hash), NOW)
+                .unwrap();
             assert_eq!(ok.kid, kid);
             assert_eq!(ok.timestamp, NOW);
             assert!(header.ends_with(&ok.sig));
@@ -414,12 +430,30 @@ mod tests {
         let other_hash = body_sha256(br#"{"quote_token":"v1.k1.e30.sig2"}"#);
         let base = parts(&hash);
         let changed = [
-            RequestParts { method: "PUT", ..base },
-            RequestParts { path: "/v1/bookings/x", ..base },
-            RequestParts { query: "a=1", ..base },
-            RequestParts { body_sha256: &other_hash, ..base },
-            RequestParts { request_id: "req-43", ..base },
-            RequestParts { region: "EUN", ..base },
+            RequestParts {
+                method: "PUT",
+                ..base
+            },
+            RequestParts {
+                path: "/v1/bookings/x",
+                ..base
+            },
+            RequestParts {
+                query: "a=1",
+                ..base
+            },
+            RequestParts {
+                body_sha256: &other_hash,
+                ..base
+            },
+            RequestParts {
+                request_id: "req-43",
+                ..base
+            },
+            RequestParts {
+                region: "EUN",
+                ..base
+            },
         ];
         for p in &changed {
             assert_eq!(
@@ -445,7 +479,13 @@ mod tests {
     fn the_window_is_sixty_seconds_either_way() {
         let hash = body_hash();
         let signer = EdgeSigner::new("e1", SECRET).unwrap();
-        for (skew, ok) in [(0, true), (60, true), (-60, true), (61, false), (-61, false)] {
+        for (skew, ok) in [
+            (0, true),
+            (60, true),
+            (-60, true),
+            (61, false),
+            (-61, false),
+        ] {
             let header = signer.sign(&parts(&hash), NOW + skew, NONCE);
             let got = verifier().verify(Some(&header), &parts(&hash), NOW);
             assert_eq!(got.is_ok(), ok, "skew {skew}: {got:?}");
@@ -473,7 +513,11 @@ mod tests {
             good.replace(&format!("ts={NOW}"), "ts=99999999999999999"),
             "a".repeat(MAX_HEADER_LEN + 1),
         ] {
-            assert_eq!(v.verify(Some(&bad), &p, NOW), Err(EdgeAuthError::Malformed), "{bad}");
+            assert_eq!(
+                v.verify(Some(&bad), &p, NOW),
+                Err(EdgeAuthError::Malformed),
+                "{bad}"
+            );
         }
         assert_eq!(
             v.verify(Some(&good.replace("kid=e1", "kid=e9")), &p, NOW),
@@ -487,8 +531,14 @@ mod tests {
             );
         }
         // A newline in a signed part could shift the lines: refused outright.
-        let shifted = RequestParts { request_id: "a\nEUW", ..p };
-        assert_eq!(v.verify(Some(&good), &shifted, NOW), Err(EdgeAuthError::Malformed));
+        let shifted = RequestParts {
+            request_id: "a\nEUW",
+            ..p
+        };
+        assert_eq!(
+            v.verify(Some(&good), &shifted, NOW),
+            Err(EdgeAuthError::Malformed)
+        );
     }
 
     #[test]
@@ -513,6 +563,9 @@ mod tests {
             verifier(),
             EdgeSigner::new("e1", SECRET).unwrap()
         );
-        assert!(printed.contains("e1") && !printed.contains("edge-signing-key"), "{printed}");
+        assert!(
+            printed.contains("e1") && !printed.contains("edge-signing-key"),
+            "{printed}"
+        );
     }
 }

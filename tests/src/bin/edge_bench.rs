@@ -262,7 +262,10 @@ async fn bench(pool: PgPool, runtime: Runtime, secs: u32, conns: u32) -> TestRes
         // The code before and the JavaScript way do not sign their requests: the origin lets
         // unsigned ones in (a signed one is still checked), and its own per-user limit is off
         // like the edges' (one bench user).
-        &[("ORIGIN_ALLOW_DIRECT", "1"), ("ORIGIN_USER_LIMIT_PER_MIN", "0")],
+        &[
+            ("ORIGIN_ALLOW_DIRECT", "1"),
+            ("ORIGIN_USER_LIMIT_PER_MIN", "0"),
+        ],
     )
     .await?;
     let result = async {

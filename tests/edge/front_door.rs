@@ -59,6 +59,7 @@ async fn only_requests_through_the_edge_reach_the_origin(
         "/v1/bookings?status=a%20b&status=%C3%A9".to_owned(),
     ] {
         let (status, text) = raw_get(&stack.base, &target, &t).await?;
+        println!("{} {target}: {status}", runtime.name());
         assert!(
             status < 500 && !text.contains("edge-signature"),
             "{target}: {status}: {text}"

@@ -148,6 +148,17 @@ fn jwt(c: &mut Criterion) {
     });
 }
 
+fn parts(hash: &[u8; 32]) -> RequestParts<'_> {
+    RequestParts {
+        method: "POST",
+        path: "/v1/bookings",
+        query: "",
+        body_sha256: hash,
+        request_id: "0123456789abcdef0123456789abcdef",
+        region: "EUW",
+    }
+}
+
 /// Edge → origin signatures: what every forwarded request costs the edge (hash the body,
 /// sign) and the origin (hash the body, verify), for a hold's small body and a 4 KiB one.
 fn edge_signatures(c: &mut Criterion) {
@@ -157,14 +168,6 @@ fn edge_signatures(c: &mut Criterion) {
     let now = 1_800_000_000;
     for (name, len) in [("hold_body", 120), ("body_4k", 4096)] {
         let body = vec![b'x'; len];
-        let parts = |hash| RequestParts {
-            method: "POST",
-            path: "/v1/bookings",
-            query: "",
-            body_sha256: hash,
-            request_id: "0123456789abcdef0123456789abcdef",
-            region: "EUW",
-        };
         let nonce = "00112233445566778899aabbccddeeff";
         c.bench_function(&format!("edge_sign_{name}"), |b| {
             b.iter(|| {

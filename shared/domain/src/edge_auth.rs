@@ -6,10 +6,11 @@
 //! request an edge forwards therefore carries an HMAC-SHA256 signature over what the request
 //! *is*, made with a secret only edges and origins hold; the origin refuses a public route
 //! without a valid one (`origin/src/http/edge_guard.rs`). Mutual TLS would say the same, but
-//! neither runtime can present a client certificate: Workers' `fetch` has no client
-//! certificate option outside Cloudflare's own mTLS binding (a paid, per-zone setup that
-//! workerd does not offer locally), and wasi:http 0.2's outgoing handler has no TLS options
-//! at all. A signature works on both and in tests.
+//! only one runtime could present a client certificate: Workers' `fetch` does so only through
+//! an mTLS certificate binding (a certificate uploaded to the Cloudflare account; not
+//! something the local workerd/miniflare setup presents), and wasi:http 0.2's outgoing
+//! handler (Spin, `wasmtime serve`) has no TLS client options at all. A signature works the
+//! same on both runtimes and in tests.
 //!
 //! # What is signed
 //!

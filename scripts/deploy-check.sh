@@ -38,8 +38,8 @@ if ! "$TOOLS/venv/bin/check-jsonschema" --version 2>/dev/null | grep -q "$CHECK_
 fi
 
 # No secrets in the manifests.
-# A variable whose name says secret, token, password or signing keys must not be set here.
-if grep -nE '^[[:space:]]*[A-Z0-9_]*(SECRET|TOKEN|PASSWORD|SIGNING_KEYS)[[:space:]]*=' \
+# A variable whose name says secret, token, password or signing key(s) must not be set here.
+if grep -nE '^[[:space:]]*[A-Z0-9_]*(SECRET|TOKEN|PASSWORD|SIGNING_KEYS?)[[:space:]]*=' \
     wrangler.toml spin.toml spin.eun.toml; then
   die "a secret is set in a manifest (above): use wrangler secret / spin up --env"
 fi

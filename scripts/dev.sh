@@ -106,6 +106,12 @@ export JWT_HS256_SECRET="${JWT_HS256_SECRET:-dev-only-secret-change-me-012345678
 export QUOTE_SIGNING_KEYS="${QUOTE_SIGNING_KEYS:-dev1=dev-only-quote-key-change-me-0123456789}"
 export RUST_LOG="${RUST_LOG:-info,sqlx=warn}"
 export UPSTASH_GATEWAY_TOKEN="${UPSTASH_GATEWAY_TOKEN:-dev-only-upstash-token}"
+# The edges sign what they forward with this key and the origins check it; the origins also let
+# unsigned requests in (ORIGIN_ALLOW_DIRECT=1) so the curl examples can call them directly.
+EDGE_SIGNING_KID="${EDGE_SIGNING_KID:-dev1}"
+EDGE_SIGNING_KEY="${EDGE_SIGNING_KEY:-dev-only-edge-signing-key-change-me-0123}"
+export EDGE_SIGNING_KEYS="${EDGE_SIGNING_KEYS:-$EDGE_SIGNING_KID=$EDGE_SIGNING_KEY}"
+export ORIGIN_ALLOW_DIRECT="${ORIGIN_ALLOW_DIRECT:-1}"
 EDGE_PREFIX="edge:"
 
 for r in "${REGION_LIST[@]}"; do
@@ -154,6 +160,7 @@ if [[ "${EDGE:-1}" == 1 ]]; then
       "UPSTASH_REDIS_REST_TOKEN=$UPSTASH_GATEWAY_TOKEN"
       "EDGE_KEY_PREFIX=$EDGE_PREFIX"
       "JWT_ISSUER=$JWT_ISSUER" "JWT_AUDIENCE=$JWT_AUDIENCE" "JWT_HS256_SECRET=$JWT_HS256_SECRET"
+      "EDGE_SIGNING_KID=$EDGE_SIGNING_KID" "EDGE_SIGNING_KEY=$EDGE_SIGNING_KEY"
     )
     if [[ $EDGE_RUNTIME == spin ]]; then
       args=(); for v in "${vars[@]}"; do args+=(--env "$v"); done

@@ -131,6 +131,9 @@ run() {
     [JWT_ISSUER]="${JWT_ISSUER:-booking-dev}"
     [JWT_AUDIENCE]="${JWT_AUDIENCE:-booking-api}"
     [JWT_HS256_SECRET]="${JWT_HS256_SECRET:-dev-only-secret-change-me-0123456789}"
+    # One of the origin's EDGE_SIGNING_KEYS (scripts/dev.sh's development key by default).
+    [EDGE_SIGNING_KID]="${EDGE_SIGNING_KID:-dev1}"
+    [EDGE_SIGNING_KEY]="${EDGE_SIGNING_KEY:-dev-only-edge-signing-key-change-me-0123}"
   )
   local json="{" sep="" env_args=()
   for k in "${!vars[@]}"; do

@@ -49,6 +49,11 @@ export BIND_ADDR="127.0.0.1:$ST_PORT"
 export JWT_ISSUER=booking-schemathesis JWT_AUDIENCE=booking-api
 export JWT_HS256_SECRET="schemathesis-only-secret-0123456789abcdef"
 export QUOTE_SIGNING_KEYS="st1=schemathesis-only-quote-key-0123456789abcdef"
+# The origin's pass calls it directly; the edges' passes go through edges that sign with this
+# key (a signature that is present is always checked). The per-user limit is off like the
+# edges' limits below: one schemathesis user sends thousands of requests a minute.
+export EDGE_SIGNING_KEYS="st1=schemathesis-only-edge-key-0123456789abcdef"
+export ORIGIN_ALLOW_DIRECT=1 ORIGIN_USER_LIMIT_PER_MIN=0
 export REDIS_KEY_PREFIX="schemathesis:$$:"
 export RUST_LOG="${RUST_LOG:-warn}"
 # No KAFKA_BROKERS: the relay is off, events stay in this database's outbox.
@@ -146,6 +151,7 @@ if [[ -n "${SCHEMATHESIS_EDGE:-}" ]]; then
     [UPSTASH_REDIS_REST_URL]="http://127.0.0.1:$GW_PORT" [UPSTASH_REDIS_REST_TOKEN]="$UPSTASH_GATEWAY_TOKEN"
     [EDGE_KEY_PREFIX]="schemathesis-edge:$$:" [JWT_ISSUER]="$JWT_ISSUER" [JWT_AUDIENCE]="$JWT_AUDIENCE"
     [JWT_HS256_SECRET]="$JWT_HS256_SECRET" [EDGE_USER_LIMIT_PER_MIN]=1000000 [EDGE_IP_LIMIT_PER_MIN]=1000000
+    [EDGE_SIGNING_KID]=st1 [EDGE_SIGNING_KEY]="schemathesis-only-edge-key-0123456789abcdef"
   )
   json="{" sep="" env_args=()
   for k in "${!vars[@]}"; do

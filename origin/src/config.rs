@@ -238,6 +238,63 @@ fn pricing_config(env: &dyn Env) -> Result<PricingConfig, ConfigError> {
     })
 }
 
+/// Who may call the public routes, and how often one user may.
+#[derive(Debug, Clone)]
+pub struct FrontDoorConfig {
+    /// `EDGE_SIGNING_KEYS` (`kid=secret,…`, secrets of at least 32 bytes): the keys edges sign
+    /// their requests with (`domain::edge_auth`); every one verifies (rotation).
+    pub edge_keys: Vec<(String, Secret)>,
+    /// `ORIGIN_ALLOW_DIRECT=1`: a request without an edge signature is let in (development,
+    /// tests of the origin alone). A signature that is present is still checked.
+    pub allow_direct: bool,
+    /// `ORIGIN_USER_LIMIT_PER_MIN` (default 1000, 10× the edges' 100; 0 turns it off): the
+    /// origin's own sliding-minute limit per user, in Redis, behind the edges' limits.
+    pub user_limit_per_min: u32,
+}
+
+fn flag(env: &dyn Env, name: &'static str) -> Result<bool, ConfigError> {
+    match env.var(name).as_deref().map(str::trim) {
+        None | Some("0") | Some("false") => Ok(false),
+        Some("1") | Some("true") => Ok(true),
+        Some(other) => Err(ConfigError::Invalid {
+            name,
+            reason: format!("expected 1 or 0, got {other:?}"),
+        }),
+    }
+}
+
+fn front_door_config(env: &dyn Env) -> Result<FrontDoorConfig, ConfigError> {
+    let edge_keys = match env.var("EDGE_SIGNING_KEYS") {
+        None => Vec::new(),
+        Some(raw) => keyed_list("EDGE_SIGNING_KEYS", &raw)?
+            .into_iter()
+            .map(|(kid, secret)| (kid, Secret(secret.into_bytes())))
+            .collect(),
+    };
+    // Built once here so a bad key id or a short secret stops the start, naming the variable.
+    domain::edge_auth::EdgeVerifier::new(
+        edge_keys
+            .iter()
+            .map(|(kid, secret)| (kid.clone(), secret.0.clone()))
+            .collect(),
+    )
+    .map_err(|e| ConfigError::Invalid {
+        name: "EDGE_SIGNING_KEYS",
+        reason: format!("{e} (key ids: 1-32 of A-Z a-z 0-9 _ -, each once)"),
+    })?;
+    let allow_direct = flag(env, "ORIGIN_ALLOW_DIRECT")?;
+    if edge_keys.is_empty() && !allow_direct {
+        return Err(ConfigError::Missing(
+            "EDGE_SIGNING_KEYS (or ORIGIN_ALLOW_DIRECT=1 for an origin reached without edges)",
+        ));
+    }
+    Ok(FrontDoorConfig {
+        edge_keys,
+        allow_direct,
+        user_limit_per_min: parsed(env, "ORIGIN_USER_LIMIT_PER_MIN", 1_000)?,
+    })
+}
+
 /// The whole origin configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -290,6 +347,9 @@ pub struct Config {
     pub pricing: PricingConfig,
     /// The edge cache whose generations the origin bumps (`edge_gen.rs`); None = off.
     pub edge_cache: Option<crate::redis::edge_gen::EdgeCacheConfig>,
+    /// Edge → origin authentication and the origin's own per-user limit
+    /// (`http/edge_guard.rs`).
+    pub front_door: FrontDoorConfig,
     /// What this process serves and runs (`ORIGIN_ROLE`, overridden by `serve --role`;
     /// default `all`): see [`crate::role`].
     pub role: crate::role::Role,
@@ -583,6 +643,7 @@ impl Config {
             redis: redis_config(env)?,
             pricing: pricing_config(env)?,
             edge_cache: crate::redis::edge_gen::config(env)?,
+            front_door: front_door_config(env)?,
             role: parsed(env, "ORIGIN_ROLE", crate::role::Role::All)?,
             migrate_on_start: parsed(env, "MIGRATE_ON_START", true)?,
         })
@@ -605,6 +666,7 @@ mod tests {
             ("JWT_AUDIENCE", "aud"),
             ("JWT_HS256_SECRET", "0123456789abcdef0123456789abcdef"),
             ("QUOTE_SIGNING_KEYS", "k1=0123456789abcdef0123456789abcdef"),
+            ("ORIGIN_ALLOW_DIRECT", "1"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -699,6 +761,18 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"),
+            ("ORIGIN_ALLOW_DIRECT", "yes"),
+            ("ORIGIN_USER_LIMIT_PER_MIN", "-1"),
+            ("EDGE_SIGNING_KEYS", "e1"),
+            ("EDGE_SIGNING_KEYS", "e1=short"),
+            (
+                "EDGE_SIGNING_KEYS",
+                "e.1=edge-key-edge-key-edge-key-edge-key",
+            ),
+            (
+                "EDGE_SIGNING_KEYS",
+                "e1=edge-key-edge-key-edge-key-edge-key,e1=edge-key-edge-key-edge-key-edge-kez",
+            ),
         ] {
             let mut env = base();
             env.insert(name.into(), value.into());
@@ -733,6 +807,35 @@ mod tests {
         env.insert("REDIS_MODE".into(), "single".into());
         let single = Config::from(&env)?;
         assert_eq!(default.redis.url(), single.redis.url());
+        Ok(())
+    }
+
+    #[test]
+    fn an_origin_needs_edge_keys_unless_direct_calls_are_allowed() -> Result<(), ConfigError> {
+        let mut env = base();
+        env.remove("ORIGIN_ALLOW_DIRECT");
+        let err = Config::from(&env).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.starts_with("EDGE_SIGNING_KEYS (or ORIGIN_ALLOW_DIRECT=1")),
+            "{err:?}"
+        );
+        env.insert(
+            "EDGE_SIGNING_KEYS".into(),
+            "e0=old-edge-key-old-edge-key-old-edge-key, e1=new-edge-key-new-edge-key-new-edge-key"
+                .into(),
+        );
+        let keyed = Config::from(&env)?;
+        assert!(!keyed.front_door.allow_direct);
+        let kids: Vec<&str> = keyed
+            .front_door
+            .edge_keys
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(kids, ["e0", "e1"]);
+        assert_eq!(keyed.front_door.user_limit_per_min, 1_000);
+        assert!(!format!("{keyed:?}").contains("edge-key"));
         Ok(())
     }
 

@@ -52,6 +52,10 @@ pub(crate) struct Shared {
     pub edge_gen: crate::redis::edge_gen::EdgeGen,
     /// Whether this replica runs the singleton jobs now (the `jobs` role's election).
     pub leadership: crate::jobs::leader::Leadership,
+    /// The edges' signing keys (`EDGE_SIGNING_KEYS`): see `http/edge_guard.rs`.
+    pub edge_verifier: domain::edge_auth::EdgeVerifier,
+    /// Replay memory and the per-user limit, in Redis (`redis/front_door.rs`).
+    pub front_door: crate::redis::front_door::FrontDoor,
 }
 
 impl std::fmt::Debug for Shared {
@@ -94,7 +98,22 @@ impl AppState {
             config.pricing.budget,
         );
         let edge_gen = crate::redis::edge_gen::EdgeGen::new(config.edge_cache.as_ref(), tasks)?;
+        let edge_verifier = domain::edge_auth::EdgeVerifier::new(
+            config
+                .front_door
+                .edge_keys
+                .iter()
+                .map(|(kid, secret)| (kid.clone(), secret.0.clone()))
+                .collect(),
+        )
+        .map_err(|e| anyhow::anyhow!("EDGE_SIGNING_KEYS: {e}"))?;
+        let front_door = crate::redis::front_door::FrontDoor::new(
+            redis.clone(),
+            config.front_door.user_limit_per_min,
+        );
         Ok(AppState(Arc::new(Shared {
+            edge_verifier,
+            front_door,
             leadership,
             edge_gen,
             inference,

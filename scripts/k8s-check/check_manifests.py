@@ -35,7 +35,7 @@ ORIGIN_ROUTE_SOURCES = "origin/src/http"
 INFERENCE_ROUTES = "origin/inference/src/lib.rs"
 ROLES = ["pricing", "booking", "relay", "jobs"]
 ENV_CALL = re.compile(
-    r'(?:\bvar|\bparsed|\bmillis|\bsecs|\bat_least_one|\brequired|\bpem_files)\(\s*(?:env,\s*)?"([A-Z][A-Z0-9_]+)"'
+    r'(?:\bvar|\bparsed|\bmillis|\bsecs|\bat_least_one|\brequired|\bpem_files|\bflag)\(\s*(?:env,\s*)?"([A-Z][A-Z0-9_]+)"'
 )
 STD_ENV = re.compile(r'std::env::var\("([A-Z][A-Z0-9_]+)"\)')
 

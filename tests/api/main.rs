@@ -9,6 +9,7 @@ mod availability;
 mod cache;
 mod concurrency;
 mod events;
+mod front_door;
 mod holds;
 mod idempotency;
 mod inference_fake;

@@ -280,6 +280,7 @@ async fn sigterm_under_load_drains_every_request_stops_every_job_and_exits_0_bef
             "QUOTE_SIGNING_KEYS",
             "k1=quote-key-one-quote-key-one-quote-key-one".into(),
         ),
+        ("ORIGIN_ALLOW_DIRECT", "1".into()),
         // Every job busy: the sweeper, the surge grid and the index rebuild run all the time.
         ("SWEEPER_INTERVAL_MS", "100".into()),
         ("SURGE_RECOMPUTE_SECS", "1".into()),

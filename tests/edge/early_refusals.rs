@@ -4,9 +4,12 @@
 use super::*;
 
 /// Sends one raw request to `base` (no JSON re-encoding: the body is sent as given).
+/// Sends a request as given; signed as an edge does when `signer` is given (the origin
+/// called directly lets only edges in).
 async fn raw(
     client: &reqwest::Client,
     base: &str,
+    signer: Option<&e2e::edge_signing::TestSigner>,
     method: &str,
     path: &str,
     headers: &[(&str, &str)],
@@ -20,7 +23,11 @@ async fn raw(
     if let Some(b) = body {
         req = req.body(b.to_owned());
     }
-    let resp = req.send().await?;
+    let mut req = req.build()?;
+    if let Some(signer) = signer {
+        signer.sign(&mut req)?;
+    }
+    let resp = client.execute(req).await?;
     let status = resp.status();
     let headers = resp.headers().clone();
     let content_type = header_str(&headers, "content-type");
@@ -109,14 +116,32 @@ async fn requests_the_origin_refuses_early_get_its_4xx_through_the_edge(
     ];
     let origin = stack.origin()?;
     for (what, method, path, headers, body) in &cases {
-        let direct = raw(&origin.client, &origin.base, method, path, headers, *body).await?;
+        let direct = raw(
+            &origin.client,
+            &origin.base,
+            origin.signer.as_ref(),
+            method,
+            path,
+            headers,
+            *body,
+        )
+        .await?;
         assert!(
             direct.status.is_client_error(),
             "{what}: the origin answered {} {}",
             direct.status,
             direct.body
         );
-        let edged = raw(&stack.client, &stack.base, method, path, headers, *body).await?;
+        let edged = raw(
+            &stack.client,
+            &stack.base,
+            None,
+            method,
+            path,
+            headers,
+            *body,
+        )
+        .await?;
         assert_eq!(
             (edged.status, edged.problem_type()),
             (direct.status, direct.problem_type()),
@@ -132,6 +157,7 @@ async fn requests_the_origin_refuses_early_get_its_4xx_through_the_edge(
         let reply = raw(
             &stack.client,
             &stack.base,
+            None,
             method,
             "/v1/bookings",
             &[("authorization", &user)],

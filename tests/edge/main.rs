@@ -73,6 +73,8 @@ mod authentication;
 // Issue 17: a burst past the runtime's capacity is answered, never dropped.
 mod burst;
 mod early_refusals;
+// Issue 19: only edges reach the origin; true client addresses.
+mod front_door;
 mod invalidation;
 mod lifecycle;
 mod origin_down;

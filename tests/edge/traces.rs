@@ -125,7 +125,7 @@ async fn a_clients_trace_runs_through_the_edge_into_the_origins_spans_and_the_ka
         .filter(|b| !b.trim().is_empty())
         .context("KAFKA_BROKERS is not set (bash scripts/broker.sh; export KAFKA_BROKERS=127.0.0.1:9092)")?;
     let marks = e2e::broker::end_offsets(&brokers)?;
-    let stack = EdgeStack::start_with_origin(
+    let stack = EdgeStack::start_full(
         pool.clone(),
         runtime,
         &[],

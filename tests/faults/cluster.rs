@@ -94,6 +94,8 @@ pub(crate) async fn start_cluster(dir: &std::path::Path) -> TestResult<Cluster> 
             "k1=fault-quote-key-fault-quote-key-fault-quote".into(),
         ),
         ("QUOTE_ACTIVE_KID", "k1".into()),
+        // The clients call the origins directly (no edge in this world).
+        ("ORIGIN_ALLOW_DIRECT", "1".into()),
         ("HOLD_TTL_SECS", "4".into()),
         ("SWEEPER_INTERVAL_MS", SWEEPER_MS.to_string()),
         ("REQUEST_TIMEOUT_MS", "4000".into()),

@@ -202,6 +202,8 @@ async fn with_the_eun_origin_killed_mid_run_euw_is_untouched_and_eun_degrades_th
         ]
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .to_vec(),
+        // The origins' own per-user limit raised like the edges' (one user drives the run).
+        origin_vars: vec![("ORIGIN_USER_LIMIT_PER_MIN".into(), "100000".into())],
         ..WorldOptions::default()
     };
     let mut world = TwoRegions::start(runtime, options).await?;

@@ -309,12 +309,14 @@ impl EdgeStack {
         runtime: Runtime,
         edge_vars: &[(&str, &str)],
     ) -> TestResult<Self> {
-        Self::start_with_origin(pool, runtime, edge_vars, &[]).await
+        Self::start_full(pool, runtime, edge_vars, &[]).await
     }
 
-    /// Starts a stack with extra edge variables and origin configuration overrides (e.g. the
-    /// broker for the relay).
-    pub async fn start_with_origin(
+    /// Starts a stack with extra edge variables and origin variables. The origin accepts
+    /// only requests signed by an edge (`EDGE_SIGNING_KEYS` = the suite's key, no
+    /// `ORIGIN_ALLOW_DIRECT`) unless `origin_vars` say otherwise, and the edge signs with
+    /// that key: every scenario through the edge proves the edge signs.
+    pub async fn start_full(
         pool: PgPool,
         runtime: Runtime,
         edge_vars: &[(&str, &str)],
@@ -337,6 +339,15 @@ impl EdgeStack {
             ("EDGE_CACHE_REST_URL".into(), gateway.url()),
             ("EDGE_CACHE_REST_TOKEN".into(), GATEWAY_TOKEN.into()),
             ("EDGE_CACHE_KEY_PREFIX".into(), edge_prefix.clone()),
+            (
+                "EDGE_SIGNING_KEYS".into(),
+                format!(
+                    "{}={}",
+                    crate::edge_signing::EDGE_KID,
+                    crate::edge_signing::EDGE_KEY
+                ),
+            ),
+            ("ORIGIN_ALLOW_DIRECT".into(), "0".into()),
         ];
         let mut origin_overrides = origin_overrides;
         for (k, v) in origin_vars {
@@ -368,6 +379,8 @@ impl EdgeStack {
             ("JWT_AUDIENCE", AUDIENCE),
             ("JWT_HS256_SECRET", JWT_SECRET),
             ("EDGE_ORIGIN_TIMEOUT_MS", "3000"),
+            ("EDGE_SIGNING_KID", crate::edge_signing::EDGE_KID),
+            ("EDGE_SIGNING_KEY", crate::edge_signing::EDGE_KEY),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -416,6 +429,31 @@ impl EdgeStack {
             }
         }
         Err(last.unwrap_or_else(|| anyhow::anyhow!("origin did not start")))
+    }
+
+    /// Replaces the origin's variables for its next start (e.g. another `EDGE_SIGNING_KEYS`
+    /// for a key rotation); [`EdgeStack::stop_origin`] and [`EdgeStack::start_origin`] apply
+    /// them.
+    pub fn set_origin_var(&mut self, name: &str, value: &str) {
+        self.origin_overrides.retain(|(k, _)| k != name);
+        self.origin_overrides
+            .push((name.to_owned(), value.to_owned()));
+    }
+
+    /// Starts the edge again with some variables changed (e.g. another signing key): the
+    /// old edge process stops first, the new one gets a new port ([`EdgeStack::base`]).
+    pub async fn restart_edge(&mut self, changed: &[(&str, &str)]) -> TestResult {
+        if let Some(edge) = self.edge.take() {
+            edge.stop().await;
+        }
+        for (k, v) in changed {
+            self.edge_vars.retain(|(name, _)| name != k);
+            self.edge_vars.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        let (process, base) = start_edge(self.runtime, &self.edge_vars).await?;
+        self.edge = Some(process);
+        self.base = base;
+        Ok(())
     }
 
     /// Stops the origin (the edge keeps running).

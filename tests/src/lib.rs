@@ -21,6 +21,7 @@ use sqlx::PgPool;
 pub mod broker;
 pub mod cluster;
 pub mod edge;
+pub mod edge_signing;
 pub mod fault_proxy;
 pub mod history;
 pub mod jwt_forge;
@@ -103,6 +104,9 @@ pub struct TestApp {
     pub redis_url: String,
     pub redis_prefix: String,
     running: Option<Running>,
+    /// Signs every request this app sends, as an edge, when the origin was started without
+    /// `ORIGIN_ALLOW_DIRECT` (the edge suites' origins); `None` for origins tested alone.
+    pub signer: Option<edge_signing::TestSigner>,
     /// The origin's own pool (opened on its runtime; the test's is `pool`).
     origin_pool: PgPool,
     /// Declared last: dropped after `running`, whose tasks live on it.
@@ -131,6 +135,9 @@ pub async fn spawn_app_with(pool: PgPool, overrides: Overrides<'_>) -> TestResul
         ),
         ("QUOTE_ACTIVE_KID", "k1"),
         ("SWEEPER_INTERVAL_MS", "200"),
+        // An origin tested alone: no edge signs its requests. The edge suites override this
+        // with `EDGE_SIGNING_KEYS` and `ORIGIN_ALLOW_DIRECT=0`, proving their edges sign.
+        ("ORIGIN_ALLOW_DIRECT", "1"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -145,6 +152,12 @@ pub async fn spawn_app_with(pool: PgPool, overrides: Overrides<'_>) -> TestResul
         env.insert((*k).to_owned(), (*v).to_owned());
     }
     let config = Config::from(&env)?;
+    let signer = match config.front_door.edge_keys.first() {
+        Some((kid, secret)) if !config.front_door.allow_direct => Some(
+            edge_signing::TestSigner::new(kid, &String::from_utf8_lossy(&secret.0), "EUW")?,
+        ),
+        _ => None,
+    };
     let redis_url = config.redis.url();
     let redis_prefix = config.redis.key_prefix.clone();
     origin::startup::MIGRATOR.run(&pool).await?;
@@ -174,6 +187,7 @@ pub async fn spawn_app_with(pool: PgPool, overrides: Overrides<'_>) -> TestResul
         redis_url,
         redis_prefix,
         running: Some(running),
+        signer,
         origin_pool,
         runtime: Some(runtime),
     })
@@ -216,8 +230,18 @@ pub fn window(days: i64, hours: i64) -> (DateTime<Utc>, DateTime<Utc>) {
 
 impl TestApp {
     async fn send(&self, req: reqwest::RequestBuilder) -> TestResult<Reply> {
-        let resp = req.send().await.context("send request")?;
+        let resp = self.execute(req).await?;
         Reply::read(resp).await
+    }
+
+    /// Sends a request built on any client, signed as an edge when this origin needs it.
+    pub async fn execute(&self, req: reqwest::RequestBuilder) -> TestResult<reqwest::Response> {
+        let (client, req) = req.build_split();
+        let mut req = req.context("build request")?;
+        if let Some(signer) = &self.signer {
+            signer.sign(&mut req)?;
+        }
+        client.execute(req).await.context("send request")
     }
 
     /// GET with an optional bearer token.

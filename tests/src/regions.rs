@@ -70,6 +70,8 @@ pub struct WorldOptions {
 pub struct Http {
     pub base: String,
     pub client: reqwest::Client,
+    /// Signs each request as an edge does: for an origin called directly.
+    signer: Option<crate::edge_signing::TestSigner>,
 }
 
 impl Http {
@@ -79,7 +81,15 @@ impl Http {
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(30))
                 .build()?,
+            signer: None,
         })
+    }
+
+    /// A client of an origin, signing like the suite's edges.
+    fn signed(base: String) -> TestResult<Self> {
+        let mut http = Http::new(base)?;
+        http.signer = Some(crate::edge_signing::TestSigner::suite()?);
+        Ok(http)
     }
 
     /// Sends a request with an optional token, JSON body and extra headers.
@@ -101,8 +111,13 @@ impl Http {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let resp = req
-            .send()
+        let mut req = req.build()?;
+        if let Some(signer) = &self.signer {
+            signer.sign(&mut req)?;
+        }
+        let resp = self
+            .client
+            .execute(req)
             .await
             .with_context(|| format!("send to {}", self.base))?;
         Reply::read(resp).await
@@ -213,7 +228,7 @@ impl Site {
 
     /// The origin, called directly (not through an edge).
     pub fn direct(&self) -> TestResult<Http> {
-        Http::new(self.origin.base())
+        Http::signed(self.origin.base())
     }
 
     /// SIGKILL of the region's origin: in-flight requests die with it.
@@ -274,6 +289,11 @@ impl TwoRegions {
         .await?;
         let edge_prefix = format!("test:regions:{id}:");
 
+        let signing_keys = format!(
+            "{}={}",
+            crate::edge_signing::EDGE_KID,
+            crate::edge_signing::EDGE_KEY
+        );
         let mut common: Vec<(String, String)> = [
             ("JWT_ISSUER", ISSUER),
             ("JWT_AUDIENCE", AUDIENCE),
@@ -285,6 +305,8 @@ impl TwoRegions {
             ("QUOTE_ACTIVE_KID", "k1"),
             ("SWEEPER_INTERVAL_MS", "200"),
             ("EDGE_CACHE_REST_TOKEN", GATEWAY_TOKEN),
+            // Only the edges (and the suite's direct reads, signed like them) get in.
+            ("EDGE_SIGNING_KEYS", signing_keys.as_str()),
             ("RUST_LOG", "warn"),
         ]
         .into_iter()
@@ -336,6 +358,8 @@ impl TwoRegions {
                 ("JWT_AUDIENCE", AUDIENCE.to_owned()),
                 ("JWT_HS256_SECRET", JWT_SECRET.to_owned()),
                 ("EDGE_ORIGIN_TIMEOUT_MS", "3000".to_owned()),
+                ("EDGE_SIGNING_KID", crate::edge_signing::EDGE_KID.to_owned()),
+                ("EDGE_SIGNING_KEY", crate::edge_signing::EDGE_KEY.to_owned()),
             ]
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))

@@ -5,8 +5,10 @@
 //! configuration and its memory of blocked clients live as long as the isolate does.
 //!
 //! **Client address.** Only `CF-Connecting-IP`, which Cloudflare's edge sets from the TCP
-//! connection (overwriting whatever the client sent); `X-Forwarded-For` is never read.
-//! Locally, miniflare sets it from the socket too (though it keeps one a client sends).
+//! connection (overwriting whatever the client sent); `X-Forwarded-For` is never read. An
+//! IPv6 client is limited by its /64 (`domain::ratelimit::address_bucket`). Locally,
+//! miniflare sets it from the socket too (though it keeps one a client sends, which the edge
+//! suite uses to play Cloudflare's edge).
 
 use std::cell::RefCell;
 use std::pin::pin;

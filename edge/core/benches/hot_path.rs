@@ -41,6 +41,8 @@ impl Platform for Memory {
             "JWT_ISSUER" => "iss",
             "JWT_AUDIENCE" => "aud",
             "JWT_HS256_SECRET" => SECRET,
+            "EDGE_SIGNING_KID" => "e1",
+            "EDGE_SIGNING_KEY" => "bench-edge-signing-key-bench-edge-signing",
             "EDGE_USER_LIMIT_PER_MIN" | "EDGE_IP_LIMIT_PER_MIN" => "1000000000",
             _ => return None,
         };

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use domain::area::ServiceAreas;
 use domain::auth::{JwtVerifier, VerifyKey};
+use domain::edge_auth::EdgeSigner;
 use domain::region::Region;
 
 use crate::platform::Platform;
@@ -39,6 +40,9 @@ pub struct EdgeConfig {
     /// database; the origin's `EDGE_CACHE_KEY_PREFIX` must match to bump generations.
     pub key_prefix: String,
     pub jwt: JwtVerifier,
+    /// Signs every request forwarded to an origin (`EDGE_SIGNING_KID` / `EDGE_SIGNING_KEY`,
+    /// one of the origins' `EDGE_SIGNING_KEYS`): see `domain::edge_auth`.
+    pub signer: EdgeSigner,
     pub user_limit_per_min: u32,
     pub ip_limit_per_min: u32,
     /// Fresh lifetimes of cached quotes and searches; entries are kept `stale_secs` longer
@@ -159,6 +163,17 @@ impl EdgeConfig {
             reason: e.to_string(),
         })?;
 
+        let signer = EdgeSigner::new(
+            &required(p, "EDGE_SIGNING_KID")?,
+            required(p, "EDGE_SIGNING_KEY")?.as_bytes(),
+        )
+        .map_err(|e| ConfigError::Invalid {
+            name: "EDGE_SIGNING_KEY",
+            reason: format!(
+                "{e} (EDGE_SIGNING_KID: 1-32 of A-Z a-z 0-9 _ -; the key: at least 32 bytes)"
+            ),
+        })?;
+
         let positive = |name: &'static str, default: u64| -> Result<u64, ConfigError> {
             let v: u64 = parsed(p, name, default)?;
             if v == 0 {
@@ -187,6 +202,7 @@ impl EdgeConfig {
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| "edge:".into()),
             jwt,
+            signer,
             user_limit_per_min: u32::try_from(positive("EDGE_USER_LIMIT_PER_MIN", 100)?)
                 .unwrap_or(u32::MAX),
             ip_limit_per_min: u32::try_from(positive("EDGE_IP_LIMIT_PER_MIN", 1000)?)

@@ -7,7 +7,8 @@
 //! 2. the bearer JWT is verified here with `domain::auth` — the origin's rules, so both tiers
 //!    accept exactly the same tokens — and a bad token is a 401 that never reaches the origin;
 //! 3. the per-user (100/min) and per-IP (1000/min) limits are checked in one Redis round trip
-//!    ([`ratelimit`]), with the client address from the platform's trusted source only; for a
+//!    ([`ratelimit`]), with the client address from the platform's trusted source only (an
+//!    IPv6 client by its /64, `domain::ratelimit::address_bucket`); for a
 //!    search or quote the same round trip reads the cache entry, so a hit costs one Upstash
 //!    request and a client known to be blocked none;
 //! 4. searches and quotes are answered from the edge cache when fresh ([`cache`]); on a miss
@@ -16,7 +17,9 @@
 //! 5. writes go to the origin of the vehicle's home region — from the booking id
 //!    (`bkg_eun_…`) or the quote token's region — with the caller's `Authorization`,
 //!    `X-Request-Id` and `Idempotency-Key`; the edge never writes bookings itself. After a
-//!    successful write the edge bumps the cache generations it affects.
+//!    successful write the edge bumps the cache generations it affects. Every request to an
+//!    origin is signed (`domain::edge_auth`: method, path, query, body hash, timestamp,
+//!    nonce, request id, this edge's region), and origins refuse what is not.
 //! 6. reads that name no id are placed by [`regions`]: a search or surge by the service area
 //!    of its point, admin by its region; a search circle crossing into another area and a
 //!    user's booking list ask every region's origin in parallel and are merged ([`fanout`]).
@@ -38,7 +41,8 @@ use std::cell::Cell;
 use std::rc::Rc;
 
 use domain::auth::{AuthError, Claims};
-use domain::ratelimit::RateLimit;
+use domain::edge_auth;
+use domain::ratelimit::{address_bucket, RateLimit};
 use domain::{Region, VehicleId};
 use serde_json::Value;
 
@@ -120,6 +124,19 @@ fn request_id(req: &Request) -> String {
         return "edge-no-entropy".into();
     }
     hex::encode(bytes)
+}
+
+/// A fresh nonce for a request signature: 16 random bytes in hex. Without an entropy source
+/// (never seen on either host) the clock and a per-isolate counter stand in: still unique per
+/// isolate, and the request id beside it in the signed string is random per request.
+fn nonce(now_ms: u64) -> String {
+    let mut bytes = [0u8; 16];
+    if getrandom::getrandom(&mut bytes).is_ok() {
+        return hex::encode(bytes);
+    }
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{now_ms:016x}{n:016x}")
 }
 
 fn rate_headers(resp: &mut Response, outcome: &Outcome) {
@@ -278,10 +295,11 @@ impl Edge {
                 &format!("request body exceeds {MAX_BODY_BYTES} bytes"),
             );
         }
-        let ip = req.client_ip.clone().unwrap_or_else(|| "unknown".into());
+        // The platform's address (never a header the client chose), an IPv6 one by its /64.
+        let ip = req.client_ip.as_deref().unwrap_or("unknown");
         let ip_check = Check {
             subject: Subject::Ip,
-            id: ip,
+            id: address_bucket(ip),
             limit: self.limit(self.config.ip_limit_per_min),
         };
         let now = p.now_ms();
@@ -452,15 +470,20 @@ impl Edge {
         rid: &str,
         region: Region,
     ) -> Result<Response, FetchError> {
-        let mut url = format!(
-            "{}{}",
-            self.config.origin(region),
-            uri_safe(&req.path, false)
-        );
-        if !req.query.is_empty() {
+        let path = uri_safe(&req.path, false);
+        let query = uri_safe(&req.query, true);
+        let mut url = format!("{}{path}", self.config.origin(region));
+        if !query.is_empty() {
             url.push('?');
-            url.push_str(&uri_safe(&req.query, true));
+            url.push_str(&query);
         }
+        // Fetch (workerd) refuses a body on GET and HEAD, and the origin ignores one there:
+        // it is never forwarded, on any runtime.
+        let body = if matches!(req.method.as_str(), "GET" | "HEAD") {
+            Vec::new()
+        } else {
+            req.body.clone()
+        };
         let mut headers = vec![("x-request-id".to_owned(), rid.to_owned())];
         for name in [
             "authorization",
@@ -475,18 +498,32 @@ impl Edge {
                 headers.push((name.to_owned(), v.to_owned()));
             }
         }
+        // Proof for the origin that this request came through an edge: exactly the bytes
+        // sent (path, query, body), this edge's region and the request id, signed.
+        let hash = edge_auth::body_sha256(&body);
+        let parts = edge_auth::RequestParts {
+            method: &req.method,
+            path: &path,
+            query: &query,
+            body_sha256: &hash,
+            request_id: rid,
+            region: self.config.region.code(),
+        };
+        let signature = self
+            .config
+            .signer
+            .sign(&parts, now_secs(p), &nonce(p.now_ms()));
+        headers.push((edge_auth::SIGNATURE_HEADER.to_owned(), signature));
+        headers.push((
+            edge_auth::REGION_HEADER.to_owned(),
+            self.config.region.code().to_owned(),
+        ));
         let resp = p
             .fetch(Outbound {
                 method: req.method.clone(),
                 url,
                 headers,
-                // Fetch (workerd) refuses a body on GET and HEAD, and the origin ignores one
-                // there: it is never forwarded, on any runtime.
-                body: if matches!(req.method.as_str(), "GET" | "HEAD") {
-                    Vec::new()
-                } else {
-                    req.body.clone()
-                },
+                body,
                 timeout_ms: self.config.origin_timeout_ms,
             })
             .await?;

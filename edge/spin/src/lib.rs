@@ -13,10 +13,16 @@
 //! blocked clients — is built on an instance's first request and kept for its life, exactly
 //! as on Cloudflare; a per-request host simply builds it every time.
 //!
-//! **Client address.** wasi:http does not expose the peer address; Spin sets the
-//! `spin-client-addr` header from the socket (overwriting any sent by the client), and that is
-//! the only source used. `wasmtime serve` does not set it: locally every client is `unknown`
-//! for the per-IP limit — one shared bucket, never a spoofable header.
+//! **Client address.** wasi:http 0.2 does not expose the peer address (its incoming-request
+//! has no such field). Spin's HTTP trigger adds `spin-client-addr` (`ip:port`, `[v6]:port`)
+//! from the socket *after* the client's headers (`crates/trigger-http`: the client's list,
+//! then the host's, appended), and the SDK collects headers into a map where the last value
+//! of a name wins: the host's. That is the only source used; `X-Forwarded-For` is never
+//! read. An IPv6 client is limited by its /64 (`domain::ratelimit::address_bucket`).
+//! `wasmtime serve` offers nothing: it adds no header, so without one every client is
+//! `unknown` (one shared bucket), and a `spin-client-addr` the client sends itself arrives
+//! as is — which the edge suite uses to play the Spin host, and which is why a component
+//! served by plain `wasmtime serve` must sit behind a proxy that sets (overwrites) it.
 
 use std::cell::RefCell;
 use std::future::Future;

@@ -751,6 +751,7 @@ mod tests {
             ("JWT_AUDIENCE", "aud"),
             ("JWT_HS256_SECRET", "0123456789abcdef0123456789abcdef"),
             ("QUOTE_SIGNING_KEYS", "k1=0123456789abcdef0123456789abcdef"),
+            ("ORIGIN_ALLOW_DIRECT", "1"),
             ("KAFKA_BROKERS", "127.0.0.1:9"),
             ("SHUTDOWN_GRACE_SECS", shutdown_grace_secs),
         ]

@@ -8,6 +8,7 @@
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::HeaderMap;
 use domain::auth::{Claims, JwtVerifier, VerifyKey};
 
 use crate::config::JwtConfig;
@@ -65,15 +66,11 @@ pub(crate) fn verifier(config: &JwtConfig) -> anyhow::Result<JwtVerifier> {
     .map_err(|e| anyhow::anyhow!("JWT keys: {e}"))
 }
 
-impl FromRequestParts<AppState> for AuthUser {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
+impl AuthUser {
+    /// Verifies the request's bearer token. The front door (`edge_guard.rs`) calls it once per
+    /// request and leaves the caller in the request's extensions, where the extractor finds it.
+    pub(crate) fn from_headers(headers: &HeaderMap, state: &AppState) -> Result<Self, ApiError> {
+        let header = headers
             .get(AUTHORIZATION)
             .ok_or_else(|| ApiError::Unauthorized("missing bearer token".into()))?;
         let token = header
@@ -96,5 +93,19 @@ impl FromRequestParts<AppState> for AuthUser {
             access.set(&claims.sub);
         }
         Ok(AuthUser::from_claims(claims))
+    }
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if let Some(user) = parts.extensions.get::<AuthUser>() {
+            return Ok(user.clone());
+        }
+        AuthUser::from_headers(&parts.headers, state)
     }
 }

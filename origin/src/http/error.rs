@@ -43,6 +43,20 @@ pub(crate) enum ApiError {
     },
     #[error("{0}")]
     Unauthorized(String),
+    /// A public route called without a valid edge signature (`edge_guard.rs`).
+    #[error("{0}")]
+    EdgeSignature(String),
+    /// The caller is over the origin's own per-user limit (`edge_guard.rs`).
+    #[error(
+        "rate limit of {} requests per {} s exceeded; retry after {} s",
+        .limit.limit,
+        .limit.window_ms / 1000,
+        .decision.retry_after_secs()
+    )]
+    RateLimited {
+        decision: domain::ratelimit::Decision,
+        limit: domain::ratelimit::RateLimit,
+    },
     #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
@@ -109,6 +123,16 @@ impl ApiError {
                 "Invalid request",
             ),
             Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            EdgeSignature(_) => (
+                StatusCode::UNAUTHORIZED,
+                "edge-signature",
+                "Edge signature required",
+            ),
+            RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+            ),
             Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             Misdirected(_) => (
@@ -228,6 +252,23 @@ impl IntoResponse for ApiError {
         match self {
             ApiError::Unauthorized(_) => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::RateLimited { decision, limit } => {
+                let window = limit.window_ms / 1000;
+                for (name, value) in [
+                    ("retry-after", decision.retry_after_secs().to_string()),
+                    ("ratelimit-limit", limit.limit.to_string()),
+                    ("ratelimit-remaining", decision.remaining.to_string()),
+                    (
+                        "ratelimit-reset",
+                        decision.reset_ms.div_ceil(1000).to_string(),
+                    ),
+                    ("ratelimit-policy", format!("{};w={window}", limit.limit)),
+                ] {
+                    if let Ok(value) = HeaderValue::from_str(&value) {
+                        headers.insert(name, value);
+                    }
+                }
             }
             ApiError::Unavailable(_)
             | ApiError::IdempotencyInProgress

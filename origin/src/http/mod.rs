@@ -8,6 +8,7 @@ pub(crate) mod admin;
 pub(crate) mod auth;
 pub(crate) mod bookings;
 pub(crate) mod dto;
+pub(crate) mod edge_guard;
 pub(crate) mod error;
 pub(crate) mod extract;
 pub(crate) mod idempotent;
@@ -311,6 +312,9 @@ pub(crate) fn app(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::from_fn(refuse_nul_in_query))
         .layer(middleware::from_fn(problem_for_plain_errors))
+        // Only edges (and, for this user, not too often): before any handler's work, inside
+        // the deadline (reading the body to check its hash is bounded by it).
+        .layer(middleware::from_fn_with_state(state.clone(), edge_guard::guard))
         .layer(middleware::from_fn_with_state(timeout, deadline))
         .route_layer(middleware::from_fn(crate::http::metrics::track))
         .with_state(state)
@@ -359,6 +363,8 @@ pub(crate) fn app(state: AppState) -> Router {
         .layer(SetSensitiveRequestHeadersLayer::new([
             header::AUTHORIZATION,
             header::COOKIE,
+            // Replayable for its minute: as careful as a token.
+            HeaderName::from_static(domain::edge_auth::SIGNATURE_HEADER),
         ]))
         .layer(CatchPanicLayer::custom(panic_response))
 }

@@ -1,6 +1,7 @@
 //! Documents the errors every operation can answer with because of what it takes, not what it
 //! does: a JSON body can be malformed (400), too large (413), not JSON (415) or the wrong shape
-//! (422); a secured route can be refused (401); a path id can name nothing (404); any request can
+//! (422); every route can be refused without an edge signature (401) and a secured one over
+//! the per-user limit (429); a path id can name nothing (404); any request can
 //! be shed or outlive its deadline (503). Middleware and extractors produce these for every
 //! route, so writing them into each `#[utoipa::path]` by hand drifts (schemathesis found
 //! undocumented 401/400/404/415 answers on newer routes). This pass adds each one, as a problem
@@ -12,7 +13,8 @@ use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
 
 /// Adds the middleware- and extractor-level error responses to every operation of `doc`.
 pub(crate) fn document_common_errors(doc: &mut OpenApi) {
-    for item in doc.paths.paths.values_mut() {
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let signed = !crate::http::edge_guard::UNSIGNED_PATHS.contains(&path.as_str());
         for op in [
             &mut item.get,
             &mut item.put,
@@ -23,12 +25,12 @@ pub(crate) fn document_common_errors(doc: &mut OpenApi) {
         .into_iter()
         .flatten()
         {
-            add_to(op);
+            add_to(op, signed);
         }
     }
 }
 
-fn add_to(op: &mut Operation) {
+fn add_to(op: &mut Operation, signed: bool) {
     let params = op.parameters.as_deref().unwrap_or_default();
     let has = |place: ParameterIn| {
         params
@@ -51,8 +53,16 @@ fn add_to(op: &mut Operation) {
     if body || query || headers {
         add("400", "Malformed request (body, query or header)");
     }
+    // Every public route: a missing or invalid edge signature (`edge_guard.rs`) is a 401, and
+    // a caller over the origin's own per-user limit a 429.
+    if signed {
+        add(
+            "401",
+            "Missing or invalid token, or no valid edge signature",
+        );
+    }
     if secured {
-        add("401", "Missing or invalid token");
+        add("429", "Over the per-user rate limit (Retry-After)");
     }
     // A name that is no region is a 404 wherever it is named (path or query); a region
     // another origin serves is a 421 (misdirected).

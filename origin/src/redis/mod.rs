@@ -5,5 +5,6 @@
 pub mod availability;
 pub mod cache;
 pub(crate) mod edge_gen;
+pub(crate) mod front_door;
 pub mod link;
 pub mod locks;

@@ -1,13 +1,14 @@
 //! Criterion micro-benchmarks of the pure code on every request's hot path: the price
 //! calculation (a 3-hour and a 3-day window, time-of-day rules and a discount), quote-token
-//! signing and verification (every quote and every hold), and JWT verification (every
-//! authenticated request). `cargo bench -p domain`; reports in `target/criterion`.
+//! signing and verification (every quote and every hold), JWT verification (every
+//! authenticated request) and edge → origin request signatures (every forwarded request). `cargo bench -p domain`; reports in `target/criterion`.
 
 use std::hint::black_box;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use criterion::{criterion_group, criterion_main, Criterion};
 use domain::auth::{sign_hs256, Claims, JwtVerifier, VerifyKey};
+use domain::edge_auth::{body_sha256, EdgeSigner, EdgeVerifier, RequestParts};
 use domain::pricing::{
     price, DiscountKind, DiscountRule, HourOfWeekTable, PriceInput, RateCard, TimeMultiplierRule,
 };
@@ -147,5 +148,43 @@ fn jwt(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, pricing, quote_tokens, jwt);
+fn parts(hash: &[u8; 32]) -> RequestParts<'_> {
+    RequestParts {
+        method: "POST",
+        path: "/v1/bookings",
+        query: "",
+        body_sha256: hash,
+        request_id: "0123456789abcdef0123456789abcdef",
+        region: "EUW",
+    }
+}
+
+/// Edge → origin signatures: what every forwarded request costs the edge (hash the body,
+/// sign) and the origin (hash the body, verify), for a hold's small body and a 4 KiB one.
+fn edge_signatures(c: &mut Criterion) {
+    let key = b"bench-edge-signing-key-0123456789abcdef".to_vec();
+    let signer = EdgeSigner::new("e1", &key).expect("signer");
+    let verifier = EdgeVerifier::new(vec![("e1".into(), key)]).expect("verifier");
+    let now = 1_800_000_000;
+    for (name, len) in [("hold_body", 120), ("body_4k", 4096)] {
+        let body = vec![b'x'; len];
+        let nonce = "00112233445566778899aabbccddeeff";
+        c.bench_function(&format!("edge_sign_{name}"), |b| {
+            b.iter(|| {
+                let hash = body_sha256(black_box(&body));
+                signer.sign(&parts(&hash), now, nonce)
+            })
+        });
+        let hash = body_sha256(&body);
+        let header = signer.sign(&parts(&hash), now, nonce);
+        c.bench_function(&format!("edge_verify_{name}"), |b| {
+            b.iter(|| {
+                let hash = body_sha256(black_box(&body));
+                verifier.verify(Some(black_box(&header)), &parts(&hash), now)
+            })
+        });
+    }
+}
+
+criterion_group!(benches, pricing, quote_tokens, jwt, edge_signatures);
 criterion_main!(benches);

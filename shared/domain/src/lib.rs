@@ -16,6 +16,7 @@ pub mod area;
 pub mod auth;
 pub mod booking;
 pub mod cancellation;
+pub mod edge_auth;
 pub mod edge_cache;
 pub mod ids;
 pub mod money;

@@ -112,6 +112,27 @@ fn needed_e_ceil(w: u128, room_w: u128, count: u128) -> u128 {
     w - (room_w / count).min(w)
 }
 
+/// The identifier an address is limited under: an IPv4 address as itself, an IPv6 address
+/// by its /64 (`2001:db8:1:2::/64`). One IPv6 subscriber (a home, a phone, a cloud VM)
+/// usually gets a whole /64 and can pick any of its 2^64 addresses per request, so limiting
+/// single IPv6 addresses would limit nothing. An IPv4-mapped IPv6 address (`::ffff:1.2.3.4`)
+/// is the IPv4 address it maps. Text that is no address (a host that gives none, or garbage)
+/// is kept as it is: it can only be what the platform put there, never what a client chose.
+pub fn address_bucket(addr: &str) -> String {
+    use std::net::IpAddr;
+    match addr.trim().parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => v4.to_string(),
+        Ok(IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+        Err(_) => addr.trim().to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +259,19 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn ipv6_addresses_share_their_64_and_ipv4_stays_whole() {
+        assert_eq!(address_bucket("203.0.113.7"), "203.0.113.7");
+        assert_eq!(address_bucket(" 203.0.113.7 "), "203.0.113.7");
+        assert_eq!(address_bucket("::ffff:203.0.113.7"), "203.0.113.7");
+        let a = address_bucket("2001:db8:aa:bb:1:2:3:4");
+        assert_eq!(a, "2001:db8:aa:bb::/64");
+        assert_eq!(address_bucket("2001:0db8:00aa:00bb:ffff::9"), a);
+        assert_eq!(address_bucket("2001:db8:aa:bb::"), a);
+        assert_ne!(address_bucket("2001:db8:aa:bc::1"), a);
+        assert_ne!(address_bucket("203.0.113.8"), address_bucket("203.0.113.7"));
+        assert_eq!(address_bucket("unknown"), "unknown");
     }
 }

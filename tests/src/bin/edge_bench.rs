@@ -252,12 +252,19 @@ async fn start_old_spin(
 }
 
 async fn bench(pool: PgPool, runtime: Runtime, secs: u32, conns: u32) -> TestResult<Vec<Figures>> {
-    let stack = EdgeStack::start_with(
+    let stack = EdgeStack::start_full(
         pool,
         runtime,
         &[
             ("EDGE_USER_LIMIT_PER_MIN", "1000000000"),
             ("EDGE_IP_LIMIT_PER_MIN", "1000000000"),
+        ],
+        // The code before and the JavaScript way do not sign their requests: the origin lets
+        // unsigned ones in (a signed one is still checked), and its own per-user limit is off
+        // like the edges' (one bench user).
+        &[
+            ("ORIGIN_ALLOW_DIRECT", "1"),
+            ("ORIGIN_USER_LIMIT_PER_MIN", "0"),
         ],
     )
     .await?;

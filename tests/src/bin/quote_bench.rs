@@ -172,6 +172,9 @@ async fn main() -> anyhow::Result<()> {
             "k1=quote-key-one-quote-key-one-quote-key-one",
         ),
         ("REDIS_KEY_PREFIX", "quote-bench:"),
+        // The bench calls the origin directly, as one user, as fast as it can.
+        ("ORIGIN_ALLOW_DIRECT", "1"),
+        ("ORIGIN_USER_LIMIT_PER_MIN", "0"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))

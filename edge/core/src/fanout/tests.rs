@@ -21,6 +21,7 @@ use crate::route::route;
 use crate::Edge;
 
 const SECRET: &str = "fan-out-test-secret-fan-out-test-secret";
+const SIGNING_KEY: &str = "fan-out-edge-signing-key-fan-out-edge-key";
 const NOW_MS: u64 = 1_800_000_000_000;
 /// The fake origins' query hash: cursors with any other are refused, as a real origin does.
 const HASH: u64 = 7;
@@ -39,6 +40,8 @@ struct Fake {
     data: BTreeMap<Region, Data>,
     down: RefCell<BTreeSet<Region>>,
     calls: RefCell<Vec<String>>,
+    /// The `X-Edge-Signature` of every origin call, each verified as the origin does.
+    signatures: RefCell<Vec<String>>,
 }
 
 impl Fake {
@@ -50,6 +53,8 @@ impl Fake {
             ("UPSTASH_REDIS_REST_URL", "http://upstash.test".to_owned()),
             ("UPSTASH_REDIS_REST_TOKEN", "t".to_owned()),
             ("JWT_HS256_SECRET", SECRET.to_owned()),
+            ("EDGE_SIGNING_KID", "e1".to_owned()),
+            ("EDGE_SIGNING_KEY", SIGNING_KEY.to_owned()),
             ("JWT_ISSUER", "iss".to_owned()),
             ("JWT_AUDIENCE", "aud".to_owned()),
         ]);
@@ -61,6 +66,7 @@ impl Fake {
             data: BTreeMap::new(),
             down: RefCell::new(BTreeSet::new()),
             calls: RefCell::new(Vec::new()),
+            signatures: RefCell::new(Vec::new()),
         }
     }
 
@@ -178,6 +184,32 @@ impl Platform for Fake {
         if self.down.borrow().contains(&region) {
             return Err(FetchError::Network("connection refused".into()));
         }
+        // As an origin does (`origin/src/http/edge_guard.rs`): a request without a valid
+        // edge signature is refused.
+        let header = |name: &str| crate::platform::header(&req.headers, name).unwrap_or("");
+        let hash = domain::edge_auth::body_sha256(&req.body);
+        let parts = domain::edge_auth::RequestParts {
+            method: &req.method,
+            path,
+            query,
+            body_sha256: &hash,
+            request_id: header("x-request-id"),
+            region: header("x-edge-region"),
+        };
+        let verifier = domain::edge_auth::EdgeVerifier::new(vec![(
+            "e1".into(),
+            SIGNING_KEY.as_bytes().to_vec(),
+        )])
+        .map_err(|e| FetchError::Network(e.to_string()))?;
+        let signature = header("x-edge-signature").to_owned();
+        if let Err(e) = verifier.verify(Some(&signature), &parts, (NOW_MS / 1000) as i64) {
+            return Ok(Response {
+                status: 401,
+                headers: Vec::new(),
+                body: e.to_string().into_bytes(),
+            });
+        }
+        self.signatures.borrow_mut().push(signature);
         Ok(self.origin(region, path, query))
     }
     fn now_ms(&self) -> u64 {
@@ -702,4 +734,27 @@ fn an_origins_4xx_is_returned_as_it_is_and_a_search_outside_every_area_never_rea
         .filter(|c| !c.contains("upstash"))
         .count();
     assert_eq!(before, after, "no origin was asked");
+}
+
+#[test]
+fn every_request_to_an_origin_is_signed_and_no_two_signatures_are_alike() {
+    let fake = list_fake();
+    let (resp, body) = get(&fake, "/v1/bookings?limit=2");
+    assert_eq!(resp.status, 200, "{body}");
+    let (resp, body) = get(&fake, "/v1/bookings?limit=2");
+    assert_eq!(resp.status, 200, "{body}");
+    let signatures = fake.signatures.borrow();
+    let origin_calls = fake
+        .calls
+        .borrow()
+        .iter()
+        .filter(|c| !c.contains("upstash"))
+        .count();
+    // Both regions asked, twice: four calls, each verified by the fake origin with the key.
+    assert_eq!(origin_calls, 4);
+    assert_eq!(signatures.len(), 4, "{signatures:?}");
+    // The same content to two regions, and the same request twice: a fresh nonce each time,
+    // so an origin's replay memory never refuses a legitimate request.
+    let distinct: BTreeSet<&String> = signatures.iter().collect();
+    assert_eq!(distinct.len(), 4, "{signatures:?}");
 }

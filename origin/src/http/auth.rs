@@ -89,9 +89,6 @@ impl AuthUser {
             .jwt
             .verify(token, chrono::Utc::now().timestamp())
             .map_err(|e| ApiError::Unauthorized(format!("invalid token: {e}")))?;
-        if let Some(access) = parts.extensions.get::<crate::http::access::AccessUser>() {
-            access.set(&claims.sub);
-        }
         Ok(AuthUser::from_claims(claims))
     }
 }
@@ -103,9 +100,14 @@ impl FromRequestParts<AppState> for AuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        if let Some(user) = parts.extensions.get::<AuthUser>() {
-            return Ok(user.clone());
+        let user = match parts.extensions.get::<AuthUser>() {
+            Some(user) => user.clone(),
+            None => AuthUser::from_headers(&parts.headers, state)?,
+        };
+        // The access log names the verified caller (hashed), whichever way it was verified.
+        if let Some(access) = parts.extensions.get::<crate::http::access::AccessUser>() {
+            access.set(&user.id);
         }
-        AuthUser::from_headers(&parts.headers, state)
+        Ok(user)
     }
 }

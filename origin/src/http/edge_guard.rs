@@ -127,6 +127,10 @@ pub(crate) async fn guard(State(state): State<AppState>, request: Request, next:
     let user = AuthUser::from_headers(&parts.headers, &state).ok();
     let user_id = user.as_ref().map(|u| u.id.clone());
     if let Some(user) = user {
+        // The access log names the caller (hashed) even when this guard refuses the request.
+        if let Some(access) = parts.extensions.get::<crate::http::access::AccessUser>() {
+            access.set(&user.id);
+        }
         parts.extensions.insert(user);
     }
 

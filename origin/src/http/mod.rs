@@ -314,7 +314,10 @@ pub(crate) fn app(state: AppState) -> Router {
         .layer(middleware::from_fn(problem_for_plain_errors))
         // Only edges (and, for this user, not too often): before any handler's work, inside
         // the deadline (reading the body to check its hash is bounded by it).
-        .layer(middleware::from_fn_with_state(state.clone(), edge_guard::guard))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            edge_guard::guard,
+        ))
         .layer(middleware::from_fn_with_state(timeout, deadline))
         .route_layer(middleware::from_fn(crate::http::metrics::track))
         .with_state(state)

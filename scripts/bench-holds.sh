@@ -35,6 +35,7 @@ export JWT_ISSUER=booking-dev JWT_AUDIENCE=booking-api
 export JWT_HS256_SECRET=dev-only-secret-change-me-0123456789
 export QUOTE_SIGNING_KEYS=dev1=dev-only-quote-key-change-me-0123456789
 export RUST_LOG=warn MAX_IN_FLIGHT="${MAX_IN_FLIGHT:-128}"
+export ORIGIN_ALLOW_DIRECT=1 ORIGIN_USER_LIMIT_PER_MIN=0   # as scripts/bench.sh: no edge in front
 unset KAFKA_BROKERS
 DB=booking_bench_holds_$$
 PID=""

@@ -60,6 +60,7 @@ export JWT_ISSUER=booking-dev JWT_AUDIENCE=booking-api
 export JWT_HS256_SECRET=dev-only-secret-change-me-0123456789
 export QUOTE_SIGNING_KEYS=dev1=dev-only-quote-key-change-me-0123456789
 export RUST_LOG=warn LOG_FORMAT=json MAX_IN_FLIGHT=128 BIND_ADDR=127.0.0.1:18470
+export ORIGIN_ALLOW_DIRECT=1 ORIGIN_USER_LIMIT_PER_MIN=0   # as scripts/bench.sh: no edge in front
 export REDIS_KEY_PREFIX="trace-cost:$$:"
 unset KAFKA_BROKERS
 BASE="http://$BIND_ADDR"

@@ -54,6 +54,8 @@ async fn the_origin_writes_one_json_access_line_per_request_with_its_route_templ
             "k1=quote-key-one-quote-key-one-quote-key-one".into(),
         ),
         ("LOG_FORMAT", "json".into()),
+        // An origin tested alone: no edge signs these requests.
+        ("ORIGIN_ALLOW_DIRECT", "1".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -451,6 +451,11 @@ impl Drop for PrivateBroker {
     }
 }
 
+/// The `x-request-id` prefix of the requests the harness itself sends an origin (its health
+/// probes): a test that matches the origin's request log against its clients' requests skips
+/// these.
+pub const HARNESS_REQUEST_ID_PREFIX: &str = "harness-";
+
 /// An origin process (the release or debug binary), so it can be SIGKILLed.
 #[derive(Debug)]
 pub struct OriginProcess {
@@ -545,8 +550,12 @@ impl OriginProcess {
                 .build()?;
             let health = format!("http://127.0.0.1:{}/healthz", self.port);
             loop {
+                // Named so a test reading the origin's request log can tell the harness's probes
+                // from its clients' requests (`HARNESS_REQUEST_ID_PREFIX`).
+                let probe_id = format!("{HARNESS_REQUEST_ID_PREFIX}{}", uuid::Uuid::new_v4());
                 if http
                     .get(&health)
+                    .header("x-request-id", probe_id)
                     .send()
                     .await
                     .is_ok_and(|r| r.status().is_success())

@@ -157,6 +157,19 @@ pub(crate) async fn hold(
         id: b.id.uuid,
         detail: format!("hold_booking said {} without {what}", row.outcome),
     };
+    // The vehicle lock's counter, as the other lock paths keep it (`redis/locks.rs`): the
+    // statement reached the lock unless the key answered first.
+    if namespace.is_some() {
+        let outcome = match row.outcome.as_str() {
+            "busy" => Some("busy"),
+            "created" | "unavailable" | "expired_in_the_way" => Some("acquired"),
+            _ => None,
+        };
+        if let Some(outcome) = outcome {
+            metrics::counter!("vehicle_locks_total", "backend" => "postgres", "outcome" => outcome)
+                .increment(1);
+        }
+    }
     Ok(match row.outcome.as_str() {
         "created" => Outcome::Created {
             body: row.body.clone().ok_or_else(|| missing("a body"))?,

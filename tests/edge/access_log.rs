@@ -106,14 +106,4 @@ async fn the_edge_writes_one_json_access_line_per_request_and_no_token(
     stack.stop().await
 }
 
-// Spin only: its standard output is the component's. On Cloudflare the line goes to
-// `console.log`, which miniflare does not reliably pass to its own standard output.
-mod the_edge_writes_one_json_access_line_per_request_and_no_token {
-    use super::*;
-
-    #[sqlx::test(migrations = "../migrations")]
-    async fn on_spin_under_wasmtime(pool: PgPool) -> TestResult {
-        super::the_edge_writes_one_json_access_line_per_request_and_no_token(pool, Runtime::Spin)
-            .await
-    }
-}
+on_both_runtimes!(the_edge_writes_one_json_access_line_per_request_and_no_token);

@@ -28,9 +28,12 @@ use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState, TracerProvider as _,
 };
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::subscriber::Interest;
+use tracing::Metadata;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::layer::{Context as FilterContext, Filter};
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer};
 
@@ -74,6 +77,72 @@ fn traces_url(endpoint: &str) -> String {
 
 /// What the OpenTelemetry layer records: the origin's own spans from `DEBUG`, everything
 /// else from `INFO` (sqlx's statement events from `WARN`: the `db.*` spans name the groups).
+/// A per-layer filter that never lets a call site be cached as "always enabled" for its layer.
+///
+/// Hand-written because the fix is not in a released tracing-subscriber: a per-layer filter's
+/// decision travels from `enabled` to `on_new_span`/`on_event` through a thread-local, and a
+/// call site cached as `Interest::always` skips `enabled`, so its span reads whatever the
+/// previous `enabled` call on that thread left there. After sqlx's query logger asks about a
+/// disabled log line, the next request span is silently dropped from this layer, and its child
+/// spans are exported as roots (tokio-rs/tracing#2519; fix proposed in tokio-rs/tracing#3572).
+/// The edge trace test saw exactly that under load. Capping the interest at `sometimes` makes
+/// every dispatch run `enabled` first, so the thread-local is always fresh; the price is one
+/// filter evaluation per span and event, which the cached interest used to skip.
+struct Fresh<F>(F);
+
+impl<S, F: Filter<S>> Filter<S> for Fresh<F> {
+    fn enabled(&self, meta: &Metadata<'_>, cx: &FilterContext<'_, S>) -> bool {
+        self.0.enabled(meta, cx)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        let interest = self.0.callsite_enabled(meta);
+        if interest.is_always() {
+            Interest::sometimes()
+        } else {
+            interest
+        }
+    }
+
+    fn event_enabled(&self, event: &tracing::Event<'_>, cx: &FilterContext<'_, S>) -> bool {
+        self.0.event_enabled(event, cx)
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        self.0.max_level_hint()
+    }
+
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        cx: FilterContext<'_, S>,
+    ) {
+        self.0.on_new_span(attrs, id, cx);
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        cx: FilterContext<'_, S>,
+    ) {
+        self.0.on_record(id, values, cx);
+    }
+
+    fn on_enter(&self, id: &tracing::span::Id, cx: FilterContext<'_, S>) {
+        self.0.on_enter(id, cx);
+    }
+
+    fn on_exit(&self, id: &tracing::span::Id, cx: FilterContext<'_, S>) {
+        self.0.on_exit(id, cx);
+    }
+
+    fn on_close(&self, id: tracing::span::Id, cx: FilterContext<'_, S>) {
+        self.0.on_close(id, cx);
+    }
+}
+
 fn otel_filter() -> Targets {
     Targets::new()
         .with_default(LevelFilter::INFO)
@@ -90,10 +159,12 @@ pub fn init(log_json: bool, otlp_endpoint: Option<&str>) -> anyhow::Result<Telem
     let logs = if log_json {
         tracing_subscriber::fmt::layer()
             .json()
-            .with_filter(filter)
+            .with_filter(Fresh(filter))
             .boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_filter(filter).boxed()
+        tracing_subscriber::fmt::layer()
+            .with_filter(Fresh(filter))
+            .boxed()
     };
     let (traces, provider) = match otlp_endpoint {
         Some(endpoint) => {
@@ -145,7 +216,7 @@ where
         .with_context_activation(false)
         .with_tracked_inactivity(false)
         .with_threads(false)
-        .with_filter(otel_filter())
+        .with_filter(Fresh(otel_filter()))
         .boxed();
     EXPORTING.store(true, Ordering::Relaxed);
     Ok((layer, provider))

@@ -43,6 +43,18 @@ run_tests() {
   fi
 }
 
+# A failing run's error is its last word: no backtrace after it (CI logs are read from the tail).
+export RUST_BACKTRACE=0
+# On failure, the checker's summary (written by the test) is printed last.
+failure_summary() {
+  local f=target/faults/failure.txt
+  if [[ -s $f ]]; then
+    printf '\n[faults.sh] failure summary (%s):\n' "$f" >&2
+    head -c 4000 "$f" >&2
+  fi
+}
+rm -f target/faults/failure.txt
+
 seeds=${FAULTS_SEEDS:-1}
 if [[ $seeds -le 1 ]]; then
   started=$SECONDS
@@ -50,7 +62,7 @@ if [[ $seeds -le 1 ]]; then
   # not always stop the broker within one run (its SQLite reuses free pages); the long modes
   # and FAULTS_DISK_FULL=1 keep it.
   [[ -n "${FAULTS_HOLDS:-}" ]] || export FAULTS_DISK_FULL="${FAULTS_DISK_FULL:-0}"
-  run_tests
+  run_tests || { failure_summary; die "the fault run failed (its seed and rerun command are above)"; }
   log "fault suite passed in $((SECONDS - started)) s"
   exit 0
 fi
@@ -60,7 +72,7 @@ failed=()
 for i in $(seq 0 $((seeds - 1))); do
   seed=$((first + i))
   log "seed $((i + 1))/$seeds: FAULTS_SEED=$seed"
-  FAULTS_SEED=$seed run_tests under_seeded_faults || failed+=("$seed")
+  FAULTS_SEED=$seed run_tests under_seeded_faults || { failure_summary; failed+=("$seed"); }
 done
 [[ ${#failed[@]} -eq 0 ]] || die "failed seeds (rerun each with FAULTS_SEED=<seed>): ${failed[*]}"
 log "all $seeds seeds passed (reports in target/faults/report-<seed>.json)"

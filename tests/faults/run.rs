@@ -300,6 +300,17 @@ async fn under_seeded_faults_every_fault_has_an_effect_and_no_double_booking_los
             );
         }
     }
+    // The failure's one-paragraph summary, for scripts/faults.sh to print last (a CI log is
+    // read from its tail).
+    let failure_file = out.join("failure.txt");
+    if failures.is_empty() {
+        let _ = std::fs::remove_file(&failure_file);
+    } else {
+        std::fs::write(
+            &failure_file,
+            format!("FAULTS_SEED={seed}:\n{}\n", failures.join("\n")),
+        )?;
+    }
     anyhow::ensure!(
         failures.is_empty(),
         "FAULTS_SEED={seed} failed (rerun with FAULTS_SEED={seed}; report in target/faults/report-{seed}.json):\n{}",

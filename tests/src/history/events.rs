@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 use uuid::Uuid;
@@ -177,11 +178,34 @@ async fn consume_all(options: &Options, wanted: HashSet<Uuid>) -> TestResult<Vec
             .set("enable.auto.commit", "false")
             .create()
             .context("create the checker's consumer")?;
+        let deadline = Instant::now() + options.event_wait;
         let mut partitions = TopicPartitionList::new();
         for topic in &options.topics {
-            // A topic the broker cannot describe is read as empty: a consumer that reads
-            // nothing then fails as "consumer saw nothing", which is what it is.
-            let Ok(metadata) = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) else {
+            // A broker just restarted (the nemesis kills it) may take a while to describe a
+            // topic again: ask until the read's deadline, not once. A topic it still cannot
+            // describe then is read as empty, and a consumer that reads nothing fails as
+            // "consumer saw nothing", which is what it is.
+            // A topic the broker does not know (no event of its kind was ever published) is
+            // an answer, not a reason to wait.
+            let settled = |m: &rdkafka::metadata::Metadata| {
+                m.topics().iter().all(|t| {
+                    matches!(
+                        t.error(),
+                        None | Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+                    )
+                })
+            };
+            let metadata = loop {
+                match consumer.fetch_metadata(Some(topic), Duration::from_secs(10)) {
+                    Ok(m) if settled(&m) => break Some(m),
+                    Ok(_) | Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(500));
+                    }
+                    Ok(_) | Err(_) => break None,
+                }
+            };
+            let Some(metadata) = metadata else {
+                eprintln!("[checker] the broker never described topic {topic}");
                 continue;
             };
             for t in metadata.topics() {
@@ -198,16 +222,26 @@ async fn consume_all(options: &Options, wanted: HashSet<Uuid>) -> TestResult<Vec
             }
         }
         consumer.assign(&partitions).context("assign")?;
-        let deadline = Instant::now() + options.event_wait;
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         let mut complete_at: Option<Instant> = None;
+        let mut errors = 0usize;
         while Instant::now() < deadline {
             if complete_at.is_some_and(|t| t.elapsed() > Duration::from_secs(2)) {
                 break;
             }
-            let Some(Ok(msg)) = consumer.poll(Duration::from_millis(200)) else {
-                continue;
+            let msg = match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(msg)) => msg,
+                Some(Err(e)) => {
+                    // Fetch errors are retried by librdkafka; the last few are shown, so a read
+                    // that ends empty says why.
+                    errors += 1;
+                    if errors <= 3 {
+                        eprintln!("[checker] broker read error: {e}");
+                    }
+                    continue;
+                }
+                None => continue,
             };
             let payload = msg
                 .payload()

@@ -104,7 +104,9 @@ pub(crate) async fn start_cluster(dir: &std::path::Path) -> TestResult<Cluster> 
         ("SHUTDOWN_GRACE_SECS", "5".into()),
         (
             "RUST_LOG",
-            std::env::var("FAULTS_ORIGIN_LOG").unwrap_or_else(|_| "warn".into()),
+            // Start-up and shutdown lines too (which signal stopped a process, if one did).
+            std::env::var("FAULTS_ORIGIN_LOG")
+                .unwrap_or_else(|_| "warn,origin::startup=info".into()),
         ),
     ]
     .into_iter()

@@ -87,6 +87,44 @@ fn ids_in(problems: &[String]) -> BTreeSet<String> {
         .collect()
 }
 
+/// Restarts an origin that ended while no fault held it, as Kubernetes would restart a pod,
+/// and records how it ended (exit code or signal) and the last lines of its log: an origin
+/// that dies by itself is a finding to read, and without a restart every later fault would
+/// find nothing to act on. A fault that stops or kills an origin holds that origin's lock
+/// meanwhile, so its restarts are its own.
+async fn supervise(
+    c: Arc<crate::cluster::Cluster>,
+    exits: Arc<std::sync::Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    t0: Instant,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        for (i, origin) in c.origins.iter().enumerate() {
+            let Ok(mut o) = origin.try_lock() else {
+                continue;
+            };
+            let Some(status) = o.exited() else {
+                continue;
+            };
+            let log = std::fs::read_to_string(o.log_path()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            let line = format!(
+                "origin {i} exited by itself at {} ms ({status}); restarted; its log ended with: {:?}",
+                t0.elapsed().as_millis(),
+                tail.into_iter().rev().collect::<Vec<_>>()
+            );
+            eprintln!("[faults] {line}");
+            if let Err(e) = o.up().await {
+                eprintln!("[faults] origin {i} did not come back: {e:#}");
+            }
+            if let Ok(mut v) = exits.lock() {
+                v.push(line);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "about three minutes and the origin binary: run by scripts/faults.sh"]
 async fn under_seeded_faults_every_fault_has_an_effect_and_no_double_booking_lost_write_or_event(
@@ -110,6 +148,8 @@ async fn under_seeded_faults_every_fault_has_an_effect_and_no_double_booking_los
         )));
     }
     let t0 = Instant::now();
+    let exits = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let supervisor = tokio::spawn(supervise(c.clone(), exits.clone(), stop.clone(), t0));
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut records: Vec<Record> = Vec::new();
     let mut schedule = Vec::new();
@@ -147,6 +187,10 @@ async fn under_seeded_faults_every_fault_has_an_effect_and_no_double_booking_los
     for t in tasks {
         t.await??;
     }
+    supervisor.await?;
+    let exits = exits
+        .lock()
+        .map_or_else(|p| p.into_inner().clone(), |e| e.clone());
     // Healed: let the relays drain the outbox and the sweepers end every hold (the clients have
     // stopped; a hold lives HOLD_TTL_SECS, 4 s, and nobody confirms it any more), until both
     // are done, for as long as either makes progress (a contended run commits tens of thousands
@@ -230,6 +274,7 @@ async fn under_seeded_faults_every_fault_has_an_effect_and_no_double_booking_los
         "ops_and_acks_per_10s": per_10s,
         "schedule": schedule,
         "faults": records,
+        "origin_exits_unplanned": exits,
         "report": report,
         "proxy": {
             "postgres": c.pg_proxy.lock().await.counts(),
@@ -261,6 +306,9 @@ async fn under_seeded_faults_every_fault_has_an_effect_and_no_double_booking_los
             "fault without effect: {} ({:?}): {}",
             r.kind, r.fault, r.note
         ));
+    }
+    for e in &exits {
+        eprintln!("[faults] {e}");
     }
     if acked_in_faults == 0 {
         failures.push("no operation was acknowledged while a fault lasted".into());

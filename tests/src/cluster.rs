@@ -259,6 +259,14 @@ impl PrivateRedis {
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
+
+    /// How the process ended, if it has ended by itself (it is then no longer running: a later
+    /// call answers `None` until [`Self::up`] starts it again).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
+    }
 }
 
 impl Drop for PrivateRedis {
@@ -381,6 +389,14 @@ impl PrivateBroker {
     /// The running process's pid.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// How the process ended, if it has ended by itself (it is then no longer running: a later
+    /// call answers `None` until [`Self::up`] starts it again).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
     }
 
     fn create_topics(&self) {
@@ -647,6 +663,14 @@ impl OriginProcess {
     /// The running process's pid.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
+    }
+
+    /// How the process ended, if it has ended by itself (it is then no longer running: a later
+    /// call answers `None` until [`Self::up`] starts it again).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
     }
 
     /// SIGSTOP (`stop = true`) or SIGCONT: the process freezes mid-request, holding whatever

@@ -123,6 +123,7 @@ fn checks() -> Vec<Check> {
                 limit,
                 window_ms: 60_000,
             },
+            burst: None,
         })
         .collect()
 }
@@ -137,7 +138,7 @@ fn one_request_checks_the_limits_and_reads_the_entry_under_the_generations_it_re
             ),
             (
                 200,
-                serde_json::json!({"result": [[0, 1, 0, 2], ["7", "0"], "{\"s\":200}"]}),
+                serde_json::json!({"result": [[0, 1, 0, 0, 0, 2, 0, 0], ["7", "0"], "{\"s\":200}"]}),
             ),
         ]),
         sent: Default::default(),
@@ -174,7 +175,10 @@ fn one_request_checks_the_limits_and_reads_the_entry_under_the_generations_it_re
     assert_eq!(sent[0][1], ratelimit::script_sha());
     assert_eq!(sent[1][0], "EVAL");
     assert_eq!(sent[1][1], ratelimit::SCRIPT);
-    assert_eq!(sent[0][2], "6", "four counters and two generations");
+    assert_eq!(
+        sent[0][2], "8",
+        "four counters, two buckets and two generations"
+    );
     assert_eq!(
         sent[0].as_array().map(Vec::len),
         sent[1].as_array().map(Vec::len)
@@ -187,7 +191,7 @@ fn a_refused_request_reads_nothing_and_the_next_costs_no_request() {
         // The user's window is full (5 of 5): the script reads no generation, no entry.
         replies: std::cell::RefCell::new(vec![(
             200,
-            serde_json::json!({"result": [[0, 5, 0, 5], [], null]}),
+            serde_json::json!({"result": [[0, 5, 0, 0, 0, 5, 0, 0], [], null]}),
         )]),
         sent: Default::default(),
     };

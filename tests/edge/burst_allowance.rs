@@ -2,8 +2,8 @@
 //! client burst to five times its rate for `EDGE_RATE_LIMIT_BURST_SECS`, then the window holds
 //! it (`domain::ratelimit::burst`).
 //!
-//! On both runtimes, with a 3 s window of 15 requests (5/s) and bursts of 2 s, so the story
-//! takes seconds: a client at 0.6 × its rate for two windows, then at 5 × for the burst
+//! On both runtimes, with a 6 s window of 15 requests (2.5/s) and bursts of 2 s, so the story
+//! takes seconds: a client at 0.6 × its rate for a window, then at 5 × for the burst
 //! seconds, gets no 429; kept at 5 × it is limited soon after, with a `Retry-After` that is
 //! enough; the headers are checked on every reply; every request costs exactly one Upstash
 //! request, counted at the gateway. The same traffic with the burst off is refused within the
@@ -20,10 +20,10 @@ use edge_core::ratelimit::{Check, Subject};
 
 use super::*;
 
-const WINDOW_SECS: u64 = 3;
+const WINDOW_SECS: u64 = 6;
 const LIMIT: u32 = 15;
 const BURST_SECS: u64 = 2;
-/// 15 per 3 s.
+/// 15 per 6 s.
 const RATE: f64 = LIMIT as f64 / WINDOW_SECS as f64;
 
 fn limit() -> RateLimit {
@@ -133,7 +133,7 @@ fn upstash(stack: &EdgeStack) -> (u64, u64) {
     (stack.redis_requests(), evalsha)
 }
 
-/// The story for one client: 0.6 × the rate for two windows, then 5 × until the first 429
+/// The story for one client: 0.6 × the rate for a window, then 5 × until the first 429
 /// (at most `BURST_SECS + 3` s). Checks the headers of every reply and the Upstash requests
 /// (one `EVALSHA` per request that reached the script: every allowed one, a cache hit read
 /// in the same script whichever budget paid; a refusal costs one or, from the edge's memory
@@ -160,7 +160,7 @@ async fn warm_then_burst(
         &t,
         path,
         0.6 * RATE,
-        Duration::from_secs(2 * WINDOW_SECS),
+        Duration::from_secs(WINDOW_SECS),
         false,
     )
     .await?;
@@ -238,18 +238,18 @@ async fn a_client_bursting_to_five_times_its_rate_is_not_limited_for_the_burst_s
     let primed = stack.get(&path, Some(&token("primer"))).await?;
     assert_eq!(primed.status, 200, "{}", primed.body);
 
-    // With the burst: 15;w=3 and 50 in 2 s, up to 42 of them from the bucket ((4 × 15 + 1) ×
-    // 2/3, rounded up, plus one), one token back every 2 s.
+    // With the burst: 15;w=6 and 25 in 2 s, up to 22 of them from the bucket ((4 × 15 + 1) ×
+    // 2/6, rounded up, plus one), one token back every 4 s.
     let b = Burst::new(&limit(), BURST_SECS).context("burst off")?;
     assert_eq!(
         (b.capacity, b.refill_ms, b.quota(&limit())),
-        (42, 2_000, 50)
+        (22, 4_000, 25)
     );
     let on = Expect {
-        policy: format!("{LIMIT};w={WINDOW_SECS}, 50;w={BURST_SECS};burst=42"),
-        max_remaining: LIMIT + 42,
+        policy: format!("{LIMIT};w={WINDOW_SECS}, 25;w={BURST_SECS};burst=22"),
+        max_remaining: LIMIT + 22,
         // The next token is at most one refill interval away.
-        max_retry: 2,
+        max_retry: 4,
     };
     let started = Instant::now();
     let (burst, first_429) = warm_then_burst(&stack, "bursty", &path, &on).await?;

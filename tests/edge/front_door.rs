@@ -186,6 +186,8 @@ async fn the_address_limit_uses_the_platforms_address_an_ipv6_64_and_never_x_for
         &[
             ("EDGE_IP_LIMIT_PER_MIN", "3"),
             ("EDGE_USER_LIMIT_PER_MIN", "1000"),
+            // The window alone: three requests, the fourth refused.
+            ("EDGE_RATE_LIMIT_BURST_SECS", "0"),
         ],
     )
     .await?;

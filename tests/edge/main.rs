@@ -72,6 +72,8 @@ mod access_log;
 mod authentication;
 // Issue 17: a burst past the runtime's capacity is answered, never dropped.
 mod burst;
+// Issue 19: bursts to five times the rate for a few seconds, then the sliding window.
+mod burst_allowance;
 mod early_refusals;
 // Issue 19: only edges reach the origin; true client addresses.
 mod front_door;

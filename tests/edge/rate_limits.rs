@@ -45,7 +45,9 @@ async fn the_101st_request_of_a_user_and_the_1001st_of_an_address_are_429(
     pool: PgPool,
     runtime: Runtime,
 ) -> TestResult {
-    let stack = EdgeStack::start(pool, runtime).await?;
+    // The window alone: the burst allowance on top of it is `burst_allowance`'s test.
+    let stack =
+        EdgeStack::start_with(pool, runtime, &[("EDGE_RATE_LIMIT_BURST_SECS", "0")]).await?;
     let path = search_path(window(2, 1));
     inside_one_window(Duration::from_secs(30)).await;
 

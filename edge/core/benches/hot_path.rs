@@ -94,7 +94,8 @@ fn cached_quote(c: &mut Criterion) {
         "s": 201, "ct": "application/json", "b": quote.to_string(),
         "f": NOW_MS + 60_000, "u": NOW_MS + 600_000,
     });
-    let reply = json!({ "result": [[0, 1, 0, 1], ["3"], entry.to_string()] });
+    // Per limit (user, address): prev, curr, and the burst bucket (not read: the window has room).
+    let reply = json!({ "result": [[0, 1, 0, 0, 0, 1, 0, 0], ["3"], entry.to_string()] });
     let p = Memory {
         reply: serde_json::to_vec(&reply).unwrap_or_default(),
         calls: Cell::new(0),

@@ -43,8 +43,16 @@ pub struct EdgeConfig {
     /// Signs every request forwarded to an origin (`EDGE_SIGNING_KID` / `EDGE_SIGNING_KEY`,
     /// one of the origins' `EDGE_SIGNING_KEYS`): see `domain::edge_auth`.
     pub signer: EdgeSigner,
+    /// Requests per rate-limit window (`EDGE_USER_LIMIT_PER_MIN`, `EDGE_IP_LIMIT_PER_MIN`:
+    /// per minute unless `EDGE_RATE_LIMIT_WINDOW_SECS` says otherwise).
     pub user_limit_per_min: u32,
     pub ip_limit_per_min: u32,
+    /// The sliding window's length (`EDGE_RATE_LIMIT_WINDOW_SECS`, default 60): a minute in
+    /// production; tests shorten it to see a window slide in seconds.
+    pub rate_limit_window_secs: u64,
+    /// How long a client may burst to five times its rate (`EDGE_RATE_LIMIT_BURST_SECS`,
+    /// default 10; 0 turns the burst allowance off): `domain::ratelimit::burst`.
+    pub rate_limit_burst_secs: u64,
     /// Fresh lifetimes of cached quotes and searches; entries are kept `stale_secs` longer
     /// to be served (marked stale) while the origin is unreachable.
     pub quote_ttl_secs: u64,
@@ -111,6 +119,21 @@ fn pem_map(p: &impl Platform, name: &'static str) -> Result<Vec<(String, Vec<u8>
             reason: format!("expected a JSON object of key id to PEM text: {e}"),
         })?;
     Ok(map.into_iter().map(|(k, v)| (k, v.into_bytes())).collect())
+}
+
+/// Longest burst allowed: an hour of five times the rate is no longer a burst.
+pub const MAX_BURST_SECS: u64 = 3_600;
+
+fn burst_secs(p: &impl Platform) -> Result<u64, ConfigError> {
+    const NAME: &str = "EDGE_RATE_LIMIT_BURST_SECS";
+    let secs: u64 = parsed(p, NAME, 10)?;
+    if secs > MAX_BURST_SECS {
+        return Err(ConfigError::Invalid {
+            name: NAME,
+            reason: format!("at most {MAX_BURST_SECS} (0 turns bursts off)"),
+        });
+    }
+    Ok(secs)
 }
 
 impl EdgeConfig {
@@ -207,6 +230,8 @@ impl EdgeConfig {
                 .unwrap_or(u32::MAX),
             ip_limit_per_min: u32::try_from(positive("EDGE_IP_LIMIT_PER_MIN", 1000)?)
                 .unwrap_or(u32::MAX),
+            rate_limit_window_secs: positive("EDGE_RATE_LIMIT_WINDOW_SECS", 60)?,
+            rate_limit_burst_secs: burst_secs(p)?,
             quote_ttl_secs: positive("EDGE_QUOTE_TTL_SECS", 60)?,
             search_ttl_secs: positive("EDGE_SEARCH_TTL_SECS", 10)?,
             stale_secs: positive("EDGE_STALE_SECS", 300)?,

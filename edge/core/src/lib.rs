@@ -6,8 +6,8 @@
 //!    origin and back to the client;
 //! 2. the bearer JWT is verified here with `domain::auth` — the origin's rules, so both tiers
 //!    accept exactly the same tokens — and a bad token is a 401 that never reaches the origin;
-//! 3. the per-user (100/min) and per-IP (1000/min) limits are checked in one Redis round trip
-//!    ([`ratelimit`]), with the client address from the platform's trusted source only (an
+//! 3. the per-user (100/min) and per-IP (1000/min) limits, each with its burst allowance
+//!    (five times the rate for 10 s), are checked in one Redis round trip ([`ratelimit`]), with the client address from the platform's trusted source only (an
 //!    IPv6 client by its /64, `domain::ratelimit::address_bucket`); for a
 //!    search or quote the same round trip reads the cache entry, so a hit costs one Upstash
 //!    request and a client known to be blocked none;
@@ -42,7 +42,7 @@ use std::rc::Rc;
 
 use domain::auth::{AuthError, Claims};
 use domain::edge_auth;
-use domain::ratelimit::{address_bucket, RateLimit};
+use domain::ratelimit::{address_bucket, Burst, RateLimit};
 use domain::{Region, VehicleId};
 use serde_json::Value;
 
@@ -139,6 +139,11 @@ fn nonce(now_ms: u64) -> String {
     format!("{now_ms:016x}{n:016x}")
 }
 
+/// The IETF RateLimit headers (draft 7's fields, as the rest of the API). `RateLimit-Limit`
+/// is the window's limit; `RateLimit-Remaining` counts what would still pass right now, the
+/// window's room plus the burst's tokens; `RateLimit-Policy` names the window and, when on,
+/// the burst (`domain::ratelimit::burst`): `100;w=60, 83;w=10;burst=68` is 100 per 60 s, and
+/// 83 in 10 s (five times the rate) of which up to 68 from a bucket beyond the window.
 fn rate_headers(resp: &mut Response, outcome: &Outcome) {
     let d = &outcome.decision;
     resp.set_header("ratelimit-limit", outcome.limit.limit.to_string());
@@ -146,14 +151,24 @@ fn rate_headers(resp: &mut Response, outcome: &Outcome) {
     resp.set_header("ratelimit-reset", d.reset_ms.div_ceil(1000).to_string());
     resp.set_header(
         "ratelimit-policy",
-        format!(
-            "{};w={}",
-            outcome.limit.limit,
-            outcome.limit.window_ms / 1000
-        ),
+        policy(&outcome.limit, outcome.burst.as_ref()),
     );
     if !d.allowed {
         resp.set_header("retry-after", d.retry_after_secs().to_string());
+    }
+}
+
+/// The `RateLimit-Policy` value for a window and its burst allowance.
+pub fn policy(limit: &RateLimit, burst: Option<&Burst>) -> String {
+    let window = format!("{};w={}", limit.limit, limit.window_ms / 1000);
+    match burst {
+        Some(b) => format!(
+            "{window}, {};w={};burst={}",
+            b.quota(limit),
+            b.secs,
+            b.capacity
+        ),
+        None => window,
     }
 }
 
@@ -235,10 +250,17 @@ impl Edge {
         resp
     }
 
-    fn limit(&self, per_min: u32) -> RateLimit {
-        RateLimit {
-            limit: per_min,
-            window_ms: 60_000,
+    /// A limit per window, and its burst allowance.
+    fn check(&self, subject: Subject, id: String, per_window: u32) -> Check {
+        let limit = RateLimit {
+            limit: per_window,
+            window_ms: self.config.rate_limit_window_secs.saturating_mul(1000),
+        };
+        Check {
+            subject,
+            id,
+            limit,
+            burst: Burst::new(&limit, self.config.rate_limit_burst_secs),
         }
     }
 
@@ -297,11 +319,11 @@ impl Edge {
         }
         // The platform's address (never a header the client chose), an IPv6 one by its /64.
         let ip = req.client_ip.as_deref().unwrap_or("unknown");
-        let ip_check = Check {
-            subject: Subject::Ip,
-            id: address_bucket(ip),
-            limit: self.limit(self.config.ip_limit_per_min),
-        };
+        let ip_check = self.check(
+            Subject::Ip,
+            address_bucket(ip),
+            self.config.ip_limit_per_min,
+        );
         let now = p.now_ms();
 
         // 1. Who is calling. A bad token still counts against its address, so a flood of
@@ -378,11 +400,11 @@ impl Edge {
         });
 
         // 3. Rate limits, and the cache entry if they allow the request: one round trip.
-        let user_check = Check {
-            subject: Subject::User,
-            id: claims.sub.clone(),
-            limit: self.limit(self.config.user_limit_per_min),
-        };
+        let user_check = self.check(
+            Subject::User,
+            claims.sub.clone(),
+            self.config.user_limit_per_min,
+        );
         let checks = [user_check, ip_check];
         let (outcome, found) = match ratelimit::apply(
             p,

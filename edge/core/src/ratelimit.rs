@@ -4,12 +4,12 @@
 //! The algorithm is the sliding-window counter of `domain::ratelimit` (two fixed-window counts,
 //! the previous one weighted by how much of it still overlaps the sliding window). The Lua
 //! script below makes the decision *and* the increment atomic, for every limit of the request
-//! at once: it reads each limit's two counters, and only if every limit still has room does it
-//! increment every current counter (a request refused by one limit does not consume another's
-//! budget, and a client hammering a closed limit does not push its own reset further out). It
-//! returns the counts it read; the edge feeds them to `domain::ratelimit::sliding_window`,
-//! whose integer formula is the script's, to get the same decision plus the numbers for the
-//! `RateLimit-*` and `Retry-After` headers.
+//! at once: it reads each limit's two counters (and burst bucket), and only if every limit
+//! still has room does it increment every current counter or spend a token (a request refused
+//! by one limit does not consume another's budget, and a client hammering a closed limit does
+//! not push its own reset further out). It returns what it read; the edge feeds that to
+//! `domain::ratelimit::decide`, whose integer formulas are the script's, to get the same
+//! decision plus the numbers for the `RateLimit-*` and `Retry-After` headers.
 //!
 //! **One round trip per cached read.** When the request is allowed, the same script reads the
 //! cache generations the route depends on, assembles the entry's key from them (the key embeds
@@ -19,6 +19,13 @@
 //! request reads no generation and no entry. The entry's key is not declared in `KEYS`
 //! because it is only known inside the script; Upstash (and a single Redis) accept that, a
 //! Redis Cluster would not — every key here is built with the same prefix for that reason.
+//!
+//! **Burst allowance.** Beside each window a token bucket (`domain::ratelimit::burst`) pays
+//! for requests the window refuses, so a client can burst to five times its rate for
+//! `EDGE_RATE_LIMIT_BURST_SECS` seconds. The same script reads each limit's bucket (one
+//! `HMGET`, in the same `EVALSHA`), lets the window pay when it can and the bucket otherwise,
+//! and writes the bucket only when a token is spent; the edge feeds what the script read to
+//! `domain::ratelimit::decide` for the same decision and the headers. Still one request.
 //!
 //! Windows are numbered by the edge clock (`now / window`), so the counter keys of all edges
 //! in the world agree as long as their clocks do (Cloudflare's and NTP-synced hosts' do, to
@@ -37,45 +44,86 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use domain::ratelimit::{sliding_window, Decision, RateLimit};
+use domain::ratelimit::{decide, Bucket, Burst, Decision, RateLimit};
 use serde_json::Value;
 use sha1::{Digest, Sha1};
 
 use crate::upstash::{arg, as_u64, RedisError, Upstash};
 
-/// KEYS: prev₁, curr₁, prev₂, curr₂, …, then the generation keys g₁ … gₖ.
-/// ARGV: window_ms, elapsed_ms, n (the number of limits), limit₁ … limitₙ, then the cache
-/// key's head and tail (an empty head: no cache read).
-/// Returns `{counts, gens, entry}`: prev₁, curr₁, … as read before this request; when every
+/// KEYS: prev₁, curr₁, bucket₁, prev₂, curr₂, bucket₂, …, then the generation keys g₁ … gₖ.
+/// ARGV: window_ms, elapsed_ms, now_ms, n (the number of limits), then per limit its limit,
+/// burst capacity (0: no burst, the bucket key is not touched) and refill interval in ms,
+/// then the cache key's head and tail (an empty head: no cache read).
+/// Returns `{state, gens, entry}`: per limit prev, curr (as read before this request) and
+/// the bucket's tokens and refill clock after refilling (0, 0 without a burst); when every
 /// limit had room, the generations (`"0"` for a missing one) and the entry stored under
 /// `head .. concat(gens, ".") .. tail` (nil when absent or when no read was asked for).
+///
+/// The bucket is `domain::ratelimit::Bucket` (a hash, `t` tokens and `r` the refill clock;
+/// no key is a full bucket); a request the window refuses spends a token, and only then is
+/// the bucket written, with an expiry at the moment it would be full again. Timestamps are
+/// 13-digit integers: exact in Lua's doubles and in `%.14g`, the format numbers are sent to
+/// Redis in.
 pub const SCRIPT: &str = r"
 local w = tonumber(ARGV[1])
 local e = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
+local now = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
 local out = {}
+local pay = {}
 local room = true
 for i = 1, n do
-  local prev = tonumber(redis.call('GET', KEYS[2 * i - 1]) or '0')
-  local curr = tonumber(redis.call('GET', KEYS[2 * i]) or '0')
-  local lim = tonumber(ARGV[3 + i])
-  if prev * (w - e) + curr * w + w > lim * w then room = false end
-  out[2 * i - 1] = prev
-  out[2 * i] = curr
+  local lim = tonumber(ARGV[2 + 3 * i])
+  local cap = tonumber(ARGV[3 + 3 * i])
+  local every = tonumber(ARGV[4 + 3 * i])
+  local prev = tonumber(redis.call('GET', KEYS[3 * i - 2]) or '0')
+  local curr = tonumber(redis.call('GET', KEYS[3 * i - 1]) or '0')
+  local tokens, at = 0, 0
+  if cap > 0 then
+    local b = redis.call('HMGET', KEYS[3 * i], 't', 'r')
+    tokens, at = cap, now
+    if b[1] and b[2] then
+      tokens, at = tonumber(b[1]), tonumber(b[2])
+      local k = 0
+      if now > at then k = math.floor((now - at) / every) end
+      tokens = math.min(cap, tokens + k)
+      if tokens >= cap then at = now else at = at + k * every end
+    end
+  end
+  if prev * (w - e) + curr * w + w <= lim * w then
+    pay[i] = 1
+  elseif tokens > 0 then
+    pay[i] = 2
+  else
+    room = false
+  end
+  out[4 * i - 3] = prev
+  out[4 * i - 2] = curr
+  out[4 * i - 1] = tokens
+  out[4 * i] = at
 end
 if not room then return {out, {}, false} end
 for i = 1, n do
-  redis.call('INCR', KEYS[2 * i])
-  redis.call('PEXPIRE', KEYS[2 * i], 2 * w)
+  if pay[i] == 1 then
+    redis.call('INCR', KEYS[3 * i - 1])
+    redis.call('PEXPIRE', KEYS[3 * i - 1], 2 * w)
+  else
+    local cap = tonumber(ARGV[3 + 3 * i])
+    local every = tonumber(ARGV[4 + 3 * i])
+    local left = out[4 * i - 1] - 1
+    local at = out[4 * i]
+    redis.call('HSET', KEYS[3 * i], 't', left, 'r', at)
+    redis.call('PEXPIRE', KEYS[3 * i], math.max(1, at + (cap - left) * every - now))
+  end
 end
 local gens = {}
-for j = 2 * n + 1, #KEYS do
+for j = 3 * n + 1, #KEYS do
   gens[#gens + 1] = redis.call('GET', KEYS[j]) or '0'
 end
 local entry = false
-local head = ARGV[4 + n]
+local head = ARGV[5 + 3 * n]
 if head and head ~= '' then
-  entry = redis.call('GET', head .. table.concat(gens, '.') .. ARGV[5 + n])
+  entry = redis.call('GET', head .. table.concat(gens, '.') .. ARGV[6 + 3 * n])
 end
 return {out, gens, entry}
 ";
@@ -125,6 +173,8 @@ pub struct Check {
     pub subject: Subject,
     pub id: String,
     pub limit: RateLimit,
+    /// Its burst allowance (`domain::ratelimit::burst`); `None`: the window alone.
+    pub burst: Option<Burst>,
 }
 
 /// The combined outcome: the decision that binds (the blocked one, else the one with the
@@ -133,6 +183,7 @@ pub struct Check {
 pub struct Outcome {
     pub decision: Decision,
     pub limit: RateLimit,
+    pub burst: Option<Burst>,
     /// Whether the answer came from the in-isolate blocked cache.
     pub from_memory: bool,
 }
@@ -167,11 +218,71 @@ impl BlockedCache {
     }
 }
 
-fn key(prefix: &str, check: &Check, window: u64) -> String {
+fn hashed_id(check: &Check) -> String {
     // Identifiers are hashed into the key: user ids and addresses stay out of Redis key
     // listings, and arbitrary bytes in a `sub` cannot break the key's shape.
-    let id = hex::encode(&<sha2::Sha256 as Digest>::digest(check.id.as_bytes())[..12]);
-    format!("{prefix}rl:{}:{id}:{window}", check.subject.slug())
+    hex::encode(&<sha2::Sha256 as Digest>::digest(check.id.as_bytes())[..12])
+}
+
+fn key(prefix: &str, check: &Check, window: u64) -> String {
+    format!(
+        "{prefix}rl:{}:{}:{window}",
+        check.subject.slug(),
+        hashed_id(check)
+    )
+}
+
+/// The burst bucket's key: one per identifier, not per window.
+fn bucket_key(prefix: &str, check: &Check) -> String {
+    format!("{prefix}rlb:{}:{}", check.subject.slug(), hashed_id(check))
+}
+
+/// The script's command for `checks` (all with the same window) at `now_ms`:
+/// `EVALSHA sha numkeys KEYS… ARGV…` (see [`SCRIPT`]). Public so that a test can run it
+/// against a real Redis and hold the script to `domain::ratelimit::decide`.
+pub fn command(
+    prefix: &str,
+    checks: &[Check],
+    read: Option<&CacheRead>,
+    now_ms: u64,
+) -> Vec<Value> {
+    let window_ms = checks.first().map_or(1, |c| c.limit.window_ms.max(1));
+    let index = now_ms / window_ms;
+    let elapsed = now_ms % window_ms;
+    let gen_keys = read.map_or(&[][..], |r| &r.gen_keys[..]);
+    let key_count = checks.len() * 3 + gen_keys.len();
+    // EVALSHA sha numkeys KEYS… ARGV…
+    let mut cmd = Vec::with_capacity(3 + key_count + 6 + 3 * checks.len());
+    cmd.push(arg("EVALSHA"));
+    cmd.push(arg(script_sha()));
+    cmd.push(arg(key_count.to_string()));
+    for check in checks {
+        cmd.push(arg(key(prefix, check, index.saturating_sub(1))));
+        cmd.push(arg(key(prefix, check, index)));
+        cmd.push(arg(bucket_key(prefix, check)));
+    }
+    cmd.extend(gen_keys.iter().map(|k| arg(k.as_str())));
+    cmd.push(arg(window_ms.to_string()));
+    cmd.push(arg(elapsed.to_string()));
+    cmd.push(arg(now_ms.to_string()));
+    cmd.push(arg(checks.len().to_string()));
+    for check in checks {
+        let (capacity, refill_ms) = check.burst.map_or((0, 1), |b| (b.capacity, b.refill_ms));
+        cmd.push(arg(check.limit.limit.to_string()));
+        cmd.push(arg(capacity.to_string()));
+        cmd.push(arg(refill_ms.to_string()));
+    }
+    match read {
+        Some(r) => {
+            cmd.push(arg(r.key.head.as_str()));
+            cmd.push(arg(r.key.tail.as_str()));
+        }
+        None => {
+            cmd.push(arg(""));
+            cmd.push(arg(""));
+        }
+    }
+    cmd
 }
 
 /// Applies `checks` (all with the same window) at `now_ms` and, when they allow the request,
@@ -201,39 +312,13 @@ pub async fn apply(
             let outcome = Outcome {
                 decision,
                 limit: check.limit,
+                burst: check.burst,
                 from_memory: true,
             };
             return Ok((outcome, None));
         }
     }
-    let index = now_ms / window_ms;
-    let elapsed = now_ms % window_ms;
-    let gen_keys = read.map_or(&[][..], |r| &r.gen_keys[..]);
-    let key_count = checks.len() * 2 + gen_keys.len();
-    // EVALSHA sha numkeys KEYS… ARGV…
-    let mut cmd = Vec::with_capacity(3 + key_count + 5 + checks.len());
-    cmd.push(arg("EVALSHA"));
-    cmd.push(arg(script_sha()));
-    cmd.push(arg(key_count.to_string()));
-    for check in checks {
-        cmd.push(arg(key(prefix, check, index.saturating_sub(1))));
-        cmd.push(arg(key(prefix, check, index)));
-    }
-    cmd.extend(gen_keys.iter().map(|k| arg(k.as_str())));
-    cmd.push(arg(window_ms.to_string()));
-    cmd.push(arg(elapsed.to_string()));
-    cmd.push(arg(checks.len().to_string()));
-    cmd.extend(checks.iter().map(|c| arg(c.limit.limit.to_string())));
-    match read {
-        Some(r) => {
-            cmd.push(arg(r.key.head.as_str()));
-            cmd.push(arg(r.key.tail.as_str()));
-        }
-        None => {
-            cmd.push(arg(""));
-            cmd.push(arg(""));
-        }
-    }
+    let mut cmd = command(prefix, checks, read, now_ms);
     let reply = match redis.command(p, cmd.clone()).await {
         Err(RedisError::Command(e)) if e.starts_with("NOSCRIPT") => {
             // First use on this Redis: send the script itself (which also caches it).
@@ -247,32 +332,50 @@ pub async fn apply(
         return Err(RedisError::Body);
     };
     let mut parts = parts.into_iter();
-    let counts: Vec<u64> = match parts.next() {
+    let state: Vec<u64> = match parts.next() {
         Some(Value::Array(items)) => items.iter().map(as_u64).collect(),
         _ => return Err(RedisError::Body),
     };
-    if counts.len() != checks.len() * 2 {
+    if state.len() != checks.len() * 4 {
         return Err(RedisError::Body);
     }
 
+    // The script's decision, again, with the numbers for the headers: the same rule
+    // (`domain::ratelimit::decide`) on the state the script read.
     let mut binding: Option<Outcome> = None;
-    for (i, check) in checks.iter().enumerate() {
-        let decision = sliding_window(&check.limit, counts[2 * i], counts[2 * i + 1], elapsed);
+    for (check, s) in checks.iter().zip(state.chunks_exact(4)) {
+        let bucket = check.burst.map(|_| Bucket {
+            tokens: s[2],
+            refilled_at_ms: s[3],
+        });
+        let decision = decide(
+            &check.limit,
+            check.burst.as_ref(),
+            s[0],
+            s[1],
+            now_ms,
+            bucket,
+        )
+        .decision;
         if !decision.allowed {
             blocked.remember(check, now_ms + decision.retry_after_ms.max(1), now_ms);
         }
+        // The binding limit: a refusal over an allowance (of two refusals the later retry),
+        // else the fewest remaining.
         let better = match &binding {
             None => true,
-            Some(b) => {
-                (b.decision.allowed && !decision.allowed)
-                    || (b.decision.allowed == decision.allowed
-                        && decision.remaining < b.decision.remaining)
-            }
+            Some(b) => match (b.decision.allowed, decision.allowed) {
+                (true, false) => true,
+                (false, false) => decision.retry_after_ms > b.decision.retry_after_ms,
+                (true, true) => decision.remaining < b.decision.remaining,
+                (false, true) => false,
+            },
         };
         if better {
             binding = Some(Outcome {
                 decision,
                 limit: check.limit,
+                burst: check.burst,
                 from_memory: false,
             });
         }

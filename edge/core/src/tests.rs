@@ -123,6 +123,7 @@ fn checks() -> Vec<Check> {
                 limit,
                 window_ms: 60_000,
             },
+            burst: None,
         })
         .collect()
 }
@@ -137,7 +138,7 @@ fn one_request_checks_the_limits_and_reads_the_entry_under_the_generations_it_re
             ),
             (
                 200,
-                serde_json::json!({"result": [[0, 1, 0, 2], ["7", "0"], "{\"s\":200}"]}),
+                serde_json::json!({"result": [[0, 1, 0, 0, 0, 2, 0, 0], ["7", "0"], "{\"s\":200}"]}),
             ),
         ]),
         sent: Default::default(),
@@ -174,7 +175,10 @@ fn one_request_checks_the_limits_and_reads_the_entry_under_the_generations_it_re
     assert_eq!(sent[0][1], ratelimit::script_sha());
     assert_eq!(sent[1][0], "EVAL");
     assert_eq!(sent[1][1], ratelimit::SCRIPT);
-    assert_eq!(sent[0][2], "6", "four counters and two generations");
+    assert_eq!(
+        sent[0][2], "8",
+        "four counters, two buckets and two generations"
+    );
     assert_eq!(
         sent[0].as_array().map(Vec::len),
         sent[1].as_array().map(Vec::len)
@@ -187,7 +191,7 @@ fn a_refused_request_reads_nothing_and_the_next_costs_no_request() {
         // The user's window is full (5 of 5): the script reads no generation, no entry.
         replies: std::cell::RefCell::new(vec![(
             200,
-            serde_json::json!({"result": [[0, 5, 0, 5], [], null]}),
+            serde_json::json!({"result": [[0, 5, 0, 0, 0, 5, 0, 0], [], null]}),
         )]),
         sent: Default::default(),
     };
@@ -229,4 +233,71 @@ fn the_script_sha_is_the_sha1_of_the_script() {
         ratelimit::script_sha(),
         hex::encode(<sha1::Sha1 as sha1::Digest>::digest(ratelimit::SCRIPT))
     );
+}
+
+#[test]
+fn the_policy_names_the_window_and_the_burst() {
+    let limit = RateLimit {
+        limit: 100,
+        window_ms: 60_000,
+    };
+    assert_eq!(policy(&limit, None), "100;w=60");
+    let burst = Burst::new(&limit, 10);
+    assert_eq!(policy(&limit, burst.as_ref()), "100;w=60, 83;w=10;burst=68");
+}
+
+/// The user's window is full (5 of 5 this minute); what the bucket read by the script holds
+/// decides: a token left is an allowance whose `remaining` is the bucket's, none is a refusal
+/// whose `Retry-After` is the next token's (sooner than the window's).
+#[test]
+fn with_the_window_full_the_bucket_the_script_read_decides_and_sets_the_numbers() {
+    let now = 120_000 + 30_000;
+    let mut checks = checks();
+    for c in &mut checks {
+        c.burst = Burst::new(&c.limit, 10);
+    }
+    let user = checks[0].burst.unwrap_or_else(|| panic!("burst off"));
+    // (4 × 5 + 1) × 10/60 = 3.5, rounded up, plus one; a token back every 10 × 60/5 s.
+    assert_eq!((user.capacity, user.refill_ms), (5, 120_000));
+    let reply = |tokens: u64, at: u64| serde_json::json!({"result": [[0, 5, tokens, at, 0, 1, 0, 0], [], null]});
+    let p = Scripted {
+        replies: std::cell::RefCell::new(vec![
+            (200, reply(3, now - 1_000)),
+            (200, reply(0, now - 100_000)),
+        ]),
+        sent: Default::default(),
+    };
+    let redis = Upstash {
+        url: "http://x",
+        token: "t",
+        timeout_ms: 1,
+    };
+    let blocked = ratelimit::BlockedCache::default();
+    let run = || {
+        futures_executor::block_on(ratelimit::apply(
+            &p, &redis, "p:", &blocked, &checks, None, now,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .0
+    };
+    let paid_by_bucket = run();
+    assert!(paid_by_bucket.decision.allowed);
+    assert_eq!(
+        paid_by_bucket.decision.remaining, 2,
+        "three tokens, one spent"
+    );
+    assert_eq!(paid_by_bucket.burst, Some(user));
+    let refused = run();
+    assert!(!refused.decision.allowed);
+    assert_eq!(refused.decision.retry_after_ms, 20_000, "the next token");
+    // The command carries the bucket key and its sizes.
+    let sent = p.sent.borrow();
+    assert!(sent[0][5]
+        .as_str()
+        .is_some_and(|k| k.starts_with("p:rlb:user:")));
+    let args: Vec<&str> = sent[0]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    assert!(args.windows(3).any(|w| w == ["5", "5", "120000"]));
 }

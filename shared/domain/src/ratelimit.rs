@@ -16,6 +16,15 @@
 //! out. With empty counters exactly `limit` requests are allowed and the next is blocked.
 //! All arithmetic is exact integer math (no float drift between the Redis script and the
 //! headers).
+//!
+//! Beside the window, a token bucket lets a client burst to five times its rate for a few
+//! seconds ([`burst`]): [`decide`] is the rule the edge applies, window and bucket together.
+
+pub mod burst;
+#[cfg(test)]
+mod burst_tests;
+
+pub use burst::{decide, Bucket, Burst, Paid, Verdict, BURST_FACTOR, REFILL_DIVISOR};
 
 /// A limit of `limit` requests per `window_ms` milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

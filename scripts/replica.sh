@@ -46,6 +46,11 @@ pg_bin() {
 ensure_pgbouncer() {
   command -v pgbouncer >/dev/null && return 0
   log "installing pgbouncer (Debian package, once)"
+  # Tests start topologies in parallel: one installer at a time (apt's own lock would fail the
+  # others instead of making them wait).
+  exec 9>"${TMPDIR:-/tmp}/replica-sh-install.lock"
+  flock 9
+  command -v pgbouncer >/dev/null && return 0
   apt_install --no-install-recommends pgbouncer \
     || die "pgbouncer is missing and cannot be installed: apt-get install pgbouncer"
   command -v pgbouncer >/dev/null || die "the pgbouncer package did not provide pgbouncer"

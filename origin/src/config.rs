@@ -295,10 +295,111 @@ fn front_door_config(env: &dyn Env) -> Result<FrontDoorConfig, ConfigError> {
     })
 }
 
+/// `DATABASE_POOLING`: what stands between the origin and PostgreSQL on `DATABASE_URL` and
+/// `DATABASE_READ_URL` (README, "Scaling out").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// `none` (the default): the URLs reach PostgreSQL (or a session-pooling proxy) directly;
+    /// every pooled connection is one server session of its own.
+    Direct,
+    /// `transaction`: PgBouncer in transaction pooling, where consecutive transactions of one
+    /// client connection may run on different server sessions. So nothing may outlive a
+    /// transaction: sqlx's prepared-statement cache is off on these URLs (PgBouncer 1.18, Debian
+    /// 12's, does not track prepared statements), and the session-level advisory locks (the
+    /// jobs leader, the relay's lanes, the migration lock) use `DATABASE_SESSION_URL`.
+    Transaction,
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Pooling::Direct),
+            "transaction" => Ok(Pooling::Transaction),
+            other => Err(format!("expected none or transaction, got {other:?}")),
+        }
+    }
+}
+
+/// The read replica (`DATABASE_READ_URL`) and how reads use it (`store/reads.rs`).
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// `DATABASE_READ_URL` (optional; may hold a password: never printed). `None`: every read
+    /// goes to the primary, as before replicas.
+    pub url: Option<Secret>,
+    /// `REPLICA_WAIT_MS` (default 50, 0–1000): how long a user's read of their own bookings
+    /// waits for the replica to replay that user's last write before it reads the primary.
+    pub wait: Duration,
+    /// `REPLICA_MAX_LAG_MS` (default 1000): past this lag (or with the replica down) every read
+    /// goes to the primary.
+    pub max_lag: Duration,
+    /// `REPLICA_RYW` (default 1): read-your-writes. 0 turns it off — a user's reads may then
+    /// miss their own write for up to the lag; only for measuring what it costs, and for the
+    /// test that shows the RYW test catches its absence.
+    pub read_your_writes: bool,
+}
+
+fn replica_config(env: &dyn Env) -> Result<ReplicaConfig, ConfigError> {
+    let url = match env.var("DATABASE_READ_URL") {
+        None => None,
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Some(Secret(url.trim().as_bytes().to_vec()))
+        }
+        Some(_) => {
+            return Err(ConfigError::Invalid {
+                name: "DATABASE_READ_URL",
+                reason: "expected postgres://user@host:port/db".into(),
+            })
+        }
+    };
+    let wait_ms: u64 = parsed(env, "REPLICA_WAIT_MS", 50)?;
+    if wait_ms > 1_000 {
+        return Err(ConfigError::Invalid {
+            name: "REPLICA_WAIT_MS",
+            reason: "at most 1000: past that the primary answers sooner".into(),
+        });
+    }
+    let read_your_writes = match env.var("REPLICA_RYW").as_deref().map(str::trim) {
+        None | Some("1") | Some("true") => true,
+        Some("0") | Some("false") => false,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                name: "REPLICA_RYW",
+                reason: format!("expected 1 or 0, got {other:?}"),
+            })
+        }
+    };
+    let max_lag = millis(env, "REPLICA_MAX_LAG_MS", 1_000)?;
+    // A user's last write position is remembered for `store::reads::RYW_TTL` (10 s): past it,
+    // a replica still in use must have replayed it, so the lag bound stays well below.
+    if max_lag > Duration::from_secs(5) {
+        return Err(ConfigError::Invalid {
+            name: "REPLICA_MAX_LAG_MS",
+            reason: "at most 5000: read-your-writes remembers a write for 10 s".into(),
+        });
+    }
+    Ok(ReplicaConfig {
+        url,
+        wait: Duration::from_millis(wait_ms),
+        max_lag,
+        read_your_writes,
+    })
+}
+
 /// The whole origin configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: Secret,
+    /// `DATABASE_SESSION_URL`: a direct URL of the primary for what needs a session of its own
+    /// (session-level advisory locks: jobs leader, relay lanes, migrations). `None`:
+    /// `DATABASE_URL` (or, in tests, the pool's own options). Required with
+    /// `DATABASE_POOLING=transaction`.
+    pub database_session_url: Option<Secret>,
+    /// `DATABASE_POOLING` (`none`, `transaction`).
+    pub database_pooling: Pooling,
+    /// The read replica, if any.
+    pub replica: ReplicaConfig,
     pub db_max_connections: u32,
     pub bind_addr: SocketAddr,
     /// The regions this origin is the home of; vehicles of other regions are not served here.
@@ -614,8 +715,32 @@ impl Config {
             }
         };
 
+        let database_pooling = parsed(env, "DATABASE_POOLING", Pooling::Direct)?;
+        let database_session_url = match env.var("DATABASE_SESSION_URL") {
+            None => None,
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Some(Secret(url.trim().as_bytes().to_vec()))
+            }
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    name: "DATABASE_SESSION_URL",
+                    reason: "expected postgres://user@host:port/db (the primary, not a pooler)"
+                        .into(),
+                })
+            }
+        };
+        if database_pooling == Pooling::Transaction && database_session_url.is_none() {
+            return Err(ConfigError::Missing(
+                "DATABASE_SESSION_URL (DATABASE_POOLING=transaction: the session-level advisory \
+                 locks need a direct URL of the primary)",
+            ));
+        }
+
         Ok(Config {
             database_url: Secret(required(env, "DATABASE_URL")?.into_bytes()),
+            database_session_url,
+            database_pooling,
+            replica: replica_config(env)?,
             db_max_connections: parsed(env, "DB_MAX_CONNECTIONS", 16)?,
             bind_addr: parsed(env, "BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             regions,
@@ -652,6 +777,23 @@ impl Config {
     /// The database URL as a string (it may hold a password: never log it).
     pub fn database_url(&self) -> String {
         String::from_utf8_lossy(&self.database_url.0).into_owned()
+    }
+
+    /// The URL for a session of its own on the primary (session-level advisory locks):
+    /// `DATABASE_SESSION_URL`, else `DATABASE_URL`. Never log it.
+    pub fn session_url(&self) -> String {
+        match &self.database_session_url {
+            Some(url) => String::from_utf8_lossy(&url.0).into_owned(),
+            None => self.database_url(),
+        }
+    }
+
+    /// The read replica's URL, if configured. Never log it.
+    pub fn read_url(&self) -> Option<String> {
+        self.replica
+            .url
+            .as_ref()
+            .map(|u| String::from_utf8_lossy(&u.0).into_owned())
     }
 }
 
@@ -718,6 +860,39 @@ mod tests {
     }
 
     #[test]
+    fn replicas_are_off_by_default_and_transaction_pooling_needs_a_session_url(
+    ) -> Result<(), ConfigError> {
+        let mut env = base();
+        let plain = Config::from(&env)?;
+        assert!(plain.read_url().is_none());
+        assert_eq!(plain.database_pooling, Pooling::Direct);
+        assert_eq!(plain.session_url(), plain.database_url());
+        assert!(plain.replica.read_your_writes);
+        env.insert("DATABASE_POOLING".into(), "transaction".into());
+        let err = Config::from(&env).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.starts_with("DATABASE_SESSION_URL")),
+            "{err:?}"
+        );
+        env.insert(
+            "DATABASE_SESSION_URL".into(),
+            "postgres://postgres@primary:5432/booking".into(),
+        );
+        env.insert(
+            "DATABASE_READ_URL".into(),
+            "postgres://postgres@bouncer:6432/booking_replica".into(),
+        );
+        env.insert("REPLICA_RYW".into(), "0".into());
+        let pooled = Config::from(&env)?;
+        assert_eq!(pooled.database_pooling, Pooling::Transaction);
+        assert_eq!(pooled.session_url(), "postgres://postgres@primary:5432/booking");
+        assert!(pooled.read_url().is_some());
+        assert!(!pooled.replica.read_your_writes);
+        Ok(())
+    }
+
+    #[test]
     fn a_missing_variable_is_named() {
         let mut env = base();
         env.remove("JWT_ISSUER");
@@ -758,6 +933,13 @@ mod tests {
             ("PRICE_MAX_JUMP_BP", "-1"),
             ("ORIGIN_ROLE", "frontend"),
             ("MIGRATE_ON_START", "sometimes"),
+            ("DATABASE_POOLING", "statement"),
+            ("DATABASE_READ_URL", "mysql://replica/db"),
+            ("REPLICA_WAIT_MS", "5000"),
+            ("REPLICA_MAX_LAG_MS", "0"),
+            ("REPLICA_MAX_LAG_MS", "60000"),
+            ("DATABASE_SESSION_URL", "pgbouncer:6432"),
+            ("REPLICA_RYW", "maybe"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"),

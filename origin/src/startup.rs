@@ -22,14 +22,14 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, Pooling};
 use crate::jobs::Jobs;
 use crate::state::AppState;
 
@@ -60,11 +60,49 @@ pub fn idle_in_transaction_timeout(config: &Config) -> Duration {
 
 /// Opens the pool and waits (bounded) for the database to accept connections.
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
+    let options = config
+        .database_url()
+        .parse::<PgConnectOptions>()
+        .context("DATABASE_URL is not a PostgreSQL URL")?;
     pool_options(config)
-        .connect(&config.database_url())
+        .connect_with(pooled(config, options))
         .await
         .context("connect to PostgreSQL (DATABASE_URL)")
 }
+
+/// `options` for a URL behind the configured pooler: with `DATABASE_POOLING=transaction`,
+/// without sqlx's prepared-statement cache. PgBouncer 1.18 (Debian 12's) hands each
+/// transaction whichever server session is free, and a statement prepared (and cached by
+/// name) on one session does not exist on the next: "prepared statement sqlx_s_1 does not
+/// exist". With the cache off sqlx sends each statement unnamed (parse, bind, execute in one
+/// round), which any session runs. The price is a parse per statement on the server.
+pub fn pooled(config: &Config, options: PgConnectOptions) -> PgConnectOptions {
+    match config.database_pooling {
+        Pooling::Direct => options,
+        Pooling::Transaction => options.statement_cache_capacity(0),
+    }
+}
+
+/// The read replica's pool (`DATABASE_READ_URL`), opened lazily: a replica that is down at
+/// start does not stop the origin (reads go to the primary until the lag probe reaches it).
+/// Acquiring is bounded tighter than on the primary: a read that cannot reach the replica
+/// soon is better run on the primary (`store/reads.rs`).
+pub fn connect_replica(config: &Config) -> anyhow::Result<Option<PgPool>> {
+    let Some(url) = config.read_url() else {
+        return Ok(None);
+    };
+    let options = url
+        .parse::<PgConnectOptions>()
+        .context("DATABASE_READ_URL is not a PostgreSQL URL")?;
+    Ok(Some(
+        pool_options(config)
+            .acquire_timeout(REPLICA_ACQUIRE_TIMEOUT)
+            .connect_lazy_with(pooled(config, options)),
+    ))
+}
+
+/// How long a read waits for a replica connection before it is run on the primary.
+const REPLICA_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The pool's settings (the e2e harness opens its origins' pools with these too, on a
 /// database of its own). Acquiring (the pool's own liveness ping included) is bounded by
@@ -147,10 +185,7 @@ pub async fn start(
         None
     };
     if config.migrate_on_start {
-        MIGRATOR
-            .run(&pool)
-            .await
-            .context("run database migrations")?;
+        migrate(&config, &pool).await?;
     } else {
         tracing::info!("MIGRATE_ON_START=false: not migrating (a migration Job does it)");
     }
@@ -164,7 +199,8 @@ pub async fn start(
     let jobs = Jobs::new();
     let leadership = if role.elects() {
         let (leadership, tx) = crate::jobs::leader::elect();
-        let url = config.database_url();
+        // A session of its own, on the primary itself (not through a transaction pooler).
+        let url = config.session_url();
         jobs.spawn("leader", move |stop| {
             crate::jobs::leader::campaign(url, tx, stop)
         });
@@ -172,9 +208,11 @@ pub async fn start(
     } else {
         crate::jobs::leader::Leadership::unelected()
     };
+    let replica = connect_replica(&config)?;
     let state = AppState::new(
         config,
         pool,
+        replica,
         redis,
         caches,
         jobs.tracker().clone(),
@@ -226,10 +264,41 @@ pub async fn start(
     })
 }
 
+/// Runs the migrations. sqlx's migrator holds a session-level advisory lock from start to end,
+/// which a transaction pooler would leave on whichever server session took it: with
+/// `DATABASE_POOLING=transaction` they run on a connection of their own to
+/// `DATABASE_SESSION_URL`.
+pub async fn migrate(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
+    match config.database_pooling {
+        Pooling::Direct => MIGRATOR
+            .run(pool)
+            .await
+            .context("run database migrations"),
+        Pooling::Transaction => {
+            use sqlx::Connection;
+            let mut conn = sqlx::PgConnection::connect(&config.session_url())
+                .await
+                .context("connect to PostgreSQL for the migrations (DATABASE_SESSION_URL)")?;
+            MIGRATOR
+                .run(&mut conn)
+                .await
+                .context("run database migrations")?;
+            let _ = conn.close().await;
+            Ok(())
+        }
+    }
+}
+
 /// Starts the background jobs of this process's role on `jobs` (see [`crate::jobs`] and the
 /// table in [`crate::role`]).
 fn spawn_jobs(state: &AppState, jobs: &Jobs) {
     let role = state.config.role;
+    if state.reads.replica().is_some() {
+        let reads = state.reads.clone();
+        jobs.spawn("replica-probe", move |stop| {
+            crate::jobs::replica::run(reads, stop)
+        });
+    }
     let links = [
         ("redis-probe", &state.redis),
         ("redis-probe-l1", state.caches.links()[0]),
@@ -269,7 +338,13 @@ fn spawn_jobs(state: &AppState, jobs: &Jobs) {
         return;
     }
     match crate::events::relay::RelaySettings::from_config(&state.config) {
-        Some(settings) => {
+        Some(mut settings) => {
+            if state.config.database_session_url.is_some() {
+                match state.config.session_url().parse::<PgConnectOptions>() {
+                    Ok(options) => settings.lock_session = Some(options),
+                    Err(e) => tracing::error!(error = %e, "DATABASE_SESSION_URL is not a PostgreSQL URL: the relay's lanes use DATABASE_URL"),
+                }
+            }
             let pool = state.db.clone();
             jobs.spawn("relay", move |stop| {
                 crate::jobs::relay::run(pool, settings, stop)

@@ -68,7 +68,9 @@ pub(crate) fn parse_window(
 
 async fn vehicle_facts(state: &AppState, id: &VehicleId) -> ApiResult<PricingFacts> {
     crate::http::admin::misdirected_unless_served(state, id.region, || format!("vehicle {id}"))?;
-    store::vehicles::pricing_facts(&state.db, id)
+    state
+        .reads
+        .stale_ok(async |pool| store::vehicles::pricing_facts(pool, id).await)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("vehicle {id} not found")))
 }
@@ -166,14 +168,24 @@ async fn make_quote(
     }
     let facts = vehicle_facts(state, &vehicle_id).await?;
     if let Some(bay) = req.destination_bay_id {
-        if !store::vehicles::bay_in_region(&state.db, bay, vehicle_id.region).await? {
+        let region = vehicle_id.region;
+        let known = state
+            .reads
+            .stale_ok(async |pool| store::vehicles::bay_in_region(pool, bay, region).await)
+            .await?;
+        if !known {
             return Err(ApiError::field(
                 "destination_bay_id",
                 "no such parking bay in the vehicle's region",
             ));
         }
     }
-    if store::vehicles::is_occupied(&state.db, &vehicle_id, &window, now).await? {
+    // Advisory (the hold's exclusion constraint decides): the replica may answer.
+    let occupied = state
+        .reads
+        .stale_ok(async |pool| store::vehicles::is_occupied(pool, &vehicle_id, &window, now).await)
+        .await?;
+    if occupied {
         return Err(ApiError::Conflict(format!(
             "vehicle {vehicle_id} is not available for that window"
         )));

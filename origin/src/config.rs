@@ -886,7 +886,10 @@ mod tests {
         env.insert("REPLICA_RYW".into(), "0".into());
         let pooled = Config::from(&env)?;
         assert_eq!(pooled.database_pooling, Pooling::Transaction);
-        assert_eq!(pooled.session_url(), "postgres://postgres@primary:5432/booking");
+        assert_eq!(
+            pooled.session_url(),
+            "postgres://postgres@primary:5432/booking"
+        );
         assert!(pooled.read_url().is_some());
         assert!(!pooled.replica.read_your_writes);
         Ok(())

@@ -270,21 +270,21 @@ pub async fn start(
 /// `DATABASE_SESSION_URL`.
 pub async fn migrate(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
     match config.database_pooling {
-        Pooling::Direct => MIGRATOR
-            .run(pool)
-            .await
-            .context("run database migrations"),
+        Pooling::Direct => MIGRATOR.run(pool).await.context("run database migrations"),
         Pooling::Transaction => {
-            use sqlx::Connection;
-            let mut conn = sqlx::PgConnection::connect(&config.session_url())
+            // A pool of one session (rather than a bare connection, whose `Acquire` bound
+            // keeps the start-up future from being provably `Send`).
+            let session = PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&config.session_url())
                 .await
                 .context("connect to PostgreSQL for the migrations (DATABASE_SESSION_URL)")?;
-            MIGRATOR
-                .run(&mut conn)
+            let ran = MIGRATOR
+                .run(&session)
                 .await
-                .context("run database migrations")?;
-            let _ = conn.close().await;
-            Ok(())
+                .context("run database migrations");
+            session.close().await;
+            ran
         }
     }
 }
@@ -342,7 +342,9 @@ fn spawn_jobs(state: &AppState, jobs: &Jobs) {
             if state.config.database_session_url.is_some() {
                 match state.config.session_url().parse::<PgConnectOptions>() {
                     Ok(options) => settings.lock_session = Some(options),
-                    Err(e) => tracing::error!(error = %e, "DATABASE_SESSION_URL is not a PostgreSQL URL: the relay's lanes use DATABASE_URL"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "DATABASE_SESSION_URL is not a PostgreSQL URL: the relay's lanes use DATABASE_URL")
+                    }
                 }
             }
             let pool = state.db.clone();

@@ -17,7 +17,11 @@ async fn start(extra: &[(&str, &str)]) -> TestResult<(Topology, TestApp)> {
     let topology = tokio::task::spawn_blocking(Topology::start).await??;
     let pool = Topology::pool(&topology.primary_url()).await?;
     let mut env: Vec<(String, String)> = topology.origin_env();
-    env.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    env.extend(
+        extra
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
     let overrides: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let app = spawn_app_with(pool, &overrides).await?;
     Ok((topology, app))
@@ -154,9 +158,10 @@ async fn reads_are_served_by_the_replica_through_pgbouncer() -> TestResult {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_user_sees_their_own_new_booking_on_the_next_read_every_time_over_200_pairs(
-) -> TestResult {
-    let (topology, app) = start(&[("REPLICA_WAIT_MS", "500"), ("REPLICA_MAX_LAG_MS", "2000")]).await?;
+async fn a_user_sees_their_own_new_booking_on_the_next_read_every_time_over_200_pairs() -> TestResult
+{
+    let (topology, app) =
+        start(&[("REPLICA_WAIT_MS", "500"), ("REPLICA_MAX_LAG_MS", "2000")]).await?;
     // Every commit reaches the replica's readers 40 ms late: without read-your-writes the
     // read right after a write would miss it (the next test shows it does).
     delay_replay(&topology, 40).await?;

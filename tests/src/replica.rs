@@ -100,7 +100,10 @@ impl Topology {
 
     /// PgBouncer's admin console.
     pub fn bouncer_admin_url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/pgbouncer", self.bouncer_port)
+        format!(
+            "postgres://postgres@127.0.0.1:{}/pgbouncer",
+            self.bouncer_port
+        )
     }
 
     /// A small pool on `url`.

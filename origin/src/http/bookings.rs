@@ -269,10 +269,9 @@ async fn get(
         is_ops: user.is_ops,
     };
     // The viewer's own booking (or, for ops, anyone's): read-your-writes for the viewer.
-    let booking = state
-        .reads
-        .own(&user.id, async |pool| booking::get(pool, &id, viewer).await)
-        .await?;
+    let booking = crate::read_on!(state.reads.own(&user.id).await, |pool| {
+        booking::get(pool, &id, viewer).await
+    })?;
     Ok(axum::Json(render(version, &booking, None)).into_response())
 }
 
@@ -348,17 +347,12 @@ async fn list(
             .collect(),
     };
     // A user's own list sees their writes; ops listing another user's get the replica's view.
-    let mut rows = if own {
-        state
-            .reads
-            .own(&user.id, async |pool| booking::list(pool, &filter).await)
-            .await?
+    let target = if own {
+        state.reads.own(&user.id).await
     } else {
-        state
-            .reads
-            .stale_ok(async |pool| booking::list(pool, &filter).await)
-            .await?
+        state.reads.stale_ok()
     };
+    let mut rows = crate::read_on!(target, |pool| booking::list(pool, &filter).await)?;
     let next_cursor = if rows.len() > limit as usize {
         rows.truncate(limit as usize);
         rows.last()

@@ -68,11 +68,10 @@ pub(crate) fn parse_window(
 
 async fn vehicle_facts(state: &AppState, id: &VehicleId) -> ApiResult<PricingFacts> {
     crate::http::admin::misdirected_unless_served(state, id.region, || format!("vehicle {id}"))?;
-    state
-        .reads
-        .stale_ok(async |pool| store::vehicles::pricing_facts(pool, id).await)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("vehicle {id} not found")))
+    crate::read_on!(state.reads.stale_ok(), |pool| {
+        store::vehicles::pricing_facts(pool, id).await
+    })?
+    .ok_or_else(|| ApiError::NotFound(format!("vehicle {id} not found")))
 }
 
 /// L2 key of the previous quote's total for a vehicle and window (the jump baseline).
@@ -168,11 +167,9 @@ async fn make_quote(
     }
     let facts = vehicle_facts(state, &vehicle_id).await?;
     if let Some(bay) = req.destination_bay_id {
-        let region = vehicle_id.region;
-        let known = state
-            .reads
-            .stale_ok(async |pool| store::vehicles::bay_in_region(pool, bay, region).await)
-            .await?;
+        let known = crate::read_on!(state.reads.stale_ok(), |pool| {
+            store::vehicles::bay_in_region(pool, bay, vehicle_id.region).await
+        })?;
         if !known {
             return Err(ApiError::field(
                 "destination_bay_id",
@@ -181,10 +178,9 @@ async fn make_quote(
         }
     }
     // Advisory (the hold's exclusion constraint decides): the replica may answer.
-    let occupied = state
-        .reads
-        .stale_ok(async |pool| store::vehicles::is_occupied(pool, &vehicle_id, &window, now).await)
-        .await?;
+    let occupied = crate::read_on!(state.reads.stale_ok(), |pool| {
+        store::vehicles::is_occupied(pool, &vehicle_id, &window, now).await
+    })?;
     if occupied {
         return Err(ApiError::Conflict(format!(
             "vehicle {vehicle_id} is not available for that window"

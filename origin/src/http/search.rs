@@ -125,20 +125,17 @@ fn near_served_area(state: &AppState, center: &GeoPoint, radius_m: u32) -> ApiRe
 async fn run(state: &AppState, p: SearchParams) -> ApiResult<search::Page> {
     let query = validate(state, p)?;
     let now = Utc::now();
-    Ok(state
-        .reads
-        .stale_ok(async |pool| {
-            search::search(
-                pool,
-                &state.availability,
-                &state.caches,
-                &state.config.regions,
-                &query,
-                now,
-            )
-            .await
-        })
-        .await?)
+    Ok(crate::read_on!(state.reads.stale_ok(), |pool| {
+        search::search(
+            pool,
+            &state.availability,
+            &state.caches,
+            &state.config.regions,
+            &query,
+            now,
+        )
+        .await
+    })?)
 }
 
 /// The page in the body shape of one version.

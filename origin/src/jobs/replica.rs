@@ -85,10 +85,8 @@ pub(crate) async fn run(reads: Reads, stop: CancellationToken) {
         }
         let replayed = tokio::time::timeout(
             PROBE_TIMEOUT,
-            sqlx::query_scalar!(
-                r#"select pg_last_wal_replay_lsn()::text as "lsn""#
-            )
-            .fetch_one(&replica.pool),
+            sqlx::query_scalar!(r#"select pg_last_wal_replay_lsn()::text as "lsn""#)
+                .fetch_one(&replica.pool),
         )
         .await;
         match replayed {

@@ -42,6 +42,19 @@ use crate::redis::link::RedisLink;
 /// have while still in use (`REPLICA_MAX_LAG_MS` plus a probe interval, checked at start).
 pub(crate) const RYW_TTL: Duration = Duration::from_secs(10);
 
+/// Stores a user's write position: the larger of the stored and new ones (two writes of one
+/// user may finish in either order), for the TTL in milliseconds. Positions are compared as
+/// Lua numbers (doubles): exact below 2^53 bytes of WAL.
+static REMEMBER: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "local cur = tonumber(redis.call('GET', KEYS[1]) or '0') \
+         if tonumber(ARGV[1]) > cur then \
+           redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
+         else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end \
+         return 1",
+    )
+});
+
 /// How often a waiting own read asks the replica again whether it has replayed far enough.
 const RYW_POLL: Duration = Duration::from_millis(2);
 
@@ -175,6 +188,63 @@ fn count(route: Route) {
     metrics::counter!("db_reads_total", "pool" => pool, "reason" => reason).increment(1);
 }
 
+/// Where one read goes ([`Reads::stale_ok`], [`Reads::own`]); [`read_on!`](crate::read_on)
+/// runs it, and again on the primary if the replica could not be reached.
+#[derive(Debug)]
+pub(crate) struct Target<'a> {
+    reads: &'a Reads,
+    pool: &'a PgPool,
+    on_replica: bool,
+}
+
+impl<'a> Target<'a> {
+    /// The pool to read from.
+    pub(crate) fn pool(&self) -> &'a PgPool {
+        self.pool
+    }
+
+    /// The primary (the retry's pool).
+    pub(crate) fn primary(&self) -> &'a PgPool {
+        &self.reads.0.primary
+    }
+
+    /// Whether a read that failed with `error` is run again on the primary: it went to the
+    /// replica and could not reach it (which then marks the replica unusable).
+    pub(crate) fn retry_on_primary(&self, error: &impl ConnectionClass) -> bool {
+        if !(self.on_replica && error.is_connection()) {
+            return false;
+        }
+        if let Some(replica) = &self.reads.0.replica {
+            replica.lost();
+        }
+        count(Route::Primary("replica_failed"));
+        true
+    }
+}
+
+/// Runs a read on a [`Target`]: `read_on!(target, |pool| store::x(pool, …).await)`. If the
+/// target was the replica and it could not be reached, the same read runs on the primary.
+/// A macro rather than a method taking an async closure: the closure's future would have to
+/// be `Send` for every lifetime of its pool argument, which rustc cannot prove yet (the
+/// handlers' futures must be `Send` for axum).
+#[macro_export]
+macro_rules! read_on {
+    ($target:expr, |$pool:ident| $read:expr) => {{
+        let target = $target;
+        let first = {
+            let $pool = target.pool();
+            $read
+        };
+        match first {
+            Err(e) if target.retry_on_primary(&e) => {
+                let $pool = target.primary();
+                $read
+            }
+            done => done,
+        }
+    }};
+}
+
 impl Reads {
     /// Reads on `primary` alone (no replica configured), or on `replica` as [`Reads`] decides.
     pub(crate) fn new(
@@ -210,31 +280,36 @@ impl Reads {
         &self.0.primary
     }
 
-    /// Runs a read that may be as stale as the replica's bounded lag: on the replica when it
-    /// is usable, else (or when it cannot be reached) on the primary.
-    pub(crate) async fn stale_ok<T, E, F>(&self, read: F) -> Result<T, E>
-    where
-        F: AsyncFn(&PgPool) -> Result<T, E>,
-        E: ConnectionClass,
-    {
+    /// Where a read that may be as stale as the replica's bounded lag goes: the replica when
+    /// it is usable, else the primary. Run it with [`read_on!`](crate::read_on).
+    pub(crate) fn stale_ok(&self) -> Target<'_> {
         let route = match &self.0.replica {
             None => Route::Primary("no_replica"),
             Some(r) if r.usable() => Route::Replica("stale_ok"),
             Some(_) => Route::Primary("replica_unusable"),
         };
-        self.run(route, read).await
+        self.target(route)
     }
 
-    /// Runs a read of `user`'s own bookings so that it sees every write `user` committed
-    /// (see the module doc): on the replica once it has replayed `user`'s last write, else on
-    /// the primary.
-    pub(crate) async fn own<T, E, F>(&self, user: &str, read: F) -> Result<T, E>
-    where
-        F: AsyncFn(&PgPool) -> Result<T, E>,
-        E: ConnectionClass,
-    {
+    /// Where a read of `user`'s own bookings goes so that it sees every write `user`
+    /// committed (see the module doc): the replica once it has replayed `user`'s last write,
+    /// else the primary. Run it with [`read_on!`](crate::read_on).
+    pub(crate) async fn own(&self, user: &str) -> Target<'_> {
         let route = self.own_route(user).await;
-        self.run(route, read).await
+        self.target(route)
+    }
+
+    fn target(&self, route: Route) -> Target<'_> {
+        count(route);
+        let pool = match (route, &self.0.replica) {
+            (Route::Replica(_), Some(replica)) => &replica.pool,
+            _ => &self.0.primary,
+        };
+        Target {
+            reads: self,
+            pool,
+            on_replica: matches!(route, Route::Replica(_)),
+        }
     }
 
     async fn own_route(&self, user: &str) -> Route {
@@ -291,30 +366,6 @@ impl Reads {
         }
     }
 
-    async fn run<T, E, F>(&self, route: Route, read: F) -> Result<T, E>
-    where
-        F: AsyncFn(&PgPool) -> Result<T, E>,
-        E: ConnectionClass,
-    {
-        match (route, &self.0.replica) {
-            (Route::Replica(_), Some(replica)) => match read(&replica.pool).await {
-                Err(e) if e.is_connection() => {
-                    replica.lost();
-                    count(Route::Primary("replica_failed"));
-                    read(&self.0.primary).await
-                }
-                done => {
-                    count(route);
-                    done
-                }
-            },
-            _ => {
-                count(route);
-                read(&self.0.primary).await
-            }
-        }
-    }
-
     /// After `user`'s committed write: remembers the primary's WAL position for
     /// [`RYW_TTL`], so `user`'s next own reads wait for the replica to pass it. Best effort:
     /// if it cannot be recorded, a read that finds no position in Redis could be stale, so a
@@ -331,29 +382,22 @@ impl Reads {
             .await;
         let Some(lsn) = lsn.ok().as_deref().and_then(parse_lsn) else {
             metrics::counter!("ryw_record_failures_total").increment(1);
-            tracing::warn!(user, "read-your-writes: could not read the primary's WAL position");
+            tracing::warn!(
+                user,
+                "read-your-writes: could not read the primary's WAL position"
+            );
             return;
         };
-        let key = self.ryw_key(user);
-        let ttl_ms = RYW_TTL.as_millis() as u64;
-        let stored = self
+        let mut invocation = REMEMBER.prepare_invoke();
+        invocation
+            .key(self.ryw_key(user))
+            .arg(lsn)
+            .arg(RYW_TTL.as_millis() as u64);
+        let stored: Result<i64, _> = self
             .0
             .redis
             .run("ryw set", |mut c| async move {
-                // The larger of the stored and new positions: two writes of one user may
-                // finish in either order.
-                redis::Script::new(
-                    "local cur = tonumber(redis.call('GET', KEYS[1]) or '0') \
-                     if tonumber(ARGV[1]) > cur then \
-                       redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
-                     else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end \
-                     return 1",
-                )
-                .key(&key)
-                .arg(lsn)
-                .arg(ttl_ms)
-                .invoke_async::<i64>(&mut c)
-                .await
+                invocation.invoke_async(&mut c).await
             })
             .await;
         if stored.is_err() {

@@ -133,9 +133,11 @@ pub(crate) async fn fetch(
     let deadline = Instant::now() + state.config.pricing.budget;
     let region = facts.vehicle.region;
     // A pricing read: the replica may serve it (rates change by the admin API, rarely).
-    let base = state
-        .reads
-        .stale_ok(async |pool| state.caches.pricing(pool, region, facts.class).await);
+    let base = async {
+        crate::read_on!(state.reads.stale_ok(), |pool| {
+            state.caches.pricing(pool, region, facts.class).await
+        })
+    };
     let (base, (risk, risk_outcome, fresh_risk), (surge_m, surge_outcome)) = tokio::join!(
         base,
         risk(state, facts, deadline),

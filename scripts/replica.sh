@@ -14,23 +14,24 @@
 #   postgres refuse root), started on <primary_port>;
 # - <dir>/replica: `pg_basebackup -R -X stream` of the primary (standby.signal and
 #   primary_conninfo written by -R), started on <replica_port> as a hot standby;
-# - <dir>/pgbouncer.ini: PgBouncer on <bouncer_port> in TRANSACTION pooling with two pools per
+# - <dir>/pgbouncer.ini: PgBouncer on <bouncer_port> in SESSION pooling with two pools per
 #   database $REPLICA_DB (default `booking`): `booking` → the primary, `booking_replica` → the
 #   replica; any other name goes to the primary (`*`). `pgbouncer` is the admin console
 #   (SHOW POOLS, SHOW STATS) for the user postgres.
 #
-# Why transaction pooling (and what it asks of the origin; README "Scaling out"): it is the mode
-# that multiplexes many origin pools onto few server sessions. Debian ships PgBouncer 1.18,
-# which does not track prepared statements (1.21's max_prepared_statements), so the origin's
-# pools run with sqlx's statement cache off (`DATABASE_POOLING=transaction`); session-level
-# advisory locks (jobs leader, relay lanes, sqlx's migration lock) cannot live in a pooled
-# session, so they use DATABASE_SESSION_URL, a direct URL of the primary.
+# Why session pooling, not transaction pooling (README "Scaling out"): Debian ships PgBouncer
+# 1.18, which does not track prepared statements (1.21's max_prepared_statements), and sqlx 0.8
+# cannot run without them through a transaction pooler: it names every statement even with its
+# statement cache off (seen here: "prepared statement sqlx_s_1 already exists" on a shared
+# server session), and it sends Sync between a statement's Parse/Describe and its
+# Bind/Execute, where a transaction pooler may hand the next half to another server session.
+# In session pooling a client keeps its server session until it disconnects; DISCARD ALL
+# (server_reset_query) then clears its prepared statements, settings and advisory locks.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 REPLICA_DB="${REPLICA_DB:-booking}"
-# The bound on a transaction left idle by a vanished client (the origin's own
-# idle_in_transaction_session_timeout is a session setting, which a pooled session cannot
-# carry reliably): REQUEST_TIMEOUT_MS's default plus 5 s, as `startup.rs` computes it.
+# PgBouncer's own bound on a transaction left idle by a vanished client, as the origin's
+# idle_in_transaction_session_timeout (REQUEST_TIMEOUT_MS's default plus 5 s, `startup.rs`).
 IDLE_TRANSACTION_TIMEOUT="${IDLE_TRANSACTION_TIMEOUT:-15}"
 
 is_root() { [[ $(id -u) -eq 0 ]]; }
@@ -117,7 +118,8 @@ auth_type = trust
 auth_file = $dir/userlist.txt
 admin_users = postgres
 stats_users = postgres
-pool_mode = transaction
+pool_mode = session
+server_reset_query = DISCARD ALL
 ; sqlx sends extra_float_digits as a start-up parameter; PgBouncer does not track it.
 ignore_startup_parameters = extra_float_digits,options
 max_client_conn = 2000
@@ -178,7 +180,7 @@ EOF
 ${REPLICA_DB}_replica = host=127.0.0.1 port=$rport dbname=$REPLICA_DB
 * = host=127.0.0.1 port=$pport"
   bouncer_start "$dir" "$bport"
-  log "primary 127.0.0.1:$pport, replica 127.0.0.1:$rport, pgbouncer 127.0.0.1:$bport (transaction pooling: $REPLICA_DB, ${REPLICA_DB}_replica)"
+  log "primary 127.0.0.1:$pport, replica 127.0.0.1:$rport, pgbouncer 127.0.0.1:$bport (session pooling: $REPLICA_DB, ${REPLICA_DB}_replica)"
 }
 
 cmd_stop() {

@@ -46,10 +46,10 @@ else
 fi
 
 # A representative subset of the api suite again with the origin's pool behind PgBouncer in
-# transaction pooling (README, "Scaling out"): holds, idempotency keys (transaction-scoped
-# advisory locks), 200-way contention, locks, the lifecycle.
+# session pooling (README, "Scaling out"): holds, idempotency keys (advisory locks), 200-way
+# contention, locks, the lifecycle.
 PGBOUNCER_PORT="${PGBOUNCER_PORT:-16432}"
-log "api subset through PgBouncer (transaction pooling, 127.0.0.1:$PGBOUNCER_PORT)"
+log "api subset through PgBouncer (session pooling, 127.0.0.1:$PGBOUNCER_PORT)"
 bash scripts/replica.sh bouncer "$ROOT/.dev/pgbouncer" "$PGBOUNCER_PORT" "$PGPORT"
 POOLED_SUITE=(holds idempotency concurrency locks lifecycle)
 if command -v cargo-nextest >/dev/null; then

@@ -295,33 +295,6 @@ fn front_door_config(env: &dyn Env) -> Result<FrontDoorConfig, ConfigError> {
     })
 }
 
-/// `DATABASE_POOLING`: what stands between the origin and PostgreSQL on `DATABASE_URL` and
-/// `DATABASE_READ_URL` (README, "Scaling out").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pooling {
-    /// `none` (the default): the URLs reach PostgreSQL (or a session-pooling proxy) directly;
-    /// every pooled connection is one server session of its own.
-    Direct,
-    /// `transaction`: PgBouncer in transaction pooling, where consecutive transactions of one
-    /// client connection may run on different server sessions. So nothing may outlive a
-    /// transaction: sqlx's prepared-statement cache is off on these URLs (PgBouncer 1.18, Debian
-    /// 12's, does not track prepared statements), and the session-level advisory locks (the
-    /// jobs leader, the relay's lanes, the migration lock) use `DATABASE_SESSION_URL`.
-    Transaction,
-}
-
-impl std::str::FromStr for Pooling {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "none" => Ok(Pooling::Direct),
-            "transaction" => Ok(Pooling::Transaction),
-            other => Err(format!("expected none or transaction, got {other:?}")),
-        }
-    }
-}
-
 /// The read replica (`DATABASE_READ_URL`) and how reads use it (`store/reads.rs`).
 #[derive(Debug, Clone)]
 pub struct ReplicaConfig {
@@ -391,13 +364,11 @@ fn replica_config(env: &dyn Env) -> Result<ReplicaConfig, ConfigError> {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: Secret,
-    /// `DATABASE_SESSION_URL`: a direct URL of the primary for what needs a session of its own
-    /// (session-level advisory locks: jobs leader, relay lanes, migrations). `None`:
-    /// `DATABASE_URL` (or, in tests, the pool's own options). Required with
-    /// `DATABASE_POOLING=transaction`.
+    /// `DATABASE_SESSION_URL`: a direct URL of the primary for what needs a server session of
+    /// its own (session-level advisory locks: jobs leader, relay lanes, the migrations' lock),
+    /// for when `DATABASE_URL` goes through a *transaction* pooler. `None`: `DATABASE_URL` (or,
+    /// in tests, the pool's own options), right behind a session pooler or none.
     pub database_session_url: Option<Secret>,
-    /// `DATABASE_POOLING` (`none`, `transaction`).
-    pub database_pooling: Pooling,
     /// The read replica, if any.
     pub replica: ReplicaConfig,
     pub db_max_connections: u32,
@@ -715,7 +686,6 @@ impl Config {
             }
         };
 
-        let database_pooling = parsed(env, "DATABASE_POOLING", Pooling::Direct)?;
         let database_session_url = match env.var("DATABASE_SESSION_URL") {
             None => None,
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
@@ -729,17 +699,10 @@ impl Config {
                 })
             }
         };
-        if database_pooling == Pooling::Transaction && database_session_url.is_none() {
-            return Err(ConfigError::Missing(
-                "DATABASE_SESSION_URL (DATABASE_POOLING=transaction: the session-level advisory \
-                 locks need a direct URL of the primary)",
-            ));
-        }
 
         Ok(Config {
             database_url: Secret(required(env, "DATABASE_URL")?.into_bytes()),
             database_session_url,
-            database_pooling,
             replica: replica_config(env)?,
             db_max_connections: parsed(env, "DB_MAX_CONNECTIONS", 16)?,
             bind_addr: parsed(env, "BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
@@ -860,21 +823,13 @@ mod tests {
     }
 
     #[test]
-    fn replicas_are_off_by_default_and_transaction_pooling_needs_a_session_url(
+    fn replicas_are_off_by_default_and_the_session_url_defaults_to_the_database_url(
     ) -> Result<(), ConfigError> {
         let mut env = base();
         let plain = Config::from(&env)?;
         assert!(plain.read_url().is_none());
-        assert_eq!(plain.database_pooling, Pooling::Direct);
         assert_eq!(plain.session_url(), plain.database_url());
         assert!(plain.replica.read_your_writes);
-        env.insert("DATABASE_POOLING".into(), "transaction".into());
-        let err = Config::from(&env).err().map(|e| e.to_string());
-        assert!(
-            err.as_deref()
-                .is_some_and(|e| e.starts_with("DATABASE_SESSION_URL")),
-            "{err:?}"
-        );
         env.insert(
             "DATABASE_SESSION_URL".into(),
             "postgres://postgres@primary:5432/booking".into(),
@@ -884,14 +839,13 @@ mod tests {
             "postgres://postgres@bouncer:6432/booking_replica".into(),
         );
         env.insert("REPLICA_RYW".into(), "0".into());
-        let pooled = Config::from(&env)?;
-        assert_eq!(pooled.database_pooling, Pooling::Transaction);
+        let scaled = Config::from(&env)?;
         assert_eq!(
-            pooled.session_url(),
+            scaled.session_url(),
             "postgres://postgres@primary:5432/booking"
         );
-        assert!(pooled.read_url().is_some());
-        assert!(!pooled.replica.read_your_writes);
+        assert!(scaled.read_url().is_some());
+        assert!(!scaled.replica.read_your_writes);
         Ok(())
     }
 
@@ -936,7 +890,6 @@ mod tests {
             ("PRICE_MAX_JUMP_BP", "-1"),
             ("ORIGIN_ROLE", "frontend"),
             ("MIGRATE_ON_START", "sometimes"),
-            ("DATABASE_POOLING", "statement"),
             ("DATABASE_READ_URL", "mysql://replica/db"),
             ("REPLICA_WAIT_MS", "5000"),
             ("REPLICA_MAX_LAG_MS", "0"),

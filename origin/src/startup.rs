@@ -29,7 +29,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Pooling};
+use crate::config::Config;
 use crate::jobs::Jobs;
 use crate::state::AppState;
 
@@ -60,27 +60,10 @@ pub fn idle_in_transaction_timeout(config: &Config) -> Duration {
 
 /// Opens the pool and waits (bounded) for the database to accept connections.
 pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
-    let options = config
-        .database_url()
-        .parse::<PgConnectOptions>()
-        .context("DATABASE_URL is not a PostgreSQL URL")?;
     pool_options(config)
-        .connect_with(pooled(config, options))
+        .connect(&config.database_url())
         .await
         .context("connect to PostgreSQL (DATABASE_URL)")
-}
-
-/// `options` for a URL behind the configured pooler: with `DATABASE_POOLING=transaction`,
-/// without sqlx's prepared-statement cache. PgBouncer 1.18 (Debian 12's) hands each
-/// transaction whichever server session is free, and a statement prepared (and cached by
-/// name) on one session does not exist on the next: "prepared statement sqlx_s_1 does not
-/// exist". With the cache off sqlx sends each statement unnamed (parse, bind, execute in one
-/// round), which any session runs. The price is a parse per statement on the server.
-pub fn pooled(config: &Config, options: PgConnectOptions) -> PgConnectOptions {
-    match config.database_pooling {
-        Pooling::Direct => options,
-        Pooling::Transaction => options.statement_cache_capacity(0),
-    }
 }
 
 /// The read replica's pool (`DATABASE_READ_URL`), opened lazily: a replica that is down at
@@ -97,7 +80,7 @@ pub fn connect_replica(config: &Config) -> anyhow::Result<Option<PgPool>> {
     Ok(Some(
         pool_options(config)
             .acquire_timeout(REPLICA_ACQUIRE_TIMEOUT)
-            .connect_lazy_with(pooled(config, options)),
+            .connect_lazy_with(options),
     ))
 }
 
@@ -266,27 +249,24 @@ pub async fn start(
 
 /// Runs the migrations. sqlx's migrator holds a session-level advisory lock from start to end,
 /// which a transaction pooler would leave on whichever server session took it: with
-/// `DATABASE_POOLING=transaction` they run on a connection of their own to
-/// `DATABASE_SESSION_URL`.
+/// `DATABASE_SESSION_URL` set they run on a session of their own there.
 pub async fn migrate(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
-    match config.database_pooling {
-        Pooling::Direct => MIGRATOR.run(pool).await.context("run database migrations"),
-        Pooling::Transaction => {
-            // A pool of one session (rather than a bare connection, whose `Acquire` bound
-            // keeps the start-up future from being provably `Send`).
-            let session = PgPoolOptions::new()
-                .max_connections(1)
-                .connect(&config.session_url())
-                .await
-                .context("connect to PostgreSQL for the migrations (DATABASE_SESSION_URL)")?;
-            let ran = MIGRATOR
-                .run(&session)
-                .await
-                .context("run database migrations");
-            session.close().await;
-            ran
-        }
+    if config.database_session_url.is_none() {
+        return MIGRATOR.run(pool).await.context("run database migrations");
     }
+    // A pool of one session (rather than a bare connection, whose `Acquire` bound keeps the
+    // start-up future from being provably `Send`).
+    let session = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&config.session_url())
+        .await
+        .context("connect to PostgreSQL for the migrations (DATABASE_SESSION_URL)")?;
+    let ran = MIGRATOR
+        .run(&session)
+        .await
+        .context("run database migrations");
+    session.close().await;
+    ran
 }
 
 /// Starts the background jobs of this process's role on `jobs` (see [`crate::jobs`] and the

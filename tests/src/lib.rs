@@ -150,15 +150,15 @@ pub async fn spawn_app_with(pool: PgPool, overrides: Overrides<'_>) -> TestResul
         format!("test:{}:", uuid::Uuid::new_v4().simple()),
     );
     // Through PgBouncer (`E2E_PGBOUNCER_PORT`: scripts/test.sh runs a subset of the suite so,
-    // see README "Scaling out"): the origin's pool goes through the pooler in transaction
-    // mode, its session-level locks straight to the test's database.
+    // see README "Scaling out"): the origin's pool goes through the pooler (session pooling),
+    // its session-level locks and migrations straight to the test's database
+    // (`DATABASE_SESSION_URL`, so that path is exercised too).
     let bouncer = std::env::var("E2E_PGBOUNCER_PORT")
         .ok()
         .and_then(|p| p.trim().parse::<u16>().ok())
         .filter(|_| !overrides.iter().any(|(k, _)| *k == "DATABASE_URL"));
     if bouncer.is_some() {
         let direct = pool.connect_options();
-        env.insert("DATABASE_POOLING".into(), "transaction".into());
         env.insert(
             "DATABASE_SESSION_URL".into(),
             format!(
@@ -201,7 +201,7 @@ pub async fn spawn_app_with(pool: PgPool, overrides: Overrides<'_>) -> TestResul
                 origin::startup::connect(&config).await?
             } else {
                 origin::startup::pool_options(&config)
-                    .connect_with(origin::startup::pooled(&config, options))
+                    .connect_with(options)
                     .await
                     .context("open the origin's pool")?
             };

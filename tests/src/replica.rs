@@ -115,13 +115,12 @@ impl Topology {
             .with_context(|| format!("connect to {url}"))
     }
 
-    /// The origin's configuration for this topology: both pools through PgBouncer in
-    /// transaction mode, the session locks straight to the primary.
+    /// The origin's configuration for this topology: both pools through PgBouncer, the
+    /// session locks and migrations straight to the primary.
     pub fn origin_env(&self) -> Vec<(String, String)> {
         vec![
             ("DATABASE_URL".into(), self.bouncer_primary_url()),
             ("DATABASE_READ_URL".into(), self.bouncer_replica_url()),
-            ("DATABASE_POOLING".into(), "transaction".into()),
             ("DATABASE_SESSION_URL".into(), self.primary_url()),
         ]
     }

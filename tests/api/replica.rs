@@ -139,8 +139,10 @@ async fn reads_are_served_by_the_replica_through_pgbouncer() -> TestResult {
     assert_eq!(list.status.as_u16(), 200, "{}", list.body);
 
     let after = metrics(&app).await?;
-    let replica_reads = |text: &str| metric(text, "db_reads_total", &[r#"pool="replica""#]);
-    let primary_reads = |text: &str| metric(text, "db_reads_total", &[r#"pool="primary""#]);
+    // This origin's reads (the label names its replica: tests may share a process).
+    let this = format!(r#"replica="127.0.0.1:{}/"#, topology.bouncer_port);
+    let replica_reads = |text: &str| metric(text, "db_reads_total", &[r#"pool="replica""#, &this]);
+    let primary_reads = |text: &str| metric(text, "db_reads_total", &[r#"pool="primary""#, &this]);
     // Search (its candidates), the quote (vehicle facts, the availability check) and the
     // list: each at least one read on the replica, none on the primary.
     assert!(
@@ -171,7 +173,8 @@ async fn a_user_sees_their_own_new_booking_on_the_next_read_every_time_over_200_
     assert_eq!(misses, 0, "reads that missed the user's own new booking");
     // The replica served them after catching up (not the primary by default).
     let after = metrics(&app).await?;
-    let caught_up = |t: &str| metric(t, "db_reads_total", &[r#"reason="caught_up""#]);
+    let this = format!(r#"replica="127.0.0.1:{}/"#, topology.bouncer_port);
+    let caught_up = |t: &str| metric(t, "db_reads_total", &[r#"reason="caught_up""#, &this]);
     assert!(
         caught_up(&after) - caught_up(&before) >= 100.0,
         "own reads the replica served after replaying the write: {}",
@@ -240,10 +243,11 @@ async fn with_replay_paused_reads_go_to_the_primary_within_the_max_lag_and_a_sto
         "{ready}"
     );
     let text = metrics(&app).await?;
+    let this = format!(r#"replica="127.0.0.1:{}/"#, topology.bouncer_port);
+    let lag = metric(&text, "replica_lag_seconds", &[&this]);
     assert!(
-        metric(&text, "replica_lag_seconds", &[]) >= MAX_LAG_MS as f64 / 1_000.0,
-        "replica_lag_seconds: {}",
-        metric(&text, "replica_lag_seconds", &[])
+        lag >= MAX_LAG_MS as f64 / 1_000.0,
+        "replica_lag_seconds{{{this}…}}: {lag}"
     );
     // Reads now come from the primary: the hold is in the user's list, the search is fresh.
     let list = app.get("/v1/bookings", Some(&t)).await?;

@@ -1,6 +1,6 @@
 //! The read replica's lag probe: every [`PROBE_EVERY`] it reads the primary's WAL position
 //! and the replica's replay position, and tells [`Replica::report`] whether the replica is up
-//! and how far behind it is (gauge `replica_lag_seconds`).
+//! and how far behind it is (gauge `replica_lag_seconds{replica}`, set by the report).
 //!
 //! **Lag** is measured in time, against the primary's own positions: each probe remembers when
 //! the primary was at which position; the lag is how long ago the primary was at the oldest
@@ -93,7 +93,6 @@ pub(crate) async fn run(reads: Reads, stop: CancellationToken) {
             Ok(Ok(Some(lsn))) => match parse_lsn(&lsn) {
                 Some(lsn) => {
                     let lag = clock.replica_at(Instant::now(), lsn);
-                    metrics::gauge!("replica_lag_seconds").set(lag.as_secs_f64());
                     replica.report(true, lag);
                 }
                 None => replica.report(false, Duration::ZERO),
@@ -107,7 +106,6 @@ pub(crate) async fn run(reads: Reads, stop: CancellationToken) {
                 // Down: the lag is unknown; the gauge says how long since the oldest
                 // position it has not replayed, which keeps growing while it is away.
                 let lag = clock.replica_at(Instant::now(), 0);
-                metrics::gauge!("replica_lag_seconds").set(lag.as_secs_f64());
                 replica.report(false, lag);
             }
         }

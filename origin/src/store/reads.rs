@@ -122,6 +122,9 @@ pub(crate) struct Replica {
     up: AtomicBool,
     /// The lag the last probe measured, in milliseconds.
     lag_ms: AtomicU64,
+    /// `host:port/database` of `DATABASE_READ_URL` (no credentials): the `replica` label of
+    /// the gauges, so several replicas (or origins in one test process) stay apart.
+    label: String,
     wait: Duration,
     pub(crate) max_lag: Duration,
     read_your_writes: bool,
@@ -134,8 +137,14 @@ impl Replica {
         self.up.store(up, Ordering::SeqCst);
         self.lag_ms.store(lag.as_millis() as u64, Ordering::SeqCst);
         let was = self.usable.swap(usable, Ordering::SeqCst);
-        metrics::gauge!("replica_up").set(if up { 1.0 } else { 0.0 });
-        metrics::gauge!("replica_usable").set(if usable { 1.0 } else { 0.0 });
+        let replica = self.label.clone();
+        metrics::gauge!("replica_up", "replica" => replica.clone()).set(if up { 1.0 } else { 0.0 });
+        metrics::gauge!("replica_usable", "replica" => replica.clone()).set(if usable {
+            1.0
+        } else {
+            0.0
+        });
+        metrics::gauge!("replica_lag_seconds", "replica" => replica).set(lag.as_secs_f64());
         if was != usable {
             if usable {
                 tracing::info!(lag_ms = lag.as_millis() as u64, "read replica usable again");
@@ -156,7 +165,7 @@ impl Replica {
     /// A read failed to reach it: unusable until the next good probe.
     fn lost(&self) {
         if self.usable.swap(false, Ordering::SeqCst) {
-            metrics::gauge!("replica_usable").set(0.0);
+            metrics::gauge!("replica_usable", "replica" => self.label.clone()).set(0.0);
             tracing::warn!("a read could not reach the replica: reads go to the primary");
         }
     }
@@ -180,12 +189,20 @@ enum Route {
     Primary(&'static str),
 }
 
-fn count(route: Route) {
+/// Counts a read in `db_reads_total{pool, reason, replica}` (`replica`: the replica's label,
+/// `none` without one).
+fn count(reads: &Reads, route: Route) {
     let (pool, reason) = match route {
         Route::Replica(r) => ("replica", r),
         Route::Primary(r) => ("primary", r),
     };
-    metrics::counter!("db_reads_total", "pool" => pool, "reason" => reason).increment(1);
+    let replica = reads
+        .0
+        .replica
+        .as_ref()
+        .map_or_else(|| "none".to_owned(), |r| r.label.clone());
+    metrics::counter!("db_reads_total", "pool" => pool, "reason" => reason, "replica" => replica)
+        .increment(1);
 }
 
 /// Where one read goes ([`Reads::stale_ok`], [`Reads::own`]); [`read_on!`](crate::read_on)
@@ -217,7 +234,7 @@ impl<'a> Target<'a> {
         if let Some(replica) = &self.reads.0.replica {
             replica.lost();
         }
-        count(Route::Primary("replica_failed"));
+        count(self.reads, Route::Primary("replica_failed"));
         true
     }
 }
@@ -253,15 +270,25 @@ impl Reads {
         config: &ReplicaConfig,
         redis: RedisLink,
     ) -> Self {
-        let replica = replica.map(|pool| Replica {
-            pool,
-            // Not before the first probe has seen it.
-            usable: AtomicBool::new(false),
-            up: AtomicBool::new(false),
-            lag_ms: AtomicU64::new(0),
-            wait: config.wait,
-            max_lag: config.max_lag,
-            read_your_writes: config.read_your_writes,
+        let replica = replica.map(|pool| {
+            let options = pool.connect_options();
+            let label = format!(
+                "{}:{}/{}",
+                options.get_host(),
+                options.get_port(),
+                options.get_database().unwrap_or_default()
+            );
+            Replica {
+                pool,
+                label,
+                // Not before the first probe has seen it.
+                usable: AtomicBool::new(false),
+                up: AtomicBool::new(false),
+                lag_ms: AtomicU64::new(0),
+                wait: config.wait,
+                max_lag: config.max_lag,
+                read_your_writes: config.read_your_writes,
+            }
         });
         Reads(Arc::new(Inner {
             primary,
@@ -300,7 +327,7 @@ impl Reads {
     }
 
     fn target(&self, route: Route) -> Target<'_> {
-        count(route);
+        count(self, route);
         let pool = match (route, &self.0.replica) {
             (Route::Replica(_), Some(replica)) => &replica.pool,
             _ => &self.0.primary,

@@ -100,9 +100,9 @@ bouncer_stop() {
   kill -KILL "$pid" 2>/dev/null || true
 }
 
-# Writes <dir>/pgbouncer.ini: $databases (the [databases] section) on $port.
+# Writes <dir>/pgbouncer.ini: $databases (the [databases] section) on $port; $4 more settings.
 write_bouncer_ini() {
-  local dir=$1 port=$2 databases=$3
+  local dir=$1 port=$2 databases=$3 extra=${4:-}
   cat >"$dir/pgbouncer.ini" <<EOF
 ; written by scripts/replica.sh
 [databases]
@@ -129,6 +129,7 @@ server_lifetime = 3600
 idle_transaction_timeout = $IDLE_TRANSACTION_TIMEOUT
 log_connections = 0
 log_disconnections = 0
+$extra
 EOF
   printf '"postgres" ""\n' >"$dir/userlist.txt"
   if is_root; then chown postgres:postgres "$dir/pgbouncer.ini" "$dir/userlist.txt"; fi
@@ -210,7 +211,13 @@ case "${1:-}" in
     [[ $# -eq 4 ]] || die "usage: $0 bouncer <dir> <bouncer_port> <host_port>"
     ensure_pgbouncer
     mkdir -p "$2"; own_dir "$2"
-    write_bouncer_ini "$2" "$3" "* = host=127.0.0.1 port=$4"
+    # In front of a shared server with a database per test: at most an origin's pool per
+    # database, and server sessions closed a second after their client left (session pooling
+    # would otherwise keep them for server_idle_timeout's 10 minutes, holding the server's
+    # max_connections and each test's database open).
+    write_bouncer_ini "$2" "$3" "* = host=127.0.0.1 port=$4" "default_pool_size = 20
+reserve_pool_size = 0
+server_idle_timeout = 1"
     bouncer_start "$2" "$3" ;;
   *) die "usage: $0 install | start <dir> <pport> <rport> <bport> | stop <dir> | node <dir> primary|replica start|stop | bouncer <dir> <bport> <host_port>" ;;
 esac

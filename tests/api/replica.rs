@@ -169,7 +169,12 @@ async fn a_user_sees_their_own_new_booking_on_the_next_read_every_time_over_200_
     delay_replay(&topology, 40).await?;
     wait_reads_to(&app, "replica", Duration::from_secs(10)).await?;
     let before = metrics(&app).await?;
+    let started = Instant::now();
     let misses = write_then_read(&app, 200).await?;
+    eprintln!(
+        "200 write-then-read pairs in {:?}: {misses} missed",
+        started.elapsed()
+    );
     assert_eq!(misses, 0, "reads that missed the user's own new booking");
     // The replica served them after catching up (not the primary by default).
     let after = metrics(&app).await?;
@@ -191,6 +196,7 @@ async fn without_read_your_writes_the_same_pairs_catch_stale_reads() -> TestResu
     delay_replay(&topology, 300).await?;
     wait_reads_to(&app, "replica", Duration::from_secs(10)).await?;
     let misses = write_then_read(&app, 20).await?;
+    eprintln!("read-your-writes off: {misses} of 40 reads missed the user's new booking");
     assert!(
         misses > 0,
         "with read-your-writes off and a 300 ms replay delay, a read right after the write \
@@ -230,6 +236,7 @@ async fn with_replay_paused_reads_go_to_the_primary_within_the_max_lag_and_a_sto
     assert_eq!(hold.status.as_u16(), 201, "{}", hold.body);
     let id = hold.body["id"].as_str().context("id")?.to_owned();
     let fell_back = wait_reads_to(&app, "primary", Duration::from_secs(10)).await?;
+    eprintln!("replay paused: reads on the primary {fell_back:?} after the write");
     // The lag passes REPLICA_MAX_LAG_MS that long after the write, then one probe interval
     // (100 ms) and this loop's polling: allow 1 s of scheduling on a busy machine.
     assert!(

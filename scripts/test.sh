@@ -52,14 +52,16 @@ PGBOUNCER_PORT="${PGBOUNCER_PORT:-16432}"
 log "api subset through PgBouncer (session pooling, 127.0.0.1:$PGBOUNCER_PORT)"
 bash scripts/replica.sh bouncer "$ROOT/.dev/pgbouncer" "$PGBOUNCER_PORT" "$PGPORT"
 POOLED_SUITE=(holds idempotency concurrency locks lifecycle)
+pooled=0
 if command -v cargo-nextest >/dev/null; then
   E2E_PGBOUNCER_PORT=$PGBOUNCER_PORT cargo nextest run --test api --locked --no-fail-fast \
-    -E "test(/^($(IFS='|'; echo "${POOLED_SUITE[*]}"))::/)"
+    -E "test(/^($(IFS='|'; echo "${POOLED_SUITE[*]}"))::/)" || pooled=$?
 else
   E2E_PGBOUNCER_PORT=$PGBOUNCER_PORT cargo test --test api --locked --no-fail-fast -- \
-    "${POOLED_SUITE[@]/%/::}"
+    "${POOLED_SUITE[@]/%/::}" || pooled=$?
 fi
 bash scripts/replica.sh stop "$ROOT/.dev/pgbouncer"
+[[ $pooled -eq 0 ]] || die "the api subset failed through PgBouncer"
 
 # Bounded passes of the reliability suite; each has a long mode (see the script's header).
 log "fault injection + history checker (bounded: one pass of every fault)"

@@ -29,10 +29,16 @@ fn script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/replica.sh")
 }
 
-/// A port nothing listens on now (the kernel's choice for port 0).
-fn free_port() -> TestResult<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
-    Ok(listener.local_addr()?.port())
+/// Three ports nothing listens on now (the kernel's choices for port 0, all held until all
+/// are chosen, so no two are the same).
+fn free_ports() -> TestResult<[u16; 3]> {
+    let bind = || std::net::TcpListener::bind("127.0.0.1:0").context("find a free port");
+    let held = [bind()?, bind()?, bind()?];
+    Ok([
+        held[0].local_addr()?.port(),
+        held[1].local_addr()?.port(),
+        held[2].local_addr()?.port(),
+    ])
 }
 
 fn run_script(args: &[&str]) -> TestResult {
@@ -58,11 +64,12 @@ impl Topology {
     /// Starts a fresh topology (about 5 s: initdb, pg_basebackup, three servers).
     pub fn start() -> TestResult<Self> {
         let dir = std::env::temp_dir().join(format!("replica-{}", uuid::Uuid::new_v4().simple()));
+        let [primary_port, replica_port, bouncer_port] = free_ports()?;
         let t = Topology {
             dir,
-            primary_port: free_port()?,
-            replica_port: free_port()?,
-            bouncer_port: free_port()?,
+            primary_port,
+            replica_port,
+            bouncer_port,
         };
         let d = t.dir.to_string_lossy().into_owned();
         run_script(&[

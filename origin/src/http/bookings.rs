@@ -159,8 +159,8 @@ async fn create(
     }
     match outcome? {
         Outcome::Created { body, .. } => {
-            wrote(&call).await;
-            occupancy_changed(state, &vehicle).await;
+            // Independent after the commit: side by side.
+            tokio::join!(wrote(&call), occupancy_changed(state, &vehicle));
             Ok(idempotent::fresh(StatusCode::CREATED, body))
         }
         Outcome::Replay(saved) => {
@@ -210,8 +210,7 @@ async fn create_in_steps(
     .await;
     lock.release().await;
     let (response, _) = settled?;
-    wrote(call).await;
-    occupancy_changed(state, &vehicle).await;
+    tokio::join!(wrote(call), occupancy_changed(state, &vehicle));
     Ok(response)
 }
 
@@ -252,8 +251,10 @@ async fn act(
         lock.release().await;
     }
     let (response, transition) = settled?;
-    wrote(&call).await;
-    occupancy_changed(state, &transition.booking.vehicle_id).await;
+    tokio::join!(
+        wrote(&call),
+        occupancy_changed(state, &transition.booking.vehicle_id)
+    );
     Ok(response)
 }
 

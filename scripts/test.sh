@@ -33,6 +33,9 @@ log "Prometheus rules: promtool check rules, promtool test rules (two alerts)"
 bash scripts/prometheus-check.sh
 log "Containerfile lint (multi-stage, scratch, non-root, no HEALTHCHECK; self-test first)"
 bash scripts/container-check.sh --self-test
+# The replica tests (tests/api/replica.rs) start PgBouncer through scripts/replica.sh: installed
+# once here, before the tests run in parallel.
+bash scripts/replica.sh install
 log "build (every binary and test target; the suite and the scripts below reuse it)"
 cargo build --workspace --bins --tests --locked
 log "tests (DATABASE_URL=$DATABASE_URL)"
@@ -41,6 +44,24 @@ if command -v cargo-nextest >/dev/null; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+
+# A representative subset of the api suite again with the origin's pool behind PgBouncer in
+# session pooling (README, "Scaling out"): holds, idempotency keys (advisory locks), 200-way
+# contention, locks, the lifecycle.
+PGBOUNCER_PORT="${PGBOUNCER_PORT:-16432}"
+log "api subset through PgBouncer (session pooling, 127.0.0.1:$PGBOUNCER_PORT)"
+bash scripts/replica.sh bouncer "$ROOT/.dev/pgbouncer" "$PGBOUNCER_PORT" "$PGPORT"
+POOLED_SUITE=(holds idempotency concurrency locks lifecycle)
+pooled=0
+if command -v cargo-nextest >/dev/null; then
+  E2E_PGBOUNCER_PORT=$PGBOUNCER_PORT cargo nextest run --test api --locked --no-fail-fast \
+    -E "test(/^($(IFS='|'; echo "${POOLED_SUITE[*]}"))::/)" || pooled=$?
+else
+  E2E_PGBOUNCER_PORT=$PGBOUNCER_PORT cargo test --test api --locked --no-fail-fast -- \
+    "${POOLED_SUITE[@]/%/::}" || pooled=$?
+fi
+bash scripts/replica.sh stop "$ROOT/.dev/pgbouncer"
+[[ $pooled -eq 0 ]] || die "the api subset failed through PgBouncer"
 
 # Bounded passes of the reliability suite; each has a long mode (see the script's header).
 log "fault injection + history checker (bounded: one pass of every fault)"

@@ -295,10 +295,82 @@ fn front_door_config(env: &dyn Env) -> Result<FrontDoorConfig, ConfigError> {
     })
 }
 
+/// The read replica (`DATABASE_READ_URL`) and how reads use it (`store/reads.rs`).
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// `DATABASE_READ_URL` (optional; may hold a password: never printed). `None`: every read
+    /// goes to the primary, as before replicas.
+    pub url: Option<Secret>,
+    /// `REPLICA_WAIT_MS` (default 50, 0–1000): how long a user's read of their own bookings
+    /// waits for the replica to replay that user's last write before it reads the primary.
+    pub wait: Duration,
+    /// `REPLICA_MAX_LAG_MS` (default 1000): past this lag (or with the replica down) every read
+    /// goes to the primary.
+    pub max_lag: Duration,
+    /// `REPLICA_RYW` (default 1): read-your-writes. 0 turns it off — a user's reads may then
+    /// miss their own write for up to the lag; only for measuring what it costs, and for the
+    /// test that shows the RYW test catches its absence.
+    pub read_your_writes: bool,
+}
+
+fn replica_config(env: &dyn Env) -> Result<ReplicaConfig, ConfigError> {
+    let url = match env.var("DATABASE_READ_URL") {
+        None => None,
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Some(Secret(url.trim().as_bytes().to_vec()))
+        }
+        Some(_) => {
+            return Err(ConfigError::Invalid {
+                name: "DATABASE_READ_URL",
+                reason: "expected postgres://user@host:port/db".into(),
+            })
+        }
+    };
+    let wait_ms: u64 = parsed(env, "REPLICA_WAIT_MS", 50)?;
+    if wait_ms > 1_000 {
+        return Err(ConfigError::Invalid {
+            name: "REPLICA_WAIT_MS",
+            reason: "at most 1000: past that the primary answers sooner".into(),
+        });
+    }
+    let read_your_writes = match env.var("REPLICA_RYW").as_deref().map(str::trim) {
+        None | Some("1") | Some("true") => true,
+        Some("0") | Some("false") => false,
+        Some(other) => {
+            return Err(ConfigError::Invalid {
+                name: "REPLICA_RYW",
+                reason: format!("expected 1 or 0, got {other:?}"),
+            })
+        }
+    };
+    let max_lag = millis(env, "REPLICA_MAX_LAG_MS", 1_000)?;
+    // A user's last write position is remembered for `store::reads::RYW_TTL` (10 s): past it,
+    // a replica still in use must have replayed it, so the lag bound stays well below.
+    if max_lag > Duration::from_secs(5) {
+        return Err(ConfigError::Invalid {
+            name: "REPLICA_MAX_LAG_MS",
+            reason: "at most 5000: read-your-writes remembers a write for 10 s".into(),
+        });
+    }
+    Ok(ReplicaConfig {
+        url,
+        wait: Duration::from_millis(wait_ms),
+        max_lag,
+        read_your_writes,
+    })
+}
+
 /// The whole origin configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub database_url: Secret,
+    /// `DATABASE_SESSION_URL`: a direct URL of the primary for what needs a server session of
+    /// its own (session-level advisory locks: jobs leader, relay lanes, the migrations' lock),
+    /// for when `DATABASE_URL` goes through a *transaction* pooler. `None`: `DATABASE_URL` (or,
+    /// in tests, the pool's own options), right behind a session pooler or none.
+    pub database_session_url: Option<Secret>,
+    /// The read replica, if any.
+    pub replica: ReplicaConfig,
     pub db_max_connections: u32,
     pub bind_addr: SocketAddr,
     /// The regions this origin is the home of; vehicles of other regions are not served here.
@@ -614,8 +686,24 @@ impl Config {
             }
         };
 
+        let database_session_url = match env.var("DATABASE_SESSION_URL") {
+            None => None,
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Some(Secret(url.trim().as_bytes().to_vec()))
+            }
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    name: "DATABASE_SESSION_URL",
+                    reason: "expected postgres://user@host:port/db (the primary, not a pooler)"
+                        .into(),
+                })
+            }
+        };
+
         Ok(Config {
             database_url: Secret(required(env, "DATABASE_URL")?.into_bytes()),
+            database_session_url,
+            replica: replica_config(env)?,
             db_max_connections: parsed(env, "DB_MAX_CONNECTIONS", 16)?,
             bind_addr: parsed(env, "BIND_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             regions,
@@ -652,6 +740,23 @@ impl Config {
     /// The database URL as a string (it may hold a password: never log it).
     pub fn database_url(&self) -> String {
         String::from_utf8_lossy(&self.database_url.0).into_owned()
+    }
+
+    /// The URL for a session of its own on the primary (session-level advisory locks):
+    /// `DATABASE_SESSION_URL`, else `DATABASE_URL`. Never log it.
+    pub fn session_url(&self) -> String {
+        match &self.database_session_url {
+            Some(url) => String::from_utf8_lossy(&url.0).into_owned(),
+            None => self.database_url(),
+        }
+    }
+
+    /// The read replica's URL, if configured. Never log it.
+    pub fn read_url(&self) -> Option<String> {
+        self.replica
+            .url
+            .as_ref()
+            .map(|u| String::from_utf8_lossy(&u.0).into_owned())
     }
 }
 
@@ -718,6 +823,33 @@ mod tests {
     }
 
     #[test]
+    fn replicas_are_off_by_default_and_the_session_url_defaults_to_the_database_url(
+    ) -> Result<(), ConfigError> {
+        let mut env = base();
+        let plain = Config::from(&env)?;
+        assert!(plain.read_url().is_none());
+        assert_eq!(plain.session_url(), plain.database_url());
+        assert!(plain.replica.read_your_writes);
+        env.insert(
+            "DATABASE_SESSION_URL".into(),
+            "postgres://postgres@primary:5432/booking".into(),
+        );
+        env.insert(
+            "DATABASE_READ_URL".into(),
+            "postgres://postgres@bouncer:6432/booking_replica".into(),
+        );
+        env.insert("REPLICA_RYW".into(), "0".into());
+        let scaled = Config::from(&env)?;
+        assert_eq!(
+            scaled.session_url(),
+            "postgres://postgres@primary:5432/booking"
+        );
+        assert!(scaled.read_url().is_some());
+        assert!(!scaled.replica.read_your_writes);
+        Ok(())
+    }
+
+    #[test]
     fn a_missing_variable_is_named() {
         let mut env = base();
         env.remove("JWT_ISSUER");
@@ -758,6 +890,12 @@ mod tests {
             ("PRICE_MAX_JUMP_BP", "-1"),
             ("ORIGIN_ROLE", "frontend"),
             ("MIGRATE_ON_START", "sometimes"),
+            ("DATABASE_READ_URL", "mysql://replica/db"),
+            ("REPLICA_WAIT_MS", "5000"),
+            ("REPLICA_MAX_LAG_MS", "0"),
+            ("REPLICA_MAX_LAG_MS", "60000"),
+            ("DATABASE_SESSION_URL", "pgbouncer:6432"),
+            ("REPLICA_RYW", "maybe"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4318"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318"),
             ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"),

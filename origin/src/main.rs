@@ -56,8 +56,7 @@ async fn run(command: &str, args: &[String], mut config: Config) -> anyhow::Resu
         }
         "migrate" => {
             let pool = origin::startup::connect(&config).await?;
-            origin::startup::MIGRATOR
-                .run(&pool)
+            origin::startup::migrate(&config, &pool)
                 .await
                 .context("run migrations")?;
             println!("migrations applied");

@@ -22,7 +22,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -65,6 +65,27 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgPool> {
         .await
         .context("connect to PostgreSQL (DATABASE_URL)")
 }
+
+/// The read replica's pool (`DATABASE_READ_URL`), opened lazily: a replica that is down at
+/// start does not stop the origin (reads go to the primary until the lag probe reaches it).
+/// Acquiring is bounded tighter than on the primary: a read that cannot reach the replica
+/// soon is better run on the primary (`store/reads.rs`).
+pub fn connect_replica(config: &Config) -> anyhow::Result<Option<PgPool>> {
+    let Some(url) = config.read_url() else {
+        return Ok(None);
+    };
+    let options = url
+        .parse::<PgConnectOptions>()
+        .context("DATABASE_READ_URL is not a PostgreSQL URL")?;
+    Ok(Some(
+        pool_options(config)
+            .acquire_timeout(REPLICA_ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options),
+    ))
+}
+
+/// How long a read waits for a replica connection before it is run on the primary.
+const REPLICA_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The pool's settings (the e2e harness opens its origins' pools with these too, on a
 /// database of its own). Acquiring (the pool's own liveness ping included) is bounded by
@@ -147,10 +168,7 @@ pub async fn start(
         None
     };
     if config.migrate_on_start {
-        MIGRATOR
-            .run(&pool)
-            .await
-            .context("run database migrations")?;
+        migrate(&config, &pool).await?;
     } else {
         tracing::info!("MIGRATE_ON_START=false: not migrating (a migration Job does it)");
     }
@@ -164,7 +182,8 @@ pub async fn start(
     let jobs = Jobs::new();
     let leadership = if role.elects() {
         let (leadership, tx) = crate::jobs::leader::elect();
-        let url = config.database_url();
+        // A session of its own, on the primary itself (not through a transaction pooler).
+        let url = config.session_url();
         jobs.spawn("leader", move |stop| {
             crate::jobs::leader::campaign(url, tx, stop)
         });
@@ -172,9 +191,11 @@ pub async fn start(
     } else {
         crate::jobs::leader::Leadership::unelected()
     };
+    let replica = connect_replica(&config)?;
     let state = AppState::new(
         config,
         pool,
+        replica,
         redis,
         caches,
         jobs.tracker().clone(),
@@ -226,10 +247,38 @@ pub async fn start(
     })
 }
 
+/// Runs the migrations. sqlx's migrator holds a session-level advisory lock from start to end,
+/// which a transaction pooler would leave on whichever server session took it: with
+/// `DATABASE_SESSION_URL` set they run on a session of their own there.
+pub async fn migrate(config: &Config, pool: &PgPool) -> anyhow::Result<()> {
+    if config.database_session_url.is_none() {
+        return MIGRATOR.run(pool).await.context("run database migrations");
+    }
+    // A pool of one session (rather than a bare connection, whose `Acquire` bound keeps the
+    // start-up future from being provably `Send`).
+    let session = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&config.session_url())
+        .await
+        .context("connect to PostgreSQL for the migrations (DATABASE_SESSION_URL)")?;
+    let ran = MIGRATOR
+        .run(&session)
+        .await
+        .context("run database migrations");
+    session.close().await;
+    ran
+}
+
 /// Starts the background jobs of this process's role on `jobs` (see [`crate::jobs`] and the
 /// table in [`crate::role`]).
 fn spawn_jobs(state: &AppState, jobs: &Jobs) {
     let role = state.config.role;
+    if state.reads.replica().is_some() {
+        let reads = state.reads.clone();
+        jobs.spawn("replica-probe", move |stop| {
+            crate::jobs::replica::run(reads, stop)
+        });
+    }
     let links = [
         ("redis-probe", &state.redis),
         ("redis-probe-l1", state.caches.links()[0]),
@@ -269,7 +318,15 @@ fn spawn_jobs(state: &AppState, jobs: &Jobs) {
         return;
     }
     match crate::events::relay::RelaySettings::from_config(&state.config) {
-        Some(settings) => {
+        Some(mut settings) => {
+            if state.config.database_session_url.is_some() {
+                match state.config.session_url().parse::<PgConnectOptions>() {
+                    Ok(options) => settings.lock_session = Some(options),
+                    Err(e) => {
+                        tracing::error!(error = %e, "DATABASE_SESSION_URL is not a PostgreSQL URL: the relay's lanes use DATABASE_URL")
+                    }
+                }
+            }
             let pool = state.db.clone();
             jobs.spawn("relay", move |stop| {
                 crate::jobs::relay::run(pool, settings, stop)

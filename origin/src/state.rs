@@ -32,7 +32,10 @@ impl std::ops::Deref for AppState {
 
 /// What [`AppState`] shares.
 pub(crate) struct Shared {
+    /// The primary: every write, and every read inside a write's transaction.
     pub db: PgPool,
+    /// Where the other reads go: the replica when it can serve them (`store/reads.rs`).
+    pub reads: crate::store::reads::Reads,
     pub config: Arc<Config>,
     pub jwt: Arc<JwtVerifier>,
     pub quotes: Arc<QuoteSigner>,
@@ -73,6 +76,7 @@ impl AppState {
     pub(crate) fn new(
         config: Config,
         db: PgPool,
+        replica: Option<PgPool>,
         redis: RedisLink,
         caches: Caches,
         tasks: tokio_util::task::TaskTracker,
@@ -111,7 +115,10 @@ impl AppState {
             redis.clone(),
             config.front_door.user_limit_per_min,
         );
+        let reads =
+            crate::store::reads::Reads::new(db.clone(), replica, &config.replica, redis.clone());
         Ok(AppState(Arc::new(Shared {
+            reads,
             edge_verifier,
             front_door,
             leadership,

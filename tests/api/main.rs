@@ -28,6 +28,7 @@ mod pricing_orchestrator;
 mod pricing_validation;
 mod quotes;
 mod regions;
+mod replica;
 mod roles;
 mod search;
 mod shedding;

@@ -29,6 +29,7 @@ pub mod latency_proxy;
 pub mod origin_runtime;
 pub mod otlp;
 pub mod regions;
+pub mod replica;
 pub mod test_redis;
 
 /// Test result alias.
@@ -148,6 +149,27 @@ pub async fn spawn_app_with(pool: PgPool, overrides: Overrides<'_>) -> TestResul
         "REDIS_KEY_PREFIX".into(),
         format!("test:{}:", uuid::Uuid::new_v4().simple()),
     );
+    // Through PgBouncer (`E2E_PGBOUNCER_PORT`: scripts/test.sh runs a subset of the suite so,
+    // see README "Scaling out"): the origin's pool goes through the pooler (session pooling),
+    // its session-level locks and migrations straight to the test's database
+    // (`DATABASE_SESSION_URL`, so that path is exercised too).
+    let bouncer = std::env::var("E2E_PGBOUNCER_PORT")
+        .ok()
+        .and_then(|p| p.trim().parse::<u16>().ok())
+        .filter(|_| !overrides.iter().any(|(k, _)| *k == "DATABASE_URL"));
+    if bouncer.is_some() {
+        let direct = pool.connect_options();
+        env.insert(
+            "DATABASE_SESSION_URL".into(),
+            format!(
+                "postgres://{}@{}:{}/{}",
+                direct.get_username(),
+                direct.get_host(),
+                direct.get_port(),
+                direct.get_database().unwrap_or("postgres")
+            ),
+        );
+    }
     for (k, v) in overrides {
         env.insert((*k).to_owned(), (*v).to_owned());
     }
@@ -165,14 +187,24 @@ pub async fn spawn_app_with(pool: PgPool, overrides: Overrides<'_>) -> TestResul
     // The origin's pool and tasks live on its own runtime (see `origin_runtime`), on the
     // test's database, with the pool settings the origin uses in production.
     let runtime = OriginRuntime::new().context("start the origin's runtime")?;
-    let options = pool.connect_options();
+    // The test's database, unless the test named one (`DATABASE_URL`: the replica tests'
+    // PgBouncer) or the run goes through a pooler.
+    let own_url = overrides.iter().any(|(k, _)| *k == "DATABASE_URL");
+    let mut options = (*pool.connect_options()).clone();
+    if let Some(port) = bouncer {
+        options = options.port(port);
+    }
     let (running, origin_pool) = runtime
         .handle()
         .spawn(async move {
-            let origin_pool = origin::startup::pool_options(&config)
-                .connect_with((*options).clone())
-                .await
-                .context("open the origin's pool")?;
+            let origin_pool = if own_url {
+                origin::startup::connect(&config).await?
+            } else {
+                origin::startup::pool_options(&config)
+                    .connect_with(options)
+                    .await
+                    .context("open the origin's pool")?
+            };
             let running = origin::startup::start(config, origin_pool.clone(), false).await?;
             anyhow::Ok((running, origin_pool))
         })

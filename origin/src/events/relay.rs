@@ -146,6 +146,10 @@ pub struct RelaySettings {
     pub lane_lease: Duration,
     /// How long a batch in flight may still finish once the relay is asked to stop.
     pub stop_grace: Duration,
+    /// Where the lanes' lock session connects (`DATABASE_SESSION_URL`): a session-level
+    /// advisory lock needs a server session of its own, which a transaction pooler does not
+    /// give. `None`: the pool's own options.
+    pub lock_session: Option<sqlx::postgres::PgConnectOptions>,
 }
 
 impl RelaySettings {
@@ -160,6 +164,7 @@ impl RelaySettings {
             delivery_timeout: Duration::from_secs(30),
             lane_lease: Duration::from_secs(15),
             stop_grace: STOP_GRACE,
+            lock_session: None,
         }
     }
 
@@ -423,7 +428,10 @@ impl Relay {
     /// Opens the lock session if needed and tries to take every lane nobody holds.
     async fn acquire_lanes(&mut self) -> anyhow::Result<()> {
         if self.session.is_none() {
-            let options = self.pool.connect_options();
+            let options = match &self.settings.lock_session {
+                Some(options) => options.clone(),
+                None => (*self.pool.connect_options()).clone(),
+            };
             let mut conn = PgConnection::connect_with(&options)
                 .await
                 .context("open the relay's lock session")?;

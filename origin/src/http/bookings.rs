@@ -71,6 +71,12 @@ async fn occupancy_changed(state: &AppState, vehicle: &VehicleId) {
     state.edge_gen.bump(vehicle);
 }
 
+/// After a committed write of `call`'s user (or a replay of one): that user's next reads of
+/// their own bookings must see it, even on the replica (`store/reads.rs`).
+async fn wrote(call: &WriteCall) {
+    call.state.reads.wrote(&call.user.id).await;
+}
+
 async fn create(
     call: WriteCall,
     version: Version,
@@ -153,10 +159,14 @@ async fn create(
     }
     match outcome? {
         Outcome::Created { body, .. } => {
-            occupancy_changed(state, &vehicle).await;
+            // Independent after the commit: side by side.
+            tokio::join!(wrote(&call), occupancy_changed(state, &vehicle));
             Ok(idempotent::fresh(StatusCode::CREATED, body))
         }
-        Outcome::Replay(saved) => Ok(idempotent::replay(saved)),
+        Outcome::Replay(saved) => {
+            wrote(&call).await;
+            Ok(idempotent::replay(saved))
+        }
         Outcome::Mismatch => Err(IdempotencyError::Mismatch.into()),
         Outcome::InProgress => Err(IdempotencyError::InProgress.into()),
         Outcome::Busy => Err(LockError::Busy(vehicle).into()),
@@ -200,7 +210,7 @@ async fn create_in_steps(
     .await;
     lock.release().await;
     let (response, _) = settled?;
-    occupancy_changed(state, &vehicle).await;
+    tokio::join!(wrote(call), occupancy_changed(state, &vehicle));
     Ok(response)
 }
 
@@ -241,7 +251,10 @@ async fn act(
         lock.release().await;
     }
     let (response, transition) = settled?;
-    occupancy_changed(state, &transition.booking.vehicle_id).await;
+    tokio::join!(
+        wrote(&call),
+        occupancy_changed(state, &transition.booking.vehicle_id)
+    );
     Ok(response)
 }
 
@@ -256,7 +269,10 @@ async fn get(
         user_id: &user.id,
         is_ops: user.is_ops,
     };
-    let booking = booking::get(&state.db, &id, viewer).await?;
+    // The viewer's own booking (or, for ops, anyone's): read-your-writes for the viewer.
+    let booking = crate::read_on!(state.reads.own(&user.id).await, |pool| {
+        booking::get(pool, &id, viewer).await
+    })?;
     Ok(axum::Json(render(version, &booking, None)).into_response())
 }
 
@@ -318,22 +334,26 @@ async fn list(
         _ => user.id.clone(),
     };
     let after = q.cursor.as_deref().map(decode_list_cursor).transpose()?;
-    let mut rows = booking::list(
-        &state.db,
-        &ListFilter {
-            user_id,
-            status,
-            limit: i64::from(limit) + 1,
-            after,
-            regions: state
-                .config
-                .regions
-                .iter()
-                .map(|r| r.code().to_owned())
-                .collect(),
-        },
-    )
-    .await?;
+    let own = user_id == user.id;
+    let filter = ListFilter {
+        user_id,
+        status,
+        limit: i64::from(limit) + 1,
+        after,
+        regions: state
+            .config
+            .regions
+            .iter()
+            .map(|r| r.code().to_owned())
+            .collect(),
+    };
+    // A user's own list sees their writes; ops listing another user's get the replica's view.
+    let target = if own {
+        state.reads.own(&user.id).await
+    } else {
+        state.reads.stale_ok()
+    };
+    let mut rows = crate::read_on!(target, |pool| booking::list(pool, &filter).await)?;
     let next_cursor = if rows.len() > limit as usize {
         rows.truncate(limit as usize);
         rows.last()

@@ -123,6 +123,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
             "availability": state.availability.mode(),
             // Optional too: with the breakers open, quotes use their fallbacks (degraded).
             "inference": inference_checks(&state),
+            // Optional: without it (down, or lagging past REPLICA_MAX_LAG_MS) reads use the
+            // primary, still ready.
+            "replica": state.reads.status(),
         },
         "redis_degradations": state.redis.degradations(),
         "redis_replacements": state.redis.replacements(),

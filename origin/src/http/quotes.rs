@@ -68,9 +68,10 @@ pub(crate) fn parse_window(
 
 async fn vehicle_facts(state: &AppState, id: &VehicleId) -> ApiResult<PricingFacts> {
     crate::http::admin::misdirected_unless_served(state, id.region, || format!("vehicle {id}"))?;
-    store::vehicles::pricing_facts(&state.db, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("vehicle {id} not found")))
+    crate::read_on!(state.reads.stale_ok(), |pool| {
+        store::vehicles::pricing_facts(pool, id).await
+    })?
+    .ok_or_else(|| ApiError::NotFound(format!("vehicle {id} not found")))
 }
 
 /// L2 key of the previous quote's total for a vehicle and window (the jump baseline).
@@ -166,14 +167,21 @@ async fn make_quote(
     }
     let facts = vehicle_facts(state, &vehicle_id).await?;
     if let Some(bay) = req.destination_bay_id {
-        if !store::vehicles::bay_in_region(&state.db, bay, vehicle_id.region).await? {
+        let known = crate::read_on!(state.reads.stale_ok(), |pool| {
+            store::vehicles::bay_in_region(pool, bay, vehicle_id.region).await
+        })?;
+        if !known {
             return Err(ApiError::field(
                 "destination_bay_id",
                 "no such parking bay in the vehicle's region",
             ));
         }
     }
-    if store::vehicles::is_occupied(&state.db, &vehicle_id, &window, now).await? {
+    // Advisory (the hold's exclusion constraint decides): the replica may answer.
+    let occupied = crate::read_on!(state.reads.stale_ok(), |pool| {
+        store::vehicles::is_occupied(pool, &vehicle_id, &window, now).await
+    })?;
+    if occupied {
         return Err(ApiError::Conflict(format!(
             "vehicle {vehicle_id} is not available for that window"
         )));

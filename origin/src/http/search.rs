@@ -124,15 +124,18 @@ fn near_served_area(state: &AppState, center: &GeoPoint, radius_m: u32) -> ApiRe
 /// Validates and runs a search; shared by v1 and v2.
 async fn run(state: &AppState, p: SearchParams) -> ApiResult<search::Page> {
     let query = validate(state, p)?;
-    Ok(search::search(
-        &state.db,
-        &state.availability,
-        &state.caches,
-        &state.config.regions,
-        &query,
-        Utc::now(),
-    )
-    .await?)
+    let now = Utc::now();
+    Ok(crate::read_on!(state.reads.stale_ok(), |pool| {
+        search::search(
+            pool,
+            &state.availability,
+            &state.caches,
+            &state.config.regions,
+            &query,
+            now,
+        )
+        .await
+    })?)
 }
 
 /// The page in the body shape of one version.

@@ -18,6 +18,7 @@
 //! - [`availability`]: rebuilds the GEO availability index, at once when Redis comes back;
 //! - [`redis_probe`]: PINGs each Redis connection so its up/down state follows Redis;
 //! - [`relay`]: the outbox relay to Kafka (when `KAFKA_BROKERS` is set);
+//! - [`replica`]: probes the read replica's lag (when `DATABASE_READ_URL` is set);
 //! - [`leader`]: the `jobs` role's election, so N replicas run the sweeper, surge refresh and
 //!   index rebuild once (see [`crate::role`] for which role runs which job).
 
@@ -25,6 +26,7 @@ pub(crate) mod availability;
 pub(crate) mod leader;
 pub(crate) mod redis_probe;
 pub(crate) mod relay;
+pub(crate) mod replica;
 pub(crate) mod surge;
 pub(crate) mod sweeper;
 

@@ -15,6 +15,7 @@ pub(crate) mod bookings;
 pub(crate) mod idempotency;
 pub(crate) mod pricing;
 pub(crate) mod pricing_admin;
+pub(crate) mod reads;
 pub(crate) mod search;
 pub(crate) mod vehicles;
 

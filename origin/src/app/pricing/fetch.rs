@@ -132,7 +132,12 @@ pub(crate) async fn fetch(
 ) -> Result<Fetched, PricingError> {
     let deadline = Instant::now() + state.config.pricing.budget;
     let region = facts.vehicle.region;
-    let base = state.caches.pricing(&state.db, region, facts.class);
+    // A pricing read: the replica may serve it (rates change by the admin API, rarely).
+    let base = async {
+        crate::read_on!(state.reads.stale_ok(), |pool| {
+            state.caches.pricing(pool, region, facts.class).await
+        })
+    };
     let (base, (risk, risk_outcome, fresh_risk), (surge_m, surge_outcome)) = tokio::join!(
         base,
         risk(state, facts, deadline),

@@ -123,8 +123,9 @@ pub(crate) struct Replica {
     /// The lag the last probe measured, in milliseconds.
     lag_ms: AtomicU64,
     /// `host:port/database` of `DATABASE_READ_URL` (no credentials): the `replica` label of
-    /// the gauges, so several replicas (or origins in one test process) stay apart.
-    label: String,
+    /// the gauges, so several replicas (or origins in one test process) stay apart. Shared,
+    /// so labelling a read's counter clones a pointer, not the string.
+    label: metrics::SharedString,
     wait: Duration,
     pub(crate) max_lag: Duration,
     read_your_writes: bool,
@@ -196,11 +197,10 @@ fn count(reads: &Reads, route: Route) {
         Route::Replica(r) => ("replica", r),
         Route::Primary(r) => ("primary", r),
     };
-    let replica = reads
-        .0
-        .replica
-        .as_ref()
-        .map_or_else(|| "none".to_owned(), |r| r.label.clone());
+    let replica = reads.0.replica.as_ref().map_or_else(
+        || metrics::SharedString::const_str("none"),
+        |r| r.label.clone(),
+    );
     metrics::counter!("db_reads_total", "pool" => pool, "reason" => reason, "replica" => replica)
         .increment(1);
 }
@@ -280,7 +280,7 @@ impl Reads {
             );
             Replica {
                 pool,
-                label,
+                label: metrics::SharedString::from_shared(std::sync::Arc::from(label)),
                 // Not before the first probe has seen it.
                 usable: AtomicBool::new(false),
                 up: AtomicBool::new(false),

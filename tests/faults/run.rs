@@ -368,3 +368,65 @@ async fn under_seeded_faults_every_fault_has_an_effect_and_no_double_booking_los
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// The supervisor sees what it exists to see: an origin that dies while no fault holds it
+/// (here SIGKILLed behind the harness's back) is reported with how it ended, and serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "starts the private cluster and the origin binary: run by scripts/faults.sh"]
+async fn supervisor_reports_and_restarts_an_origin_that_died_outside_every_fault() -> TestResult {
+    use anyhow::Context;
+    let dir = std::env::temp_dir().join(format!("faults-supervisor-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let c = Arc::new(start_cluster(&dir).await?);
+    let exits = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let supervisor = tokio::spawn(supervise(
+        c.clone(),
+        exits.clone(),
+        stop.clone(),
+        Instant::now(),
+    ));
+    let killed = c.origins[1].lock().await.pid().context("origin 1 runs")?;
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &killed.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -KILL {killed}: {status}");
+    // The line is recorded after the restart was attempted.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let seen = loop {
+        let seen = exits.lock().map(|v| v.clone()).unwrap_or_default();
+        if !seen.is_empty() {
+            break seen;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the supervisor did not report origin 1's death within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stop.store(true, Ordering::Relaxed);
+    supervisor.await?;
+    anyhow::ensure!(
+        seen.len() == 1
+            && seen[0].starts_with("origin 1 exited by itself")
+            && seen[0].contains("signal: 9"),
+        "one report (origin 1, killed by signal 9; origin 0 left alone) expected, got {seen:?}"
+    );
+    let (pid, base) = {
+        let o = c.origins[1].lock().await;
+        (o.pid(), o.base())
+    };
+    anyhow::ensure!(
+        pid.is_some_and(|p| p != killed),
+        "origin 1 was not restarted (pid {pid:?}, killed {killed})"
+    );
+    let health = reqwest::get(format!("{base}/healthz")).await?;
+    anyhow::ensure!(
+        health.status().is_success(),
+        "the restarted origin answers /healthz {}",
+        health.status()
+    );
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

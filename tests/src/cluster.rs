@@ -434,7 +434,8 @@ impl PrivateBroker {
             .spawn()
             .context("start tansu")?;
         self.child = Some(child);
-        wait_port(self.port, Duration::from_secs(20)).await
+        wait_port(self.port, Duration::from_secs(20)).await?;
+        index_tansu_headers(&self.dir.join("tansu.db")).await
     }
 
     /// SIGKILL (tansu 0.6 mishandles SIGTERM; a crash is the fault we want anyway).
@@ -464,6 +465,39 @@ impl Drop for PrivateBroker {
             let _ = Command::new("umount").arg(&self.dir).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The index tansu 0.6.0's SQLite schema lacks: its `header` table has none, and a fetch looks
+/// up each record's headers by `(topition, offset_id)`, so every record read scanned every
+/// header of the broker — reading a topic back was quadratic (about 130 events/s with a few
+/// thousand events, 6/s with 44,000). `scripts/broker.sh` adds the same index to the shared
+/// broker. Done with the `sqlite3` shell (which `scripts/broker.sh` installs) because the
+/// storage schema is tansu's and there is nothing to configure in it; SQLite re-plans tansu's
+/// prepared statements on the schema change. Idempotent; waits until tansu made its schema.
+pub async fn index_tansu_headers(db: &Path) -> TestResult {
+    const SQL: &str =
+        "create index if not exists header_topition_offset_id on header (topition, offset_id);";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new("sqlite3")
+            .args(["-cmd", ".timeout 10000"])
+            .arg(db)
+            .arg(SQL)
+            .output()
+            .context("run sqlite3 (scripts/broker.sh installs it)")?;
+        if out.status.success() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "index tansu's header table in {}: {}",
+                db.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        // "no such table: header": tansu has not made its schema yet.
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

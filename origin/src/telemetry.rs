@@ -20,6 +20,7 @@
 //! - the outbox row stores the `traceparent` of the span that wrote it, and the relay sends it
 //!   as the Kafka record's `traceparent` header, so a consumer continues the trace.
 
+use std::io::IsTerminal as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
@@ -162,7 +163,10 @@ pub fn init(log_json: bool, otlp_endpoint: Option<&str>) -> anyhow::Result<Telem
             .with_filter(Fresh(filter))
             .boxed()
     } else {
+        // Colour only for a terminal: a file or a pipe (a test's log, `kubectl logs` of a
+        // non-JSON pod) gets plain text, not escape codes.
         tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stdout().is_terminal())
             .with_filter(Fresh(filter))
             .boxed()
     };

@@ -249,8 +249,10 @@ async fn under_seeded_faults_every_fault_has_an_effect_and_no_double_booking_los
     }
     // The nemesis skews an origin's clock by up to 5 min: a hold that origin made carries an
     // expiry off by as much, so the checks that compare instants allow that much disagreement.
-    // Reading the broker back runs at ~130 events/s from tansu's SQLite here: a contended run
-    // commits tens of thousands, so the read gets 90 s plus 1 s per 100 committed events.
+    // The read ends as soon as every committed event was seen (and 2 s more for duplicates).
+    // Its deadline is generous, 90 s plus 1 s per 100 committed events: a read of tansu's
+    // SQLite was once quadratic (no index on its header table; the harness now adds one,
+    // `e2e::cluster::index_tansu_headers`), and a slow read must not be taken for lost events.
     let committed: i64 = sqlx::query_scalar("select count(*) from outbox")
         .fetch_one(&c.pool)
         .await?;

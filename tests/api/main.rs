@@ -34,4 +34,5 @@ mod search;
 mod shedding;
 mod shutdown;
 mod surge_grid;
+mod turnaround;
 mod validation;

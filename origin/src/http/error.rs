@@ -290,7 +290,7 @@ impl From<sqlx::Error> for ApiError {
                 Some("23P01") => {
                     metrics::counter!(crate::store::bookings::OVERLAP_REJECTIONS).increment(1);
                     return ApiError::Conflict(
-                        "the vehicle is already booked for part of that window".into(),
+                        "the vehicle is already booked for part of that window or the turnaround after a booking".into(),
                     );
                 }
                 // deadlock_detected / serialization_failure: a concurrent booking won.

@@ -118,7 +118,8 @@ pub(crate) async fn upsert_base_rate(
     Ok(())
 }
 
-/// Creates or replaces a class's floor and ceiling.
+/// Creates or replaces a class's floor and ceiling, and its turnaround buffer when given
+/// (`None` keeps the current one; a new row gets 0).
 #[tracing::instrument(
     level = "debug",
     name = "db.pricing_admin.upsert_vehicle_config",
@@ -130,17 +131,20 @@ pub(crate) async fn upsert_vehicle_config(
     class: VehicleClass,
     floor_minor: i64,
     ceiling_minor: i64,
+    turnaround_minutes: Option<i32>,
 ) -> sqlx::Result<()> {
     sqlx::query!(
-        "insert into vehicle_config (region, class, floor_minor, ceiling_minor)
-         values ($1, $2, $3, $4)
+        "insert into vehicle_config (region, class, floor_minor, ceiling_minor, turnaround_minutes)
+         values ($1, $2, $3, $4, coalesce($5, 0))
          on conflict (region, class) do update
             set floor_minor = excluded.floor_minor, ceiling_minor = excluded.ceiling_minor,
+                turnaround_minutes = coalesce($5, vehicle_config.turnaround_minutes),
                 updated_at = now()",
         region.code(),
         class.as_str(),
         floor_minor,
         ceiling_minor,
+        turnaround_minutes,
     )
     .execute(&mut *conn)
     .await?;

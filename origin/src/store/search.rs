@@ -117,7 +117,7 @@ macro_rules! candidates_where {
                   select 1 from bookings k
                    where k.vehicle_id = v.id
                      and k.status in ('RESERVING', 'CONFIRMED', 'IN_PROGRESS')
-                     and k.period && tstzrange($5, $6, '[)')
+                     and k.occupied && booking_occupied(v.id, $5, $6)
                      and not (k.status = 'RESERVING' and k.hold_expires_at <= $7))
             limit $8"#,
             &codes($filters.regions) as &[&str],

@@ -66,7 +66,9 @@ pub(crate) async fn bay_in_region(pool: &PgPool, bay: Uuid, region: Region) -> s
 }
 
 /// Whether a booking occupies `vehicle` for part of `window` at `now` (a hold past its expiry
-/// does not). Advisory: the exclusion constraint decides when the hold is written.
+/// does not), turnaround buffers included: a booking's range runs to its end plus its buffer,
+/// and `window` is extended by the class's buffer (`booking_occupied`, the constraint's own
+/// ranges). Advisory: the exclusion constraint decides when the hold is written.
 #[tracing::instrument(level = "debug", name = "db.vehicles.is_occupied", skip_all)]
 pub(crate) async fn is_occupied(
     pool: &PgPool,
@@ -77,7 +79,7 @@ pub(crate) async fn is_occupied(
     sqlx::query_scalar!(
         r#"select exists(select 1 from bookings
                           where vehicle_id = $1 and status in ('RESERVING', 'CONFIRMED', 'IN_PROGRESS')
-                            and period && tstzrange($2, $3, '[)')
+                            and occupied && booking_occupied($1, $2, $3)
                             and not (status = 'RESERVING' and hold_expires_at <= $4)) as "occupied!""#,
         vehicle.uuid,
         window.start(),

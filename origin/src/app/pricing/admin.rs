@@ -72,6 +72,12 @@ pub(crate) struct VehicleConfigBody {
     /// Highest total, minor units, ≥ floor, at most 1 000 000 000.
     #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub ceiling_minor: i64,
+    /// Minutes a vehicle of the class stays unbookable after each booking (cleaning,
+    /// charging), 0–1440. Absent: unchanged (0 for a new class). Applies to bookings made from
+    /// now on; existing bookings keep the buffer they were made with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 0, maximum = 1440)]
+    pub turnaround_minutes: Option<i32>,
 }
 
 /// `POST …/time-multipliers`, `PUT …/time-multipliers/{id}`.
@@ -166,13 +172,19 @@ impl BaseRateBody {
 }
 
 impl VehicleConfigBody {
-    /// Floor ≥ 0, ceiling ≥ floor.
+    /// Floor ≥ 0, ceiling ≥ floor, buffer 0–1440 minutes.
     pub(crate) fn validate(&self) -> AdminResult<()> {
         check(self.floor_minor >= 0, "floor_minor", "must be at least 0")?;
         check(
             (self.floor_minor..=1_000_000_000).contains(&self.ceiling_minor),
             "ceiling_minor",
             "must be at least floor_minor and at most 1000000000",
+        )?;
+        check(
+            self.turnaround_minutes
+                .is_none_or(|m| (0..=1440).contains(&m)),
+            "turnaround_minutes",
+            "must be between 0 and 1440",
         )
     }
 }
@@ -304,7 +316,15 @@ pub(crate) async fn vehicle_config_put(
     body: &VehicleConfigBody,
 ) -> AdminResult<Change> {
     let before = store::vehicle_config_row(conn, region, class).await?;
-    store::upsert_vehicle_config(conn, region, class, body.floor_minor, body.ceiling_minor).await?;
+    store::upsert_vehicle_config(
+        conn,
+        region,
+        class,
+        body.floor_minor,
+        body.ceiling_minor,
+        body.turnaround_minutes,
+    )
+    .await?;
     let after = store::vehicle_config_row(conn, region, class).await?;
     Ok(Change {
         action: created_or_updated(&before),
@@ -536,8 +556,21 @@ mod tests {
         let cfg = VehicleConfigBody {
             floor_minor: 500,
             ceiling_minor: 100,
+            turnaround_minutes: None,
         };
         assert_eq!(field(cfg.validate()), Some("ceiling_minor"));
+        for (minutes, ok) in [(-1, false), (0, true), (1440, true), (1441, false)] {
+            let cfg = VehicleConfigBody {
+                floor_minor: 0,
+                ceiling_minor: 100,
+                turnaround_minutes: Some(minutes),
+            };
+            assert_eq!(
+                field(cfg.validate()),
+                (!ok).then_some("turnaround_minutes"),
+                "{minutes}"
+            );
+        }
         let promo = DiscountBody {
             kind: "promo".into(),
             code: None,

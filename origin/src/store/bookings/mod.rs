@@ -39,7 +39,9 @@ pub(crate) const OVERLAP_REJECTIONS: &str = "booking_overlap_rejections_total";
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// `bookings_no_overlap` (23P01): another occupying booking overlaps the window.
-    #[error("the vehicle is already booked for part of that window")]
+    #[error(
+        "the vehicle is already booked for part of that window or the turnaround after a booking"
+    )]
     Overlap,
     /// The unique index `bookings_quote` (23505): the quote already bought a booking.
     #[error("this quote was already used for a booking")]
@@ -397,8 +399,9 @@ async fn expire(
     save(conn, &transition, Actor::SYSTEM).await
 }
 
-/// Ends expired holds on one vehicle that overlap `window`, so a new hold does not wait for
-/// the sweeper. Returns how many it ended.
+/// Ends expired holds on one vehicle that overlap `window` (turnaround buffers included, as
+/// the constraint compares them), so a new hold does not wait for the sweeper. Returns how
+/// many it ended.
 #[tracing::instrument(
     level = "debug",
     name = "db.bookings.expire_overlapping_holds",
@@ -414,7 +417,7 @@ pub(crate) async fn expire_overlapping_holds(
         [],
         "from bookings
           where vehicle_id = $1 and status = 'RESERVING' and hold_expires_at <= $2
-            and period && tstzrange($3, $4, '[)')
+            and occupied && booking_occupied($1, $3, $4)
           for update skip locked",
         vehicle.uuid,
         now,
@@ -558,7 +561,8 @@ pub(crate) async fn insert_hold(
     let guarded = insert!(
         "and not exists (select 1 from bookings x
                           where x.vehicle_id = v.id and x.status = 'RESERVING'
-                            and x.hold_expires_at <= $13 and x.period && tstzrange($5, $6, '[)'))"
+                            and x.hold_expires_at <= $13
+                            and x.occupied && booking_occupied(v.id, $5, $6))"
     )
     .await?;
     let row = match guarded {

@@ -63,3 +63,82 @@ async fn a_booking_removes_the_vehicle_from_cached_availability_at_once(
     stack.stop().await
 }
 on_both_runtimes!(a_booking_removes_the_vehicle_from_cached_availability_at_once);
+
+/// A hold the sweeper ends frees its window at the edge too: the sweeper moves the vehicle's
+/// generations as a change through the API does, so a cached answer that hid the vehicle is
+/// not served until its TTL (two minutes here) runs out.
+async fn a_hold_the_sweeper_ends_returns_the_vehicle_to_cached_availability(
+    pool: PgPool,
+    runtime: Runtime,
+) -> TestResult {
+    let stack = EdgeStack::start_full(
+        pool,
+        runtime,
+        &[("EDGE_SEARCH_TTL_SECS", "120")],
+        &[("HOLD_TTL_SECS", "3"), ("SWEEPER_INTERVAL_MS", "200")],
+    )
+    .await?;
+    let t = token("ivo");
+    let w = window(6, 2);
+    let first = stack.get(&search_path(w), Some(&t)).await?;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let vehicle = ids(&first)[0].clone();
+    let quote = stack
+        .post(
+            "/v1/quotes",
+            Some(&t),
+            &json!({ "vehicle_id": vehicle, "start": w.0, "end": w.1 }),
+            None,
+        )
+        .await?;
+    let hold = stack
+        .post(
+            "/v1/bookings",
+            Some(&t),
+            &json!({ "quote_token": quote.body["quote_token"] }),
+            Some(&uuid::Uuid::new_v4().to_string()),
+        )
+        .await?;
+    assert_eq!(hold.status, 201, "{}", hold.body);
+    let booking = uuid_of(hold.body["id"].as_str().unwrap_or_default())?;
+    // The answer without the held vehicle is cached (a hit), while the hold still lives: had
+    // the hold already ended, the cached answer would list the vehicle and this fails.
+    let _fill = stack.get(&search_path(w), Some(&t)).await?;
+    let cached = stack.get(&search_path(w), Some(&t)).await?;
+    assert_eq!(cache_state(&cached), "hit", "{:?}", cached.headers);
+    assert!(
+        !ids(&cached).contains(&vehicle),
+        "the held vehicle is offered"
+    );
+    // The sweeper ends the hold (3 s TTL, 200 ms period).
+    let mut status = String::new();
+    for _ in 0..100 {
+        status = sqlx::query_scalar("select status from bookings where id = $1")
+            .bind(booking)
+            .fetch_one(&stack.pool)
+            .await?;
+        if status == "FAILED" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status, "FAILED",
+        "the sweeper did not end the hold within 10 s"
+    );
+    let mut back = false;
+    for _ in 0..30 {
+        let reply = stack.get(&search_path(w), Some(&t)).await?;
+        if ids(&reply).contains(&vehicle) {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        back,
+        "the edge kept serving a cached answer without the vehicle after its hold expired"
+    );
+    stack.stop().await
+}
+on_both_runtimes!(a_hold_the_sweeper_ends_returns_the_vehicle_to_cached_availability);

@@ -65,8 +65,9 @@ fn actor(call: &WriteCall) -> Actor<'_> {
 }
 
 /// After a committed write that changed when `vehicle` is taken: its cached quotes (origin L1
-/// and the edge's) may offer a window that is now taken, or refuse one that is now free.
-async fn occupancy_changed(state: &AppState, vehicle: &VehicleId) {
+/// and the edge's) may offer a window that is now taken, or refuse one that is now free. The
+/// sweeper calls it too, for the vehicles of the holds it ended.
+pub(crate) async fn occupancy_changed(state: &AppState, vehicle: &VehicleId) {
     state.caches.invalidate_vehicle(vehicle).await;
     state.edge_gen.bump(vehicle);
 }

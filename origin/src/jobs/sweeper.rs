@@ -47,9 +47,18 @@ pub(crate) async fn run(state: AppState, stop: CancellationToken) {
             )
             .await;
             match batch {
-                Ok(Ok(n)) if n > 0 => {
+                Ok(Ok(freed)) if !freed.is_empty() => {
+                    let n = freed.len();
                     metrics::counter!("holds_expired_total").increment(n as u64);
                     tracing::info!(expired = n, "sweeper ended expired holds");
+                    // The freed windows reach the caches as a hold's end through the API does:
+                    // the vehicle's origin L1 generation and its edge generation move.
+                    let mut vehicles = freed;
+                    vehicles.sort_by_key(|v| v.uuid);
+                    vehicles.dedup_by_key(|v| v.uuid);
+                    for vehicle in &vehicles {
+                        crate::http::bookings::occupancy_changed(&state, vehicle).await;
+                    }
                     if (n as i64) < BATCH {
                         break;
                     }

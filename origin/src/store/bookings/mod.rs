@@ -384,11 +384,12 @@ pub(crate) async fn save(
 }
 
 /// Ends one hold the query selected as expired, through the aggregate.
+/// Ends one expired hold; the vehicle it freed.
 async fn expire(
     conn: &mut PgConnection,
     row: BookingRow,
     now: DateTime<Utc>,
-) -> Result<(), StoreError> {
+) -> Result<VehicleId, StoreError> {
     let hold = Booking::try_from(row)?;
     let transition = hold
         .expire(now)
@@ -396,7 +397,8 @@ async fn expire(
             id: hold.id.uuid,
             detail: format!("selected as an expired hold, but {e}"),
         })?;
-    save(conn, &transition, Actor::SYSTEM).await
+    save(conn, &transition, Actor::SYSTEM).await?;
+    Ok(hold.vehicle_id)
 }
 
 /// Ends expired holds on one vehicle that overlap `window` (turnaround buffers included, as
@@ -435,7 +437,8 @@ pub(crate) async fn expire_overlapping_holds(
 
 /// The sweeper's batch: ends up to `batch` expired holds, oldest expiry first, each in a
 /// transaction of its own, skipping holds another origin (or a new hold's lazy expiry) is
-/// working on. Returns how many it ended.
+/// working on. Returns the vehicle of each hold it ended, so the caller can tell the caches
+/// (a freed window must not stay hidden behind a cached refusal at the origin or the edge).
 ///
 /// One transaction per hold, not one per batch: ending a hold locks its vehicle's
 /// event-sequence row until commit (migration `20261202071500_outbox_vehicle_sequence.sql`),
@@ -449,7 +452,7 @@ pub(crate) async fn sweep_expired_holds(
     pool: &PgPool,
     now: DateTime<Utc>,
     batch: i64,
-) -> Result<usize, StoreError> {
+) -> Result<Vec<VehicleId>, StoreError> {
     let candidates = sqlx::query_scalar!(
         "select id from bookings
           where status = 'RESERVING' and hold_expires_at <= $1
@@ -459,7 +462,7 @@ pub(crate) async fn sweep_expired_holds(
     )
     .fetch_all(pool)
     .await?;
-    let mut ended = 0;
+    let mut freed = Vec::new();
     for id in candidates {
         let mut tx = pool.begin().await?;
         let row = booking_rows!(
@@ -473,12 +476,12 @@ pub(crate) async fn sweep_expired_holds(
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = row {
-            expire(&mut tx, row, now).await?;
+            let vehicle = expire(&mut tx, row, now).await?;
             tx.commit().await?;
-            ended += 1;
+            freed.push(vehicle);
         }
     }
-    Ok(ended)
+    Ok(freed)
 }
 
 /// Inserts a hold the aggregate made ([`Booking::hold`]) with its history and outbox rows, in

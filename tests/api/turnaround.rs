@@ -313,3 +313,61 @@ async fn a_buffer_outside_0_to_1440_minutes_is_422_naming_it_and_absent_keeps_it
     assert_eq!(kept, 20);
     app.stop().await
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_hundred_concurrent_holds_inside_an_existing_bookings_buffers_are_all_refused(
+    pool: PgPool,
+) -> TestResult {
+    let app = spawn_app(pool).await?;
+    let vehicle = app.vehicles("EUW").await?[2].clone();
+    set_turnaround(&app, &class_of(&app, &vehicle).await?, 60).await?;
+    let (start, end) = window(4, 3);
+    // 100 quotes taken while the vehicle is free: 50 windows ending inside the hour before
+    // `start`, 50 starting inside the hour after `end` (an hour each).
+    let mut quotes = Vec::new();
+    for i in 0..100i64 {
+        let minute = Duration::minutes(i % 50 + 1);
+        let w = if i < 50 {
+            (
+                start - Duration::hours(2) + minute,
+                start - Duration::hours(1) + minute,
+            )
+        } else {
+            (
+                end + minute - Duration::minutes(1),
+                end + minute + Duration::minutes(59),
+            )
+        };
+        let user = format!("crowd-{i}");
+        let q = app.quote(&user, &vehicle, w).await?;
+        quotes.push((user, q));
+    }
+    // Then the booking whose buffers they all fall into.
+    app.confirmed("owner", &vehicle, (start, end)).await?;
+    let replies = join_all(quotes.iter().map(|(user, q)| hold_with(&app, user, q))).await;
+    for reply in replies {
+        reply?.assert_problem(409);
+    }
+    let occupying: i64 = app
+        .count(
+            "bookings",
+            "status in ('RESERVING','CONFIRMED','IN_PROGRESS')",
+        )
+        .await?;
+    assert_eq!(
+        occupying, 1,
+        "only the existing booking occupies the vehicle"
+    );
+    let too_close: i64 = sqlx::query_scalar(
+        "select count(*) from bookings a join bookings b
+            on a.vehicle_id = b.vehicle_id and a.id <> b.id
+           and lower(b.period) >= lower(a.period)
+           and lower(b.period) < upper(a.period) + make_interval(mins => a.turnaround_minutes)
+         where a.status in ('RESERVING','CONFIRMED','IN_PROGRESS')
+           and b.status in ('RESERVING','CONFIRMED','IN_PROGRESS')",
+    )
+    .fetch_one(&app.pool)
+    .await?;
+    assert_eq!(too_close, 0);
+    app.stop().await
+}

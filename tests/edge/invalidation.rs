@@ -3,6 +3,33 @@
 
 use super::*;
 
+/// A quote then a hold of `vehicle` over `w`, both through the edge; the hold (201 checked).
+async fn hold_through(
+    stack: &EdgeStack,
+    token: &str,
+    vehicle: &str,
+    w: (DateTime<Utc>, DateTime<Utc>),
+) -> TestResult<Reply> {
+    let quote = stack
+        .post(
+            "/v1/quotes",
+            Some(token),
+            &json!({ "vehicle_id": vehicle, "start": w.0, "end": w.1 }),
+            None,
+        )
+        .await?;
+    let hold = stack
+        .post(
+            "/v1/bookings",
+            Some(token),
+            &json!({ "quote_token": quote.body["quote_token"] }),
+            Some(&uuid::Uuid::new_v4().to_string()),
+        )
+        .await?;
+    anyhow::ensure!(hold.status == 201, "hold: {}", hold.body);
+    Ok(hold)
+}
+
 async fn a_booking_removes_the_vehicle_from_cached_availability_at_once(
     pool: PgPool,
     runtime: Runtime,
@@ -18,23 +45,7 @@ async fn a_booking_removes_the_vehicle_from_cached_availability_at_once(
     let (booked, direct) = (before[0].clone(), before[1].clone());
 
     // Booked through the edge: gone from the edge's cached answer on the next request.
-    let quote = stack
-        .post(
-            "/v1/quotes",
-            Some(&t),
-            &json!({ "vehicle_id": booked, "start": w.0, "end": w.1 }),
-            None,
-        )
-        .await?;
-    let hold = stack
-        .post(
-            "/v1/bookings",
-            Some(&t),
-            &json!({ "quote_token": quote.body["quote_token"] }),
-            Some(&uuid::Uuid::new_v4().to_string()),
-        )
-        .await?;
-    assert_eq!(hold.status, 201, "{}", hold.body);
+    hold_through(&stack, &t, &booked, w).await?;
     let after = stack.get(&search_path(w), Some(&t)).await?;
     assert_eq!(after.status, 200, "{}", after.body);
     assert!(
@@ -83,23 +94,7 @@ async fn a_hold_the_sweeper_ends_returns_the_vehicle_to_cached_availability(
     let first = stack.get(&search_path(w), Some(&t)).await?;
     assert_eq!(first.status, 200, "{}", first.body);
     let vehicle = ids(&first)[0].clone();
-    let quote = stack
-        .post(
-            "/v1/quotes",
-            Some(&t),
-            &json!({ "vehicle_id": vehicle, "start": w.0, "end": w.1 }),
-            None,
-        )
-        .await?;
-    let hold = stack
-        .post(
-            "/v1/bookings",
-            Some(&t),
-            &json!({ "quote_token": quote.body["quote_token"] }),
-            Some(&uuid::Uuid::new_v4().to_string()),
-        )
-        .await?;
-    assert_eq!(hold.status, 201, "{}", hold.body);
+    let hold = hold_through(&stack, &t, &vehicle, w).await?;
     let booking = uuid_of(hold.body["id"].as_str().unwrap_or_default())?;
     // The answer without the held vehicle is cached (a hit), while the hold still lives: had
     // the hold already ended, the cached answer would list the vehicle and this fails.

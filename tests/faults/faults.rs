@@ -110,6 +110,20 @@ pub(crate) enum Target {
 }
 
 impl Fault {
+    /// A second target a fault holds besides its own, after it (in `Target`'s order, which is
+    /// the lock map's: see [`quiet`]). A fault on a dependency's process and one on its link
+    /// never overlap: with the link cut, a killed Redis or PostgreSQL cannot be seen coming back
+    /// (seed 7119: a Redis SIGKILL under a dead Redis link, "all up again after None"), and
+    /// with the process down, a link fault finds no traffic to act on (seed 7108: a 300 ms
+    /// Redis RST while Redis restarted reset nothing).
+    pub(crate) fn also_holds(&self) -> Option<Target> {
+        match *self {
+            Fault::RedisKill { .. } => Some(Target::RedisLink),
+            Fault::PgCrash | Fault::PgTerminate => Some(Target::PgLink),
+            _ => None,
+        }
+    }
+
     pub(crate) fn target(&self) -> Target {
         match *self {
             Fault::OriginKill { origin }
@@ -276,9 +290,10 @@ fn relay_effect(most: i64, drain: Option<Duration>, what: String) -> Effect {
 /// The nemesis's lock per target: a fault holds its target's while it lasts.
 pub(crate) type TargetLocks = BTreeMap<Target, Mutex<()>>;
 
-/// Takes every target's lock but `own` (in the map's order; every other holder holds one lock
-/// only, so this cannot deadlock): waits for the faults running on them to end and keeps new
-/// ones from starting while the guards live. Returns the guards and the targets that were busy.
+/// Takes every target's lock but `own` (in the map's order; every other holder holds one lock,
+/// or two taken in the map's order ([`Fault::also_holds`]), so this cannot deadlock): waits for
+/// the faults running on them to end and keeps new ones from starting while the guards live.
+/// Returns the guards and the targets that were busy.
 async fn quiet(locks: &TargetLocks, own: Target) -> (Vec<MutexGuard<'_, ()>>, Vec<Target>) {
     let mut guards = Vec::new();
     let mut busy = Vec::new();
@@ -606,4 +621,24 @@ async fn first_answers(path: &str) -> Vec<Duration> {
         }
     });
     futures_util::future::join_all(asks).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The nemesis takes a fault's second lock after its first, and [`quiet`] takes them all in
+    /// the map's order: deadlock-free only while every second target sorts after its first.
+    #[test]
+    fn a_fault_holding_two_targets_holds_them_in_the_lock_maps_order() {
+        let faults = [
+            Fault::RedisKill { ms: 1 },
+            Fault::PgCrash,
+            Fault::PgTerminate,
+        ];
+        for fault in faults {
+            let also = fault.also_holds();
+            assert!(also.is_some_and(|t| t > fault.target()), "{fault:?}");
+        }
+    }
 }

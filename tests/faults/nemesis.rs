@@ -126,7 +126,8 @@ pub(crate) struct Record {
 pub(crate) async fn run(c: Arc<Cluster>, plan: Vec<Planned>, t0: Instant) -> Vec<Record> {
     let locks: Arc<BTreeMap<Target, Mutex<()>>> = Arc::new(
         plan.iter()
-            .map(|p| (p.fault.target(), Mutex::new(())))
+            .flat_map(|p| std::iter::once(p.fault.target()).chain(p.fault.also_holds()))
+            .map(|t| (t, Mutex::new(())))
             .collect(),
     );
     let mut tasks = Vec::new();
@@ -135,6 +136,11 @@ pub(crate) async fn run(c: Arc<Cluster>, plan: Vec<Planned>, t0: Instant) -> Vec
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep_until((t0 + Duration::from_millis(p.at_ms)).into()).await;
             let _held = match locks.get(&p.fault.target()) {
+                Some(l) => Some(l.lock().await),
+                None => None,
+            };
+            // Taken second: `also_holds` comes after `target` in the map's order.
+            let _also = match p.fault.also_holds().and_then(|t| locks.get(&t)) {
                 Some(l) => Some(l.lock().await),
                 None => None,
             };

@@ -15,12 +15,15 @@ alter table vehicle_config
     add column turnaround_minutes integer not null default 0
         check (turnaround_minutes between 0 and 1440);
 
+-- No default on purpose: an insert that does not name the buffer gets its class's from the
+-- trigger below; the hold paths name it (joined in their one statement, no second lookup).
 alter table bookings
-    add column turnaround_minutes integer not null default 0
+    add column turnaround_minutes integer
         check (turnaround_minutes between 0 and 1440),
     add column occupied tstzrange;
-update bookings set occupied = period;
-alter table bookings alter column occupied set not null;
+update bookings set turnaround_minutes = 0, occupied = period;
+alter table bookings alter column turnaround_minutes set not null,
+                     alter column occupied set not null;
 
 -- The range a booking of `p_vehicle` for [p_start, p_end) would occupy: its window plus its
 -- class's buffer now. Search, quotes and the hold's guards ask `occupied && booking_occupied(…)`,
@@ -38,13 +41,13 @@ as $$
                      '[)')
 $$;
 
--- On insert the booking takes its class's buffer; on every change of its window (an
+-- On insert without a buffer the booking takes its class's; on every change of its window (an
 -- extension) its occupied range follows, with the buffer it was made with.
 create function bookings_occupied() returns trigger
 language plpgsql
 as $$
 begin
-    if tg_op = 'INSERT' then
+    if tg_op = 'INSERT' and new.turnaround_minutes is null then
         new.turnaround_minutes := coalesce(
             (select c.turnaround_minutes
                from vehicles v
@@ -70,7 +73,9 @@ alter table bookings add constraint bookings_no_overlap
 
 -- The hold's guards ("an expired hold is in the way") compare occupied ranges too, or an
 -- expired hold inside the new booking's buffer would surface as a conflict instead of being
--- ended first. Only those two predicates differ from 20261202000001_hold_in_one_statement.sql.
+-- ended first; and the insert names the class's buffer, read in the same statement (a join on
+-- `vehicle_config`), so the trigger does not look it up again. Only the insert and those two
+-- predicates differ from 20261202000001_hold_in_one_statement.sql.
 create or replace function hold_booking(
     p_user text,
     p_key_lock bigint, p_key text, p_request_hash bytea,
@@ -91,7 +96,6 @@ declare
     v_old_timeout text := current_setting('lock_timeout');
     v_hash bytea;
     v_bay uuid;
-    v_occupied tstzrange := booking_occupied(p_vehicle, p_start, p_end);
 begin
     if p_key is not null then
         if not pg_try_advisory_xact_lock(p_key_lock) then
@@ -141,16 +145,19 @@ begin
     with b as (
         insert into bookings (id, region, vehicle_id, user_id, bay_id, destination_bay_id,
                               period, status, currency, price_minor, breakdown, quote_id,
-                              hold_expires_at, created_at, updated_at)
+                              hold_expires_at, created_at, updated_at, turnaround_minutes)
         select p_id, v.region, v.id, p_user, v.bay_id, p_destination_bay,
                tstzrange(p_start, p_end, '[)'), p_status, p_currency, p_price, p_breakdown,
-               p_quote, p_hold_expires, p_at, p_at
+               p_quote, p_hold_expires, p_at, p_at, coalesce(c.turnaround_minutes, 0)
           from vehicles v
+          left join vehicle_config c on c.region = v.region and c.class = v.class
          where v.id = p_vehicle and v.region = p_region and v.status = 'active'
            and not exists (select 1 from bookings x
                             where x.vehicle_id = v.id and x.status = 'RESERVING'
                               and x.hold_expires_at <= p_at
-                              and x.occupied && v_occupied)
+                              and x.occupied && tstzrange(p_start,
+                                  p_end + make_interval(mins => coalesce(c.turnaround_minutes, 0)),
+                                  '[)'))
         returning bookings.id, bookings.bay_id, bookings.status),
     h as (
         insert into booking_history (booking_id, from_status, to_status, event, reason, actor,
@@ -169,7 +176,7 @@ begin
         if exists (select 1 from bookings x
                     where x.vehicle_id = p_vehicle and x.status = 'RESERVING'
                       and x.hold_expires_at <= p_at
-                      and x.occupied && v_occupied) then
+                      and x.occupied && booking_occupied(p_vehicle, p_start, p_end)) then
             return query select 'expired_in_the_way', null::smallint, null::bytea, null::uuid;
         else
             return query select 'unavailable', null::smallint, null::bytea, null::uuid;

@@ -108,6 +108,7 @@ macro_rules! candidates_where {
                   b.id as bay_id, b.name as bay_name, b.lat, b.lon, b.timezone
              from parking_bays b
              join vehicles v on v.bay_id = b.id
+             left join vehicle_config c on c.region = v.region and c.class = v.class
             where "# + $bound + r#"
               and v.status = 'active'
               and ($2::text is null or v.class = $2)
@@ -117,7 +118,8 @@ macro_rules! candidates_where {
                   select 1 from bookings k
                    where k.vehicle_id = v.id
                      and k.status in ('RESERVING', 'CONFIRMED', 'IN_PROGRESS')
-                     and k.occupied && booking_occupied(v.id, $5, $6)
+                     and k.occupied && tstzrange($5::timestamptz,
+                         $6::timestamptz + make_interval(mins => coalesce(c.turnaround_minutes, 0)), '[)')
                      and not (k.status = 'RESERVING' and k.hold_expires_at <= $7))
             limit $8"#,
             &codes($filters.regions) as &[&str],

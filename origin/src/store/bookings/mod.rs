@@ -511,10 +511,11 @@ pub(crate) async fn insert_hold(
                     "with b as (
                          insert into bookings (id, region, vehicle_id, user_id, bay_id, destination_bay_id,
                                                period, status, currency, price_minor, breakdown, quote_id,
-                                               hold_expires_at, created_at, updated_at)
+                                               hold_expires_at, created_at, updated_at, turnaround_minutes)
                          select $1, v.region, v.id, $3, v.bay_id, $4, tstzrange($5, $6, '[)'),
-                                $7, $8, $9, $10, $11, $12, $13, $13
+                                $7, $8, $9, $10, $11, $12, $13, $13, coalesce(c.turnaround_minutes, 0)
                            from vehicles v
+                           left join vehicle_config c on c.region = v.region and c.class = v.class
                           where v.id = $2 and v.region = $14 and v.status = 'active' ",
                     $guard,
                     " returning *),
@@ -565,7 +566,8 @@ pub(crate) async fn insert_hold(
         "and not exists (select 1 from bookings x
                           where x.vehicle_id = v.id and x.status = 'RESERVING'
                             and x.hold_expires_at <= $13
-                            and x.occupied && booking_occupied(v.id, $5, $6))"
+                            and x.occupied && tstzrange($5::timestamptz,
+                                $6::timestamptz + make_interval(mins => coalesce(c.turnaround_minutes, 0)), '[)'))"
     )
     .await?;
     let row = match guarded {

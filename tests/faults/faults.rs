@@ -196,10 +196,21 @@ async fn all_ready_by(
     within: Duration,
     pred: impl Fn(&Value) -> bool,
 ) -> Option<Duration> {
+    let all: Vec<usize> = (0..ORIGIN_PORTS.len()).collect();
+    ready_by(http, within, pred, &all).await
+}
+
+/// [`all_ready_by`] for some origins only.
+async fn ready_by(
+    http: &reqwest::Client,
+    within: Duration,
+    pred: impl Fn(&Value) -> bool,
+    origins: &[usize],
+) -> Option<Duration> {
     let started = Instant::now();
     loop {
         let mut ok = true;
-        for o in 0..ORIGIN_PORTS.len() {
+        for &o in origins {
             ok &= readyz(http, o).await.is_some_and(|v| pred(&v));
         }
         if ok {
@@ -335,7 +346,10 @@ pub(crate) async fn inject(c: &Cluster, fault: Fault, locks: &TargetLocks) -> Te
             let state = process_state(pid);
             tokio::time::sleep(Duration::from_millis(ms.saturating_sub(100))).await;
             o.signal_stop(false)?;
-            let back = all_ready_by(&http, Duration::from_secs(10), pg_ready).await;
+            // The paused origin's own recovery: the other may be down under another fault of
+            // its own (seed 7208: origin 1 SIGKILLed and slow to restart behind a PostgreSQL
+            // latency fault while origin 0's pause ended, "ready again after None").
+            let back = ready_by(&http, Duration::from_secs(10), pg_ready, &[origin]).await;
             Ok(Effect::new(
                 state == Some('T') && ms > LOCK_TTL_MS && back.is_some(),
                 format!(

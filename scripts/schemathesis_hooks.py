@@ -87,6 +87,7 @@ _ACTION_POOL = {
     "start": "startable",
     "complete": "in_progress",
     "extend": "extendable",
+    "reschedule": "reschedulable",
 }
 
 
@@ -110,6 +111,9 @@ def map_case(ctx, case):
         if action == "extend" and isinstance(case.body, dict) and not _negative_at(case, "body"):
             end = datetime.fromisoformat(booking["end"].replace("Z", "+00:00"))
             case.body["end"] = _iso(end + timedelta(minutes=30 * _RNG.randint(1, 4)))
+        if action == "reschedule" and isinstance(case.body, dict) and not _negative_at(case, "body"):
+            start, end = _future_window()
+            case.body.update(start=_iso(start), end=_iso(end))
         return case
     # A hold: an unused quote of the right version.
     if len(parts) == 2 and parts[1] == "bookings" and case.method.upper() == "POST":

@@ -138,6 +138,7 @@ def main():
             "reserving": reserving,
             "cancellable": reserving + confirmed,
             "extendable": confirmed,
+            "reschedulable": reserving + confirmed,
             "startable": startable,
             "in_progress": in_progress,
         },

@@ -198,6 +198,12 @@ fn matrix() -> Vec<Row> {
             ),
             row(
                 Method::POST,
+                p("/bookings/{id}/reschedule"),
+                Needs::Confirmed,
+                [401, 404, 404, 200],
+            ),
+            row(
+                Method::POST,
                 p("/bookings/{id}/start"),
                 Needs::ConfirmedSoon,
                 [401, 404, 404, 200],
@@ -356,6 +362,10 @@ async fn every_route_answers_each_principal_with_the_status_in_the_matrix(
             (_, p) if p.ends_with("/extend") => {
                 (path, json!({ "end": w_end + Duration::hours(1) }))
             }
+            (_, p) if p.ends_with("/reschedule") => (
+                path,
+                json!({ "start": w_start + Duration::days(7), "end": w_end + Duration::days(7) }),
+            ),
             _ => (path, Value::Null),
         };
         let mut before = snapshot(&app).await?;

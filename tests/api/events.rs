@@ -326,7 +326,8 @@ async fn act(app: &TestApp, user: &str, id: &str, action: &str, body: &Value) ->
 }
 
 /// On one vehicle, from `day` days ahead: a booking confirmed then extended, a hold
-/// cancelled, and a booking confirmed then cancelled (each writes events on its vehicle).
+/// cancelled, and a booking confirmed, moved four hours later, then cancelled (each writes events
+/// on its vehicle).
 async fn bookings_on(app: &TestApp, user: &str, vehicle: &str, day: i64) -> TestResult {
     let (start, end) = window(day, 2);
     let a = app.confirmed(user, vehicle, (start, end)).await?;
@@ -342,7 +343,17 @@ async fn bookings_on(app: &TestApp, user: &str, vehicle: &str, day: i64) -> Test
     anyhow::ensure!(hold.status.as_u16() == 201, "hold: {hold:?}");
     let b = hold.body["id"].as_str().context("hold id")?.to_owned();
     act(app, user, &b, "cancel", &Value::Null).await?;
-    let c = app.confirmed(user, vehicle, window(day + 2, 2)).await?;
+    let (c_start, c_end) = window(day + 2, 2);
+    let c = app.confirmed(user, vehicle, (c_start, c_end)).await?;
+    let later = chrono::Duration::hours(4);
+    act(
+        app,
+        user,
+        &c,
+        "reschedule",
+        &json!({ "start": c_start + later, "end": c_end + later }),
+    )
+    .await?;
     act(app, user, &c, "cancel", &Value::Null).await
 }
 

@@ -29,6 +29,7 @@ mod pricing_validation;
 mod quotes;
 mod regions;
 mod replica;
+mod reschedule;
 mod roles;
 mod search;
 mod shedding;

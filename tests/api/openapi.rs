@@ -51,9 +51,16 @@ async fn the_openapi_document_lists_every_route_and_each_exists(pool: PgPool) ->
     .iter()
     .map(|s| s.to_string())
     .chain(
-        ["confirm", "cancel", "extend", "start", "complete"]
-            .iter()
-            .flat_map(|a| ["v1", "v2"].map(|v| format!("POST /{v}/bookings/{{id}}/{a}"))),
+        [
+            "confirm",
+            "cancel",
+            "extend",
+            "reschedule",
+            "start",
+            "complete",
+        ]
+        .iter()
+        .flat_map(|a| ["v1", "v2"].map(|v| format!("POST /{v}/bookings/{{id}}/{a}"))),
     )
     .collect();
     expected.sort();

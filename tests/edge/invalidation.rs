@@ -146,3 +146,94 @@ async fn a_hold_the_sweeper_ends_returns_the_vehicle_to_cached_availability(
     stack.stop().await
 }
 on_both_runtimes!(a_hold_the_sweeper_ends_returns_the_vehicle_to_cached_availability);
+
+/// The search over `w` once the edge answers it from its cache (asked again until a hit: the
+/// edge may store an answer after sending it), so what follows tests the invalidation and not
+/// a miss.
+async fn cached_search(
+    stack: &EdgeStack,
+    token: &str,
+    w: (DateTime<Utc>, DateTime<Utc>),
+) -> TestResult<Reply> {
+    let mut reply = stack.get(&search_path(w), Some(token)).await?;
+    for _ in 0..40 {
+        if cache_state(&reply) == "hit" {
+            return Ok(reply);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        reply = stack.get(&search_path(w), Some(token)).await?;
+    }
+    anyhow::bail!("no cache hit for {w:?}: {:?}", reply.headers)
+}
+
+/// A booking moved through the edge (issue 18 item 7): the next cached search shows the vehicle
+/// free in the window it left and taken in the one it moved to.
+async fn a_reschedule_through_the_edge_moves_the_vehicle_in_cached_availability(
+    pool: PgPool,
+    runtime: Runtime,
+) -> TestResult {
+    let stack = EdgeStack::start(pool, runtime).await?;
+    let t = token("remy");
+    let (old, new) = (window(5, 2), window(8, 2));
+    let first = stack.get(&search_path(old), Some(&t)).await?;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let vehicle = ids(&first)[0].clone();
+    let hold = hold_through(&stack, &t, &vehicle, old).await?;
+    let id = hold.body["id"].as_str().unwrap_or_default().to_owned();
+    // Both answers cached before the move: the old window without the car, the new with it.
+    assert!(!ids(&cached_search(&stack, &t, old).await?).contains(&vehicle));
+    assert!(ids(&cached_search(&stack, &t, new).await?).contains(&vehicle));
+    let moved = stack
+        .post(
+            &format!("/v1/bookings/{id}/reschedule"),
+            Some(&t),
+            &json!({ "start": new.0, "end": new.1 }),
+            Some(&uuid::Uuid::new_v4().to_string()),
+        )
+        .await?;
+    assert_eq!(moved.status, 200, "{}", moved.body);
+    let old_after = stack.get(&search_path(old), Some(&t)).await?;
+    assert!(
+        ids(&old_after).contains(&vehicle),
+        "the window the booking left is still shown taken: {:?}",
+        old_after.headers
+    );
+    let new_after = stack.get(&search_path(new), Some(&t)).await?;
+    assert!(
+        !ids(&new_after).contains(&vehicle),
+        "the window the booking moved to is still shown free: {:?}",
+        new_after.headers
+    );
+
+    // Moved again at the origin directly (as through the other region's edge): the origin
+    // bumps the vehicle's generation itself, and the edge's cached answers follow.
+    let third = window(11, 2);
+    assert!(!ids(&cached_search(&stack, &t, new).await?).contains(&vehicle));
+    assert!(ids(&cached_search(&stack, &t, third).await?).contains(&vehicle));
+    let direct = stack
+        .origin()?
+        .post(
+            &format!("/v1/bookings/{id}/reschedule"),
+            Some(&t),
+            &json!({ "start": third.0, "end": third.1 }),
+            None,
+        )
+        .await?;
+    assert_eq!(direct.status, 200, "{}", direct.body);
+    let mut followed = false;
+    for _ in 0..20 {
+        let freed = stack.get(&search_path(new), Some(&t)).await?;
+        let taken = stack.get(&search_path(third), Some(&t)).await?;
+        if ids(&freed).contains(&vehicle) && !ids(&taken).contains(&vehicle) {
+            followed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        followed,
+        "a move made at the origin did not reach the edge's cached availability within 1 s"
+    );
+    stack.stop().await
+}
+on_both_runtimes!(a_reschedule_through_the_edge_moves_the_vehicle_in_cached_availability);

@@ -292,7 +292,7 @@ pub struct PrivateBroker {
 const FILLER: &str = "filler";
 
 /// Topics the origin's relay publishes to.
-pub const TOPICS: [&str; 9] = [
+pub const TOPICS: [&str; 10] = [
     "booking.created",
     "booking.confirmed",
     "booking.started",
@@ -300,6 +300,7 @@ pub const TOPICS: [&str; 9] = [
     "booking.cancelled",
     "booking.failed",
     "booking.extended",
+    "booking.rescheduled",
     "vehicle.reserved",
     "vehicle.released",
 ];

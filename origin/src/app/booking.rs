@@ -15,6 +15,7 @@ use domain::booking::{Action, Booking, BookingError, ExtensionPricing, Rules, Tr
 use domain::ids::{BookingId, VehicleId};
 use domain::quote_token::{QuoteSigner, TokenError};
 use domain::region::Region;
+use domain::window::TimeWindow;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -54,6 +55,11 @@ pub(crate) enum BookingFailure {
         "the vehicle is booked by someone else after your booking; it cannot be extended to that time"
     )]
     ExtensionBlocked,
+    /// Another booking (or its turnaround buffer) overlaps the new window.
+    #[error(
+        "the vehicle is taken for that window (another booking, or the turnaround time after one); your booking keeps its window"
+    )]
+    RescheduleBlocked,
     /// The aggregate refused the action.
     #[error(transparent)]
     Refused(#[from] BookingError),
@@ -76,6 +82,14 @@ pub(crate) enum Command {
     Start,
     Complete,
     Extend { new_end: DateTime<Utc> },
+    Reschedule { window: TimeWindow },
+}
+
+impl Command {
+    /// Whether the command changes when the vehicle is taken (it takes the vehicle's lock).
+    pub(crate) fn moves_occupancy(&self) -> bool {
+        matches!(self, Command::Extend { .. } | Command::Reschedule { .. })
+    }
 }
 
 /// The rules bookings are judged by, from the origin's configuration.
@@ -164,16 +178,19 @@ pub(crate) async fn act(
         Command::Extend { new_end } => {
             // Refuse what can be refused before loading prices.
             before.extension_window(new_end, &rules.policy, now)?;
-            let facts = store::pricing_facts(conn, &before.vehicle_id).await?;
-            let ctx = pricing::context(conn, before.region(), facts.class).await?;
-            let tz = pricing::parse_tz(&facts.timezone)?;
-            let pricing = ExtensionPricing {
-                rate: &ctx.rate,
-                time_table: &ctx.time_table,
-                tz,
-                discounts: &ctx.discounts,
-            };
+            let (ctx, tz) = todays_prices(conn, &before).await?;
+            let pricing = changes_priced_by(&ctx, tz);
             before.act(Action::Extend { new_end, pricing }, rules, now)?
+        }
+        Command::Reschedule { window } => {
+            before.check_reschedule(&window, &rules.policy, now)?;
+            let (ctx, tz) = todays_prices(conn, &before).await?;
+            let pricing = changes_priced_by(&ctx, tz);
+            let transition = before.act(Action::Reschedule { window, pricing }, rules, now)?;
+            // An expired hold in the new window is ended first (an event of its own), as a
+            // new hold would; a live one makes the move fail on the constraint below.
+            store::expire_overlapping_holds(conn, &before.vehicle_id, &window, now).await?;
+            transition
         }
     };
     match store::save(conn, &transition, actor).await {
@@ -183,8 +200,34 @@ pub(crate) async fn act(
         {
             Err(BookingFailure::ExtensionBlocked)
         }
+        Err(StoreError::Overlap | StoreError::Contention)
+            if matches!(command, Command::Reschedule { .. }) =>
+        {
+            Err(BookingFailure::RescheduleBlocked)
+        }
         Err(e) => Err(e.into()),
     }
+}
+
+/// How an extension or a move is priced from today's `ctx` in the bay's zone `tz`.
+fn changes_priced_by(ctx: &pricing::PricingContext, tz: chrono_tz::Tz) -> ExtensionPricing<'_> {
+    ExtensionPricing {
+        rate: &ctx.rate,
+        time_table: &ctx.time_table,
+        tz,
+        discounts: &ctx.discounts,
+    }
+}
+
+/// Today's prices for `booking`'s vehicle, and its bay's time zone.
+async fn todays_prices(
+    conn: &mut PgConnection,
+    booking: &Booking,
+) -> Result<(pricing::PricingContext, chrono_tz::Tz), BookingFailure> {
+    let facts = store::pricing_facts(conn, &booking.vehicle_id).await?;
+    let ctx = pricing::context(conn, booking.region(), facts.class).await?;
+    let tz = pricing::parse_tz(&facts.timezone)?;
+    Ok((ctx, tz))
 }
 
 /// One booking `viewer` may see.

@@ -30,6 +30,8 @@ pub enum Topic {
     BookingFailed,
     #[serde(rename = "booking.extended")]
     BookingExtended,
+    #[serde(rename = "booking.rescheduled")]
+    BookingRescheduled,
     #[serde(rename = "vehicle.reserved")]
     VehicleReserved,
     #[serde(rename = "vehicle.released")]
@@ -38,7 +40,7 @@ pub enum Topic {
 
 impl Topic {
     /// Every topic, for topic creation and consumers.
-    pub const ALL: [Topic; 9] = [
+    pub const ALL: [Topic; 10] = [
         Topic::BookingCreated,
         Topic::BookingConfirmed,
         Topic::BookingStarted,
@@ -46,6 +48,7 @@ impl Topic {
         Topic::BookingCancelled,
         Topic::BookingFailed,
         Topic::BookingExtended,
+        Topic::BookingRescheduled,
         Topic::VehicleReserved,
         Topic::VehicleReleased,
     ];
@@ -60,6 +63,7 @@ impl Topic {
             Topic::BookingCancelled => "booking.cancelled",
             Topic::BookingFailed => "booking.failed",
             Topic::BookingExtended => "booking.extended",
+            Topic::BookingRescheduled => "booking.rescheduled",
             Topic::VehicleReserved => "vehicle.reserved",
             Topic::VehicleReleased => "vehicle.released",
         }
@@ -77,6 +81,7 @@ impl From<EventKind> for Topic {
             EventKind::BookingCancelled => Topic::BookingCancelled,
             EventKind::BookingFailed => Topic::BookingFailed,
             EventKind::BookingExtended => Topic::BookingExtended,
+            EventKind::BookingRescheduled => Topic::BookingRescheduled,
             EventKind::VehicleReserved => Topic::VehicleReserved,
             EventKind::VehicleReleased => Topic::VehicleReleased,
         }

@@ -1,4 +1,5 @@
-//! Booking routes: hold (create), read, list, confirm, cancel, extend, start, complete.
+//! Booking routes: hold (create), read, list, confirm, cancel, extend, reschedule, start,
+//! complete.
 //!
 //! v1 and v2 share one core per operation; the versioned handlers only choose the body shape.
 //! Each pair is written by `versioned!` (`http/versioned.rs`) from one response table, and the
@@ -22,6 +23,7 @@ use uuid::Uuid;
 
 use super::dto::{
     BookingPage, BookingV1, BookingV2, CreateBookingRequest, ExtendRequest, ListQuery,
+    RescheduleRequest,
 };
 use crate::app::booking::{self, Actor, BookingFailure, Command, ListFilter, Viewer};
 use crate::http::auth::AuthUser;
@@ -226,6 +228,9 @@ async fn act(
     let now = Utc::now();
     let body = match command {
         Command::Extend { new_end } => serde_json::json!({ "end": new_end }),
+        Command::Reschedule { window } => {
+            serde_json::json!({ "start": window.start(), "end": window.end() })
+        }
         _ => serde_json::Value::Null,
     };
     let mut pending = match call.begin(&[("id", &id)], &body).await? {
@@ -233,13 +238,14 @@ async fn act(
         Begun::Fresh(pending) => pending,
     };
     let rules = booking::rules(state)?;
-    // Extending changes the vehicle's occupancy: it takes the same lock as a hold.
-    let lock = match command {
-        Command::Extend { .. } => match booking::vehicle_of(pending.conn(), &id).await? {
+    // Extending or moving changes the vehicle's occupancy: it takes the same lock as a hold.
+    let lock = if command.moves_occupancy() {
+        match booking::vehicle_of(pending.conn(), &id).await? {
             Some(vehicle) => Some(state.locks.lock_in(pending.conn(), &vehicle).await?),
             None => None,
-        },
-        _ => None,
+        }
+    } else {
+        None
     };
     let done = booking::act(pending.conn(), &id, command, actor(&call), &rules, now)
         .await
@@ -445,6 +451,19 @@ booking_write!(
     |call, version| (id: ApiPath<String>, body: ApiJson<ExtendRequest>) {
         let new_end = body.0.end;
         act(call, version, &id.0, Command::Extend { new_end }).await
+    }
+);
+
+booking_write!(
+    /// Move a hold or a confirmed booking to another window of the same vehicle, at once (it
+    /// never holds two windows, nor none): 409 if the vehicle is taken then. Repriced with
+    /// today's rates (the difference is added or refunded, see `reschedules` in v2), plus the
+    /// cancellation fee the booking would pay now if the move is inside its fee period.
+    reschedule_v1 "/v1/bookings/{id}/reschedule", reschedule_v2 "/v2/bookings/{id}/reschedule" => 200,
+    [request_body = RescheduleRequest,], params(("id" = String, Path, description = "Booking id, e.g. bkg_euw_…", pattern = "^bkg_(euw|eun)_[0-9A-Fa-f]{32}$")),
+    |call, version| (id: ApiPath<String>, body: ApiJson<RescheduleRequest>) {
+        let window = crate::http::quotes::window_of(body.0.start, body.0.end)?;
+        act(call, version, &id.0, Command::Reschedule { window }).await
     }
 );
 

@@ -5,7 +5,7 @@
 //! Requests are strict: unknown fields are refused, so a typo is a 422, not a silent default.
 
 use chrono::{DateTime, Utc};
-use domain::booking::{Booking, Extension};
+use domain::booking::{Booking, Extension, Reschedule};
 use domain::cancellation::{CancellationFee, FeeTier};
 use domain::money::Money;
 use domain::pricing::PriceLine;
@@ -144,6 +144,45 @@ pub(crate) struct ExtendRequest {
     pub end: DateTime<Utc>,
 }
 
+/// Body of `POST /v{1,2}/bookings/{id}/reschedule`: the booking's new window, on whole minutes,
+/// which the booking policy must accept as for a new booking.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RescheduleRequest {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+/// One move of a booking to another window (v2), priced when it was made: the booking's price
+/// changed by `difference` (today's price of the new window minus the old one's; negative is
+/// refunded, and the price never goes below zero) plus `fee` (the cancellation policy's fee at
+/// the time of the move, zero before its free period ends and for holds).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub(crate) struct RescheduleDto {
+    pub from: WindowDto,
+    pub to: WindowDto,
+    pub difference: MoneyDto,
+    pub fee: MoneyDto,
+    pub at: DateTime<Utc>,
+}
+
+impl RescheduleDto {
+    fn render(r: &Reschedule, booking: &Booking) -> Self {
+        let currency = booking.price.currency;
+        let window = |w: &domain::window::TimeWindow| WindowDto {
+            start: w.start(),
+            end: w.end(),
+        };
+        RescheduleDto {
+            from: window(&r.from),
+            to: window(&r.to),
+            difference: Money::new(r.difference_minor, currency).into(),
+            fee: Money::new(r.fee_minor, currency).into(),
+            at: r.at,
+        }
+    }
+}
+
 /// What a cancellation costs (v1 decimals).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub(crate) struct CancellationV1 {
@@ -216,6 +255,9 @@ pub(crate) struct BookingV2 {
     /// The quote's breakdown.
     pub breakdown: Vec<PriceLineDto>,
     pub extensions: Vec<ExtensionDto>,
+    /// Moves to other windows, oldest first.
+    #[serde(default)]
+    pub reschedules: Vec<RescheduleDto>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hold_expires_at: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -288,6 +330,11 @@ impl BookingV2 {
             price: b.price.into(),
             breakdown: b.breakdown.iter().map(PriceLineDto::from).collect(),
             extensions: b.extensions.iter().map(ExtensionDto::from).collect(),
+            reschedules: b
+                .reschedules
+                .iter()
+                .map(|r| RescheduleDto::render(r, b))
+                .collect(),
             hold_expires_at: b.hold_expires_at,
             cancellation: cancellation_parts(b, fee).map(|(fee, refund, tier)| CancellationV2 {
                 fee: fee.into(),

@@ -372,7 +372,9 @@ impl From<BookingError> for ApiError {
             BookingError::InvalidTransition(_)
             | BookingError::NotStartable { .. }
             | BookingError::NotExtendable(_)
+            | BookingError::NotReschedulable(_)
             | BookingError::Ended => ApiError::InvalidState(e.to_string()),
+            BookingError::SameWindow => ApiError::field("start", e.to_string()),
             BookingError::HoldExpired(_) => ApiError::HoldExpired(e.to_string()),
             BookingError::Window { field, .. } => ApiError::field(field, e.to_string()),
             BookingError::ExtensionTooLong { .. } => ApiError::field("end", e.to_string()),
@@ -435,7 +437,9 @@ impl From<BookingFailure> for ApiError {
             BookingFailure::NotFound(_) | BookingFailure::VehicleUnavailable(_) => {
                 ApiError::NotFound(e.to_string())
             }
-            BookingFailure::ExtensionBlocked => ApiError::Conflict(e.to_string()),
+            BookingFailure::ExtensionBlocked | BookingFailure::RescheduleBlocked => {
+                ApiError::Conflict(e.to_string())
+            }
             BookingFailure::Refused(refused) => refused.into(),
             BookingFailure::Store(store) => store.into(),
             BookingFailure::Pricing(pricing) => pricing.into(),

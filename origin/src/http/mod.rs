@@ -199,6 +199,8 @@ fn booking_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(bookings::cancel_v2))
         .routes(routes!(bookings::extend_v1))
         .routes(routes!(bookings::extend_v2))
+        .routes(routes!(bookings::reschedule_v1))
+        .routes(routes!(bookings::reschedule_v2))
         .routes(routes!(bookings::start_v1))
         .routes(routes!(bookings::start_v2))
         .routes(routes!(bookings::complete_v1))

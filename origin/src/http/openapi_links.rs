@@ -1,5 +1,5 @@
 //! OpenAPI links: how the answer of one operation feeds the next (quote → hold → confirm,
-//! cancel, extend, start, complete; a new pricing rule → its update and delete). A client
+//! cancel, extend, reschedule, start, complete; a new pricing rule → its update and delete). A client
 //! generator can follow them, and schemathesis's stateful phase does: it chains real calls
 //! through them instead of guessing booking ids that never exist (which only ever got 404s).
 //!
@@ -36,6 +36,11 @@ fn booking_edges(v: &str) -> Vec<Edge> {
         ("confirm", HttpMethod::Post, p("/bookings/{id}/confirm")),
         ("cancel", HttpMethod::Post, p("/bookings/{id}/cancel")),
         ("extend", HttpMethod::Post, p("/bookings/{id}/extend")),
+        (
+            "reschedule",
+            HttpMethod::Post,
+            p("/bookings/{id}/reschedule"),
+        ),
         ("start", HttpMethod::Post, p("/bookings/{id}/start")),
         ("complete", HttpMethod::Post, p("/bookings/{id}/complete")),
     ];
@@ -52,6 +57,7 @@ fn booking_edges(v: &str) -> Vec<Edge> {
         (p("/bookings/{id}/confirm"), "200"),
         (p("/bookings/{id}/start"), "200"),
         (p("/bookings/{id}/extend"), "200"),
+        (p("/bookings/{id}/reschedule"), "200"),
     ];
     for (from, status) in sources {
         for (name, method, to) in &actions {

@@ -49,7 +49,18 @@ pub(crate) fn parse_window(
     end: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> ApiResult<TimeWindow> {
-    let window = TimeWindow::new(start, end).map_err(|e| {
+    let window = window_of(start, end)?;
+    state
+        .policy
+        .check(&window, now)
+        .map_err(|e| ApiError::field("start", e.to_string()))?;
+    Ok(window)
+}
+
+/// A window's own rules (non-empty, whole minutes), naming the field at fault; the booking
+/// policy, which depends on the time, is not checked.
+pub(crate) fn window_of(start: DateTime<Utc>, end: DateTime<Utc>) -> ApiResult<TimeWindow> {
+    TimeWindow::new(start, end).map_err(|e| {
         let field = if matches!(e, domain::window::WindowError::NotWholeMinute)
             && start.timestamp() % 60 != 0
         {
@@ -58,12 +69,7 @@ pub(crate) fn parse_window(
             "end"
         };
         ApiError::field(field, e.to_string())
-    })?;
-    state
-        .policy
-        .check(&window, now)
-        .map_err(|e| ApiError::field("start", e.to_string()))?;
-    Ok(window)
+    })
 }
 
 async fn vehicle_facts(state: &AppState, id: &VehicleId) -> ApiResult<PricingFacts> {

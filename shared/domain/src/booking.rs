@@ -1,7 +1,8 @@
 //! The booking aggregate: every rule about what may happen to a booking, and what it records.
 //!
 //! A [`Booking`] takes one action at a time — a hold from a verified quote ([`Booking::hold`]),
-//! then confirm, cancel, extend, start, complete or expire ([`Booking::act`]) — with `now` and
+//! then confirm, cancel, extend, reschedule, start, complete or expire ([`Booking::act`]) — with
+//! `now` and
 //! the [`Rules`], and answers with a [`Transition`]: the booking as it is after the action, the
 //! history row to record and the events to emit. Or it refuses with a [`BookingError`] naming
 //! the rule. It does no I/O: the origin loads the booking, asks the aggregate, and writes the
@@ -28,7 +29,7 @@ use crate::ids::{BookingId, VehicleId};
 use crate::money::{Currency, Money, MoneyError};
 use crate::multiplier::Multiplier;
 use crate::pricing::{
-    applicable_discounts, extension_price, DiscountContext, DiscountRule, HourOfWeekTable,
+    applicable_discounts, price_difference, DiscountContext, DiscountRule, HourOfWeekTable,
     PriceInput, PriceLine, PricingError, RateCard,
 };
 use crate::quote_token::QuoteClaims;
@@ -48,6 +49,23 @@ pub struct Extension {
     pub to: DateTime<Utc>,
     /// What the added time cost, in the booking's currency (minor units).
     pub amount_minor: i64,
+}
+
+/// One move of a booking to another window of the same vehicle, priced when it was made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reschedule {
+    /// The window before the move.
+    pub from: TimeWindow,
+    /// The window after it.
+    pub to: TimeWindow,
+    /// Today's price of `to` minus today's price of `from` (negative: refunded), in the
+    /// booking's currency (minor units).
+    pub difference_minor: i64,
+    /// The change fee: what cancelling at that moment would have cost (the cancellation
+    /// policy's fee on the price before the move), so a late move is not a free cancellation.
+    pub fee_minor: i64,
+    /// When the move was made.
+    pub at: DateTime<Utc>,
 }
 
 /// A booking: typed ids, window, state and money, parsed once from storage.
@@ -73,6 +91,8 @@ pub struct Booking {
     pub breakdown: Vec<PriceLine>,
     /// Extensions, oldest first.
     pub extensions: Vec<Extension>,
+    /// Moves to other windows, oldest first.
+    pub reschedules: Vec<Reschedule>,
     /// The quote this booking was made from (a quote buys at most one booking).
     pub quote_id: Uuid,
     /// When an unconfirmed hold ends; `None` once the booking left `RESERVING`.
@@ -114,9 +134,10 @@ impl Rules {
     }
 }
 
-/// Today's prices for the booking's vehicle, to price an extension: both windows are priced
-/// with these rules, without surge, risk loading, promo code or membership (the duration
-/// discounts still apply), and the booking pays the difference.
+/// Today's prices for the booking's vehicle, to price an extension or a move: both windows are
+/// priced with these rules, without surge, risk loading, promo code or membership (the duration
+/// discounts still apply), and the booking pays (or, for a cheaper move, gets back) the
+/// difference.
 #[derive(Debug, Clone, Copy)]
 pub struct ExtensionPricing<'a> {
     /// The vehicle class's rate card.
@@ -147,6 +168,14 @@ pub enum Action<'a> {
         /// Today's prices for the vehicle.
         pricing: ExtensionPricing<'a>,
     },
+    /// Move a hold or a confirmed booking to another window of the same vehicle, priced with
+    /// today's rules; a move inside the cancellation policy's fee period pays its fee.
+    Reschedule {
+        /// The new window.
+        window: TimeWindow,
+        /// Today's prices for the vehicle.
+        pricing: ExtensionPricing<'a>,
+    },
     /// End a hold whose time ran out (the sweeper, or a new hold wanting its window).
     Expire,
 }
@@ -168,6 +197,8 @@ pub enum EventKind {
     BookingFailed,
     /// A booking's end moved later.
     BookingExtended,
+    /// A booking moved to another window.
+    BookingRescheduled,
     /// The vehicle is now held for the booking's window.
     VehicleReserved,
     /// The vehicle is free again for the booking's window.
@@ -203,6 +234,8 @@ pub struct Transition {
     pub cancellation: Option<CancellationFee>,
     /// The extension just made.
     pub extension: Option<Extension>,
+    /// The move just made.
+    pub reschedule: Option<Reschedule>,
 }
 
 /// Why the aggregate refused an action. Messages are safe to show to API clients.
@@ -231,6 +264,12 @@ pub enum BookingError {
     /// Extending a booking whose end has passed.
     #[error("the booking has already ended")]
     Ended,
+    /// Only holds and confirmed bookings can be moved.
+    #[error("only a RESERVING or CONFIRMED booking can be rescheduled; this one is {0}")]
+    NotReschedulable(BookingStatus),
+    /// A move to the window the booking already has.
+    #[error("the booking already has this window")]
+    SameWindow,
     /// A window refused by its own rules or by the booking policy; `field` names the request
     /// field at fault (`start` for a hold, `end` for an extension).
     #[error("{error}")]
@@ -319,6 +358,7 @@ impl Booking {
             price: quote.total,
             breakdown: quote.breakdown.clone(),
             extensions: Vec::new(),
+            reschedules: Vec::new(),
             quote_id: quote.quote_id,
             hold_expires_at: Some(now + rules.hold_ttl),
             cancellation_fee: None,
@@ -337,6 +377,7 @@ impl Booking {
             events: &[EventKind::BookingCreated, EventKind::VehicleReserved],
             cancellation: None,
             extension: None,
+            reschedule: None,
         })
     }
 
@@ -355,6 +396,7 @@ impl Booking {
             Action::Extend { new_end, pricing } => {
                 self.extend(new_end, &pricing, &rules.policy, now)
             }
+            Action::Reschedule { window, pricing } => self.reschedule(window, &pricing, rules, now),
             Action::Expire => self.expire(now),
         }
     }
@@ -432,6 +474,7 @@ impl Booking {
             events,
             cancellation: None,
             extension: None,
+            reschedule: None,
         })
     }
 
@@ -506,33 +549,156 @@ impl Booking {
             events: &[EventKind::BookingExtended],
             cancellation: None,
             extension: Some(extension),
+            reschedule: None,
         })
     }
 }
 
-impl ExtensionPricing<'_> {
+impl Booking {
+    /// Whether the booking may move to `window` at `now`: a hold that has not expired or a
+    /// confirmed booking, to another window that the booking policy accepts as a new booking
+    /// (notice, length, how far ahead). [`Action::Reschedule`] checks the same before pricing;
+    /// a caller may check first to avoid loading prices for a refused move.
+    pub fn check_reschedule(
+        &self,
+        window: &TimeWindow,
+        policy: &BookingPolicy,
+        now: DateTime<Utc>,
+    ) -> Result<(), BookingError> {
+        match self.status {
+            BookingStatus::Reserving if self.hold_expires_at.is_some_and(|at| at <= now) => {
+                return Err(BookingError::HoldExpired(self.id));
+            }
+            BookingStatus::Reserving | BookingStatus::Confirmed => {}
+            other => return Err(BookingError::NotReschedulable(other)),
+        }
+        if *window == self.window {
+            return Err(BookingError::SameWindow);
+        }
+        policy
+            .check(window, now)
+            .map_err(|error| BookingError::Window {
+                field: "start",
+                error,
+            })
+    }
+
+    /// The move: one window replaces the other in the same row (never two held, never none),
+    /// the price changes by today's difference between the windows (never below zero), plus
+    /// the change fee — the cancellation policy's fee at `now` on the price before the move,
+    /// free for holds and for moves made before the policy's free period.
+    fn reschedule(
+        &self,
+        window: TimeWindow,
+        pricing: &ExtensionPricing<'_>,
+        rules: &Rules,
+        now: DateTime<Utc>,
+    ) -> Result<Transition, BookingError> {
+        self.check_reschedule(&window, &rules.policy, now)?;
+        let difference = pricing.difference(&self.window, &window, now)?;
+        if difference.currency != self.price.currency {
+            return Err(BookingError::CurrencyMismatch {
+                booking: self.price.currency,
+                extension: difference.currency,
+            });
+        }
+        let fee = rules
+            .cancellation
+            .fee(self.price, self.window.start(), now, self.status)
+            .fee;
+        let moved = self
+            .price
+            .minor
+            .checked_add(difference.minor)
+            .ok_or(BookingError::Overflow)?
+            .max(0);
+        let price = Money::new(moved, self.price.currency).checked_add(fee)?;
+        let reschedule = Reschedule {
+            from: self.window,
+            to: window,
+            difference_minor: difference.minor,
+            fee_minor: fee.minor,
+            at: now,
+        };
+        let mut booking = self.clone();
+        booking.window = window;
+        booking.price = price;
+        booking.reschedules.push(reschedule.clone());
+        booking.updated_at = now;
+        Ok(Transition {
+            // The same state (a hold keeps its expiry): the history row records `reschedule`.
+            from: self.status,
+            booking,
+            at: now,
+            record: Record {
+                event: "reschedule",
+                reason: Some("rescheduled"),
+                details: json!({
+                    "from": reschedule.from,
+                    "to": reschedule.to,
+                    "difference_minor": reschedule.difference_minor,
+                    "fee_minor": reschedule.fee_minor,
+                }),
+            },
+            events: &[EventKind::BookingRescheduled],
+            cancellation: None,
+            extension: None,
+            reschedule: Some(reschedule),
+        })
+    }
+}
+
+impl<'a> ExtensionPricing<'a> {
     /// The price of moving from `old` to `new`: both windows priced with today's rules, neutral
-    /// surge and risk, no promo code or membership, never below zero
-    /// ([`extension_price`] checks that both prices are in one currency).
+    /// surge and risk, no promo code or membership, never below zero (the difference of the
+    /// two full-window prices, as [`extension_price`](crate::pricing::extension_price) defines).
     pub fn extension(
         &self,
         old: &TimeWindow,
         new: &TimeWindow,
         now: DateTime<Utc>,
     ) -> Result<Money, BookingError> {
-        let discounts_of = |window: &TimeWindow| {
-            applicable_discounts(
-                self.discounts,
-                &DiscountContext {
-                    promo_code: None,
-                    membership_tier: None,
-                    duration_minutes: window.duration_minutes(),
-                    now,
-                },
-            )
-        };
-        let (old_discounts, new_discounts) = (discounts_of(old)?, discounts_of(new)?);
-        let input = |window, discounts| PriceInput {
+        let delta = self.difference(old, new, now)?;
+        Ok(Money::new(delta.minor.max(0), delta.currency))
+    }
+
+    /// Today's price of `new` minus today's price of `old`, with the same rules as
+    /// [`ExtensionPricing::extension`] but signed: what a move adds or refunds.
+    pub fn difference(
+        &self,
+        old: &TimeWindow,
+        new: &TimeWindow,
+        now: DateTime<Utc>,
+    ) -> Result<Money, BookingError> {
+        let (old_discounts, new_discounts) =
+            (self.discounts_for(old, now)?, self.discounts_for(new, now)?);
+        Ok(price_difference(
+            &self.input(old, &old_discounts),
+            &self.input(new, &new_discounts),
+        )?)
+    }
+
+    fn discounts_for(
+        &self,
+        window: &TimeWindow,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<&'a DiscountRule>, BookingError> {
+        Ok(applicable_discounts(
+            self.discounts,
+            &DiscountContext {
+                promo_code: None,
+                membership_tier: None,
+                duration_minutes: window.duration_minutes(),
+                now,
+            },
+        )?)
+    }
+
+    fn input<'w>(&self, window: &'w TimeWindow, discounts: &'w [&'w DiscountRule]) -> PriceInput<'w>
+    where
+        'a: 'w,
+    {
+        PriceInput {
             rate: self.rate,
             window,
             tz: self.tz,
@@ -540,11 +706,7 @@ impl ExtensionPricing<'_> {
             surge: Multiplier::ONE,
             risk: Multiplier::ONE,
             discounts,
-        };
-        Ok(extension_price(
-            &input(old, &old_discounts),
-            &input(new, &new_discounts),
-        )?)
+        }
     }
 }
 

@@ -487,3 +487,140 @@ fn a_hold_that_has_not_expired_or_a_firm_booking_cannot_be_expired() {
     let err = confirmed(60, 60).expire(now() + minutes(30)).unwrap_err();
     assert_eq!(err.to_string(), "cannot fail a booking that is CONFIRMED");
 }
+
+fn move_to(
+    booking: &Booking,
+    to: TimeWindow,
+    rate: &RateCard,
+    at: DateTime<Utc>,
+) -> Result<Transition, BookingError> {
+    let table = HourOfWeekTable::neutral();
+    let pricing = ExtensionPricing {
+        rate,
+        time_table: &table,
+        tz: Tz::Europe__Berlin,
+        discounts: &[],
+    };
+    booking.act(
+        Action::Reschedule {
+            window: to,
+            pricing,
+        },
+        &rules(),
+        at,
+    )
+}
+
+#[test]
+fn a_move_replaces_the_window_and_pays_todays_difference_between_the_two() {
+    // Confirmed 3 days ahead for 3 h at 42.00; moved to a 5 h window a week later.
+    let b = confirmed(3 * 24 * 60, 180);
+    let to = window(now() + minutes(7 * 24 * 60), 300);
+    let t = move_to(&b, to, &rate(Currency::EUR), now()).unwrap();
+    // Today's rate card: 3 h = 30.00, 5 h = 50.00 → +20.00; no fee three days ahead.
+    assert_eq!(t.booking.window, to);
+    assert_eq!(t.booking.price, Money::new(4_200 + 2_000, Currency::EUR));
+    assert_eq!(t.booking.status, BookingStatus::Confirmed);
+    assert_eq!(t.from, BookingStatus::Confirmed);
+    assert_eq!(t.events, [EventKind::BookingRescheduled]);
+    let r = t.reschedule.clone().unwrap();
+    assert_eq!((r.from, r.to), (b.window, to));
+    assert_eq!((r.difference_minor, r.fee_minor), (2_000, 0));
+    assert_eq!(t.booking.reschedules, vec![r]);
+    assert_eq!(t.record.event, "reschedule");
+    assert_eq!(t.record.details["difference_minor"], json!(2_000));
+    assert_eq!(t.record.details["from"]["start"], json!(b.window.start()));
+
+    // A shorter window refunds the difference: 3 h → 1 h is −20.00.
+    let shorter = window(now() + minutes(3 * 24 * 60), 60);
+    let t = move_to(&b, shorter, &rate(Currency::EUR), now()).unwrap();
+    assert_eq!(t.booking.price.minor, 4_200 - 2_000);
+    assert_eq!(t.reschedule.unwrap().difference_minor, -2_000);
+}
+
+#[test]
+fn a_move_never_makes_the_price_negative() {
+    // The quote was cheap (42.00 for 3 h) and today's rates are ten times higher: moving to a
+    // one-hour window is −200.00 at today's rates, but the booking cannot pay out more than it cost.
+    let b = confirmed(3 * 24 * 60, 180);
+    let dear = RateCard {
+        per_hour_minor: 10_000,
+        per_day_minor: 60_000,
+        ..rate(Currency::EUR)
+    };
+    let t = move_to(&b, window(now() + minutes(4 * 24 * 60), 60), &dear, now()).unwrap();
+    assert_eq!(t.booking.price.minor, 0);
+    assert_eq!(t.reschedule.unwrap().difference_minor, -20_000);
+}
+
+#[test]
+fn a_late_move_pays_what_cancelling_would_cost() {
+    // 10 h before the start: the late tier (25 % of 42.00 = 10.50) on top of the difference.
+    let b = confirmed(10 * 60, 180);
+    let to = window(now() + minutes(3 * 24 * 60), 180);
+    let t = move_to(&b, to, &rate(Currency::EUR), now()).unwrap();
+    let r = t.reschedule.unwrap();
+    assert_eq!((r.difference_minor, r.fee_minor), (0, 1_050));
+    assert_eq!(t.booking.price.minor, 4_200 + 1_050);
+    // 1 h before: the very late tier, 50 %.
+    let b = confirmed(60, 180);
+    let r = move_to(&b, to, &rate(Currency::EUR), now())
+        .unwrap()
+        .reschedule
+        .unwrap();
+    assert_eq!(r.fee_minor, 2_100);
+    // Exactly 24 h before: still free.
+    let b = confirmed(24 * 60, 180);
+    let r = move_to(&b, to, &rate(Currency::EUR), now())
+        .unwrap()
+        .reschedule
+        .unwrap();
+    assert_eq!(r.fee_minor, 0);
+    // A hold moves free whatever its start, and keeps its expiry.
+    let h = held(60, 180);
+    let t = move_to(&h, to, &rate(Currency::EUR), now()).unwrap();
+    assert_eq!(t.reschedule.unwrap().fee_minor, 0);
+    assert_eq!(t.booking.status, BookingStatus::Reserving);
+    assert_eq!(t.booking.hold_expires_at, h.hold_expires_at);
+}
+
+#[test]
+fn only_live_holds_and_confirmed_bookings_move_to_another_window_the_policy_accepts() {
+    let to = window(now() + minutes(3 * 24 * 60), 180);
+    let card = rate(Currency::EUR);
+    // An expired hold.
+    let h = held(24 * 60, 180);
+    let late = h.hold_expires_at.unwrap();
+    assert_eq!(
+        move_to(&h, to, &card, late).unwrap_err(),
+        BookingError::HoldExpired(h.id)
+    );
+    // Started, cancelled, completed.
+    let b = confirmed(10, 180);
+    let started = b.act(Action::Start, &rules(), now()).unwrap().booking;
+    assert_eq!(
+        move_to(&started, to, &card, now()).unwrap_err(),
+        BookingError::NotReschedulable(BookingStatus::InProgress)
+    );
+    let cancelled = b.act(Action::Cancel, &rules(), now()).unwrap().booking;
+    assert_eq!(
+        move_to(&cancelled, to, &card, now()).unwrap_err(),
+        BookingError::NotReschedulable(BookingStatus::Cancelled)
+    );
+    // The same window.
+    assert_eq!(
+        move_to(&b, b.window, &card, now()).unwrap_err(),
+        BookingError::SameWindow
+    );
+    // A window the policy refuses for a new booking: in the past, too long.
+    let past = window(now() - minutes(60), 60);
+    assert!(matches!(
+        move_to(&b, past, &card, now()).unwrap_err(),
+        BookingError::Window { field: "start", .. }
+    ));
+    let long = window(now() + minutes(24 * 60), 60 * 24 * 40);
+    assert!(matches!(
+        move_to(&b, long, &card, now()).unwrap_err(),
+        BookingError::Window { field: "start", .. }
+    ));
+}

@@ -64,6 +64,7 @@ fn booking(
         price: Money::new(price, Currency::EUR),
         breakdown: Vec::new(),
         extensions: Vec::new(),
+        reschedules: Vec::new(),
         quote_id: Uuid::from_u128(4),
         hold_expires_at: (status == BookingStatus::Reserving).then(|| at(hold_left.unwrap_or(10))),
         cancellation_fee: None,

@@ -420,6 +420,7 @@ fn topic(kind: EventKind) -> &'static str {
         EventKind::BookingCancelled => "booking.cancelled",
         EventKind::BookingFailed => "booking.failed",
         EventKind::BookingExtended => "booking.extended",
+        EventKind::BookingRescheduled => "booking.rescheduled",
         EventKind::VehicleReserved => "vehicle.reserved",
         EventKind::VehicleReleased => "vehicle.released",
     }

@@ -73,6 +73,7 @@ pub(crate) const OCCUPYING: [&str; 3] = ["RESERVING", "CONFIRMED", "IN_PROGRESS"
 pub(crate) fn topics_of(event: &str, to: &str) -> &'static [&'static str] {
     match (event, to) {
         ("extend", _) => &["booking.extended"],
+        ("reschedule", _) => &["booking.rescheduled"],
         (_, "RESERVING") => &["booking.created", "vehicle.reserved"],
         (_, "CONFIRMED") => &["booking.confirmed"],
         (_, "IN_PROGRESS") => &["booking.started"],

@@ -17,7 +17,7 @@ pub(crate) mod at_once;
 pub(crate) mod model;
 
 use chrono::{DateTime, Utc};
-use domain::booking::{Booking, BookingError, Extension, Transition};
+use domain::booking::{Booking, BookingError, Extension, Reschedule, Transition};
 use domain::ids::{BookingId, VehicleId};
 use domain::pricing::PriceLine;
 use domain::state::BookingStatus;
@@ -140,6 +140,7 @@ macro_rules! booking_rows {
                        status as "status!", currency as "currency!", price_minor as "price_minor!",
                        breakdown as "breakdown!: Json<Vec<PriceLine>>",
                        extensions as "extensions!: Json<Vec<Extension>>",
+                       reschedules as "reschedules!: Json<Vec<Reschedule>>",
                        quote_id as "quote_id!", hold_expires_at as "hold_expires_at?",
                        cancellation_fee_minor as "cancellation_fee_minor?",
                        created_at as "created_at!", updated_at as "updated_at!" "# + $tail
@@ -335,12 +336,14 @@ pub(crate) async fn save(
     let after = &transition.booking;
     let outbox = OutboxRows::of(transition)?;
     let extensions = serde_json::to_value(&after.extensions)?;
+    let reschedules = serde_json::to_value(&after.reschedules)?;
     let traceparent = crate::telemetry::current_traceparent(actor.traceparent);
     let done = sqlx::query!(
         "with u as (
              update bookings
                 set status = $2, hold_expires_at = $3, period = tstzrange($4, $5, '[)'),
-                    price_minor = $6, extensions = $7, cancellation_fee_minor = $8, updated_at = $9
+                    price_minor = $6, extensions = $7, cancellation_fee_minor = $8, updated_at = $9,
+                    reschedules = $21
               where id = $1
           returning id, vehicle_id, region),
          h as (
@@ -370,6 +373,7 @@ pub(crate) async fn save(
         &outbox.topics,
         &outbox.payloads,
         traceparent,
+        reschedules,
     )
     .execute(conn)
     .await?;

@@ -3,7 +3,7 @@
 //! states and money.
 
 use chrono::{DateTime, Utc};
-use domain::booking::{Booking, Extension};
+use domain::booking::{Booking, Extension, Reschedule};
 use domain::ids::{BookingId, VehicleId};
 use domain::money::{Currency, Money};
 use domain::pricing::PriceLine;
@@ -30,6 +30,7 @@ pub struct BookingRow {
     pub price_minor: i64,
     pub breakdown: Json<Vec<PriceLine>>,
     pub extensions: Json<Vec<Extension>>,
+    pub reschedules: Json<Vec<Reschedule>>,
     pub quote_id: Uuid,
     pub hold_expires_at: Option<DateTime<Utc>>,
     pub cancellation_fee_minor: Option<i64>,
@@ -70,6 +71,7 @@ impl TryFrom<BookingRow> for Booking {
             price: Money::new(row.price_minor, currency),
             breakdown: row.breakdown.0,
             extensions: row.extensions.0,
+            reschedules: row.reschedules.0,
             quote_id: row.quote_id,
             hold_expires_at: row.hold_expires_at,
             cancellation_fee: row

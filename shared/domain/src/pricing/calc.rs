@@ -295,6 +295,17 @@ pub fn extension_price(
     input_old: &PriceInput,
     input_new: &PriceInput,
 ) -> Result<Money, PricingError> {
+    let delta = price_difference(input_old, input_new)?;
+    Ok(Money::new(delta.minor.max(0), delta.currency))
+}
+
+/// `price(new window) − price(old window)` under the same rules, negative when the new window
+/// is cheaper: what moving a booking ([`crate::booking::Action::Reschedule`]) adds or refunds.
+/// [`extension_price`] is this, never below zero.
+pub fn price_difference(
+    input_old: &PriceInput,
+    input_new: &PriceInput,
+) -> Result<Money, PricingError> {
     let old = price(input_old)?;
     let new = price(input_new)?;
     if old.currency != new.currency {
@@ -305,7 +316,7 @@ pub fn extension_price(
         .minor
         .checked_sub(old.total.minor)
         .ok_or(PricingError::Overflow)?;
-    Ok(Money::new(delta.max(0), new.currency))
+    Ok(Money::new(delta, new.currency))
 }
 
 #[cfg(test)]

@@ -18,7 +18,9 @@ mod calc;
 mod discount;
 mod rates;
 
-pub use calc::{extension_price, price, LineKind, PriceBreakdown, PriceInput, PriceLine};
+pub use calc::{
+    extension_price, price, price_difference, LineKind, PriceBreakdown, PriceInput, PriceLine,
+};
 pub use discount::{
     applicable_discounts, total_discount_bp, DiscountContext, DiscountKind, DiscountRule,
     MAX_TOTAL_DISCOUNT_BP,

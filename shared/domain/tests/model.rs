@@ -3,7 +3,7 @@
 //!
 //! Why: the unit and property tests check each rule alone (the transition table, `overlaps`,
 //! the policy, the fee, the extension price). A double booking or a stuck booking comes from
-//! *sequences*: hold, extend into a neighbour, cancel, re-hold the freed window, let a hold
+//! *sequences*: hold, extend into a neighbour, move onto another, cancel, re-hold the freed window, let a hold
 //! expire, start early… `proptest-state-machine` generates such sequences, shrinks a failing one
 //! to its shortest form, and checks the system under test against the reference after each step.
 //!
@@ -75,6 +75,8 @@ enum Op {
     Act { pick: usize, event: BookingEvent },
     /// Move the end of the `pick`-th booking `by` minutes later (or earlier when negative).
     Extend { pick: usize, by: i64 },
+    /// Move the `pick`-th booking to the window from `now + lead` for `len` minutes.
+    Move { pick: usize, lead: i64, len: i64 },
     /// Time passes.
     Tick { minutes: i64 },
     /// The sweeper fails every hold whose expiry has passed.
@@ -101,6 +103,15 @@ enum Outcome {
     /// Cancelled with this fee in minor units.
     Cancelled {
         fee: i64,
+    },
+    /// Refused: the booking already has that window.
+    SameWindow,
+    /// Moved; the price changed by `difference` plus `fee`, or (`floored`: the difference is a
+    /// refund larger than the price) to `fee`.
+    Moved {
+        difference: i64,
+        fee: i64,
+        floored: bool,
     },
     /// Nothing to act on.
     Nothing,
@@ -153,6 +164,7 @@ struct RefBooking {
     hold_expires: Option<i64>,
     price: i64,
     extensions: usize,
+    moves: usize,
 }
 
 impl RefBooking {
@@ -260,16 +272,19 @@ impl ReferenceStateMachine for Reference {
             2 => Just(BookingEvent::Complete),
             2 => Just(BookingEvent::Fail),
         ];
-        let hold = (0..VEHICLES, 0..10i64, 0..10i64, 1..100_000i64).prop_map(
-            |(vehicle, lead, len, price)| Op::Hold {
-                vehicle,
-                // 0 min lead is refused (notice), a few steps reach far ahead.
-                lead: lead * 15,
-                // 0 and 15 min are refused (too short).
-                len: len * 15,
-                price,
-            },
-        );
+        // Some cheap quotes, so a move can refund more than the booking cost.
+        let price = prop_oneof![1 => 1..1_000i64, 3 => 1..100_000i64];
+        let hold =
+            (0..VEHICLES, 0..10i64, 0..10i64, price).prop_map(|(vehicle, lead, len, price)| {
+                Op::Hold {
+                    vehicle,
+                    // 0 min lead is refused (notice), a few steps reach far ahead.
+                    lead: lead * 15,
+                    // 0 and 15 min are refused (too short).
+                    len: len * 15,
+                    price,
+                }
+            });
         let n = state.bookings.len().max(1);
         // Mostly act on live bookings (acting on finished ones is checked, but is dull).
         let live: Vec<usize> = (0..state.bookings.len())
@@ -287,7 +302,12 @@ impl ReferenceStateMachine for Reference {
         prop_oneof![
             4 => hold,
             6 => (pick.clone(), events).prop_map(|(pick, event)| Op::Act { pick, event }),
-            2 => (pick, -2..8i64).prop_map(|(pick, by)| Op::Extend { pick, by: by * 15 }),
+            2 => (pick.clone(), -2..8i64).prop_map(|(pick, by)| Op::Extend { pick, by: by * 15 }),
+            1 => (pick, 0..12i64, 1..10i64).prop_map(|(pick, lead, len)| Op::Move {
+                pick,
+                lead: lead * 15,
+                len: len * 15,
+            }),
             3 => (1..40i64).prop_map(|minutes| Op::Tick { minutes }),
             1 => Just(Op::Sweep),
         ]
@@ -318,6 +338,7 @@ impl ReferenceStateMachine for Reference {
                         hold_expires: Some(s.now + HOLD_TTL_MIN),
                         price,
                         extensions: 0,
+                        moves: 0,
                     });
                     s.effects
                         .push(("hold", vec!["booking.created", "vehicle.reserved"]));
@@ -379,6 +400,43 @@ impl ReferenceStateMachine for Reference {
                         r.extensions += 1;
                         s.effects.push(("extend", vec!["booking.extended"]));
                         Outcome::Extended { amount }
+                    }
+                }
+            },
+            Op::Move { pick, lead, len } => match s.bookings.len() {
+                0 => Outcome::Nothing,
+                n => {
+                    let i = pick % n;
+                    let b = s.bookings[i].clone();
+                    let (start, end) = (s.now + lead, s.now + lead + len);
+                    let expired = b.hold_expires.is_some_and(|t| t <= s.now);
+                    if !matches!(b.status, "RESERVING" | "CONFIRMED") || expired {
+                        Outcome::WrongState
+                    } else if (start, end) == (b.start, b.end) {
+                        Outcome::SameWindow
+                    } else if !s.policy_ok(start, len) {
+                        Outcome::Policy
+                    } else if !s.free(b.vehicle, start, end, Some(i)) {
+                        Outcome::Taken
+                    } else {
+                        let difference = ref_price(len) - ref_price(b.end - b.start);
+                        let fee = ref_fee(&b, s.now);
+                        let floored = b.price + difference < 0;
+                        let r = &mut s.bookings[i];
+                        r.start = start;
+                        r.end = end;
+                        r.price = if floored {
+                            fee
+                        } else {
+                            r.price + difference + fee
+                        };
+                        r.moves += 1;
+                        s.effects.push(("reschedule", vec!["booking.rescheduled"]));
+                        Outcome::Moved {
+                            difference,
+                            fee,
+                            floored,
+                        }
                     }
                 }
             },
@@ -586,6 +644,50 @@ impl Ledger {
                 self.bookings[i] = t.booking;
                 Outcome::Extended { amount }
             }
+            Op::Move { pick, lead, len } => {
+                if self.bookings.is_empty() {
+                    return Outcome::Nothing;
+                }
+                let i = pick % self.bookings.len();
+                let b = &self.bookings[i];
+                let pricing = ExtensionPricing {
+                    rate: &self.rate,
+                    time_table: &self.table,
+                    tz: Tz::UTC,
+                    discounts: &[],
+                };
+                let start = self.now + Duration::minutes(lead);
+                let window = match TimeWindow::new(start, start + Duration::minutes(len)) {
+                    Ok(w) => w,
+                    Err(_) => return Outcome::Policy,
+                };
+                let t = match b.act(
+                    Action::Reschedule { window, pricing },
+                    &self.rules,
+                    self.now,
+                ) {
+                    Ok(t) => t,
+                    Err(BookingError::NotReschedulable(_) | BookingError::HoldExpired(_)) => {
+                        return Outcome::WrongState
+                    }
+                    Err(BookingError::SameWindow) => return Outcome::SameWindow,
+                    Err(BookingError::Window { field: "start", .. }) => return Outcome::Policy,
+                    Err(e) => panic!("a move refused for another reason: {e}"),
+                };
+                if self.taken(b.vehicle_id, &t.booking.window, Some(i)) {
+                    return Outcome::Taken;
+                }
+                let r = t.reschedule.clone().expect("a move records itself");
+                assert_eq!((r.from, r.to), (b.window, window));
+                let floored = b.price.minor + r.difference_minor < 0;
+                self.effects.push(effect(&t));
+                self.bookings[i] = t.booking;
+                Outcome::Moved {
+                    difference: r.difference_minor,
+                    fee: r.fee_minor,
+                    floored,
+                }
+            }
             Op::Tick { minutes } => {
                 self.now += Duration::minutes(minutes);
                 Outcome::Changed
@@ -670,6 +772,7 @@ impl StateMachineTest for LedgerTest {
             assert_eq!(b.hold_expires_at, r.hold_expires.map(at));
             assert_eq!(b.price.minor, r.price);
             assert_eq!(b.extensions.len(), r.extensions);
+            assert_eq!(b.reschedules.len(), r.moves);
             assert_eq!(b.status.occupies_vehicle(), r.occupies());
         }
         // No minute of a vehicle is held by two occupying bookings (checked on the model's
@@ -734,6 +837,17 @@ fn generated_sequences_reach_conflicts_extensions_cancellations_and_expiries() {
                     "extended at a price"
                 }
                 (Op::Extend { .. }, Some(Outcome::Taken)) => "extension refused: taken",
+                (Op::Move { .. }, Some(Outcome::Moved { floored: true, .. })) => {
+                    "moved for a refund larger than the price"
+                }
+                (Op::Move { .. }, Some(Outcome::Moved { fee, .. })) if fee > 0 => {
+                    "moved late, with a fee"
+                }
+                (Op::Move { .. }, Some(Outcome::Moved { difference, .. })) if difference < 0 => {
+                    "moved for a refund"
+                }
+                (Op::Move { .. }, Some(Outcome::Moved { .. })) => "moved",
+                (Op::Move { .. }, Some(Outcome::Taken)) => "move refused: taken",
                 (_, Some(Outcome::Cancelled { fee })) if fee > 0 => "cancelled with a fee",
                 (_, Some(Outcome::Swept(n))) if n > 0 => "holds expired",
                 (
@@ -759,6 +873,11 @@ fn generated_sequences_reach_conflicts_extensions_cancellations_and_expiries() {
         "hold refused: policy",
         "extended at a price",
         "extension refused: taken",
+        "moved",
+        "moved late, with a fee",
+        "moved for a refund",
+        "moved for a refund larger than the price",
+        "move refused: taken",
         "cancelled with a fee",
         "holds expired",
         "hold expired",

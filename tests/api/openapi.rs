@@ -94,5 +94,28 @@ async fn the_openapi_document_lists_every_route_and_each_exists(pool: PgPool) ->
     }
     // The event schema is documented for consumers.
     assert!(doc.body["components"]["schemas"]["Event"].is_object());
+    // Every schema reference resolves (a nested type utoipa did not collect would dangle).
+    let mut refs = Vec::new();
+    collect_refs(&doc.body, &mut refs);
+    assert!(refs.iter().any(|r| r.ends_with("/EventWindow")), "{refs:?}");
+    for r in &refs {
+        let pointer = r.trim_start_matches('#');
+        assert!(doc.body.pointer(pointer).is_some(), "dangling $ref {r}");
+    }
     app.stop().await
+}
+
+fn collect_refs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v.as_str()) {
+                    ("$ref", Some(r)) => out.push(r.to_owned()),
+                    _ => collect_refs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_refs(v, out)),
+        _ => {}
+    }
 }

@@ -116,6 +116,23 @@ async fn a_confirmed_booking_moves_to_a_free_window_at_once_and_pays_the_differe
         1
     );
 
+    // The event names the window the booking left, for consumers of availability.
+    let (event_booking, previous): (Value, Value) = sqlx::query_as(
+        "select payload->'booking', payload->'previous_window' from outbox
+          where topic = 'booking.rescheduled' and aggregate_id = $1",
+    )
+    .bind(uuid_of(&id)?)
+    .fetch_one(&app.pool)
+    .await?;
+    assert_eq!(
+        (at(&previous["start"]), at(&previous["end"])),
+        (Some(old.0), Some(old.1))
+    );
+    assert_eq!(
+        (at(&event_booking["start"]), at(&event_booking["end"])),
+        (Some(new.0), Some(new.1))
+    );
+
     // A retry with the key answers the same and moves nothing twice.
     let again = reschedule(&app, "v2", "rosa", &id, new, Some(&key)).await?;
     assert_eq!(again.status.as_u16(), 200, "{}", again.body);

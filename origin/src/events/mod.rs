@@ -105,6 +105,13 @@ pub struct BookingSnapshot {
     pub cancellation_fee_minor: Option<i64>,
 }
 
+/// A window in an event: `[start, end)`.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+pub struct EventWindow {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
 /// The event envelope (documented as `Event` in the OpenAPI components).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Event {
@@ -117,6 +124,10 @@ pub struct Event {
     /// Why the change happened, when it was not the user's own action (e.g. `hold_expired`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// `booking.rescheduled`: the window the booking left (now free, unless another booking
+    /// took it since), so a consumer of availability needs no other read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous_window: Option<EventWindow>,
     /// The booking's uuid (the outbox's aggregate id); not part of the payload.
     #[serde(skip)]
     pub aggregate_id: Uuid,
@@ -143,6 +154,7 @@ impl Event {
                 cancellation_fee_minor: booking.cancellation_fee.map(|m| m.minor),
             },
             reason: reason.map(str::to_owned),
+            previous_window: None,
             aggregate_id: booking.id.uuid,
         }
     }

@@ -27,7 +27,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::events::{Event, Topic};
+use crate::events::{Event, EventWindow, Topic};
 use model::BookingRow;
 
 /// Counter of writes the exclusion constraint `bookings_no_overlap` refused (SQLSTATE 23P01):
@@ -306,12 +306,21 @@ impl OutboxRows {
             .events
             .iter()
             .map(|kind| {
-                Event::new(
+                let mut event = Event::new(
                     Topic::from(*kind),
                     &transition.booking,
                     transition.at,
                     transition.record.reason,
-                )
+                );
+                if let (Topic::BookingRescheduled, Some(moved)) =
+                    (event.topic, &transition.reschedule)
+                {
+                    event.previous_window = Some(EventWindow {
+                        start: moved.from.start(),
+                        end: moved.from.end(),
+                    });
+                }
+                event
             })
             .collect();
         Ok(OutboxRows {

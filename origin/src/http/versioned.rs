@@ -138,8 +138,8 @@ mod tests {
                 "security of {what}"
             );
         }
-        // Search, quotes, the bookings (create and list), one booking, and its five actions.
-        assert_eq!(pairs, 10, "v1/v2 pairs found");
+        // Search, quotes, the bookings (create and list), one booking, and its six actions.
+        assert_eq!(pairs, 11, "v1/v2 pairs found");
         Ok(())
     }
 }

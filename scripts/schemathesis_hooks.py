@@ -147,6 +147,14 @@ def map_case(ctx, case):
     if parts[:3] == ["v1", "admin", "pricing"] and isinstance(case.body, dict):
         if not _negative_at(case, "body"):
             _agreeing_admin_body(case, parts)
+    # A maintenance block: a window years ahead (no booking reaches it, and blocks of one
+    # vehicle rarely meet there) and a printable reason.
+    if parts[:3] == ["v1", "admin", "vehicles"] and isinstance(case.body, dict):
+        if not _negative_at(case, "body"):
+            start = datetime.now(timezone.utc).replace(second=0, microsecond=0) + timedelta(
+                days=_RNG.randint(500, 5000), minutes=_RNG.randint(0, 1439)
+            )
+            case.body.update(start=_iso(start), end=_iso(start + timedelta(hours=2)), reason="fuzzed block")
     return case
 
 

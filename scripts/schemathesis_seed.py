@@ -1,5 +1,6 @@
 """Seeds for a schemathesis run (scripts/schemathesis.sh): creates, through the API itself,
-the quotes, bookings in each state and admin rows that the action routes need, and writes
+the quotes, bookings in each state, admin rows and maintenance blocks that the action routes
+need, and writes
 them as JSON for scripts/schemathesis_hooks.py (`ST_SEEDS`).
 
     python3 schemathesis_seed.py BASE_URL TOKEN OUT.json VEHICLE_ID...
@@ -129,6 +130,20 @@ def main():
             raise SystemExit(f"seed: only {len(tm)} time multipliers fit in {region}")
         admin.setdefault("/v1/admin/pricing/{region}/time-multipliers/{id}", []).extend(tm)
         admin.setdefault("/v1/admin/pricing/{region}/discount-rules/{id}", []).extend(dr)
+
+    # Maintenance blocks to list, change and end: one per vehicle of the slot, years ahead
+    # (beyond any booking's reach, so no booking is in their way).
+    for i, vehicle in enumerate(vehicles):
+        start = now + timedelta(days=400 + 3 * i, minutes=7 * slot)
+        row = api.post(
+            f"/v1/admin/vehicles/{vehicle}/blocks",
+            {"start": iso(start), "end": iso(start + timedelta(hours=4)), "reason": "seed"},
+            expect=(201,),
+        )
+        admin.setdefault("/v1/admin/vehicles/{vehicle_id}/blocks", []).append({"vehicle_id": vehicle})
+        admin.setdefault("/v1/admin/vehicles/{vehicle_id}/blocks/{block_id}", []).append(
+            {"vehicle_id": vehicle, "block_id": row["block"]["id"]}
+        )
 
     seeds = {
         "vehicles": vehicles,

@@ -35,6 +35,8 @@ enum Needs {
     TimeMultiplier,
     /// A discount rule (created by ops), for the admin routes.
     Discount,
+    /// A maintenance block of the row's vehicle (created by ops).
+    Block,
 }
 
 /// One row: the route as documented, what it needs, and the expected status for
@@ -136,6 +138,31 @@ fn matrix() -> Vec<Row> {
             Method::DELETE,
             "/v1/admin/pricing/{region}/discount-rules/{id}",
             Needs::Discount,
+            admin,
+        ),
+        // Maintenance blocks: ops only.
+        row(
+            Method::POST,
+            "/v1/admin/vehicles/{vehicle_id}/blocks",
+            Needs::Nothing,
+            [401, 403, 201, 403],
+        ),
+        row(
+            Method::GET,
+            "/v1/admin/vehicles/{vehicle_id}/blocks",
+            Needs::Nothing,
+            admin,
+        ),
+        row(
+            Method::PUT,
+            "/v1/admin/vehicles/{vehicle_id}/blocks/{block_id}",
+            Needs::Block,
+            admin,
+        ),
+        row(
+            Method::DELETE,
+            "/v1/admin/vehicles/{vehicle_id}/blocks/{block_id}",
+            Needs::Block,
             admin,
         ),
     ]);
@@ -284,7 +311,11 @@ async fn every_route_answers_each_principal_with_the_status_in_the_matrix(
         let days = 2 + i64::try_from(k)?;
         // Fixtures: everything belongs to ann.
         let booking = match row.needs {
-            Needs::Nothing | Needs::Quote | Needs::TimeMultiplier | Needs::Discount => None,
+            Needs::Nothing
+            | Needs::Quote
+            | Needs::TimeMultiplier
+            | Needs::Discount
+            | Needs::Block => None,
             Needs::Hold => {
                 let hold = app.hold("ann", vehicle, window(days, 2)).await?;
                 anyhow::ensure!(hold.status.as_u16() == 201, "hold: {hold:?}");
@@ -314,17 +345,35 @@ async fn every_route_answers_each_principal_with_the_status_in_the_matrix(
             Needs::Discount => Some(admin_create(&app, "discount-rules", &discount_body()).await?),
             _ => None,
         };
+        let (w_start, w_end) = window(days, 2);
+        let block_body = json!({ "start": w_start, "end": w_end, "reason": "authz" });
+        let block = match row.needs {
+            Needs::Block => {
+                let made = app
+                    .post(
+                        &format!("/v1/admin/vehicles/{vehicle}/blocks"),
+                        Some(&ops_token("olga")),
+                        &block_body,
+                        None,
+                    )
+                    .await?;
+                anyhow::ensure!(made.status.as_u16() == 201, "block: {made:?}");
+                made.body["block"]["id"].as_str().map(str::to_owned)
+            }
+            _ => None,
+        };
         let quote = match row.needs {
             Needs::Quote => Some(app.quote("ann", vehicle, window(days, 2)).await?),
             _ => None,
         };
-        let (w_start, w_end) = window(days, 2);
         let path = match (&booking, &rule) {
             (Some(id), _) | (None, Some(id)) => row.path.replace("{id}", id),
             (None, None) => row.path.to_owned(),
         }
         .replace("{region}", "EUW")
-        .replace("{class}", "compact");
+        .replace("{class}", "compact")
+        .replace("{vehicle_id}", vehicle)
+        .replace("{block_id}", block.as_deref().unwrap_or_default());
         let (path, body) = match (&row.method, row.path) {
             (_, p) if p.ends_with("/vehicles/search") => (
                 format!(
@@ -357,6 +406,7 @@ async fn every_route_answers_each_principal_with_the_status_in_the_matrix(
                 json!({ "floor_minor": 500, "ceiling_minor": 1_000_000 }),
             ),
             (&Method::DELETE, _) => (path, Value::Null),
+            (m, p) if p.contains("/blocks") && *m != Method::GET => (path, block_body.clone()),
             (_, p) if p.contains("/time-multipliers") => (path, time_multiplier_body()),
             (_, p) if p.contains("/discount-rules") => (path, discount_body()),
             (_, p) if p.ends_with("/extend") => {
@@ -485,7 +535,7 @@ async fn admin_create(app: &TestApp, what: &str, body: &Value) -> TestResult<Str
 }
 
 /// Every booking's state, window and history length, the outbox size and the pricing audit
-/// size: what a refused request must not change.
+/// size and the maintenance blocks: what a refused request must not change.
 async fn snapshot(app: &TestApp) -> TestResult<Vec<(String, String, i64)>> {
     let mut rows: Vec<(String, String, i64)> = sqlx::query_as(
         "select b.id::text, b.status || ' ' || b.period::text,
@@ -503,6 +553,11 @@ async fn snapshot(app: &TestApp) -> TestResult<Vec<(String, String, i64)>> {
         "pricing_audit".into(),
         String::new(),
         app.count("pricing_audit", "true").await?,
+    ));
+    rows.push((
+        "vehicle_blocks".into(),
+        String::new(),
+        app.count("vehicle_blocks", "true").await?,
     ));
     Ok(rows)
 }

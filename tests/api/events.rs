@@ -272,9 +272,17 @@ fn assert_delivered(outbox: &[OutboxRow], received: &[Received], duplicates_allo
             "payload region of {}",
             r.event_id
         );
+        // The subject, a booking or a maintenance block, is of the keyed vehicle.
+        let subject = if r.topic.starts_with("vehicle.") && r.payload["block"].is_object() {
+            "block"
+        } else {
+            "booking"
+        };
         assert_eq!(
-            r.payload["booking"]["vehicle_id"],
-            row.partition_key.as_str()
+            r.payload[subject]["vehicle_id"],
+            row.partition_key.as_str(),
+            "{subject} of {}",
+            r.event_id
         );
     }
 
@@ -390,6 +398,36 @@ async fn every_committed_state_change_is_published_once_in_order_per_vehicle(
         .await?;
     act(&app, "eve", &trip, "start", &Value::Null).await?;
     act(&app, "eve", &trip, "complete", &Value::Null).await?;
+
+    // Blocked, moved and unblocked: a maintenance block of another vehicle.
+    let blocks = format!("/v1/admin/vehicles/{}/blocks", vehicles[5]);
+    let (b_start, b_end) = window(9, 3);
+    let made = app
+        .post(
+            &blocks,
+            Some(&ops_token("ops-eve")),
+            &json!({ "start": b_start, "end": b_end, "reason": "service" }),
+            None,
+        )
+        .await?;
+    anyhow::ensure!(made.status.as_u16() == 201, "block: {made:?}");
+    let block = format!(
+        "{blocks}/{}",
+        made.body["block"]["id"].as_str().unwrap_or_default()
+    );
+    let moved = app
+        .put(
+            &block,
+            Some(&ops_token("ops-eve")),
+            &json!({ "start": b_start, "end": b_end + chrono::Duration::hours(1), "reason": "service" }),
+            None,
+        )
+        .await?;
+    anyhow::ensure!(moved.status.as_u16() == 200, "move block: {moved:?}");
+    let ended = app
+        .delete(&block, Some(&ops_token("ops-eve")), None)
+        .await?;
+    anyhow::ensure!(ended.status.as_u16() == 200, "end block: {ended:?}");
 
     // Failed: a hold whose expiry is moved into the past, ended by the sweeper.
     let hold = app.hold("eve", &vehicles[4], window(5, 1)).await?;

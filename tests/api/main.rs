@@ -6,6 +6,7 @@ mod atomicity;
 mod auth;
 mod authz;
 mod availability;
+mod blocks;
 mod cache;
 mod concurrency;
 mod events;

@@ -47,6 +47,10 @@ async fn the_openapi_document_lists_every_route_and_each_exists(pool: PgPool) ->
         "POST /v1/admin/pricing/{region}/discount-rules",
         "PUT /v1/admin/pricing/{region}/discount-rules/{id}",
         "DELETE /v1/admin/pricing/{region}/discount-rules/{id}",
+        "POST /v1/admin/vehicles/{vehicle_id}/blocks",
+        "GET /v1/admin/vehicles/{vehicle_id}/blocks",
+        "PUT /v1/admin/vehicles/{vehicle_id}/blocks/{block_id}",
+        "DELETE /v1/admin/vehicles/{vehicle_id}/blocks/{block_id}",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -72,7 +76,9 @@ async fn the_openapi_document_lists_every_route_and_each_exists(pool: PgPool) ->
         let path = path
             .replace("{id}", "bkg_euw_00000000000000000000000000000000")
             .replace("{region}", "EUW")
-            .replace("{class}", "compact");
+            .replace("{class}", "compact")
+            .replace("{vehicle_id}", "veh_euw_00000000000000000000000000000000")
+            .replace("{block_id}", "00000000-0000-0000-0000-000000000000");
         let req = match method {
             "GET" => app.client.get(format!("{}{path}", app.base)),
             "PUT" => app
@@ -92,8 +98,9 @@ async fn the_openapi_document_lists_every_route_and_each_exists(pool: PgPool) ->
         assert_ne!(status, 405, "{route}");
         assert!(status < 500, "{route}: {status}");
     }
-    // The event schema is documented for consumers.
+    // The event schemas are documented for consumers.
     assert!(doc.body["components"]["schemas"]["Event"].is_object());
+    assert!(doc.body["components"]["schemas"]["BlockEvent"].is_object());
     // Every schema reference resolves (a nested type utoipa did not collect would dangle).
     let mut refs = Vec::new();
     collect_refs(&doc.body, &mut refs);

@@ -292,7 +292,7 @@ pub struct PrivateBroker {
 const FILLER: &str = "filler";
 
 /// Topics the origin's relay publishes to.
-pub const TOPICS: [&str; 10] = [
+pub const TOPICS: [&str; 12] = [
     "booking.created",
     "booking.confirmed",
     "booking.started",
@@ -303,6 +303,8 @@ pub const TOPICS: [&str; 10] = [
     "booking.rescheduled",
     "vehicle.reserved",
     "vehicle.released",
+    "vehicle.blocked",
+    "vehicle.unblocked",
 ];
 
 impl PrivateBroker {

@@ -303,6 +303,41 @@ impl TestApp {
         self.send(req).await
     }
 
+    /// PUT a JSON body with an optional token and Idempotency-Key.
+    pub async fn put(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+        key: Option<&str>,
+    ) -> TestResult<Reply> {
+        let mut req = self.client.put(format!("{}{path}", self.base)).json(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        self.send(req).await
+    }
+
+    /// DELETE with an optional token and Idempotency-Key.
+    pub async fn delete(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        key: Option<&str>,
+    ) -> TestResult<Reply> {
+        let mut req = self.client.delete(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        self.send(req).await
+    }
+
     /// POST raw bytes with a content type.
     pub async fn post_raw(
         &self,

@@ -10,7 +10,7 @@
 //!   a circle outside every area is a 422 naming `lat`, since no origin could answer it;
 //! - the surge at a point: the area holding the point (422 naming `lat` outside every area);
 //!   the surge of a region, its recompute and the pricing audit: their `region` parameter;
-//! - admin pricing: the region in the path;
+//! - admin pricing: the region in the path; a vehicle's maintenance blocks: the vehicle's;
 //! - a user's booking list: every region, merged by [`crate::fanout`].
 //!
 //! A request the edge cannot place because it is malformed (no `lat`, a region named `XYZ`,
@@ -145,6 +145,9 @@ pub(crate) fn place(
                 (_, ["admin", "pricing", region, ..]) => {
                     region_named(region).map_or(home, Placement::One)
                 }
+                (_, ["admin", "vehicles", vehicle, ..]) => vehicle
+                    .parse::<domain::VehicleId>()
+                    .map_or(home, |v| Placement::One(v.region)),
                 (_, ["admin", "pricing-audit"]) => match param(query, "region") {
                     Some(_) => by_param().map_or(home, Placement::One),
                     None => Placement::Refused(field_problem(

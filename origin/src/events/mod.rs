@@ -36,11 +36,17 @@ pub enum Topic {
     VehicleReserved,
     #[serde(rename = "vehicle.released")]
     VehicleReleased,
+    /// A maintenance block was made or changed (`store::blocks::BlockEvent`).
+    #[serde(rename = "vehicle.blocked")]
+    VehicleBlocked,
+    /// A maintenance block was ended.
+    #[serde(rename = "vehicle.unblocked")]
+    VehicleUnblocked,
 }
 
 impl Topic {
     /// Every topic, for topic creation and consumers.
-    pub const ALL: [Topic; 10] = [
+    pub const ALL: [Topic; 12] = [
         Topic::BookingCreated,
         Topic::BookingConfirmed,
         Topic::BookingStarted,
@@ -51,6 +57,8 @@ impl Topic {
         Topic::BookingRescheduled,
         Topic::VehicleReserved,
         Topic::VehicleReleased,
+        Topic::VehicleBlocked,
+        Topic::VehicleUnblocked,
     ];
 
     /// The topic's name on the broker.
@@ -66,6 +74,8 @@ impl Topic {
             Topic::BookingRescheduled => "booking.rescheduled",
             Topic::VehicleReserved => "vehicle.reserved",
             Topic::VehicleReleased => "vehicle.released",
+            Topic::VehicleBlocked => "vehicle.blocked",
+            Topic::VehicleUnblocked => "vehicle.unblocked",
         }
     }
 }

@@ -10,8 +10,10 @@ use domain::booking::BookingError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::app::blocks::BlockFailure;
 use crate::app::booking::BookingFailure;
 use crate::redis::locks::LockError;
+use crate::store::blocks::{BlockStoreError, InTheWay};
 use crate::store::bookings::StoreError;
 use crate::store::idempotency::IdempotencyError;
 
@@ -27,6 +29,9 @@ pub(crate) struct Problem {
     /// The field at fault, for validation errors.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// The bookings in the way of a maintenance block (`/problems/bookings-in-the-way`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bookings: Option<Vec<InTheWay>>,
 }
 
 /// Every error a handler can return.
@@ -68,6 +73,12 @@ pub(crate) enum ApiError {
     /// The vehicle is taken for (part of) that window.
     #[error("{0}")]
     Conflict(String),
+    /// Occupying bookings overlap a maintenance block's window; `bookings` names them.
+    #[error("{detail}")]
+    BookingsInTheWay {
+        detail: String,
+        bookings: Vec<InTheWay>,
+    },
     /// The booking is not in a state that allows this action.
     #[error("{0}")]
     InvalidState(String),
@@ -141,6 +152,11 @@ impl ApiError {
                 "Misdirected request",
             ),
             Conflict(_) => (StatusCode::CONFLICT, "conflict", "Vehicle not available"),
+            BookingsInTheWay { .. } => (
+                StatusCode::CONFLICT,
+                "bookings-in-the-way",
+                "Bookings in the way",
+            ),
             InvalidState(_) => (
                 StatusCode::CONFLICT,
                 "invalid-state",
@@ -216,6 +232,10 @@ impl ApiError {
             detail,
             field: match self {
                 ApiError::Validation { field, .. } => field.clone(),
+                _ => None,
+            },
+            bookings: match self {
+                ApiError::BookingsInTheWay { bookings, .. } => Some(bookings.clone()),
                 _ => None,
             },
         }
@@ -390,7 +410,7 @@ impl From<BookingError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Overlap => ApiError::Conflict(e.to_string()),
+            StoreError::Overlap | StoreError::Blocked => ApiError::Conflict(e.to_string()),
             StoreError::Contention => ApiError::Conflict(
                 "a concurrent booking for this vehicle won; try another window".into(),
             ),
@@ -444,6 +464,35 @@ impl From<BookingFailure> for ApiError {
             BookingFailure::Store(store) => store.into(),
             BookingFailure::Pricing(pricing) => pricing.into(),
             BookingFailure::HoldTtl(_) => ApiError::Internal(anyhow::Error::new(e)),
+        }
+    }
+}
+
+/// The block service's refusals: the bookings in the way are named in the body.
+impl From<BlockFailure> for ApiError {
+    fn from(e: BlockFailure) -> Self {
+        match e {
+            BlockFailure::VehicleNotFound(_) | BlockFailure::NotFound(_) => {
+                ApiError::NotFound(e.to_string())
+            }
+            BlockFailure::Refused(refused) => match refused.field() {
+                Some(field) => ApiError::field(field, refused.to_string()),
+                None => ApiError::InvalidState(refused.to_string()),
+            },
+            BlockFailure::BookingsInTheWay(ref bookings)
+            | BlockFailure::TripsUnderWay(ref bookings) => ApiError::BookingsInTheWay {
+                detail: e.to_string(),
+                bookings: bookings.clone(),
+            },
+            BlockFailure::Block(BlockStoreError::BlockOverlap) => ApiError::Conflict(e.to_string()),
+            BlockFailure::Block(BlockStoreError::BookingOverlap) => {
+                ApiError::Conflict(e.to_string())
+            }
+            BlockFailure::Block(BlockStoreError::Database(cause)) => cause.into(),
+            BlockFailure::Block(BlockStoreError::Encode(_)) | BlockFailure::Withdraw(_) => {
+                ApiError::Internal(anyhow::Error::new(e))
+            }
+            BlockFailure::Booking(store) => store.into(),
         }
     }
 }

@@ -6,6 +6,7 @@
 pub(crate) mod access;
 pub(crate) mod admin;
 pub(crate) mod auth;
+pub(crate) mod blocks;
 pub(crate) mod bookings;
 pub(crate) mod dto;
 pub(crate) mod edge_guard;
@@ -72,6 +73,7 @@ impl Modify for BearerAuth {
     components(schemas(
         Problem,
         crate::events::Event,
+        crate::store::blocks::BlockEvent,
         // The AI inference API's contract (a third-party service the origin calls; see
         // inference.rs): documented here so the other team and the reference service share it.
         crate::inference::RiskRequest,
@@ -87,7 +89,7 @@ impl Modify for BearerAuth {
         (name = "bookings", description = "Holds and bookings"),
         (name = "health", description = "Liveness and readiness"),
         (name = "pricing", description = "Surge grid"),
-        (name = "admin", description = "Pricing administration (ops role)"),
+        (name = "admin", description = "Pricing administration and maintenance blocks (ops role)"),
     )
 )]
 struct ApiDoc;
@@ -205,6 +207,8 @@ fn booking_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(bookings::start_v2))
         .routes(routes!(bookings::complete_v1))
         .routes(routes!(bookings::complete_v2))
+        .routes(routes!(blocks::create_block, blocks::list_blocks))
+        .routes(routes!(blocks::change_block, blocks::end_block))
 }
 
 /// The routes `role` serves and the OpenAPI document of those routes, built from one list.

@@ -117,6 +117,7 @@ fn overloaded() -> Response {
         detail: "the server is at capacity; retry after the number of seconds in Retry-After"
             .into(),
         field: None,
+        bookings: None,
     });
     response
         .headers_mut()

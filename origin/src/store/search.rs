@@ -4,7 +4,8 @@
 //! index found ([`near_ids`]), or by a bounding box on the bays' coordinates when the index
 //! cannot answer ([`in_box`]). Everything else is one text, joined around the bound
 //! (`candidates_where!`), because the search must answer the same with or without Redis. The
-//! window check is the occupancy predicate of `store::vehicles` (expired holds do not count).
+//! window check is the occupancy predicate of `store::vehicles` (expired holds do not count),
+//! and no active maintenance block (`vehicle_blocks`) may overlap the booking it would be.
 
 use chrono::{DateTime, Utc};
 use domain::ids::VehicleId;
@@ -121,6 +122,11 @@ macro_rules! candidates_where {
                      and k.occupied && tstzrange($5::timestamptz,
                          $6::timestamptz + make_interval(mins => coalesce(c.turnaround_minutes, 0)), '[)')
                      and not (k.status = 'RESERVING' and k.hold_expires_at <= $7))
+              and not exists (
+                  select 1 from vehicle_blocks x
+                   where x.vehicle_id = v.id and x.ended_at is null
+                     and x.period && tstzrange($5::timestamptz,
+                         $6::timestamptz + make_interval(mins => coalesce(c.turnaround_minutes, 0)), '[)'))
             limit $8"#,
             &codes($filters.regions) as &[&str],
             $filters.class.map(VehicleClass::as_str),

@@ -68,7 +68,8 @@ pub(crate) async fn bay_in_region(pool: &PgPool, bay: Uuid, region: Region) -> s
 /// Whether a booking occupies `vehicle` for part of `window` at `now` (a hold past its expiry
 /// does not), turnaround buffers included: a booking's range runs to its end plus its buffer,
 /// and `window` is extended by the class's buffer (`booking_occupied`, the constraint's own
-/// ranges). Advisory: the exclusion constraint decides when the hold is written.
+/// ranges), or an active maintenance block overlaps that range. Advisory: the exclusion
+/// constraint and the block rule (`bookings_not_blocked`) decide when the hold is written.
 #[tracing::instrument(level = "debug", name = "db.vehicles.is_occupied", skip_all)]
 pub(crate) async fn is_occupied(
     pool: &PgPool,
@@ -80,7 +81,10 @@ pub(crate) async fn is_occupied(
         r#"select exists(select 1 from bookings
                           where vehicle_id = $1 and status in ('RESERVING', 'CONFIRMED', 'IN_PROGRESS')
                             and occupied && booking_occupied($1, $2, $3)
-                            and not (status = 'RESERVING' and hold_expires_at <= $4)) as "occupied!""#,
+                            and not (status = 'RESERVING' and hold_expires_at <= $4))
+                     or exists(select 1 from vehicle_blocks
+                                where vehicle_id = $1 and ended_at is null
+                                  and period && booking_occupied($1, $2, $3)) as "occupied!""#,
         vehicle.uuid,
         window.start(),
         window.end(),

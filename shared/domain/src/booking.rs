@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::cancellation::{CancellationFee, CancellationPolicy};
+use crate::cancellation::{CancellationFee, CancellationPolicy, FeeTier};
 use crate::ids::{BookingId, VehicleId};
 use crate::money::{Currency, Money, MoneyError};
 use crate::multiplier::Multiplier;
@@ -39,6 +39,10 @@ use crate::window::{BookingPolicy, TimeWindow, WindowError};
 
 /// How early before its start a confirmed booking may be started.
 pub const START_EARLY_MINUTES: i64 = 15;
+
+/// The history reason of a booking cancelled because operations took its vehicle out of
+/// service ([`Action::Withdraw`]).
+pub const WITHDRAWN: &str = "vehicle_out_of_service";
 
 /// One extension of a booking's end, priced when it was made.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +182,10 @@ pub enum Action<'a> {
     },
     /// End a hold whose time ran out (the sweeper, or a new hold wanting its window).
     Expire,
+    /// Operations take the vehicle out of service over this hold or confirmed booking (a
+    /// forced maintenance block): cancelled with the whole price refunded, whatever the
+    /// cancellation policy says, since the customer did nothing.
+    Withdraw,
 }
 
 /// An event a transition emits; the origin's outbox names each one on the wire.
@@ -398,7 +406,26 @@ impl Booking {
             }
             Action::Reschedule { window, pricing } => self.reschedule(window, &pricing, rules, now),
             Action::Expire => self.expire(now),
+            Action::Withdraw => self.withdraw(now),
         }
+    }
+
+    /// Cancels for operations (the vehicle goes out of service): no fee, the whole price back,
+    /// reason `vehicle_out_of_service`. Only what a customer could cancel can be withdrawn: a
+    /// trip in progress cannot.
+    pub fn withdraw(&self, now: DateTime<Utc>) -> Result<Transition, BookingError> {
+        let mut transition = self.step(BookingEvent::Cancel, now)?;
+        let fee = CancellationFee {
+            fee: Money::zero(self.price.currency),
+            refund: self.price,
+            tier: FeeTier::Free,
+        };
+        transition.booking.cancellation_fee = Some(fee.fee);
+        transition.record.reason = Some(WITHDRAWN);
+        transition.record.details =
+            json!({ "fee_minor": fee.fee.minor, "refund_minor": fee.refund.minor });
+        transition.cancellation = Some(fee);
+        Ok(transition)
     }
 
     /// Ends an expired hold (`FAILED`, reason `hold_expired`), releasing the vehicle. Needs no

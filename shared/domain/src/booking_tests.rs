@@ -624,3 +624,36 @@ fn only_live_holds_and_confirmed_bookings_move_to_another_window_the_policy_acce
         BookingError::Window { field: "start", .. }
     ));
 }
+
+#[test]
+fn a_withdrawn_booking_is_cancelled_with_everything_refunded_even_when_a_cancel_would_cost() {
+    // An hour before the start a customer's cancel pays the very late tier; a withdrawal by
+    // operations refunds the whole price and says why.
+    let b = confirmed(60, 60);
+    let t = b.act(Action::Withdraw, &rules(), now()).unwrap();
+    let fee = t.cancellation.unwrap();
+    assert_eq!(fee.tier, FeeTier::Free);
+    assert_eq!((fee.fee.minor, fee.refund.minor), (0, 4_200));
+    assert_eq!(t.booking.status, BookingStatus::Cancelled);
+    assert_eq!(t.record.reason, Some(crate::booking::WITHDRAWN));
+    assert_eq!(
+        t.events,
+        [EventKind::BookingCancelled, EventKind::VehicleReleased]
+    );
+    assert_eq!(
+        t.record.details,
+        json!({ "fee_minor": 0, "refund_minor": 4_200 })
+    );
+    let hold = held(60, 60).act(Action::Withdraw, &rules(), now()).unwrap();
+    assert_eq!(hold.booking.status, BookingStatus::Cancelled);
+}
+
+#[test]
+fn a_trip_under_way_cannot_be_withdrawn() {
+    let b = confirmed(10, 60);
+    let started = b.act(Action::Start, &rules(), now()).unwrap().booking;
+    assert!(matches!(
+        started.act(Action::Withdraw, &rules(), now()),
+        Err(BookingError::InvalidTransition(_))
+    ));
+}

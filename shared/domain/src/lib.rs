@@ -14,6 +14,7 @@
 
 pub mod area;
 pub mod auth;
+pub mod block;
 pub mod booking;
 pub mod cancellation;
 pub mod edge_auth;

@@ -366,6 +366,20 @@ fn requests_are_placed_by_id_area_path_or_parameter_and_the_unplaceable_are_refu
         at("GET", "admin/pricing-audit", "region=EUN&limit=5"),
         One(Region::Eun)
     );
+    // A vehicle's maintenance blocks: the vehicle's region, from the Frankfurt edge.
+    let eun_vehicle = "veh_eun_0190f5b2c3d47e8f9a0b1c2d3e4f5a6b";
+    assert_eq!(
+        at("POST", &format!("admin/vehicles/{eun_vehicle}/blocks"), ""),
+        One(Region::Eun)
+    );
+    assert_eq!(
+        at(
+            "DELETE",
+            &format!("admin/vehicles/{eun_vehicle}/blocks/0190f5b2-c3d4-7e8f-9a0b-1c2d3e4f5a6b"),
+            ""
+        ),
+        One(Region::Eun)
+    );
     // The booking list: every region.
     assert_eq!(
         at("GET", "bookings", "limit=5"),
@@ -381,6 +395,7 @@ fn requests_are_placed_by_id_area_path_or_parameter_and_the_unplaceable_are_refu
         ("surge", "region=XYZ"),
         ("admin/pricing/0/discount-rules", ""),
         ("admin/pricing-audit", "region=nope"),
+        ("admin/vehicles/veh_xyz_0/blocks", ""),
         ("no/such/route", ""),
     ] {
         assert_eq!(at("GET", rest, query), One(Region::Euw), "{rest}?{query}");

@@ -43,6 +43,9 @@ pub enum StoreError {
         "the vehicle is already booked for part of that window or the turnaround after a booking"
     )]
     Overlap,
+    /// `bookings_not_blocked` (23P01): a maintenance block of the vehicle overlaps the window.
+    #[error("the vehicle is out of service (a maintenance block) for part of that window")]
+    Blocked,
     /// The unique index `bookings_quote` (23505): the quote already bought a booking.
     #[error("this quote was already used for a booking")]
     QuoteUsed,
@@ -75,6 +78,9 @@ impl From<sqlx::Error> for StoreError {
     fn from(e: sqlx::Error) -> Self {
         if let sqlx::Error::Database(db) = &e {
             match db.code().as_deref() {
+                Some("23P01") if db.constraint() == Some("bookings_not_blocked") => {
+                    return StoreError::Blocked
+                }
                 Some("23P01") => {
                     // A double booking the exclusion constraint refused (alerted on: rules.yml).
                     metrics::counter!(OVERLAP_REJECTIONS).increment(1);

@@ -237,3 +237,82 @@ async fn a_reschedule_through_the_edge_moves_the_vehicle_in_cached_availability(
     stack.stop().await
 }
 on_both_runtimes!(a_reschedule_through_the_edge_moves_the_vehicle_in_cached_availability);
+
+/// A maintenance block made through the edge (issue 18 item 6) hides the vehicle from the
+/// edge's cached search for its window at once, and ending it brings the vehicle back.
+async fn a_block_through_the_edge_hides_the_vehicle_from_cached_search_until_it_ends(
+    pool: PgPool,
+    runtime: Runtime,
+) -> TestResult {
+    let stack = EdgeStack::start(pool, runtime).await?;
+    let t = token("bea");
+    let ops = ops_token("ops-bea");
+    let w = window(6, 3);
+    let first = stack.get(&search_path(w), Some(&t)).await?;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let vehicle = ids(&first)[0].clone();
+    // Cached with the car in it before the block.
+    assert!(ids(&cached_search(&stack, &t, w).await?).contains(&vehicle));
+    let blocks = format!("/v1/admin/vehicles/{vehicle}/blocks");
+    let made = stack
+        .post(
+            &blocks,
+            Some(&ops),
+            &json!({ "start": w.0, "end": w.1, "reason": "windscreen" }),
+            Some(&uuid::Uuid::new_v4().to_string()),
+        )
+        .await?;
+    assert_eq!(made.status, 201, "{}", made.body);
+    let hidden = stack.get(&search_path(w), Some(&t)).await?;
+    assert!(
+        !ids(&hidden).contains(&vehicle),
+        "the blocked vehicle is still shown free: {:?}",
+        hidden.headers
+    );
+    // The hidden answer is cached in turn; ending the block brings the car back at once.
+    assert!(!ids(&cached_search(&stack, &t, w).await?).contains(&vehicle));
+    let block = made.body["block"]["id"].as_str().unwrap_or_default();
+    let ended = stack
+        .delete(
+            &format!("{blocks}/{block}"),
+            Some(&ops),
+            Some(&uuid::Uuid::new_v4().to_string()),
+        )
+        .await?;
+    assert_eq!(ended.status, 200, "{}", ended.body);
+    let back = stack.get(&search_path(w), Some(&t)).await?;
+    assert!(
+        ids(&back).contains(&vehicle),
+        "the vehicle is still hidden after its block ended: {:?}",
+        back.headers
+    );
+
+    // A block made at the origin directly (as through the other region's edge, which bumps
+    // only its own cache): the origin bumps the vehicle's generation itself.
+    let later = window(9, 3);
+    assert!(ids(&cached_search(&stack, &t, later).await?).contains(&vehicle));
+    let direct = stack
+        .origin()?
+        .post(
+            &blocks,
+            Some(&ops),
+            &json!({ "start": later.0, "end": later.1, "reason": "windscreen, again" }),
+            None,
+        )
+        .await?;
+    assert_eq!(direct.status, 201, "{}", direct.body);
+    let mut followed = false;
+    for _ in 0..20 {
+        if !ids(&stack.get(&search_path(later), Some(&t)).await?).contains(&vehicle) {
+            followed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        followed,
+        "a block made at the origin did not reach the edge's cached availability within 1 s"
+    );
+    stack.stop().await
+}
+on_both_runtimes!(a_block_through_the_edge_hides_the_vehicle_from_cached_search_until_it_ends);

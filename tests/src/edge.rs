@@ -571,6 +571,18 @@ impl EdgeStack {
             .await
     }
 
+    /// DELETE through the edge with an optional Idempotency-Key.
+    pub async fn delete(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        key: Option<&str>,
+    ) -> TestResult<Reply> {
+        let headers: Vec<(&str, &str)> = key.map(|k| ("idempotency-key", k)).into_iter().collect();
+        self.send(reqwest::Method::DELETE, path, token, None, &headers)
+            .await
+    }
+
     /// Stops the edge, the origin and the gateway; removes the edge's Redis keys.
     pub async fn stop(mut self) -> TestResult {
         if let Some(edge) = self.edge.take() {

@@ -197,8 +197,9 @@ async fn lock(
 /// holds and confirmed bookings when forced (withdrawn, in start order). Refuses, naming
 /// them, when bookings are in the way and it is not forced, or when a trip is under way.
 /// `locked` are the bookings whose rows [`lock`] took; one made between that and the
-/// vehicle's lock is not locked, and waiting for its row now could deadlock: refused as a
-/// race lost, to retry.
+/// vehicle's lock is locked now only if no one holds its row (waiting for it could deadlock
+/// with a change of it that waits for the vehicle's lock): otherwise refused as a race lost
+/// (409, to retry).
 async fn clear(
     conn: &mut PgConnection,
     vehicle: &VehicleId,
@@ -213,8 +214,12 @@ async fn clear(
     if in_the_way.is_empty() {
         return Ok(Vec::new());
     }
-    if plan.force && in_the_way.iter().any(|b| !locked.contains(&b.id.uuid)) {
-        return Err(BlockFailure::Booking(StoreError::Contention));
+    if plan.force {
+        for late in in_the_way.iter().filter(|b| !locked.contains(&b.id.uuid)) {
+            if !store::try_lock_booking(conn, late.id.uuid).await? {
+                return Err(BlockFailure::Booking(StoreError::Contention));
+            }
+        }
     }
     let (trips, others): (Vec<InTheWay>, Vec<InTheWay>) = in_the_way
         .into_iter()

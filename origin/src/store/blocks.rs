@@ -165,6 +165,26 @@ pub(crate) async fn lock_bookings_in_the_way(
     .await
 }
 
+/// Locks booking `id`'s row if no one holds it (`for update nowait`): `false` if someone
+/// does. For a booking made after [`lock_bookings_in_the_way`] ran: under the vehicle's lock
+/// it is committed, but a change of it may hold its row while waiting for the vehicle's lock,
+/// which we hold, so waiting for the row could deadlock.
+#[tracing::instrument(level = "debug", name = "db.blocks.try_lock_booking", skip_all)]
+pub(crate) async fn try_lock_booking(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<bool> {
+    let locked = sqlx::query_scalar!(
+        "select id from bookings where id = $1 for update nowait",
+        id
+    )
+    .fetch_optional(conn)
+    .await;
+    match locked {
+        Ok(row) => Ok(row.is_some()),
+        // lock_not_available
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("55P03") => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// An occupying booking a block's window overlaps.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub(crate) struct InTheWay {

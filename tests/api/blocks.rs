@@ -280,6 +280,38 @@ async fn a_booking_arriving_after_a_block_is_refused_and_a_moved_block_frees_its
         "{}",
         hold.body
     );
+    // A booking before the block cannot be extended into it, nor another moved onto it.
+    let before = app
+        .confirmed(
+            "walt",
+            &vehicle,
+            (start - Duration::hours(3), start - Duration::hours(1)),
+        )
+        .await?;
+    for (action, body) in [
+        ("extend", json!({ "end": start + Duration::hours(1) })),
+        (
+            "reschedule",
+            json!({ "start": start + Duration::hours(1), "end": start + Duration::hours(2) }),
+        ),
+    ] {
+        let reply = app
+            .post(
+                &format!("/v1/bookings/{before}/{action}"),
+                Some(&token("walt")),
+                &body,
+                None,
+            )
+            .await?;
+        reply.assert_problem(409);
+        assert!(
+            reply.body["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("out of service")),
+            "{action}: {}",
+            reply.body
+        );
+    }
     // A second block over the first: 409; one right after it: fine.
     block(
         &app,

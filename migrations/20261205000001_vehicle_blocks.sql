@@ -58,6 +58,15 @@ begin
 end
 $$;
 
+-- The bookings' own trigger function now calls it: one body for the lock, whichever table.
+create or replace function bookings_lock_vehicle_sequence() returns trigger
+language plpgsql as $$
+begin
+    perform lock_vehicle_writes(new.region, new.vehicle_id);
+    return new;
+end
+$$;
+
 create function vehicle_blocks_lock() returns trigger
 language plpgsql as $$
 begin

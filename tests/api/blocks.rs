@@ -36,25 +36,6 @@ async fn block(
     .await
 }
 
-/// Whether a Frankfurt search over `w` lists `vehicle`.
-async fn search_lists(app: &TestApp, vehicle: &str, w: Window) -> TestResult<bool> {
-    let fmt = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let reply = app
-        .get(
-            &format!(
-                "/v1/vehicles/search?lat=50.1109&lon=8.6821&radius_m=20000&start={}&end={}&limit=100",
-                fmt(w.0),
-                fmt(w.1)
-            ),
-            Some(&token("sue")),
-        )
-        .await?;
-    anyhow::ensure!(reply.status.as_u16() == 200, "search: {reply:?}");
-    Ok(reply.body["items"]
-        .as_array()
-        .is_some_and(|items| items.iter().any(|i| i["vehicle_id"] == vehicle)))
-}
-
 async fn quote_status(app: &TestApp, vehicle: &str, w: Window) -> TestResult<u16> {
     let reply = app
         .post(
@@ -65,16 +46,6 @@ async fn quote_status(app: &TestApp, vehicle: &str, w: Window) -> TestResult<u16
         )
         .await?;
     Ok(reply.status.as_u16())
-}
-
-async fn hold_with(app: &TestApp, user: &str, quote: &Value) -> TestResult<Reply> {
-    app.post(
-        "/v1/bookings",
-        Some(&token(user)),
-        &json!({ "quote_token": quote["quote_token"] }),
-        Some(&uuid::Uuid::new_v4().to_string()),
-    )
-    .await
 }
 
 /// Occupying bookings overlapping an active block (their occupied ranges, turnaround
@@ -207,10 +178,10 @@ async fn a_block_over_a_confirmed_booking_is_409_naming_it_and_force_cancels_it_
     );
 
     // Hidden from search and quotes for the window, and not bookable; free outside it.
-    assert!(!search_lists(&app, &vehicle, (start, end)).await?);
+    assert!(!app.search_lists(&vehicle, (start, end)).await?);
     assert_eq!(quote_status(&app, &vehicle, (start, end)).await?, 409);
     let later = window(6, 2);
-    assert!(search_lists(&app, &vehicle, later).await?);
+    assert!(app.search_lists(&vehicle, later).await?);
     assert_eq!(quote_status(&app, &vehicle, later).await?, 201);
 
     // Ending it (before it began: cancelled) gives the vehicle back at once.
@@ -232,7 +203,7 @@ async fn a_block_over_a_confirmed_booking_is_409_naming_it_and_force_cancels_it_
         .await?,
         1
     );
-    assert!(search_lists(&app, &vehicle, (start, end)).await?);
+    assert!(app.search_lists(&vehicle, (start, end)).await?);
     let hold = app.hold("vera", &vehicle, (start, end)).await?;
     assert_eq!(hold.status.as_u16(), 201, "{}", hold.body);
     // Ending it again is a 409; the list keeps it for the record.
@@ -271,7 +242,7 @@ async fn a_booking_arriving_after_a_block_is_refused_and_a_moved_block_frees_its
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let hold = hold_with(&app, "walt", &early).await?;
+    let hold = app.hold_with("walt", &early).await?;
     hold.assert_problem(409);
     assert!(
         hold.body["detail"]
@@ -357,8 +328,8 @@ async fn a_booking_arriving_after_a_block_is_refused_and_a_moved_block_frees_its
         serde_json::from_value::<DateTime<Utc>>(previous["start"].clone())?,
         start
     );
-    assert_eq!(hold_with(&app, "walt", &early).await?.status.as_u16(), 201);
-    assert!(!search_lists(&app, &vehicle, moved_to).await?);
+    assert_eq!(app.hold_with("walt", &early).await?.status.as_u16(), 201);
+    assert!(!app.search_lists(&vehicle, moved_to).await?);
     assert_eq!(bookings_over_blocks(&app).await?, 0);
     app.stop().await
 }
@@ -590,7 +561,7 @@ async fn race_holds_against_a_block(app: &TestApp) -> TestResult<(u16, usize, i6
         },
         join_all(first.iter().map(|(user, q)| async move {
             let sent = t0.elapsed();
-            let reply = hold_with(app, user, q).await;
+            let reply = app.hold_with(user, q).await;
             (sent, t0.elapsed(), reply)
         }))
     );
@@ -620,7 +591,7 @@ async fn race_holds_against_a_block(app: &TestApp) -> TestResult<(u16, usize, i6
     }
     let mut late_made = 0;
     for (user, q) in &second {
-        let reply = hold_with(app, user, q).await?;
+        let reply = app.hold_with(user, q).await?;
         match reply.status.as_u16() {
             201 => late_made += 1,
             409 => {}
@@ -688,65 +659,57 @@ async fn the_database_serialises_blocks_and_bookings_of_a_vehicle_and_refuses_th
             .bind(w.0)
             .bind(w.1)
     };
-    let refused_by = |e: sqlx::Error| match e {
-        sqlx::Error::Database(db) => (
-            db.code().map(|c| c.into_owned()),
-            db.constraint().map(str::to_owned),
-        ),
-        other => (Some(other.to_string()), None),
-    };
-
     // Block first: the booking's move waits for the block's commit, then is refused.
     let w = window(5, 2);
-    let mut first = app.pool.begin().await?;
-    insert_block(w).execute(&mut *first).await?;
-    let mut second = app.pool.begin().await?;
-    let waiting = tokio::spawn(async move {
-        let result = move_booking(w).execute(&mut *second).await;
-        (result, second)
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(
-        !waiting.is_finished(),
-        "the move did not wait for the block's lock"
-    );
-    first.commit().await?;
-    let (result, second) = waiting.await?;
-    let error = result.err().map(refused_by);
+    let refused = second_waits_then_fails(&app.pool, insert_block(w), move_booking(w)).await?;
     assert_eq!(
-        error,
-        Some((
-            Some("23P01".to_owned()),
-            Some("bookings_not_blocked".to_owned())
-        ))
+        refused,
+        ("23P01".to_owned(), "bookings_not_blocked".to_owned())
     );
-    second.rollback().await?;
-
     // Booking first: the block waits for the move's commit, then is refused.
     let w = window(8, 2);
-    let mut first = app.pool.begin().await?;
-    move_booking(w).execute(&mut *first).await?;
-    let mut second = app.pool.begin().await?;
-    let waiting = tokio::spawn(async move {
-        let result = insert_block(w).execute(&mut *second).await;
-        (result, second)
-    });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert!(
-        !waiting.is_finished(),
-        "the block did not wait for the move's lock"
-    );
-    first.commit().await?;
-    let (result, second) = waiting.await?;
-    let error = result.err().map(refused_by);
+    let refused = second_waits_then_fails(&app.pool, move_booking(w), insert_block(w)).await?;
     assert_eq!(
-        error,
-        Some((
-            Some("23P01".to_owned()),
-            Some("vehicle_blocks_over_bookings".to_owned())
-        ))
+        refused,
+        (
+            "23P01".to_owned(),
+            "vehicle_blocks_over_bookings".to_owned()
+        )
     );
-    second.rollback().await?;
     assert_eq!(bookings_over_blocks(&app).await?, 0);
     app.stop().await
+}
+
+type Statement = sqlx::query::Query<'static, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Runs `first` in a transaction left open, then `second` in another: `second` must still be
+/// waiting 300 ms later (the vehicle's lock), and fail once `first` commits. Its SQLSTATE and
+/// constraint.
+async fn second_waits_then_fails(
+    pool: &PgPool,
+    first: Statement,
+    second: Statement,
+) -> TestResult<(String, String)> {
+    let mut one = pool.begin().await?;
+    first.execute(&mut *one).await?;
+    let mut two = pool.begin().await?;
+    let waiting = tokio::spawn(async move {
+        let result = second.execute(&mut *two).await;
+        let _ = two.rollback().await;
+        result
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    anyhow::ensure!(
+        !waiting.is_finished(),
+        "the second statement did not wait for the first's lock"
+    );
+    one.commit().await?;
+    match waiting.await? {
+        Err(sqlx::Error::Database(db)) => Ok((
+            db.code().map(|c| c.into_owned()).unwrap_or_default(),
+            db.constraint().unwrap_or_default().to_owned(),
+        )),
+        Err(other) => Err(other.into()),
+        Ok(done) => anyhow::bail!("the second statement succeeded: {done:?}"),
+    }
 }

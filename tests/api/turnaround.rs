@@ -66,25 +66,6 @@ async fn quote_status(app: &TestApp, user: &str, vehicle: &str, w: Window) -> Te
     Ok(reply.status.as_u16())
 }
 
-/// Whether a Frankfurt search over `w` lists `vehicle`.
-async fn search_lists(app: &TestApp, vehicle: &str, w: Window) -> TestResult<bool> {
-    let fmt = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let reply = app
-        .get(
-            &format!(
-                "/v1/vehicles/search?lat=50.1109&lon=8.6821&radius_m=20000&start={}&end={}&limit=100",
-                fmt(w.0),
-                fmt(w.1)
-            ),
-            Some(&token("sue")),
-        )
-        .await?;
-    anyhow::ensure!(reply.status.as_u16() == 200, "search: {reply:?}");
-    Ok(reply.body["items"]
-        .as_array()
-        .is_some_and(|items| items.iter().any(|i| i["vehicle_id"] == vehicle)))
-}
-
 /// Pairs of occupying bookings of one vehicle where the later starts before the earlier's end
 /// plus its buffer: 0, or the buffers were not kept. Computed from the windows, not from the
 /// constraint's `occupied` column.
@@ -99,17 +80,6 @@ async fn pairs_closer_than_their_buffer(app: &TestApp) -> TestResult<i64> {
     )
     .fetch_one(&app.pool)
     .await?)
-}
-
-/// Holds with a quote token got earlier; the reply.
-async fn hold_with(app: &TestApp, user: &str, quote: &Value) -> TestResult<Reply> {
-    app.post(
-        "/v1/bookings",
-        Some(&token(user)),
-        &json!({ "quote_token": quote["quote_token"] }),
-        Some(&uuid::Uuid::new_v4().to_string()),
-    )
-    .await
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -148,9 +118,9 @@ async fn a_class_buffer_keeps_the_vehicle_free_that_long_after_each_booking_in_s
 
     // Inside the buffer: search hides the vehicle, a quote is refused, a hold with a quote
     // taken before is refused by the exclusion constraint.
-    assert!(!search_lists(&app, &vehicle, right_after).await?);
+    assert!(!app.search_lists(&vehicle, right_after).await?);
     assert_eq!(quote_status(&app, "vic", &vehicle, right_after).await?, 409);
-    let held = hold_with(&app, "vic", &early_quote).await?;
+    let held = app.hold_with("vic", &early_quote).await?;
     held.assert_problem(409);
     assert!(
         held.body["detail"]
@@ -160,7 +130,7 @@ async fn a_class_buffer_keeps_the_vehicle_free_that_long_after_each_booking_in_s
         held.body
     );
     let late = (end + m(29), end + m(29) + h);
-    assert!(!search_lists(&app, &vehicle, late).await?);
+    assert!(!app.search_lists(&vehicle, late).await?);
     assert_eq!(quote_status(&app, "vic", &vehicle, late).await?, 409);
     // Before the booking, a new booking's own buffer must end by its start.
     let before_it = (start - h - m(20), start - m(20));
@@ -168,7 +138,7 @@ async fn a_class_buffer_keeps_the_vehicle_free_that_long_after_each_booking_in_s
 
     // Exactly the buffer after, or before: free, listed, bookable.
     let after_buffer = (end + m(30), end + m(30) + h);
-    assert!(search_lists(&app, &vehicle, after_buffer).await?);
+    assert!(app.search_lists(&vehicle, after_buffer).await?);
     let ok = app.hold("vic", &vehicle, after_buffer).await?;
     assert_eq!(ok.status.as_u16(), 201, "{}", ok.body);
     let before_buffer = (start - h - m(30), start - m(30));
@@ -197,7 +167,7 @@ async fn concurrent_holds_on_back_to_back_windows_keep_the_buffer_between_every_
             .await?;
         quotes.push((user, q));
     }
-    let replies = join_all(quotes.iter().map(|(user, q)| hold_with(&app, user, q))).await;
+    let replies = join_all(quotes.iter().map(|(user, q)| app.hold_with(user, q))).await;
     let mut created = 0;
     for reply in replies {
         let reply = reply?;
@@ -355,7 +325,7 @@ async fn a_hundred_concurrent_holds_inside_an_existing_bookings_buffers_are_all_
     }
     // Then the booking whose buffers they all fall into.
     app.confirmed("owner", &vehicle, (start, end)).await?;
-    let replies = join_all(quotes.iter().map(|(user, q)| hold_with(&app, user, q))).await;
+    let replies = join_all(quotes.iter().map(|(user, q)| app.hold_with(user, q))).await;
     for reply in replies {
         reply?.assert_problem(409);
     }

@@ -285,6 +285,28 @@ impl TestApp {
         self.send(req).await
     }
 
+    /// A write (`method`, an optional JSON body) with an optional token and Idempotency-Key.
+    async fn write(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+        key: Option<&str>,
+    ) -> TestResult<Reply> {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        self.send(req).await
+    }
+
     /// POST a JSON body with an optional token and Idempotency-Key.
     pub async fn post(
         &self,
@@ -293,14 +315,8 @@ impl TestApp {
         body: &Value,
         key: Option<&str>,
     ) -> TestResult<Reply> {
-        let mut req = self.client.post(format!("{}{path}", self.base)).json(body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(k) = key {
-            req = req.header("idempotency-key", k);
-        }
-        self.send(req).await
+        self.write(reqwest::Method::POST, path, token, Some(body), key)
+            .await
     }
 
     /// PUT a JSON body with an optional token and Idempotency-Key.
@@ -311,14 +327,8 @@ impl TestApp {
         body: &Value,
         key: Option<&str>,
     ) -> TestResult<Reply> {
-        let mut req = self.client.put(format!("{}{path}", self.base)).json(body);
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(k) = key {
-            req = req.header("idempotency-key", k);
-        }
-        self.send(req).await
+        self.write(reqwest::Method::PUT, path, token, Some(body), key)
+            .await
     }
 
     /// DELETE with an optional token and Idempotency-Key.
@@ -328,14 +338,8 @@ impl TestApp {
         token: Option<&str>,
         key: Option<&str>,
     ) -> TestResult<Reply> {
-        let mut req = self.client.delete(format!("{}{path}", self.base));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(k) = key {
-            req = req.header("idempotency-key", k);
-        }
-        self.send(req).await
+        self.write(reqwest::Method::DELETE, path, token, None, key)
+            .await
     }
 
     /// POST raw bytes with a content type.
@@ -407,6 +411,17 @@ impl TestApp {
         .await
     }
 
+    /// A hold with a quote got earlier (a fresh Idempotency-Key); the reply, any status.
+    pub async fn hold_with(&self, user: &str, quote: &Value) -> TestResult<Reply> {
+        self.post(
+            "/v1/bookings",
+            Some(&token(user)),
+            &json!({ "quote_token": quote["quote_token"] }),
+            Some(&uuid::Uuid::new_v4().to_string()),
+        )
+        .await
+    }
+
     /// A confirmed booking's id.
     pub async fn confirmed(
         &self,
@@ -440,6 +455,29 @@ impl TestApp {
         )
         .fetch_one(&self.pool)
         .await?)
+    }
+
+    /// Whether a Frankfurt search (20 km) over `w` lists `vehicle`.
+    pub async fn search_lists(
+        &self,
+        vehicle: &str,
+        (start, end): (DateTime<Utc>, DateTime<Utc>),
+    ) -> TestResult<bool> {
+        let fmt = |t: DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let reply = self
+            .get(
+                &format!(
+                    "/v1/vehicles/search?lat=50.1109&lon=8.6821&radius_m=20000&start={}&end={}&limit=100",
+                    fmt(start),
+                    fmt(end)
+                ),
+                Some(&token("sue")),
+            )
+            .await?;
+        anyhow::ensure!(reply.status == StatusCode::OK, "search: {reply:?}");
+        Ok(reply.body["items"]
+            .as_array()
+            .is_some_and(|items| items.iter().any(|i| i["vehicle_id"] == vehicle)))
     }
 
     /// Counts rows of a table matching an SQL condition.

@@ -206,24 +206,7 @@ pub(crate) async fn create_block(
     ApiPath(raw): ApiPath<String>,
     ApiJson(body): ApiJson<BlockRequest>,
 ) -> ApiResult<Response> {
-    let vehicle = ops_vehicle(&call.state, &call.user, &raw)?;
-    let plan = plan(&body)?;
-    let now = Utc::now();
-    let rules = booking::rules(&call.state)?;
-    let mut pending = match call.begin(&[("vehicle_id", &vehicle)], &body).await? {
-        Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
-        Begun::Fresh(pending) => pending,
-    };
-    let done = blocks::create(pending.conn(), &vehicle, plan, actor(&call), &rules, now)
-        .await
-        .map_err(ApiError::from);
-    let (response, placed) = idempotent::settle(pending, done, StatusCode::CREATED, |p| {
-        PlacedDto::render(p, now)
-    })
-    .await?;
-    tracing::info!(actor = %call.user.id, %vehicle, block = %placed.block.id, cancelled = placed.withdrawn.len(), "vehicle blocked");
-    settled(&call, &vehicle, Some(&placed)).await;
-    Ok(response)
+    place(call, &raw, None, body).await
 }
 
 /// Change a block's window or reason.
@@ -246,31 +229,54 @@ pub(crate) async fn change_block(
     ApiPath((raw, id)): ApiPath<(String, Uuid)>,
     ApiJson(body): ApiJson<BlockRequest>,
 ) -> ApiResult<Response> {
-    let vehicle = ops_vehicle(&call.state, &call.user, &raw)?;
+    place(call, &raw, Some(id), body).await
+}
+
+/// A new block (`id` none, 201) or a changed one (200): parse, open the idempotent
+/// transaction, let the service place it, settle, then tell the caches.
+async fn place(
+    call: WriteCall,
+    raw: &str,
+    id: Option<Uuid>,
+    body: BlockRequest,
+) -> ApiResult<Response> {
+    let vehicle = ops_vehicle(&call.state, &call.user, raw)?;
     let plan = plan(&body)?;
     let now = Utc::now();
     let rules = booking::rules(&call.state)?;
-    let mut pending = match call
-        .begin(&[("vehicle_id", &vehicle), ("block_id", &id)], &body)
-        .await?
-    {
+    let mut params: Vec<(&str, &(dyn std::fmt::Display + Sync))> = vec![("vehicle_id", &vehicle)];
+    if let Some(id) = &id {
+        params.push(("block_id", id));
+    }
+    let mut pending = match call.begin(&params, &body).await? {
         Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
         Begun::Fresh(pending) => pending,
     };
-    let done = blocks::change(
-        pending.conn(),
-        &vehicle,
-        id,
-        plan,
-        actor(&call),
-        &rules,
-        now,
-    )
-    .await
-    .map_err(ApiError::from);
+    let (done, status) = match id {
+        None => (
+            blocks::create(pending.conn(), &vehicle, plan, actor(&call), &rules, now).await,
+            StatusCode::CREATED,
+        ),
+        Some(id) => (
+            blocks::change(
+                pending.conn(),
+                &vehicle,
+                id,
+                plan,
+                actor(&call),
+                &rules,
+                now,
+            )
+            .await,
+            StatusCode::OK,
+        ),
+    };
     let (response, placed) =
-        idempotent::settle(pending, done, StatusCode::OK, |p| PlacedDto::render(p, now)).await?;
-    tracing::info!(actor = %call.user.id, %vehicle, block = %id, cancelled = placed.withdrawn.len(), "vehicle block changed");
+        idempotent::settle(pending, done.map_err(ApiError::from), status, |p| {
+            PlacedDto::render(p, now)
+        })
+        .await?;
+    tracing::info!(actor = %call.user.id, %vehicle, block = %placed.block.id, changed = id.is_some(), cancelled = placed.withdrawn.len(), "vehicle block placed");
     settled(&call, &vehicle, Some(&placed)).await;
     Ok(response)
 }

@@ -30,6 +30,7 @@ pub mod search;
 pub mod state;
 pub mod trace;
 pub mod vehicle;
+pub mod webhook;
 pub mod window;
 
 pub use booking::{Booking, BookingError, Transition};

@@ -285,6 +285,30 @@ async fn a_user_searches_books_and_lists_across_regions_through_both_edges(
         .await?
         .assert_problem(421);
 
+    // A maintenance block of a Stockholm vehicle through the Frankfurt edge lands in its home
+    // cluster only; sent straight to the Frankfurt origin, it is 421 there.
+    let blocked = &world.eun.vehicles[7];
+    let bw = window(7, 2);
+    let block_body = json!({ "start": bw.0, "end": bw.1, "reason": "tyres" });
+    let blocks = format!("/v1/admin/vehicles/{blocked}/blocks");
+    let made = world
+        .edge_euw
+        .post(
+            &blocks,
+            Some(&ops_token("olaf")),
+            &block_body,
+            Some(&uuid::Uuid::new_v4().to_string()),
+        )
+        .await?;
+    assert_eq!(made.status, 201, "{made:?}");
+    let block_id = made.body["block"]["id"].as_str().context("block id")?;
+    let here = format!("id = '{block_id}'");
+    assert_eq!(world.site("EUN").count("vehicle_blocks", &here).await?, 1);
+    assert_eq!(world.site("EUW").count("vehicle_blocks", "true").await?, 0);
+    euw.post(&blocks, Some(&ops_token("olaf")), &block_body, None)
+        .await?
+        .assert_problem(421);
+
     // Latency: holds of EUN vehicles through the Sweden edge (home) and through the Frankfurt
     // edge (one inter-region hop each way), nine each, interleaved. The bar (under 3
     // inter-region round trips) is judged on the round trips the delay line charged each

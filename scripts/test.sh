@@ -47,11 +47,12 @@ fi
 
 # A representative subset of the api suite again with the origin's pool behind PgBouncer in
 # session pooling (README, "Scaling out"): holds, idempotency keys (advisory locks), 200-way
-# contention, locks, the lifecycle, rescheduling (50 concurrent moves).
+# contention, locks, the lifecycle, rescheduling (50 concurrent moves), maintenance blocks (the
+# vehicle write lock and both block rules, holds racing a forced block).
 PGBOUNCER_PORT="${PGBOUNCER_PORT:-16432}"
 log "api subset through PgBouncer (session pooling, 127.0.0.1:$PGBOUNCER_PORT)"
 bash scripts/replica.sh bouncer "$ROOT/.dev/pgbouncer" "$PGBOUNCER_PORT" "$PGPORT"
-POOLED_SUITE=(holds idempotency concurrency locks lifecycle reschedule)
+POOLED_SUITE=(holds idempotency concurrency locks lifecycle reschedule blocks)
 pooled=0
 if command -v cargo-nextest >/dev/null; then
   E2E_PGBOUNCER_PORT=$PGBOUNCER_PORT cargo nextest run --test api --locked --no-fail-fast \

@@ -411,6 +411,17 @@ pub struct Config {
     pub relay_lanes: i32,
     /// Relay pause when the outbox is empty.
     pub relay_poll: Duration,
+    /// The availability consumer (`EVENT_CONSUMER`, 1 or 0; default 1 when `KAFKA_BROKERS`
+    /// is set): runs in the `all` and `relay` roles, see `jobs/consumer.rs`.
+    pub event_consumer: bool,
+    /// Its consumer group (`CONSUMER_GROUP`; default `availability-<regions>`, e.g.
+    /// `availability-euw`: one group per region, every replica of the region in it).
+    pub consumer_group: String,
+    /// How often it commits processed offsets (`CONSUMER_COMMIT_MS`, default 500).
+    pub consumer_commit: Duration,
+    /// Its static group membership (`CONSUMER_INSTANCE_ID`, e.g. a StatefulSet pod's name):
+    /// a restarted replica takes its partitions back at once. Unset: dynamic membership.
+    pub consumer_instance: Option<String>,
     /// How long a stop (SIGTERM, SIGINT) may take, from the signal to the exit: in-flight
     /// requests drain, then the background jobs stop (`SHUTDOWN_GRACE_SECS`, 1–300, default
     /// 20). Past it the process exits with an error instead of 0, naming what did not stop.
@@ -700,6 +711,10 @@ impl Config {
             }
         };
 
+        let consumer_group = env.var("CONSUMER_GROUP").unwrap_or_else(|| {
+            let codes: Vec<String> = regions.iter().map(|r| r.code().to_lowercase()).collect();
+            format!("availability-{}", codes.join("-"))
+        });
         Ok(Config {
             database_url: Secret(required(env, "DATABASE_URL")?.into_bytes()),
             database_session_url,
@@ -727,6 +742,16 @@ impl Config {
             relay_batch: at_least_one(env, "RELAY_BATCH", 200)?,
             relay_lanes: at_least_one(env, "RELAY_LANES", 8)?,
             relay_poll: millis(env, "RELAY_POLL_MS", 200)?,
+            event_consumer: match env.var("EVENT_CONSUMER") {
+                None => env.var("KAFKA_BROKERS").is_some(),
+                Some(_) => flag(env, "EVENT_CONSUMER")?,
+            },
+            consumer_group,
+            consumer_commit: millis(env, "CONSUMER_COMMIT_MS", 500)?,
+            consumer_instance: env
+                .var("CONSUMER_INSTANCE_ID")
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty()),
             shutdown_grace: shutdown_grace(env)?,
             redis: redis_config(env)?,
             pricing: pricing_config(env)?,
@@ -735,6 +760,12 @@ impl Config {
             role: parsed(env, "ORIGIN_ROLE", crate::role::Role::All)?,
             migrate_on_start: parsed(env, "MIGRATE_ON_START", true)?,
         })
+    }
+
+    /// Whether this process runs the availability consumer: `KAFKA_BROKERS` set, not turned
+    /// off by `EVENT_CONSUMER=0`, in a role that consumes.
+    pub fn consumes(&self) -> bool {
+        self.event_consumer && self.kafka_brokers.is_some() && self.role.consumes()
     }
 
     /// The database URL as a string (it may hold a password: never log it).

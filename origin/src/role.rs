@@ -8,7 +8,7 @@
 //! | `api`     | every route                                                 | Redis probes, in-process surge grid |
 //! | `pricing` | search, quotes, surge, pricing admin                        | Redis probes, in-process surge grid |
 //! | `booking` | the booking write and read path                             | Redis probes |
-//! | `relay`   | none                                                        | the outbox relay (lanes shared by advisory locks) |
+//! | `relay`   | none                                                        | the outbox relay (lanes shared by advisory locks), the availability consumer (a consumer group) |
 //! | `jobs`    | none                                                        | sweeper, surge refresh, availability index rebuild, each only while this replica is the elected leader ([`crate::jobs::leader`]) |
 //!
 //! A route another role serves answers 404 problem+json, like any unknown path: an ingress that
@@ -104,6 +104,12 @@ impl Role {
 
     /// Whether this role runs the outbox relay (when `KAFKA_BROKERS` is set).
     pub(crate) fn relays(self) -> bool {
+        matches!(self, Role::All | Role::Relay)
+    }
+
+    /// Whether this role runs the availability consumer (when `KAFKA_BROKERS` is set and
+    /// `EVENT_CONSUMER` is not 0): the event roles, like the relay.
+    pub(crate) fn consumes(self) -> bool {
         matches!(self, Role::All | Role::Relay)
     }
 }

@@ -314,6 +314,14 @@ fn spawn_jobs(state: &AppState, jobs: &Jobs) {
             crate::jobs::surge::run(surge, regions, interval, leadership, stop)
         });
     }
+    if state.config.consumes() {
+        if let Some(brokers) = state.config.kafka_brokers.clone() {
+            let consumer_state = state.clone();
+            jobs.spawn("consumer", move |stop| {
+                crate::jobs::consumer::run(consumer_state, brokers, stop)
+            });
+        }
+    }
     if !role.relays() {
         return;
     }

@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     pub edge_verifier: domain::edge_auth::EdgeVerifier,
     /// Replay memory and the per-user limit, in Redis (`redis/front_door.rs`).
     pub front_door: crate::redis::front_door::FrontDoor,
+    /// The availability consumer's state, for `/readyz` (`jobs/consumer.rs`).
+    pub consumer: Arc<crate::jobs::consumer::ConsumerStatus>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -92,7 +94,8 @@ impl AppState {
             .map_err(|e| anyhow::anyhow!("quote signing keys: {e}"))?;
         let locks = Locks::new(redis.clone(), config.redis.lock_ttl, config.redis.lock_wait)
             .with_mode(config.redis.vehicle_lock);
-        let availability = Availability::new(redis.clone(), db.clone(), &config.regions);
+        let availability = Availability::new(redis.clone(), db.clone(), &config.regions)
+            .with_occupancy(config.consumes());
         let inference = InferenceClient::new(&config.pricing)?;
         let surge = Surge::new(
             db.clone(),
@@ -135,6 +138,7 @@ impl AppState {
             quotes: Arc::new(quotes),
             policy: Arc::new(BookingPolicy::default()),
             cancellation: Arc::new(CancellationPolicy::default()),
+            consumer: Arc::default(),
         })))
     }
 }

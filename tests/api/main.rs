@@ -9,6 +9,7 @@ mod availability;
 mod blocks;
 mod cache;
 mod concurrency;
+mod consumer;
 mod events;
 mod front_door;
 mod holds;

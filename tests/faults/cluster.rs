@@ -82,6 +82,9 @@ pub(crate) async fn start_cluster(dir: &std::path::Path) -> TestResult<Cluster> 
         ("REDIS_KEY_PREFIX", "faults:".into()),
         ("LOCK_TTL_MS", LOCK_TTL_MS.to_string()),
         ("KAFKA_BROKERS", broker.brokers()),
+        // The checker judges bookings and their events; the availability consumer is not in
+        // this world.
+        ("EVENT_CONSUMER", "0".into()),
         ("JWT_ISSUER", ISSUER.into()),
         ("JWT_AUDIENCE", AUDIENCE.into()),
         ("JWT_HS256_SECRET", JWT_SECRET.into()),

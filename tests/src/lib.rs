@@ -28,6 +28,7 @@ pub mod jwt_forge;
 pub mod latency_proxy;
 pub mod origin_runtime;
 pub mod otlp;
+pub mod recorder;
 pub mod regions;
 pub mod replica;
 pub mod test_redis;
@@ -139,6 +140,10 @@ pub async fn spawn_app_with(pool: PgPool, overrides: Overrides<'_>) -> TestResul
         // An origin tested alone: no edge signs its requests. The edge suites override this
         // with `EDGE_SIGNING_KEYS` and `ORIGIN_ALLOW_DIRECT=0`, proving their edges sign.
         ("ORIGIN_ALLOW_DIRECT", "1"),
+        // The availability consumer is off unless a test turns it on (`EVENT_CONSUMER=1`, with
+        // `KAFKA_BROKERS`): tests share one broker, and a consumer per app would only add group
+        // joins. Its group is the app's own (set below), never shared with another test's.
+        ("EVENT_CONSUMER", "0"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -148,6 +153,10 @@ pub async fn spawn_app_with(pool: PgPool, overrides: Overrides<'_>) -> TestResul
     env.insert(
         "REDIS_KEY_PREFIX".into(),
         format!("test:{}:", uuid::Uuid::new_v4().simple()),
+    );
+    env.insert(
+        "CONSUMER_GROUP".into(),
+        format!("e2e-availability-{}", uuid::Uuid::new_v4().simple()),
     );
     // Through PgBouncer (`E2E_PGBOUNCER_PORT`: scripts/test.sh runs a subset of the suite so,
     // see README "Scaling out"): the origin's pool goes through the pooler (session pooling),

@@ -308,6 +308,8 @@ impl TwoRegions {
             // Only the edges (and the suite's direct reads, signed like them) get in.
             ("EDGE_SIGNING_KEYS", signing_keys.as_str()),
             ("RUST_LOG", "warn"),
+            // The worlds of parallel tests share the broker: no consumer group across them.
+            ("EVENT_CONSUMER", "0"),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v.to_owned()))

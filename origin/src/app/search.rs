@@ -118,7 +118,13 @@ pub(crate) async fn search(
     let lat = query.center.lat();
     let lon = query.center.lon();
     let geo = availability
-        .candidates(query.center, query.radius_m, MAX_CANDIDATES)
+        .candidates(
+            query.center,
+            query.radius_m,
+            MAX_CANDIDATES,
+            &query.window,
+            now,
+        )
         .await;
     let filters = Filters {
         regions,

@@ -5,6 +5,7 @@
 //! Each event carries a stable UUIDv7 id (consumers deduplicate on it) and is keyed by the
 //! vehicle id, so one vehicle's events keep their order through the broker's partitioning.
 
+pub mod consumer;
 pub(crate) mod outbox;
 pub mod relay;
 

@@ -197,13 +197,22 @@ pub async fn run_relay(pool: PgPool, settings: RelaySettings, stop: Cancellation
 
 /// Creates every outbox topic; topics that already exist are fine.
 pub(crate) async fn create_topics(brokers: &str, partitions: i32) -> anyhow::Result<()> {
+    create_named_topics(brokers, Topic::ALL.iter().map(|t| t.as_str()), partitions).await
+}
+
+/// Creates the `names` topics; topics that already exist are fine.
+pub(crate) async fn create_named_topics<'a>(
+    brokers: &str,
+    names: impl IntoIterator<Item = &'a str>,
+    partitions: i32,
+) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
         .context("create the Kafka admin client")?;
-    let topics: Vec<NewTopic<'_>> = Topic::ALL
-        .iter()
-        .map(|t| NewTopic::new(t.as_str(), partitions, TopicReplication::Fixed(1)))
+    let topics: Vec<NewTopic<'_>> = names
+        .into_iter()
+        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
         .collect();
     let options = AdminOptions::new()
         .request_timeout(Some(Duration::from_secs(10)))
@@ -211,7 +220,7 @@ pub(crate) async fn create_topics(brokers: &str, partitions: i32) -> anyhow::Res
     let results = admin
         .create_topics(&topics, &options)
         .await
-        .context("create the outbox topics")?;
+        .context("create the topics")?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}

@@ -129,6 +129,9 @@ async fn readyz(State(state): State<AppState>) -> Response {
             // primary, still ready.
             "replica": state.reads.status(),
         },
+        // The availability consumer (`jobs/consumer.rs`): off, joining or assigned, and its
+        // counters.
+        "consumer": state.consumer.json(),
         "redis_degradations": state.redis.degradations(),
         "redis_replacements": state.redis.replacements(),
         "regions": state.config.regions.iter().map(|r| r.code()).collect::<Vec<_>>(),

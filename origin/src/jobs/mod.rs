@@ -23,6 +23,7 @@
 //!   index rebuild once (see [`crate::role`] for which role runs which job).
 
 pub(crate) mod availability;
+pub(crate) mod consumer;
 pub(crate) mod leader;
 pub(crate) mod redis_probe;
 pub(crate) mod relay;

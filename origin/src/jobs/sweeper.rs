@@ -86,6 +86,19 @@ pub(crate) async fn run(state: AppState, stop: CancellationToken) {
             if !matches!(purge, Ok(Ok(_))) {
                 tracing::warn!("idempotency key purge failed or timed out");
             }
+            // Consumers' dedupe rows: a repeat comes from an uncommitted tail seconds old, so a
+            // week is far beyond any redelivery.
+            let purge = tokio::time::timeout(
+                BATCH_TIMEOUT,
+                crate::events::consumer::purge_processed_older_than(
+                    &state.db,
+                    Utc::now() - chrono::Duration::days(7),
+                ),
+            )
+            .await;
+            if !matches!(purge, Ok(Ok(_))) {
+                tracing::warn!("processed-event purge failed or timed out");
+            }
         }
     }
 }

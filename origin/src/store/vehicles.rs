@@ -94,6 +94,50 @@ pub(crate) async fn is_occupied(
     .await
 }
 
+/// One range during which a vehicle is taken, as the availability index keeps it: a booking's
+/// occupied range (its window plus its turnaround buffer) or an active maintenance block's
+/// window; `expires` is a hold's expiry (after it the range no longer counts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Taken {
+    pub vehicle: Uuid,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub expires: Option<DateTime<Utc>>,
+}
+
+/// Every range that takes a vehicle after `now` — of `region`'s vehicles, or of one `vehicle`
+/// — ordered by vehicle and start: the occupancy the availability index mirrors
+/// ([`crate::redis::availability`]). The same predicates as [`is_occupied`].
+#[tracing::instrument(level = "debug", name = "db.vehicles.taken", skip_all)]
+pub(crate) async fn taken<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
+    region: Option<Region>,
+    vehicle: Option<Uuid>,
+    now: DateTime<Utc>,
+) -> sqlx::Result<Vec<Taken>> {
+    sqlx::query_as!(
+        Taken,
+        r#"select b.vehicle_id as "vehicle!", lower(b.occupied) as "start!", upper(b.occupied) as "end!",
+                  case when b.status = 'RESERVING' then b.hold_expires_at end as expires
+             from bookings b join vehicles v on v.id = b.vehicle_id
+            where ($1::text is null or v.region = $1) and ($2::uuid is null or b.vehicle_id = $2)
+              and b.status in ('RESERVING', 'CONFIRMED', 'IN_PROGRESS')
+              and upper(b.occupied) > $3
+              and not (b.status = 'RESERVING' and b.hold_expires_at <= $3)
+           union all
+           select k.vehicle_id, lower(k.period), upper(k.period), null
+             from vehicle_blocks k join vehicles v on v.id = k.vehicle_id
+            where ($1::text is null or v.region = $1) and ($2::uuid is null or k.vehicle_id = $2)
+              and k.ended_at is null and upper(k.period) > $3
+           order by 1, 2"#,
+        region.map(|r| r.code()),
+        vehicle,
+        now,
+    )
+    .fetch_all(conn)
+    .await
+}
+
 /// An active vehicle at its bay's position.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Position {

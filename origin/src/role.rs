@@ -161,4 +161,13 @@ mod tests {
             assert!(role.serves(Pricing) && role.serves(Booking));
         }
     }
+
+    #[test]
+    fn the_event_roles_and_only_they_run_the_relay_and_the_consumer() {
+        for role in Role::ALL {
+            let events = matches!(role, Role::All | Role::Relay);
+            assert_eq!(role.relays(), events, "{role}");
+            assert_eq!(role.consumes(), events, "{role}");
+        }
+    }
 }

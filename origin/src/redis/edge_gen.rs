@@ -9,10 +9,10 @@
 //! request — including writes that did not come through that edge — so a new booking is never
 //! hidden behind a stale edge entry.
 //!
-//! Hold expiries do **not** bump: the sweeper ([`crate::jobs::sweeper`]) ends holds without
-//! telling the edge. An expiry only frees a window, so the stale entries can only under-report
-//! (a search that still leaves the vehicle out) for their short TTL, never offer a vehicle that
-//! is taken; and a booking of the freed window bumps as usual.
+//! The sweeper bumps too, for each hold it ends ([`crate::jobs::sweeper`]), and the
+//! availability consumer ([`crate::jobs::consumer`]) bumps once more for every event about a
+//! vehicle, whoever wrote it: the direct bumps are the fast path, the consumer's the one that
+//! also covers a bump lost to an origin crash between commit and bump.
 //!
 //! The bump is one Upstash `/pipeline` request, sent on a task of the origin's job tracker
 //! ([`crate::jobs::Jobs::tracker`]) with a short timeout: it never delays or fails the booking,

@@ -564,3 +564,39 @@ async fn without_the_consumer_a_booking_stays_in_the_index_until_a_rebuild(
     );
     app.stop().await
 }
+
+#[sqlx::test(migrations = "../migrations")]
+async fn the_candidate_step_answers_with_thousands_of_vehicles_in_the_radius(
+    pool: PgPool,
+) -> TestResult {
+    // The script reads the occupancy of every vehicle it looks at (twice the budget, 10 000):
+    // more values than one Lua `unpack` takes, so it reads them in chunks.
+    let app = spawn_app_with(pool, &[("AVAILABILITY_REBUILD_SECS", "3600")]).await?;
+    let index = index_of(&app).await?;
+    let mut conn = test_redis::connect(&app.redis_url).await?;
+    let mut add = redis::cmd("GEOADD");
+    add.arg(index.geo_key(Region::Euw));
+    for n in 0..9_000u32 {
+        let (lon, lat) = (
+            8.68 + f64::from(n % 100) * 1e-4,
+            50.11 + f64::from(n / 100) * 1e-4,
+        );
+        add.arg(lon)
+            .arg(lat)
+            .arg(Uuid::new_v4().simple().to_string());
+    }
+    add.query_async::<()>(&mut conn).await?;
+    let w = window(2, 2);
+    let found = index
+        .candidates(
+            GeoPoint::new(50.11, 8.68)?,
+            5_000,
+            5_000,
+            &TimeWindow::new(w.0, w.1)?,
+            chrono::Utc::now(),
+        )
+        .await
+        .context("the index answered nothing (the script failed?)")?;
+    assert_eq!(found.len(), 5_000, "the budget, filled with free vehicles");
+    app.stop().await
+}

@@ -117,7 +117,12 @@ for i = 1, #KEYS, 3 do
   local ids = redis.call('GEOSEARCH', KEYS[i + 1], 'FROMLONLAT', ARGV[1], ARGV[2],
     'BYRADIUS', ARGV[3], 'm', 'ASC', 'COUNT', ARGV[8])
   if #ids > 0 then
-    local occ = redis.call('HMGET', KEYS[i + 2], unpack(ids))
+    -- HMGET in chunks: Lua's unpack stops at a few thousand values.
+    local occ = {}
+    for from = 1, #ids, 1000 do
+      local part = redis.call('HMGET', KEYS[i + 2], unpack(ids, from, math.min(from + 999, #ids)))
+      for k = 1, #part do occ[from + k - 1] = part[k] end
+    end
     local n = 0
     for j, id in ipairs(ids) do
       if n >= want then break end

@@ -136,6 +136,10 @@ pub struct ConsumerSettings {
     /// How long the group waits for a silent member before moving its partitions
     /// (`session.timeout.ms`): a crashed consumer's partitions resume elsewhere after this.
     pub session_timeout: Duration,
+    /// How long a fetch waits at the broker for new records (`fetch.wait.max.ms`): the
+    /// consumer's latency when the topics are quiet (librdkafka's default is 500 ms; an
+    /// availability mirror wants well under a second, for a few more idle fetches).
+    pub fetch_wait: Duration,
     /// Static membership (`group.instance.id`, KIP-345; `CONSUMER_INSTANCE_ID`): a restarted
     /// consumer with the same id takes its partitions back at once, without a rebalance or
     /// waiting out the dead member's session. Give each replica a stable one (a StatefulSet's
@@ -156,6 +160,7 @@ impl ConsumerSettings {
             topic_partitions: 3,
             session_timeout: Duration::from_secs(10),
             instance_id: None,
+            fetch_wait: Duration::from_millis(100),
         }
     }
 }
@@ -252,6 +257,10 @@ pub async fn start<H: Handler>(
         .set(
             "heartbeat.interval.ms",
             (settings.session_timeout.as_millis() / 5).to_string(),
+        )
+        .set(
+            "fetch.wait.max.ms",
+            settings.fetch_wait.as_millis().to_string(),
         )
         .create_with_context(Callbacks {
             group: settings.group.clone(),

@@ -44,8 +44,9 @@ const CLIENTS: usize = 12;
 /// Acknowledged holds before the signal: the load is really going.
 const HOLDS_BEFORE_SIGNAL: usize = 20;
 /// The jobs an origin with a relay runs (`origin/src/jobs`).
-const JOBS: [&str; 7] = [
+const JOBS: [&str; 8] = [
     "availability",
+    "consumer",
     "redis-probe",
     "redis-probe-l1",
     "redis-probe-l2",
@@ -270,6 +271,8 @@ async fn sigterm_under_load_drains_every_request_stops_every_job_and_exits_0_bef
         ("REDIS_URL", test_redis::shared_url()),
         ("REDIS_KEY_PREFIX", prefix.clone()),
         ("KAFKA_BROKERS", brokers),
+        // The consumer runs too (it must stop with the rest), in a group of its own.
+        ("CONSUMER_GROUP", format!("sigterm-{}", uuid::Uuid::new_v4().simple())),
         ("INFERENCE_URL", inference.url.clone()),
         ("INFERENCE_TIMEOUT_MS", "1000".into()),
         ("PRICING_BUDGET_MS", "1000".into()),

@@ -136,6 +136,14 @@ def map_case(ctx, case):
             case.query.update(lat=50.1109, lon=8.6821, start=_iso(start), end=_iso(end))
             case.query.pop("cursor", None)
         return case
+    # Webhooks: registered and listed in EUW, a public address literal (no DNS here) and a
+    # known event type.
+    if path == "/v1/admin/webhooks":
+        if not _negative_at(case, "query"):
+            case.query = {**(case.query or {}), "region": "EUW"}
+        if case.method.upper() == "POST" and isinstance(case.body, dict) and not _negative_at(case, "body"):
+            case.body.update(url=f"https://1.1.1.{_RNG.randint(1, 254)}/hook", event_types=["booking.created"])
+        return case
     if path in ("/v1/surge", "/v1/admin/surge/recompute") and not _negative_at(case, "query"):
         case.query = {"region": _RNG.choice(["EUW", "EUN"])}
         return case

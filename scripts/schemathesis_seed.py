@@ -11,6 +11,7 @@ with that token are allowed to act on them.
 
 import json
 import os
+import subprocess
 import sys
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -144,6 +145,33 @@ def main():
         admin.setdefault("/v1/admin/vehicles/{vehicle_id}/blocks/{block_id}", []).append(
             {"vehicle_id": vehicle, "block_id": row["block"]["id"]}
         )
+
+    # Webhooks of EUW to read, rotate, enable and remove (public address literals; nothing is
+    # sent: no broker, no dispatcher in this run), each with one delivery in its log, written
+    # as the fan-out writes it (DATABASE_URL is the origin's database).
+    for i in range(6):
+        row = api.post(
+            "/v1/admin/webhooks?region=EUW",
+            {"url": f"https://1.1.1.{i + 1}/hook/{slot}", "event_types": ["booking.created"]},
+            expect=(201,),
+        )
+        webhook = row["webhook"]["id"]
+        delivery = str(uuid.uuid4())
+        subprocess.run(
+            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", os.environ["DATABASE_URL"], "-c",
+             "insert into webhook_deliveries (id, endpoint_id, event_id, topic, vehicle, sequence,"
+             " payload, give_up_at, state) values"
+             f" ('{delivery}', '{webhook.rsplit('_', 1)[1]}', gen_random_uuid(), 'booking.created',"
+             f" '{vehicles[0]}', 1, '{{}}', now() + interval '1 day', 'failed')"],
+            check=True,
+        )
+        for path in ("/v1/admin/webhooks/{webhook_id}", "/v1/admin/webhooks/{webhook_id}/rotate",
+                     "/v1/admin/webhooks/{webhook_id}/enable",
+                     "/v1/admin/webhooks/{webhook_id}/deliveries"):
+            admin.setdefault(path, []).append({"webhook_id": webhook})
+        admin.setdefault(
+            "/v1/admin/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver", []
+        ).append({"webhook_id": webhook, "delivery_id": delivery})
 
     seeds = {
         "vehicles": vehicles,

@@ -1,13 +1,15 @@
 //! The one retry pause schedule of the origin: exponential steps with jitter, capped.
 //!
-//! Two callers retry against something that may be away, and they want different jitter:
+//! Three callers retry against something that may be away, and they want different jitter:
 //!
 //! * the outbox relay ([`crate::events::relay`]) backs off from the broker or the database with
 //!   **equal jitter** (each pause in the upper half of its step): relays that failed together
 //!   spread out, yet a pause never collapses to zero, which would hammer a broker that is down;
 //! * the inference client ([`crate::inference`]) retries an idempotent call with **full jitter**
 //!   (anywhere from zero to the step): inside a quote's 150 ms budget an early retry is worth
-//!   more than an even spread.
+//!   more than an even spread;
+//! * the webhook dispatcher ([`crate::webhooks`]) spaces a failing delivery's attempts with
+//!   **equal jitter**, so endpoints that failed together do not all come back at once.
 //!
 //! Step `k` (from 0) is `base · 2^k`, at most `cap`; the pause is drawn from it as above.
 
@@ -42,6 +44,13 @@ impl Backoff {
             jitter,
             step: 0,
         }
+    }
+
+    /// The same schedule, `step` steps along (a caller that keeps its attempt count elsewhere,
+    /// e.g. a webhook delivery's row).
+    pub(crate) fn at_step(mut self, step: u32) -> Self {
+        self.step = step;
+        self
     }
 
     /// Back to the first step (after a success).

@@ -263,6 +263,58 @@ fn flag(env: &dyn Env, name: &'static str) -> Result<bool, ConfigError> {
     }
 }
 
+/// Signed webhooks (`crate::webhooks`): the fan-out consumer and the dispatcher.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// `WEBHOOKS` (1 or 0, default 1): run them wherever the availability consumer runs.
+    pub enabled: bool,
+    /// `WEBHOOK_GROUP` (default `webhooks-<regions>`): the fan-out's consumer group.
+    pub group: String,
+    /// `WEBHOOK_ALLOW_PRIVATE` (default 0): allow loopback, private and link-local receivers
+    /// (tests and development only: see `webhooks::guard`).
+    pub allow_private: bool,
+    /// `WEBHOOK_TIMEOUT_MS` (default 10000): one attempt, connection to last byte.
+    pub timeout: Duration,
+    /// `WEBHOOK_RETRY_BASE_MS` (default 5000): the first retry's step; doubling from there.
+    pub retry_base: Duration,
+    /// `WEBHOOK_RETRY_MAX_MS` (default 3600000): the longest step between two attempts.
+    pub retry_max: Duration,
+    /// `WEBHOOK_RETRY_FOR_SECS` (default 86400): how long after the event it is retried.
+    pub retry_for: Duration,
+    /// `WEBHOOK_DISABLE_AFTER_SECS` (default 432000, 5 days): an endpoint failing that long
+    /// without one success is disabled.
+    pub disable_after: Duration,
+    /// `WEBHOOK_POLL_MS` (default 200): the dispatcher's pause when nothing is due.
+    pub poll: Duration,
+    /// `WEBHOOK_CONCURRENCY` (default 16): attempts in flight per dispatcher.
+    pub concurrency: usize,
+    /// `WEBHOOK_ORDER_WAIT_MS` (default 30000): how long a delivery waits for an earlier event
+    /// of its vehicle that has not reached the fan-out (e.g. one dead-lettered).
+    pub order_wait: Duration,
+}
+
+fn webhook_config(env: &dyn Env, regions: &[Region]) -> Result<WebhookConfig, ConfigError> {
+    Ok(WebhookConfig {
+        enabled: match env.var("WEBHOOKS") {
+            None => true,
+            Some(_) => flag(env, "WEBHOOKS")?,
+        },
+        group: env.var("WEBHOOK_GROUP").unwrap_or_else(|| {
+            let codes: Vec<String> = regions.iter().map(|r| r.code().to_lowercase()).collect();
+            format!("webhooks-{}", codes.join("-"))
+        }),
+        allow_private: flag(env, "WEBHOOK_ALLOW_PRIVATE")?,
+        timeout: millis(env, "WEBHOOK_TIMEOUT_MS", 10_000)?,
+        retry_base: millis(env, "WEBHOOK_RETRY_BASE_MS", 5_000)?,
+        retry_max: millis(env, "WEBHOOK_RETRY_MAX_MS", 3_600_000)?,
+        retry_for: secs(env, "WEBHOOK_RETRY_FOR_SECS", 86_400)?,
+        disable_after: secs(env, "WEBHOOK_DISABLE_AFTER_SECS", 432_000)?,
+        poll: millis(env, "WEBHOOK_POLL_MS", 200)?,
+        concurrency: at_least_one(env, "WEBHOOK_CONCURRENCY", 16usize)?,
+        order_wait: millis(env, "WEBHOOK_ORDER_WAIT_MS", 30_000)?,
+    })
+}
+
 fn front_door_config(env: &dyn Env) -> Result<FrontDoorConfig, ConfigError> {
     let edge_keys = match env.var("EDGE_SIGNING_KEYS") {
         None => Vec::new(),
@@ -426,6 +478,8 @@ pub struct Config {
     /// requests drain, then the background jobs stop (`SHUTDOWN_GRACE_SECS`, 1–300, default
     /// 20). Past it the process exits with an error instead of 0, naming what did not stop.
     pub shutdown_grace: Duration,
+    /// Signed webhooks (`WEBHOOK_*`).
+    pub webhooks: WebhookConfig,
     pub redis: RedisConfig,
     pub pricing: PricingConfig,
     /// The edge cache whose generations the origin bumps (`edge_gen.rs`); None = off.
@@ -715,6 +769,7 @@ impl Config {
             let codes: Vec<String> = regions.iter().map(|r| r.code().to_lowercase()).collect();
             format!("availability-{}", codes.join("-"))
         });
+        let webhooks = webhook_config(env, &regions)?;
         Ok(Config {
             database_url: Secret(required(env, "DATABASE_URL")?.into_bytes()),
             database_session_url,
@@ -753,6 +808,7 @@ impl Config {
                 .map(|v| v.trim().to_owned())
                 .filter(|v| !v.is_empty()),
             shutdown_grace: shutdown_grace(env)?,
+            webhooks,
             redis: redis_config(env)?,
             pricing: pricing_config(env)?,
             edge_cache: crate::redis::edge_gen::config(env)?,
@@ -766,6 +822,12 @@ impl Config {
     /// off by `EVENT_CONSUMER=0`, in a role that consumes.
     pub fn consumes(&self) -> bool {
         self.event_consumer && self.kafka_brokers.is_some() && self.role.consumes()
+    }
+
+    /// Whether this process runs the webhook fan-out and dispatcher: with the consumer, unless
+    /// `WEBHOOKS=0`.
+    pub fn dispatches_webhooks(&self) -> bool {
+        self.consumes() && self.webhooks.enabled
     }
 
     /// The database URL as a string (it may hold a password: never log it).

@@ -31,3 +31,4 @@ pub mod startup;
 pub(crate) mod state;
 pub(crate) mod store;
 pub mod telemetry;
+pub(crate) mod webhooks;

@@ -322,6 +322,14 @@ fn spawn_jobs(state: &AppState, jobs: &Jobs) {
             });
         }
     }
+    if state.config.dispatches_webhooks() {
+        if let Some(brokers) = state.config.kafka_brokers.clone() {
+            let webhook_state = state.clone();
+            jobs.spawn("webhooks", move |stop| {
+                crate::jobs::consumer::run_webhooks(webhook_state, brokers, stop)
+            });
+        }
+    }
     if !role.relays() {
         return;
     }

@@ -61,6 +61,8 @@ pub(crate) struct Shared {
     pub front_door: crate::redis::front_door::FrontDoor,
     /// The availability consumer's state, for `/readyz` (`jobs/consumer.rs`).
     pub consumer: Arc<crate::jobs::consumer::ConsumerStatus>,
+    /// The webhook fan-out consumer's state, for `/readyz` (`crate::webhooks`).
+    pub webhooks: Arc<crate::jobs::consumer::ConsumerStatus>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -139,6 +141,7 @@ impl AppState {
             policy: Arc::new(BookingPolicy::default()),
             cancellation: Arc::new(CancellationPolicy::default()),
             consumer: Arc::default(),
+            webhooks: Arc::default(),
         })))
     }
 }

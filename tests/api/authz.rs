@@ -37,6 +37,10 @@ enum Needs {
     Discount,
     /// A maintenance block of the row's vehicle (created by ops).
     Block,
+    /// A webhook endpoint of EUW (registered by ops).
+    Webhook,
+    /// A webhook endpoint with one delivery in its log.
+    Delivery,
 }
 
 /// One row: the route as documented, what it needs, and the expected status for
@@ -165,6 +169,50 @@ fn matrix() -> Vec<Row> {
             Needs::Block,
             admin,
         ),
+        // Webhooks: ops only.
+        row(
+            Method::POST,
+            "/v1/admin/webhooks",
+            Needs::Nothing,
+            [401, 403, 201, 403],
+        ),
+        row(Method::GET, "/v1/admin/webhooks", Needs::Nothing, admin),
+        row(
+            Method::GET,
+            "/v1/admin/webhooks/{webhook_id}",
+            Needs::Webhook,
+            admin,
+        ),
+        row(
+            Method::DELETE,
+            "/v1/admin/webhooks/{webhook_id}",
+            Needs::Webhook,
+            admin,
+        ),
+        row(
+            Method::POST,
+            "/v1/admin/webhooks/{webhook_id}/rotate",
+            Needs::Webhook,
+            admin,
+        ),
+        row(
+            Method::POST,
+            "/v1/admin/webhooks/{webhook_id}/enable",
+            Needs::Webhook,
+            admin,
+        ),
+        row(
+            Method::GET,
+            "/v1/admin/webhooks/{webhook_id}/deliveries",
+            Needs::Webhook,
+            admin,
+        ),
+        row(
+            Method::POST,
+            "/v1/admin/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
+            Needs::Delivery,
+            [401, 403, 202, 403],
+        ),
     ]);
     for v in ["/v1", "/v2"] {
         let p = |s: &str| -> &'static str { Box::leak(format!("{v}{s}").into_boxed_str()) };
@@ -288,6 +336,37 @@ fn soon() -> (chrono::DateTime<Utc>, chrono::DateTime<Utc>) {
     (start, start + Duration::hours(1))
 }
 
+/// A webhook endpoint registered by ops and one delivery in its log (written as the fan-out
+/// writes it: the consumer does not run here): their ids.
+async fn webhook_fixture(app: &TestApp, vehicle: &str) -> TestResult<(String, String)> {
+    let made = app
+        .post(
+            "/v1/admin/webhooks?region=EUW",
+            Some(&ops_token("olga")),
+            &json!({ "url": "http://127.0.0.1:9/hook", "event_types": ["booking.created"] }),
+            None,
+        )
+        .await?;
+    anyhow::ensure!(made.status.as_u16() == 201, "webhook: {made:?}");
+    let id = made.body["webhook"]["id"]
+        .as_str()
+        .ok_or_else(|| anyhow::anyhow!("no webhook id in {made:?}"))?
+        .to_owned();
+    let uuid = uuid::Uuid::try_parse(id.rsplit('_').next().unwrap_or_default())?;
+    let delivery = uuid::Uuid::new_v4();
+    sqlx::query(
+        "insert into webhook_deliveries (id, endpoint_id, event_id, topic, vehicle, sequence, payload, give_up_at, state)
+         values ($1, $2, $3, 'booking.created', $4, 1, '{}', now() + interval '1 day', 'failed')",
+    )
+    .bind(delivery)
+    .bind(uuid)
+    .bind(uuid::Uuid::new_v4())
+    .bind(vehicle)
+    .execute(&app.pool)
+    .await?;
+    Ok((id, delivery.to_string()))
+}
+
 #[sqlx::test(migrations = "../migrations")]
 async fn every_route_answers_each_principal_with_the_status_in_the_matrix(
     pool: PgPool,
@@ -315,7 +394,9 @@ async fn every_route_answers_each_principal_with_the_status_in_the_matrix(
             | Needs::Quote
             | Needs::TimeMultiplier
             | Needs::Discount
-            | Needs::Block => None,
+            | Needs::Block
+            | Needs::Webhook
+            | Needs::Delivery => None,
             Needs::Hold => {
                 let hold = app.hold("ann", vehicle, window(days, 2)).await?;
                 anyhow::ensure!(hold.status.as_u16() == 201, "hold: {hold:?}");
@@ -362,6 +443,13 @@ async fn every_route_answers_each_principal_with_the_status_in_the_matrix(
             }
             _ => None,
         };
+        let (webhook, delivery) = match row.needs {
+            Needs::Webhook | Needs::Delivery => {
+                let (id, delivery) = webhook_fixture(&app, vehicle).await?;
+                (Some(id), Some(delivery))
+            }
+            _ => (None, None),
+        };
         let quote = match row.needs {
             Needs::Quote => Some(app.quote("ann", vehicle, window(days, 2)).await?),
             _ => None,
@@ -373,7 +461,9 @@ async fn every_route_answers_each_principal_with_the_status_in_the_matrix(
         .replace("{region}", "EUW")
         .replace("{class}", "compact")
         .replace("{vehicle_id}", vehicle)
-        .replace("{block_id}", block.as_deref().unwrap_or_default());
+        .replace("{block_id}", block.as_deref().unwrap_or_default())
+        .replace("{webhook_id}", webhook.as_deref().unwrap_or_default())
+        .replace("{delivery_id}", delivery.as_deref().unwrap_or_default());
         let (path, body) = match (&row.method, row.path) {
             (_, p) if p.ends_with("/vehicles/search") => (
                 format!(
@@ -394,7 +484,12 @@ async fn every_route_answers_each_principal_with_the_status_in_the_matrix(
             (&Method::GET, p) if p.ends_with("/bookings") => {
                 (format!("{path}?user_id=ann"), Value::Null)
             }
-            (_, "/v1/surge") | (_, "/v1/admin/surge/recompute") => {
+            (&Method::POST, "/v1/admin/webhooks") => (
+                format!("{path}?region=EUW"),
+                json!({ "url": "http://127.0.0.1:9/hook", "event_types": ["booking.created"] }),
+            ),
+            (_, p) if p.ends_with("/rotate") => (path, json!({})),
+            (_, "/v1/surge") | (_, "/v1/admin/surge/recompute") | (_, "/v1/admin/webhooks") => {
                 (format!("{path}?region=EUW"), Value::Null)
             }
             (_, p) if p.ends_with("/base-rates/{class}") => (
@@ -559,5 +654,15 @@ async fn snapshot(app: &TestApp) -> TestResult<Vec<(String, String, i64)>> {
         String::new(),
         app.count("vehicle_blocks", "true").await?,
     ));
+    // Webhooks: endpoints (with their secrets and switches) and deliveries (with their state).
+    let (hooks, deliveries): (Option<String>, Option<String>) = sqlx::query_as(
+        "select (select string_agg(id::text || enabled || secret || coalesce(previous_secret, ''), ',' order by id)
+                   from webhook_endpoints),
+                (select string_agg(id::text || state || next_attempt_at::text, ',' order by id)
+                   from webhook_deliveries)",
+    )
+    .fetch_one(&app.pool)
+    .await?;
+    rows.push(("webhooks".into(), format!("{hooks:?} {deliveries:?}"), 0));
     Ok(rows)
 }

@@ -39,3 +39,4 @@ mod shutdown;
 mod surge_grid;
 mod turnaround;
 mod validation;
+mod webhooks;

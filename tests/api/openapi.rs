@@ -51,6 +51,14 @@ async fn the_openapi_document_lists_every_route_and_each_exists(pool: PgPool) ->
         "GET /v1/admin/vehicles/{vehicle_id}/blocks",
         "PUT /v1/admin/vehicles/{vehicle_id}/blocks/{block_id}",
         "DELETE /v1/admin/vehicles/{vehicle_id}/blocks/{block_id}",
+        "POST /v1/admin/webhooks",
+        "GET /v1/admin/webhooks",
+        "GET /v1/admin/webhooks/{webhook_id}",
+        "DELETE /v1/admin/webhooks/{webhook_id}",
+        "POST /v1/admin/webhooks/{webhook_id}/rotate",
+        "POST /v1/admin/webhooks/{webhook_id}/enable",
+        "GET /v1/admin/webhooks/{webhook_id}/deliveries",
+        "POST /v1/admin/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
     ]
     .iter()
     .map(|s| s.to_string())

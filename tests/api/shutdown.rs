@@ -44,7 +44,7 @@ const CLIENTS: usize = 12;
 /// Acknowledged holds before the signal: the load is really going.
 const HOLDS_BEFORE_SIGNAL: usize = 20;
 /// The jobs an origin with a relay runs (`origin/src/jobs`).
-const JOBS: [&str; 8] = [
+const JOBS: [&str; 9] = [
     "availability",
     "consumer",
     "redis-probe",
@@ -53,6 +53,7 @@ const JOBS: [&str; 8] = [
     "relay",
     "surge",
     "sweeper",
+    "webhooks",
 ];
 
 /// How one request ended, as the client saw it.
@@ -271,8 +272,15 @@ async fn sigterm_under_load_drains_every_request_stops_every_job_and_exits_0_bef
         ("REDIS_URL", test_redis::shared_url()),
         ("REDIS_KEY_PREFIX", prefix.clone()),
         ("KAFKA_BROKERS", brokers),
-        // The consumer runs too (it must stop with the rest), in a group of its own.
-        ("CONSUMER_GROUP", format!("sigterm-{}", uuid::Uuid::new_v4().simple())),
+        // The consumers run too (they must stop with the rest), in groups of their own.
+        (
+            "WEBHOOK_GROUP",
+            format!("sigterm-webhooks-{}", uuid::Uuid::new_v4().simple()),
+        ),
+        (
+            "CONSUMER_GROUP",
+            format!("sigterm-{}", uuid::Uuid::new_v4().simple()),
+        ),
         ("INFERENCE_URL", inference.url.clone()),
         ("INFERENCE_TIMEOUT_MS", "1000".into()),
         ("PRICING_BUDGET_MS", "1000".into()),

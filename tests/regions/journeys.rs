@@ -309,6 +309,54 @@ async fn a_user_searches_books_and_lists_across_regions_through_both_edges(
         .await?
         .assert_problem(421);
 
+    // A webhook for Stockholm's events, registered through the Frankfurt edge, lands in the EUN
+    // cluster only and is read back by its id through that edge; straight to the Frankfurt
+    // origin, both are 421. (A public address literal: nothing is sent, no consumer runs.)
+    let hook_body = json!({ "url": "https://1.1.1.1/hook", "event_types": ["booking.created"] });
+    let hook = world
+        .edge_euw
+        .post(
+            "/v1/admin/webhooks?region=EUN",
+            Some(&ops_token("olaf")),
+            &hook_body,
+            Some(&uuid::Uuid::new_v4().to_string()),
+        )
+        .await?;
+    assert_eq!(hook.status, 201, "{hook:?}");
+    let hook_id = hook.body["webhook"]["id"].as_str().context("webhook id")?;
+    assert!(hook_id.starts_with("whk_eun_"), "{hook_id}");
+    assert_eq!(
+        world.site("EUN").count("webhook_endpoints", "true").await?,
+        1
+    );
+    assert_eq!(
+        world.site("EUW").count("webhook_endpoints", "true").await?,
+        0
+    );
+    let read = world
+        .edge_euw
+        .get(
+            &format!("/v1/admin/webhooks/{hook_id}"),
+            Some(&ops_token("olaf")),
+        )
+        .await?;
+    assert_eq!(read.status, 200, "{read:?}");
+    assert_eq!(read.body["region"], "EUN");
+    euw.post(
+        "/v1/admin/webhooks?region=EUN",
+        Some(&ops_token("olaf")),
+        &hook_body,
+        None,
+    )
+    .await?
+    .assert_problem(421);
+    euw.get(
+        &format!("/v1/admin/webhooks/{hook_id}"),
+        Some(&ops_token("olaf")),
+    )
+    .await?
+    .assert_problem(421);
+
     // Latency: holds of EUN vehicles through the Sweden edge (home) and through the Frankfurt
     // edge (one inter-region hop each way), nine each, interleaved. The bar (under 3
     // inter-region round trips) is judged on the round trips the delay line charged each

@@ -144,6 +144,9 @@ pub async fn spawn_app_with(pool: PgPool, overrides: Overrides<'_>) -> TestResul
         // `KAFKA_BROKERS`): tests share one broker, and a consumer per app would only add group
         // joins. Its group is the app's own (set below), never shared with another test's.
         ("EVENT_CONSUMER", "0"),
+        // Webhook receivers in tests listen on 127.0.0.1 (the address rule has its own test,
+        // which turns this off).
+        ("WEBHOOK_ALLOW_PRIVATE", "1"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
@@ -157,6 +160,10 @@ pub async fn spawn_app_with(pool: PgPool, overrides: Overrides<'_>) -> TestResul
     env.insert(
         "CONSUMER_GROUP".into(),
         format!("e2e-availability-{}", uuid::Uuid::new_v4().simple()),
+    );
+    env.insert(
+        "WEBHOOK_GROUP".into(),
+        format!("e2e-webhooks-{}", uuid::Uuid::new_v4().simple()),
     );
     // Through PgBouncer (`E2E_PGBOUNCER_PORT`: scripts/test.sh runs a subset of the suite so,
     // see README "Scaling out"): the origin's pool goes through the pooler (session pooling),

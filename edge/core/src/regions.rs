@@ -11,6 +11,7 @@
 //! - the surge at a point: the area holding the point (422 naming `lat` outside every area);
 //!   the surge of a region, its recompute and the pricing audit: their `region` parameter;
 //! - admin pricing: the region in the path; a vehicle's maintenance blocks: the vehicle's;
+//!   webhooks: their `region` parameter, then the region their id names;
 //! - a user's booking list: every region, merged by [`crate::fanout`].
 //!
 //! A request the edge cannot place because it is malformed (no `lat`, a region named `XYZ`,
@@ -148,6 +149,12 @@ pub(crate) fn place(
                 (_, ["admin", "vehicles", vehicle, ..]) => vehicle
                     .parse::<domain::VehicleId>()
                     .map_or(home, |v| Placement::One(v.region)),
+                // A region's webhooks: registered and listed by `?region=`, then by their id
+                // (`whk_<region>_…`), as a vehicle's writes are by the vehicle's.
+                (_, ["admin", "webhooks"]) => by_param().map_or(home, Placement::One),
+                (_, ["admin", "webhooks", webhook, ..]) => webhook
+                    .parse::<domain::ids::WebhookId>()
+                    .map_or(home, |w| Placement::One(w.region)),
                 (_, ["admin", "pricing-audit"]) => match param(query, "region") {
                     Some(_) => by_param().map_or(home, Placement::One),
                     None => Placement::Refused(field_problem(

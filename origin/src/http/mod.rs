@@ -21,6 +21,7 @@ pub(crate) mod search;
 pub(crate) mod shed;
 pub(crate) mod surge;
 pub(crate) mod versioned;
+pub(crate) mod webhooks;
 
 use std::time::Duration;
 
@@ -89,7 +90,7 @@ impl Modify for BearerAuth {
         (name = "bookings", description = "Holds and bookings"),
         (name = "health", description = "Liveness and readiness"),
         (name = "pricing", description = "Surge grid"),
-        (name = "admin", description = "Pricing administration and maintenance blocks (ops role)"),
+        (name = "admin", description = "Pricing administration, maintenance blocks and webhooks (ops role)"),
     )
 )]
 struct ApiDoc;
@@ -132,6 +133,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         // The availability consumer (`jobs/consumer.rs`): off, joining or assigned, and its
         // counters.
         "consumer": state.consumer.json(),
+        "webhooks": state.webhooks.json(),
         "redis_degradations": state.redis.degradations(),
         "redis_replacements": state.redis.replacements(),
         "regions": state.config.regions.iter().map(|r| r.code()).collect::<Vec<_>>(),
@@ -212,6 +214,12 @@ fn booking_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(bookings::complete_v2))
         .routes(routes!(blocks::create_block, blocks::list_blocks))
         .routes(routes!(blocks::change_block, blocks::end_block))
+        .routes(routes!(webhooks::create_webhook, webhooks::list_webhooks))
+        .routes(routes!(webhooks::get_webhook, webhooks::delete_webhook))
+        .routes(routes!(webhooks::rotate_secret))
+        .routes(routes!(webhooks::enable_webhook))
+        .routes(routes!(webhooks::list_deliveries))
+        .routes(routes!(webhooks::redeliver))
 }
 
 /// The routes `role` serves and the OpenAPI document of those routes, built from one list.

@@ -85,7 +85,65 @@ pub(crate) async fn run(state: AppState, brokers: String, stop: CancellationToke
     settings.commit_interval = state.config.consumer_commit;
     settings.topic_partitions = state.config.kafka_topic_partitions;
     settings.instance_id = state.config.consumer_instance.clone();
-    let status = state.consumer.clone();
+    let (availability, edge, regions) = (
+        state.availability.clone(),
+        state.edge_gen.clone(),
+        state.config.regions.clone(),
+    );
+    let make = move || AvailabilityHandler {
+        availability: availability.clone(),
+        edge: edge.clone(),
+        regions: regions.clone(),
+    };
+    run_group(
+        state.db.clone(),
+        settings,
+        make,
+        state.consumer.clone(),
+        "availability",
+        stop,
+    )
+    .await;
+}
+
+/// Runs the webhook fan-out (`crate::webhooks::FanOut`) in its own group, and the dispatcher,
+/// until `stop`.
+pub(crate) async fn run_webhooks(state: AppState, brokers: String, stop: CancellationToken) {
+    let config = state.config.webhooks.clone();
+    let mut settings = ConsumerSettings::new(brokers, config.group.clone());
+    settings.commit_interval = state.config.consumer_commit;
+    settings.topic_partitions = state.config.kafka_topic_partitions;
+    // Static membership per group: the same instance id would collide with the availability
+    // consumer's in the broker only if the groups were the same, and they are not.
+    settings.instance_id = state.config.consumer_instance.clone();
+    let (regions, retry_for) = (state.config.regions.clone(), config.retry_for);
+    let make = move || crate::webhooks::FanOut {
+        regions: regions.clone(),
+        retry_for,
+    };
+    tokio::join!(
+        run_group(
+            state.db.clone(),
+            settings,
+            make,
+            state.webhooks.clone(),
+            "webhook fan-out",
+            stop.clone(),
+        ),
+        crate::webhooks::dispatch(state.db.clone(), config, stop.clone()),
+    );
+}
+
+/// Runs one consumer group until `stop`, restarting it with backoff while the broker cannot be
+/// reached; `status` follows it for `/readyz`.
+async fn run_group<H: Handler>(
+    db: sqlx::PgPool,
+    settings: ConsumerSettings,
+    make: impl Fn() -> H,
+    status: Arc<ConsumerStatus>,
+    name: &'static str,
+    stop: CancellationToken,
+) {
     let mut backoff = Backoff::new(
         Duration::from_millis(200),
         Duration::from_secs(30),
@@ -93,12 +151,7 @@ pub(crate) async fn run(state: AppState, brokers: String, stop: CancellationToke
     );
     while !stop.is_cancelled() {
         status.state.store(1, Ordering::Relaxed);
-        let handler = AvailabilityHandler {
-            availability: state.availability.clone(),
-            edge: state.edge_gen.clone(),
-            regions: state.config.regions.clone(),
-        };
-        match consumer::start(state.db.clone(), settings.clone(), handler, stop.clone()).await {
+        match consumer::start(db.clone(), settings.clone(), make(), stop.clone()).await {
             Ok((mut running, task)) => {
                 let _ = status.stats.set(running.stats.clone());
                 let watch_status = status.clone();
@@ -114,7 +167,7 @@ pub(crate) async fn run(state: AppState, brokers: String, stop: CancellationToke
                     }
                 });
                 if let Err(e) = task.await {
-                    tracing::error!(error = %e, "the availability consumer's task failed");
+                    tracing::error!(error = %e, consumer = name, "a consumer's task failed");
                 }
                 watcher.abort();
                 backoff.reset();
@@ -122,7 +175,8 @@ pub(crate) async fn run(state: AppState, brokers: String, stop: CancellationToke
             Err(e) => {
                 tracing::warn!(
                     error = format!("{e:#}"),
-                    "availability consumer could not start; retrying"
+                    consumer = name,
+                    "consumer could not start; retrying"
                 );
                 tokio::select! {
                     () = tokio::time::sleep(backoff.next_pause()) => {}

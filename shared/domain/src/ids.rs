@@ -117,6 +117,12 @@ region_id!(
     BookingId,
     "bkg"
 );
+region_id!(
+    /// Public id of a webhook endpoint, e.g. `whk_euw_0190f0c5a4c37d3e8b1e2f3a4b5c6d7e`: it is
+    /// registered in one region and hears that region's events.
+    WebhookId,
+    "whk"
+);
 
 #[cfg(test)]
 mod tests {

@@ -74,11 +74,20 @@ impl WebhookSecret {
         let key = STANDARD
             .decode(encoded)
             .map_err(|_| WebhookError::BadSecret)?;
+        Self::from_key(&key)
+    }
+
+    /// A secret from raw key bytes (24 to 64), e.g. 32 random bytes made by the dispatcher's
+    /// host when a webhook is registered or its secret rotated.
+    pub fn from_key(key: &[u8]) -> Result<Self, WebhookError> {
         if !(24..=64).contains(&key.len()) {
             return Err(WebhookError::BadSecret);
         }
-        let mac = Hmac::<Sha256>::new_from_slice(&key).map_err(|_| WebhookError::BadSecret)?;
-        Ok(WebhookSecret { key, mac })
+        let mac = Hmac::<Sha256>::new_from_slice(key).map_err(|_| WebhookError::BadSecret)?;
+        Ok(WebhookSecret {
+            key: key.to_vec(),
+            mac,
+        })
     }
 
     /// The secret as the scheme writes it (`whsec_<base64>`), shown once to its owner.

@@ -380,6 +380,23 @@ fn requests_are_placed_by_id_area_path_or_parameter_and_the_unplaceable_are_refu
         ),
         One(Region::Eun)
     );
+    // Webhooks: registered and listed by the parameter, then by the endpoint's id.
+    assert_eq!(at("POST", "admin/webhooks", "region=EUN"), One(Region::Eun));
+    assert_eq!(
+        at("GET", "admin/webhooks", "region=EUN&limit=5"),
+        One(Region::Eun)
+    );
+    let eun_webhook = "whk_eun_0190f5b2c3d47e8f9a0b1c2d3e4f5a6b";
+    for (method, rest) in [
+        ("GET", format!("admin/webhooks/{eun_webhook}")),
+        ("POST", format!("admin/webhooks/{eun_webhook}/rotate")),
+        (
+            "POST",
+            format!("admin/webhooks/{eun_webhook}/deliveries/0190f5b2-c3d4-7e8f-9a0b-1c2d3e4f5a6b/redeliver"),
+        ),
+    ] {
+        assert_eq!(at(method, &rest, ""), One(Region::Eun), "{method} {rest}");
+    }
     // The booking list: every region.
     assert_eq!(
         at("GET", "bookings", "limit=5"),
@@ -396,6 +413,9 @@ fn requests_are_placed_by_id_area_path_or_parameter_and_the_unplaceable_are_refu
         ("admin/pricing/0/discount-rules", ""),
         ("admin/pricing-audit", "region=nope"),
         ("admin/vehicles/veh_xyz_0/blocks", ""),
+        ("admin/webhooks", ""),
+        ("admin/webhooks", "region=nope"),
+        ("admin/webhooks/whk_xyz_0", ""),
         ("no/such/route", ""),
     ] {
         assert_eq!(at("GET", rest, query), One(Region::Euw), "{rest}?{query}");

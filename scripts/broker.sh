@@ -24,7 +24,7 @@ BROKER_DIR="${BROKER_DIR:-$ROOT/.dev/broker}"
 PID_FILE="$BROKER_DIR/tansu.pid"
 TOPICS=(booking.created booking.confirmed booking.started booking.completed booking.cancelled
         booking.failed booking.extended booking.rescheduled vehicle.reserved vehicle.released
-        vehicle.blocked vehicle.unblocked)
+        vehicle.blocked vehicle.unblocked waitlist.available)
 TOPIC_PARTITIONS="${KAFKA_TOPIC_PARTITIONS:-3}"
 
 case "${1:-start}" in

@@ -144,6 +144,12 @@ def map_case(ctx, case):
         if case.method.upper() == "POST" and isinstance(case.body, dict) and not _negative_at(case, "body"):
             case.body.update(url=f"https://1.1.1.{_RNG.randint(1, 254)}/hook", event_types=["booking.created"])
         return case
+    # Joining a waitlist: the window of a seeded confirmed booking (taken, so the line is open).
+    if path == "/v1/waitlist" and isinstance(case.body, dict) and not _negative_at(case, "body"):
+        windows = seeds.get("waitlist_windows", [])
+        if windows:
+            case.body.update(_RNG.choice(windows))
+        return case
     if path in ("/v1/surge", "/v1/admin/surge/recompute") and not _negative_at(case, "query"):
         case.query = {"region": _RNG.choice(["EUW", "EUN"])}
         return case

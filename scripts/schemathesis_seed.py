@@ -1,6 +1,6 @@
 """Seeds for a schemathesis run (scripts/schemathesis.sh): creates, through the API itself,
-the quotes, bookings in each state, admin rows and maintenance blocks that the action routes
-need, and writes
+the quotes, bookings in each state, admin rows, maintenance blocks, webhooks and waitlist
+entries that the action routes need, and writes
 them as JSON for scripts/schemathesis_hooks.py (`ST_SEEDS`).
 
     python3 schemathesis_seed.py BASE_URL TOKEN OUT.json VEHICLE_ID...
@@ -61,7 +61,8 @@ def main():
         booking = api.post("/v1/bookings", {"quote_token": quote["quote_token"]}, expect=(201, 409))
         if "id" not in booking:
             return None  # a fuzzed booking took the window: the caller tries another
-        return {"id": booking["id"], "end": iso(start + timedelta(hours=hours))}
+        return {"id": booking["id"], "vehicle": vehicle, "start": iso(start),
+                "end": iso(start + timedelta(hours=hours))}
 
     # Far-future bookings share vehicles by day; near-now ones (startable: from 15 minutes
     # before the start) each get a vehicle of their own, their windows overlap.
@@ -173,8 +174,17 @@ def main():
             "/v1/admin/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver", []
         ).append({"webhook_id": webhook, "delivery_id": delivery})
 
+    # The waitlist: the run's user waits for the windows of six confirmed bookings (entries
+    # to read and withdraw); the other six confirmed windows are left for the join route.
+    for b in confirmed[:6]:
+        row = api.post("/v1/waitlist", {"vehicle_id": b["vehicle"], "start": b["start"], "end": b["end"]},
+                       expect=(201,))
+        admin.setdefault("/v1/waitlist/{waitlist_id}", []).append({"waitlist_id": row["id"]})
+
     seeds = {
         "vehicles": vehicles,
+        "waitlist_windows": [{"vehicle_id": b["vehicle"], "start": b["start"], "end": b["end"]}
+                             for b in confirmed[6:]],
         "quote_tokens": quote_tokens,
         "bookings": {
             "any": reserving + confirmed + startable + in_progress,

@@ -436,6 +436,9 @@ pub struct Config {
     pub quote_active_kid: String,
     pub quote_ttl: Duration,
     pub hold_ttl: Duration,
+    /// How long a waitlist offer keeps the window for its waiter alone (`WAITLIST_OFFER_SECS`,
+    /// 1–3600, default 120).
+    pub waitlist_offer_secs: i32,
     pub sweeper_interval: Duration,
     pub request_timeout: Duration,
     /// How long a client may take to send a request's head; then the connection is closed.
@@ -558,6 +561,17 @@ fn secs(env: &dyn Env, name: &'static str, default_s: u64) -> Result<Duration, C
         });
     }
     Ok(Duration::from_secs(s))
+}
+
+fn waitlist_offer_secs(env: &dyn Env) -> Result<i32, ConfigError> {
+    let s: i32 = parsed(env, "WAITLIST_OFFER_SECS", 120)?;
+    if !(1..=3600).contains(&s) {
+        return Err(ConfigError::Invalid {
+            name: "WAITLIST_OFFER_SECS",
+            reason: format!("must be between 1 and 3600 (got {s})"),
+        });
+    }
+    Ok(s)
 }
 
 fn at_least_one<T>(env: &dyn Env, name: &'static str, default: T) -> Result<T, ConfigError>
@@ -783,6 +797,7 @@ impl Config {
             quote_active_kid,
             quote_ttl: secs(env, "QUOTE_TTL_SECS", 300)?,
             hold_ttl: secs(env, "HOLD_TTL_SECS", 600)?,
+            waitlist_offer_secs: waitlist_offer_secs(env)?,
             sweeper_interval: millis(env, "SWEEPER_INTERVAL_MS", 5_000)?,
             request_timeout: millis(env, "REQUEST_TIMEOUT_MS", 10_000)?,
             header_read_timeout: millis(env, "HEADER_READ_TIMEOUT_MS", 10_000)?,
@@ -876,6 +891,7 @@ mod tests {
         let config = Config::from(&base())?;
         assert_eq!(config.regions, vec![Region::Euw, Region::Eun]);
         assert_eq!(config.hold_ttl, Duration::from_secs(600));
+        assert_eq!(config.waitlist_offer_secs, 120);
         assert_eq!(config.quote_active_kid, "k1");
         assert_eq!(config.shutdown_grace, Duration::from_secs(20));
         assert_eq!(config.redis.key_prefix, "bp:");

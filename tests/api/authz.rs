@@ -41,6 +41,8 @@ enum Needs {
     Webhook,
     /// A webhook endpoint with one delivery in its log.
     Delivery,
+    /// ann waiting in line for a window another user (carl) booked.
+    Waitlist,
 }
 
 /// One row: the route as documented, what it needs, and the expected status for
@@ -212,6 +214,28 @@ fn matrix() -> Vec<Row> {
             "/v1/admin/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
             Needs::Delivery,
             [401, 403, 202, 403],
+        ),
+    ]);
+    // The waitlist: any signed-in user joins (here for ann's booked window); an entry is read
+    // by its owner and ops, withdrawn by its owner only (as bookings are acted on).
+    rows.extend([
+        row(
+            Method::POST,
+            "/v1/waitlist",
+            Needs::Confirmed,
+            [401, 201, 201, 201],
+        ),
+        row(
+            Method::GET,
+            "/v1/waitlist/{waitlist_id}",
+            Needs::Waitlist,
+            [401, 404, 200, 200],
+        ),
+        row(
+            Method::DELETE,
+            "/v1/waitlist/{waitlist_id}",
+            Needs::Waitlist,
+            [401, 404, 404, 200],
         ),
     ]);
     for v in ["/v1", "/v2"] {
@@ -397,6 +421,7 @@ async fn every_route_answers_each_principal_with_the_status_in_the_matrix(
             | Needs::Block
             | Needs::Webhook
             | Needs::Delivery => None,
+            Needs::Waitlist => Some(app.confirmed("carl", vehicle, window(days, 2)).await?),
             Needs::Hold => {
                 let hold = app.hold("ann", vehicle, window(days, 2)).await?;
                 anyhow::ensure!(hold.status.as_u16() == 201, "hold: {hold:?}");
@@ -450,6 +475,22 @@ async fn every_route_answers_each_principal_with_the_status_in_the_matrix(
             }
             _ => (None, None),
         };
+        let entry = match row.needs {
+            Needs::Waitlist => {
+                let (start, end) = window(days, 2);
+                let joined = app
+                    .post(
+                        "/v1/waitlist",
+                        Some(&owner),
+                        &json!({ "vehicle_id": vehicle, "start": start, "end": end }),
+                        None,
+                    )
+                    .await?;
+                anyhow::ensure!(joined.status.as_u16() == 201, "waitlist: {joined:?}");
+                joined.body["id"].as_str().map(str::to_owned)
+            }
+            _ => None,
+        };
         let quote = match row.needs {
             Needs::Quote => Some(app.quote("ann", vehicle, window(days, 2)).await?),
             _ => None,
@@ -463,7 +504,8 @@ async fn every_route_answers_each_principal_with_the_status_in_the_matrix(
         .replace("{vehicle_id}", vehicle)
         .replace("{block_id}", block.as_deref().unwrap_or_default())
         .replace("{webhook_id}", webhook.as_deref().unwrap_or_default())
-        .replace("{delivery_id}", delivery.as_deref().unwrap_or_default());
+        .replace("{delivery_id}", delivery.as_deref().unwrap_or_default())
+        .replace("{waitlist_id}", entry.as_deref().unwrap_or_default());
         let (path, body) = match (&row.method, row.path) {
             (_, p) if p.ends_with("/vehicles/search") => (
                 format!(
@@ -484,6 +526,10 @@ async fn every_route_answers_each_principal_with_the_status_in_the_matrix(
             (&Method::GET, p) if p.ends_with("/bookings") => {
                 (format!("{path}?user_id=ann"), Value::Null)
             }
+            (&Method::POST, "/v1/waitlist") => (
+                path,
+                json!({ "vehicle_id": vehicle, "start": w_start, "end": w_end }),
+            ),
             (&Method::POST, "/v1/admin/webhooks") => (
                 format!("{path}?region=EUW"),
                 json!({ "url": "http://127.0.0.1:9/hook", "event_types": ["booking.created"] }),
@@ -664,5 +710,11 @@ async fn snapshot(app: &TestApp) -> TestResult<Vec<(String, String, i64)>> {
     .fetch_one(&app.pool)
     .await?;
     rows.push(("webhooks".into(), format!("{hooks:?} {deliveries:?}"), 0));
+    let waitlist: Option<String> = sqlx::query_scalar(
+        "select string_agg(id::text || state || updated_at::text, ',' order by id) from waitlist_entries",
+    )
+    .fetch_one(&app.pool)
+    .await?;
+    rows.push(("waitlist".into(), format!("{waitlist:?}"), 0));
     Ok(rows)
 }

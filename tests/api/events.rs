@@ -272,9 +272,12 @@ fn assert_delivered(outbox: &[OutboxRow], received: &[Received], duplicates_allo
             "payload region of {}",
             r.event_id
         );
-        // The subject, a booking or a maintenance block, is of the keyed vehicle.
+        // The subject, a booking, a maintenance block or a waitlist entry, is of the keyed
+        // vehicle.
         let subject = if r.topic.starts_with("vehicle.") && r.payload["block"].is_object() {
             "block"
+        } else if r.topic == "waitlist.available" {
+            "waitlist"
         } else {
             "booking"
         };
@@ -428,6 +431,20 @@ async fn every_committed_state_change_is_published_once_in_order_per_vehicle(
         .delete(&block, Some(&ops_token("ops-eve")), None)
         .await?;
     anyhow::ensure!(ended.status.as_u16() == 200, "end block: {ended:?}");
+
+    // Offered to a waiter: a booking with someone in line for its window is cancelled.
+    let (w_start, w_end) = window(10, 2);
+    let waited = app.confirmed("eve", &vehicles[6], (w_start, w_end)).await?;
+    let joined = app
+        .post(
+            "/v1/waitlist",
+            Some(&token("wes")),
+            &json!({ "vehicle_id": vehicles[6], "start": w_start, "end": w_end }),
+            None,
+        )
+        .await?;
+    anyhow::ensure!(joined.status.as_u16() == 201, "waitlist: {joined:?}");
+    act(&app, "eve", &waited, "cancel", &Value::Null).await?;
 
     // Failed: a hold whose expiry is moved into the past, ended by the sweeper.
     let hold = app.hold("eve", &vehicles[4], window(5, 1)).await?;

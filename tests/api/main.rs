@@ -39,4 +39,5 @@ mod shutdown;
 mod surge_grid;
 mod turnaround;
 mod validation;
+mod waitlist;
 mod webhooks;

@@ -59,6 +59,9 @@ async fn the_openapi_document_lists_every_route_and_each_exists(pool: PgPool) ->
         "POST /v1/admin/webhooks/{webhook_id}/enable",
         "GET /v1/admin/webhooks/{webhook_id}/deliveries",
         "POST /v1/admin/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
+        "POST /v1/waitlist",
+        "GET /v1/waitlist/{waitlist_id}",
+        "DELETE /v1/waitlist/{waitlist_id}",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -292,7 +292,7 @@ pub struct PrivateBroker {
 const FILLER: &str = "filler";
 
 /// Topics the origin's relay publishes to.
-pub const TOPICS: [&str; 12] = [
+pub const TOPICS: [&str; 13] = [
     "booking.created",
     "booking.confirmed",
     "booking.started",
@@ -305,6 +305,7 @@ pub const TOPICS: [&str; 12] = [
     "vehicle.released",
     "vehicle.blocked",
     "vehicle.unblocked",
+    "waitlist.available",
 ];
 
 impl PrivateBroker {

@@ -481,6 +481,15 @@ impl Edge {
                 .and_then(|b| b.get("vehicle_id")?.as_str()?.parse::<VehicleId>().ok())
                 .map(|v| (v.region, Some(v)))
                 .unwrap_or((self.config.region, None)),
+            // Joining a waitlist goes to the vehicle's region, as its quotes and holds do.
+            Route::Other
+                if req.method == "POST" && req.path.trim_end_matches('/') == "/v1/waitlist" =>
+            {
+                serde_json::from_slice::<Value>(&req.body)
+                    .ok()
+                    .and_then(|b| b.get("vehicle_id")?.as_str()?.parse::<VehicleId>().ok())
+                    .map_or((placed, None), |v| (v.region, None))
+            }
             Route::Search | Route::Other => (placed, None),
         }
     }

@@ -155,6 +155,11 @@ pub(crate) fn place(
                 (_, ["admin", "webhooks", webhook, ..]) => webhook
                     .parse::<domain::ids::WebhookId>()
                     .map_or(home, |w| Placement::One(w.region)),
+                // A waitlist entry lives in its vehicle's region (`wlt_<region>_…`); joining
+                // is placed by the body's vehicle (`Edge::region_of`).
+                (_, ["waitlist", entry, ..]) => entry
+                    .parse::<domain::ids::WaitlistId>()
+                    .map_or(home, |w| Placement::One(w.region)),
                 (_, ["admin", "pricing-audit"]) => match param(query, "region") {
                     Some(_) => by_param().map_or(home, Placement::One),
                     None => Placement::Refused(field_problem(

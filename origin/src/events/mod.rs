@@ -43,11 +43,16 @@ pub enum Topic {
     /// A maintenance block was ended.
     #[serde(rename = "vehicle.unblocked")]
     VehicleUnblocked,
+    /// A waiter's window is free and offered to them for a short while (written by the
+    /// database's release triggers, migration `20261208000001_waitlist.sql`; documented as
+    /// `WaitlistEvent`).
+    #[serde(rename = "waitlist.available")]
+    WaitlistAvailable,
 }
 
 impl Topic {
     /// Every topic, for topic creation and consumers.
-    pub const ALL: [Topic; 12] = [
+    pub const ALL: [Topic; 13] = [
         Topic::BookingCreated,
         Topic::BookingConfirmed,
         Topic::BookingStarted,
@@ -60,6 +65,7 @@ impl Topic {
         Topic::VehicleReleased,
         Topic::VehicleBlocked,
         Topic::VehicleUnblocked,
+        Topic::WaitlistAvailable,
     ];
 
     /// The topic's name on the broker.
@@ -77,6 +83,7 @@ impl Topic {
             Topic::VehicleReleased => "vehicle.released",
             Topic::VehicleBlocked => "vehicle.blocked",
             Topic::VehicleUnblocked => "vehicle.unblocked",
+            Topic::WaitlistAvailable => "waitlist.available",
         }
     }
 }

@@ -410,7 +410,9 @@ impl From<BookingError> for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Overlap | StoreError::Blocked => ApiError::Conflict(e.to_string()),
+            StoreError::Overlap | StoreError::Blocked | StoreError::OfferedToWaitlist { .. } => {
+                ApiError::Conflict(e.to_string())
+            }
             StoreError::Contention => ApiError::Conflict(
                 "a concurrent booking for this vehicle won; try another window".into(),
             ),

@@ -21,6 +21,7 @@ pub(crate) mod search;
 pub(crate) mod shed;
 pub(crate) mod surge;
 pub(crate) mod versioned;
+pub(crate) mod waitlist;
 pub(crate) mod webhooks;
 
 use std::time::Duration;
@@ -87,7 +88,7 @@ impl Modify for BearerAuth {
     tags(
         (name = "search", description = "Available vehicles near a point"),
         (name = "quotes", description = "Signed price quotes"),
-        (name = "bookings", description = "Holds and bookings"),
+        (name = "bookings", description = "Holds, bookings and the waitlist"),
         (name = "health", description = "Liveness and readiness"),
         (name = "pricing", description = "Surge grid"),
         (name = "admin", description = "Pricing administration, maintenance blocks and webhooks (ops role)"),
@@ -220,6 +221,8 @@ fn booking_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::enable_webhook))
         .routes(routes!(webhooks::list_deliveries))
         .routes(routes!(webhooks::redeliver))
+        .routes(routes!(waitlist::join))
+        .routes(routes!(waitlist::get_entry, waitlist::withdraw))
 }
 
 /// The routes `role` serves and the OpenAPI document of those routes, built from one list.

@@ -76,6 +76,7 @@ pub(crate) async fn run(state: AppState, stop: CancellationToken) {
                 }
             }
         }
+        advance_waitlists(&state).await;
         if last_purge.elapsed() > std::time::Duration::from_secs(3600) {
             last_purge = std::time::Instant::now();
             let purge = tokio::time::timeout(
@@ -98,6 +99,48 @@ pub(crate) async fn run(state: AppState, stop: CancellationToken) {
             .await;
             if !matches!(purge, Ok(Ok(_))) {
                 tracing::warn!("processed-event purge failed or timed out");
+            }
+        }
+    }
+}
+
+/// Waitlists: offers whose time is up lapse and the line moves to the next waiter; waits whose
+/// window has begun expire (`store::waitlist::advance`, one vehicle per transaction, so the
+/// sweeper never holds two vehicles' write locks at once). Offers made when a window is freed
+/// need no sweep: the freeing transaction makes them.
+async fn advance_waitlists(state: &AppState) {
+    let due =
+        tokio::time::timeout(BATCH_TIMEOUT, crate::store::waitlist::due(&state.db, BATCH)).await;
+    let vehicles = match due {
+        Ok(Ok(vehicles)) => vehicles,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "waitlist sweep failed; retrying next tick");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(
+                "waitlist sweep: no answer within {BATCH_TIMEOUT:?}; retrying next tick"
+            );
+            return;
+        }
+    };
+    for (region, vehicle) in vehicles {
+        let advanced = tokio::time::timeout(
+            BATCH_TIMEOUT,
+            crate::store::waitlist::advance(&state.db, &region, vehicle),
+        )
+        .await;
+        match advanced {
+            Ok(Ok(offered)) => {
+                metrics::counter!("waitlist_offers_after_lapse_total")
+                    .increment(u64::try_from(offered).unwrap_or(0));
+                tracing::debug!(%vehicle, offered, "waitlist advanced");
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, %vehicle, "waitlist advance failed; retrying next tick");
+            }
+            Err(_) => {
+                tracing::warn!(%vehicle, "waitlist advance: no answer within {BATCH_TIMEOUT:?}");
             }
         }
     }

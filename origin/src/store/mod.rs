@@ -19,6 +19,7 @@ pub(crate) mod pricing_admin;
 pub(crate) mod reads;
 pub(crate) mod search;
 pub(crate) mod vehicles;
+pub(crate) mod waitlist;
 pub(crate) mod webhooks;
 
 use sqlx::PgPool;

@@ -123,6 +123,12 @@ region_id!(
     WebhookId,
     "whk"
 );
+region_id!(
+    /// Public id of a waitlist entry, e.g. `wlt_euw_0190f0c5a4c37d3e8b1e2f3a4b5c6d7e`: it lives
+    /// in its vehicle's region, as the vehicle's bookings do.
+    WaitlistId,
+    "wlt"
+);
 
 #[cfg(test)]
 mod tests {

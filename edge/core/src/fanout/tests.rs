@@ -397,6 +397,15 @@ fn requests_are_placed_by_id_area_path_or_parameter_and_the_unplaceable_are_refu
     ] {
         assert_eq!(at(method, &rest, ""), One(Region::Eun), "{method} {rest}");
     }
+    // A waitlist entry: its vehicle's region, by its id.
+    let eun_entry = "wlt_eun_0190f5b2c3d47e8f9a0b1c2d3e4f5a6b";
+    for method in ["GET", "DELETE"] {
+        assert_eq!(
+            at(method, &format!("waitlist/{eun_entry}"), ""),
+            One(Region::Eun),
+            "{method} waitlist/{eun_entry}"
+        );
+    }
     // The booking list: every region.
     assert_eq!(
         at("GET", "bookings", "limit=5"),
@@ -416,6 +425,7 @@ fn requests_are_placed_by_id_area_path_or_parameter_and_the_unplaceable_are_refu
         ("admin/webhooks", ""),
         ("admin/webhooks", "region=nope"),
         ("admin/webhooks/whk_xyz_0", ""),
+        ("waitlist/wlt_xyz_0", ""),
         ("no/such/route", ""),
     ] {
         assert_eq!(at("GET", rest, query), One(Region::Euw), "{rest}?{query}");
@@ -454,6 +464,51 @@ fn requests_are_placed_by_id_area_path_or_parameter_and_the_unplaceable_are_refu
             BORDER_SEARCH
         ),
         Search(vec![Region::Euw, Region::Eun])
+    );
+}
+
+#[test]
+fn joining_a_waitlist_goes_to_the_vehicles_region_and_a_body_without_one_goes_home() {
+    let fake = search_fake("EUW");
+    let post = |body: Value| {
+        let req = Request {
+            method: "POST".into(),
+            path: "/v1/waitlist".into(),
+            query: String::new(),
+            headers: vec![
+                ("authorization".into(), format!("Bearer {}", token())),
+                ("content-type".into(), "application/json".into()),
+            ],
+            body: serde_json::to_vec(&body).unwrap_or_default(),
+            client_ip: Some("192.0.2.1".into()),
+        };
+        let edge = Edge::new(&fake, "test").unwrap_or_else(|e| panic!("config: {e}"));
+        block_on(edge.handle(&fake, req))
+    };
+    let origin_calls = |fake: &Fake| -> Vec<String> {
+        let calls = fake.calls.borrow();
+        calls
+            .iter()
+            .filter(|c| !c.contains("upstash"))
+            .cloned()
+            .collect()
+    };
+    let resp = post(json!({
+        "vehicle_id": "veh_eun_0190f5b2c3d47e8f9a0b1c2d3e4f5a6b",
+        "start": "2027-03-01T08:00:00Z",
+        "end": "2027-03-01T10:00:00Z",
+    }));
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        origin_calls(&fake),
+        vec!["http://eun.test/v1/waitlist".to_owned()]
+    );
+    // No vehicle the edge can read: the home origin explains (422 naming the field).
+    let resp = post(json!({ "vehicle_id": "veh_xyz_0" }));
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        origin_calls(&fake).last().map(String::as_str),
+        Some("http://euw.test/v1/waitlist")
     );
 }
 

@@ -46,6 +46,10 @@ pub enum StoreError {
     /// `bookings_not_blocked` (23P01): a maintenance block of the vehicle overlaps the window.
     #[error("the vehicle is out of service (a maintenance block) for part of that window")]
     Blocked,
+    /// `bookings_waitlist_offer` (23P01): part of the window is offered to a customer on the
+    /// vehicle's waitlist for a short while (`until`, RFC 3339, from the error's detail).
+    #[error("part of that window is offered to a customer on the vehicle's waitlist until {until}; try again after")]
+    OfferedToWaitlist { until: String },
     /// The unique index `bookings_quote` (23505): the quote already bought a booking.
     #[error("this quote was already used for a booking")]
     QuoteUsed,
@@ -80,6 +84,14 @@ impl From<sqlx::Error> for StoreError {
             match db.code().as_deref() {
                 Some("23P01") if db.constraint() == Some("bookings_not_blocked") => {
                     return StoreError::Blocked
+                }
+                Some("23P01") if db.constraint() == Some("bookings_waitlist_offer") => {
+                    let until = db
+                        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                        .and_then(|pg| pg.detail())
+                        .unwrap_or("the offer ends")
+                        .to_owned();
+                    return StoreError::OfferedToWaitlist { until };
                 }
                 Some("23P01") => {
                     // A double booking the exclusion constraint refused (alerted on: rules.yml).

@@ -1,0 +1,250 @@
+//! The waitlist repository: `waitlist_entries`. The rules that move the line (offers made in
+//! the transaction that frees a window, the refusal of other users' bookings over a live offer,
+//! the waiter's own booking taking it) live in the database's triggers, migration
+//! `20261208000001_waitlist.sql`, so every write path keeps them; this module joins, reads,
+//! withdraws and advances.
+
+use chrono::{DateTime, Utc};
+use domain::ids::VehicleId;
+use domain::window::TimeWindow;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// An entry as stored, with its place in line while it waits.
+#[derive(Debug, Clone)]
+pub(crate) struct Entry {
+    pub id: Uuid,
+    pub region: String,
+    pub vehicle_id: Uuid,
+    pub user_id: String,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    /// `waiting`, `offered`, `booked`, `lapsed`, `expired` or `withdrawn`.
+    pub state: String,
+    pub offered_at: Option<DateTime<Utc>>,
+    pub offer_until: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// While waiting: 1 + the live entries before it whose windows overlap its own.
+    pub position: Option<i64>,
+}
+
+/// Why an entry could not be made.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum JoinError {
+    #[error("no active vehicle {0}")]
+    NoVehicle(VehicleId),
+    #[error("vehicle {0} is free for that window: quote and book it instead of waiting")]
+    Free(VehicleId),
+    #[error("you are already in the line for that window of vehicle {vehicle} ({entry})")]
+    AlreadyWaiting { vehicle: VehicleId, entry: Uuid },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Why an entry could not be withdrawn.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WithdrawError {
+    #[error("the entry is {0}: only a waiting or offered entry can leave the line")]
+    Settled(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Selects entries with their position (`$1`: the condition's first parameter onwards).
+macro_rules! entry_rows {
+    ($condition:literal $(, $arg:expr)* $(,)?) => {
+        sqlx::query_as!(
+            Entry,
+            r#"select w.id, w.region, w.vehicle_id, w.user_id,
+                      lower(w.period) as "start!", upper(w.period) as "end!", w.state,
+                      w.offered_at, w.offer_until, w.created_at, w.updated_at,
+                      case when w.state = 'waiting' then 1 + (
+                          select count(*) from waitlist_entries o
+                           where o.vehicle_id = w.vehicle_id and o.state in ('waiting', 'offered')
+                             and o.period && w.period and (o.created_at, o.id) < (w.created_at, w.id))
+                      end as position
+                 from waitlist_entries w "# + $condition
+            $(, $arg)*
+        )
+    };
+}
+
+/// Puts `user` in line for `window` of `vehicle`, under the vehicle's write lock: the window
+/// must be taken (a booking, a block, or an offer to someone else) and the user not already
+/// waiting for part of it. The lock orders the join with the releases, so an entry never
+/// waits for a window that was freed, unoffered, a moment before it joined.
+#[tracing::instrument(level = "debug", name = "db.waitlist.join", skip_all)]
+pub(crate) async fn join(
+    conn: &mut PgConnection,
+    id: Uuid,
+    vehicle: &VehicleId,
+    user: &str,
+    window: &TimeWindow,
+    offer_secs: i32,
+    now: DateTime<Utc>,
+) -> Result<Entry, JoinError> {
+    let active = sqlx::query_scalar!(
+        r#"select exists(select 1 from vehicles where id = $1 and region = $2 and status = 'active') as "active!""#,
+        vehicle.uuid,
+        vehicle.region.code(),
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if !active {
+        return Err(JoinError::NoVehicle(*vehicle));
+    }
+    sqlx::query!(
+        "select lock_vehicle_writes($1, $2)",
+        vehicle.region.code(),
+        vehicle.uuid
+    )
+    .execute(&mut *conn)
+    .await?;
+    let mine = sqlx::query_scalar!(
+        "select id from waitlist_entries
+          where vehicle_id = $1 and user_id = $2 and state in ('waiting', 'offered')
+            and period && tstzrange($3, $4, '[)')
+          limit 1",
+        vehicle.uuid,
+        user,
+        window.start(),
+        window.end(),
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(entry) = mine {
+        return Err(JoinError::AlreadyWaiting {
+            vehicle: *vehicle,
+            entry,
+        });
+    }
+    let taken = sqlx::query_scalar!(
+        r#"select exists(select 1 from bookings
+                          where vehicle_id = $1 and status in ('RESERVING', 'CONFIRMED', 'IN_PROGRESS')
+                            and occupied && booking_occupied($1, $2, $3)
+                            and not (status = 'RESERVING' and hold_expires_at <= $4))
+               or exists(select 1 from vehicle_blocks
+                          where vehicle_id = $1 and ended_at is null
+                            and period && booking_occupied($1, $2, $3))
+               or exists(select 1 from waitlist_entries
+                          where vehicle_id = $1 and state = 'offered' and offer_until > $4
+                            and booking_occupied($1, lower(period), upper(period))
+                                && booking_occupied($1, $2, $3)) as "taken!""#,
+        vehicle.uuid,
+        window.start(),
+        window.end(),
+        now,
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if !taken {
+        return Err(JoinError::Free(*vehicle));
+    }
+    sqlx::query!(
+        "insert into waitlist_entries (id, region, vehicle_id, user_id, period, state, offer_secs,
+                                       created_at, updated_at)
+         values ($1, $2, $3, $4, tstzrange($5, $6, '[)'), 'waiting', $7, $8, $8)",
+        id,
+        vehicle.region.code(),
+        vehicle.uuid,
+        user,
+        window.start(),
+        window.end(),
+        offer_secs,
+        now,
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(entry_rows!("where w.id = $1", id)
+        .fetch_one(&mut *conn)
+        .await?)
+}
+
+/// One entry.
+#[tracing::instrument(level = "debug", name = "db.waitlist.get", skip_all)]
+pub(crate) async fn get<'c>(
+    conn: impl sqlx::PgExecutor<'c>,
+    id: Uuid,
+) -> sqlx::Result<Option<Entry>> {
+    entry_rows!("where w.id = $1", id)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Takes `id` out of the line (`withdrawn`); if it held an offer, the line moves on in the
+/// same transaction. `None`: no such entry.
+#[tracing::instrument(level = "debug", name = "db.waitlist.withdraw", skip_all)]
+pub(crate) async fn withdraw(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<Entry>, WithdrawError> {
+    let Some(entry) = get(&mut *conn, id).await? else {
+        return Ok(None);
+    };
+    sqlx::query!(
+        "select lock_vehicle_writes($1, $2)",
+        entry.region,
+        entry.vehicle_id
+    )
+    .execute(&mut *conn)
+    .await?;
+    let left = sqlx::query_scalar!(
+        "update waitlist_entries set state = 'withdrawn', updated_at = now()
+          where id = $1 and state in ('waiting', 'offered')
+        returning id",
+        id
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    if left.is_none() {
+        // Read again under the lock: a trigger may have settled it since the first read.
+        let state = sqlx::query_scalar!("select state from waitlist_entries where id = $1", id)
+            .fetch_one(&mut *conn)
+            .await?;
+        return Err(WithdrawError::Settled(state));
+    }
+    sqlx::query_scalar!(
+        r#"select waitlist_offer_next($1, $2) as "offered!""#,
+        entry.region,
+        entry.vehicle_id
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(get(&mut *conn, id).await?)
+}
+
+/// Vehicles whose line has something to do: an offer whose time is up, or a wait whose window
+/// has begun.
+#[tracing::instrument(level = "debug", name = "db.waitlist.due", skip_all)]
+pub(crate) async fn due(pool: &PgPool, limit: i64) -> sqlx::Result<Vec<(String, Uuid)>> {
+    let rows = sqlx::query!(
+        r#"select distinct region as "region!", vehicle_id as "vehicle_id!" from (
+             (select region, vehicle_id from waitlist_entries
+               where state = 'offered' and offer_until <= now() order by offer_until limit $1)
+             union all
+             (select region, vehicle_id from waitlist_entries
+               where state = 'waiting' and lower(period) <= now() order by lower(period) limit $1)
+         ) d"#,
+        limit
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.region, r.vehicle_id)).collect())
+}
+
+/// Lapses `vehicle`'s passed offers, expires its begun waits and offers what is free, in one
+/// transaction under the vehicle's lock; the offers made.
+#[tracing::instrument(level = "debug", name = "db.waitlist.advance", skip_all)]
+pub(crate) async fn advance(pool: &PgPool, region: &str, vehicle: Uuid) -> sqlx::Result<i32> {
+    let mut tx = pool.begin().await?;
+    let offered = sqlx::query_scalar!(
+        r#"select waitlist_advance($1, $2) as "offered!""#,
+        region,
+        vehicle
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(offered)
+}

@@ -316,3 +316,84 @@ async fn a_block_through_the_edge_hides_the_vehicle_from_cached_search_until_it_
     stack.stop().await
 }
 on_both_runtimes!(a_block_through_the_edge_hides_the_vehicle_from_cached_search_until_it_ends);
+
+/// The waitlist through the edge (issue 18 item 4): a join goes to the vehicle's origin, the
+/// cancellation that frees the window brings the vehicle back into the edge's cached search and
+/// offers it to the waiter alone: another user's hold through the edge is a 409, the waiter's
+/// is a 201.
+async fn a_waitlist_offer_through_the_edge_is_the_waiters_alone(
+    pool: PgPool,
+    runtime: Runtime,
+) -> TestResult {
+    let stack = EdgeStack::start(pool, runtime).await?;
+    let (owner, waiter, other) = (token("oda"), token("wyn"), token("ozzy"));
+    let w = window(7, 2);
+    let first = stack.get(&search_path(w), Some(&owner)).await?;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let vehicle = ids(&first)[0].clone();
+    let booking = hold_through(&stack, &owner, &vehicle, w).await?.body["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let joined = stack
+        .post(
+            "/v1/waitlist",
+            Some(&waiter),
+            &json!({ "vehicle_id": vehicle, "start": w.0, "end": w.1 }),
+            Some(&uuid::Uuid::new_v4().to_string()),
+        )
+        .await?;
+    assert_eq!(joined.status, 201, "{}", joined.body);
+    let entry = format!(
+        "/v1/waitlist/{}",
+        joined.body["id"].as_str().unwrap_or_default()
+    );
+    assert!(!ids(&cached_search(&stack, &owner, w).await?).contains(&vehicle));
+
+    let cancelled = stack
+        .post(
+            &format!("/v1/bookings/{booking}/cancel"),
+            Some(&owner),
+            &Value::Null,
+            Some(&uuid::Uuid::new_v4().to_string()),
+        )
+        .await?;
+    assert_eq!(cancelled.status, 200, "{}", cancelled.body);
+    let offered = stack.get(&entry, Some(&waiter)).await?;
+    assert_eq!(offered.status, 200, "{}", offered.body);
+    assert_eq!(offered.body["state"], "offered", "{}", offered.body);
+    assert!(
+        ids(&stack.get(&search_path(w), Some(&owner)).await?).contains(&vehicle),
+        "the freed vehicle is not back in the edge's search"
+    );
+    let quote = stack
+        .post(
+            "/v1/quotes",
+            Some(&other),
+            &json!({ "vehicle_id": vehicle, "start": w.0, "end": w.1 }),
+            None,
+        )
+        .await?;
+    let refused = stack
+        .post(
+            "/v1/bookings",
+            Some(&other),
+            &json!({ "quote_token": quote.body["quote_token"] }),
+            Some(&uuid::Uuid::new_v4().to_string()),
+        )
+        .await?;
+    assert_eq!(refused.status, 409, "{}", refused.body);
+    assert!(
+        refused.body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("waitlist"),
+        "{}",
+        refused.body
+    );
+    hold_through(&stack, &waiter, &vehicle, w).await?;
+    let booked = stack.get(&entry, Some(&waiter)).await?;
+    assert_eq!(booked.body["state"], "booked", "{}", booked.body);
+    stack.stop().await
+}
+on_both_runtimes!(a_waitlist_offer_through_the_edge_is_the_waiters_alone);

@@ -164,7 +164,10 @@ declare
     v_entry uuid;
     v_until timestamptz;
 begin
-    if new.status not in ('RESERVING', 'CONFIRMED', 'IN_PROGRESS') then
+    -- The common case, a vehicle nobody waits for, costs one probe of the line's index.
+    if new.status not in ('RESERVING', 'CONFIRMED', 'IN_PROGRESS')
+       or not exists (select 1 from waitlist_entries w
+                       where w.vehicle_id = new.vehicle_id and w.state in ('waiting', 'offered')) then
         return null;
     end if;
     select w.id, w.offer_until into v_entry, v_until

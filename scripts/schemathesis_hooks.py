@@ -149,6 +149,8 @@ def map_case(ctx, case):
         windows = seeds.get("waitlist_windows", [])
         if windows:
             case.body.update(_RNG.choice(windows))
+            for other in ("class", "bay_id", "region"):
+                case.body.pop(other, None)
         return case
     if path in ("/v1/surge", "/v1/admin/surge/recompute") and not _negative_at(case, "query"):
         case.query = {"region": _RNG.choice(["EUW", "EUN"])}

@@ -76,16 +76,28 @@ fn offer_until(entry: &Value) -> TestResult<DateTime<Utc>> {
     Ok(DateTime::parse_from_rfc3339(raw)?.with_timezone(&Utc))
 }
 
-/// A hold by someone other than the offered waiter, inside the offer: 409 naming the waitlist.
-/// Fails if the offer had already ended when the answer came (the check proved nothing).
+/// Someone other than the offered waiter, inside the offer: their quote is a 409, and a hold
+/// with a quote they got before the window was taken is a 409 naming the waitlist (the
+/// database's rule). Fails if the offer had already ended when the answers came (the checks
+/// proved nothing).
 async fn refused_during_offer(
     app: &TestApp,
     user: &str,
     vehicle: &str,
     window: (DateTime<Utc>, DateTime<Utc>),
+    early_quote: &Value,
     offer: &Value,
 ) -> TestResult {
-    let hold = app.hold(user, vehicle, window).await?;
+    let quote = app
+        .post(
+            "/v1/quotes",
+            Some(&token(user)),
+            &json!({ "vehicle_id": vehicle, "start": window.0, "end": window.1 }),
+            None,
+        )
+        .await?;
+    quote.assert_problem(409);
+    let hold = app.hold_with(user, early_quote).await?;
     let answered = Utc::now();
     hold.assert_problem(409);
     let detail = hold.body["detail"].as_str().unwrap_or_default();
@@ -153,6 +165,11 @@ async fn three_waiters_the_first_gets_the_exclusive_offer_and_books_the_second_w
     let app = waitlist_app(pool, OFFER_SECS).await?;
     let vehicle = app.vehicles("EUW").await?[0].clone();
     let w = window(3, 2);
+    // Quotes got while the window was free (a quote is checked again only by the hold).
+    let early = [
+        app.quote("wes", &vehicle, w).await?,
+        app.quote("wim", &vehicle, w).await?,
+    ];
     let taken = app.confirmed("olav", &vehicle, w).await?;
 
     // Three waiters in line, in order.
@@ -178,7 +195,7 @@ async fn three_waiters_the_first_gets_the_exclusive_offer_and_books_the_second_w
     );
 
     // The second cannot take it during the offer; the first can.
-    refused_during_offer(&app, "wes", &vehicle, w, &offered).await?;
+    refused_during_offer(&app, "wes", &vehicle, w, &early[0], &offered).await?;
     let hold = app.hold("wan", &vehicle, w).await?;
     assert_eq!(hold.status.as_u16(), 201, "{hold:?}");
     let wans = hold.body["id"].as_str().context("booking id")?.to_owned();
@@ -189,7 +206,7 @@ async fn three_waiters_the_first_gets_the_exclusive_offer_and_books_the_second_w
     cancel(&app, "wan", &wans).await?;
     let offered = entry(&app, "wes", &second).await?;
     assert_eq!(offered["state"], "offered", "{offered}");
-    refused_during_offer(&app, "wim", &vehicle, w, &offered).await?;
+    refused_during_offer(&app, "wim", &vehicle, w, &early[1], &offered).await?;
 
     // The second lets the offer pass: it lapses and the third gets the window.
     until_state(&app, "wes", &second, "lapsed", Duration::from_secs(15)).await?;
@@ -291,41 +308,26 @@ async fn a_withdrawn_offer_moves_the_line_at_once_and_only_the_owner_withdraws(
     app.stop().await
 }
 
-/// Eight users other than the waiter keep trying to hold `w` of `vehicle` while `release`
-/// frees it; (holds won, holds refused by the offer).
+/// Eight users other than the waiter, each with a quote got while `w` was free, keep trying to
+/// hold it while `release` frees it; (holds won, holds refused by the offer).
 async fn race(
     app: &std::sync::Arc<TestApp>,
-    vehicle: &str,
-    w: (DateTime<Utc>, DateTime<Utc>),
+    quotes: Vec<(String, Value)>,
     release: impl std::future::Future<Output = TestResult>,
 ) -> TestResult<(usize, usize)> {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut racers = Vec::new();
-    for k in 0..8 {
-        let (app, vehicle, stop) = (app.clone(), vehicle.to_owned(), stop.clone());
+    for (user, quote) in quotes {
+        let (app, stop) = (app.clone(), stop.clone());
         racers.push(tokio::spawn(async move {
-            let user = format!("racer{k}");
             let (mut won, mut by_offer) = (0, 0);
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let quote = app
-                    .post(
-                        "/v1/quotes",
-                        Some(&token(&user)),
-                        &json!({ "vehicle_id": vehicle, "start": w.0, "end": w.1 }),
-                        None,
-                    )
-                    .await?;
-                if quote.status.as_u16() != 201 {
-                    // Taken (before the release, or by a winner): try again shortly.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-                let hold = app.hold_with(&user, &quote.body).await?;
+                let hold = app.hold_with(&user, &quote).await?;
                 let detail = hold.body["detail"].as_str().unwrap_or_default();
                 match hold.status.as_u16() {
                     201 => won += 1,
                     409 if detail.contains("waitlist") => by_offer += 1,
-                    _ => {}
+                    _ => tokio::time::sleep(Duration::from_millis(5)).await,
                 }
             }
             TestResult::Ok((won, by_offer))
@@ -344,6 +346,21 @@ async fn race(
     Ok((won, by_offer))
 }
 
+/// Quotes of eight racers for `w` of `vehicle`, got while it is free.
+async fn racer_quotes(
+    app: &TestApp,
+    vehicle: &str,
+    w: (DateTime<Utc>, DateTime<Utc>),
+) -> TestResult<Vec<(String, Value)>> {
+    let mut quotes = Vec::new();
+    for k in 0..8 {
+        let user = format!("racer{k}");
+        let quote = app.quote(&user, vehicle, w).await?;
+        quotes.push((user, quote));
+    }
+    Ok(quotes)
+}
+
 #[sqlx::test(migrations = "../migrations")]
 async fn holds_racing_the_release_never_take_the_window_from_the_offered_waiter(
     pool: PgPool,
@@ -352,9 +369,10 @@ async fn holds_racing_the_release_never_take_the_window_from_the_offered_waiter(
     let app = std::sync::Arc::new(waitlist_app(pool, "60").await?);
     let vehicle = app.vehicles("EUW").await?[2].clone();
     let w = window(5, 2);
+    let quotes = racer_quotes(&app, &vehicle, w).await?;
     let taken = app.confirmed("olav", &vehicle, w).await?;
     let first = joined(&app, "wan", &vehicle, w).await?;
-    let (won, by_offer) = race(&app, &vehicle, w, cancel(&app, "olav", &taken)).await?;
+    let (won, by_offer) = race(&app, quotes, cancel(&app, "olav", &taken)).await?;
     assert_eq!(won, 0, "another user took the offered window");
     // Not a no-op: holds did arrive after the release, and the offer refused them.
     assert!(by_offer > 0, "no hold reached the window during the offer");
@@ -379,9 +397,10 @@ async fn without_the_offer_rule_the_race_gives_the_window_away(pool: PgPool) -> 
     let app = std::sync::Arc::new(waitlist_app(pool, "60").await?);
     let vehicle = app.vehicles("EUW").await?[3].clone();
     let w = window(5, 2);
+    let quotes = racer_quotes(&app, &vehicle, w).await?;
     let taken = app.confirmed("olav", &vehicle, w).await?;
     let first = joined(&app, "wan", &vehicle, w).await?;
-    let (won, _) = race(&app, &vehicle, w, cancel(&app, "olav", &taken)).await?;
+    let (won, _) = race(&app, quotes, cancel(&app, "olav", &taken)).await?;
     assert_eq!(won, 1, "the planted hole was not caught");
     // The offer was made all the same: the waiter lost a window that was theirs.
     assert_eq!(entry(&app, "wan", &first).await?["state"], "offered");
@@ -389,4 +408,130 @@ async fn without_the_offer_rule_the_race_gives_the_window_away(pool: PgPool) -> 
         .map_err(|_| anyhow::anyhow!("a racer still holds the app"))?
         .stop()
         .await
+}
+
+/// A bay of its own with two vehicles of one class (copies of a demo vehicle): (bay, class,
+/// vehicles).
+async fn bay_with_two(app: &TestApp) -> TestResult<(Uuid, String, Vec<String>)> {
+    let bay = Uuid::new_v4();
+    sqlx::query(
+        "insert into parking_bays (id, region, name, city, lat, lon, timezone, capacity)
+         select $1, region, 'Waitlist test bay', city, lat, lon, timezone, 10
+           from parking_bays where region = 'EUW' order by id limit 1",
+    )
+    .bind(bay)
+    .execute(&app.pool)
+    .await?;
+    let mut vehicles = Vec::new();
+    let mut class = String::new();
+    for _ in 0..2 {
+        let id = Uuid::new_v4();
+        class = sqlx::query_scalar(
+            "insert into vehicles (id, region, bay_id, class, make, model, seats, fuel, plate)
+             select $1, region, $2, class, make, model, seats, fuel, 'WL-' || left($1::text, 8)
+               from vehicles where region = 'EUW' and status = 'active' order by id limit 1
+             returning class",
+        )
+        .bind(id)
+        .bind(bay)
+        .fetch_one(&app.pool)
+        .await?;
+        vehicles.push(format!("veh_euw_{}", id.simple()));
+    }
+    Ok((bay, class, vehicles))
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_wait_for_a_class_at_a_bay_is_offered_whichever_of_its_cars_is_freed(
+    pool: PgPool,
+) -> TestResult {
+    let app = waitlist_app(pool, OFFER_SECS).await?;
+    let (bay, class, cars) = bay_with_two(&app).await?;
+    let w = window(6, 2);
+    let body = |extra: Value| {
+        let mut b =
+            json!({ "class": class, "bay_id": bay, "region": "EUW", "start": w.0, "end": w.1 });
+        if let (Some(b), Some(extra)) = (b.as_object_mut(), extra.as_object()) {
+            b.extend(extra.clone());
+        }
+        b
+    };
+    let api = &app;
+    let post = |b: Value| async move {
+        api.post("/v1/waitlist", Some(&token("cleo")), &b, None)
+            .await
+    };
+    // One car still free: book it instead (409 naming it).
+    let first = app.confirmed("olav", &cars[0], w).await?;
+    let free = post(body(json!({}))).await?;
+    free.assert_problem(409);
+    assert!(
+        free.body["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&cars[1]),
+        "{free:?}"
+    );
+    // Bad bodies, each naming its field; none writes.
+    for (bad, field) in [
+        (body(json!({ "vehicle_id": cars[0] })), "vehicle_id"),
+        (body(json!({ "class": "rocket" })), "class"),
+        (
+            json!({ "class": class, "start": w.0, "end": w.1 }),
+            "bay_id",
+        ),
+        (
+            json!({ "class": class, "bay_id": bay, "start": w.0, "end": w.1 }),
+            "region",
+        ),
+        (json!({ "start": w.0, "end": w.1 }), "vehicle_id"),
+    ] {
+        let reply = post(bad.clone()).await?;
+        reply.assert_problem(422);
+        assert_eq!(reply.body["field"], field, "{bad}: {reply:?}");
+    }
+    post(body(json!({ "bay_id": Uuid::new_v4() })))
+        .await?
+        .assert_problem(404);
+    assert_eq!(app.count("waitlist_entries", "true").await?, 0);
+
+    // Both cars taken: in line.
+    let second = app.confirmed("olga", &cars[1], w).await?;
+    let joined = post(body(json!({}))).await?;
+    assert_eq!(joined.status.as_u16(), 201, "{joined:?}");
+    assert_eq!(joined.body["position"], 1);
+    assert!(joined.body.get("vehicle_id").is_none(), "{joined:?}");
+    let id = joined.body["id"].as_str().context("entry id")?.to_owned();
+
+    // The second car is freed: it is offered, to the waiter only.
+    cancel(&app, "olga", &second).await?;
+    let offered = entry(&app, "cleo", &id).await?;
+    assert_eq!(offered["state"], "offered", "{offered}");
+    assert_eq!(offered["offered_vehicle_id"], cars[1].as_str());
+    let (payload,): (Value,) = sqlx::query_as(
+        "select payload from outbox where topic = 'waitlist.available' and partition_key = $1",
+    )
+    .bind(&cars[1])
+    .fetch_one(&app.pool)
+    .await?;
+    assert_eq!(payload["waitlist"]["class"], class.as_str(), "{payload}");
+    assert_eq!(payload["waitlist"]["bay_id"], bay.to_string(), "{payload}");
+    let others = app
+        .post(
+            "/v1/quotes",
+            Some(&token("oscar")),
+            &json!({ "vehicle_id": cars[1], "start": w.0, "end": w.1 }),
+            None,
+        )
+        .await?;
+    others.assert_problem(409);
+    let hold = app.hold("cleo", &cars[1], w).await?;
+    assert_eq!(hold.status.as_u16(), 201, "{hold:?}");
+    assert_eq!(entry(&app, "cleo", &id).await?["state"], "booked");
+    // The first car's booking was never touched.
+    let kept = app
+        .get(&format!("/v1/bookings/{first}"), Some(&token("olav")))
+        .await?;
+    assert_eq!(kept.body["status"], "CONFIRMED", "{kept:?}");
+    app.stop().await
 }

@@ -319,8 +319,8 @@ on_both_runtimes!(a_block_through_the_edge_hides_the_vehicle_from_cached_search_
 
 /// The waitlist through the edge (issue 18 item 4): a join goes to the vehicle's origin, the
 /// cancellation that frees the window brings the vehicle back into the edge's cached search and
-/// offers it to the waiter alone: another user's hold through the edge is a 409, the waiter's
-/// is a 201.
+/// offers it to the waiter alone: another user's quote and hold through the edge are 409s, the
+/// waiter's hold is a 201.
 async fn a_waitlist_offer_through_the_edge_is_the_waiters_alone(
     pool: PgPool,
     runtime: Runtime,
@@ -331,6 +331,16 @@ async fn a_waitlist_offer_through_the_edge_is_the_waiters_alone(
     let first = stack.get(&search_path(w), Some(&owner)).await?;
     assert_eq!(first.status, 200, "{}", first.body);
     let vehicle = ids(&first)[0].clone();
+    // Another user's quote, got while the window is free (during the offer a quote is refused).
+    let quote = stack
+        .post(
+            "/v1/quotes",
+            Some(&other),
+            &json!({ "vehicle_id": vehicle, "start": w.0, "end": w.1 }),
+            None,
+        )
+        .await?;
+    assert_eq!(quote.status, 201, "{}", quote.body);
     let booking = hold_through(&stack, &owner, &vehicle, w).await?.body["id"]
         .as_str()
         .unwrap_or_default()
@@ -366,7 +376,7 @@ async fn a_waitlist_offer_through_the_edge_is_the_waiters_alone(
         ids(&stack.get(&search_path(w), Some(&owner)).await?).contains(&vehicle),
         "the freed vehicle is not back in the edge's search"
     );
-    let quote = stack
+    let requote = stack
         .post(
             "/v1/quotes",
             Some(&other),
@@ -374,6 +384,7 @@ async fn a_waitlist_offer_through_the_edge_is_the_waiters_alone(
             None,
         )
         .await?;
+    assert_eq!(requote.status, 409, "{}", requote.body);
     let refused = stack
         .post(
             "/v1/bookings",

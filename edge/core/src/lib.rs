@@ -481,14 +481,21 @@ impl Edge {
                 .and_then(|b| b.get("vehicle_id")?.as_str()?.parse::<VehicleId>().ok())
                 .map(|v| (v.region, Some(v)))
                 .unwrap_or((self.config.region, None)),
-            // Joining a waitlist goes to the vehicle's region, as its quotes and holds do.
+            // Joining a waitlist goes to the vehicle's region, as its quotes and holds do, or,
+            // for a class at a bay, to the bay's (`region`).
             Route::Other
                 if req.method == "POST" && req.path.trim_end_matches('/') == "/v1/waitlist" =>
             {
-                serde_json::from_slice::<Value>(&req.body)
-                    .ok()
+                let body = serde_json::from_slice::<Value>(&req.body).ok();
+                let by_vehicle = body
+                    .as_ref()
                     .and_then(|b| b.get("vehicle_id")?.as_str()?.parse::<VehicleId>().ok())
-                    .map_or((placed, None), |v| (v.region, None))
+                    .map(|v| v.region);
+                let by_region = || {
+                    body.as_ref()
+                        .and_then(|b| b.get("region")?.as_str()?.parse::<Region>().ok())
+                };
+                (by_vehicle.or_else(by_region).unwrap_or(placed), None)
             }
             Route::Search | Route::Other => (placed, None),
         }

@@ -185,7 +185,7 @@ async fn make_quote(
     }
     // Advisory (the hold's exclusion constraint decides): the replica may answer.
     let occupied = crate::read_on!(state.reads.stale_ok(), |pool| {
-        store::vehicles::is_occupied(pool, &vehicle_id, &window, now).await
+        store::vehicles::is_occupied(pool, &vehicle_id, &window, now, &user.id).await
     })?;
     if occupied {
         return Err(ApiError::Conflict(format!(

@@ -1,12 +1,12 @@
-//! `/v1/waitlist`: customers wait in line for a taken window of a vehicle. When a booking that
-//! held part of it is cancelled, expires, fails or moves (or a maintenance block ends), the
-//! first waiter whose whole window is free gets an offer: for `WAITLIST_OFFER_SECS` only they
-//! can book any part of it (other users' holds are 409), and a `waitlist.available` event (and
-//! webhook) says so. The rules are the database's (migration `20261208000001_waitlist.sql`);
+//! `/v1/waitlist`: customers wait in line for a taken window of a vehicle, or of any vehicle of
+//! a class at a bay. When a booking that held part of it is cancelled, expires, fails or moves
+//! (or a maintenance block ends), the first waiter whose whole window is free gets an offer of
+//! that vehicle: for `WAITLIST_OFFER_SECS` only they can quote or book any part of it (other
+//! users' quotes and holds are 409), and a `waitlist.available` event (and webhook) says so. The rules are the database's (migration `20261208000001_waitlist.sql`);
 //! this module joins, shows and withdraws entries.
 //!
-//! An entry lives in its vehicle's region (`wlt_<region>_<hex>`), so the edges route it as
-//! they route the vehicle's bookings.
+//! An entry lives in its vehicle's (or bay's) region (`wlt_<region>_<hex>`), so the edges route
+//! it as they route the vehicle's bookings.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -25,17 +25,74 @@ use crate::http::extract::{ApiJson, ApiPath, WriteCall};
 use crate::http::idempotent;
 use crate::state::AppState;
 use crate::store::idempotency::Begun;
-use crate::store::waitlist::{self as store, Entry, JoinError, WithdrawError};
+use crate::store::waitlist::{self as store, Entry, JoinError, Wanted, WithdrawError};
 
-/// Body of `POST /v1/waitlist`: the vehicle and the window wanted (the booking policy's rules:
-/// whole minutes, in the future, within the longest booking).
+/// Body of `POST /v1/waitlist`: what is wanted — a vehicle (`vehicle_id`), or any vehicle of a
+/// class at a parking bay (`class`, `bay_id` and the bay's `region`) — and the window (the
+/// booking policy's rules: whole minutes, in the future, within the longest booking).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"vehicle_id": "veh_euw_0190f0c5a4c37d3e8b1e2f3a4b5c6d7e", "start": "2027-03-01T08:00:00Z", "end": "2027-03-01T10:00:00Z"}))]
 pub(crate) struct WaitlistRequest {
-    pub vehicle_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vehicle_id: Option<String>,
+    /// `compact`, `sedan`, `suv`, `van` or `premium` (with `bay_id` and `region`, instead of
+    /// `vehicle_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bay_id: Option<Uuid>,
+    /// `EUW` or `EUN`: the bay's region (the edges route the request by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
+}
+
+/// The vehicle classes a waiter may name.
+const CLASSES: [&str; 5] = ["compact", "sedan", "suv", "van", "premium"];
+
+/// What the body wants, each fault named by its field.
+fn wanted(state: &AppState, body: &WaitlistRequest) -> ApiResult<Wanted> {
+    match (&body.vehicle_id, &body.class, &body.bay_id, &body.region) {
+        (Some(raw), None, None, None) => {
+            let vehicle: VehicleId = raw
+                .parse()
+                .map_err(|e: domain::ids::IdError| ApiError::field("vehicle_id", e.to_string()))?;
+            misdirected_unless_served(state, vehicle.region, || format!("vehicle {vehicle}"))?;
+            Ok(Wanted::Vehicle(vehicle))
+        }
+        (None, Some(class), Some(bay), Some(region)) => {
+            if !CLASSES.contains(&class.as_str()) {
+                return Err(ApiError::field(
+                    "class",
+                    format!("one of {}", CLASSES.join(", ")),
+                ));
+            }
+            let region: Region = region
+                .parse()
+                .map_err(|_| ApiError::field("region", "EUW or EUN"))?;
+            misdirected_unless_served(state, region, || format!("region {region}"))?;
+            Ok(Wanted::Class {
+                region,
+                class: class.clone(),
+                bay: *bay,
+            })
+        }
+        (Some(_), ..) => Err(ApiError::field(
+            "vehicle_id",
+            "either vehicle_id, or class with bay_id and region, not both",
+        )),
+        (None, None, ..) => Err(ApiError::field(
+            "vehicle_id",
+            "required (or class with bay_id and region)",
+        )),
+        (None, Some(_), None, _) => Err(ApiError::field("bay_id", "required with class")),
+        (None, Some(_), Some(_), None) => Err(ApiError::field(
+            "region",
+            "required with class and bay_id: the bay's region",
+        )),
+    }
 }
 
 /// A waitlist entry.
@@ -43,7 +100,16 @@ pub(crate) struct WaitlistRequest {
 pub(crate) struct WaitlistDto {
     /// `wlt_<region>_<32 hex>`.
     pub id: String,
-    pub vehicle_id: String,
+    /// The vehicle waited for (none for a wait for a class at a bay).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vehicle_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bay_id: Option<Uuid>,
+    /// The vehicle of the offer, once there is one: quote and book that one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offered_vehicle_id: Option<String>,
     pub user_id: String,
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
@@ -67,7 +133,12 @@ impl WaitlistDto {
         let region = e.region.parse::<Region>().unwrap_or(Region::Euw);
         WaitlistDto {
             id: WaitlistId::new(region, e.id).to_string(),
-            vehicle_id: VehicleId::new(region, e.vehicle_id).to_string(),
+            vehicle_id: e.vehicle_id.map(|v| VehicleId::new(region, v).to_string()),
+            class: e.class.clone(),
+            bay_id: e.bay_id,
+            offered_vehicle_id: e
+                .offered_vehicle_id
+                .map(|v| VehicleId::new(region, v).to_string()),
             user_id: e.user_id.clone(),
             start: e.start,
             end: e.end,
@@ -84,7 +155,9 @@ impl WaitlistDto {
 impl From<JoinError> for ApiError {
     fn from(e: JoinError) -> Self {
         match e {
-            JoinError::NoVehicle(_) => ApiError::NotFound(e.to_string()),
+            JoinError::NoVehicle(_) | JoinError::NoVehicleOfClass { .. } => {
+                ApiError::NotFound(e.to_string())
+            }
             JoinError::Free(_) | JoinError::AlreadyWaiting { .. } => {
                 ApiError::Conflict(e.to_string())
             }
@@ -124,16 +197,16 @@ fn visible(
         .ok_or_else(|| ApiError::NotFound(format!("waitlist entry {id} not found")))
 }
 
-/// Wait in line for a taken window of a vehicle.
+/// Wait in line for a taken window of a vehicle, or of every vehicle of a class at a bay.
 #[utoipa::path(
     post, path = "/v1/waitlist", tag = "bookings",
     request_body = WaitlistRequest,
     responses(
         (status = 201, description = "In line; `position` is your place", body = WaitlistDto),
-        (status = 404, description = "No such active vehicle", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The window is free (book it), or you already wait for part of it", body = Problem, content_type = "application/problem+json"),
-        (status = 421, description = "Another region's vehicle", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid vehicle id or window (field named)", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such active vehicle, or none of the class at the bay", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A vehicle is free for the window (book it), or you already wait for part of it", body = Problem, content_type = "application/problem+json"),
+        (status = 421, description = "Another region's vehicle or bay", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid vehicle, class, bay, region or window (field named)", body = Problem, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -142,11 +215,7 @@ pub(crate) async fn join(
     ApiJson(body): ApiJson<WaitlistRequest>,
 ) -> ApiResult<Response> {
     let now = Utc::now();
-    let vehicle: VehicleId = body
-        .vehicle_id
-        .parse()
-        .map_err(|e: domain::ids::IdError| ApiError::field("vehicle_id", e.to_string()))?;
-    misdirected_unless_served(&call.state, vehicle.region, || format!("vehicle {vehicle}"))?;
+    let wanted = wanted(&call.state, &body)?;
     let window = crate::http::quotes::parse_window(&call.state, body.start, body.end, now)?;
     let mut pending = match call.begin(&[], &body).await? {
         Begun::Replay(saved) => return Ok(idempotent::replay(saved)),
@@ -155,7 +224,7 @@ pub(crate) async fn join(
     let done = store::join(
         pending.conn(),
         Uuid::now_v7(),
-        &vehicle,
+        &wanted,
         &call.user.id,
         &window,
         call.state.config.waitlist_offer_secs,
@@ -165,7 +234,7 @@ pub(crate) async fn join(
     .map_err(ApiError::from);
     let (response, entry) =
         idempotent::settle(pending, done, StatusCode::CREATED, WaitlistDto::render).await?;
-    tracing::info!(user = %call.user.id, %vehicle, entry = %entry.id, position = ?entry.position, "joined a waitlist");
+    tracing::info!(user = %call.user.id, ?wanted, entry = %entry.id, position = ?entry.position, "joined a waitlist");
     Ok(response)
 }
 

@@ -109,6 +109,14 @@ pub(crate) async fn run(state: AppState, stop: CancellationToken) {
 /// sweeper never holds two vehicles' write locks at once). Offers made when a window is freed
 /// need no sweep: the freeing transaction makes them.
 async fn advance_waitlists(state: &AppState) {
+    let expired = tokio::time::timeout(
+        BATCH_TIMEOUT,
+        crate::store::waitlist::expire_class_waits(&state.db),
+    )
+    .await;
+    if !matches!(expired, Ok(Ok(_))) {
+        tracing::warn!("waitlist: expiring class waits failed or timed out; retrying next tick");
+    }
     let due =
         tokio::time::timeout(BATCH_TIMEOUT, crate::store::waitlist::due(&state.db, BATCH)).await;
     let vehicles = match due {

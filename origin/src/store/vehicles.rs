@@ -68,14 +68,17 @@ pub(crate) async fn bay_in_region(pool: &PgPool, bay: Uuid, region: Region) -> s
 /// Whether a booking occupies `vehicle` for part of `window` at `now` (a hold past its expiry
 /// does not), turnaround buffers included: a booking's range runs to its end plus its buffer,
 /// and `window` is extended by the class's buffer (`booking_occupied`, the constraint's own
-/// ranges), or an active maintenance block overlaps that range. Advisory: the exclusion
-/// constraint and the block rule (`bookings_not_blocked`) decide when the hold is written.
+/// ranges), or an active maintenance block overlaps that range, or the range is offered to
+/// another waitlisted user than `user` for now. Advisory: the exclusion constraint, the block
+/// rule (`bookings_not_blocked`) and the offer rule (`bookings_waitlist_offer`) decide when the
+/// hold is written.
 #[tracing::instrument(level = "debug", name = "db.vehicles.is_occupied", skip_all)]
 pub(crate) async fn is_occupied(
     pool: &PgPool,
     vehicle: &VehicleId,
     window: &TimeWindow,
     now: DateTime<Utc>,
+    user: &str,
 ) -> sqlx::Result<bool> {
     sqlx::query_scalar!(
         r#"select exists(select 1 from bookings
@@ -84,11 +87,17 @@ pub(crate) async fn is_occupied(
                             and not (status = 'RESERVING' and hold_expires_at <= $4))
                      or exists(select 1 from vehicle_blocks
                                 where vehicle_id = $1 and ended_at is null
-                                  and period && booking_occupied($1, $2, $3)) as "occupied!""#,
+                                  and period && booking_occupied($1, $2, $3))
+                     or exists(select 1 from waitlist_entries
+                                where offered_vehicle_id = $1 and state = 'offered'
+                                  and offer_until > $4 and user_id <> $5
+                                  and booking_occupied($1, lower(period), upper(period))
+                                      && booking_occupied($1, $2, $3)) as "occupied!""#,
         vehicle.uuid,
         window.start(),
         window.end(),
         now,
+        user,
     )
     .fetch_one(pool)
     .await

@@ -468,7 +468,7 @@ fn requests_are_placed_by_id_area_path_or_parameter_and_the_unplaceable_are_refu
 }
 
 #[test]
-fn joining_a_waitlist_goes_to_the_vehicles_region_and_a_body_without_one_goes_home() {
+fn joining_a_waitlist_goes_to_the_vehicles_or_the_bays_region_and_a_body_without_either_goes_home() {
     let fake = search_fake("EUW");
     let post = |body: Value| {
         let req = Request {
@@ -502,6 +502,13 @@ fn joining_a_waitlist_goes_to_the_vehicles_region_and_a_body_without_one_goes_ho
     assert_eq!(
         origin_calls(&fake),
         vec!["http://eun.test/v1/waitlist".to_owned()]
+    );
+    // A class at a bay: the bay's region.
+    let resp = post(json!({ "class": "van", "bay_id": uuid(7), "region": "EUN" }));
+    assert_eq!(resp.status, 200);
+    assert_eq!(
+        origin_calls(&fake).last().map(String::as_str),
+        Some("http://eun.test/v1/waitlist")
     );
     // No vehicle the edge can read: the home origin explains (422 naming the field).
     let resp = post(json!({ "vehicle_id": "veh_xyz_0" }));

@@ -468,7 +468,8 @@ fn requests_are_placed_by_id_area_path_or_parameter_and_the_unplaceable_are_refu
 }
 
 #[test]
-fn joining_a_waitlist_goes_to_the_vehicles_or_the_bays_region_and_a_body_without_either_goes_home() {
+fn joining_a_waitlist_goes_to_the_vehicles_or_the_bays_region_and_a_body_without_either_goes_home()
+{
     let fake = search_fake("EUW");
     let post = |body: Value| {
         let req = Request {

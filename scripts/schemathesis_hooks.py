@@ -144,6 +144,21 @@ def map_case(ctx, case):
         if case.method.upper() == "POST" and isinstance(case.body, dict) and not _negative_at(case, "body"):
             case.body.update(url=f"https://1.1.1.{_RNG.randint(1, 254)}/hook", event_types=["booking.created"])
         return case
+    # The deny list: kept by EUW; a valid entry of a fresh target (a user or a /32), so adding
+    # it is not a conflict, and no expiry field that could disagree with the other.
+    if path == "/v1/admin/deny-list":
+        if not _negative_at(case, "query"):
+            case.query = {**(case.query or {}), "region": "EUW"}
+        if case.method.upper() == "POST" and isinstance(case.body, dict) and not _negative_at(case, "body"):
+            if _RNG.random() < 0.5:
+                case.body.update(kind="user", value=f"st-{_RNG.randint(0, 10**9)}")
+            else:
+                case.body.update(kind="network", value=f"10.{_RNG.randint(0, 255)}.{_RNG.randint(0, 255)}.{_RNG.randint(0, 255)}")
+            case.body.update(reason="fuzzed entry")
+            case.body.pop("expires_at", None)
+            if "ttl_secs" in case.body:
+                case.body["ttl_secs"] = _RNG.randint(1, 86_400)
+        return case
     # Joining a waitlist: the window of a seeded confirmed booking (taken, so the line is open).
     if path == "/v1/waitlist" and isinstance(case.body, dict) and not _negative_at(case, "body"):
         windows = seeds.get("waitlist_windows", [])

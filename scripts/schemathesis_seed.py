@@ -174,6 +174,15 @@ def main():
             "/v1/admin/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver", []
         ).append({"webhook_id": webhook, "delivery_id": delivery})
 
+    # Deny-list entries of EUW to read and remove (users no request of the run is made by).
+    for i in range(6):
+        row = api.post(
+            "/v1/admin/deny-list?region=EUW",
+            {"kind": "user", "value": f"seed-denied-{slot}-{i}", "reason": "seed"},
+            expect=(201,),
+        )
+        admin.setdefault("/v1/admin/deny-list/{entry_id}", []).append({"entry_id": row["id"]})
+
     # The waitlist: the run's user waits for the windows of six confirmed bookings (entries
     # to read and withdraw); the other six confirmed windows are left for the join route.
     for b in confirmed[:6]:

@@ -43,6 +43,8 @@ enum Needs {
     Delivery,
     /// ann waiting in line for a window another user (carl) booked.
     Waitlist,
+    /// A deny-list entry of EUW (added by ops).
+    DenyEntry,
 }
 
 /// One row: the route as documented, what it needs, and the expected status for
@@ -214,6 +216,26 @@ fn matrix() -> Vec<Row> {
             "/v1/admin/webhooks/{webhook_id}/deliveries/{delivery_id}/redeliver",
             Needs::Delivery,
             [401, 403, 202, 403],
+        ),
+        // The deny list: ops only.
+        row(
+            Method::POST,
+            "/v1/admin/deny-list",
+            Needs::Nothing,
+            [401, 403, 201, 403],
+        ),
+        row(Method::GET, "/v1/admin/deny-list", Needs::Nothing, admin),
+        row(
+            Method::GET,
+            "/v1/admin/deny-list/{entry_id}",
+            Needs::DenyEntry,
+            admin,
+        ),
+        row(
+            Method::DELETE,
+            "/v1/admin/deny-list/{entry_id}",
+            Needs::DenyEntry,
+            admin,
         ),
     ]);
     // The waitlist: any signed-in user joins (here for ann's booked window); an entry is read
@@ -420,7 +442,8 @@ async fn every_route_answers_each_principal_with_the_status_in_the_matrix(
             | Needs::Discount
             | Needs::Block
             | Needs::Webhook
-            | Needs::Delivery => None,
+            | Needs::Delivery
+            | Needs::DenyEntry => None,
             Needs::Waitlist => Some(app.confirmed("carl", vehicle, window(days, 2)).await?),
             Needs::Hold => {
                 let hold = app.hold("ann", vehicle, window(days, 2)).await?;
@@ -491,6 +514,21 @@ async fn every_route_answers_each_principal_with_the_status_in_the_matrix(
             }
             _ => None,
         };
+        let deny_entry = match row.needs {
+            Needs::DenyEntry => {
+                let made = app
+                    .post(
+                        "/v1/admin/deny-list?region=EUW",
+                        Some(&ops_token("olga")),
+                        &json!({ "kind": "user", "value": format!("authz-{k}"), "reason": "authz" }),
+                        None,
+                    )
+                    .await?;
+                anyhow::ensure!(made.status.as_u16() == 201, "deny entry: {made:?}");
+                made.body["id"].as_str().map(str::to_owned)
+            }
+            _ => None,
+        };
         let quote = match row.needs {
             Needs::Quote => Some(app.quote("ann", vehicle, window(days, 2)).await?),
             _ => None,
@@ -505,7 +543,8 @@ async fn every_route_answers_each_principal_with_the_status_in_the_matrix(
         .replace("{block_id}", block.as_deref().unwrap_or_default())
         .replace("{webhook_id}", webhook.as_deref().unwrap_or_default())
         .replace("{delivery_id}", delivery.as_deref().unwrap_or_default())
-        .replace("{waitlist_id}", entry.as_deref().unwrap_or_default());
+        .replace("{waitlist_id}", entry.as_deref().unwrap_or_default())
+        .replace("{entry_id}", deny_entry.as_deref().unwrap_or_default());
         let (path, body) = match (&row.method, row.path) {
             (_, p) if p.ends_with("/vehicles/search") => (
                 format!(
@@ -530,6 +569,11 @@ async fn every_route_answers_each_principal_with_the_status_in_the_matrix(
                 path,
                 json!({ "vehicle_id": vehicle, "start": w_start, "end": w_end }),
             ),
+            (&Method::POST, "/v1/admin/deny-list") => (
+                format!("{path}?region=EUW"),
+                json!({ "kind": "network", "value": format!("198.51.100.{k}"), "reason": "authz" }),
+            ),
+            (&Method::GET, "/v1/admin/deny-list") => (format!("{path}?region=EUW"), Value::Null),
             (&Method::POST, "/v1/admin/webhooks") => (
                 format!("{path}?region=EUW"),
                 json!({ "url": "http://127.0.0.1:9/hook", "event_types": ["booking.created"] }),
@@ -716,5 +760,11 @@ async fn snapshot(app: &TestApp) -> TestResult<Vec<(String, String, i64)>> {
     .fetch_one(&app.pool)
     .await?;
     rows.push(("waitlist".into(), format!("{waitlist:?}"), 0));
+    let denied: Option<String> = sqlx::query_scalar(
+        "select string_agg(id::text || coalesce(removed_by, ''), ',' order by id) from deny_list",
+    )
+    .fetch_one(&app.pool)
+    .await?;
+    rows.push(("deny_list".into(), format!("{denied:?}"), 0));
     Ok(rows)
 }

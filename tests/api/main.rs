@@ -10,6 +10,7 @@ mod blocks;
 mod cache;
 mod concurrency;
 mod consumer;
+mod deny_list;
 mod events;
 mod front_door;
 mod holds;

@@ -364,7 +364,13 @@ async fn the_rate_limit_script_decides_as_domain_decide_on_a_real_redis() -> Tes
             80..=97 => rng.gen_range(300..3_000),
             _ => rng.gen_range(10_000..60_000),
         };
-        let cmd = edge_core::ratelimit::command(&prefix, &checks, None, now);
+        let cmd = edge_core::ratelimit::command(
+            &prefix,
+            &checks,
+            None,
+            &edge_core::ratelimit::DenyRead::default(),
+            now,
+        );
         let mut eval = redis::cmd("EVAL");
         eval.arg(edge_core::ratelimit::SCRIPT);
         for a in cmd.iter().skip(2) {
@@ -413,8 +419,13 @@ async fn the_rate_limit_script_decides_as_domain_decide_on_a_real_redis() -> Tes
                         model.bucket = v.bucket;
                         let b = check.burst.context("burst")?;
                         let keep = v.bucket.context("bucket")?.keep_ms(&b, now);
-                        let key = edge_core::ratelimit::command(&prefix, &checks[i..=i], None, now)
-                            [5]
+                        let key = edge_core::ratelimit::command(
+                            &prefix,
+                            &checks[i..=i],
+                            None,
+                            &edge_core::ratelimit::DenyRead::default(),
+                            now,
+                        )[5]
                         .as_str()
                         .unwrap_or_default()
                         .to_owned();

@@ -163,18 +163,6 @@ async fn an_edge_key_rotation_passes_without_a_refused_request(
 }
 on_both_runtimes!(an_edge_key_rotation_passes_without_a_refused_request);
 
-/// The header through which a test plays the platform's client address: Cloudflare's
-/// `CF-Connecting-IP` (miniflare keeps one the client sends; Cloudflare's edge overwrites
-/// it) and Spin's `spin-client-addr` (`wasmtime serve` sets none, so the client's arrives;
-/// Spin appends its own after the client's and the SDK keeps the last).
-fn platform_address(runtime: Runtime, ip: &str) -> (&'static str, String) {
-    match runtime {
-        Runtime::Cloudflare => ("cf-connecting-ip", ip.to_owned()),
-        Runtime::Spin if ip.contains(':') => ("spin-client-addr", format!("[{ip}]:50000")),
-        Runtime::Spin => ("spin-client-addr", format!("{ip}:50000")),
-    }
-}
-
 async fn the_address_limit_uses_the_platforms_address_an_ipv6_64_and_never_x_forwarded_for(
     pool: PgPool,
     runtime: Runtime,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use chrono::{DateTime, SecondsFormat, Utc};
-use e2e::edge::{header, EdgeStack, Runtime};
+use e2e::edge::{header, platform_address, EdgeStack, Runtime};
 use e2e::*;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -74,6 +74,8 @@ mod authentication;
 mod burst;
 // Issue 19: bursts to five times the rate for a few seconds, then the sliding window.
 mod burst_allowance;
+// Issue 19: networks and users ops deny, refused at every edge within seconds.
+mod deny_list;
 mod early_refusals;
 // Issue 19: only edges reach the origin; true client addresses.
 mod front_door;

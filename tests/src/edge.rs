@@ -91,6 +91,18 @@ pub const WASMTIME_SERVE_LIMITS: &[&str] = &[
 ];
 
 /// A port nobody listens on right now (bound, read, released).
+/// The header through which a test plays the platform's client address: Cloudflare's
+/// `CF-Connecting-IP` (miniflare keeps one the client sends; Cloudflare's edge overwrites
+/// it) and Spin's `spin-client-addr` (`wasmtime serve` sets none, so the client's arrives;
+/// Spin appends its own after the client's and the SDK keeps the last).
+pub fn platform_address(runtime: Runtime, ip: &str) -> (&'static str, String) {
+    match runtime {
+        Runtime::Cloudflare => ("cf-connecting-ip", ip.to_owned()),
+        Runtime::Spin if ip.contains(':') => ("spin-client-addr", format!("[{ip}]:50000")),
+        Runtime::Spin => ("spin-client-addr", format!("{ip}:50000")),
+    }
+}
+
 pub fn free_port() -> TestResult<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
     Ok(listener.local_addr()?.port())

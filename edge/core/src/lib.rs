@@ -49,7 +49,7 @@ use serde_json::Value;
 use crate::cache::Entry;
 use crate::config::EdgeConfig;
 use crate::platform::{FetchError, Outbound, Platform, Request, Response};
-use crate::ratelimit::{BlockedCache, CacheFound, CacheRead, Check, Outcome, Subject};
+use crate::ratelimit::{BlockedCache, CacheFound, CacheRead, Check, DenyRead, Outcome, Subject};
 use crate::regions::Placement;
 use crate::route::{canonical, is_write, quote_token_target, route, uri_safe, Route};
 use crate::upstash::{arg, Upstash};
@@ -170,6 +170,22 @@ pub fn policy(limit: &RateLimit, burst: Option<&Burst>) -> String {
         ),
         None => window,
     }
+}
+
+/// 403: the client is on the deny list (`domain::deny`). The answer names what is denied —
+/// the address or the user — but not the entry's reason, which is for ops.
+fn denied(field: &str) -> Response {
+    let what = if field.starts_with("u:") {
+        "this user"
+    } else {
+        "this client address"
+    };
+    problem::problem(
+        403,
+        "denied",
+        "Forbidden",
+        &format!("{what} is on the deny list"),
+    )
 }
 
 fn too_many(outcome: &Outcome) -> Response {
@@ -319,6 +335,12 @@ impl Edge {
         }
         // The platform's address (never a header the client chose), an IPv6 one by its /64.
         let ip = req.client_ip.as_deref().unwrap_or("unknown");
+        let deny_keys = || -> Vec<String> {
+            Region::ALL
+                .iter()
+                .map(|r| domain::deny::hash_key(&self.config.key_prefix, *r))
+                .collect()
+        };
         let ip_check = self.check(
             Subject::Ip,
             address_bucket(ip),
@@ -332,6 +354,10 @@ impl Edge {
             Ok(claims) => claims,
             Err(detail) => {
                 let mut resp = problem::unauthorized(&detail);
+                let deny = DenyRead {
+                    keys: deny_keys(),
+                    fields: domain::deny::candidates(req.client_ip.as_deref(), None),
+                };
                 match ratelimit::apply(
                     p,
                     &self.redis(),
@@ -339,10 +365,14 @@ impl Edge {
                     &self.blocked,
                     std::slice::from_ref(&ip_check),
                     None,
+                    &deny,
                     now,
                 )
                 .await
                 {
+                    Ok((outcome, _)) if outcome.denied.is_some() => {
+                        return denied(outcome.denied.as_deref().unwrap_or_default())
+                    }
                     Ok((outcome, _)) if !outcome.decision.allowed => return too_many(&outcome),
                     Ok((outcome, _)) => rate_headers(&mut resp, &outcome),
                     Err(e) => p.log(&format!("rate limit check failed (allowed): {e}")),
@@ -406,6 +436,11 @@ impl Edge {
             self.config.user_limit_per_min,
         );
         let checks = [user_check, ip_check];
+        // The deny list rides on the same script: the fields that would deny this request.
+        let deny = DenyRead {
+            keys: deny_keys(),
+            fields: domain::deny::candidates(req.client_ip.as_deref(), Some(&claims.sub)),
+        };
         let (outcome, found) = match ratelimit::apply(
             p,
             &self.redis(),
@@ -413,10 +448,14 @@ impl Edge {
             &self.blocked,
             &checks,
             read.as_ref(),
+            &deny,
             now,
         )
         .await
         {
+            Ok((outcome, _)) if outcome.denied.is_some() => {
+                return denied(outcome.denied.as_deref().unwrap_or_default())
+            }
             Ok((outcome, _)) if !outcome.decision.allowed => return too_many(&outcome),
             Ok((outcome, found)) => (Some(outcome), found),
             Err(e) => {

@@ -50,11 +50,15 @@ use sha1::{Digest, Sha1};
 
 use crate::upstash::{arg, as_u64, RedisError, Upstash};
 
-/// KEYS: prev₁, curr₁, bucket₁, prev₂, curr₂, bucket₂, …, then the generation keys g₁ … gₖ.
+/// KEYS: prev₁, curr₁, bucket₁, prev₂, curr₂, bucket₂, …, then the generation keys g₁ … gₖ,
+/// then the deny-list hashes d₁ … dₘ (one per region, `domain::deny::hash_key`).
 /// ARGV: window_ms, elapsed_ms, now_ms, n (the number of limits), then per limit its limit,
 /// burst capacity (0: no burst, the bucket key is not touched) and refill interval in ms,
-/// then the cache key's head and tail (an empty head: no cache read).
-/// Returns `{state, gens, entry}`: per limit prev, curr (as read before this request) and
+/// then the cache key's head and tail (an empty head: no cache read), then m and the deny-list
+/// fields that would deny this request (`domain::deny::candidates`).
+/// First the deny list: if any hash holds a field whose expiry (ms, `0`: none) has not passed,
+/// the script returns `{{}, {}, false, field}` and counts nothing.
+/// Otherwise it returns `{state, gens, entry}`: per limit prev, curr (as read before this request) and
 /// the bucket's tokens and refill clock after refilling (0, 0 without a burst); when every
 /// limit had room, the generations (`"0"` for a missing one) and the entry stored under
 /// `head .. concat(gens, ".") .. tail` (nil when absent or when no read was asked for).
@@ -69,6 +73,21 @@ local w = tonumber(ARGV[1])
 local e = tonumber(ARGV[2])
 local now = tonumber(ARGV[3])
 local n = tonumber(ARGV[4])
+local m = tonumber(ARGV[7 + 3 * n] or '0')
+local ng = #KEYS - m
+if m > 0 and #ARGV > 7 + 3 * n then
+  local fields = {}
+  for i = 8 + 3 * n, #ARGV do fields[#fields + 1] = ARGV[i] end
+  for j = ng + 1, #KEYS do
+    local vals = redis.call('HMGET', KEYS[j], unpack(fields))
+    for i = 1, #fields do
+      if vals[i] then
+        local t = tonumber(vals[i])
+        if t and (t == 0 or t > now) then return {{}, {}, false, fields[i]} end
+      end
+    end
+  end
+end
 local out = {}
 local pay = {}
 local room = true
@@ -117,7 +136,7 @@ for i = 1, n do
   end
 end
 local gens = {}
-for j = 3 * n + 1, #KEYS do
+for j = 3 * n + 1, ng do
   gens[#gens + 1] = redis.call('GET', KEYS[j]) or '0'
 end
 local entry = false
@@ -140,6 +159,14 @@ pub fn script_sha() -> &'static str {
 pub struct CacheRead {
     pub gen_keys: Vec<String>,
     pub key: crate::cache::KeyParts,
+}
+
+/// The deny-list lookup riding on the same script: each region's hash, and the fields that
+/// would deny this request (`domain::deny::candidates`). Empty: no lookup.
+#[derive(Debug, Clone, Default)]
+pub struct DenyRead {
+    pub keys: Vec<String>,
+    pub fields: Vec<String>,
 }
 
 /// What the cache read found: the generations (as stored, `"0"` when missing), the entry's
@@ -179,20 +206,30 @@ pub struct Check {
 
 /// The combined outcome: the decision that binds (the blocked one, else the one with the
 /// fewest remaining requests).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Outcome {
     pub decision: Decision,
     pub limit: RateLimit,
     pub burst: Option<Burst>,
     /// Whether the answer came from the in-isolate blocked cache.
     pub from_memory: bool,
+    /// The deny-list field that refused the request (`n:<network>` or `u:<user>`): the
+    /// answer is then 403 whatever the limits say.
+    pub denied: Option<String>,
 }
 
 /// Identifiers known to be blocked until a time (ms since the epoch), per isolate.
 #[derive(Debug, Default)]
 pub struct BlockedCache {
     until: RefCell<HashMap<(Subject, String), u64>>,
+    /// Deny-list fields seen to deny, until when (ms). Kept for [`DENIED_MEMORY_MS`] only, so
+    /// an entry ops remove stops refusing within that time.
+    denied: RefCell<HashMap<String, u64>>,
 }
+
+/// How long the isolate remembers a denying field: a denied client's flood costs no Upstash
+/// request, and a removal reaches every isolate within this time.
+pub const DENIED_MEMORY_MS: u64 = 3_000;
 
 /// Upper bound on remembered identifiers, so a spray of addresses cannot grow the map without
 /// limit; expired entries are dropped first, then everything (the cache is an optimisation).
@@ -204,6 +241,28 @@ impl BlockedCache {
         map.get(&(check.subject, check.id.clone()))
             .copied()
             .filter(|until| *until > now_ms)
+    }
+
+    fn denied_field(&self, fields: &[String], now_ms: u64) -> Option<String> {
+        let map = self.denied.borrow();
+        if map.is_empty() {
+            return None;
+        }
+        fields
+            .iter()
+            .find(|f| map.get(*f).is_some_and(|until| *until > now_ms))
+            .cloned()
+    }
+
+    fn remember_denied(&self, field: &str, now_ms: u64) {
+        let mut map = self.denied.borrow_mut();
+        if map.len() >= MAX_BLOCKED {
+            map.retain(|_, until| *until > now_ms);
+            if map.len() >= MAX_BLOCKED {
+                map.clear();
+            }
+        }
+        map.insert(field.to_owned(), now_ms + DENIED_MEMORY_MS);
     }
 
     fn remember(&self, check: &Check, until_ms: u64, now_ms: u64) {
@@ -244,15 +303,22 @@ pub fn command(
     prefix: &str,
     checks: &[Check],
     read: Option<&CacheRead>,
+    deny: &DenyRead,
     now_ms: u64,
 ) -> Vec<Value> {
     let window_ms = checks.first().map_or(1, |c| c.limit.window_ms.max(1));
     let index = now_ms / window_ms;
     let elapsed = now_ms % window_ms;
     let gen_keys = read.map_or(&[][..], |r| &r.gen_keys[..]);
-    let key_count = checks.len() * 3 + gen_keys.len();
+    // No field, no lookup: the hashes are not read.
+    let deny_keys = if deny.fields.is_empty() {
+        &[][..]
+    } else {
+        &deny.keys[..]
+    };
+    let key_count = checks.len() * 3 + gen_keys.len() + deny_keys.len();
     // EVALSHA sha numkeys KEYS… ARGV…
-    let mut cmd = Vec::with_capacity(3 + key_count + 6 + 3 * checks.len());
+    let mut cmd = Vec::with_capacity(3 + key_count + 7 + 3 * checks.len() + deny.fields.len());
     cmd.push(arg("EVALSHA"));
     cmd.push(arg(script_sha()));
     cmd.push(arg(key_count.to_string()));
@@ -262,6 +328,7 @@ pub fn command(
         cmd.push(arg(bucket_key(prefix, check)));
     }
     cmd.extend(gen_keys.iter().map(|k| arg(k.as_str())));
+    cmd.extend(deny_keys.iter().map(|k| arg(k.as_str())));
     cmd.push(arg(window_ms.to_string()));
     cmd.push(arg(elapsed.to_string()));
     cmd.push(arg(now_ms.to_string()));
@@ -282,11 +349,16 @@ pub fn command(
             cmd.push(arg(""));
         }
     }
+    cmd.push(arg(deny_keys.len().to_string()));
+    if !deny_keys.is_empty() {
+        cmd.extend(deny.fields.iter().map(|f| arg(f.as_str())));
+    }
     cmd
 }
 
-/// Applies `checks` (all with the same window) at `now_ms` and, when they allow the request,
-/// does `read` in the same Upstash request.
+/// Applies the deny list and `checks` (all with the same window) at `now_ms` and, when they
+/// allow the request, does `read` in the same Upstash request.
+#[allow(clippy::too_many_arguments)]
 pub async fn apply(
     p: &impl crate::platform::Platform,
     redis: &Upstash<'_>,
@@ -294,12 +366,29 @@ pub async fn apply(
     blocked: &BlockedCache,
     checks: &[Check],
     read: Option<&CacheRead>,
+    deny: &DenyRead,
     now_ms: u64,
 ) -> Result<(Outcome, Option<CacheFound>), RedisError> {
     let Some(first) = checks.first() else {
         return Err(RedisError::Body);
     };
     let window_ms = first.limit.window_ms.max(1);
+    let denied = |field: String, from_memory: bool| Outcome {
+        decision: Decision {
+            allowed: false,
+            remaining: 0,
+            retry_after_ms: 0,
+            reset_ms: window_ms - now_ms % window_ms,
+        },
+        limit: first.limit,
+        burst: first.burst,
+        from_memory,
+        denied: Some(field),
+    };
+    // Denied a moment ago: refuse without a round trip.
+    if let Some(field) = blocked.denied_field(&deny.fields, now_ms) {
+        return Ok((denied(field, true), None));
+    }
     // Blocked in memory: refuse without a round trip.
     for check in checks {
         if let Some(until) = blocked.blocked(check, now_ms) {
@@ -314,11 +403,12 @@ pub async fn apply(
                 limit: check.limit,
                 burst: check.burst,
                 from_memory: true,
+                denied: None,
             };
             return Ok((outcome, None));
         }
     }
-    let mut cmd = command(prefix, checks, read, now_ms);
+    let mut cmd = command(prefix, checks, read, deny, now_ms);
     let reply = match redis.command(p, cmd.clone()).await {
         Err(RedisError::Command(e)) if e.starts_with("NOSCRIPT") => {
             // First use on this Redis: send the script itself (which also caches it).
@@ -331,6 +421,10 @@ pub async fn apply(
     let Value::Array(parts) = reply else {
         return Err(RedisError::Body);
     };
+    if let Some(Value::String(field)) = parts.get(3) {
+        blocked.remember_denied(field, now_ms);
+        return Ok((denied(field.clone(), false), None));
+    }
     let mut parts = parts.into_iter();
     let state: Vec<u64> = match parts.next() {
         Some(Value::Array(items)) => items.iter().map(as_u64).collect(),
@@ -377,6 +471,7 @@ pub async fn apply(
                 limit: check.limit,
                 burst: check.burst,
                 from_memory: false,
+                denied: None,
             });
         }
     }

@@ -11,7 +11,7 @@
 //! - the surge at a point: the area holding the point (422 naming `lat` outside every area);
 //!   the surge of a region, its recompute and the pricing audit: their `region` parameter;
 //! - admin pricing: the region in the path; a vehicle's maintenance blocks: the vehicle's;
-//!   webhooks: their `region` parameter, then the region their id names;
+//!   webhooks and the deny list: their `region` parameter, then the region their id names;
 //! - a user's booking list: every region, merged by [`crate::fanout`].
 //!
 //! A request the edge cannot place because it is malformed (no `lat`, a region named `XYZ`,
@@ -155,6 +155,12 @@ pub(crate) fn place(
                 (_, ["admin", "webhooks", webhook, ..]) => webhook
                     .parse::<domain::ids::WebhookId>()
                     .map_or(home, |w| Placement::One(w.region)),
+                // A region's deny list: added to and listed by `?region=`, then by the entry's
+                // id (`dny_<region>_…`). Every edge enforces every region's entries.
+                (_, ["admin", "deny-list"]) => by_param().map_or(home, Placement::One),
+                (_, ["admin", "deny-list", entry, ..]) => entry
+                    .parse::<domain::ids::DenyId>()
+                    .map_or(home, |d| Placement::One(d.region)),
                 // A waitlist entry lives in its vehicle's region (`wlt_<region>_…`); joining
                 // is placed by the body's vehicle (`Edge::region_of`).
                 (_, ["waitlist", entry, ..]) => entry

@@ -160,6 +160,7 @@ fn one_request_checks_the_limits_and_reads_the_entry_under_the_generations_it_re
         &blocked,
         &checks(),
         Some(&read),
+        &ratelimit::DenyRead::default(),
         120_000,
     ))
     .unwrap_or_else(|e| panic!("{e}"));
@@ -213,6 +214,7 @@ fn a_refused_request_reads_nothing_and_the_next_costs_no_request() {
             &blocked,
             &checks(),
             Some(&read),
+            &ratelimit::DenyRead::default(),
             120_000,
         ))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -223,6 +225,85 @@ fn a_refused_request_reads_nothing_and_the_next_costs_no_request() {
         p.sent.borrow().len(),
         1,
         "the second refusal came from memory"
+    );
+}
+
+/// The deny list rides on the script: its hashes after the generation keys, the fields after
+/// the cache key; a denying reply is remembered by field, so the client's next request costs
+/// no Upstash request, while another client's still asks.
+#[test]
+fn a_denied_request_is_refused_by_field_and_remembered_briefly() {
+    let p = Scripted {
+        replies: std::cell::RefCell::new(vec![
+            (
+                200,
+                serde_json::json!({"result": [[], [], null, "n:203.0.113.0/24"]}),
+            ),
+            (
+                200,
+                serde_json::json!({"result": [[0, 1, 0, 0, 0, 1, 0, 0], [], null]}),
+            ),
+            (
+                200,
+                serde_json::json!({"result": [[0, 2, 0, 0, 0, 2, 0, 0], [], null]}),
+            ),
+        ]),
+        sent: Default::default(),
+    };
+    let redis = Upstash {
+        url: "http://x",
+        token: "t",
+        timeout_ms: 1,
+    };
+    let blocked = ratelimit::BlockedCache::default();
+    let deny_of = |ip: &str| ratelimit::DenyRead {
+        keys: vec!["p:deny:EUW".into(), "p:deny:EUN".into()],
+        fields: domain::deny::candidates(Some(ip), Some("rita")),
+    };
+    let run = |deny: &ratelimit::DenyRead, now: u64| {
+        futures_executor::block_on(ratelimit::apply(
+            &p,
+            &redis,
+            "p:",
+            &blocked,
+            &checks(),
+            None,
+            deny,
+            now,
+        ))
+        .unwrap_or_else(|e| panic!("{e}"))
+        .0
+    };
+    let denied = deny_of("203.0.113.7");
+    let first = run(&denied, 120_000);
+    assert_eq!(first.denied.as_deref(), Some("n:203.0.113.0/24"));
+    assert!(!first.from_memory);
+    let again = run(&denied, 121_000);
+    assert_eq!(again.denied.as_deref(), Some("n:203.0.113.0/24"));
+    assert!(again.from_memory, "remembered: no request");
+    assert_eq!(p.sent.borrow().len(), 1);
+    // Another address asks Redis; so does the denied one once the memory has passed.
+    let other = run(&deny_of("198.51.100.1"), 121_000);
+    assert!(other.denied.is_none() && other.decision.allowed);
+    assert_eq!(p.sent.borrow().len(), 2);
+    let sent = p.sent.borrow();
+    let args: Vec<&str> = sent[0]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    // Four counters, two buckets, then the two hashes; m = 2 and the 26 fields at the end.
+    assert_eq!(args[2], "8");
+    assert_eq!(&args[9..11], ["p:deny:EUW", "p:deny:EUN"]);
+    let m_at = args.len() - 27;
+    assert_eq!(args[m_at], "2");
+    assert_eq!(args[m_at + 1], "u:rita");
+    assert_eq!(args[m_at + 2], "n:203.0.113.7/32");
+    drop(sent);
+    assert!(
+        run(&denied, 120_000 + ratelimit::DENIED_MEMORY_MS + 1)
+            .denied
+            .is_none(),
+        "past the memory the script decides (here: allowed)"
     );
 }
 
@@ -275,7 +356,14 @@ fn with_the_window_full_the_bucket_the_script_read_decides_and_sets_the_numbers(
     let blocked = ratelimit::BlockedCache::default();
     let run = || {
         futures_executor::block_on(ratelimit::apply(
-            &p, &redis, "p:", &blocked, &checks, None, now,
+            &p,
+            &redis,
+            "p:",
+            &blocked,
+            &checks,
+            None,
+            &ratelimit::DenyRead::default(),
+            now,
         ))
         .unwrap_or_else(|e| panic!("{e}"))
         .0

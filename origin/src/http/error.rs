@@ -73,6 +73,9 @@ pub(crate) enum ApiError {
     /// The vehicle is taken for (part of) that window.
     #[error("{0}")]
     Conflict(String),
+    /// What the request would create is already there (e.g. an active deny-list entry).
+    #[error("{0}")]
+    AlreadyExists(String),
     /// Occupying bookings overlap a maintenance block's window; `bookings` names them.
     #[error("{detail}")]
     BookingsInTheWay {
@@ -152,6 +155,7 @@ impl ApiError {
                 "Misdirected request",
             ),
             Conflict(_) => (StatusCode::CONFLICT, "conflict", "Vehicle not available"),
+            AlreadyExists(_) => (StatusCode::CONFLICT, "already-exists", "Already exists"),
             BookingsInTheWay { .. } => (
                 StatusCode::CONFLICT,
                 "bookings-in-the-way",

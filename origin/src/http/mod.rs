@@ -8,6 +8,7 @@ pub(crate) mod admin;
 pub(crate) mod auth;
 pub(crate) mod blocks;
 pub(crate) mod bookings;
+pub(crate) mod deny_list;
 pub(crate) mod dto;
 pub(crate) mod edge_guard;
 pub(crate) mod error;
@@ -91,7 +92,7 @@ impl Modify for BearerAuth {
         (name = "bookings", description = "Holds, bookings and the waitlist"),
         (name = "health", description = "Liveness and readiness"),
         (name = "pricing", description = "Surge grid"),
-        (name = "admin", description = "Pricing administration, maintenance blocks and webhooks (ops role)"),
+        (name = "admin", description = "Pricing administration, maintenance blocks, webhooks and the deny list (ops role)"),
     )
 )]
 struct ApiDoc;
@@ -221,6 +222,8 @@ fn booking_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::enable_webhook))
         .routes(routes!(webhooks::list_deliveries))
         .routes(routes!(webhooks::redeliver))
+        .routes(routes!(deny_list::create_entry, deny_list::list_entries))
+        .routes(routes!(deny_list::get_entry, deny_list::delete_entry))
         .routes(routes!(waitlist::join))
         .routes(routes!(waitlist::get_entry, waitlist::withdraw))
 }

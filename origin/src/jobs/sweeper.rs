@@ -29,6 +29,9 @@ pub(crate) async fn run(state: AppState, stop: CancellationToken) {
     let mut tick = tokio::time::interval(state.config.sweeper_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_purge = std::time::Instant::now();
+    // The first tick publishes the deny list (`crate::redis::deny_sync`): an origin that starts
+    // heals whatever an earlier one failed to publish.
+    let mut last_deny_publish: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -77,6 +80,18 @@ pub(crate) async fn run(state: AppState, stop: CancellationToken) {
             }
         }
         advance_waitlists(&state).await;
+        if last_deny_publish.is_none_or(|t| t.elapsed() >= crate::redis::deny_sync::PERIOD) {
+            last_deny_publish = Some(std::time::Instant::now());
+            for region in state.config.regions.clone() {
+                let publish = tokio::time::timeout(
+                    BATCH_TIMEOUT,
+                    crate::redis::deny_sync::publish_counted(&state, region),
+                );
+                if publish.await.is_err() {
+                    tracing::warn!(%region, "deny list publish timed out; retrying next period");
+                }
+            }
+        }
         if last_purge.elapsed() > std::time::Duration::from_secs(3600) {
             last_purge = std::time::Instant::now();
             let purge = tokio::time::timeout(

@@ -100,6 +100,17 @@ impl EdgeGen {
         Ok(EdgeGen { target, tasks })
     }
 
+    /// The edge cache's REST endpoint and a client for it (none: off), for other writers of
+    /// the edges' Upstash ([`crate::redis::deny_sync`]).
+    pub(crate) fn rest(&self) -> Option<&(EdgeCacheConfig, reqwest::Client)> {
+        self.target.as_ref()
+    }
+
+    /// Where background writes run (a shutdown awaits them).
+    pub(crate) fn tasks(&self) -> &TaskTracker {
+        &self.tasks
+    }
+
     /// The commands of one bump, as the `/pipeline` body: the vehicle's and its region's
     /// counters ([`domain::edge_cache::bump_commands`], the edge's own bump).
     fn commands(prefix: &str, vehicle: &VehicleId) -> Value {

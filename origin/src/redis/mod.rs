@@ -4,6 +4,7 @@
 
 pub mod availability;
 pub mod cache;
+pub(crate) mod deny_sync;
 pub(crate) mod edge_gen;
 pub(crate) mod front_door;
 pub mod link;

@@ -13,6 +13,7 @@
 
 pub(crate) mod blocks;
 pub(crate) mod bookings;
+pub(crate) mod deny_list;
 pub(crate) mod idempotency;
 pub(crate) mod pricing;
 pub(crate) mod pricing_admin;

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod block;
 pub mod booking;
 pub mod cancellation;
+pub mod deny;
 pub mod edge_auth;
 pub mod edge_cache;
 pub mod ids;

@@ -71,7 +71,8 @@ pub(crate) async fn bay_in_region(pool: &PgPool, bay: Uuid, region: Region) -> s
 /// ranges), or an active maintenance block overlaps that range, or the range is offered to
 /// another waitlisted user than `user` for now. Advisory: the exclusion constraint, the block
 /// rule (`bookings_not_blocked`) and the offer rule (`bookings_waitlist_offer`) decide when the
-/// hold is written.
+/// hold is written. The predicate is the SQL function `vehicle_taken`, shared with the
+/// waitlist's joins and offers.
 #[tracing::instrument(level = "debug", name = "db.vehicles.is_occupied", skip_all)]
 pub(crate) async fn is_occupied(
     pool: &PgPool,
@@ -81,18 +82,7 @@ pub(crate) async fn is_occupied(
     user: &str,
 ) -> sqlx::Result<bool> {
     sqlx::query_scalar!(
-        r#"select exists(select 1 from bookings
-                          where vehicle_id = $1 and status in ('RESERVING', 'CONFIRMED', 'IN_PROGRESS')
-                            and occupied && booking_occupied($1, $2, $3)
-                            and not (status = 'RESERVING' and hold_expires_at <= $4))
-                     or exists(select 1 from vehicle_blocks
-                                where vehicle_id = $1 and ended_at is null
-                                  and period && booking_occupied($1, $2, $3))
-                     or exists(select 1 from waitlist_entries
-                                where offered_vehicle_id = $1 and state = 'offered'
-                                  and offer_until > $4 and user_id <> $5
-                                  and booking_occupied($1, lower(period), upper(period))
-                                      && booking_occupied($1, $2, $3)) as "occupied!""#,
+        r#"select vehicle_taken($1, $2, $3, $4, $5) as "occupied!""#,
         vehicle.uuid,
         window.start(),
         window.end(),

@@ -207,7 +207,8 @@ pub(crate) async fn join(
 }
 
 /// Whether `vehicle` is taken for part of `window`: an occupying booking (not an expired
-/// hold) or an active block (the predicates of `vehicles::is_occupied`), or a live offer.
+/// hold), an active block or anyone's live offer (the SQL function `vehicle_taken`, which
+/// `vehicles::is_occupied` and the offers the database makes share).
 async fn taken(
     conn: &mut PgConnection,
     vehicle: Uuid,
@@ -215,17 +216,7 @@ async fn taken(
     now: DateTime<Utc>,
 ) -> sqlx::Result<bool> {
     sqlx::query_scalar!(
-        r#"select exists(select 1 from bookings
-                          where vehicle_id = $1 and status in ('RESERVING', 'CONFIRMED', 'IN_PROGRESS')
-                            and occupied && booking_occupied($1, $2, $3)
-                            and not (status = 'RESERVING' and hold_expires_at <= $4))
-               or exists(select 1 from vehicle_blocks
-                          where vehicle_id = $1 and ended_at is null
-                            and period && booking_occupied($1, $2, $3))
-               or exists(select 1 from waitlist_entries
-                          where offered_vehicle_id = $1 and state = 'offered' and offer_until > $4
-                            and booking_occupied($1, lower(period), upper(period))
-                                && booking_occupied($1, $2, $3)) as "taken!""#,
+        r#"select vehicle_taken($1, $2, $3, $4, null) as "taken!""#,
         vehicle,
         window.start(),
         window.end(),

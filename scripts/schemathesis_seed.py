@@ -202,6 +202,8 @@ def main():
             "extendable": confirmed,
             "reschedulable": reserving + confirmed,
             "startable": startable,
+            "startable_v1": startable[:3],
+            "startable_v2": startable[3:],
             "in_progress": in_progress,
         },
         "admin": admin,

@@ -10,7 +10,8 @@
 //! * `journeys`: cross-region searches equal the home origin's pages; bookings through the
 //!   other region's edge land in their home cluster; the user's list merges both regions across
 //!   pages; events come from the home region's relay with the region; an origin asked about the
-//!   other region answers 421; the added latency of a cross-region booking is measured.
+//!   other region answers 421; a deny-list entry kept by one region is enforced by both edges;
+//!   the added latency of a cross-region booking is measured.
 //! * `boundary`: a search circle across the border of two touching service areas merges both
 //!   regions' vehicles in ranking order.
 //! * `outage`: the EUN origin SIGKILLed under traffic; EUW unaffected, EUN stale or 503,

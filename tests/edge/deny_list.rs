@@ -3,7 +3,6 @@
 //! call, a client that is not denied costs exactly the Upstash requests it cost before, and a
 //! removal lets the client in again. Beside it, the script itself against the real Redis.
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use domain::ratelimit::RateLimit;
@@ -51,25 +50,6 @@ where
     }
 }
 
-/// The Upstash requests and commands `f` caused.
-async fn cost<F, Fut>(stack: &EdgeStack, f: F) -> TestResult<(Reply, u64, BTreeMap<String, u64>)>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = TestResult<Reply>>,
-{
-    let (requests, commands) = (stack.redis_requests(), stack.redis_commands());
-    let reply = f().await?;
-    let diff = stack
-        .redis_commands()
-        .into_iter()
-        .filter_map(|(name, n)| {
-            let d = n - commands.get(&name).copied().unwrap_or(0);
-            (d > 0).then_some((name, d))
-        })
-        .collect();
-    Ok((reply, stack.redis_requests() - requests, diff))
-}
-
 async fn denied_networks_and_users_are_refused_at_the_edge_within_seconds(
     pool: PgPool,
     runtime: Runtime,
@@ -98,7 +78,7 @@ async fn denied_networks_and_users_are_refused_at_the_edge_within_seconds(
     // A cached quote for rita, and what its hit costs before the list has any entry.
     let miss = quote_as(good_ip, "rita")().await?;
     assert_eq!(miss.status, 201, "{}", miss.body);
-    let (hit, before, before_cmds) = cost(&stack, quote_as(good_ip, "rita")).await?;
+    let (hit, before, before_cmds) = counted(&stack, quote_as(good_ip, "rita")).await?;
     assert_eq!(cache_state(&hit), "hit", "{}", hit.body);
     assert_eq!(before, 1, "a cache hit is one Upstash request");
 
@@ -162,7 +142,7 @@ async fn denied_networks_and_users_are_refused_at_the_edge_within_seconds(
     assert_eq!(stack.origin_requests().await?, origin_before);
 
     // A client that is not denied costs exactly what it cost before: one request, the script.
-    let (hit, after, after_cmds) = cost(&stack, quote_as(good_ip, "rita")).await?;
+    let (hit, after, after_cmds) = counted(&stack, quote_as(good_ip, "rita")).await?;
     assert_eq!(cache_state(&hit), "hit", "{}", hit.body);
     assert_eq!((after, &after_cmds), (before, &before_cmds));
 

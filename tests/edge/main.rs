@@ -66,6 +66,29 @@ async fn inside_one_window(needed: Duration) {
     }
 }
 
+/// Runs `f` and returns its reply with the Upstash requests and commands it caused, counted at
+/// the gateway (`round_trips`, `deny_list`).
+pub(crate) async fn counted<F, Fut>(
+    stack: &EdgeStack,
+    f: F,
+) -> TestResult<(Reply, u64, std::collections::BTreeMap<String, u64>)>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = TestResult<Reply>>,
+{
+    let (requests, commands) = (stack.redis_requests(), stack.redis_commands());
+    let reply = f().await?;
+    let after = stack.redis_commands();
+    let diff = after
+        .into_iter()
+        .filter_map(|(name, n)| {
+            let d = n - commands.get(&name).copied().unwrap_or(0);
+            (d > 0).then_some((name, d))
+        })
+        .collect();
+    Ok((reply, stack.redis_requests() - requests, diff))
+}
+
 // One module per capability; every scenario runs on both runtimes (`on_both_runtimes!`).
 // Issue 15: the edge's JSON access line.
 mod access_log;

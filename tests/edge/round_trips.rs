@@ -6,25 +6,6 @@ use std::collections::BTreeMap;
 
 use super::*;
 
-/// Runs `f` and returns its reply with the Upstash requests and commands it caused.
-async fn counted<F, Fut>(stack: &EdgeStack, f: F) -> TestResult<(Reply, u64, BTreeMap<String, u64>)>
-where
-    F: FnOnce() -> Fut,
-    Fut: std::future::Future<Output = TestResult<Reply>>,
-{
-    let (requests, commands) = (stack.redis_requests(), stack.redis_commands());
-    let reply = f().await?;
-    let after = stack.redis_commands();
-    let diff = after
-        .into_iter()
-        .filter_map(|(name, n)| {
-            let d = n - commands.get(&name).copied().unwrap_or(0);
-            (d > 0).then_some((name, d))
-        })
-        .collect();
-    Ok((reply, stack.redis_requests() - requests, diff))
-}
-
 async fn a_cache_hit_costs_one_upstash_request_and_a_blocked_client_none(
     pool: PgPool,
     runtime: Runtime,

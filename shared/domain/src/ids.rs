@@ -130,6 +130,12 @@ region_id!(
     "wlt"
 );
 region_id!(
+    /// Public id of an app's API key, e.g. `key_euw_0190f0c5a4c37d3e8b1e2f3a4b5c6d7e`: it is
+    /// issued and kept by one region's origin and accepted by every edge.
+    ApiKeyId,
+    "key"
+);
+region_id!(
     /// Public id of a deny-list entry, e.g. `dny_euw_0190f0c5a4c37d3e8b1e2f3a4b5c6d7e`: it is
     /// kept by one region's origin and enforced by every edge.
     DenyId,

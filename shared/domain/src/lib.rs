@@ -12,6 +12,7 @@
 //! events) or the rule it breaks, so the origin's storage and HTTP layers only load, write and
 //! translate.
 
+pub mod api_key;
 pub mod area;
 pub mod auth;
 pub mod block;

@@ -164,6 +164,30 @@ def map_case(ctx, case):
             if "ttl_secs" in case.body:
                 case.body["ttl_secs"] = _RNG.randint(1, 86_400)
         return case
+    # API keys: issued and listed in EUW; a plan whose limits agree (per_day at least
+    # per_minute: the schema bounds each alone), canonical origins and an expiry within the
+    # two years the route accepts.
+    if path == "/v1/admin/api-keys":
+        if not _negative_at(case, "query"):
+            case.query = {**(case.query or {}), "region": "EUW"}
+        if case.method.upper() == "POST" and isinstance(case.body, dict) and not _negative_at(case, "body"):
+            per_minute = _RNG.randint(1, 10_000)
+            case.body.update(
+                name=f"st key {_RNG.randint(0, 10**9)}",
+                per_minute=per_minute,
+                per_day=per_minute * _RNG.randint(1, 1_000),
+            )
+            if "burst_secs" in case.body:
+                case.body["burst_secs"] = _RNG.randint(0, 60)
+            if "allowed_origins" in case.body:
+                case.body["allowed_origins"] = [
+                    f"https://app{i}.example.com" for i in range(_RNG.randint(0, 3))
+                ]
+            if "expires_at" in case.body:
+                case.body["expires_at"] = _iso(
+                    datetime.now(timezone.utc) + timedelta(days=_RNG.randint(1, 700))
+                )
+        return case
     # Joining a waitlist: the window of a seeded confirmed booking (taken, so the line is open).
     if path == "/v1/waitlist" and isinstance(case.body, dict) and not _negative_at(case, "body"):
         windows = seeds.get("waitlist_windows", [])

@@ -1,6 +1,6 @@
 """Seeds for a schemathesis run (scripts/schemathesis.sh): creates, through the API itself,
-the quotes, bookings in each state, admin rows, maintenance blocks, webhooks and waitlist
-entries that the action routes need, and writes
+the quotes, bookings in each state, admin rows, maintenance blocks, webhooks, deny-list
+entries, API keys and waitlist entries that the action routes need, and writes
 them as JSON for scripts/schemathesis_hooks.py (`ST_SEEDS`).
 
     python3 schemathesis_seed.py BASE_URL TOKEN OUT.json VEHICLE_ID...
@@ -182,6 +182,15 @@ def main():
             expect=(201,),
         )
         admin.setdefault("/v1/admin/deny-list/{entry_id}", []).append({"entry_id": row["id"]})
+
+    # API keys of EUW to read and revoke.
+    for i in range(6):
+        row = api.post(
+            "/v1/admin/api-keys?region=EUW",
+            {"name": f"seed key {slot}-{i}", "per_minute": 60, "per_day": 10_000},
+            expect=(201,),
+        )
+        admin.setdefault("/v1/admin/api-keys/{key_id}", []).append({"key_id": row["id"]})
 
     # The waitlist: the run's user waits for the windows of six confirmed bookings (entries
     # to read and withdraw); the other six confirmed windows are left for the join route.

@@ -45,6 +45,8 @@ enum Needs {
     Waitlist,
     /// A deny-list entry of EUW (added by ops).
     DenyEntry,
+    /// An API key of EUW (issued by ops).
+    ApiKey,
 }
 
 /// One row: the route as documented, what it needs, and the expected status for
@@ -235,6 +237,26 @@ fn matrix() -> Vec<Row> {
             Method::DELETE,
             "/v1/admin/deny-list/{entry_id}",
             Needs::DenyEntry,
+            admin,
+        ),
+        // API keys for apps: ops only.
+        row(
+            Method::POST,
+            "/v1/admin/api-keys",
+            Needs::Nothing,
+            [401, 403, 201, 403],
+        ),
+        row(Method::GET, "/v1/admin/api-keys", Needs::Nothing, admin),
+        row(
+            Method::GET,
+            "/v1/admin/api-keys/{key_id}",
+            Needs::ApiKey,
+            admin,
+        ),
+        row(
+            Method::DELETE,
+            "/v1/admin/api-keys/{key_id}",
+            Needs::ApiKey,
             admin,
         ),
     ]);
@@ -443,7 +465,8 @@ async fn every_route_answers_each_principal_with_the_status_in_the_matrix(
             | Needs::Block
             | Needs::Webhook
             | Needs::Delivery
-            | Needs::DenyEntry => None,
+            | Needs::DenyEntry
+            | Needs::ApiKey => None,
             Needs::Waitlist => Some(app.confirmed("carl", vehicle, window(days, 2)).await?),
             Needs::Hold => {
                 let hold = app.hold("ann", vehicle, window(days, 2)).await?;
@@ -529,6 +552,21 @@ async fn every_route_answers_each_principal_with_the_status_in_the_matrix(
             }
             _ => None,
         };
+        let api_key = match row.needs {
+            Needs::ApiKey => {
+                let made = app
+                    .post(
+                        "/v1/admin/api-keys?region=EUW",
+                        Some(&ops_token("olga")),
+                        &json!({ "name": format!("authz-{k}"), "per_minute": 10, "per_day": 100 }),
+                        None,
+                    )
+                    .await?;
+                anyhow::ensure!(made.status.as_u16() == 201, "API key: {made:?}");
+                made.body["id"].as_str().map(str::to_owned)
+            }
+            _ => None,
+        };
         let quote = match row.needs {
             Needs::Quote => Some(app.quote("ann", vehicle, window(days, 2)).await?),
             _ => None,
@@ -544,7 +582,8 @@ async fn every_route_answers_each_principal_with_the_status_in_the_matrix(
         .replace("{webhook_id}", webhook.as_deref().unwrap_or_default())
         .replace("{delivery_id}", delivery.as_deref().unwrap_or_default())
         .replace("{waitlist_id}", entry.as_deref().unwrap_or_default())
-        .replace("{entry_id}", deny_entry.as_deref().unwrap_or_default());
+        .replace("{entry_id}", deny_entry.as_deref().unwrap_or_default())
+        .replace("{key_id}", api_key.as_deref().unwrap_or_default());
         let (path, body) = match (&row.method, row.path) {
             (_, p) if p.ends_with("/vehicles/search") => (
                 format!(
@@ -574,6 +613,11 @@ async fn every_route_answers_each_principal_with_the_status_in_the_matrix(
                 json!({ "kind": "network", "value": format!("198.51.100.{k}"), "reason": "authz" }),
             ),
             (&Method::GET, "/v1/admin/deny-list") => (format!("{path}?region=EUW"), Value::Null),
+            (&Method::POST, "/v1/admin/api-keys") => (
+                format!("{path}?region=EUW"),
+                json!({ "name": format!("authz {k}"), "per_minute": 10, "per_day": 100 }),
+            ),
+            (&Method::GET, "/v1/admin/api-keys") => (format!("{path}?region=EUW"), Value::Null),
             (&Method::POST, "/v1/admin/webhooks") => (
                 format!("{path}?region=EUW"),
                 json!({ "url": "http://127.0.0.1:9/hook", "event_types": ["booking.created"] }),
@@ -766,5 +810,11 @@ async fn snapshot(app: &TestApp) -> TestResult<Vec<(String, String, i64)>> {
     .fetch_one(&app.pool)
     .await?;
     rows.push(("deny_list".into(), format!("{denied:?}"), 0));
+    let keys: Option<String> = sqlx::query_scalar(
+        "select string_agg(id::text || coalesce(revoked_by, ''), ',' order by id) from api_keys",
+    )
+    .fetch_one(&app.pool)
+    .await?;
+    rows.push(("api_keys".into(), format!("{keys:?}"), 0));
     Ok(rows)
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use e2e::edge::GATEWAY_TOKEN;
+use e2e::edge::PublishingOrigin;
 use e2e::*;
 use redis::AsyncCommands;
 use serde_json::{json, Value};
@@ -48,22 +48,8 @@ async fn ops_add_list_and_remove_entries_and_every_change_reaches_the_edges_hash
     pool: PgPool,
 ) -> TestResult {
     let redis_url = e2e::test_redis::shared_url();
-    let gateway = upstash_gateway::start(
-        tokio::net::TcpListener::bind("127.0.0.1:0").await?,
-        &redis_url,
-        GATEWAY_TOKEN,
-    )
-    .await?;
-    let edge_prefix = format!("test:edge:{}:", uuid::Uuid::new_v4().simple());
-    let app = spawn_app_with(
-        pool,
-        &[
-            ("EDGE_CACHE_REST_URL", gateway.url().as_str()),
-            ("EDGE_CACHE_REST_TOKEN", GATEWAY_TOKEN),
-            ("EDGE_CACHE_KEY_PREFIX", edge_prefix.as_str()),
-        ],
-    )
-    .await?;
+    let origin = PublishingOrigin::spawn(pool).await?;
+    let (app, edge_prefix) = (&origin.app, origin.edge_prefix.clone());
     let mut conn = e2e::test_redis::connect(&redis_url).await?;
     let key = domain::deny::hash_key(&edge_prefix, domain::Region::Euw);
     let ops = ops_token("olga");
@@ -94,9 +80,14 @@ async fn ops_add_list_and_remove_entries_and_every_change_reaches_the_edges_hash
     // Every bad input: 422 naming its field (or 400 for what does not parse).
     for (body, field, says) in [
         (
-            json!({"kind": "key", "value": "x", "reason": "r"}),
+            json!({"kind": "app", "value": "x", "reason": "r"}),
             "kind",
-            "network",
+            "\"key\"",
+        ),
+        (
+            json!({"kind": "key", "value": "key_euw_x", "reason": "r"}),
+            "value",
+            "key_<region>_<32 hex>",
         ),
         (
             json!({"kind": "network", "value": "203.0.113.5/24", "reason": "r"}),
@@ -290,7 +281,7 @@ async fn ops_add_list_and_remove_entries_and_every_change_reaches_the_edges_hash
     .await?;
     assert_eq!(later.status, 201, "{}", later.body);
     let start = Instant::now();
-    while !metrics_text(&app)
+    while !metrics_text(app)
         .await?
         .contains("deny_list_publishes_total{result=\"skipped\"}")
     {
@@ -304,8 +295,5 @@ async fn ops_add_list_and_remove_entries_and_every_change_reaches_the_edges_hash
     assert_eq!(hash.get("#v").map(String::as_str), Some("1000"), "{hash:?}");
     assert!(!hash.contains_key("n:198.51.100.0/24"), "{hash:?}");
 
-    e2e::test_redis::delete_prefix(&redis_url, &edge_prefix).await?;
-    app.stop().await?;
-    gateway.stop().await;
-    Ok(())
+    origin.stop().await
 }

@@ -156,6 +156,36 @@ async fn logs_at_debug_hold_no_secret_token_or_signature(pool: PgPool) -> TestRe
             .unwrap_or_default()
             .to_owned(),
     );
+    // An app's API key: issued (with an Idempotency-Key, then replayed), read and revoked.
+    // Neither its secret nor its hash may appear (the hash is what finds it at the edges).
+    let issue = json!({ "name": "log test app", "per_minute": 10, "per_day": 100 });
+    let issued = app
+        .post(
+            "/v1/admin/api-keys?region=EUW",
+            Some(&ops),
+            &issue,
+            Some("key-3"),
+        )
+        .await?;
+    anyhow::ensure!(issued.status.as_u16() == 201, "{issued:?}");
+    app.post(
+        "/v1/admin/api-keys?region=EUW",
+        Some(&ops),
+        &issue,
+        Some("key-3"),
+    )
+    .await?;
+    let key_id = issued.body["id"].as_str().unwrap_or_default().to_owned();
+    let key_secret = issued.body["secret"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    anyhow::ensure!(key_secret.len() > 12, "{issued:?}");
+    app.get(&format!("/v1/admin/api-keys/{key_id}"), Some(&ops))
+        .await?;
+    app.delete(&format!("/v1/admin/api-keys/{key_id}"), Some(&ops), None)
+        .await?;
+
     app.stop().await?;
     // Let the relay, sweeper and probes log their last lines.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -209,7 +239,24 @@ async fn logs_at_debug_hold_no_secret_token_or_signature(pool: PgPool) -> TestRe
         );
     }
 
-    let mut secrets: Vec<(String, String)> = vec![("JWT secret".into(), JWT_SECRET.into())];
+    // Ops' record of the key: who issued and revoked which key, by name.
+    for what in ["API key issued", "API key revoked"] {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains(what) && l.contains(&key_id) && l.contains("log test app")),
+            "no {what:?} line naming {key_id}"
+        );
+    }
+
+    let mut secrets: Vec<(String, String)> = vec![
+        ("JWT secret".into(), JWT_SECRET.into()),
+        // The part of an API key that is not its displayed prefix, and its hash.
+        ("API key secret".into(), key_secret[12..].to_owned()),
+        (
+            "API key hash".into(),
+            domain::api_key::secret_hash(&key_secret),
+        ),
+    ];
     for (i, k) in QUOTE_KEYS.iter().enumerate() {
         secrets.push((format!("quote key {i}"), (*k).to_owned()));
     }

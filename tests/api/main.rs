@@ -2,6 +2,7 @@
 
 mod access_log;
 mod admin_pricing;
+mod api_keys;
 mod atomicity;
 mod auth;
 mod authz;

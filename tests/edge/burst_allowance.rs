@@ -369,6 +369,7 @@ async fn the_rate_limit_script_decides_as_domain_decide_on_a_real_redis() -> Tes
             &checks,
             None,
             &edge_core::ratelimit::DenyRead::default(),
+            None,
             now,
         );
         let mut eval = redis::cmd("EVAL");
@@ -424,6 +425,7 @@ async fn the_rate_limit_script_decides_as_domain_decide_on_a_real_redis() -> Tes
                             &checks[i..=i],
                             None,
                             &edge_core::ratelimit::DenyRead::default(),
+                            None,
                             now,
                         )[5]
                         .as_str()

@@ -209,7 +209,7 @@ async fn the_script_refuses_by_any_regions_hash_honours_expiry_and_counts_nothin
     let script_conn = conn.clone();
     let run = |deny: DenyRead| {
         let mut conn = script_conn.clone();
-        let cmd = ratelimit::command(&prefix, &checks, None, &deny, now);
+        let cmd = ratelimit::command(&prefix, &checks, None, &deny, None, now);
         async move {
             let mut c = redis::cmd("EVAL");
             c.arg(ratelimit::SCRIPT);

@@ -92,6 +92,7 @@ where
 // One module per capability; every scenario runs on both runtimes (`on_both_runtimes!`).
 // Issue 15: the edge's JSON access line.
 mod access_log;
+mod api_keys;
 mod authentication;
 // Issue 17: a burst past the runtime's capacity is answered, never dropped.
 mod burst;

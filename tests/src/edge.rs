@@ -704,3 +704,48 @@ impl Drop for HangProxy {
         }
     }
 }
+
+/// An origin alone that publishes to the edges' Upstash (the deny list, API keys, cache
+/// generations) through a real gateway into the shared Redis, under a key prefix of its own.
+#[derive(Debug)]
+pub struct PublishingOrigin {
+    pub app: TestApp,
+    pub gateway: upstash_gateway::Running,
+    /// The edges' key prefix the origin publishes under.
+    pub edge_prefix: String,
+}
+
+impl PublishingOrigin {
+    pub async fn spawn(pool: PgPool) -> TestResult<Self> {
+        let gateway = upstash_gateway::start(
+            tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+            &crate::test_redis::shared_url(),
+            GATEWAY_TOKEN,
+        )
+        .await?;
+        let edge_prefix = format!("test:edge:{}:", uuid::Uuid::new_v4().simple());
+        let app = spawn_app_with(
+            pool,
+            &[
+                ("EDGE_CACHE_REST_URL", gateway.url().as_str()),
+                ("EDGE_CACHE_REST_TOKEN", GATEWAY_TOKEN),
+                ("EDGE_CACHE_KEY_PREFIX", edge_prefix.as_str()),
+            ],
+        )
+        .await?;
+        Ok(PublishingOrigin {
+            app,
+            gateway,
+            edge_prefix,
+        })
+    }
+
+    /// Stops the origin and the gateway and removes what was published.
+    pub async fn stop(self) -> TestResult {
+        crate::test_redis::delete_prefix(&crate::test_redis::shared_url(), &self.edge_prefix)
+            .await?;
+        self.app.stop().await?;
+        self.gateway.stop().await;
+        Ok(())
+    }
+}

@@ -65,6 +65,9 @@ pub struct EdgeConfig {
     /// Requests one isolate (or instance) serves at once; more are answered 503 with
     /// `Retry-After` at once. Default [`DEFAULT_MAX_IN_FLIGHT`].
     pub max_in_flight: usize,
+    /// Whether every request must carry an app's API key (`EDGE_REQUIRE_API_KEY=true`;
+    /// default false: a key is optional, and applied when present).
+    pub require_api_key: bool,
 }
 
 /// Below the host limits that fail less politely: `wasmtime serve`'s pooling allocator
@@ -243,6 +246,7 @@ impl EdgeConfig {
                 DEFAULT_MAX_IN_FLIGHT as u64,
             )?)
             .unwrap_or(usize::MAX),
+            require_api_key: parsed(p, "EDGE_REQUIRE_API_KEY", false)?,
         })
     }
 

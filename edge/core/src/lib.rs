@@ -40,6 +40,7 @@ pub mod upstash;
 use std::cell::Cell;
 use std::rc::Rc;
 
+use domain::api_key::KeyRefusal;
 use domain::auth::{AuthError, Claims};
 use domain::edge_auth;
 use domain::ratelimit::{address_bucket, Burst, RateLimit};
@@ -49,7 +50,9 @@ use serde_json::Value;
 use crate::cache::Entry;
 use crate::config::EdgeConfig;
 use crate::platform::{FetchError, Outbound, Platform, Request, Response};
-use crate::ratelimit::{BlockedCache, CacheFound, CacheRead, Check, DenyRead, Outcome, Subject};
+use crate::ratelimit::{
+    BlockedCache, CacheFound, CacheRead, Check, DenyRead, KeyRead, Outcome, Subject,
+};
 use crate::regions::Placement;
 use crate::route::{canonical, is_write, quote_token_target, route, uri_safe, Route};
 use crate::upstash::{arg, Upstash};
@@ -79,6 +82,10 @@ pub struct Edge {
     runtime: &'static str,
     /// Requests being handled by this isolate right now (single-threaded hosts: a `Cell`).
     in_flight: Rc<Cell<usize>>,
+    /// Each region's deny-list hash and API-key hash (`domain::deny::hash_key`,
+    /// `domain::api_key::hash_key`), named once.
+    deny_keys: Vec<String>,
+    api_key_keys: Vec<String>,
 }
 
 /// Counts a request in flight until dropped — also when the host drops the request's
@@ -173,10 +180,12 @@ pub fn policy(limit: &RateLimit, burst: Option<&Burst>) -> String {
 }
 
 /// 403: the client is on the deny list (`domain::deny`). The answer names what is denied —
-/// the address or the user — but not the entry's reason, which is for ops.
+/// the address, the user or the app's key — but not the entry's reason, which is for ops.
 fn denied(field: &str) -> Response {
     let what = if field.starts_with("u:") {
         "this user"
+    } else if field.starts_with(domain::deny::KEY_FIELD_PREFIX) {
+        "this app's API key"
     } else {
         "this client address"
     };
@@ -186,6 +195,26 @@ fn denied(field: &str) -> Response {
         "Forbidden",
         &format!("{what} is on the deny list"),
     )
+}
+
+/// The presented API key cannot be used: 401 (unknown, revoked, expired), or 403 when the
+/// key is fine but not for this browser origin.
+fn key_refused(outcome: &Outcome) -> Response {
+    let id = outcome
+        .key
+        .as_ref()
+        .map_or_else(String::new, |k| format!(" {}", k.key_id));
+    match outcome.key_refused {
+        Some(KeyRefusal::Origin) => problem::problem(
+            403,
+            "origin-not-allowed",
+            "Forbidden",
+            &format!("API key{id} is not allowed from this origin"),
+        ),
+        Some(KeyRefusal::Revoked) => problem::bad_api_key(&format!("API key{id} has been revoked")),
+        Some(KeyRefusal::Expired) => problem::bad_api_key(&format!("API key{id} has expired")),
+        Some(KeyRefusal::Unknown) | None => problem::bad_api_key("unknown API key"),
+    }
 }
 
 fn too_many(outcome: &Outcome) -> Response {
@@ -207,8 +236,17 @@ fn too_many(outcome: &Outcome) -> Response {
 impl Edge {
     /// Builds an edge from the platform's variables.
     pub fn new(p: &impl Platform, runtime: &'static str) -> Result<Self, config::ConfigError> {
+        let config = EdgeConfig::from_platform(p)?;
+        let per_region = |f: fn(&str, Region) -> String| -> Vec<String> {
+            Region::ALL
+                .iter()
+                .map(|r| f(&config.key_prefix, *r))
+                .collect()
+        };
         Ok(Edge {
-            config: EdgeConfig::from_platform(p)?,
+            deny_keys: per_region(domain::deny::hash_key),
+            api_key_keys: per_region(domain::api_key::hash_key),
+            config,
             blocked: BlockedCache::default(),
             runtime,
             in_flight: Rc::new(Cell::new(0)),
@@ -335,12 +373,6 @@ impl Edge {
         }
         // The platform's address (never a header the client chose), an IPv6 one by its /64.
         let ip = req.client_ip.as_deref().unwrap_or("unknown");
-        let deny_keys = || -> Vec<String> {
-            Region::ALL
-                .iter()
-                .map(|r| domain::deny::hash_key(&self.config.key_prefix, *r))
-                .collect()
-        };
         let ip_check = self.check(
             Subject::Ip,
             address_bucket(ip),
@@ -355,7 +387,7 @@ impl Edge {
             Err(detail) => {
                 let mut resp = problem::unauthorized(&detail);
                 let deny = DenyRead {
-                    keys: deny_keys(),
+                    keys: self.deny_keys.clone(),
                     fields: domain::deny::candidates(req.client_ip.as_deref(), None),
                 };
                 match ratelimit::apply(
@@ -366,6 +398,7 @@ impl Edge {
                     std::slice::from_ref(&ip_check),
                     None,
                     &deny,
+                    None,
                     now,
                 )
                 .await
@@ -382,6 +415,27 @@ impl Edge {
         };
 
         *user = Some(claims.sub.clone());
+
+        // The app's key, if it sent one: checked and limited in the same round trip below.
+        let key = match req.header("x-api-key").map(str::trim) {
+            Some(secret) if domain::api_key::plausible_secret(secret) => Some(KeyRead {
+                keys: self.api_key_keys.clone(),
+                hash: domain::api_key::secret_hash(secret),
+                origin: req
+                    .header("origin")
+                    .and_then(|o| domain::api_key::parse_origin(o).ok())
+                    .unwrap_or_default(),
+            }),
+            Some(_) => {
+                return problem::bad_api_key("the X-Api-Key header does not hold an API key")
+            }
+            None if self.config.require_api_key => {
+                return problem::bad_api_key(
+                    "this edge requires an app's API key in the X-Api-Key header",
+                )
+            }
+            None => None,
+        };
 
         // 2. What it asks for, and which cache generations that needs.
         let route = route(&req.method, rest);
@@ -438,7 +492,7 @@ impl Edge {
         let checks = [user_check, ip_check];
         // The deny list rides on the same script: the fields that would deny this request.
         let deny = DenyRead {
-            keys: deny_keys(),
+            keys: self.deny_keys.clone(),
             fields: domain::deny::candidates(req.client_ip.as_deref(), Some(&claims.sub)),
         };
         let (outcome, found) = match ratelimit::apply(
@@ -449,12 +503,16 @@ impl Edge {
             &checks,
             read.as_ref(),
             &deny,
+            key.as_ref(),
             now,
         )
         .await
         {
             Ok((outcome, _)) if outcome.denied.is_some() => {
                 return denied(outcome.denied.as_deref().unwrap_or_default())
+            }
+            Ok((outcome, _)) if outcome.key_refused.is_some() => {
+                return key_refused(&outcome);
             }
             Ok((outcome, _)) if !outcome.decision.allowed => return too_many(&outcome),
             Ok((outcome, found)) => (Some(outcome), found),

@@ -46,3 +46,11 @@ pub fn overloaded(retry_after_secs: u64, limit: usize) -> Response {
     r.set_header("retry-after", retry_after_secs.to_string());
     r
 }
+
+/// 401 for an app's API key (`X-Api-Key`) that cannot be used: missing where required,
+/// unknown, revoked or expired.
+pub fn bad_api_key(detail: &str) -> Response {
+    let mut r = problem(401, "invalid-api-key", "Invalid API key", detail);
+    r.set_header("www-authenticate", "ApiKey header=\"X-Api-Key\"");
+    r
+}

@@ -44,6 +44,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
+use domain::api_key::{KeyRefusal, Plan, Published};
 use domain::ratelimit::{decide, Bucket, Burst, Decision, RateLimit};
 use serde_json::Value;
 use sha1::{Digest, Sha1};
@@ -51,34 +52,62 @@ use sha1::{Digest, Sha1};
 use crate::upstash::{arg, as_u64, RedisError, Upstash};
 
 /// KEYS: prev₁, curr₁, bucket₁, prev₂, curr₂, bucket₂, …, then the generation keys g₁ … gₖ,
-/// then the deny-list hashes d₁ … dₘ (one per region, `domain::deny::hash_key`).
-/// ARGV: window_ms, elapsed_ms, now_ms, n (the number of limits), then per limit its limit,
-/// burst capacity (0: no burst, the bucket key is not touched) and refill interval in ms,
-/// then the cache key's head and tail (an empty head: no cache read), then m and the deny-list
-/// fields that would deny this request (`domain::deny::candidates`).
-/// First the deny list: if any hash holds a field whose expiry (ms, `0`: none) has not passed,
-/// the script returns `{{}, {}, false, field}` and counts nothing.
-/// Otherwise it returns `{state, gens, entry}`: per limit prev, curr (as read before this request) and
-/// the bucket's tokens and refill clock after refilling (0, 0 without a burst); when every
-/// limit had room, the generations (`"0"` for a missing one) and the entry stored under
-/// `head .. concat(gens, ".") .. tail` (nil when absent or when no read was asked for).
+/// then the deny-list hashes d₁ … dₘ (one per region, `domain::deny::hash_key`), then the API
+/// key hashes a₁ … aₐ (one per region, `domain::api_key::hash_key`; none without a key).
+///
+/// ARGV: now_ms, n (the number of limits), then per limit its limit, burst capacity (0: no
+/// burst, the bucket key is not touched), refill interval in ms, window in ms and elapsed ms
+/// of the current window; then the cache key's head and tail (an empty head: no cache read);
+/// then m, f and the f deny-list fields that would deny this request
+/// (`domain::deny::candidates`); then a, the presented key's hash and the request's origin.
+///
+/// 1. The deny list: the fields sent, plus `k:<key id>` when a presented key's plan (below)
+///    is found. If any hash holds one whose expiry (ms, `0`: none) has not passed, the script
+///    returns `{{}, {}, false, field}` and counts nothing.
+/// 2. The API key, when one is presented: its plan (`domain::api_key::Published`, the first
+///    hash that has it, read before the deny list). Unknown, revoked, expired or used from an
+///    origin it does not allow:
+///    `{{}, {}, false, false, word, plan}` (`domain::api_key::KeyRefusal::word`), nothing
+///    counted. Otherwise the last two limits are the key's per-minute (with its burst) and
+///    per-day limits, taken from the plan (the edge sends placeholders: it may not know the
+///    plan yet).
+/// 3. The limits: `{state, gens, entry, false, false, plan}`: per limit prev, curr (as read
+///    before this request) and the bucket's tokens and refill clock after refilling (0, 0
+///    without a burst); when every limit had room, the generations (`"0"` for a missing one)
+///    and the entry stored under `head .. concat(gens, ".") .. tail` (nil when absent or when
+///    no read was asked for); `plan` is the key's (nil without a key).
 ///
 /// The bucket is `domain::ratelimit::Bucket` (a hash, `t` tokens and `r` the refill clock;
 /// no key is a full bucket); a request the window refuses spends a token, and only then is
 /// the bucket written, with an expiry at the moment it would be full again. Timestamps are
-/// 13-digit integers: exact in Lua's doubles and in `%.14g`, the format numbers are sent to
-/// Redis in.
+/// 13-digit integers and every product below stays under 2⁵³ (`domain::api_key` bounds a
+/// day's limit for that): exact in Lua's doubles and in `%.14g`, the format numbers are sent
+/// to Redis in.
 pub const SCRIPT: &str = r"
-local w = tonumber(ARGV[1])
-local e = tonumber(ARGV[2])
-local now = tonumber(ARGV[3])
-local n = tonumber(ARGV[4])
-local m = tonumber(ARGV[7 + 3 * n] or '0')
-local ng = #KEYS - m
-if m > 0 and #ARGV > 7 + 3 * n then
-  local fields = {}
-  for i = 8 + 3 * n, #ARGV do fields[#fields + 1] = ARGV[i] end
-  for j = ng + 1, #KEYS do
+local now = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+local a = 3 + 5 * n
+local m = tonumber(ARGV[a + 2])
+local f = tonumber(ARGV[a + 3])
+local ka = tonumber(ARGV[a + 4 + f])
+local ng = #KEYS - 3 * n - m - ka
+local plan = false
+local p = {}
+if ka > 0 then
+  local field = ARGV[a + 5 + f]
+  for j = #KEYS - ka + 1, #KEYS do
+    plan = redis.call('HGET', KEYS[j], field)
+    if plan then break end
+  end
+  if plan then
+    for word in string.gmatch(plan, '%S+') do p[#p + 1] = word end
+  end
+end
+local fields = {}
+for i = 1, f do fields[i] = ARGV[a + 3 + i] end
+if p[2] then fields[#fields + 1] = 'k:' .. p[2] end
+if m > 0 and #fields > 0 then
+  for j = 3 * n + ng + 1, 3 * n + ng + m do
     local vals = redis.call('HMGET', KEYS[j], unpack(fields))
     for i = 1, #fields do
       if vals[i] then
@@ -88,13 +117,31 @@ if m > 0 and #ARGV > 7 + 3 * n then
     end
   end
 end
+local L = {}
+for i = 1, n do
+  local b = 3 + 5 * (i - 1)
+  L[i] = {tonumber(ARGV[b]), tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]),
+          tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])}
+end
+if ka > 0 then
+  if not plan then return {{}, {}, false, false, 'unknown', false} end
+  if p[8] ~= '0' then return {{}, {}, false, false, 'revoked', plan} end
+  local exp = tonumber(p[7])
+  if exp > 0 and exp <= now then return {{}, {}, false, false, 'expired', plan} end
+  if #p > 9 then
+    local origin = ARGV[a + 6 + f]
+    local ok = false
+    for i = 10, #p do if p[i] == origin then ok = true end end
+    if not ok then return {{}, {}, false, false, 'origin', plan} end
+  end
+  L[n - 1][1], L[n - 1][2], L[n - 1][3] = tonumber(p[3]), tonumber(p[4]), tonumber(p[5])
+  L[n][1], L[n][2], L[n][3] = tonumber(p[6]), 0, 1
+end
 local out = {}
 local pay = {}
 local room = true
 for i = 1, n do
-  local lim = tonumber(ARGV[2 + 3 * i])
-  local cap = tonumber(ARGV[3 + 3 * i])
-  local every = tonumber(ARGV[4 + 3 * i])
+  local lim, cap, every, w, e = L[i][1], L[i][2], L[i][3], L[i][4], L[i][5]
   local prev = tonumber(redis.call('GET', KEYS[3 * i - 2]) or '0')
   local curr = tonumber(redis.call('GET', KEYS[3 * i - 1]) or '0')
   local tokens, at = 0, 0
@@ -121,14 +168,13 @@ for i = 1, n do
   out[4 * i - 1] = tokens
   out[4 * i] = at
 end
-if not room then return {out, {}, false} end
+if not room then return {out, {}, false, false, false, plan} end
 for i = 1, n do
   if pay[i] == 1 then
     redis.call('INCR', KEYS[3 * i - 1])
-    redis.call('PEXPIRE', KEYS[3 * i - 1], 2 * w)
+    redis.call('PEXPIRE', KEYS[3 * i - 1], 2 * L[i][4])
   else
-    local cap = tonumber(ARGV[3 + 3 * i])
-    local every = tonumber(ARGV[4 + 3 * i])
+    local cap, every = L[i][2], L[i][3]
     local left = out[4 * i - 1] - 1
     local at = out[4 * i]
     redis.call('HSET', KEYS[3 * i], 't', left, 'r', at)
@@ -136,15 +182,15 @@ for i = 1, n do
   end
 end
 local gens = {}
-for j = 3 * n + 1, ng do
+for j = 3 * n + 1, 3 * n + ng do
   gens[#gens + 1] = redis.call('GET', KEYS[j]) or '0'
 end
 local entry = false
-local head = ARGV[5 + 3 * n]
+local head = ARGV[a]
 if head and head ~= '' then
-  entry = redis.call('GET', head .. table.concat(gens, '.') .. ARGV[6 + 3 * n])
+  entry = redis.call('GET', head .. table.concat(gens, '.') .. ARGV[a + 1])
 end
-return {out, gens, entry}
+return {out, gens, entry, false, false, plan}
 ";
 
 /// The script's SHA-1, for `EVALSHA`: computed once per isolate or instance.
@@ -169,6 +215,41 @@ pub struct DenyRead {
     pub fields: Vec<String>,
 }
 
+/// An API key presented with the request (`X-Api-Key`): each region's key hash, the secret's
+/// hash (`domain::api_key::secret_hash`) and the request's `Origin` (empty: none).
+#[derive(Debug, Clone)]
+pub struct KeyRead {
+    pub keys: Vec<String>,
+    pub hash: String,
+    pub origin: String,
+}
+
+/// The key's two checks, appended after the request's others: its per-minute limit (with its
+/// burst) and its per-day limit. Without the plan (not yet seen by this isolate) the limits
+/// are placeholders: the script takes the real ones from the plan it reads, and so does
+/// [`apply`] from the plan the script returns.
+pub fn key_checks(hash: &str, plan: Option<&Plan>) -> [Check; 2] {
+    let plan = plan.copied().unwrap_or(Plan {
+        per_minute: 1,
+        per_day: 1,
+        burst_secs: 0,
+    });
+    [
+        Check {
+            subject: Subject::Key,
+            id: hash.to_owned(),
+            limit: plan.minute(),
+            burst: plan.burst(),
+        },
+        Check {
+            subject: Subject::KeyDay,
+            id: hash.to_owned(),
+            limit: plan.day(),
+            burst: None,
+        },
+    ]
+}
+
 /// What the cache read found: the generations (as stored, `"0"` when missing), the entry's
 /// key they give, and the entry's text, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +264,10 @@ pub struct CacheFound {
 pub enum Subject {
     User,
     Ip,
+    /// An API key's per-minute limit (by the secret's hash).
+    Key,
+    /// An API key's per-day limit.
+    KeyDay,
 }
 
 impl Subject {
@@ -190,6 +275,8 @@ impl Subject {
         match self {
             Subject::User => "user",
             Subject::Ip => "ip",
+            Subject::Key => "key",
+            Subject::KeyDay => "keyday",
         }
     }
 }
@@ -216,6 +303,10 @@ pub struct Outcome {
     /// The deny-list field that refused the request (`n:<network>` or `u:<user>`): the
     /// answer is then 403 whatever the limits say.
     pub denied: Option<String>,
+    /// Why the presented API key cannot be used, if it cannot (nothing was counted).
+    pub key_refused: Option<KeyRefusal>,
+    /// The presented key, as published, when the script read it.
+    pub key: Option<Published>,
 }
 
 /// Identifiers known to be blocked until a time (ms since the epoch), per isolate.
@@ -225,6 +316,12 @@ pub struct BlockedCache {
     /// Deny-list fields seen to deny, until when (ms). Kept for [`DENIED_MEMORY_MS`] only, so
     /// an entry ops remove stops refusing within that time.
     denied: RefCell<HashMap<String, u64>>,
+    /// API keys (by hash) seen refused, with why and until when (ms): kept for
+    /// [`DENIED_MEMORY_MS`], so a flood of bad keys costs nothing and a new key works soon.
+    refused_keys: RefCell<HashMap<String, (KeyRefusal, u64)>>,
+    /// API keys' plans as last read (by hash), so a key blocked in memory is answered with
+    /// its own limits in the headers. Only ever a hint: the script reads the plan each time.
+    plans: RefCell<HashMap<String, Published>>,
 }
 
 /// How long the isolate remembers a denying field: a denied client's flood costs no Upstash
@@ -241,6 +338,36 @@ impl BlockedCache {
         map.get(&(check.subject, check.id.clone()))
             .copied()
             .filter(|until| *until > now_ms)
+    }
+
+    fn refused_key(&self, hash: &str, now_ms: u64) -> Option<KeyRefusal> {
+        let map = self.refused_keys.borrow();
+        map.get(hash)
+            .filter(|(_, until)| *until > now_ms)
+            .map(|(why, _)| *why)
+    }
+
+    fn remember_refused_key(&self, hash: &str, why: KeyRefusal, now_ms: u64) {
+        let mut map = self.refused_keys.borrow_mut();
+        if map.len() >= MAX_BLOCKED {
+            map.retain(|_, (_, until)| *until > now_ms);
+            if map.len() >= MAX_BLOCKED {
+                map.clear();
+            }
+        }
+        map.insert(hash.to_owned(), (why, now_ms + DENIED_MEMORY_MS));
+    }
+
+    fn plan(&self, hash: &str) -> Option<Plan> {
+        self.plans.borrow().get(hash).map(|p| p.plan)
+    }
+
+    fn remember_plan(&self, hash: &str, published: &Published) {
+        let mut map = self.plans.borrow_mut();
+        if map.len() >= MAX_BLOCKED {
+            map.clear();
+        }
+        map.insert(hash.to_owned(), published.clone());
     }
 
     fn denied_field(&self, fields: &[String], now_ms: u64) -> Option<String> {
@@ -266,6 +393,12 @@ impl BlockedCache {
     }
 
     fn remember(&self, check: &Check, until_ms: u64, now_ms: u64) {
+        // A key is remembered briefly whatever its wait: its revocation (a 401) must reach
+        // every isolate within seconds, not after a day's window.
+        let until_ms = match check.subject {
+            Subject::Key | Subject::KeyDay => until_ms.min(now_ms + DENIED_MEMORY_MS),
+            _ => until_ms,
+        };
         let mut map = self.until.borrow_mut();
         if map.len() >= MAX_BLOCKED {
             map.retain(|_, until| *until > now_ms);
@@ -283,7 +416,7 @@ fn hashed_id(check: &Check) -> String {
     hex::encode(&<sha2::Sha256 as Digest>::digest(check.id.as_bytes())[..12])
 }
 
-fn key(prefix: &str, check: &Check, window: u64) -> String {
+fn counter_key(prefix: &str, check: &Check, window: u64) -> String {
     format!(
         "{prefix}rl:{}:{}:{window}",
         check.subject.slug(),
@@ -296,48 +429,50 @@ fn bucket_key(prefix: &str, check: &Check) -> String {
     format!("{prefix}rlb:{}:{}", check.subject.slug(), hashed_id(check))
 }
 
-/// The script's command for `checks` (all with the same window) at `now_ms`:
-/// `EVALSHA sha numkeys KEYS… ARGV…` (see [`SCRIPT`]). Public so that a test can run it
-/// against a real Redis and hold the script to `domain::ratelimit::decide`.
+/// The script's command for `checks` at `now_ms`: `EVALSHA sha numkeys KEYS… ARGV…` (see
+/// [`SCRIPT`]). With a `key`, the last two checks are its [`key_checks`]. Public so that a test
+/// can run it against a real Redis and hold the script to `domain::ratelimit::decide`.
 pub fn command(
     prefix: &str,
     checks: &[Check],
     read: Option<&CacheRead>,
     deny: &DenyRead,
+    key: Option<&KeyRead>,
     now_ms: u64,
 ) -> Vec<Value> {
-    let window_ms = checks.first().map_or(1, |c| c.limit.window_ms.max(1));
-    let index = now_ms / window_ms;
-    let elapsed = now_ms % window_ms;
     let gen_keys = read.map_or(&[][..], |r| &r.gen_keys[..]);
-    // No field, no lookup: the hashes are not read.
-    let deny_keys = if deny.fields.is_empty() {
+    // No field (and no key, whose id may be denied), no lookup: the hashes are not read.
+    let deny_keys = if deny.fields.is_empty() && key.is_none() {
         &[][..]
     } else {
         &deny.keys[..]
     };
-    let key_count = checks.len() * 3 + gen_keys.len() + deny_keys.len();
+    let key_keys = key.map_or(&[][..], |k| &k.keys[..]);
+    let key_count = checks.len() * 3 + gen_keys.len() + deny_keys.len() + key_keys.len();
     // EVALSHA sha numkeys KEYS… ARGV…
-    let mut cmd = Vec::with_capacity(3 + key_count + 7 + 3 * checks.len() + deny.fields.len());
+    let mut cmd = Vec::with_capacity(3 + key_count + 10 + 5 * checks.len() + deny.fields.len());
     cmd.push(arg("EVALSHA"));
     cmd.push(arg(script_sha()));
     cmd.push(arg(key_count.to_string()));
     for check in checks {
-        cmd.push(arg(key(prefix, check, index.saturating_sub(1))));
-        cmd.push(arg(key(prefix, check, index)));
+        let index = now_ms / check.limit.window_ms.max(1);
+        cmd.push(arg(counter_key(prefix, check, index.saturating_sub(1))));
+        cmd.push(arg(counter_key(prefix, check, index)));
         cmd.push(arg(bucket_key(prefix, check)));
     }
     cmd.extend(gen_keys.iter().map(|k| arg(k.as_str())));
     cmd.extend(deny_keys.iter().map(|k| arg(k.as_str())));
-    cmd.push(arg(window_ms.to_string()));
-    cmd.push(arg(elapsed.to_string()));
+    cmd.extend(key_keys.iter().map(|k| arg(k.as_str())));
     cmd.push(arg(now_ms.to_string()));
     cmd.push(arg(checks.len().to_string()));
     for check in checks {
         let (capacity, refill_ms) = check.burst.map_or((0, 1), |b| (b.capacity, b.refill_ms));
+        let window_ms = check.limit.window_ms.max(1);
         cmd.push(arg(check.limit.limit.to_string()));
         cmd.push(arg(capacity.to_string()));
         cmd.push(arg(refill_ms.to_string()));
+        cmd.push(arg(window_ms.to_string()));
+        cmd.push(arg((now_ms % window_ms).to_string()));
     }
     match read {
         Some(r) => {
@@ -350,14 +485,17 @@ pub fn command(
         }
     }
     cmd.push(arg(deny_keys.len().to_string()));
-    if !deny_keys.is_empty() {
-        cmd.extend(deny.fields.iter().map(|f| arg(f.as_str())));
-    }
+    cmd.push(arg(deny.fields.len().to_string()));
+    cmd.extend(deny.fields.iter().map(|f| arg(f.as_str())));
+    cmd.push(arg(key_keys.len().to_string()));
+    cmd.push(arg(key.map_or("", |k| k.hash.as_str())));
+    cmd.push(arg(key.map_or("", |k| k.origin.as_str())));
     cmd
 }
 
-/// Applies the deny list and `checks` (all with the same window) at `now_ms` and, when they
-/// allow the request, does `read` in the same Upstash request.
+/// Applies the deny list, the presented API key (`key`: its plan's limits join `checks`) and
+/// `checks` at `now_ms` and, when they allow the request, does `read` in the same Upstash
+/// request.
 #[allow(clippy::too_many_arguments)]
 pub async fn apply(
     p: &impl crate::platform::Platform,
@@ -367,13 +505,17 @@ pub async fn apply(
     checks: &[Check],
     read: Option<&CacheRead>,
     deny: &DenyRead,
+    key: Option<&KeyRead>,
     now_ms: u64,
 ) -> Result<(Outcome, Option<CacheFound>), RedisError> {
     let Some(first) = checks.first() else {
         return Err(RedisError::Body);
     };
     let window_ms = first.limit.window_ms.max(1);
-    let denied = |field: String, from_memory: bool| Outcome {
+    let refused = |denied: Option<String>,
+                   key_refused: Option<KeyRefusal>,
+                   key: Option<Published>,
+                   from_memory: bool| Outcome {
         decision: Decision {
             allowed: false,
             remaining: 0,
@@ -383,14 +525,24 @@ pub async fn apply(
         limit: first.limit,
         burst: first.burst,
         from_memory,
-        denied: Some(field),
+        denied,
+        key_refused,
+        key,
     };
     // Denied a moment ago: refuse without a round trip.
     if let Some(field) = blocked.denied_field(&deny.fields, now_ms) {
-        return Ok((denied(field, true), None));
+        return Ok((refused(Some(field), None, None, true), None));
+    }
+    // A key refused a moment ago: the same.
+    if let Some(why) = key.and_then(|k| blocked.refused_key(&k.hash, now_ms)) {
+        return Ok((refused(None, Some(why), None, true), None));
+    }
+    let mut all: Vec<Check> = checks.to_vec();
+    if let Some(k) = key {
+        all.extend(key_checks(&k.hash, blocked.plan(&k.hash).as_ref()));
     }
     // Blocked in memory: refuse without a round trip.
-    for check in checks {
+    for check in &all {
         if let Some(until) = blocked.blocked(check, now_ms) {
             let decision = Decision {
                 allowed: false,
@@ -404,11 +556,13 @@ pub async fn apply(
                 burst: check.burst,
                 from_memory: true,
                 denied: None,
+                key_refused: None,
+                key: None,
             };
             return Ok((outcome, None));
         }
     }
-    let mut cmd = command(prefix, checks, read, deny, now_ms);
+    let mut cmd = command(prefix, &all, read, deny, key, now_ms);
     let reply = match redis.command(p, cmd.clone()).await {
         Err(RedisError::Command(e)) if e.starts_with("NOSCRIPT") => {
             // First use on this Redis: send the script itself (which also caches it).
@@ -423,21 +577,39 @@ pub async fn apply(
     };
     if let Some(Value::String(field)) = parts.get(3) {
         blocked.remember_denied(field, now_ms);
-        return Ok((denied(field.clone(), false), None));
+        return Ok((refused(Some(field.clone()), None, None, false), None));
+    }
+    let published = match parts.get(5) {
+        Some(Value::String(plan)) => Some(Published::decode(plan).ok_or(RedisError::Body)?),
+        _ => None,
+    };
+    if let (Some(k), Some(Value::String(word))) = (key, parts.get(4)) {
+        let why = KeyRefusal::from_word(word).ok_or(RedisError::Body)?;
+        blocked.remember_refused_key(&k.hash, why, now_ms);
+        return Ok((refused(None, Some(why), published, false), None));
+    }
+    if let Some(k) = key {
+        // The key's limits as the script applied them: from the plan it read.
+        let published = published.as_ref().ok_or(RedisError::Body)?;
+        blocked.remember_plan(&k.hash, published);
+        let n = all.len();
+        let [minute, day] = key_checks(&k.hash, Some(&published.plan));
+        all[n - 2] = minute;
+        all[n - 1] = day;
     }
     let mut parts = parts.into_iter();
     let state: Vec<u64> = match parts.next() {
         Some(Value::Array(items)) => items.iter().map(as_u64).collect(),
         _ => return Err(RedisError::Body),
     };
-    if state.len() != checks.len() * 4 {
+    if state.len() != all.len() * 4 {
         return Err(RedisError::Body);
     }
 
     // The script's decision, again, with the numbers for the headers: the same rule
     // (`domain::ratelimit::decide`) on the state the script read.
     let mut binding: Option<Outcome> = None;
-    for (check, s) in checks.iter().zip(state.chunks_exact(4)) {
+    for (check, s) in all.iter().zip(state.chunks_exact(4)) {
         let bucket = check.burst.map(|_| Bucket {
             tokens: s[2],
             refilled_at_ms: s[3],
@@ -472,6 +644,8 @@ pub async fn apply(
                 burst: check.burst,
                 from_memory: false,
                 denied: None,
+                key_refused: None,
+                key: published.clone(),
             });
         }
     }

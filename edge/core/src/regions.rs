@@ -11,7 +11,8 @@
 //! - the surge at a point: the area holding the point (422 naming `lat` outside every area);
 //!   the surge of a region, its recompute and the pricing audit: their `region` parameter;
 //! - admin pricing: the region in the path; a vehicle's maintenance blocks: the vehicle's;
-//!   webhooks and the deny list: their `region` parameter, then the region their id names;
+//!   webhooks, the deny list and API keys: their `region` parameter, then the region their
+//!   id names;
 //! - a user's booking list: every region, merged by [`crate::fanout`].
 //!
 //! A request the edge cannot place because it is malformed (no `lat`, a region named `XYZ`,
@@ -161,6 +162,12 @@ pub(crate) fn place(
                 (_, ["admin", "deny-list", entry, ..]) => entry
                     .parse::<domain::ids::DenyId>()
                     .map_or(home, |d| Placement::One(d.region)),
+                // An app's API key: created and listed by `?region=`, then by the key's id
+                // (`key_<region>_…`). Every edge accepts every region's keys.
+                (_, ["admin", "api-keys"]) => by_param().map_or(home, Placement::One),
+                (_, ["admin", "api-keys", key, ..]) => key
+                    .parse::<domain::ids::ApiKeyId>()
+                    .map_or(home, |k| Placement::One(k.region)),
                 // A waitlist entry lives in its vehicle's region (`wlt_<region>_…`); joining
                 // is placed by the body's vehicle (`Edge::region_of`).
                 (_, ["waitlist", entry, ..]) => entry

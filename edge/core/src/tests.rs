@@ -161,6 +161,7 @@ fn one_request_checks_the_limits_and_reads_the_entry_under_the_generations_it_re
         &checks(),
         Some(&read),
         &ratelimit::DenyRead::default(),
+        None,
         120_000,
     ))
     .unwrap_or_else(|e| panic!("{e}"));
@@ -215,6 +216,7 @@ fn a_refused_request_reads_nothing_and_the_next_costs_no_request() {
             &checks(),
             Some(&read),
             &ratelimit::DenyRead::default(),
+            None,
             120_000,
         ))
         .unwrap_or_else(|e| panic!("{e}"));
@@ -269,6 +271,7 @@ fn a_denied_request_is_refused_by_field_and_remembered_briefly() {
             &checks(),
             None,
             deny,
+            None,
             now,
         ))
         .unwrap_or_else(|e| panic!("{e}"))
@@ -291,13 +294,16 @@ fn a_denied_request_is_refused_by_field_and_remembered_briefly() {
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    // Four counters, two buckets, then the two hashes; m = 2 and the 26 fields at the end.
+    // Four counters, two buckets, then the two hashes; m = 2, f = 26 and the fields, then
+    // no key (0 hashes, empty hash and origin) at the end.
     assert_eq!(args[2], "8");
     assert_eq!(&args[9..11], ["p:deny:EUW", "p:deny:EUN"]);
-    let m_at = args.len() - 27;
+    let m_at = args.len() - 3 - 28;
     assert_eq!(args[m_at], "2");
-    assert_eq!(args[m_at + 1], "u:rita");
-    assert_eq!(args[m_at + 2], "n:203.0.113.7/32");
+    assert_eq!(args[m_at + 1], "26");
+    assert_eq!(args[m_at + 2], "u:rita");
+    assert_eq!(args[m_at + 3], "n:203.0.113.7/32");
+    assert_eq!(&args[args.len() - 3..], ["0", "", ""]);
     drop(sent);
     assert!(
         run(&denied, 120_000 + ratelimit::DENIED_MEMORY_MS + 1)
@@ -363,6 +369,7 @@ fn with_the_window_full_the_bucket_the_script_read_decides_and_sets_the_numbers(
             &checks,
             None,
             &ratelimit::DenyRead::default(),
+            None,
             now,
         ))
         .unwrap_or_else(|e| panic!("{e}"))

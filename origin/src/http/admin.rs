@@ -77,6 +77,52 @@ pub(crate) fn ops_region(state: &AppState, user: &AuthUser, code: &str) -> ApiRe
     served_region(state, code)
 }
 
+/// The region a region-scoped admin resource (webhooks, the deny list, API keys) names in
+/// `?region=`: 403 unless ops, a 422 naming `region` when it is missing (`missing` says what
+/// the region is for), then as [`ops_region`].
+pub(crate) fn queried_region(
+    state: &AppState,
+    user: &AuthUser,
+    region: Option<&str>,
+    missing: &str,
+) -> ApiResult<Region> {
+    require_ops(user)?;
+    let code = region.ok_or_else(|| ApiError::field("region", missing))?;
+    ops_region(state, user, code)
+}
+
+/// Query of a region's log that is also its list (the deny list, API keys): what is in force,
+/// or everything.
+#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct LogQuery {
+    /// `EUW` or `EUN`.
+    pub region: Option<String>,
+    /// `true`: the whole log (removed, revoked and expired too); default: what is in force.
+    pub all: Option<bool>,
+    /// 1–500 (default 100), newest first.
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<u32>,
+}
+
+impl LogQuery {
+    /// The region (see [`queried_region`]), whether to list everything, and how many.
+    pub(crate) fn read(&self, state: &AppState, user: &AuthUser) -> ApiResult<(Region, bool, i64)> {
+        let region = queried_region(
+            state,
+            user,
+            self.region.as_deref(),
+            "name the region: EUW or EUN",
+        )?;
+        let limit = self.limit.unwrap_or(100);
+        if !(1..=500).contains(&limit) {
+            return Err(ApiError::field("limit", "must be between 1 and 500"));
+        }
+        Ok((region, self.all.unwrap_or(false), i64::from(limit)))
+    }
+}
+
 /// A vehicle class named in a path (422 naming `class` otherwise).
 fn path_class(text: &str) -> ApiResult<VehicleClass> {
     text.parse()

@@ -10,14 +10,14 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use domain::deny::DenyTarget;
+use domain::deny::{DenyError, DenyTarget};
 use domain::ids::DenyId;
 use domain::region::Region;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::http::admin::{misdirected_unless_served, ops_region, require_ops};
+use crate::http::admin::{misdirected_unless_served, queried_region, require_ops, LogQuery};
 use crate::http::auth::AuthUser;
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, WriteCall};
@@ -35,7 +35,8 @@ const MAX_TTL_SECS: i64 = 365 * 86_400;
 #[schema(example = json!({"kind": "network", "value": "203.0.113.0/24", "reason": "credential stuffing from this range", "ttl_secs": 3600}))]
 pub(crate) struct DenyRequest {
     /// `network` (an address or a CIDR network: IPv4 /8–/32, IPv6 /16–/128 in steps of 4,
-    /// host bits zero) or `user` (a user id, the token's `sub`).
+    /// host bits zero), `user` (a user id, the token's `sub`) or `key` (an app's API key, by
+    /// its id `key_<region>_<32 hex>`).
     pub kind: String,
     pub value: String,
     /// Why (1–500 characters): kept in the log, never shown to the client.
@@ -57,29 +58,15 @@ pub(crate) struct RegionQuery {
     pub region: Option<String>,
 }
 
-/// Query of a region's list.
-#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct ListQuery {
-    /// `EUW` or `EUN`.
-    pub region: Option<String>,
-    /// `true`: the whole log (removed and expired entries too); default: the active entries.
-    pub all: Option<bool>,
-    /// 1–500 (default 100), newest first.
-    #[param(minimum = 1, maximum = 500)]
-    pub limit: Option<u32>,
-}
-
 /// An entry as ops see it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub(crate) struct DenyEntryDto {
     /// `dny_<region>_<32 hex>`.
     pub id: String,
     pub region: String,
-    /// `network` or `user`.
+    /// `network`, `user` or `key`.
     pub kind: String,
-    /// The canonical network (CIDR) or the user id.
+    /// The canonical network (CIDR), the user id or the key's id.
     pub value: String,
     pub reason: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -180,24 +167,16 @@ pub(crate) async fn create_entry(
     ApiQuery(query): ApiQuery<RegionQuery>,
     ApiJson(body): ApiJson<DenyRequest>,
 ) -> ApiResult<Response> {
-    require_ops(&call.user)?;
-    let code = query.region.as_deref().ok_or_else(|| {
-        ApiError::field(
-            "region",
-            "name the region whose origin keeps the entry: EUW or EUN",
-        )
+    let region = queried_region(
+        &call.state,
+        &call.user,
+        query.region.as_deref(),
+        "name the region whose origin keeps the entry: EUW or EUN",
+    )?;
+    let target = DenyTarget::parse(&body.kind, &body.value).map_err(|e| match e {
+        DenyError::Kind(_) => ApiError::field("kind", e.to_string()),
+        _ => ApiError::field("value", e.to_string()),
     })?;
-    let region = ops_region(&call.state, &call.user, code)?;
-    let target = match body.kind.as_str() {
-        "network" | "user" => DenyTarget::parse(&body.kind, &body.value)
-            .map_err(|e| ApiError::field("value", e.to_string()))?,
-        _ => {
-            return Err(ApiError::field(
-                "kind",
-                format!("must be \"network\" or \"user\" (got {:?})", body.kind),
-            ))
-        }
-    };
     let reason = body.reason.trim();
     if reason.is_empty() || reason.chars().count() > 500 || reason.chars().any(char::is_control) {
         return Err(ApiError::field(
@@ -255,7 +234,7 @@ pub(crate) async fn create_entry(
 /// A region's entries, newest first.
 #[utoipa::path(
     get, path = "/v1/admin/deny-list", tag = "admin",
-    params(ListQuery),
+    params(LogQuery),
     responses(
         (status = 200, description = "`items`: the entries", body = serde_json::Value),
         (status = 403, description = "Not ops", body = Problem, content_type = "application/problem+json"),
@@ -268,29 +247,15 @@ pub(crate) async fn create_entry(
 pub(crate) async fn list_entries(
     State(state): State<AppState>,
     user: AuthUser,
-    ApiQuery(query): ApiQuery<ListQuery>,
+    ApiQuery(query): ApiQuery<LogQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    require_ops(&user)?;
-    let code = query
-        .region
-        .as_deref()
-        .ok_or_else(|| ApiError::field("region", "name the region: EUW or EUN"))?;
-    let region = ops_region(&state, &user, code)?;
-    let limit = query.limit.unwrap_or(100);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::field("limit", "must be between 1 and 500"));
-    }
+    let (region, all, limit) = query.read(&state, &user)?;
     let now = Utc::now();
-    let items: Vec<DenyEntryDto> = store::list(
-        &state.db,
-        region.code(),
-        query.all.unwrap_or(false),
-        i64::from(limit),
-    )
-    .await?
-    .iter()
-    .map(|e| DenyEntryDto::render(e, now))
-    .collect();
+    let items: Vec<DenyEntryDto> = store::list(&state.db, region.code(), all, limit)
+        .await?
+        .iter()
+        .map(|e| DenyEntryDto::render(e, now))
+        .collect();
     Ok(axum::Json(serde_json::json!({ "items": items })))
 }
 

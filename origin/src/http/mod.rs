@@ -5,6 +5,7 @@
 
 pub(crate) mod access;
 pub(crate) mod admin;
+pub(crate) mod api_keys;
 pub(crate) mod auth;
 pub(crate) mod blocks;
 pub(crate) mod bookings;
@@ -92,7 +93,7 @@ impl Modify for BearerAuth {
         (name = "bookings", description = "Holds, bookings and the waitlist"),
         (name = "health", description = "Liveness and readiness"),
         (name = "pricing", description = "Surge grid"),
-        (name = "admin", description = "Pricing administration, maintenance blocks, webhooks and the deny list (ops role)"),
+        (name = "admin", description = "Pricing administration, maintenance blocks, webhooks, the deny list and API keys (ops role)"),
     )
 )]
 struct ApiDoc;
@@ -224,6 +225,8 @@ fn booking_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(webhooks::redeliver))
         .routes(routes!(deny_list::create_entry, deny_list::list_entries))
         .routes(routes!(deny_list::get_entry, deny_list::delete_entry))
+        .routes(routes!(api_keys::create_key, api_keys::list_keys))
+        .routes(routes!(api_keys::get_key, api_keys::revoke_key))
         .routes(routes!(waitlist::join))
         .routes(routes!(waitlist::get_entry, waitlist::withdraw))
 }

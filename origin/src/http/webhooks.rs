@@ -19,7 +19,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::events::Topic;
-use crate::http::admin::{misdirected_unless_served, ops_region, require_ops};
+use crate::http::admin::{misdirected_unless_served, queried_region, require_ops};
 use crate::http::auth::AuthUser;
 use crate::http::error::{ApiError, ApiResult, Problem};
 use crate::http::extract::{ApiJson, ApiPath, ApiQuery, WriteCall};
@@ -207,14 +207,12 @@ pub(crate) async fn create_webhook(
     ApiQuery(query): ApiQuery<RegionQuery>,
     ApiJson(body): ApiJson<WebhookRequest>,
 ) -> ApiResult<Response> {
-    require_ops(&call.user)?;
-    let code = query.region.as_deref().ok_or_else(|| {
-        ApiError::field(
-            "region",
-            "name the region whose events it hears: EUW or EUN",
-        )
-    })?;
-    let region = ops_region(&call.state, &call.user, code)?;
+    let region = queried_region(
+        &call.state,
+        &call.user,
+        query.region.as_deref(),
+        "name the region whose events it hears: EUW or EUN",
+    )?;
     let types = event_types(&body.event_types)?;
     let url = crate::webhooks::guard::check_url(
         body.url.trim(),
@@ -272,12 +270,12 @@ pub(crate) async fn list_webhooks(
     user: AuthUser,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> ApiResult<impl IntoResponse> {
-    require_ops(&user)?;
-    let code = query
-        .region
-        .as_deref()
-        .ok_or_else(|| ApiError::field("region", "name the region: EUW or EUN"))?;
-    let region = ops_region(&state, &user, code)?;
+    let region = queried_region(
+        &state,
+        &user,
+        query.region.as_deref(),
+        "name the region: EUW or EUN",
+    )?;
     let limit = limit_of(query.limit)?;
     let now = Utc::now();
     let items: Vec<WebhookDto> = store::list(&state.db, region.code(), limit)

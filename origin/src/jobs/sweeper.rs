@@ -29,9 +29,10 @@ pub(crate) async fn run(state: AppState, stop: CancellationToken) {
     let mut tick = tokio::time::interval(state.config.sweeper_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_purge = std::time::Instant::now();
-    // The first tick publishes the deny list (`crate::redis::deny_sync`): an origin that starts
-    // heals whatever an earlier one failed to publish.
-    let mut last_deny_publish: Option<std::time::Instant> = None;
+    // The first tick publishes the deny list and the API keys (`crate::redis::deny_sync`,
+    // `crate::redis::key_sync`): an origin that starts heals whatever an earlier one failed to
+    // publish.
+    let mut last_edge_publish: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -80,15 +81,15 @@ pub(crate) async fn run(state: AppState, stop: CancellationToken) {
             }
         }
         advance_waitlists(&state).await;
-        if last_deny_publish.is_none_or(|t| t.elapsed() >= crate::redis::deny_sync::PERIOD) {
-            last_deny_publish = Some(std::time::Instant::now());
+        if last_edge_publish.is_none_or(|t| t.elapsed() >= crate::redis::deny_sync::PERIOD) {
+            last_edge_publish = Some(std::time::Instant::now());
             for region in state.config.regions.clone() {
-                let publish = tokio::time::timeout(
-                    BATCH_TIMEOUT,
-                    crate::redis::deny_sync::publish_counted(&state, region),
-                );
+                let publish = tokio::time::timeout(BATCH_TIMEOUT, async {
+                    crate::redis::deny_sync::publish_counted(&state, region).await;
+                    crate::redis::key_sync::publish_counted(&state, region).await;
+                });
                 if publish.await.is_err() {
-                    tracing::warn!(%region, "deny list publish timed out; retrying next period");
+                    tracing::warn!(%region, "deny list or API key publish timed out; retrying next period");
                 }
             }
         }

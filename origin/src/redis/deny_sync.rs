@@ -23,8 +23,9 @@ use crate::store::deny_list;
 /// How often the sweeper republishes every served region's list.
 pub(crate) const PERIOD: Duration = Duration::from_secs(30);
 
-/// KEYS[1]: the region's hash. ARGV: the version, then field, expiry pairs. Replaces the hash
-/// unless it holds a newer version; returns 1 when it replaced, 0 when it was newer.
+/// KEYS[1]: the region's hash. ARGV: the version, then field, value pairs (here: expiries;
+/// `crate::redis::key_sync` publishes the API keys with it too). Replaces the hash unless it
+/// holds a newer version; returns 1 when it replaced, 0 when it was newer.
 pub(crate) const REPLACE: &str = r"
 local have = tonumber(redis.call('HGET', KEYS[1], '#v') or '-1')
 if tonumber(ARGV[1]) < have then return 0 end
@@ -55,16 +56,31 @@ fn command(key: &str, snapshot: &deny_list::Snapshot) -> Value {
 /// Publishes the region's list now. `Ok(false)`: the edges already had a newer one (or the
 /// edge cache is not configured).
 pub(crate) async fn publish(state: &AppState, region: Region) -> anyhow::Result<bool> {
+    if state.edge_gen.rest().is_none() {
+        return Ok(false);
+    }
+    let snapshot = deny_list::snapshot(&state.db, region.code()).await?;
+    replace(state, |prefix| {
+        command(&domain::deny::hash_key(prefix, region), &snapshot)
+    })
+    .await
+}
+
+/// Sends a [`REPLACE`] command (built for the edges' key prefix) to the edges' Upstash.
+/// `Ok(false)`: the edges already had a newer version, or the edge cache is not configured.
+/// Shared with `crate::redis::key_sync`.
+pub(crate) async fn replace(
+    state: &AppState,
+    command: impl FnOnce(&str) -> Value,
+) -> anyhow::Result<bool> {
     let Some((config, client)) = state.edge_gen.rest() else {
         return Ok(false);
     };
-    let snapshot = deny_list::snapshot(&state.db, region.code()).await?;
-    let key = domain::deny::hash_key(&config.key_prefix, region);
     let token = String::from_utf8_lossy(&config.token.0).into_owned();
     let reply: Value = client
         .post(&config.url)
         .bearer_auth(token)
-        .json(&command(&key, &snapshot))
+        .json(&command(&config.key_prefix))
         .send()
         .await?
         .json()
@@ -85,15 +101,27 @@ pub(crate) fn publish_soon(state: &AppState, region: Region) {
 
 /// Publishes, counting the outcome in `deny_list_publishes_total{result}`.
 pub(crate) async fn publish_counted(state: &AppState, region: Region) {
-    let result = match publish(state, region).await {
+    let outcome = publish(state, region).await;
+    counted("deny_list_publishes_total", "deny list", region, outcome);
+}
+
+/// Counts a publish's outcome in `metric{result}` (`ok`, `skipped`: the edges had newer,
+/// `error`: logged, the next periodic publish retries).
+pub(crate) fn counted(
+    metric: &'static str,
+    what: &str,
+    region: Region,
+    outcome: anyhow::Result<bool>,
+) {
+    let result = match outcome {
         Ok(true) => "ok",
         Ok(false) => "skipped",
         Err(e) => {
-            tracing::warn!(error = %e, %region, "deny list publish failed; the next periodic publish retries");
+            tracing::warn!(error = %e, %region, "{what} publish failed; the next periodic publish retries");
             "error"
         }
     };
-    metrics::counter!("deny_list_publishes_total", "result" => result).increment(1);
+    metrics::counter!(metric, "result" => result).increment(1);
 }
 
 #[cfg(test)]

@@ -101,7 +101,7 @@ impl EdgeGen {
     }
 
     /// The edge cache's REST endpoint and a client for it (none: off), for other writers of
-    /// the edges' Upstash ([`crate::redis::deny_sync`]).
+    /// the edges' Upstash ([`crate::redis::deny_sync`], [`crate::redis::key_sync`]).
     pub(crate) fn rest(&self) -> Option<&(EdgeCacheConfig, reqwest::Client)> {
         self.target.as_ref()
     }

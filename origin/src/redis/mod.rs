@@ -7,5 +7,6 @@ pub mod cache;
 pub(crate) mod deny_sync;
 pub(crate) mod edge_gen;
 pub(crate) mod front_door;
+pub(crate) mod key_sync;
 pub mod link;
 pub mod locks;

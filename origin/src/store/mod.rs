@@ -11,6 +11,7 @@
 //! (`#[tracing::instrument]`): exported as a child of the request's span when traces are on,
 //! a disabled call site otherwise (`telemetry.rs`).
 
+pub(crate) mod api_keys;
 pub(crate) mod blocks;
 pub(crate) mod bookings;
 pub(crate) mod deny_list;

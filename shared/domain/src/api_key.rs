@@ -26,9 +26,12 @@ pub const SECRET_PREFIX: &str = "bpk";
 /// The plan's windows: a minute and a day.
 pub const MINUTE_MS: u64 = 60_000;
 pub const DAY_MS: u64 = 86_400_000;
-/// Bounds on a plan, so a typo cannot publish a limit no Redis counter should hold.
+/// Bounds on a plan, so a typo cannot publish a limit no Redis counter should hold. The day's
+/// bound also keeps the edge script exact: it compares `(prev + curr + 1) × window` with
+/// `limit × window` in Lua's doubles, and with a day's window in ms (8.64 × 10⁷) and counts up
+/// to the limit each, 2 × 5 × 10⁷ × 8.64 × 10⁷ stays below 2⁵³.
 pub const MAX_PER_MINUTE: u32 = 1_000_000;
-pub const MAX_PER_DAY: u32 = 1_000_000_000;
+pub const MAX_PER_DAY: u32 = 50_000_000;
 pub const MAX_BURST_SECS: u64 = 60;
 /// At most this many allowed origins per key (the edge script scans them).
 pub const MAX_ORIGINS: usize = 16;

@@ -1,9 +1,9 @@
 //! The deny list's rules, shared by the origin (which keeps the list) and the edges (which
 //! enforce it): what ops may put on it, and how an entry and a request meet.
 //!
-//! An entry names a **network** (an address is its /32 or /128) or a **user id**. The origin
-//! publishes each region's active entries to the edges' Upstash as one hash,
-//! [`hash_key`]: field [`DenyTarget::field`] → the entry's expiry in ms since the epoch (`0`:
+//! An entry names a **network** (an address is its /32 or /128), a **user id** or an app's
+//! **API key** (by its id). The origin publishes each region's active entries to the edges'
+//! Upstash as one hash, [`hash_key`]: field [`DenyTarget::field`] → the entry's expiry in ms since the epoch (`0`:
 //! none). A request does not carry the list: the edge sends the fields that *could* deny it —
 //! its user's field and its address's network at every prefix length an entry may have
 //! ([`candidates`]) — inside the rate-limit script it already sends, and the script looks them
@@ -20,6 +20,7 @@ use std::str::FromStr;
 
 use ipnet::IpNet;
 
+use crate::ids::ApiKeyId;
 use crate::region::Region;
 
 /// The IPv4 prefix lengths an entry may have.
@@ -38,12 +39,16 @@ pub enum DenyTarget {
     Network(IpNet),
     /// Every request whose verified token names this user (`sub`).
     User(String),
+    /// Every request that presents this app's API key (`domain::api_key`). The edge does not
+    /// know a key's id before the script reads its plan, so the script adds this field to the
+    /// request's candidates itself, from the plan.
+    Key(ApiKeyId),
 }
 
 /// Why an entry cannot be on the list; the message names what to change.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DenyError {
-    #[error("kind must be \"network\" or \"user\" (got {0:?})")]
+    #[error("kind must be \"network\", \"user\" or \"key\" (got {0:?})")]
     Kind(String),
     #[error(
         "{0:?} is not an IP address or a network in CIDR form (e.g. 203.0.113.0/24, 2001:db8::/48)"
@@ -59,6 +64,8 @@ pub enum DenyError {
     V6Prefix(u8),
     #[error("a user id is 1 to 256 characters without control characters")]
     User,
+    #[error("an API key is named by its id, key_<region>_<32 hex> (got {0:?})")]
+    Key(String),
 }
 
 impl DenyTarget {
@@ -77,6 +84,11 @@ impl DenyTarget {
                 }
                 Ok(DenyTarget::User(user.to_owned()))
             }
+            "key" => value
+                .trim()
+                .parse::<ApiKeyId>()
+                .map(DenyTarget::Key)
+                .map_err(|_| DenyError::Key(value.to_owned())),
             other => Err(DenyError::Kind(other.to_owned())),
         }
     }
@@ -86,6 +98,7 @@ impl DenyTarget {
         match self {
             DenyTarget::Network(_) => "network",
             DenyTarget::User(_) => "user",
+            DenyTarget::Key(_) => "key",
         }
     }
 
@@ -94,6 +107,7 @@ impl DenyTarget {
         match self {
             DenyTarget::Network(net) => net.to_string(),
             DenyTarget::User(user) => user.clone(),
+            DenyTarget::Key(id) => id.to_string(),
         }
     }
 
@@ -102,6 +116,7 @@ impl DenyTarget {
         match self {
             DenyTarget::Network(net) => format!("n:{net}"),
             DenyTarget::User(user) => format!("u:{user}"),
+            DenyTarget::Key(id) => format!("{KEY_FIELD_PREFIX}{id}"),
         }
     }
 }
@@ -143,6 +158,10 @@ fn unmapped(net: IpNet) -> IpNet {
         other => other,
     }
 }
+
+/// A key entry's field is this and the key's id: the edge script builds it from the plan it
+/// reads (`"k:" .. id`).
+pub const KEY_FIELD_PREFIX: &str = "k:";
 
 /// The Upstash hash holding `region`'s active entries (keys share the edge's prefix).
 pub fn hash_key(prefix: &str, region: Region) -> String {
@@ -261,7 +280,12 @@ mod tests {
         assert_eq!(net("user", ""), Err(DenyError::User));
         assert_eq!(net("user", "a\nb"), Err(DenyError::User));
         assert_eq!(net("user", &"x".repeat(257)), Err(DenyError::User));
-        assert_eq!(net("key", "k"), Err(DenyError::Kind("key".into())));
+        assert_eq!(net("key", "k"), Err(DenyError::Key("k".into())));
+        assert_eq!(
+            net("key", " key_euw_0190f0c5a4c37d3e8b1e2f3a4b5c6d7e "),
+            Ok("k:key_euw_0190f0c5a4c37d3e8b1e2f3a4b5c6d7e".into())
+        );
+        assert_eq!(net("app", "k"), Err(DenyError::Kind("app".into())));
     }
 
     #[test]

@@ -112,8 +112,19 @@ async fn an_app_key_is_limited_by_its_plan_and_refused_soon_after_revocation(
     // Used: five pass with the key's limit in the headers (it binds: 5 < the user's 100)...
     inside_one_window(Duration::from_secs(10)).await;
     for i in 0..5u32 {
-        let r = quote_with_key(&stack, "rita", &secret, None, &quote).await?;
+        // The key costs no Upstash request of its own: a cache hit with it is still one.
+        let (r, upstash, _) = counted(&stack, || {
+            quote_with_key(&stack, "rita", &secret, None, &quote)
+        })
+        .await?;
         assert_eq!(r.status, 201, "request {i}: {}", r.body);
+        if i > 0 {
+            assert_eq!(cache_state(&r), "hit", "request {i}");
+            assert_eq!(
+                upstash, 1,
+                "request {i}: a cache hit with a key is one request"
+            );
+        }
         assert_eq!(header(&r, "ratelimit-limit"), Some("5"), "request {i}");
         assert_eq!(
             header(&r, "ratelimit-remaining"),

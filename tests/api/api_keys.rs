@@ -21,26 +21,6 @@ fn body(name: &str, per_minute: u32, per_day: u32) -> Value {
     json!({ "name": name, "per_minute": per_minute, "per_day": per_day })
 }
 
-/// The hash the origin publishes EUW's keys to, read until `ok` holds (at most 5 s).
-async fn published(
-    conn: &mut redis::aio::MultiplexedConnection,
-    key: &str,
-    ok: impl Fn(&HashMap<String, String>) -> bool,
-) -> TestResult<HashMap<String, String>> {
-    let start = Instant::now();
-    loop {
-        let hash: HashMap<String, String> = conn.hgetall(key).await?;
-        if ok(&hash) {
-            return Ok(hash);
-        }
-        anyhow::ensure!(
-            start.elapsed() < Duration::from_secs(5),
-            "{key} never reached the expected state: {hash:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The published value of `secret`'s key in `hash`, decoded.
 fn plan_in(hash: &HashMap<String, String>, secret: &str) -> TestResult<Published> {
     let value = hash
@@ -477,7 +457,9 @@ async fn every_change_reaches_the_edges_hash_and_an_older_key_set_never_replaces
         "allowed_origins": ["https://app.example.com"], "expires_at": expires.to_rfc3339(),
     }))
     .await?;
-    let hash = published(&mut conn, &key, |h| h.contains_key(&secret_hash(&secret))).await?;
+    let hash =
+        e2e::test_redis::hash_until(&mut conn, &key, |h| h.contains_key(&secret_hash(&secret)))
+            .await?;
     assert_eq!(hash.get("#v").map(String::as_str), Some("1"));
     let p = plan_in(&hash, &secret)?;
     assert_eq!(p.key_id, id);
@@ -498,7 +480,7 @@ async fn every_change_reaches_the_edges_hash_and_an_older_key_set_never_replaces
         .delete(&format!("{KEYS}/{id}"), Some(&ops), None)
         .await?;
     assert_eq!(revoked.status, 200, "{}", revoked.body);
-    let hash = published(&mut conn, &key, |h| {
+    let hash = e2e::test_redis::hash_until(&mut conn, &key, |h| {
         h.get("#v").map(String::as_str) == Some("2")
     })
     .await?;
@@ -521,7 +503,9 @@ async fn every_change_reaches_the_edges_hash_and_an_older_key_set_never_replaces
         .execute(&app.pool)
         .await?;
     let (_, fresh) = issue(body("fresh", 2, 2)).await?;
-    let hash = published(&mut conn, &key, |h| h.contains_key(&secret_hash(&fresh))).await?;
+    let hash =
+        e2e::test_redis::hash_until(&mut conn, &key, |h| h.contains_key(&secret_hash(&fresh)))
+            .await?;
     assert!(!hash.contains_key(&secret_hash(&secret)), "{hash:?}");
     assert_eq!(
         plan_in(&hash, &expired)?.refusal(now_ms(), None),

@@ -12,26 +12,6 @@ use redis::AsyncCommands;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-/// The hash the origin publishes EUW's list to, read until `ok` holds (at most 5 s).
-async fn published(
-    conn: &mut redis::aio::MultiplexedConnection,
-    key: &str,
-    ok: impl Fn(&HashMap<String, String>) -> bool,
-) -> TestResult<HashMap<String, String>> {
-    let start = Instant::now();
-    loop {
-        let hash: HashMap<String, String> = conn.hgetall(key).await?;
-        if ok(&hash) {
-            return Ok(hash);
-        }
-        anyhow::ensure!(
-            start.elapsed() < Duration::from_secs(5),
-            "{key} never reached the expected state: {hash:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The origin's `/metrics` text.
 async fn metrics_text(app: &TestApp) -> TestResult<String> {
     Ok(app
@@ -214,7 +194,7 @@ async fn ops_add_list_and_remove_entries_and_every_change_reaches_the_edges_hash
         chrono::DateTime::parse_from_rfc3339(user.body["expires_at"].as_str().unwrap_or_default())?;
 
     // Published: both fields, with their expiries, at the list's version.
-    let hash = published(&mut conn, &key, |h| h.len() == 3).await?;
+    let hash = e2e::test_redis::hash_until(&mut conn, &key, |h| h.len() == 3).await?;
     assert_eq!(hash.get("n:203.0.113.0/24").map(String::as_str), Some("0"));
     assert_eq!(
         hash.get("u:mallory"),
@@ -267,7 +247,9 @@ async fn ops_add_list_and_remove_entries_and_every_change_reaches_the_edges_hash
         .get("/v1/admin/deny-list?region=EUW&all=true", Some(&ops))
         .await?;
     assert_eq!(log.body["items"].as_array().map(Vec::len), Some(2));
-    let hash = published(&mut conn, &key, |h| !h.contains_key("n:203.0.113.0/24")).await?;
+    let hash =
+        e2e::test_redis::hash_until(&mut conn, &key, |h| !h.contains_key("n:203.0.113.0/24"))
+            .await?;
     assert_eq!(hash.get("#v").map(String::as_str), Some("3"));
 
     // An older list never replaces a newer one: with a newer version planted in the hash,

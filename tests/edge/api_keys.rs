@@ -166,21 +166,10 @@ async fn an_app_key_is_limited_by_its_plan_and_refused_soon_after_revocation(
     assert_eq!(entry.status, 201, "{}", entry.body);
     assert_eq!(entry.body["kind"], "key");
     let entry_id = entry.body["id"].as_str().unwrap_or_default().to_owned();
-    let start = Instant::now();
-    let denied = loop {
-        let r = quote_with_key(&stack, "sven", &secret, None, &quote).await?;
-        if r.status == 403 {
-            break r;
-        }
-        if start.elapsed() > Duration::from_secs(5) {
-            anyhow::bail!(
-                "key not denied 5 s after its entry: {} {}",
-                r.status,
-                r.body
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (denied, took) = within_5s(403, || {
+        quote_with_key(&stack, "sven", &secret, None, &quote)
+    })
+    .await?;
     assert_eq!(denied.problem_type(), "/problems/denied");
     assert!(
         denied.body["detail"]
@@ -189,11 +178,7 @@ async fn an_app_key_is_limited_by_its_plan_and_refused_soon_after_revocation(
         "{}",
         denied.body
     );
-    println!(
-        "{}: key denied {:?} after its entry",
-        runtime.name(),
-        start.elapsed()
-    );
+    println!("{}: key denied {took:?} after its entry", runtime.name());
     let lifted = stack
         .delete(
             &format!("/v1/admin/deny-list/{entry_id}"),

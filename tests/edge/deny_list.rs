@@ -3,8 +3,6 @@
 //! call, a client that is not denied costs exactly the Upstash requests it cost before, and a
 //! removal lets the client in again. Beside it, the script itself against the real Redis.
 
-use std::time::Instant;
-
 use domain::ratelimit::RateLimit;
 use edge_core::ratelimit::{self, Check, DenyRead, Subject};
 use redis::AsyncCommands;
@@ -25,29 +23,6 @@ async fn from(
     stack
         .send(method, path, Some(&t), body, &[(name, value.as_str())])
         .await
-}
-
-/// Polls `f` until its reply has `status`, for at most 5 s; returns the reply and how long.
-async fn within_5s<F, Fut>(status: u16, mut f: F) -> TestResult<(Reply, Duration)>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = TestResult<Reply>>,
-{
-    let start = Instant::now();
-    loop {
-        let reply = f().await?;
-        if reply.status.as_u16() == status {
-            return Ok((reply, start.elapsed()));
-        }
-        if start.elapsed() > Duration::from_secs(5) {
-            anyhow::bail!(
-                "still {} after 5 s (wanted {status}): {}",
-                reply.status,
-                reply.body
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 async fn denied_networks_and_users_are_refused_at_the_edge_within_seconds(

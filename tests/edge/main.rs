@@ -89,6 +89,29 @@ where
     Ok((reply, stack.redis_requests() - requests, diff))
 }
 
+/// Polls `f` until its reply has `status`, for at most 5 s; returns the reply and how long.
+pub(crate) async fn within_5s<F, Fut>(status: u16, mut f: F) -> TestResult<(Reply, Duration)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = TestResult<Reply>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        let reply = f().await?;
+        if reply.status.as_u16() == status {
+            return Ok((reply, start.elapsed()));
+        }
+        if start.elapsed() > Duration::from_secs(5) {
+            anyhow::bail!(
+                "still {} after 5 s (wanted {status}): {}",
+                reply.status,
+                reply.body
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 // One module per capability; every scenario runs on both runtimes (`on_both_runtimes!`).
 // Issue 15: the edge's JSON access line.
 mod access_log;

@@ -65,6 +65,28 @@ pub struct TestRedis {
     child: Option<Child>,
 }
 
+/// Reads the hash `key` until `ok` holds, for at most 5 s (what an origin publishes to the
+/// edges' Upstash arrives in the background, after the change's answer).
+pub async fn hash_until(
+    conn: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    ok: impl Fn(&std::collections::HashMap<String, String>) -> bool,
+) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let start = std::time::Instant::now();
+    loop {
+        let hash: std::collections::HashMap<String, String> =
+            redis::AsyncCommands::hgetall(conn, key).await?;
+        if ok(&hash) {
+            return Ok(hash);
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(5),
+            "{key} never reached the expected state: {hash:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> anyhow::Result<u16> {
     let listener = TcpListener::bind("127.0.0.1:0").context("bind a free port")?;

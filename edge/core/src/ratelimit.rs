@@ -41,6 +41,7 @@
 //! If Upstash is unreachable the request is let through (fail open) and the failure logged:
 //! rate limiting protects capacity, it is not worth an outage.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -537,12 +538,15 @@ pub async fn apply(
     if let Some(why) = key.and_then(|k| blocked.refused_key(&k.hash, now_ms)) {
         return Ok((refused(None, Some(why), None, true), None));
     }
-    let mut all: Vec<Check> = checks.to_vec();
+    // The request's checks, and the key's after them (copied only when there is a key).
+    let mut all: Cow<'_, [Check]> = Cow::Borrowed(checks);
     if let Some(k) = key {
-        all.extend(key_checks(&k.hash, blocked.plan(&k.hash).as_ref()));
+        let mut with_key = checks.to_vec();
+        with_key.extend(key_checks(&k.hash, blocked.plan(&k.hash).as_ref()));
+        all = Cow::Owned(with_key);
     }
     // Blocked in memory: refuse without a round trip.
-    for check in &all {
+    for check in all.iter() {
         if let Some(until) = blocked.blocked(check, now_ms) {
             let decision = Decision {
                 allowed: false,
@@ -592,6 +596,7 @@ pub async fn apply(
         // The key's limits as the script applied them: from the plan it read.
         let published = published.as_ref().ok_or(RedisError::Body)?;
         blocked.remember_plan(&k.hash, published);
+        let all = all.to_mut();
         let n = all.len();
         let [minute, day] = key_checks(&k.hash, Some(&published.plan));
         all[n - 2] = minute;

@@ -299,6 +299,16 @@ fn spawn_jobs(state: &AppState, jobs: &Jobs) {
         jobs.spawn("sweeper", move |stop| {
             crate::jobs::sweeper::run(sweeper_state, stop)
         });
+        if state
+            .edge_gen
+            .rest()
+            .is_some_and(|(config, _)| !config.peers.is_empty())
+        {
+            let sync_state = state.clone();
+            jobs.spawn("limit-sync", move |stop| {
+                crate::jobs::limit_sync::run(sync_state, stop)
+            });
+        }
     }
     if role.prices() || role.runs_singletons() {
         // The surge grid: computed now, then every SURGE_RECOMPUTE_SECS (by the jobs leader,

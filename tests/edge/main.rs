@@ -134,6 +134,8 @@ mod rate_limits;
 mod round_trips;
 // Security at the edge (issue 8): JWT attacks and the anonymous column of the authz matrix.
 mod security;
+// Issue 19: limits shared across regions (the script's outbox and the origin's copy).
+mod shared_limits;
 mod slow_origin;
 // Issue 15: traces from the client through the edge to the origin's spans and Kafka.
 mod traces;

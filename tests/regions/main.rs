@@ -16,6 +16,8 @@
 //!   regions' vehicles in ranking order.
 //! * `outage`: the EUN origin SIGKILLed under traffic; EUW unaffected, EUN stale or 503,
 //!   lists partial, every acknowledged write there exactly once after the restart.
+//! * `shared_limits`: each edge with a database of its own; a client alternating between the
+//!   edges for a minute gets its limit plus at most the stated overshoot.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use e2e::edge::{header, Runtime};
@@ -132,3 +134,4 @@ async fn quote_and_hold(
 mod boundary;
 mod journeys;
 mod outage;
+mod shared_limits;

@@ -276,7 +276,27 @@ pub fn window(days: i64, hours: i64) -> (DateTime<Utc>, DateTime<Utc>) {
     (start, start + Duration::hours(hours))
 }
 
+/// The sum of a metric's samples in Prometheus text whose label set contains `labels`
+/// (e.g. `result="ok"`; empty: every sample).
+pub fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 impl TestApp {
+    /// The origin's `/metrics` text.
+    pub async fn metrics_text(&self) -> TestResult<String> {
+        Ok(self
+            .client
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await?
+            .text()
+            .await?)
+    }
+
     async fn send(&self, req: reqwest::RequestBuilder) -> TestResult<Reply> {
         let resp = self.execute(req).await?;
         Reply::read(resp).await

@@ -11,7 +11,9 @@
 //! the same port). Shared by both regions: the broker at `KAFKA_BROKERS` (each region's relay
 //! publishes its own outbox to it; the events carry their region) and the Upstash REST gateway
 //! with one key prefix for both edges (in production each edge has an Upstash database near it;
-//! here one Redis plays both, which only makes rate limits global).
+//! here one Redis plays both, which only makes rate limits global) — or, with
+//! [`WorldOptions::edge_database_per_region`], a prefix per region, which is a database per
+//! region as far as the edges can tell.
 //!
 //! Two edges on one runtime (`EDGE_REGION=EUW` and `EUN`): each reaches its own region's
 //! origin directly and the other region's origin through a [`LatencyProxy`] adding the
@@ -63,6 +65,11 @@ pub struct WorldOptions {
     /// SQL run on a region's cluster after the seed, before its origin starts (e.g. moving
     /// the fleet next to a test boundary): (region, statement).
     pub setup_sql: Vec<(&'static str, String)>,
+    /// Give each region's edge a database of its own (a key prefix of its own behind the
+    /// gateway), as in production, with its counts shared across regions
+    /// (`EDGE_SHARE_LIMITS=true`, each origin copying to the other's database). Off: one
+    /// database for both edges.
+    pub edge_database_per_region: bool,
 }
 
 /// A plain HTTP endpoint (an edge or an origin) and a client for it.
@@ -263,7 +270,8 @@ pub struct TwoRegions {
     /// EUW edge → EUN origin, and EUN edge → EUW origin.
     pub proxy_to_eun: LatencyProxy,
     pub proxy_to_euw: LatencyProxy,
-    /// The edges' shared Redis key prefix.
+    /// The edges' Redis key prefix (with a database per region, each region's prefix is
+    /// this, then the region and `:`).
     pub edge_prefix: String,
     gateway: Option<upstash_gateway::Running>,
     edges: Vec<EdgeProcess>,
@@ -329,13 +337,43 @@ impl TwoRegions {
                 .map(|(_, sql)| sql.clone())
                 .collect()
         };
+        // Each region's edge database: its own prefix, or the shared one.
+        let db_prefix = |region: &str| -> String {
+            if options.edge_database_per_region {
+                format!("{edge_prefix}{region}:")
+            } else {
+                edge_prefix.clone()
+            }
+        };
+        let site_vars = |region: &str| -> Vec<(String, String)> {
+            let mut vars = common.clone();
+            if options.edge_database_per_region {
+                let peer = if region == "EUW" { "EUN" } else { "EUW" };
+                vars.retain(|(k, _)| k != "EDGE_CACHE_KEY_PREFIX");
+                vars.extend([
+                    ("EDGE_CACHE_KEY_PREFIX".to_owned(), db_prefix(region)),
+                    (format!("EDGE_PEER_{peer}_REST_URL"), gateway.url()),
+                    (
+                        format!("EDGE_PEER_{peer}_REST_TOKEN"),
+                        GATEWAY_TOKEN.to_owned(),
+                    ),
+                    (format!("EDGE_PEER_{peer}_KEY_PREFIX"), db_prefix(peer)),
+                ]);
+            }
+            vars
+        };
         let euw = tokio::spawn(Site::start(
             "EUW",
             dir.join("euw"),
-            common.clone(),
+            site_vars("EUW"),
             setup("EUW"),
         ));
-        let eun = tokio::spawn(Site::start("EUN", dir.join("eun"), common, setup("EUN")));
+        let eun = tokio::spawn(Site::start(
+            "EUN",
+            dir.join("eun"),
+            site_vars("EUN"),
+            setup("EUN"),
+        ));
         let (euw, eun) = (euw.await??, eun.await??);
 
         let proxy_to_eun = LatencyProxy::start(eun.origin.port, rtt).await?;
@@ -355,7 +393,11 @@ impl TwoRegions {
                 ("ORIGIN_EUN_URL", eun_url),
                 ("UPSTASH_REDIS_REST_URL", gateway.url()),
                 ("UPSTASH_REDIS_REST_TOKEN", GATEWAY_TOKEN.to_owned()),
-                ("EDGE_KEY_PREFIX", edge_prefix.clone()),
+                ("EDGE_KEY_PREFIX", db_prefix(region)),
+                (
+                    "EDGE_SHARE_LIMITS",
+                    options.edge_database_per_region.to_string(),
+                ),
                 ("JWT_ISSUER", ISSUER.to_owned()),
                 ("JWT_AUDIENCE", AUDIENCE.to_owned()),
                 ("JWT_HS256_SECRET", JWT_SECRET.to_owned()),

@@ -68,6 +68,11 @@ pub struct EdgeConfig {
     /// Whether every request must carry an app's API key (`EDGE_REQUIRE_API_KEY=true`;
     /// default false: a key is optional, and applied when present).
     pub require_api_key: bool,
+    /// Whether this region's counts are shared with the other regions' databases
+    /// (`EDGE_SHARE_LIMITS=true`, default false): on when each region has its own Upstash
+    /// database and its origin copies the outbox (`domain::ratelimit::shared`); off when the
+    /// edges of every region share one database (their counts are then shared already).
+    pub share_limits: bool,
 }
 
 /// Below the host limits that fail less politely: `wasmtime serve`'s pooling allocator
@@ -247,6 +252,7 @@ impl EdgeConfig {
             )?)
             .unwrap_or(usize::MAX),
             require_api_key: parsed(p, "EDGE_REQUIRE_API_KEY", false)?,
+            share_limits: parsed(p, "EDGE_SHARE_LIMITS", false)?,
         })
     }
 

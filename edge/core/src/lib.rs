@@ -51,7 +51,7 @@ use crate::cache::Entry;
 use crate::config::EdgeConfig;
 use crate::platform::{FetchError, Outbound, Platform, Request, Response};
 use crate::ratelimit::{
-    BlockedCache, CacheFound, CacheRead, Check, DenyRead, KeyRead, Outcome, Subject,
+    BlockedCache, CacheFound, CacheRead, Check, DenyRead, KeyRead, Outbox, Outcome, Subject,
 };
 use crate::regions::Placement;
 use crate::route::{canonical, is_write, quote_token_target, route, uri_safe, Route};
@@ -86,6 +86,8 @@ pub struct Edge {
     /// `domain::api_key::hash_key`), named once.
     deny_keys: Vec<String>,
     api_key_keys: Vec<String>,
+    /// This region's outbox when limits are shared across regions (`EDGE_SHARE_LIMITS`).
+    outbox: Option<Outbox>,
 }
 
 /// Counts a request in flight until dropped — also when the host drops the request's
@@ -246,6 +248,9 @@ impl Edge {
         Ok(Edge {
             deny_keys: per_region(domain::deny::hash_key),
             api_key_keys: per_region(domain::api_key::hash_key),
+            outbox: config
+                .share_limits
+                .then(|| Outbox::new(&config.key_prefix, config.region)),
             config,
             blocked: BlockedCache::default(),
             runtime,
@@ -378,7 +383,13 @@ impl Edge {
             address_bucket(ip),
             self.config.ip_limit_per_min,
         );
-        let now = p.now_ms();
+        // The limiter's clock: behind the wall clock in later regions when limits are shared
+        // (`domain::ratelimit::shared`: room the sliding window frees reaches one region at a
+        // time).
+        let now = match self.outbox {
+            Some(_) => domain::ratelimit::shared::clock(self.config.region, p.now_ms()),
+            None => p.now_ms(),
+        };
 
         // 1. Who is calling. A bad token still counts against its address, so a flood of
         //    garbage tokens is limited like anything else.
@@ -394,6 +405,7 @@ impl Edge {
                     p,
                     &self.redis(),
                     &self.config.key_prefix,
+                    self.outbox.as_ref(),
                     &self.blocked,
                     std::slice::from_ref(&ip_check),
                     None,
@@ -499,6 +511,7 @@ impl Edge {
             p,
             &self.redis(),
             prefix,
+            self.outbox.as_ref(),
             &self.blocked,
             &checks,
             read.as_ref(),

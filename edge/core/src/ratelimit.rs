@@ -31,6 +31,12 @@
 //! in the world agree as long as their clocks do (Cloudflare's and NTP-synced hosts' do, to
 //! well under the 60 s window).
 //!
+//! **Across regions.** Each region's edges count in their own Upstash database. With
+//! `EDGE_SHARE_LIMITS=true` the script also counts each spend in the region's outbox, which
+//! the region's origin copies to the other regions' databases every 100 ms, and the limiter's
+//! clock runs a little behind in each later region (`domain::ratelimit::shared` has the why
+//! and the bound on the overshoot). Still one request.
+//!
 //! **Blocked cache.** A client that got a 429 is remembered in the isolate until its
 //! `Retry-After` passes, and its next requests are refused without a Redis call — a flood from
 //! one client costs nothing downstream. Cloudflare keeps an isolate alive across requests;
@@ -60,7 +66,9 @@ use crate::upstash::{arg, as_u64, RedisError, Upstash};
 /// burst, the bucket key is not touched), refill interval in ms, window in ms and elapsed ms
 /// of the current window; then the cache key's head and tail (an empty head: no cache read);
 /// then m, f and the f deny-list fields that would deny this request
-/// (`domain::deny::candidates`); then a, the presented key's hash and the request's origin.
+/// (`domain::deny::candidates`); then a, the presented key's hash and the request's origin;
+/// then, when limits are shared across regions, the outbox's key, the length of the key
+/// prefix and the outbox's lifetime in ms ([`Outbox`]; absent or empty: not shared).
 ///
 /// 1. The deny list: the fields sent, plus `k:<key id>` when a presented key's plan (below)
 ///    is found. If any hash holds one whose expiry (ms, `0`: none) has not passed, the script
@@ -77,6 +85,10 @@ use crate::upstash::{arg, as_u64, RedisError, Upstash};
 ///    without a burst); when every limit had room, the generations (`"0"` for a missing one)
 ///    and the entry stored under `head .. concat(gens, ".") .. tail` (nil when absent or when
 ///    no read was asked for); `plan` is the key's (nil without a key).
+///
+/// 4. When the limits are shared across regions, every spend (a counter incremented, a token
+///    taken) is also counted in the outbox, one field per key (`domain::ratelimit::shared`):
+///    the region's origin copies them to the other regions' databases.
 ///
 /// The bucket is `domain::ratelimit::Bucket` (a hash, `t` tokens and `r` the refill clock;
 /// no key is a full bucket); a request the window refuses spends a token, and only then is
@@ -170,18 +182,28 @@ for i = 1, n do
   out[4 * i] = at
 end
 if not room then return {out, {}, false, false, false, plan} end
+local box = ARGV[a + 7 + f]
+if box == '' then box = nil end
+local plen = tonumber(ARGV[a + 8 + f] or '0')
 for i = 1, n do
   if pay[i] == 1 then
     redis.call('INCR', KEYS[3 * i - 1])
     redis.call('PEXPIRE', KEYS[3 * i - 1], 2 * L[i][4])
+    if box then
+      redis.call('HINCRBY', box, 'w ' .. (2 * L[i][4]) .. ' 0 ' .. string.sub(KEYS[3 * i - 1], plen + 1), 1)
+    end
   else
     local cap, every = L[i][2], L[i][3]
     local left = out[4 * i - 1] - 1
     local at = out[4 * i]
     redis.call('HSET', KEYS[3 * i], 't', left, 'r', at)
     redis.call('PEXPIRE', KEYS[3 * i], math.max(1, at + (cap - left) * every - now))
+    if box then
+      redis.call('HINCRBY', box, 'b ' .. cap .. ' ' .. every .. ' ' .. string.sub(KEYS[3 * i], plen + 1), 1)
+    end
   end
 end
+if box and redis.call('PTTL', box) < 0 then redis.call('PEXPIRE', box, ARGV[a + 9 + f]) end
 local gens = {}
 for j = 3 * n + 1, 3 * n + ng do
   gens[#gens + 1] = redis.call('GET', KEYS[j]) or '0'
@@ -223,6 +245,32 @@ pub struct KeyRead {
     pub keys: Vec<String>,
     pub hash: String,
     pub origin: String,
+}
+
+/// Where the script counts what it spends for the other regions (`EDGE_SHARE_LIMITS`,
+/// `domain::ratelimit::shared`): this region's outbox and the key prefix to leave out of
+/// the fields.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    pub key: String,
+    pub prefix_len: usize,
+}
+
+impl Outbox {
+    /// The outbox of the edges of `region` whose keys start with `prefix`.
+    pub fn new(prefix: &str, region: domain::region::Region) -> Self {
+        Outbox {
+            key: domain::ratelimit::shared::outbox_key(prefix, region),
+            prefix_len: prefix.len(),
+        }
+    }
+
+    /// Appends the script's outbox arguments to a [`command`].
+    pub fn append_to(&self, cmd: &mut Vec<Value>) {
+        cmd.push(arg(self.key.as_str()));
+        cmd.push(arg(self.prefix_len.to_string()));
+        cmd.push(arg(domain::ratelimit::shared::OUTBOX_TTL_MS.to_string()));
+    }
 }
 
 /// The key's two checks, appended after the request's others: its per-minute limit (with its
@@ -496,12 +544,13 @@ pub fn command(
 
 /// Applies the deny list, the presented API key (`key`: its plan's limits join `checks`) and
 /// `checks` at `now_ms` and, when they allow the request, does `read` in the same Upstash
-/// request.
+/// request; with an `outbox`, what it spends is shared with the other regions.
 #[allow(clippy::too_many_arguments)]
 pub async fn apply(
     p: &impl crate::platform::Platform,
     redis: &Upstash<'_>,
     prefix: &str,
+    outbox: Option<&Outbox>,
     blocked: &BlockedCache,
     checks: &[Check],
     read: Option<&CacheRead>,
@@ -567,6 +616,9 @@ pub async fn apply(
         }
     }
     let mut cmd = command(prefix, &all, read, deny, key, now_ms);
+    if let Some(outbox) = outbox {
+        outbox.append_to(&mut cmd);
+    }
     let reply = match redis.command(p, cmd.clone()).await {
         Err(RedisError::Command(e)) if e.starts_with("NOSCRIPT") => {
             // First use on this Redis: send the script itself (which also caches it).

@@ -19,12 +19,15 @@
 //! - [`redis_probe`]: PINGs each Redis connection so its up/down state follows Redis;
 //! - [`relay`]: the outbox relay to Kafka (when `KAFKA_BROKERS` is set);
 //! - [`replica`]: probes the read replica's lag (when `DATABASE_READ_URL` is set);
+//! - [`limit_sync`]: copies the edges' rate-limit counts to the other regions' edge databases
+//!   (when `EDGE_PEER_<REGION>_REST_URL` is set);
 //! - [`leader`]: the `jobs` role's election, so N replicas run the sweeper, surge refresh and
 //!   index rebuild once (see [`crate::role`] for which role runs which job).
 
 pub(crate) mod availability;
 pub(crate) mod consumer;
 pub(crate) mod leader;
+pub(crate) mod limit_sync;
 pub(crate) mod redis_probe;
 pub(crate) mod relay;
 pub(crate) mod replica;

@@ -1,7 +1,8 @@
 //! Publishes each region's deny list to the edges' Upstash (`domain::deny` has the rules).
 //!
 //! The list's system of record is the region's PostgreSQL (`crate::store::deny_list`); the
-//! edges read a copy, one hash per region (`domain::deny::hash_key`): field → expiry in ms
+//! edges read a copy in their database (every region's, with a database per region: see
+//! `crate::redis::edge_gen`), one hash per region (`domain::deny::hash_key`): field → expiry in ms
 //! (`0`: none), plus the list's version under `#v`. A publish replaces the whole hash with a
 //! snapshot of the active entries in one Lua script, and only if the snapshot's version is not
 //! older than the one there: two origins publishing at once (a change here, the periodic
@@ -66,28 +67,43 @@ pub(crate) async fn publish(state: &AppState, region: Region) -> anyhow::Result<
     .await
 }
 
-/// Sends a [`REPLACE`] command (built for the edges' key prefix) to the edges' Upstash.
-/// `Ok(false)`: the edges already had a newer version, or the edge cache is not configured.
-/// Shared with `crate::redis::key_sync`.
+/// Sends a [`REPLACE`] command (built for each database's key prefix) to every edge database
+/// (the region's own and its peers', `EdgeCacheConfig::targets`). `Ok(false)`: every one
+/// already had a newer version, or the edge cache is not configured; an error from any one is
+/// the answer (after trying them all: one peer down does not stop the others). Shared with
+/// `crate::redis::key_sync`.
 pub(crate) async fn replace(
     state: &AppState,
-    command: impl FnOnce(&str) -> Value,
+    command: impl Fn(&str) -> Value,
 ) -> anyhow::Result<bool> {
     let Some((config, client)) = state.edge_gen.rest() else {
         return Ok(false);
     };
-    let token = String::from_utf8_lossy(&config.token.0).into_owned();
-    let reply: Value = client
-        .post(&config.url)
-        .bearer_auth(token)
-        .json(&command(&config.key_prefix))
-        .send()
-        .await?
-        .json()
-        .await?;
-    match reply.get("result").and_then(Value::as_i64) {
-        Some(replaced) => Ok(replaced == 1),
-        None => anyhow::bail!("Upstash answered {reply}"),
+    let mut replaced = false;
+    let mut failed = None;
+    for target in config.targets() {
+        let sent = async {
+            let reply: Value = client
+                .post(target.url)
+                .bearer_auth(String::from_utf8_lossy(&target.token.0))
+                .json(&command(target.key_prefix))
+                .send()
+                .await?
+                .json()
+                .await?;
+            match reply.get("result").and_then(Value::as_i64) {
+                Some(n) => Ok(n == 1),
+                None => anyhow::bail!("Upstash at {} answered {reply}", target.url),
+            }
+        };
+        match sent.await {
+            Ok(r) => replaced |= r,
+            Err(e) => failed = Some(e),
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(replaced),
     }
 }
 

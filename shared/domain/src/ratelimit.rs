@@ -19,10 +19,13 @@
 //!
 //! Beside the window, a token bucket lets a client burst to five times its rate for a few
 //! seconds ([`burst`]): [`decide`] is the rule the edge applies, window and bucket together.
+//! With one Upstash database per region, the counts are shared between regions a moment
+//! after they are made ([`shared`]).
 
 pub mod burst;
 #[cfg(test)]
 mod burst_tests;
+pub mod shared;
 
 pub use burst::{decide, Bucket, Burst, Paid, Verdict, BURST_FACTOR, REFILL_DIVISOR};
 

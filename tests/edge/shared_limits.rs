@@ -75,7 +75,8 @@ async fn admits(
 /// A client spends its whole allowance (window and burst) in EUW; EUN, with a database of its
 /// own, still admits it — the violation the sharing exists for. Once an origin copies EUW's
 /// outbox to EUN, EUN refuses it: the window's count and the bucket's spent tokens both
-/// arrived, each once. A field in the outbox that is not a spend is never applied.
+/// arrived, and the tokens EUN had given out itself are owed (a debt), not forgotten. A field
+/// in the outbox that is not a spend is never applied.
 #[sqlx::test(migrations = "../migrations")]
 async fn spends_in_one_region_close_the_limit_in_the_other_once_copied(pool: PgPool) -> TestResult {
     let url = e2e::test_redis::shared_url();
@@ -109,8 +110,21 @@ async fn spends_in_one_region_close_the_limit_in_the_other_once_copied(pool: PgP
         redis.hgetall(outbox_key(&euw, Region::Euw)).await?;
     assert_eq!(outbox.values().sum::<u64>(), admitted, "{outbox:?}");
 
-    // EUN has not heard of it: it admits the client again.
-    assert!(admits(&conn, &eun, Region::Eun, &check).await?);
+    // EUN has not heard of it: it admits the client again — its window's five and three of
+    // its bucket's tokens.
+    for n in 0..limit.limit + 3 {
+        assert!(
+            admits(&conn, &eun, Region::Eun, &check).await?,
+            "EUN refused request {n}"
+        );
+    }
+    let eun_outbox: std::collections::HashMap<String, u64> =
+        redis.hgetall(outbox_key(&eun, Region::Eun)).await?;
+    let bucket_key = eun_outbox
+        .keys()
+        .find_map(|f| f.strip_prefix("b ")?.splitn(3, ' ').nth(2))
+        .map(|k| format!("{eun}{k}"))
+        .ok_or_else(|| anyhow::anyhow!("no bucket spend in EUN's outbox: {eun_outbox:?}"))?;
 
     // A hostile field beside the spends: names a key outside the limiter's.
     let planted = format!("w 60000 0 gen:{}", Region::Euw.code());
@@ -151,6 +165,26 @@ async fn spends_in_one_region_close_the_limit_in_the_other_once_copied(pool: PgP
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let refused = !admits(&conn, &eun, Region::Eun, &check).await?;
+    // EUN's bucket had given three of its tokens away itself, so EUW's spends left it owing
+    // three: no token, and a refill clock three intervals ahead (the next token comes after
+    // the debt is paid, not at the next interval).
+    let (tokens, refill_at): (u64, u64) = {
+        let b: Vec<Option<u64>> = redis::cmd("HMGET")
+            .arg(&bucket_key)
+            .arg("t")
+            .arg("r")
+            .query_async(&mut redis)
+            .await?;
+        (
+            b.first().copied().flatten().unwrap_or(99),
+            b.get(1).copied().flatten().unwrap_or(0),
+        )
+    };
+    let every = burst.map_or(1, |b| b.refill_ms);
+    let eun_now = clock(
+        Region::Eun,
+        u64::try_from(Utc::now().timestamp_millis()).unwrap_or(0),
+    );
     let gen_key = format!("{eun}gen:EUW");
     let planted_applied: bool = redis.exists(&gen_key).await?;
     let skipped = e2e::metric_sum(
@@ -167,6 +201,12 @@ async fn spends_in_one_region_close_the_limit_in_the_other_once_copied(pool: PgP
         drained?
     );
     assert!(refused, "EUN still admits a client EUW's spends exhausted");
+    assert_eq!(tokens, 0, "EUN's bucket after the copy");
+    assert!(
+        refill_at + 10_000 >= eun_now + 3 * every,
+        "EUN's bucket does not owe the three tokens it gave out (refill clock {refill_at}, \
+         now {eun_now}, interval {every})"
+    );
     assert!(!planted_applied, "a field that is not a spend was applied");
     assert!(
         skipped >= 1.0,

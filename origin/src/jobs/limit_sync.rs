@@ -34,8 +34,12 @@ return h
 /// ARGV: the peer's key prefix, its limiter clock (ms), then per spend its kind (`w`, `b`),
 /// its two numbers, its key without the prefix and its count (`domain::ratelimit::shared::
 /// Spend`). A window counter is incremented by the count and kept for its time to live; a
-/// burst bucket is refilled to now and loses the count in tokens (at least none left), the
-/// edge script's bucket rule (`edge/core/src/ratelimit.rs`). Returns the spends applied.
+/// burst bucket is refilled to now (the edge script's rule, `edge/core/src/ratelimit.rs`)
+/// and loses the count in tokens. Tokens this region already gave out are not taken twice:
+/// what the bucket lacks becomes a **debt**, kept as a refill clock in the future (no token
+/// comes back until it is paid, `domain::ratelimit::Bucket` reads it so with no change), so
+/// two regions refilling side by side still give out one region's refills, not two.
+/// Returns the spends applied.
 pub(crate) const APPLY: &str = r"
 local prefix, now = ARGV[1], tonumber(ARGV[2])
 for i = 3, #ARGV, 5 do
@@ -55,7 +59,12 @@ for i = 3, #ARGV, 5 do
       tokens = math.min(cap, tokens + k)
       if tokens >= cap then at = now else at = at + k * every end
     end
-    tokens = math.max(0, tokens - n)
+    if tokens >= n then
+      tokens = tokens - n
+    else
+      at = at + (n - tokens) * every
+      tokens = 0
+    end
     redis.call('HSET', key, 't', tokens, 'r', at)
     redis.call('PEXPIRE', key, math.max(1, at + (cap - tokens) * every - now))
   end

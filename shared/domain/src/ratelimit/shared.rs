@@ -15,10 +15,12 @@
 //! bucket ([`Spend`]), the value how many times. Each region's origin drains its outbox every
 //! `EDGE_LIMIT_SYNC_MS` (100 ms by default) and adds the spends to every other region's
 //! database: a window counter by `INCRBY` under the same key, a burst bucket by taking the
-//! tokens out. Both are deltas, so a region's own counts and the ones it receives add up, and
-//! nothing echoes back (only the edges' own spends enter an outbox). A drain that fails after
-//! the outbox was emptied loses those spends: limits fail open, like the edge when Upstash
-//! is down.
+//! tokens out — and when it has fewer, by pushing its refill clock into the future by the
+//! difference (a debt: each region refills its own bucket, and without the debt two regions
+//! would give a client two refills' worth of tokens). Both are deltas, so a region's own
+//! counts and the ones it receives add up, and nothing echoes back (only the edges' own
+//! spends enter an outbox). A drain that fails after the outbox was emptied loses those
+//! spends: limits fail open, like the edge when Upstash is down.
 //!
 //! **Staggered clocks.** When a client is at its limit, room comes back as the sliding
 //! window's previous count decays — at the same moment in every region. A client hitting

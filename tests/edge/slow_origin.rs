@@ -46,3 +46,76 @@ async fn a_slow_origin_times_out_into_the_stale_quote_or_a_503(
     stack.stop().await
 }
 on_both_runtimes!(a_slow_origin_times_out_into_the_stale_quote_or_a_503);
+
+/// Clients that hang up while their request waits on a stuck origin must not use up the
+/// edge's in-flight allowance (`EDGE_MAX_IN_FLIGHT`) for good: whether the host drops an
+/// abandoned request or lets it run into its origin deadline, its slot must come back, or
+/// after enough of them the edge would answer 503 to everyone, forever.
+async fn clients_that_hang_up_do_not_use_up_the_in_flight_allowance(
+    pool: PgPool,
+    runtime: Runtime,
+) -> TestResult {
+    let proxy = e2e::edge::HangProxy::start().await?;
+    let url = proxy.url();
+    let stack = EdgeStack::start_with(
+        pool,
+        runtime,
+        &[
+            ("EDGE_MAX_IN_FLIGHT", "4"),
+            ("EDGE_ORIGIN_TIMEOUT_MS", "1000"),
+            ("ORIGIN_EUW_URL", &url),
+        ],
+    )
+    .await?;
+    proxy.forward_to(&stack.origin()?.base)?;
+    let t = token("hanna");
+    let w = window(4, 2);
+    let vehicles = stack.origin()?.vehicles("EUW").await?;
+    let body =
+        |i: usize| json!({ "vehicle_id": vehicles[i % vehicles.len()], "start": w.0, "end": w.1 });
+    let first = stack.post("/v1/quotes", Some(&t), &body(0), None).await?;
+    assert_eq!(first.status, 201, "{}", first.body);
+
+    // Twelve clients give up after 200 ms on requests the stuck origin never answers.
+    proxy.hang();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()?;
+    let mut gave_up = 0;
+    for i in 1..=12 {
+        let sent = impatient
+            .post(format!("{}/v1/quotes", stack.base))
+            .bearer_auth(&t)
+            .json(&body(i))
+            .send()
+            .await;
+        if sent.as_ref().is_err_and(reqwest::Error::is_timeout) {
+            gave_up += 1;
+        }
+    }
+    anyhow::ensure!(
+        gave_up >= 4,
+        "only {gave_up} clients hung up: the scenario did not fill the allowance"
+    );
+
+    // The origin answers again; once the abandoned requests' own deadline has passed, the
+    // edge serves again instead of answering 503 for good.
+    proxy.resume();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let started = std::time::Instant::now();
+    loop {
+        let reply = stack.post("/v1/quotes", Some(&t), &body(100), None).await?;
+        if reply.status == 201 {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(10),
+            "the edge still answers {} 10 s after the origin came back: {}",
+            reply.status,
+            reply.body["type"]
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    stack.stop().await
+}
+on_both_runtimes!(clients_that_hang_up_do_not_use_up_the_in_flight_allowance);

@@ -694,6 +694,18 @@ impl HangProxy {
     }
 }
 
+impl HangProxy {
+    /// Forwards again (after [`HangProxy::hang`]); the hanging connections are dropped.
+    pub fn resume(&self) {
+        self.hang.store(false, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut list) = self.conns.lock() {
+            for c in list.drain(..) {
+                c.abort();
+            }
+        }
+    }
+}
+
 impl Drop for HangProxy {
     fn drop(&mut self) {
         self.task.abort();

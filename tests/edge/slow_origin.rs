@@ -1,27 +1,42 @@
-//! A slow origin: the edge's deadline turns into the stale quote or a 503.
+//! A slow origin: the edge's deadline turns into the stale quote or a 503, and clients that
+//! give up on it do not use up the edge.
+
+use e2e::edge::HangProxy;
 
 use super::*;
+
+/// An edge whose EUW origin is reached through a [`HangProxy`] (forwarding), with `vars`;
+/// the EUW fleet's ids.
+async fn behind_a_hang_proxy(
+    pool: PgPool,
+    runtime: Runtime,
+    vars: &[(&str, &str)],
+) -> TestResult<(HangProxy, EdgeStack, Vec<String>)> {
+    let proxy = HangProxy::start().await?;
+    let url = proxy.url();
+    let mut all = vars.to_vec();
+    all.push(("ORIGIN_EUW_URL", &url));
+    let stack = EdgeStack::start_with(pool, runtime, &all).await?;
+    proxy.forward_to(&stack.origin()?.base)?;
+    let vehicles = stack.origin()?.vehicles("EUW").await?;
+    Ok((proxy, stack, vehicles))
+}
 
 async fn a_slow_origin_times_out_into_the_stale_quote_or_a_503(
     pool: PgPool,
     runtime: Runtime,
 ) -> TestResult {
-    let proxy = e2e::edge::HangProxy::start().await?;
-    let url = proxy.url();
-    let stack = EdgeStack::start_with(
+    let (proxy, stack, vehicles) = behind_a_hang_proxy(
         pool,
         runtime,
         &[
             ("EDGE_QUOTE_TTL_SECS", "1"),
             ("EDGE_ORIGIN_TIMEOUT_MS", "800"),
-            ("ORIGIN_EUW_URL", &url),
         ],
     )
     .await?;
-    proxy.forward_to(&stack.origin()?.base)?;
     let t = token("sam");
     let w = window(4, 2);
-    let vehicles = stack.origin()?.vehicles("EUW").await?;
     let body = json!({ "vehicle_id": vehicles[0], "start": w.0, "end": w.1 });
     let quote = stack.post("/v1/quotes", Some(&t), &body, None).await?;
     assert_eq!(quote.status, 201, "{}", quote.body);
@@ -55,22 +70,17 @@ async fn clients_that_hang_up_do_not_use_up_the_in_flight_allowance(
     pool: PgPool,
     runtime: Runtime,
 ) -> TestResult {
-    let proxy = e2e::edge::HangProxy::start().await?;
-    let url = proxy.url();
-    let stack = EdgeStack::start_with(
+    let (proxy, stack, vehicles) = behind_a_hang_proxy(
         pool,
         runtime,
         &[
             ("EDGE_MAX_IN_FLIGHT", "4"),
             ("EDGE_ORIGIN_TIMEOUT_MS", "1000"),
-            ("ORIGIN_EUW_URL", &url),
         ],
     )
     .await?;
-    proxy.forward_to(&stack.origin()?.base)?;
     let t = token("hanna");
     let w = window(4, 2);
-    let vehicles = stack.origin()?.vehicles("EUW").await?;
     let body =
         |i: usize| json!({ "vehicle_id": vehicles[i % vehicles.len()], "start": w.0, "end": w.1 });
     let first = stack.post("/v1/quotes", Some(&t), &body(0), None).await?;

@@ -179,6 +179,18 @@ async fn an_app_key_is_limited_by_its_plan_and_refused_soon_after_revocation(
         denied.body
     );
     println!("{}: key denied {took:?} after its entry", runtime.name());
+    // The isolate now knows the key's id: its flood, whoever the user, costs no Upstash
+    // request (counted at the gateway) for `DENIED_MEMORY_MS`.
+    let before = stack.redis_requests();
+    for user in ["sven", "rita", "olle"] {
+        let again = quote_with_key(&stack, user, &secret, None, &quote).await?;
+        assert_eq!(again.status, 403, "{}", again.body);
+    }
+    assert_eq!(
+        stack.redis_requests(),
+        before,
+        "a key known to be denied still cost Upstash requests"
+    );
     let lifted = stack
         .delete(
             &format!("/v1/admin/deny-list/{entry_id}"),

@@ -72,9 +72,10 @@ use crate::upstash::{arg, as_u64, RedisError, Upstash};
 ///
 /// 1. The deny list: the fields sent, plus `k:<key id>` when a presented key's plan (below)
 ///    is found. If any hash holds one whose expiry (ms, `0`: none) has not passed, the script
-///    returns `{{}, {}, false, field}` and counts nothing.
+///    returns `{{}, {}, false, field, false, plan}` and counts nothing.
 /// 2. The API key, when one is presented: its plan (`domain::api_key::Published`, the first
-///    hash that has it, read before the deny list). Unknown, revoked, expired or used from an
+///    hash that has it, read before the deny list; also returned with a denial, so the edge
+///    learns the key's id and remembers a denied key). Unknown, revoked, expired or used from an
 ///    origin it does not allow:
 ///    `{{}, {}, false, false, word, plan}` (`domain::api_key::KeyRefusal::word`), nothing
 ///    counted. Otherwise the last two limits are the key's per-minute (with its burst) and
@@ -125,7 +126,7 @@ if m > 0 and #fields > 0 then
     for i = 1, #fields do
       if vals[i] then
         local t = tonumber(vals[i])
-        if t and (t == 0 or t > now) then return {{}, {}, false, fields[i]} end
+        if t and (t == 0 or t > now) then return {{}, {}, false, fields[i], false, plan} end
       end
     end
   end
@@ -411,6 +412,14 @@ impl BlockedCache {
         self.plans.borrow().get(hash).map(|p| p.plan)
     }
 
+    /// The deny-list field of a key seen before (`k:<key id>`), if its plan was read.
+    fn key_field(&self, hash: &str) -> Option<String> {
+        self.plans
+            .borrow()
+            .get(hash)
+            .map(|p| format!("{}{}", domain::deny::KEY_FIELD_PREFIX, p.key_id))
+    }
+
     fn remember_plan(&self, hash: &str, published: &Published) {
         let mut map = self.plans.borrow_mut();
         if map.len() >= MAX_BLOCKED {
@@ -579,8 +588,12 @@ pub async fn apply(
         key_refused,
         key,
     };
-    // Denied a moment ago: refuse without a round trip.
-    if let Some(field) = blocked.denied_field(&deny.fields, now_ms) {
+    // Denied a moment ago (by the request's own fields, or a key seen before by its id):
+    // refuse without a round trip.
+    if let Some(field) = blocked.denied_field(&deny.fields, now_ms).or_else(|| {
+        let field = key.and_then(|k| blocked.key_field(&k.hash))?;
+        blocked.denied_field(std::slice::from_ref(&field), now_ms)
+    }) {
         return Ok((refused(Some(field), None, None, true), None));
     }
     // A key refused a moment ago: the same.
@@ -631,14 +644,18 @@ pub async fn apply(
     let Value::Array(parts) = reply else {
         return Err(RedisError::Body);
     };
-    if let Some(Value::String(field)) = parts.get(3) {
-        blocked.remember_denied(field, now_ms);
-        return Ok((refused(Some(field.clone()), None, None, false), None));
-    }
     let published = match parts.get(5) {
         Some(Value::String(plan)) => Some(Published::decode(plan).ok_or(RedisError::Body)?),
         _ => None,
     };
+    if let Some(Value::String(field)) = parts.get(3) {
+        // A denied key's plan names its id: its next requests are refused from memory too.
+        if let (Some(k), Some(p)) = (key, published.as_ref()) {
+            blocked.remember_plan(&k.hash, p);
+        }
+        blocked.remember_denied(field, now_ms);
+        return Ok((refused(Some(field.clone()), None, None, false), None));
+    }
     if let (Some(k), Some(Value::String(word))) = (key, parts.get(4)) {
         let why = KeyRefusal::from_word(word).ok_or(RedisError::Body)?;
         blocked.remember_refused_key(&k.hash, why, now_ms);

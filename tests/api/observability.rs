@@ -321,6 +321,26 @@ async fn every_metric_the_rules_and_the_dashboard_read_is_exported_by_a_running_
         pool.connect_options().get_port(),
         pool.connect_options().get_database().unwrap_or("postgres")
     );
+    // The edges' databases (one per region, behind a real gateway), with one rate-limit spend
+    // waiting in EUW's outbox: the copy to EUN's (`jobs::limit_sync`) exports its metrics.
+    let gateway = upstash_gateway::start(
+        tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+        &e2e::test_redis::shared_url(),
+        e2e::edge::GATEWAY_TOKEN,
+    )
+    .await?;
+    let edge_root = format!("test:observe:{}:", uuid::Uuid::new_v4().simple());
+    let (euw_db, eun_db) = (format!("{edge_root}EUW:"), format!("{edge_root}EUN:"));
+    let mut redis = e2e::test_redis::connect(&e2e::test_redis::shared_url()).await?;
+    let _: () = redis::cmd("HSET")
+        .arg(domain::ratelimit::shared::outbox_key(
+            &euw_db,
+            domain::Region::Euw,
+        ))
+        .arg("w 120000 0 rl:user:0123456789abcdef01234567:29000000")
+        .arg(1)
+        .query_async(&mut redis)
+        .await?;
     // Every role's metrics: `all` (routes, relay, sweeper; EUW only, so a search in EUN's area
     // is misdirected), and a `jobs` replica (the leader).
     let app = spawn_app_with(
@@ -329,6 +349,12 @@ async fn every_metric_the_rules_and_the_dashboard_read_is_exported_by_a_running_
             ("KAFKA_BROKERS", &brokers),
             ("INFERENCE_URL", &inference.url),
             ("ORIGIN_REGIONS", "EUW"),
+            ("EDGE_CACHE_REST_URL", &gateway.url()),
+            ("EDGE_CACHE_REST_TOKEN", e2e::edge::GATEWAY_TOKEN),
+            ("EDGE_CACHE_KEY_PREFIX", &euw_db),
+            ("EDGE_PEER_EUN_REST_URL", &gateway.url()),
+            ("EDGE_PEER_EUN_REST_TOKEN", e2e::edge::GATEWAY_TOKEN),
+            ("EDGE_PEER_EUN_KEY_PREFIX", &eun_db),
         ],
     )
     .await?;
@@ -389,6 +415,7 @@ async fn every_metric_the_rules_and_the_dashboard_read_is_exported_by_a_running_
             "outbox_oldest_unpublished_age_seconds",
             "jobs_leader",
             "outbox_relay_published_total",
+            "edge_limit_sync_spends_total",
         ]
         .iter()
         .all(|m| scraped.contains(*m));
@@ -411,7 +438,10 @@ async fn every_metric_the_rules_and_the_dashboard_read_is_exported_by_a_running_
         "read by the rules or the dashboard, not exported: {found:#?}"
     );
     jobs.stop().await?;
-    app.stop().await
+    app.stop().await?;
+    gateway.stop().await;
+    e2e::test_redis::delete_prefix(&e2e::test_redis::shared_url(), &edge_root).await?;
+    Ok(())
 }
 
 /// The origin's `/metrics` text.

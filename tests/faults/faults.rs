@@ -429,11 +429,15 @@ pub(crate) async fn inject(c: &Cluster, fault: Fault, locks: &TargetLocks) -> Te
             let until = Instant::now() + Duration::from_millis(ms);
             let mut down_seen = false;
             while Instant::now() < until {
-                for o in 0..ORIGIN_PORTS.len() {
-                    down_seen |= readyz(&http, o)
-                        .await
-                        .is_some_and(|v| v["checks"]["redis"] == "down");
-                }
+                // Every origin at once, each for at most 500 ms: an origin another fault paused
+                // (SIGSTOP) must not hold the poll of the others past the outage (one did, for
+                // the whole outage, and the kill looked like it had no effect).
+                let polls = (0..ORIGIN_PORTS.len())
+                    .map(|o| tokio::time::timeout(Duration::from_millis(500), readyz(&http, o)));
+                down_seen |= futures_util::future::join_all(polls)
+                    .await
+                    .into_iter()
+                    .any(|r| matches!(r, Ok(Some(v)) if v["checks"]["redis"] == "down"));
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             r.up().await?;

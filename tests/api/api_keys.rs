@@ -31,13 +31,7 @@ fn plan_in(hash: &HashMap<String, String>, secret: &str) -> TestResult<Published
 
 /// The origin's count of key publishes with `result` (ok, skipped, error).
 async fn publishes(app: &TestApp, result: &str) -> TestResult<u64> {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await?
-        .text()
-        .await?;
+    let text = app.metrics_text().await?;
     let series = format!("api_key_publishes_total{{result=\"{result}\"}} ");
     Ok(text
         .lines()

@@ -12,17 +12,6 @@ use redis::AsyncCommands;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-/// The origin's `/metrics` text.
-async fn metrics_text(app: &TestApp) -> TestResult<String> {
-    Ok(app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await?
-        .text()
-        .await?)
-}
-
 #[sqlx::test(migrations = "../migrations")]
 async fn ops_add_list_and_remove_entries_and_every_change_reaches_the_edges_hash(
     pool: PgPool,
@@ -263,7 +252,8 @@ async fn ops_add_list_and_remove_entries_and_every_change_reaches_the_edges_hash
     .await?;
     assert_eq!(later.status, 201, "{}", later.body);
     let start = Instant::now();
-    while !metrics_text(app)
+    while !app
+        .metrics_text()
         .await?
         .contains("deny_list_publishes_total{result=\"skipped\"}")
     {

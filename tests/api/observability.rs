@@ -409,7 +409,7 @@ async fn every_metric_the_rules_and_the_dashboard_read_is_exported_by_a_running_
     // the leader is elected within a poll.
     let until = std::time::Instant::now() + std::time::Duration::from_secs(15);
     let scraped = loop {
-        let text = metrics_text(&app).await?;
+        let text = app.metrics_text().await?;
         let scraped = scraped_names(&text);
         let ready = [
             "outbox_oldest_unpublished_age_seconds",
@@ -444,19 +444,9 @@ async fn every_metric_the_rules_and_the_dashboard_read_is_exported_by_a_running_
     Ok(())
 }
 
-/// The origin's `/metrics` text.
-async fn metrics_text(app: &TestApp) -> TestResult<String> {
-    let reply = app
-        .client
-        .get(format!("{}/metrics", app.base))
-        .send()
-        .await?;
-    Ok(reply.text().await?)
-}
-
 /// The origin's count of double bookings the exclusion constraint refused.
 async fn overlap_rejections(app: &TestApp) -> TestResult<f64> {
-    let text = metrics_text(app).await?;
+    let text = app.metrics_text().await?;
     Ok(text
         .lines()
         .find_map(|l| l.strip_prefix("booking_overlap_rejections_total "))

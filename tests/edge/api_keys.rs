@@ -431,18 +431,7 @@ async fn the_script_reads_the_plan_refuses_bad_keys_and_applies_its_limits() -> 
         c.extend(key_checks(&api_key::secret_hash(&secret), plan));
         c
     };
-    let counted_by_key = |conn: &mut redis::aio::MultiplexedConnection| {
-        let mut conn = conn.clone();
-        let pattern = format!("{prefix}rl:key:*");
-        async move {
-            let keys: Vec<String> = conn.keys(pattern).await?;
-            let mut total = 0u64;
-            for key in keys {
-                total += conn.get::<_, Option<u64>>(key).await?.unwrap_or(0);
-            }
-            redis::RedisResult::Ok(total)
-        }
-    };
+    let key_pattern = format!("{prefix}rl:key:*");
 
     // Unknown: refused, nothing counted.
     let v = run_script(&conn, &prefix, &checks(None), &key(""), now).await?;
@@ -464,7 +453,7 @@ async fn the_script_reads_the_plan_refuses_bad_keys_and_applies_its_limits() -> 
     }
     // Each allowed request counts once in the key's minute window.
     assert_eq!(
-        counted_by_key(&mut conn).await?,
+        e2e::test_redis::sum_counters(&conn, &key_pattern).await?,
         3,
         "the plan's per-minute limit, not the placeholder's 1"
     );
@@ -473,7 +462,7 @@ async fn the_script_reads_the_plan_refuses_bad_keys_and_applies_its_limits() -> 
     for _ in 0..3 {
         run_script(&conn, &prefix, &checks(None), &key(""), later).await?;
     }
-    let before = counted_by_key(&mut conn).await?;
+    let before = e2e::test_redis::sum_counters(&conn, &key_pattern).await?;
     assert_eq!(before, 4, "the plan's per-day limit");
 
     // Revoked, expired, wrong origin: refused by name, nothing counted.
@@ -524,7 +513,10 @@ async fn the_script_reads_the_plan_refuses_bad_keys_and_applies_its_limits() -> 
         verdict(&run_script(&conn, &prefix, &checks(None), &key(""), later).await?),
         format!("denied {deny_field}")
     );
-    assert_eq!(counted_by_key(&mut conn).await?, before);
+    assert_eq!(
+        e2e::test_redis::sum_counters(&conn, &key_pattern).await?,
+        before
+    );
 
     // 200 concurrent runs on a 100/min key (in EUW's hash this time): exactly 100 allowed.
     let secret2 = api_key::new_secret(domain::Region::Euw, &[3; 32]);
@@ -551,7 +543,7 @@ async fn the_script_reads_the_plan_refuses_bad_keys_and_applies_its_limits() -> 
         assert_eq!(verdict(&r?), "limits");
     }
     assert_eq!(
-        counted_by_key(&mut conn).await? - before,
+        e2e::test_redis::sum_counters(&conn, &key_pattern).await? - before,
         100,
         "exactly the key's 100 counted (allowed) of 200"
     );

@@ -169,18 +169,7 @@ async fn the_script_refuses_by_any_regions_hash_honours_expiry_and_counts_nothin
         fields: domain::deny::candidates(Some("203.0.113.7"), Some("rita")),
     };
     // The user's counters under the test's prefix (one window: one key), summed.
-    let counter = |conn: &mut redis::aio::MultiplexedConnection| {
-        let mut conn = conn.clone();
-        let pattern = format!("{prefix}rl:user:*");
-        async move {
-            let keys: Vec<String> = conn.keys(pattern).await?;
-            let mut total = 0u64;
-            for key in keys {
-                total += conn.get::<_, Option<u64>>(key).await?.unwrap_or(0);
-            }
-            redis::RedisResult::Ok(total)
-        }
-    };
+    let user_pattern = format!("{prefix}rl:user:*");
     let script_conn = conn.clone();
     let run = |deny: DenyRead| {
         let mut conn = script_conn.clone();
@@ -204,7 +193,10 @@ async fn the_script_refuses_by_any_regions_hash_honours_expiry_and_counts_nothin
 
     // Empty hashes: allowed and counted.
     assert_eq!(denied_field(&run(deny.clone()).await?), None);
-    assert_eq!(counter(&mut conn).await?, 1);
+    assert_eq!(
+        e2e::test_redis::sum_counters(&conn, &user_pattern).await?,
+        1
+    );
     // The user in EUN's hash, no expiry: refused, nothing counted.
     conn.hset::<_, _, _, ()>(&deny.keys[1], "u:rita", "0")
         .await?;
@@ -212,7 +204,10 @@ async fn the_script_refuses_by_any_regions_hash_honours_expiry_and_counts_nothin
         denied_field(&run(deny.clone()).await?).as_deref(),
         Some("u:rita")
     );
-    assert_eq!(counter(&mut conn).await?, 1);
+    assert_eq!(
+        e2e::test_redis::sum_counters(&conn, &user_pattern).await?,
+        1
+    );
     // Expired: allowed again; a future expiry on the /16 in EUW's hash: refused.
     conn.hset::<_, _, _, ()>(&deny.keys[1], "u:rita", (now - 1).to_string())
         .await?;
@@ -234,7 +229,10 @@ async fn the_script_refuses_by_any_regions_hash_honours_expiry_and_counts_nothin
         ..deny.clone()
     };
     assert_eq!(denied_field(&run(none).await?), None);
-    assert_eq!(counter(&mut conn).await?, 4);
+    assert_eq!(
+        e2e::test_redis::sum_counters(&conn, &user_pattern).await?,
+        4
+    );
     e2e::test_redis::delete_prefix(&url, &prefix).await?;
     Ok(())
 }

@@ -28,6 +28,22 @@ pub async fn connect(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnect
         .with_context(|| format!("connect to {url}"))
 }
 
+/// The sum of the integer values of every key matching `pattern` (missing: 0): e.g. a
+/// limiter's counters across its windows.
+pub async fn sum_counters(
+    conn: &redis::aio::MultiplexedConnection,
+    pattern: &str,
+) -> redis::RedisResult<u64> {
+    use redis::AsyncCommands;
+    let mut conn = conn.clone();
+    let keys: Vec<String> = conn.keys(pattern).await?;
+    let mut total = 0u64;
+    for key in keys {
+        total += conn.get::<_, Option<u64>>(key).await?.unwrap_or(0);
+    }
+    Ok(total)
+}
+
 /// Deletes every key under `prefix`; returns how many.
 pub async fn delete_prefix(url: &str, prefix: &str) -> anyhow::Result<usize> {
     let mut conn = connect(url).await?;

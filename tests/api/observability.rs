@@ -321,8 +321,8 @@ async fn every_metric_the_rules_and_the_dashboard_read_is_exported_by_a_running_
         pool.connect_options().get_port(),
         pool.connect_options().get_database().unwrap_or("postgres")
     );
-    // The edges' databases (one per region, behind a real gateway), with one rate-limit spend
-    // waiting in EUW's outbox: the copy to EUN's (`jobs::limit_sync`) exports its metrics.
+    // The edges' databases, one per region behind a real gateway: with a peer, the copy of
+    // the rate-limit counts (`jobs::limit_sync`) runs and exports its series.
     let gateway = upstash_gateway::start(
         tokio::net::TcpListener::bind("127.0.0.1:0").await?,
         &e2e::test_redis::shared_url(),
@@ -331,16 +331,6 @@ async fn every_metric_the_rules_and_the_dashboard_read_is_exported_by_a_running_
     .await?;
     let edge_root = format!("test:observe:{}:", uuid::Uuid::new_v4().simple());
     let (euw_db, eun_db) = (format!("{edge_root}EUW:"), format!("{edge_root}EUN:"));
-    let mut redis = e2e::test_redis::connect(&e2e::test_redis::shared_url()).await?;
-    let _: () = redis::cmd("HSET")
-        .arg(domain::ratelimit::shared::outbox_key(
-            &euw_db,
-            domain::Region::Euw,
-        ))
-        .arg("w 120000 0 rl:user:0123456789abcdef01234567:29000000")
-        .arg(1)
-        .query_async(&mut redis)
-        .await?;
     // Every role's metrics: `all` (routes, relay, sweeper; EUW only, so a search in EUN's area
     // is misdirected), and a `jobs` replica (the leader).
     let app = spawn_app_with(

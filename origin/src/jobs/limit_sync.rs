@@ -106,6 +106,15 @@ pub(crate) async fn run(state: AppState, stop: CancellationToken) {
 /// One drain of every served region's outbox into every peer, timed.
 async fn cycle(state: &AppState, config: &EdgeCacheConfig, client: &reqwest::Client) {
     let started = Instant::now();
+    // Every peer's series exist (at 0) before the first spend: an alert's `rate()` sees a copy
+    // that never succeeds, and a scrape shows the job runs. Each cycle, not once at start: the
+    // metrics recorder may be installed after the jobs start.
+    for peer in &config.peers {
+        for result in ["ok", "error"] {
+            metrics::counter!("edge_limit_sync_spends_total", "peer" => peer.region.code(), "result" => result)
+                .increment(0);
+        }
+    }
     for region in state.config.regions.clone() {
         match tokio::time::timeout(CYCLE_TIMEOUT, sync(config, client, region)).await {
             Ok(Ok(())) => {}

@@ -11,10 +11,18 @@
 #   EDGE=0 scripts/dev.sh                   origins only
 #   DEMO_VEHICLES_PER_CITY=20 scripts/dev.sh
 #   DEV_PROFILE=debug scripts/dev.sh        reuse the debug build of the tests (no release build)
+#   STACK=ha scripts/dev.sh                 each region's data tier scaled out (README "Scaling
+#                                           out"): a PostgreSQL primary + streaming replica behind
+#                                           PgBouncer (scripts/replica.sh) and a Redis Cluster of
+#                                           3 masters + 3 replicas (scripts/redis-ha.sh); with
+#                                           HA_REDIS=sentinel a master + replica + 3 sentinels
 #
 # Ports: origins EUW 8080 / EUN 8081, inference 8090 / 8091, PostgreSQL 15441 / 15442,
 # Redis 16381 / 16382, the edges' Redis 16380 behind the Upstash REST gateway 8079, edges EUW
-# 8787 / EUN 8788. Ctrl-C stops everything; the clusters' data stays in .dev/regions.
+# 8787 / EUN 8788. STACK=ha: PostgreSQL primary 15451 / 15452, replica 15461 / 15462, PgBouncer
+# 16451 / 16452, Redis Cluster 16401–16406 / 16411–16416 (sentinel: master, replica, then three
+# sentinels from the same first port). Ctrl-C stops everything; the clusters' data stays in
+# .dev/regions.
 #
 # Why this shape:
 # - Nothing preconfigured is assumed: the clusters are our own (initdb, trust auth on
@@ -41,6 +49,12 @@ declare -A ORIGIN_PORT=([EUW]=8080 [EUN]=8081) INFER_PORT=([EUW]=8090 [EUN]=8091
 declare -A PG_PORT=([EUW]=15441 [EUN]=15442) REDIS_PORT=([EUW]=16381 [EUN]=16382)
 declare -A EDGE_PORT=([EUW]=8787 [EUN]=8788)
 EDGE_REDIS_PORT=16380 GATEWAY_PORT=8079
+STACK="${STACK:-single}"
+[[ $STACK == single || $STACK == ha ]] || die "STACK must be single or ha"
+HA_REDIS="${HA_REDIS:-cluster}"
+[[ $HA_REDIS == cluster || $HA_REDIS == sentinel ]] || die "HA_REDIS must be cluster or sentinel"
+declare -A HA_PG_PORT=([EUW]=15451 [EUN]=15452) HA_REPLICA_PORT=([EUW]=15461 [EUN]=15462)
+declare -A HA_BOUNCER_PORT=([EUW]=16451 [EUN]=16452) HA_REDIS_BASE=([EUW]=16401 [EUN]=16411)
 
 # --- binaries ------------------------------------------------------------------------------
 if ! command -v initdb >/dev/null; then
@@ -56,10 +70,15 @@ as_pg() { if [[ $(id -u) -eq 0 ]]; then runuser -u postgres -- "$@"; else "$@"; 
 
 PIDS=()
 CLUSTERS=()
+HA_DIRS=()
 cleanup() {
   log "stopping the origins, edges, clusters and Redis servers this script started"
   kill "${PIDS[@]}" 2>/dev/null || true
   for dir in "${CLUSTERS[@]}"; do as_pg pg_ctl -D "$dir" -m fast -w stop >/dev/null 2>&1 || true; done
+  for dir in "${HA_DIRS[@]}"; do
+    bash scripts/replica.sh stop "$dir/pg" >/dev/null 2>&1 || true
+    bash scripts/redis-ha.sh stop "$dir/redis" >/dev/null 2>&1 || true
+  done
   for port in "${REDIS_PORT[@]}" "$EDGE_REDIS_PORT"; do redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; done
 }
 trap cleanup EXIT
@@ -114,11 +133,39 @@ export EDGE_SIGNING_KEYS="${EDGE_SIGNING_KEYS:-$EDGE_SIGNING_KID=$EDGE_SIGNING_K
 export ORIGIN_ALLOW_DIRECT="${ORIGIN_ALLOW_DIRECT:-1}"
 EDGE_PREFIX="edge:"
 
+# STACK=ha: one region's scaled-out data tier; sets `db` (the primary, directly) and the origin's
+# data settings in `data_env`.
+start_ha() { # region
+  local r=$1 ha="$DEV/${1,,}/ha" base=${HA_REDIS_BASE[$1]} urls p
+  HA_DIRS+=("$ha")
+  bash scripts/replica.sh start "$ha/pg" "${HA_PG_PORT[$r]}" "${HA_REPLICA_PORT[$r]}" "${HA_BOUNCER_PORT[$r]}"
+  db="postgres://postgres@127.0.0.1:${HA_PG_PORT[$r]}/booking"
+  data_env=(
+    "DATABASE_URL=postgres://postgres@127.0.0.1:${HA_BOUNCER_PORT[$r]}/booking"
+    "DATABASE_READ_URL=postgres://postgres@127.0.0.1:${HA_BOUNCER_PORT[$r]}/booking_replica"
+    "DATABASE_SESSION_URL=$db"
+  )
+  if [[ $HA_REDIS == sentinel ]]; then
+    bash scripts/redis-ha.sh sentinel "$ha/redis" "$base" $((base + 1)) $((base + 2)) $((base + 3)) $((base + 4))
+    urls=$(for p in $((base + 2)) $((base + 3)) $((base + 4)); do printf 'redis://127.0.0.1:%s,' "$p"; done)
+    data_env+=("REDIS_MODE=sentinel" "REDIS_SENTINEL_MASTER=bp" "REDIS_URL=${urls%,}")
+  else
+    bash scripts/redis-ha.sh cluster "$ha/redis" $(seq "$base" $((base + 5)))
+    urls=$(for p in $(seq "$base" $((base + 5))); do printf 'redis://127.0.0.1:%s,' "$p"; done)
+    data_env+=("REDIS_MODE=cluster" "REDIS_URL=${urls%,}")
+  fi
+}
+
 for r in "${REGION_LIST[@]}"; do
   dir="$DEV/${r,,}"
-  start_pg "$r"
-  start_redis "${REDIS_PORT[$r]}" "$dir/redis"
-  db="postgres://postgres@127.0.0.1:${PG_PORT[$r]}/booking"
+  if [[ $STACK == ha ]]; then
+    start_ha "$r"
+  else
+    start_pg "$r"
+    start_redis "${REDIS_PORT[$r]}" "$dir/redis"
+    db="postgres://postgres@127.0.0.1:${PG_PORT[$r]}/booking"
+    data_env=("DATABASE_URL=$db" "REDIS_URL=redis://127.0.0.1:${REDIS_PORT[$r]}")
+  fi
   DATABASE_URL="$db" "$BIN/origin" migrate >/dev/null
   DATABASE_URL="$db" "$BIN/seed-demo" "${DEMO_VEHICLES_PER_CITY:-120}" >/dev/null
   # Only the home fleet: the seeder writes both cities.
@@ -130,10 +177,10 @@ delete from vehicle_config where region <> :'r';
 delete from time_multipliers where region <> :'r';
 delete from discount_rules where region <> :'r';
 SQL
-  INFERENCE_DATABASE_URL="postgres://inference_ro@127.0.0.1:${PG_PORT[$r]}/booking" \
+  INFERENCE_DATABASE_URL="${db/postgres@/inference_ro@}" \
     INFERENCE_BIND_ADDR="127.0.0.1:${INFER_PORT[$r]}" "$BIN/inference" >>"$dir/inference.log" 2>&1 &
   PIDS+=($!)
-  env DATABASE_URL="$db" REDIS_URL="redis://127.0.0.1:${REDIS_PORT[$r]}" ORIGIN_REGIONS="$r" \
+  env "${data_env[@]}" ORIGIN_REGIONS="$r" \
     BIND_ADDR="127.0.0.1:${ORIGIN_PORT[$r]}" INFERENCE_URL="http://127.0.0.1:${INFER_PORT[$r]}" \
     EDGE_CACHE_REST_URL="http://127.0.0.1:$GATEWAY_PORT" EDGE_CACHE_REST_TOKEN="$UPSTASH_GATEWAY_TOKEN" \
     EDGE_CACHE_KEY_PREFIX="$EDGE_PREFIX" "$BIN/origin" serve >>"$dir/origin.log" 2>&1 &
@@ -195,8 +242,13 @@ fi
 
 echo
 for r in "${REGION_LIST[@]}"; do
-  printf '  %s origin:    http://127.0.0.1:%s   (PostgreSQL 127.0.0.1:%s, Redis 127.0.0.1:%s, inference http://127.0.0.1:%s; logs .dev/regions/%s/)\n' \
-    "$r" "${ORIGIN_PORT[$r]}" "${PG_PORT[$r]}" "${REDIS_PORT[$r]}" "${INFER_PORT[$r]}" "${r,,}"
+  if [[ $STACK == ha ]]; then
+    printf '  %s origin:    http://127.0.0.1:%s   (PostgreSQL primary 127.0.0.1:%s, replica :%s, PgBouncer :%s; Redis %s from 127.0.0.1:%s; inference http://127.0.0.1:%s; logs .dev/regions/%s/)\n' \
+      "$r" "${ORIGIN_PORT[$r]}" "${HA_PG_PORT[$r]}" "${HA_REPLICA_PORT[$r]}" "${HA_BOUNCER_PORT[$r]}" "$HA_REDIS" "${HA_REDIS_BASE[$r]}" "${INFER_PORT[$r]}" "${r,,}"
+  else
+    printf '  %s origin:    http://127.0.0.1:%s   (PostgreSQL 127.0.0.1:%s, Redis 127.0.0.1:%s, inference http://127.0.0.1:%s; logs .dev/regions/%s/)\n' \
+      "$r" "${ORIGIN_PORT[$r]}" "${PG_PORT[$r]}" "${REDIS_PORT[$r]}" "${INFER_PORT[$r]}" "${r,,}"
+  fi
 done
 if [[ "${EDGE:-1}" == 1 ]]; then
   printf '  EUW edge (Frankfurt, %s): http://127.0.0.1:%s\n' "$EDGE_RUNTIME" "${EDGE_PORT[EUW]}"

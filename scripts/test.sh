@@ -64,6 +64,29 @@ fi
 bash scripts/replica.sh stop "$ROOT/.dev/pgbouncer"
 [[ $pooled -eq 0 ]] || die "the api subset failed through PgBouncer"
 
+# The api suite's lock, cache, availability and booking tests again with every origin on a local
+# Redis Cluster (3 masters + 3 replicas, scripts/redis-ha.sh; README "Scaling out"): the
+# hash-tagged keys, the cluster client's routing and the cross-slot MGET. Tests that kill a
+# Redis of their own keep it (single mode).
+CLUSTER_DIR="$ROOT/.dev/redis-cluster"
+CLUSTER_PORTS=(17101 17102 17103 17104 17105 17106)
+log "api subset on a Redis Cluster (127.0.0.1:${CLUSTER_PORTS[0]}-${CLUSTER_PORTS[5]})"
+bash scripts/redis-ha.sh stop "$CLUSTER_DIR"
+rm -rf "$CLUSTER_DIR"
+bash scripts/redis-ha.sh cluster "$CLUSTER_DIR" "${CLUSTER_PORTS[@]}"
+CLUSTER_URLS=$(printf 'redis://127.0.0.1:%s,' "${CLUSTER_PORTS[@]}")
+CLUSTER_SUITE=(locks cache availability search holds concurrency)
+clustered=0
+if command -v cargo-nextest >/dev/null; then
+  E2E_REDIS_CLUSTER=${CLUSTER_URLS%,} cargo nextest run --test api --locked --no-fail-fast \
+    -E "test(/^($(IFS='|'; echo "${CLUSTER_SUITE[*]}"))::/)" || clustered=$?
+else
+  E2E_REDIS_CLUSTER=${CLUSTER_URLS%,} cargo test --test api --locked --no-fail-fast -- \
+    "${CLUSTER_SUITE[@]/%/::}" || clustered=$?
+fi
+bash scripts/redis-ha.sh stop "$CLUSTER_DIR"
+[[ $clustered -eq 0 ]] || die "the api subset failed on a Redis Cluster"
+
 # Bounded passes of the reliability suite; each has a long mode (see the script's header).
 log "fault injection + history checker (bounded: one pass of every fault)"
 bash scripts/faults.sh

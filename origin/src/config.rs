@@ -51,12 +51,16 @@ pub struct JwtConfig {
 /// Redis is never required: when it is unreachable the origin books and searches through
 /// PostgreSQL alone.
 ///
-/// One server (or a proxy in front of several) at `REDIS_URL`: the only deployment supported,
-/// so there is no mode to carry; `REDIS_MODE` may say `single` and anything else fails start-up.
+/// `REDIS_MODE` names the topology (see `redis/link.rs`): `single` (one server at `REDIS_URL`),
+/// `sentinel` (`REDIS_URL` lists the sentinels, comma-separated, and `REDIS_SENTINEL_MASTER`
+/// names the master set) or `cluster` (`REDIS_URL` lists seed nodes, comma-separated).
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// May hold a password: never printed.
+    /// May hold a password: never printed. Several comma-separated URLs for `sentinel` (the
+    /// sentinels) and `cluster` (seed nodes).
     pub url: Secret,
+    /// The topology behind `url`.
+    pub mode: RedisMode,
     /// Prepended to every key, so several deployments (or tests) can share one server.
     pub key_prefix: String,
     /// Bound on every Redis command (and connect): a dead Redis costs at most this much.
@@ -96,10 +100,31 @@ impl std::str::FromStr for VehicleLockMode {
     }
 }
 
+/// `REDIS_MODE`: the Redis topology the origin talks to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisMode {
+    Single,
+    /// The master set the sentinels are asked about (`REDIS_SENTINEL_MASTER`).
+    Sentinel {
+        master: String,
+    },
+    Cluster,
+}
+
 impl RedisConfig {
     /// The Redis URL as a string (it may hold a password: never log it).
     pub fn url(&self) -> String {
         String::from_utf8_lossy(&self.url.0).into_owned()
+    }
+
+    /// Each URL of a comma-separated list (the sentinels, a cluster's seed nodes).
+    pub fn urls(&self) -> Vec<String> {
+        self.url()
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect()
     }
 }
 
@@ -107,42 +132,50 @@ fn redis_config(env: &dyn Env) -> Result<RedisConfig, ConfigError> {
     let url = env
         .var("REDIS_URL")
         .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-        return Err(ConfigError::Invalid {
-            name: "REDIS_URL",
-            reason: "expected redis://host:port[/db] (rediss:// needs TLS support, not built in)"
-                .into(),
-        });
-    }
-    // Cluster and Sentinel are named here so a deployment that sets them fails loudly at start
-    // instead of silently talking to one node; they need the `cluster-async`/`sentinel`
-    // features of the redis crate and hash-tagged keys (the index's RENAME), not built yet.
-    match env.var("REDIS_MODE").as_deref().map(str::trim) {
-        None | Some("single") => {}
-        Some("cluster") => {
-            return Err(ConfigError::Invalid {
-                name: "REDIS_MODE",
-                reason: "cluster is not supported yet (use single, or a cluster proxy)".into(),
-            })
-        }
-        Some("sentinel") => {
-            let master = env
+    let mode = match env.var("REDIS_MODE").as_deref().map(str::trim) {
+        None | Some("single") => RedisMode::Single,
+        Some("cluster") => RedisMode::Cluster,
+        Some("sentinel") => RedisMode::Sentinel {
+            master: env
                 .var("REDIS_SENTINEL_MASTER")
-                .unwrap_or_else(|| "<REDIS_SENTINEL_MASTER unset>".into());
-            return Err(ConfigError::Invalid {
-                name: "REDIS_MODE",
-                reason: format!(
-                    "sentinel (master {master:?}) is not supported yet (use single with the \
-                     master's address)"
-                ),
-            });
-        }
+                .map(|m| m.trim().to_owned())
+                .filter(|m| !m.is_empty())
+                .ok_or(ConfigError::Invalid {
+                    name: "REDIS_SENTINEL_MASTER",
+                    reason: "required with REDIS_MODE=sentinel: the master set's name".into(),
+                })?,
+        },
         Some(other) => {
             return Err(ConfigError::Invalid {
                 name: "REDIS_MODE",
                 reason: format!("{other:?} (expected single, cluster or sentinel)"),
             })
         }
+    };
+    let urls: Vec<&str> = url.split(',').map(str::trim).collect();
+    if mode == RedisMode::Single && urls.len() > 1 {
+        return Err(ConfigError::Invalid {
+            name: "REDIS_URL",
+            reason: "one URL with REDIS_MODE=single (a list is for sentinel or cluster)".into(),
+        });
+    }
+    if let Some(bad) = urls
+        .iter()
+        .find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+    {
+        return Err(ConfigError::Invalid {
+            name: "REDIS_URL",
+            reason: format!(
+                "expected redis://host:port[/db]{} (rediss:// needs TLS support, not built in); \
+                 got an entry of {} characters",
+                if mode == RedisMode::Single {
+                    ""
+                } else {
+                    ", comma-separated"
+                },
+                bad.len()
+            ),
+        });
     }
     let lock_wait_ms: u64 = parsed(env, "LOCK_WAIT_MS", 50)?;
     if lock_wait_ms > 1_000 {
@@ -153,6 +186,7 @@ fn redis_config(env: &dyn Env) -> Result<RedisConfig, ConfigError> {
     }
     Ok(RedisConfig {
         url: Secret(url.into_bytes()),
+        mode,
         key_prefix: env.var("REDIS_KEY_PREFIX").unwrap_or_else(|| "bp:".into()),
         command_timeout: millis(env, "REDIS_COMMAND_TIMEOUT_MS", 150)?,
         lock_ttl: millis(env, "LOCK_TTL_MS", 5_000)?,
@@ -982,8 +1016,7 @@ mod tests {
             ("RELAY_LANES", "0"),
             ("RELAY_BATCH", "many"),
             ("REDIS_URL", "http://localhost"),
-            ("REDIS_MODE", "cluster"),
-            ("REDIS_MODE", "sentinel"),
+            ("REDIS_URL", "redis://a:6379,redis://b:6379"),
             ("REDIS_MODE", "galaxy"),
             ("SHUTDOWN_GRACE_SECS", "0"),
             ("SHUTDOWN_GRACE_SECS", "301"),
@@ -1054,6 +1087,43 @@ mod tests {
         env.insert("REDIS_MODE".into(), "single".into());
         let single = Config::from(&env)?;
         assert_eq!(default.redis.url(), single.redis.url());
+        assert_eq!(default.redis.mode, RedisMode::Single);
+        Ok(())
+    }
+
+    #[test]
+    fn redis_sentinel_and_cluster_take_url_lists_and_sentinel_needs_its_master(
+    ) -> Result<(), ConfigError> {
+        let mut env = base();
+        env.insert("REDIS_MODE".into(), "cluster".into());
+        env.insert(
+            "REDIS_URL".into(),
+            "redis://10.0.0.1:7000, redis://10.0.0.2:7000,".into(),
+        );
+        let cluster = Config::from(&env)?;
+        assert_eq!(cluster.redis.mode, RedisMode::Cluster);
+        assert_eq!(
+            cluster.redis.urls(),
+            ["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"]
+        );
+        env.insert("REDIS_MODE".into(), "sentinel".into());
+        let missing = Config::from(&env).err().map(|e| e.to_string());
+        assert!(
+            missing
+                .as_deref()
+                .is_some_and(|e| e.starts_with("REDIS_SENTINEL_MASTER")),
+            "{missing:?}"
+        );
+        env.insert("REDIS_SENTINEL_MASTER".into(), "euw".into());
+        let sentinel = Config::from(&env)?;
+        assert_eq!(
+            sentinel.redis.mode,
+            RedisMode::Sentinel {
+                master: "euw".into()
+            }
+        );
+        env.insert("REDIS_URL".into(), "redis://10.0.0.1:26379,http://x".into());
+        assert!(Config::from(&env).is_err());
         Ok(())
     }
 

@@ -17,6 +17,7 @@ use uuid::Uuid;
 async fn index_of(app: &TestApp) -> TestResult<Availability> {
     let config = RedisConfig {
         url: Secret(app.redis_url.clone().into_bytes()),
+        mode: app.redis_mode.clone(),
         key_prefix: app.redis_prefix.clone(),
         command_timeout: Duration::from_millis(500),
         lock_ttl: Duration::from_secs(5),
@@ -42,7 +43,7 @@ async fn put_in_index(
     lon: f64,
     lat: f64,
 ) -> TestResult {
-    let mut conn = test_redis::connect(&app.redis_url).await?;
+    let mut conn = test_redis::connect_any(&app.redis_url).await?;
     redis::cmd("GEOADD")
         .arg(index.geo_key(vehicle.region))
         .arg(lon)
@@ -55,7 +56,7 @@ async fn put_in_index(
 
 /// Takes a vehicle out of the live index, as a fleet-change consumer would.
 async fn remove_from_index(app: &TestApp, index: &Availability, vehicle: VehicleId) -> TestResult {
-    let mut conn = test_redis::connect(&app.redis_url).await?;
+    let mut conn = test_redis::connect_any(&app.redis_url).await?;
     redis::cmd("ZREM")
         .arg(index.geo_key(vehicle.region))
         .arg(vehicle.uuid.simple().to_string())
@@ -116,7 +117,7 @@ async fn the_geo_index_rebuilt_from_scratch_equals_the_databases_view_of_availab
     }
 
     // From scratch: drop the index, rebuild, compare.
-    let mut conn = test_redis::connect(&app.redis_url).await?;
+    let mut conn = test_redis::connect_any(&app.redis_url).await?;
     for region in [Region::Euw, Region::Eun] {
         redis::cmd("DEL")
             .arg(index.geo_key(region))

@@ -375,6 +375,7 @@ async fn a_poison_record_lands_in_the_dead_letter_topic_and_the_partition_keeps_
 async fn index_of(app: &TestApp) -> TestResult<Availability> {
     let config = RedisConfig {
         url: Secret(app.redis_url.clone().into_bytes()),
+        mode: app.redis_mode.clone(),
         key_prefix: app.redis_prefix.clone(),
         command_timeout: Duration::from_millis(500),
         lock_ttl: Duration::from_secs(5),

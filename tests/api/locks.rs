@@ -8,7 +8,7 @@ use domain::region::Region;
 use e2e::test_redis::{self, TestRedis};
 use e2e::*;
 use futures_util::future::join_all;
-use origin::config::{RedisConfig, Secret, VehicleLockMode};
+use origin::config::{RedisConfig, RedisMode, Secret, VehicleLockMode};
 use origin::redis::link::RedisLink;
 use origin::redis::locks::{LockError, Locks, LOCK_NAMESPACE};
 use serde_json::Value;
@@ -139,7 +139,7 @@ async fn bookings_continue_without_redis_and_locks_return_when_it_does(pool: PgP
     // Redis up: a planted Redis lock blocks a hold on that vehicle.
     let mut conn = test_redis::connect(&url).await?;
     let lock_key = format!(
-        "{}lock:vehicle:{}",
+        "{}lock:vehicle:{{{}}}",
         app.redis_prefix,
         uuid_of(&probe_vehicle)?.simple()
     );
@@ -215,7 +215,7 @@ async fn bookings_continue_without_redis_and_locks_return_when_it_does(pool: PgP
     assert!(created_4 >= vehicles.len(), "{created_4}");
 
     // The availability index was rebuilt into the new, empty Redis.
-    let geo_key = format!("{}geo:EUW", app.redis_prefix);
+    let geo_key = format!("{}{{avail}}:geo:EUW", app.redis_prefix);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let members: i64 = redis::cmd("ZCARD")
@@ -249,9 +249,9 @@ async fn with_the_postgres_lock_a_hold_meets_the_advisory_lock_inside_its_statem
     assert_eq!(body["checks"]["locks"], "postgres", "{body}");
     let vehicle = app.vehicles("EUN").await?[0].clone();
 
-    let mut conn = test_redis::connect(&app.redis_url).await?;
+    let mut conn = test_redis::connect_any(&app.redis_url).await?;
     let lock_key = format!(
-        "{}lock:vehicle:{}",
+        "{}lock:vehicle:{{{}}}",
         app.redis_prefix,
         uuid_of(&vehicle)?.simple()
     );
@@ -279,6 +279,7 @@ async fn with_the_postgres_lock_a_hold_meets_the_advisory_lock_inside_its_statem
 fn lock_config(url: String, prefix: &str, ttl_ms: u64) -> RedisConfig {
     RedisConfig {
         url: Secret(url.into_bytes()),
+        mode: RedisMode::Single,
         key_prefix: prefix.to_owned(),
         command_timeout: Duration::from_millis(200),
         lock_ttl: Duration::from_millis(ttl_ms),

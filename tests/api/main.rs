@@ -31,6 +31,7 @@ mod origin_runtime;
 mod pricing_orchestrator;
 mod pricing_validation;
 mod quotes;
+mod redis_ha;
 mod regions;
 mod replica;
 mod reschedule;

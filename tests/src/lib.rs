@@ -29,6 +29,7 @@ pub mod latency_proxy;
 pub mod origin_runtime;
 pub mod otlp;
 pub mod recorder;
+pub mod redis_ha;
 pub mod regions;
 pub mod replica;
 pub mod test_redis;
@@ -105,6 +106,8 @@ pub struct TestApp {
     /// The Redis this app uses and its key prefix (unique per app; removed by `stop`).
     pub redis_url: String,
     pub redis_prefix: String,
+    /// The topology at `redis_url` (`cluster` when the run sets `E2E_REDIS_CLUSTER`).
+    pub redis_mode: origin::config::RedisMode,
     running: Option<Running>,
     /// Signs every request this app sends, as an edge, when the origin was started without
     /// `ORIGIN_ALLOW_DIRECT` (the edge suites' origins); `None` for origins tested alone.
@@ -152,7 +155,17 @@ pub async fn spawn_app_with(pool: PgPool, overrides: Overrides<'_>) -> TestResul
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
     // Tests share one Redis and their databases hold the same vehicle ids: a prefix per app.
-    env.insert("REDIS_URL".into(), test_redis::shared_url());
+    // `E2E_REDIS_CLUSTER` (seed node URLs, comma-separated: scripts/test.sh runs a subset of
+    // the suite so, see README "Scaling out") puts every app on a Redis Cluster instead.
+    match std::env::var("E2E_REDIS_CLUSTER") {
+        Ok(nodes) if !nodes.trim().is_empty() => {
+            env.insert("REDIS_URL".into(), nodes);
+            env.insert("REDIS_MODE".into(), "cluster".into());
+        }
+        _ => {
+            env.insert("REDIS_URL".into(), test_redis::shared_url());
+        }
+    }
     env.insert(
         "REDIS_KEY_PREFIX".into(),
         format!("test:{}:", uuid::Uuid::new_v4().simple()),
@@ -186,6 +199,10 @@ pub async fn spawn_app_with(pool: PgPool, overrides: Overrides<'_>) -> TestResul
             ),
         );
     }
+    if overrides.iter().any(|(k, _)| *k == "REDIS_URL") {
+        // A test's own Redis (one it kills, a sentinel set): its mode comes with it.
+        env.remove("REDIS_MODE");
+    }
     for (k, v) in overrides {
         env.insert((*k).to_owned(), (*v).to_owned());
     }
@@ -198,6 +215,7 @@ pub async fn spawn_app_with(pool: PgPool, overrides: Overrides<'_>) -> TestResul
     };
     let redis_url = config.redis.url();
     let redis_prefix = config.redis.key_prefix.clone();
+    let redis_mode = config.redis.mode.clone();
     origin::startup::MIGRATOR.run(&pool).await?;
     demo_fleet::seed_demo(&pool, FLEET_PER_CITY).await?;
     // The origin's pool and tasks live on its own runtime (see `origin_runtime`), on the
@@ -234,6 +252,7 @@ pub async fn spawn_app_with(pool: PgPool, overrides: Overrides<'_>) -> TestResul
         pool,
         redis_url,
         redis_prefix,
+        redis_mode,
         running: Some(running),
         signer,
         origin_pool,

@@ -44,9 +44,53 @@ pub async fn sum_counters(
     Ok(total)
 }
 
-/// Deletes every key under `prefix`; returns how many.
+/// A connection to `url` whatever its topology, as the origin makes one: a comma-separated
+/// list is a Redis Cluster's seed nodes (`E2E_REDIS_CLUSTER`), routed by slot.
+pub async fn connect_any(url: &str) -> anyhow::Result<origin::redis::link::Conn> {
+    use origin::redis::link::Conn;
+    if url.contains(',') {
+        let client = redis::cluster::ClusterClient::builder(url.split(',').map(str::trim))
+            .connection_timeout(Duration::from_millis(500))
+            .response_timeout(Duration::from_secs(2))
+            .build()
+            .context("cluster urls")?;
+        let conn = client
+            .get_async_connection()
+            .await
+            .with_context(|| format!("connect to the cluster at {url}"))?;
+        return Ok(Conn::Cluster(conn));
+    }
+    let client = redis::Client::open(url).context("redis url")?;
+    let config = redis::aio::ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_millis(500)))
+        .set_response_timeout(Some(Duration::from_secs(2)));
+    let conn = redis::aio::ConnectionManager::new_with_config(client, config)
+        .await
+        .with_context(|| format!("connect to {url}"))?;
+    Ok(Conn::Node(conn))
+}
+
+/// Deletes every key under `prefix`; returns how many. On a cluster (a comma-separated `url`)
+/// every master is scanned.
 pub async fn delete_prefix(url: &str, prefix: &str) -> anyhow::Result<usize> {
-    let mut conn = connect(url).await?;
+    let mut deleted = 0;
+    for node in url.split(',').map(str::trim) {
+        let mut conn = connect(node).await?;
+        if url.contains(',') {
+            let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
+            if !matches!(role.first(), Some(redis::Value::BulkString(r)) if r == b"master") {
+                continue;
+            }
+        }
+        deleted += delete_prefix_on(&mut conn, prefix).await?;
+    }
+    Ok(deleted)
+}
+
+async fn delete_prefix_on(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> anyhow::Result<usize> {
     let mut cursor: u64 = 0;
     let mut deleted = 0;
     loop {
@@ -56,17 +100,18 @@ pub async fn delete_prefix(url: &str, prefix: &str) -> anyhow::Result<usize> {
             .arg(format!("{prefix}*"))
             .arg("COUNT")
             .arg(1000)
-            .query_async(&mut conn)
+            .query_async(conn)
             .await
             .context("scan keys")?;
+        // One key per DEL (a cluster node refuses a DEL across slots), one round trip.
         if !keys.is_empty() {
-            deleted += keys.len();
-            redis::cmd("DEL")
-                .arg(&keys)
-                .query_async::<i64>(&mut conn)
-                .await
-                .context("delete keys")?;
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.del(key).ignore();
+            }
+            pipe.query_async::<()>(conn).await.context("delete keys")?;
         }
+        deleted += keys.len();
         if next == 0 {
             return Ok(deleted);
         }

@@ -3,7 +3,11 @@
 //!
 //! # What the index answers — and what it does not
 //!
-//! `{prefix}geo:{REGION}` (a GEO sorted set) holds every *active* vehicle of the region at its
+//! Every availability key carries the hash tag `{avail}`, so in a Redis Cluster they share one
+//! slot: the search script reads every served region's keys at once and a rebuild `RENAME`s
+//! over them, and both need their keys on one node.
+//!
+//! `{prefix}{avail}:geo:{REGION}` (a GEO sorted set) holds every *active* vehicle of the region at its
 //! bay's coordinates, member = the vehicle's uuid (32 hex digits). Search asks it for the
 //! nearest candidates (`GEOSEARCH … FROMLONLAT … BYRADIUS … ASC COUNT`), a sorted-set range
 //! walk instead of a bounding-box scan over bays; PostgreSQL then does the authoritative part
@@ -14,7 +18,7 @@
 //!
 //! With the availability consumer running ([`crate::jobs::consumer`], on whenever
 //! `KAFKA_BROKERS` is set), the index also mirrors *when* each vehicle is taken:
-//! `{prefix}occ:{REGION}` is a hash, field = vehicle uuid, value = its future taken ranges
+//! `{prefix}{avail}:occ:{REGION}` is a hash, field = vehicle uuid, value = its future taken ranges
 //! (`start,end,expiry;…` in epoch milliseconds: bookings' occupied ranges, turnaround buffers
 //! included, and active maintenance blocks; a hold's expiry, after which its range no longer
 //! counts, else 0). Search's candidate step ([`Availability::candidates`], one Lua script)
@@ -42,7 +46,7 @@
 //!   ([`crate::jobs::availability`]) every `AVAILABILITY_REBUILD_SECS` and whenever Redis
 //!   comes back from an outage (it may have come back empty). It writes a fresh temporary key
 //!   and then, in one `MULTI`, `RENAME`s it over the live key and stamps
-//!   `{prefix}geo:{REGION}:built`: readers see the old index or the new one, never a half.
+//!   `{prefix}{avail}:geo:{REGION}:built`: readers see the old index or the new one, never a half.
 //! - **Rebuilds reconcile the occupancy too**, counting the vehicles whose value they had to
 //!   change (`availability_index_drift_total{region}`: entries the consumer missed or got
 //!   wrong; zero while it keeps up). The swap is a script that checks the hash's version
@@ -219,11 +223,12 @@ impl Availability {
 
     /// The occupancy hash of a region.
     pub fn occupancy_key(&self, region: Region) -> String {
-        self.redis.key(&format!("occ:{}", region.code()))
+        self.redis.key(&format!("{{avail}}:occ:{}", region.code()))
     }
 
     fn occupancy_version_key(&self, region: Region) -> String {
-        self.redis.key(&format!("occ:{}:version", region.code()))
+        self.redis
+            .key(&format!("{{avail}}:occ:{}:version", region.code()))
     }
 
     /// Recomputes one vehicle's occupancy from PostgreSQL (on `conn`, e.g. the consumer's
@@ -290,7 +295,7 @@ impl Availability {
                 .with_context(|| format!("read the occupancy of {region}"))?;
             let new = encode(&taken);
             let tmp = self.redis.key(&format!(
-                "occ:{}:tmp:{}",
+                "{{avail}}:occ:{}:tmp:{}",
                 region.code(),
                 Uuid::new_v4().simple()
             ));
@@ -342,11 +347,12 @@ impl Availability {
 
     /// The live GEO key of a region.
     pub fn geo_key(&self, region: Region) -> String {
-        self.redis.key(&format!("geo:{}", region.code()))
+        self.redis.key(&format!("{{avail}}:geo:{}", region.code()))
     }
 
     fn built_key(&self, region: Region) -> String {
-        self.redis.key(&format!("geo:{}:built", region.code()))
+        self.redis
+            .key(&format!("{{avail}}:geo:{}:built", region.code()))
     }
 
     /// Where search takes its candidates from right now: `redis-geo` or `postgres-bbox`.
@@ -409,7 +415,7 @@ impl Availability {
                 .context("clear the index")?;
         } else {
             let tmp = self.redis.key(&format!(
-                "geo:{}:tmp:{}",
+                "{{avail}}:geo:{}:tmp:{}",
                 region.code(),
                 Uuid::new_v4().simple()
             ));

@@ -13,7 +13,7 @@
 //! and every write is skipped — the cache is an accelerator, never a dependency.
 //!
 //! **Invalidation is driven by committed changes.** L1 keys embed a per-vehicle generation
-//! (`l1:gen:<vehicle>`). After a booking change commits, the handler bumps the generation of
+//! (`l1:gen:{<vehicle uuid>}`: tagged like the vehicle's lock, one Cluster slot per vehicle). After a booking change commits, the handler bumps the generation of
 //! the vehicle it touched, which makes every cached quote of that vehicle unreachable at once
 //! (they expire within 60 s). Bumping, rather than deleting keys, also closes the classic race
 //! where a quote computed just before a booking is stored just after it: such an entry lands
@@ -153,7 +153,8 @@ impl Caches {
     }
 
     fn gen_key(&self, vehicle: &VehicleId) -> String {
-        self.l1.key(&format!("l1:gen:{vehicle}"))
+        self.l1
+            .key(&format!("l1:gen:{{{}}}", vehicle.uuid.simple()))
     }
 
     /// The generation quotes of `vehicle` are stored under: the vehicle's own counter plus the

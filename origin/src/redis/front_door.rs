@@ -2,7 +2,7 @@
 //! the origin's own per-user limit.
 //!
 //! **Replays.** A signature that verified (`domain::edge_auth`) is remembered with
-//! `SET {prefix}edge-sig:<sig> 1 NX EX 120`: the first request with it sets the key, a second
+//! `SET {prefix}edge-sig:[{<user tag>}:]<sig> 1 NX EX 120`: the first request with it sets the key, a second
 //! one within 120 s finds it and is refused. 120 s is the whole ±60 s window, so a signature
 //! is remembered for as long as it could verify. Every origin instance of a region shares its
 //! Redis, so a request replayed to another pod of the region is refused too; a replay to the
@@ -101,10 +101,18 @@ impl FrontDoor {
         if sig.is_none() && limited.is_none() {
             return Ok(Verdict::Pass);
         }
+        // In a Redis Cluster one script's keys must share a slot: with a user, every key
+        // carries the user's hash tag (a replayed request carries the same token, so it finds
+        // the same key); without one, the signature's key is alone.
+        let tag = limited.map(|(_, user)| user_tag(user));
         let mut invocation = FRONT_DOOR.prepare_invoke();
         match sig {
             Some(sig) => {
-                invocation.key(self.redis.key(&format!("edge-sig:{sig}")));
+                let key = match &tag {
+                    Some(tag) => format!("edge-sig:{{{tag}}}:{sig}"),
+                    None => format!("edge-sig:{sig}"),
+                };
+                invocation.key(self.redis.key(&key));
                 invocation.arg("1").arg(domain::edge_auth::REPLAY_TTL_SECS);
             }
             None => {
@@ -112,10 +120,11 @@ impl FrontDoor {
             }
         }
         let (window_ms, elapsed) = match limited {
-            Some((limit, user)) => {
+            Some((limit, _)) => {
                 let window = now_ms / limit.window_ms;
-                invocation.key(self.user_key(user, window.saturating_sub(1)));
-                invocation.key(self.user_key(user, window));
+                let tag = tag.as_deref().unwrap_or_default();
+                invocation.key(self.user_key(tag, window.saturating_sub(1)));
+                invocation.key(self.user_key(tag, window));
                 invocation.arg(limit.limit);
                 (limit.window_ms, now_ms % limit.window_ms)
             }
@@ -143,10 +152,14 @@ impl FrontDoor {
         Ok(Verdict::Pass)
     }
 
-    /// A user's counter for one window. The id is hashed into the key, as at the edge: user
-    /// ids stay out of key listings and no `sub` can break the key's shape.
-    fn user_key(&self, user: &str, window: u64) -> String {
-        let id = hex::encode(&Sha256::digest(user.as_bytes())[..12]);
-        self.redis.key(&format!("rl:user:{id}:{window}"))
+    /// A user's counter for one window, under the user's tag ([`user_tag`]).
+    fn user_key(&self, tag: &str, window: u64) -> String {
+        self.redis.key(&format!("rl:user:{{{tag}}}:{window}"))
     }
+}
+
+/// A user's hash tag: the id hashed, as at the edge, so user ids stay out of key listings and
+/// no `sub` can break the key's shape (or its `{}`).
+fn user_tag(user: &str) -> String {
+    hex::encode(&Sha256::digest(user.as_bytes())[..12])
 }

@@ -193,7 +193,7 @@ impl Locks {
     /// The Redis key of a vehicle's lock.
     pub fn key(&self, vehicle: &VehicleId) -> String {
         self.redis
-            .key(&format!("lock:vehicle:{}", vehicle.uuid.simple()))
+            .key(&format!("lock:vehicle:{{{}}}", vehicle.uuid.simple()))
     }
 
     /// Inside the booking transaction, after the idempotency check: takes the vehicle's lock

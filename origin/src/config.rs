@@ -152,7 +152,17 @@ fn redis_config(env: &dyn Env) -> Result<RedisConfig, ConfigError> {
             })
         }
     };
-    let urls: Vec<&str> = url.split(',').map(str::trim).collect();
+    let urls: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    if urls.is_empty() {
+        return Err(ConfigError::Invalid {
+            name: "REDIS_URL",
+            reason: "empty".into(),
+        });
+    }
     if mode == RedisMode::Single && urls.len() > 1 {
         return Err(ConfigError::Invalid {
             name: "REDIS_URL",

@@ -440,3 +440,152 @@ async fn a_sentinel_failover_is_followed_and_a_stale_promoted_index_is_reconcile
     assert_eq!(app.overlapping_pairs().await?, 0, "double bookings");
     app.stop().await
 }
+
+/// The node id of each node in `CLUSTER NODES` (seen from `via`), with its port, whether it is
+/// a master, and the id of its master (replicas).
+async fn cluster_nodes(via: u16) -> TestResult<Vec<(String, u16, bool, String)>> {
+    let mut conn = test_redis::connect(&RedisHa::node_url(via)).await?;
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut conn)
+        .await?;
+    nodes
+        .lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            anyhow::ensure!(f.len() >= 8, "CLUSTER NODES line: {line}");
+            let port = f[1]
+                .split('@')
+                .next()
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("address in {line}"))?;
+            Ok((
+                f[0].to_owned(),
+                port,
+                f[2].split(',').any(|x| x == "master"),
+                f[3].to_owned(),
+            ))
+        })
+        .collect()
+}
+
+/// A manual `CLUSTER FAILOVER` swaps master and replica without a failed command: only the
+/// probe's new-master check can tell the origin that the data it serves may be stale. A drift
+/// planted in the index (a vehicle removed) is rebuilt away after the failover although no
+/// periodic rebuild is due and Redis never counted as down.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_graceful_cluster_failover_alone_makes_the_origin_rebuild_its_index(
+    pool: PgPool,
+) -> TestResult {
+    let ha = RedisHa::cluster()?;
+    let url = ha.origin_url();
+    let app = spawn_app_with(
+        pool,
+        &[
+            ("REDIS_URL", &url),
+            ("REDIS_MODE", "cluster"),
+            ("AVAILABILITY_REBUILD_SECS", "3600"),
+        ],
+    )
+    .await?;
+    let geo_key = format!("{}{{avail}}:geo:EUW", app.redis_prefix);
+    let hidden = app.vehicles("EUW").await?[0].clone();
+    let member = uuid_of(&hidden)?.simple().to_string();
+    let mut conn = test_redis::connect_any(&url).await?;
+    RedisHa::wait_until("the index built", Duration::from_secs(10), || async {
+        let mut conn = test_redis::connect_any(&url).await?;
+        let score: Option<f64> = redis::cmd("ZSCORE")
+            .arg(&geo_key)
+            .arg(&member)
+            .query_async(&mut conn)
+            .await?;
+        Ok(score.is_some())
+    })
+    .await?;
+    // The drift: the master (and so its replica) loses a vehicle the database has.
+    redis::cmd("ZREM")
+        .arg(&geo_key)
+        .arg(&member)
+        .query_async::<()>(&mut conn)
+        .await?;
+    let window = window(30, 2);
+    assert!(
+        !app.search_lists(&hidden, window).await?,
+        "the planted drift shows in search"
+    );
+    let degradations = readiness(&app).await?["redis_degradations"].as_u64();
+
+    // The replica of the index's master takes over, gracefully.
+    let slot: u16 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(&geo_key)
+        .query_async(&mut conn)
+        .await?;
+    let nodes = cluster_nodes(ha.ports[0]).await?;
+    let masters = RedisHa::cluster_masters(ha.ports[0]).await?;
+    let mut owner = None;
+    for (port, _) in &masters {
+        let mut c = test_redis::connect(&RedisHa::node_url(*port)).await?;
+        let slots: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut c)
+            .await?;
+        for range in slots {
+            if let (Some(redis::Value::Int(lo)), Some(redis::Value::Int(hi))) =
+                (range.first(), range.get(1))
+            {
+                if i64::from(slot) >= *lo && i64::from(slot) <= *hi {
+                    if let Some(redis::Value::Array(node)) = range.get(2) {
+                        if let Some(redis::Value::Int(p)) = node.get(1) {
+                            owner = u16::try_from(*p).ok();
+                        }
+                    }
+                }
+            }
+        }
+        if owner.is_some() {
+            break;
+        }
+    }
+    let owner = owner.ok_or_else(|| anyhow::anyhow!("no master serves slot {slot}"))?;
+    let owner_id = nodes
+        .iter()
+        .find(|n| n.1 == owner)
+        .map(|n| n.0.clone())
+        .ok_or_else(|| anyhow::anyhow!("no node on {owner}"))?;
+    let replica = nodes
+        .iter()
+        .find(|n| !n.2 && n.3 == owner_id)
+        .map(|n| n.1)
+        .ok_or_else(|| anyhow::anyhow!("the master on {owner} has no replica"))?;
+    let mut on_replica = test_redis::connect(&RedisHa::node_url(replica)).await?;
+    redis::cmd("CLUSTER")
+        .arg("FAILOVER")
+        .query_async::<()>(&mut on_replica)
+        .await?;
+    RedisHa::wait_until("the replica promoted", Duration::from_secs(10), || async {
+        Ok(RedisHa::cluster_masters(replica)
+            .await?
+            .iter()
+            .any(|(p, _)| *p == replica))
+    })
+    .await?;
+
+    RedisHa::wait_until(
+        "the index rebuilt after the failover",
+        Duration::from_secs(5),
+        || async { app.search_lists(&hidden, window).await },
+    )
+    .await?;
+    let metrics = app.metrics_text().await?;
+    assert!(
+        metric_sum(&metrics, "redis_topology_changes_total", "") >= 1.0,
+        "the new master was noticed"
+    );
+    eprintln!(
+        "graceful failover: redis degradations before {degradations:?}, after {:?}",
+        readiness(&app).await?["redis_degradations"].as_u64()
+    );
+    app.stop().await
+}

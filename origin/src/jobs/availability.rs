@@ -1,6 +1,7 @@
 //! Availability rebuild: rebuilds the GEO availability index every
 //! `AVAILABILITY_REBUILD_SECS`, and at once when Redis comes back from an outage (it may have
-//! come back empty). See [`crate::redis::availability`] for why a rebuild is safe at any time.
+//! come back empty) or has a new master (a failover: it may be stale; see `redis/link.rs`). See
+//! [`crate::redis::availability`] for why a rebuild is safe at any time.
 
 use std::time::Duration;
 

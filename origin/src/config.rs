@@ -100,6 +100,43 @@ impl std::str::FromStr for VehicleLockMode {
     }
 }
 
+/// How the topics the origin creates are laid out (`KAFKA_TOPIC_PARTITIONS`,
+/// `KAFKA_TOPIC_REPLICATION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicLayout {
+    pub partitions: i32,
+    /// Replicas of each partition: 1 on the single-node broker of development and tests, 3 on
+    /// a production Kafka cluster.
+    pub replication: i32,
+}
+
+impl TopicLayout {
+    /// The topic-level settings that go with the replication: `min.insync.replicas` is a
+    /// majority of the replicas, so the relay's `acks=all` means "on a majority" and a topic
+    /// keeps accepting writes with one broker of three down (and refuses them, rather than
+    /// risk losing acknowledged records, with two down).
+    pub fn topic_config(&self) -> Vec<(&'static str, String)> {
+        if self.replication <= 1 {
+            return Vec::new();
+        }
+        vec![(
+            "min.insync.replicas",
+            (self.replication / 2 + 1).to_string(),
+        )]
+    }
+}
+
+fn topic_replication(env: &dyn Env) -> Result<i32, ConfigError> {
+    let replication: i32 = parsed(env, "KAFKA_TOPIC_REPLICATION", 1)?;
+    if !(1..=7).contains(&replication) {
+        return Err(ConfigError::Invalid {
+            name: "KAFKA_TOPIC_REPLICATION",
+            reason: format!("1 to 7 replicas (got {replication})"),
+        });
+    }
+    Ok(replication)
+}
+
 /// `REDIS_MODE`: the Redis topology the origin talks to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisMode {
@@ -502,8 +539,8 @@ pub struct Config {
     pub otel_endpoint: Option<String>,
     /// Kafka bootstrap servers (`KAFKA_BROKERS`); `None` turns the outbox relay off.
     pub kafka_brokers: Option<String>,
-    /// Partitions per topic when the relay creates the topics.
-    pub kafka_topic_partitions: i32,
+    /// Partitions and replicas of each topic the relay or a consumer creates.
+    pub kafka_topics: TopicLayout,
     /// Outbox rows per relay batch.
     pub relay_batch: i64,
     /// Lanes the outbox is split into between relay instances (see `relay.rs`).
@@ -852,7 +889,10 @@ impl Config {
             log_json,
             otel_endpoint,
             kafka_brokers: env.var("KAFKA_BROKERS").map(|b| b.trim().to_owned()),
-            kafka_topic_partitions: at_least_one(env, "KAFKA_TOPIC_PARTITIONS", 3)?,
+            kafka_topics: TopicLayout {
+                partitions: at_least_one(env, "KAFKA_TOPIC_PARTITIONS", 3)?,
+                replication: topic_replication(env)?,
+            },
             relay_batch: at_least_one(env, "RELAY_BATCH", 200)?,
             relay_lanes: at_least_one(env, "RELAY_LANES", 8)?,
             relay_poll: millis(env, "RELAY_POLL_MS", 200)?,
@@ -1028,6 +1068,8 @@ mod tests {
             ("REDIS_URL", "http://localhost"),
             ("REDIS_URL", "redis://a:6379,redis://b:6379"),
             ("REDIS_MODE", "galaxy"),
+            ("KAFKA_TOPIC_REPLICATION", "0"),
+            ("KAFKA_TOPIC_REPLICATION", "three"),
             ("SHUTDOWN_GRACE_SECS", "0"),
             ("SHUTDOWN_GRACE_SECS", "301"),
             ("SHUTDOWN_GRACE_SECS", "soon"),
@@ -1087,6 +1129,24 @@ mod tests {
         let switched = Config::from(&env)?;
         assert_eq!(switched.role, Role::Booking);
         assert!(!switched.migrate_on_start);
+        Ok(())
+    }
+
+    #[test]
+    fn a_replicated_topic_requires_a_majority_in_sync() -> Result<(), ConfigError> {
+        let mut env = base();
+        let single = Config::from(&env)?.kafka_topics;
+        assert_eq!(single.replication, 1);
+        assert!(single.topic_config().is_empty());
+        for (replicas, in_sync) in [("2", "2"), ("3", "2"), ("5", "3")] {
+            env.insert("KAFKA_TOPIC_REPLICATION".into(), replicas.into());
+            let layout = Config::from(&env)?.kafka_topics;
+            assert_eq!(
+                layout.topic_config(),
+                [("min.insync.replicas", in_sync.to_owned())],
+                "{replicas} replicas"
+            );
+        }
         Ok(())
     }
 

@@ -131,8 +131,8 @@ pub struct ConsumerSettings {
     pub commit_interval: Duration,
     /// How often librdkafka reports lag.
     pub stats_interval: Duration,
-    /// Partitions of the dead-letter topic when the consumer creates it.
-    pub topic_partitions: i32,
+    /// Partitions and replicas of the dead-letter topic when the consumer creates it.
+    pub topic_layout: crate::config::TopicLayout,
     /// How long the group waits for a silent member before moving its partitions
     /// (`session.timeout.ms`): a crashed consumer's partitions resume elsewhere after this.
     pub session_timeout: Duration,
@@ -157,7 +157,10 @@ impl ConsumerSettings {
             dead_letter_topic: DEAD_LETTER_TOPIC.to_owned(),
             commit_interval: Duration::from_millis(500),
             stats_interval: Duration::from_secs(5),
-            topic_partitions: 3,
+            topic_layout: crate::config::TopicLayout {
+                partitions: 3,
+                replication: 1,
+            },
             session_timeout: Duration::from_secs(10),
             instance_id: None,
             fetch_wait: Duration::from_millis(100),
@@ -227,7 +230,7 @@ pub async fn start<H: Handler>(
     super::relay::create_named_topics(
         &settings.brokers,
         std::iter::once(settings.dead_letter_topic.as_str()),
-        settings.topic_partitions,
+        settings.topic_layout,
     )
     .await
     .context("create the dead-letter topic")?;

@@ -107,7 +107,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{Backoff, Jitter};
-use crate::config::Config;
+use crate::config::{Config, TopicLayout};
 use crate::events::{outbox, Topic};
 
 /// First key of the relay's advisory locks (`pg_try_advisory_lock(LOCK_NAMESPACE, lane)`);
@@ -132,8 +132,8 @@ pub(crate) const DB_STEP_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct RelaySettings {
     /// Kafka bootstrap servers (`host:port,...`).
     pub brokers: String,
-    /// Partitions of each topic when the relay creates it.
-    pub topic_partitions: i32,
+    /// Partitions and replicas of each topic when the relay creates it.
+    pub topics: TopicLayout,
     /// Rows per batch (one transaction, one round of deliveries).
     pub batch: i64,
     /// Number of lanes the outbox is split into (the unit of ownership between instances).
@@ -157,7 +157,10 @@ impl RelaySettings {
     pub fn new(brokers: impl Into<String>) -> Self {
         RelaySettings {
             brokers: brokers.into(),
-            topic_partitions: 3,
+            topics: TopicLayout {
+                partitions: 3,
+                replication: 1,
+            },
             batch: 200,
             lanes: 8,
             poll: Duration::from_millis(200),
@@ -175,7 +178,7 @@ impl RelaySettings {
     pub(crate) fn from_config(config: &Config) -> Option<Self> {
         let brokers = config.kafka_brokers.clone()?;
         Some(RelaySettings {
-            topic_partitions: config.kafka_topic_partitions,
+            topics: config.kafka_topics,
             batch: config.relay_batch,
             lanes: config.relay_lanes,
             poll: config.relay_poll,
@@ -196,23 +199,33 @@ pub async fn run_relay(pool: PgPool, settings: RelaySettings, stop: Cancellation
 }
 
 /// Creates every outbox topic; topics that already exist are fine.
-pub(crate) async fn create_topics(brokers: &str, partitions: i32) -> anyhow::Result<()> {
-    create_named_topics(brokers, Topic::ALL.iter().map(|t| t.as_str()), partitions).await
+pub(crate) async fn create_topics(brokers: &str, layout: TopicLayout) -> anyhow::Result<()> {
+    create_named_topics(brokers, Topic::ALL.iter().map(|t| t.as_str()), layout).await
 }
 
 /// Creates the `names` topics; topics that already exist are fine.
 pub(crate) async fn create_named_topics<'a>(
     brokers: &str,
     names: impl IntoIterator<Item = &'a str>,
-    partitions: i32,
+    layout: TopicLayout,
 ) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .create()
         .context("create the Kafka admin client")?;
+    let settings = layout.topic_config();
     let topics: Vec<NewTopic<'_>> = names
         .into_iter()
-        .map(|name| NewTopic::new(name, partitions, TopicReplication::Fixed(1)))
+        .map(|name| {
+            settings.iter().fold(
+                NewTopic::new(
+                    name,
+                    layout.partitions,
+                    TopicReplication::Fixed(layout.replication),
+                ),
+                |topic, (key, value)| topic.set(key, value),
+            )
+        })
         .collect();
     let options = AdminOptions::new()
         .request_timeout(Some(Duration::from_secs(10)))
@@ -323,7 +336,7 @@ impl Relay {
             }
             // The admin call may wait out its 10 s timeout on a dead broker: a stop cuts it.
             let created = tokio::select! {
-                r = create_topics(&self.settings.brokers, self.settings.topic_partitions) => r,
+                r = create_topics(&self.settings.brokers, self.settings.topics) => r,
                 () = stop.cancelled() => return self.shutdown().await,
             };
             match created {

@@ -441,35 +441,6 @@ async fn a_sentinel_failover_is_followed_and_a_stale_promoted_index_is_reconcile
     app.stop().await
 }
 
-/// The node id of each node in `CLUSTER NODES` (seen from `via`), with its port, whether it is
-/// a master, and the id of its master (replicas).
-async fn cluster_nodes(via: u16) -> TestResult<Vec<(String, u16, bool, String)>> {
-    let mut conn = test_redis::connect(&RedisHa::node_url(via)).await?;
-    let nodes: String = redis::cmd("CLUSTER")
-        .arg("NODES")
-        .query_async(&mut conn)
-        .await?;
-    nodes
-        .lines()
-        .map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            anyhow::ensure!(f.len() >= 8, "CLUSTER NODES line: {line}");
-            let port = f[1]
-                .split('@')
-                .next()
-                .and_then(|a| a.rsplit(':').next())
-                .and_then(|p| p.parse().ok())
-                .ok_or_else(|| anyhow::anyhow!("address in {line}"))?;
-            Ok((
-                f[0].to_owned(),
-                port,
-                f[2].split(',').any(|x| x == "master"),
-                f[3].to_owned(),
-            ))
-        })
-        .collect()
-}
-
 /// A manual `CLUSTER FAILOVER` swaps master and replica without a failed command: only the
 /// probe's new-master check can tell the origin that the data it serves may be stale. A drift
 /// planted in the index (a vehicle removed) is rebuilt away after the failover although no
@@ -522,43 +493,16 @@ async fn a_graceful_cluster_failover_alone_makes_the_origin_rebuild_its_index(
         .arg(&geo_key)
         .query_async(&mut conn)
         .await?;
-    let nodes = cluster_nodes(ha.ports[0]).await?;
-    let masters = RedisHa::cluster_masters(ha.ports[0]).await?;
-    let mut owner = None;
-    for (port, _) in &masters {
-        let mut c = test_redis::connect(&RedisHa::node_url(*port)).await?;
-        let slots: Vec<Vec<redis::Value>> = redis::cmd("CLUSTER")
-            .arg("SLOTS")
-            .query_async(&mut c)
-            .await?;
-        for range in slots {
-            if let (Some(redis::Value::Int(lo)), Some(redis::Value::Int(hi))) =
-                (range.first(), range.get(1))
-            {
-                if i64::from(slot) >= *lo && i64::from(slot) <= *hi {
-                    if let Some(redis::Value::Array(node)) = range.get(2) {
-                        if let Some(redis::Value::Int(p)) = node.get(1) {
-                            owner = u16::try_from(*p).ok();
-                        }
-                    }
-                }
-            }
-        }
-        if owner.is_some() {
-            break;
-        }
-    }
-    let owner = owner.ok_or_else(|| anyhow::anyhow!("no master serves slot {slot}"))?;
-    let owner_id = nodes
+    let nodes = RedisHa::cluster_nodes(ha.ports[0]).await?;
+    let owner = nodes
         .iter()
-        .find(|n| n.1 == owner)
-        .map(|n| n.0.clone())
-        .ok_or_else(|| anyhow::anyhow!("no node on {owner}"))?;
+        .find(|n| n.master && n.slots.iter().any(|(lo, hi)| (*lo..=*hi).contains(&slot)))
+        .ok_or_else(|| anyhow::anyhow!("no master serves slot {slot}"))?;
     let replica = nodes
         .iter()
-        .find(|n| !n.2 && n.3 == owner_id)
-        .map(|n| n.1)
-        .ok_or_else(|| anyhow::anyhow!("the master on {owner} has no replica"))?;
+        .find(|n| n.master_id == owner.id)
+        .map(|n| n.port)
+        .ok_or_else(|| anyhow::anyhow!("the master on {} has no replica", owner.port))?;
     let mut on_replica = test_redis::connect(&RedisHa::node_url(replica)).await?;
     redis::cmd("CLUSTER")
         .arg("FAILOVER")

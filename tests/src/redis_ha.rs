@@ -49,6 +49,19 @@ fn run_script(args: &[String]) -> TestResult {
     Ok(())
 }
 
+/// One line of `CLUSTER NODES`.
+#[derive(Debug, Clone)]
+pub struct ClusterNode {
+    pub id: String,
+    pub port: u16,
+    /// A master that is not marked failed.
+    pub master: bool,
+    /// A replica's master (`-` for a master).
+    pub master_id: String,
+    /// The slot ranges it serves (masters).
+    pub slots: Vec<(u16, u16)>,
+}
+
 /// A running topology; stopped and removed on drop.
 #[derive(Debug)]
 pub struct RedisHa {
@@ -140,35 +153,52 @@ impl RedisHa {
             .context("master port")
     }
 
-    /// The cluster's masters as `(port, first slot)`, from `CLUSTER NODES` on `via`.
-    pub async fn cluster_masters(via: u16) -> TestResult<Vec<(u16, Option<u32>)>> {
+    /// Every node of the cluster as `CLUSTER NODES` on `via` lists it.
+    pub async fn cluster_nodes(via: u16) -> TestResult<Vec<ClusterNode>> {
         let mut conn = crate::test_redis::connect(&Self::node_url(via)).await?;
         let nodes: String = redis::cmd("CLUSTER")
             .arg("NODES")
             .query_async(&mut conn)
             .await?;
-        let mut masters = Vec::new();
-        for line in nodes.lines() {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (Some(addr), Some(flags)) = (fields.get(1), fields.get(2)) else {
-                continue;
-            };
-            if !flags.split(',').any(|f| f == "master") || flags.contains("fail") {
-                continue;
-            }
-            let port = addr
-                .split('@')
-                .next()
-                .and_then(|a| a.rsplit(':').next())
-                .and_then(|p| p.parse().ok())
-                .context("node address")?;
-            let first_slot = fields
-                .get(8)
-                .and_then(|r| r.split('-').next())
-                .and_then(|s| s.parse().ok());
-            masters.push((port, first_slot));
-        }
-        Ok(masters)
+        nodes
+            .lines()
+            .map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                anyhow::ensure!(f.len() >= 8, "CLUSTER NODES line: {line}");
+                let port = f[1]
+                    .split('@')
+                    .next()
+                    .and_then(|a| a.rsplit(':').next())
+                    .and_then(|p| p.parse().ok())
+                    .context("node address")?;
+                let flags: Vec<&str> = f[2].split(',').collect();
+                let slots = f[8..]
+                    .iter()
+                    .filter_map(|r| {
+                        let mut ends = r.split('-').map(|s| s.parse::<u16>().ok());
+                        let lo = ends.next()??;
+                        Some((lo, ends.next().flatten().unwrap_or(lo)))
+                    })
+                    .collect();
+                Ok(ClusterNode {
+                    id: f[0].to_owned(),
+                    port,
+                    master: flags.contains(&"master") && !flags.iter().any(|f| f.contains("fail")),
+                    master_id: f[3].to_owned(),
+                    slots,
+                })
+            })
+            .collect()
+    }
+
+    /// The cluster's live masters as `(port, first slot)`, from `CLUSTER NODES` on `via`.
+    pub async fn cluster_masters(via: u16) -> TestResult<Vec<(u16, Option<u32>)>> {
+        Ok(Self::cluster_nodes(via)
+            .await?
+            .into_iter()
+            .filter(|n| n.master)
+            .map(|n| (n.port, n.slots.first().map(|(lo, _)| u32::from(*lo))))
+            .collect())
     }
 
     /// Waits until `f` holds, polling every 50 ms, for at most `within`.

@@ -425,6 +425,36 @@ pub(crate) async fn inject(c: &Cluster, fault: Fault, locks: &TargetLocks) -> Te
         Fault::RedisKill { ms } => {
             let mut r = c.redis.lock().await;
             let before = r.pid();
+            // A second witness besides the polls: an origin's `redis_degradations_total` rises
+            // when it sees Redis go down. /readyz waits up to 2 s on PostgreSQL, so while an
+            // overlapping fault kills the PostgreSQL link every poll below can time out although
+            // an origin did see the outage (seed 12766503793005195028); /metrics does not
+            // touch PostgreSQL.
+            let degradations = |http: &reqwest::Client| {
+                let http = http.clone();
+                async move {
+                    let reads = ORIGIN_PORTS.iter().map(|port| {
+                        let http = http.clone();
+                        async move {
+                            let text = tokio::time::timeout(Duration::from_millis(500), async {
+                                http.get(format!("http://127.0.0.1:{port}/metrics"))
+                                    .send()
+                                    .await
+                                    .ok()?
+                                    .text()
+                                    .await
+                                    .ok()
+                            })
+                            .await
+                            .ok()
+                            .flatten()?;
+                            Some(e2e::metric_sum(&text, "redis_degradations_total", "") as u64)
+                        }
+                    });
+                    futures_util::future::join_all(reads).await
+                }
+            };
+            let counted_before = degradations(&http).await;
             r.kill();
             let until = Instant::now() + Duration::from_millis(ms);
             let mut down_seen = false;
@@ -443,10 +473,18 @@ pub(crate) async fn inject(c: &Cluster, fault: Fault, locks: &TargetLocks) -> Te
             r.up().await?;
             let after = r.pid();
             let back = all_ready_by(&http, Duration::from_secs(15), redis_ready).await;
+            // Only a rise counts: an origin restarted meanwhile starts again from 0.
+            let counted_after = degradations(&http).await;
+            let counted = counted_before
+                .iter()
+                .zip(&counted_after)
+                .any(|(b, a)| matches!((b, a), (Some(b), Some(a)) if a > b));
+            down_seen |= counted;
             Ok(Effect::new(
                 down_seen && back.is_some(),
                 format!(
-                    "pid {before:?} -> {after:?}; an origin saw Redis down: {down_seen}; all up again after {back:?}"
+                    "pid {before:?} -> {after:?}; an origin saw Redis down: {down_seen} \
+                     (degradations {counted_before:?} -> {counted_after:?}); all up again after {back:?}"
                 ),
             ))
         }

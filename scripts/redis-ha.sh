@@ -48,8 +48,13 @@ cluster() {
     port=${spec%%:*}
     bus=${spec#*:}
     [[ $bus == "$spec" ]] && bus=$((port + 10000))
+    # repl-diskless-sync-delay 0: one replica per master, nothing to wait for before the
+    # first sync. cluster-replica-validity-factor 0: a replica takes over however long it was
+    # cut off, since what Redis holds is rebuilt from PostgreSQL after any topology change
+    # (README, "Scaling out"); availability of the locks and caches matters more than its age.
     start_server "$dir" "$port" --cluster-enabled yes --cluster-port "$bus" \
-      --cluster-config-file "$dir/nodes-$port.conf" --cluster-node-timeout 1000
+      --cluster-config-file "$dir/nodes-$port.conf" --cluster-node-timeout 1000 \
+      --repl-diskless-sync-delay 0 --cluster-replica-validity-factor 0
     nodes+=("127.0.0.1:$port")
   done
   for spec in "${nodes[@]}"; do
@@ -68,6 +73,14 @@ cluster() {
   done
   wait_for "three replicas attached" \
     "[[ \$(redis-cli -p $first cluster nodes | grep -c ' slave ') -eq 3 ]]" 200
+  # A replica that has not finished its first sync cannot take over: a master killed in that
+  # window (5 s with the default sync delay) would leave its slots unserved for good.
+  for spec in "${nodes[@]}"; do
+    if redis-cli -p "${spec#*:}" info replication | grep -q '^role:slave'; then
+      wait_for "the replica on $spec in sync" \
+        "redis-cli -p ${spec#*:} info replication | grep -q '^master_link_status:up'" 300
+    fi
+  done
   log "Redis Cluster up: ${nodes[*]}"
 }
 
@@ -76,7 +89,7 @@ sentinel() {
   shift 3
   [[ $# -eq 3 ]] || die "sentinel: three sentinel ports expected, got $#"
   mkdir -p "$dir"
-  start_server "$dir" "$master"
+  start_server "$dir" "$master" --repl-diskless-sync-delay 0
   # The replica may take over: it must not refuse writes then; until then, writes to it are
   # refused by the (default) replica-read-only.
   start_server "$dir" "$replica" --replicaof 127.0.0.1 "$master"

@@ -201,6 +201,32 @@ impl RedisHa {
             .collect())
     }
 
+    /// What an operator would look at when a failover did not happen: `CLUSTER NODES` as
+    /// `via` sees it and the last lines of every server's log.
+    pub fn diagnosis(&self, via: u16) -> String {
+        let nodes = Command::new("redis-cli")
+            .args(["-p", &via.to_string(), "cluster", "nodes"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_else(|e| format!("redis-cli: {e}"));
+        let mut out = format!("CLUSTER NODES via {via}:\n{nodes}");
+        let mut logs: Vec<_> = std::fs::read_dir(&self.dir)
+            .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        logs.retain(|p| p.extension().is_some_and(|e| e == "log"));
+        logs.sort();
+        for log in logs {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(12).collect();
+            out.push_str(&format!("--- {}\n", log.display()));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
     /// Waits until `f` holds, polling every 50 ms, for at most `within`.
     pub async fn wait_until<F, Fut>(what: &str, within: Duration, mut f: F) -> TestResult
     where

@@ -27,7 +27,10 @@
 # it when both edge builds exist (scripts/edge.sh build); BENCH_EDGE_URLS ["name=url,..."] also
 # runs cached-quote and mixed through already running edges;
 # BENCH_SKIP_LIMITS=1 reuses target/bench/limits.txt; BENCH_BEFORE [unset] a git ref to compare;
-# BENCH_NO_BUILD=1 uses the binaries already built.
+# BENCH_NO_BUILD=1 uses the binaries already built; BENCH_PROFILE=1 profiles every origin run:
+# the CPU seconds of each process kind on the box during the run (origin, postgres, redis-server,
+# loadgen, wrk, ...: where the 2 cores went) in <run>.cpu.txt, and `perf record` of the origin
+# (flat, by symbol: release builds have no frame pointers) in <run>.perf.txt.
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
@@ -129,6 +132,42 @@ stop_origin() { kill "$PID" 2>/dev/null; wait "$PID" 2>/dev/null || true; PID=""
 # ---------------------------------------------------------------- 3. workloads
 field() { sed -nE "s/^  \"$2\": ([0-9.]+),?$/\1/p" "$OUT/$1.json"; }
 cpu_s() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$PID/stat"; }  # USER_HZ is 100
+# CPU ticks (user + system) of every process now, summed by command name (`comm` may hold
+# spaces: the fields are counted from the closing parenthesis).
+cpu_by_comm() {
+  cat /proc/[0-9]*/stat 2>/dev/null | awk '{
+    lp = index($0, "("); rp = 0
+    for (i = length($0); i > 0; i--) if (substr($0, i, 1) == ")") { rp = i; break }
+    comm = substr($0, lp + 1, rp - lp - 1); sub(/[:\/].*/, "", comm); gsub(/ /, "_", comm)
+    split(substr($0, rp + 2), f, " ")
+    t[comm] += f[12] + f[13]
+  } END { for (c in t) print c, t[c] }'
+}
+# BENCH_PROFILE=1: wraps one run (the command in "$@"), writing $OUT/<name>.cpu.txt and .perf.txt.
+profiled() { # <name> <command...>
+  local name=$1; shift
+  if [[ "${BENCH_PROFILE:-0}" != 1 ]]; then "$@"; return; fi
+  command -v perf >/dev/null || apt_install linux-perf || die "BENCH_PROFILE=1 needs perf"
+  local before after rc=0 t0 t1
+  before=$(cpu_by_comm); t0=$(date +%s.%N)
+  perf record -q -F 499 -p "$PID" -o "$OUT/$name.perf.data" >/dev/null 2>&1 &
+  local perf_pid=$!
+  "$@" || rc=$?
+  kill -INT "$perf_pid" 2>/dev/null; wait "$perf_pid" 2>/dev/null || true
+  after=$(cpu_by_comm); t1=$(date +%s.%N)
+  awk -v secs="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" '
+    NR == FNR { b[$1] = $2; next } { d = $2 - b[$1]; if (d > 0) { c[$1] = d; all += d } }
+    END {
+      printf "CPU of the box during the run (%.1f s, 2 cores = %.1f CPU-s), by process kind:\n", secs, 2 * secs
+      n = 0; for (k in c) order[++n] = k
+      for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (c[order[j]] > c[order[i]]) { x = order[i]; order[i] = order[j]; order[j] = x }
+      for (i = 1; i <= n && i <= 12; i++) printf "  %-18s %7.2f CPU-s  %5.1f %%\n", order[i], c[order[i]] / 100, 100 * c[order[i]] / all
+    }' <(echo "$before") <(echo "$after") >"$OUT/$name.cpu.txt"
+  perf report -i "$OUT/$name.perf.data" --no-children --sort dso,symbol --stdio --percent-limit 0.7 \
+    2>/dev/null | grep -v '^#' | grep -v '^$' | head -n 45 >"$OUT/$name.perf.txt" || true
+  rm -f "$OUT/$name.perf.data"
+  return "$rc"
+}
 LOADS=()
 # Every workload against the origin at BASE (PID); run files are named <prefix><run>.
 workloads() { # <prefix>
@@ -137,7 +176,7 @@ workloads() { # <prefix>
   run() { # <name> <loadgen args...>
     local name=$P$1; shift
     log "run $name: $*"
-    "${LG[@]}" --out "$OUT/$name" "$@" >/dev/null
+    profiled "$name" "${LG[@]}" --out "$OUT/$name" "$@" >/dev/null
     LOADS+=("$OUT/$name.json")
   }
   run cached-quote-max --base-url "$BASE" --workload cached-quote --closed 64 --duration "$SECS"
@@ -159,7 +198,8 @@ workloads() { # <prefix>
     wrk -t2 -c64 -d2s -s "$OUT/${P}cached-quote.lua" "$BASE/v1/quotes" >/dev/null   # warm L1
     log "run ${P}cached-quote-wrk: wrk -t2 -c64 -d${SECS}s"
     c0=$(cpu_s)
-    wrk -t2 -c64 -d"${SECS}s" --latency -s "$OUT/${P}cached-quote.lua" "$BASE/v1/quotes" >"$OUT/${P}cached-quote-wrk.txt"
+    profiled "${P}cached-quote-wrk" wrk -t2 -c64 -d"${SECS}s" --latency -s "$OUT/${P}cached-quote.lua" \
+      "$BASE/v1/quotes" >"$OUT/${P}cached-quote-wrk.txt"
     c1=$(cpu_s)
     awk -v cpu="$(awk -v a="$c0" -v b="$c1" 'BEGIN { print b - a }')" \
       '/^Requests\/sec:/ { rps = $2 } $1 == "99%" { p99 = $2 } /Non-2xx/ { bad = $NF }

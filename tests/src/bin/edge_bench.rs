@@ -323,9 +323,24 @@ async fn bench(pool: PgPool, runtime: Runtime, secs: u32, conns: u32) -> TestRes
         if let Some(loadgen) = std::env::var_os("EDGE_BENCH_LOADGEN") {
             through_loadgen(&stack, runtime, Path::new(&loadgen), secs).await?;
         }
-        let after = stack.post("/v1/quotes", Some(&t), &body, None).await?;
-        if header(&after, "x-edge-cache") != Some("hit") {
-            bail!("after the run the quote is no longer a hit: {after:?}");
+        // After the burst the edge may still hold requests that wait on their Upstash or origin
+        // deadline (the load generator gave up on them): it answers 503 `edge-overloaded` until
+        // they end. How long that takes is a figure of its own; past 15 s it is a failure.
+        let drained = std::time::Instant::now();
+        loop {
+            let after = stack.post("/v1/quotes", Some(&t), &body, None).await?;
+            if header(&after, "x-edge-cache") == Some("hit") {
+                println!(
+                    "{:<22} the cached quote is a hit again {} ms after the runs",
+                    format!("{}-rust", runtime.name()),
+                    drained.elapsed().as_millis()
+                );
+                break;
+            }
+            if drained.elapsed() > Duration::from_secs(15) {
+                bail!("15 s after the runs the quote is still not a hit: {after:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         drop(old_spin);
         Ok(figures)

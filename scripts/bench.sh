@@ -94,6 +94,10 @@ export QUOTE_SIGNING_KEYS=dev1=dev-only-quote-key-change-me-0123456789
 export ORIGIN_ALLOW_DIRECT=1 ORIGIN_USER_LIMIT_PER_MIN=0
 export RUST_LOG=warn
 export MAX_IN_FLIGHT="${BENCH_MAX_IN_FLIGHT:-128}"
+# tansu polls its storage while a fetch waits: at the consumers' default 100 ms wait, one idle
+# origin's fetches cost it 0.3-0.5 of a core of this 2-core box (measured with BENCH_PROFILE=1),
+# which Kafka would not spend. 1 s keeps the consumers on and that cost ~5x smaller.
+export CONSUMER_FETCH_WAIT_MS="${BENCH_CONSUMER_FETCH_WAIT_MS:-1000}"
 BROKERS="${KAFKA_BROKERS:-127.0.0.1:9092}"
 if (exec 3<>"/dev/tcp/${BROKERS%:*}/${BROKERS##*:}") 2>/dev/null; then
   export KAFKA_BROKERS="$BROKERS"
@@ -135,7 +139,7 @@ cpu_s() { awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$PID/stat"; }  # USE
 # CPU ticks (user + system) of every process now, summed by command name (`comm` may hold
 # spaces: the fields are counted from the closing parenthesis).
 cpu_by_comm() {
-  cat /proc/[0-9]*/stat 2>/dev/null | awk '{
+  { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk '{
     lp = index($0, "("); rp = 0
     for (i = length($0); i > 0; i--) if (substr($0, i, 1) == ")") { rp = i; break }
     comm = substr($0, lp + 1, rp - lp - 1); sub(/[:\/].*/, "", comm); gsub(/ /, "_", comm)
@@ -143,18 +147,31 @@ cpu_by_comm() {
     t[comm] += f[12] + f[13]
   } END { for (c in t) print c, t[c] }'
 }
+# The children's user + system time in a `times` output file, in ticks (1/100 s).
+child_ticks() {
+  awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] }
+                 printf "%d", t * 100 }' "$1"
+}
 # BENCH_PROFILE=1: wraps one run (the command in "$@"), writing $OUT/<name>.cpu.txt and .perf.txt.
 profiled() { # <name> <command...>
   local name=$1; shift
   if [[ "${BENCH_PROFILE:-0}" != 1 ]]; then "$@"; return; fi
   command -v perf >/dev/null || apt_install linux-perf || die "BENCH_PROFILE=1 needs perf"
   local before after rc=0 t0 t1
+  local client0 client1
+  # The load client exits before the second snapshot: its CPU comes from this shell's waited-for
+  # children (`times`, second line; in this shell, not a subshell, whose counters start at 0).
+  times >"$OUT/$name.times0"
   before=$(cpu_by_comm); t0=$(date +%s.%N)
   perf record -q -F 499 -p "$PID" -o "$OUT/$name.perf.data" >/dev/null 2>&1 &
   local perf_pid=$!
   "$@" || rc=$?
   kill -INT "$perf_pid" 2>/dev/null; wait "$perf_pid" 2>/dev/null || true
   after=$(cpu_by_comm); t1=$(date +%s.%N)
+  times >"$OUT/$name.times1"
+  client0=$(child_ticks "$OUT/$name.times0"); client1=$(child_ticks "$OUT/$name.times1")
+  after+=$'\n'"client:$(basename "$1") $(( client1 - client0 ))"
+  rm -f "$OUT/$name.times0" "$OUT/$name.times1"
   awk -v secs="$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" '
     NR == FNR { b[$1] = $2; next } { d = $2 - b[$1]; if (d > 0) { c[$1] = d; all += d } }
     END {

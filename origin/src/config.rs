@@ -555,6 +555,13 @@ pub struct Config {
     pub consumer_group: String,
     /// How often it commits processed offsets (`CONSUMER_COMMIT_MS`, default 500).
     pub consumer_commit: Duration,
+    /// How long its fetches (and the webhook fan-out's) wait at the broker for new records
+    /// (`CONSUMER_FETCH_WAIT_MS`, default 100; librdkafka's `fetch.wait.max.ms`): the
+    /// consumers' latency on quiet topics. Kafka parks a waiting fetch on the log, so a short
+    /// wait costs it little; tansu polls its storage during the wait, so on the bench box the
+    /// idle fetches of one origin cost the broker 0.3–0.5 of a core at 100 ms (README,
+    /// *Benchmarks*; `scripts/bench.sh` uses 1000).
+    pub consumer_fetch_wait: Duration,
     /// Its static group membership (`CONSUMER_INSTANCE_ID`, e.g. a StatefulSet pod's name):
     /// a restarted replica takes its partitions back at once. Unset: dynamic membership.
     pub consumer_instance: Option<String>,
@@ -902,6 +909,17 @@ impl Config {
             },
             consumer_group,
             consumer_commit: millis(env, "CONSUMER_COMMIT_MS", 500)?,
+            consumer_fetch_wait: match millis(env, "CONSUMER_FETCH_WAIT_MS", 100)? {
+                // Past a few seconds, a consumer on quiet topics would fall behind its own
+                // readiness and lag checks; librdkafka refuses more than 300 s anyway.
+                wait if wait > Duration::from_secs(5) => {
+                    return Err(ConfigError::Invalid {
+                        name: "CONSUMER_FETCH_WAIT_MS",
+                        reason: "must be at most 5000".into(),
+                    })
+                }
+                wait => wait,
+            },
             consumer_instance: env
                 .var("CONSUMER_INSTANCE_ID")
                 .map(|v| v.trim().to_owned())
@@ -1070,6 +1088,8 @@ mod tests {
             ("REDIS_MODE", "galaxy"),
             ("KAFKA_TOPIC_REPLICATION", "0"),
             ("KAFKA_TOPIC_REPLICATION", "three"),
+            ("CONSUMER_FETCH_WAIT_MS", "0"),
+            ("CONSUMER_FETCH_WAIT_MS", "5001"),
             ("SHUTDOWN_GRACE_SECS", "0"),
             ("SHUTDOWN_GRACE_SECS", "301"),
             ("SHUTDOWN_GRACE_SECS", "soon"),

@@ -83,6 +83,7 @@ impl Handler for AvailabilityHandler {
 pub(crate) async fn run(state: AppState, brokers: String, stop: CancellationToken) {
     let mut settings = ConsumerSettings::new(brokers, state.config.consumer_group.clone());
     settings.commit_interval = state.config.consumer_commit;
+    settings.fetch_wait = state.config.consumer_fetch_wait;
     settings.topic_layout = state.config.kafka_topics;
     settings.instance_id = state.config.consumer_instance.clone();
     let (availability, edge, regions) = (
@@ -112,6 +113,7 @@ pub(crate) async fn run_webhooks(state: AppState, brokers: String, stop: Cancell
     let config = state.config.webhooks.clone();
     let mut settings = ConsumerSettings::new(brokers, config.group.clone());
     settings.commit_interval = state.config.consumer_commit;
+    settings.fetch_wait = state.config.consumer_fetch_wait;
     settings.topic_layout = state.config.kafka_topics;
     // Static membership per group: the same instance id would collide with the availability
     // consumer's in the broker only if the groups were the same, and they are not.

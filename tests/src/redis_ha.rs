@@ -201,15 +201,22 @@ impl RedisHa {
             .collect())
     }
 
-    /// What an operator would look at when a failover did not happen: `CLUSTER NODES` as
-    /// `via` sees it and the last lines of every server's log.
+    /// What an operator would look at when a failover did not happen: `CLUSTER NODES` (a
+    /// cluster) or `INFO replication` (a sentinel set) as `via` sees it, and the last lines of
+    /// every server's log.
     pub fn diagnosis(&self, via: u16) -> String {
-        let nodes = Command::new("redis-cli")
-            .args(["-p", &via.to_string(), "cluster", "nodes"])
+        let view: &[&str] = if self.sentinel_ports.is_empty() {
+            &["cluster", "nodes"]
+        } else {
+            &["info", "replication"]
+        };
+        let seen = Command::new("redis-cli")
+            .args(["-p", &via.to_string()])
+            .args(view)
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_else(|e| format!("redis-cli: {e}"));
-        let mut out = format!("CLUSTER NODES via {via}:\n{nodes}");
+        let mut out = format!("{} via {via}:\n{seen}", view.join(" ").to_uppercase());
         let mut logs: Vec<_> = std::fs::read_dir(&self.dir)
             .map(|d| d.filter_map(Result::ok).map(|e| e.path()).collect())
             .unwrap_or_default();

@@ -9,6 +9,9 @@
 # Prints throughput, p99, runtime CPU per request, Upstash requests per request, and the
 # ratios against the issue's targets with met / not met.
 #
+# EDGE_BENCH_PROFILE=1 adds a profiled run of each runtime (tests/src/bin/edge_bench.rs, `profile`);
+# with EDGE_KEEP_NAMES=1 the workers keep their function names for it.
+#
 #   scripts/bench-edge.sh [seconds=10] [connections=64]
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"

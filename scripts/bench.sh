@@ -30,7 +30,10 @@
 # BENCH_NO_BUILD=1 uses the binaries already built; BENCH_PROFILE=1 profiles every origin run:
 # the CPU seconds of each process kind on the box during the run (origin, postgres, redis-server,
 # loadgen, wrk, ...: where the 2 cores went) in <run>.cpu.txt, and `perf record` of the origin
-# (flat, by symbol: release builds have no frame pointers) in <run>.perf.txt.
+# (flat, by symbol: release builds have no frame pointers) in <run>.perf.txt; with the edges, it
+# builds them keeping function names (EDGE_KEEP_NAMES=1) and profiles each runtime during one
+# more cached-quote run (EDGE_BENCH_PROFILE: edge-<runtime>.perf.txt, and V8's own profile of
+# workerd's isolates in edge-cloudflare.profile.txt).
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$ROOT"
 
@@ -283,7 +286,9 @@ fi
 if [[ "$EDGE_MODE" == 1 ]]; then
   log "the edges: scripts/bench-edge.sh $SECS 64"
   rm -f "$OUT"/edge-*.json "$OUT"/before-edge-*.json
-  EDGE_BENCH_OUT="$ROOT/$OUT" EDGE_BENCH_LOADGEN="$ROOT/target/release/loadgen" \
+  profile_vars=()
+  [[ "${BENCH_PROFILE:-0}" == 1 ]] && profile_vars=(EDGE_KEEP_NAMES=1 EDGE_BENCH_PROFILE=1)
+  env "${profile_vars[@]}" EDGE_BENCH_OUT="$ROOT/$OUT" EDGE_BENCH_LOADGEN="$ROOT/target/release/loadgen" \
     EDGE_BENCH_MIXED_RATE="$AFTER_MIXED_RATE" \
     bash scripts/bench-edge.sh "$SECS" 64 | tee "$OUT/edge-bench.txt"
   for f in "$OUT"/edge-*.json "$OUT"/before-edge-*.json; do [[ -s "$f" ]] && LOADS+=("$f"); done

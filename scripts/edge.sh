@@ -71,9 +71,15 @@ stale() { # artifact
 # The workers' release profile, for their builds only (the workspace's release profile stays
 # quick for the origin): whole-program LTO in one codegen unit, symbols stripped. panic=abort
 # is already what wasm32 targets do. Figures: README, "Edge limits and build".
+# EDGE_KEEP_NAMES=1 keeps the name section (strip=debuginfo): the same code, with function names
+# for a profiler (scripts/bench.sh's BENCH_PROFILE=1); a build remembers which it was, so
+# switching rebuilds.
+KEEP_NAMES="${EDGE_KEEP_NAMES:-0}"
+NAMES_MARK="$TARGET_DIR/edge-keep-names"
 edge_profile() {
+  local strip=true; [[ "$KEEP_NAMES" == 1 ]] && strip=debuginfo
   export CARGO_PROFILE_RELEASE_LTO=fat CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
-    CARGO_PROFILE_RELEASE_PANIC=abort CARGO_PROFILE_RELEASE_STRIP=true \
+    CARGO_PROFILE_RELEASE_PANIC=abort CARGO_PROFILE_RELEASE_STRIP="$strip" \
     CARGO_PROFILE_RELEASE_OPT_LEVEL="${EDGE_OPT_LEVEL:-3}"
 }
 
@@ -89,6 +95,10 @@ WASMTIME_SERVE_LIMITS=(
 build() {
   ensure_tools
   edge_profile
+  if [[ "$(cat "$NAMES_MARK" 2>/dev/null || echo 0)" != "$KEEP_NAMES" ]]; then
+    rm -f "$SPIN_WASM" "$CF_WASM"
+    mkdir -p "$TARGET_DIR" && echo "$KEEP_NAMES" >"$NAMES_MARK"
+  fi
   if stale "$SPIN_WASM"; then
     log "building the Spin component (wasm32-wasip2)"
     cargo build -p edge-spin --locked --release --target wasm32-wasip2

@@ -10,6 +10,7 @@
 //
 // Prints `ready http://127.0.0.1:<port>` once serving. Stops (and stops workerd) on SIGINT,
 // SIGTERM or when stdin closes, so a test harness that dies takes the worker with it.
+// EDGE_INSPECTOR_PORT opens the DevTools inspector there (for profile.mjs).
 import { Miniflare } from "miniflare";
 import { fileURLToPath } from "node:url";
 import path from "node:path";
@@ -40,6 +41,8 @@ const mf = new Miniflare({
   host: "127.0.0.1",
   port,
   verbose: process.env.EDGE_VERBOSE === "1",
+  // The edge benchmark's profile (profile.mjs) reads the isolates through the inspector.
+  ...(process.env.EDGE_INSPECTOR_PORT ? { inspectorPort: Number(process.env.EDGE_INSPECTOR_PORT) } : {}),
 });
 
 let stopping = false;

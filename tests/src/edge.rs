@@ -209,6 +209,13 @@ async fn start_edge_on(
             let mut cmd = Command::new(wasmtime());
             cmd.args(["serve", "-S", "cli=y", "-S", "http=y"])
                 .args(WASMTIME_SERVE_LIMITS)
+                // `perfmap` for the edge benchmark's profile: names the component's compiled
+                // functions for `perf` (/tmp/perf-<pid>.map), at no cost once compiled.
+                .args(
+                    std::env::var("EDGE_WASMTIME_PROFILE")
+                        .ok()
+                        .map(|p| format!("--profile={p}")),
+                )
                 .arg("--addr")
                 .arg(format!("127.0.0.1:{port}"));
             for (k, v) in vars {

@@ -70,11 +70,26 @@ struct Figures {
     upstash_per_req: f64,
 }
 
+/// `pid` and its descendants that are still running.
+fn process_tree(pid: u32) -> Vec<u32> {
+    let (mut all, mut todo) = (Vec::new(), vec![pid]);
+    while let Some(p) = todo.pop() {
+        all.push(p);
+        if let Ok(children) = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")) {
+            todo.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+    }
+    all
+}
+
 /// utime + stime of `pid` and of its descendants that are still running, in clock ticks.
 fn cpu_ticks(pid: u32) -> u64 {
     let mut total = 0;
-    let mut pids = vec![pid];
-    while let Some(p) = pids.pop() {
+    for p in process_tree(pid) {
         if let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) {
             // Fields after the command name (which may contain spaces) start at ") ".
             let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
@@ -82,13 +97,6 @@ fn cpu_ticks(pid: u32) -> u64 {
             // state=0 ppid=1 … utime=11 stime=12
             total += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
             total += f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        }
-        if let Ok(children) = std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")) {
-            pids.extend(
-                children
-                    .split_whitespace()
-                    .filter_map(|c| c.parse::<u32>().ok()),
-            );
         }
     }
     total
@@ -320,6 +328,9 @@ async fn bench(pool: PgPool, runtime: Runtime, secs: u32, conns: u32) -> TestRes
             write_run(runtime, &f, conns)?;
             figures.push(f);
         }
+        if std::env::var_os("EDGE_BENCH_PROFILE").is_some() {
+            profile(&stack, runtime, &targets[0], &body, &t, secs, conns).await?;
+        }
         if let Some(loadgen) = std::env::var_os("EDGE_BENCH_LOADGEN") {
             // One isolate (workerd) or one host process (wasmtime) serves the whole load here,
             // on the same 2 cores as the origin: the mix is offered at no more than 60 % of
@@ -359,6 +370,122 @@ async fn bench(pool: PgPool, runtime: Runtime, secs: u32, conns: u32) -> TestRes
     .await;
     stack.stop().await?;
     result
+}
+
+/// `EDGE_BENCH_PROFILE`: the Rust worker's wrk row once more (not reported as a row), with its
+/// runtime profiled throughout, into `EDGE_BENCH_OUT` (else the working directory):
+/// - `edge-<runtime>.perf.txt`: `perf record` of the runtime process (workerd, or wasmtime),
+///   flat by shared object and symbol. wasmtime names the component's functions through its
+///   perf map (`EDGE_WASMTIME_PROFILE=perfmap`, set by `main`); workerd's JIT code shows as
+///   anonymous memory there;
+/// - `edge-cloudflare.profile.txt` (+ `.cpuprofile`): V8's own sampling profile of the
+///   isolates through the inspector (`edge/cloudflare/profile.mjs`), where every JavaScript
+///   and WebAssembly function has its name.
+///
+/// Function names need a build that keeps the name section (`EDGE_KEEP_NAMES=1 scripts/edge.sh
+/// build`, as `scripts/bench.sh` does with `BENCH_PROFILE=1`).
+async fn profile(
+    stack: &EdgeStack,
+    runtime: Runtime,
+    target: &Target<'_>,
+    body: &Value,
+    t: &str,
+    secs: u32,
+    conns: u32,
+) -> TestResult {
+    let out =
+        std::path::PathBuf::from(std::env::var("EDGE_BENCH_OUT").unwrap_or_else(|_| ".".into()));
+    let rt = runtime.name();
+    // The process that runs the code: workerd under miniflare's node, or wasmtime itself.
+    let pid = match runtime {
+        Runtime::Spin => target.pid,
+        Runtime::Cloudflare => process_tree(target.pid)
+            .into_iter()
+            .find(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == "workerd")
+            })
+            .context("no workerd process under the edge's node")?,
+    };
+    let data = out.join(format!("edge-{rt}.perf.data"));
+    // Two more seconds than wrk, for its warm-up requests.
+    let span = (secs + 2).to_string();
+    let perf = tokio::process::Command::new("perf")
+        .args(["record", "-q", "-F", "499", "-o"])
+        .arg(&data)
+        .args(["-p", &pid.to_string(), "--", "sleep", &span])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("run perf (apt-get install linux-perf)")?;
+    let inspector = match (runtime, std::env::var("EDGE_INSPECTOR_PORT")) {
+        (Runtime::Cloudflare, Ok(port)) => {
+            let script =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../edge/cloudflare/profile.mjs");
+            Some(
+                tokio::process::Command::new("node")
+                    .arg("--experimental-websocket")
+                    .arg(script)
+                    .args([port.as_str(), span.as_str()])
+                    .arg(out.join(format!("edge-{rt}.profile.txt")))
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .context("run edge/cloudflare/profile.mjs")?,
+            )
+        }
+        _ => None,
+    };
+    let profiled = Target {
+        name: format!("{} (profiled)", target.name),
+        url: target.url.clone(),
+        host: target.host,
+        pid: target.pid,
+    };
+    measure(stack, &profiled, body, t, secs, conns).await?;
+    if let Some(mut inspector) = inspector {
+        let status = inspector.wait().await?;
+        if !status.success() {
+            bail!("{rt}: the inspector profile failed ({status})");
+        }
+    }
+    let status = perf.wait_with_output().await?.status;
+    if !status.success() {
+        bail!("{rt}: perf record failed ({status})");
+    }
+    // By shared object first (the runtime's own code, the kernel, the JIT's anonymous memory or
+    // the component's named functions), then by symbol.
+    let mut text = String::new();
+    for (sort, lines) in [("dso", 12), ("dso,symbol", 60)] {
+        let report = Command::new("perf")
+            .args([
+                "report",
+                "--no-children",
+                "--stdio",
+                "--percent-limit",
+                "0.5",
+            ])
+            .args(["--sort", sort, "-i"])
+            .arg(&data)
+            .output()
+            .context("perf report")?;
+        text.push_str(&format!("== by {sort}\n"));
+        for line in String::from_utf8_lossy(&report.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .take(lines)
+        {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    std::fs::write(out.join(format!("edge-{rt}.perf.txt")), text)?;
+    let _ = std::fs::remove_file(&data);
+    println!(
+        "{:<22} profiles written to {}/edge-{rt}.*.txt",
+        target.name,
+        out.display()
+    );
+    Ok(())
 }
 
 /// The run file name of a wrk row in the report (`EDGE_BENCH_OUT`): the Rust worker as
@@ -563,6 +690,11 @@ async fn main() -> TestResult {
         extra.push(json!({ "name": "js", "host": "js.edge", "dir": dir.to_string_lossy(), "main": "worker.js" }));
     }
     std::env::set_var("EDGE_EXTRA_WORKERS", Value::Array(extra).to_string());
+    if std::env::var_os("EDGE_BENCH_PROFILE").is_some() {
+        // Read by the stack's edge launchers (tests/src/edge.rs, edge/cloudflare/run.mjs).
+        std::env::set_var("EDGE_WASMTIME_PROFILE", "perfmap");
+        std::env::set_var("EDGE_INSPECTOR_PORT", free_port()?.to_string());
+    }
     println!("== cached quote, wrk -t2 -c{conns} -d{secs}s per row");
     let (pool, url, name) = scratch_database().await?;
     let mut result = Ok(());

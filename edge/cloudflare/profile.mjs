@@ -8,8 +8,9 @@
 // run.mjs opens the inspector when EDGE_INSPECTOR_PORT is set. Workers default to the edge
 // worker and miniflare's entry worker (`core:user:edge`, `core:entry`): the entry worker routes
 // every request to ours in local runs and is not there on Cloudflare. Writes, per worker, the
-// self time by kind (our WebAssembly, JavaScript, native: workerd and V8 outside JS, GC, idle)
-// and the functions with the most self time; the raw profiles go beside it as
+// busy samples by kind (our WebAssembly, the wasm-bindgen glue, workerd's APIs and V8's
+// builtins, native time outside any frame, GC) and the functions with the most self samples;
+// the raw profiles go beside it as
 // `<out>.<worker>.cpuprofile` (DevTools opens them). Node 20 needs --experimental-websocket.
 import { writeFileSync } from "node:fs";
 
@@ -50,55 +51,55 @@ function session(worker) {
 function kind(frame) {
   const f = frame.functionName;
   if (f === "(idle)") return "idle";
-  if (f === "(program)") return "native (workerd, V8 outside JS)";
+  if (f === "(program)") return "native, outside any JavaScript frame";
   if (f === "(garbage collector)") return "GC";
-  if (frame.url.startsWith("wasm://")) return "WebAssembly";
-  return "JavaScript";
+  if (frame.url.startsWith("wasm://")) return "WebAssembly (our Rust)";
+  // Functions without a script are workerd's APIs (fetch, Request, Headers, timers: C++ bound
+  // to JavaScript) and V8's builtins.
+  if (frame.url === "") return "workerd APIs and V8 builtins";
+  return `JavaScript: ${frame.url.split("/").pop()}`;
 }
 
-// Self time per node from the sample stream (timeDeltas are µs between samples).
-function summarise(worker, profile) {
+// Self samples per node. A sample is taken only while this isolate runs, so counts (not the
+// time between samples, which spans other isolates' turns on the same thread) measure it.
+function summarise(worker, profile, intervalUs) {
   const byId = new Map(profile.nodes.map((n) => [n.id, n]));
   const self = new Map();
-  for (let i = 0; i < profile.samples.length; i++) {
-    const dt = profile.timeDeltas[i + 1] ?? 0;
-    self.set(profile.samples[i], (self.get(profile.samples[i]) ?? 0) + dt);
-  }
+  for (const id of profile.samples) self.set(id, (self.get(id) ?? 0) + 1);
   const kinds = new Map();
   const fns = new Map();
   let total = 0;
-  for (const [id, us] of self) {
+  for (const [id, n] of self) {
     const frame = byId.get(id).callFrame;
     if (frame.functionName === "(root)") continue;
-    total += us;
     const k = kind(frame);
-    kinds.set(k, (kinds.get(k) ?? 0) + us);
-    const file = frame.url.split("/").pop() || "";
-    const name = `${frame.functionName || "(anonymous)"}  [${k === "WebAssembly" ? "wasm" : file || k}]`;
-    fns.set(name, (fns.get(name) ?? 0) + us);
+    if (k === "idle") continue;
+    total += n;
+    kinds.set(k, (kinds.get(k) ?? 0) + n);
+    const where = k.startsWith("WebAssembly") ? "wasm" : frame.url.split("/").pop() || k;
+    const name = `${frame.functionName || "(anonymous)"}  [${where}]`;
+    fns.set(name, (fns.get(name) ?? 0) + n);
   }
-  const busy = total - (kinds.get("idle") ?? 0);
-  const pct = (us, of) => ((100 * us) / Math.max(of, 1)).toFixed(1).padStart(5);
+  const wall = (profile.endTime - profile.startTime) / 1e6;
+  const pct = (n) => ((100 * n) / Math.max(total, 1)).toFixed(1).padStart(5);
   const lines = [
-    `== ${worker}: ${(total / 1e6).toFixed(2)} s sampled, ${(busy / 1e6).toFixed(2)} s busy ` +
-      `(${profile.samples.length} samples)`,
-    "by kind (% of busy time):",
+    `== ${worker}: ${total} busy samples every ${intervalUs} µs over ${wall.toFixed(1)} s ` +
+      `(about ${((total * intervalUs) / 1e6).toFixed(2)} s of this isolate's time)`,
+    "by kind (% of busy samples):",
   ];
-  for (const [k, us] of [...kinds].sort((a, b) => b[1] - a[1])) {
-    if (k !== "idle") lines.push(`  ${pct(us, busy)} %  ${k}`);
-  }
-  lines.push("functions by self time (% of busy time):");
-  for (const [name, us] of [...fns].sort((a, b) => b[1] - a[1]).slice(0, 40)) {
-    if (name.startsWith("(idle)")) continue;
-    lines.push(`  ${pct(us, busy)} %  ${name}`);
+  for (const [k, n] of [...kinds].sort((a, b) => b[1] - a[1])) lines.push(`  ${pct(n)} %  ${k}`);
+  lines.push("functions by self samples (% of busy samples):");
+  for (const [name, n] of [...fns].sort((a, b) => b[1] - a[1]).slice(0, 40)) {
+    lines.push(`  ${pct(n)} %  ${name}`);
   }
   return lines.join("\n");
 }
 
+const INTERVAL_US = 250;
 const sessions = workers.map((w) => [w, session(w)]);
 for (const [, s] of sessions) {
   await s.call("Profiler.enable");
-  await s.call("Profiler.setSamplingInterval", { interval: 250 });
+  await s.call("Profiler.setSamplingInterval", { interval: INTERVAL_US });
   await s.call("Profiler.start");
 }
 await new Promise((r) => setTimeout(r, Number(secs) * 1000));
@@ -106,7 +107,7 @@ const parts = [];
 for (const [w, s] of sessions) {
   const { profile } = await s.call("Profiler.stop");
   writeFileSync(`${out}.${w.replaceAll(":", "_")}.cpuprofile`, JSON.stringify(profile));
-  parts.push(summarise(w, profile));
+  parts.push(summarise(w, profile, INTERVAL_US));
   s.close();
 }
 writeFileSync(out, parts.join("\n\n") + "\n");

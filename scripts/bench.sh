@@ -169,7 +169,7 @@ profiled() { # <name> <command...>
   perf record -q -F 499 -p "$PID" -o "$OUT/$name.perf.data" >/dev/null 2>&1 &
   local perf_pid=$!
   "$@" || rc=$?
-  kill -INT "$perf_pid" 2>/dev/null; wait "$perf_pid" 2>/dev/null || true
+  kill -INT "$perf_pid" 2>/dev/null || true; wait "$perf_pid" 2>/dev/null || true
   after=$(cpu_by_comm); t1=$(date +%s.%N)
   times >"$OUT/$name.times1"
   client0=$(child_ticks "$OUT/$name.times0"); client1=$(child_ticks "$OUT/$name.times1")

@@ -10,8 +10,8 @@
 // every request to ours in local runs and is not there on Cloudflare. Writes, per worker, the
 // busy samples by kind (our WebAssembly, the wasm-bindgen glue, workerd's APIs and V8's
 // builtins, native time outside any frame, GC) and the functions with the most self samples;
-// the raw profiles go beside it as
-// `<out>.<worker>.cpuprofile` (DevTools opens them). Node 20 needs --experimental-websocket.
+// the raw profiles go beside it as `<out>.<worker>.cpuprofile` (DevTools opens them). Node 20
+// needs --experimental-websocket.
 import { writeFileSync } from "node:fs";
 
 const [port, secs, out, ...named] = process.argv.slice(2);

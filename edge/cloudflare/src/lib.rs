@@ -41,10 +41,9 @@ impl std::fmt::Debug for Workerd<'_> {
 /// call each; in the edge benchmark's profile of the isolate those were about 14 % of its
 /// samples (README, "Benchmarks"). The deadline covers the whole exchange, body included.
 async fn send(req: Outbound) -> Result<Response, FetchError> {
-    let js = |e: JsValue| js_failure(&e);
-    let headers = web_sys::Headers::new().map_err(js)?;
+    let headers = web_sys::Headers::new().map_err(js_failure)?;
     for (k, v) in &req.headers {
-        headers.set(k, v).map_err(js)?;
+        headers.set(k, v).map_err(js_failure)?;
     }
     let init = web_sys::RequestInit::new();
     init.set_method(&req.method);
@@ -58,13 +57,13 @@ async fn send(req: Outbound) -> Result<Response, FetchError> {
     let global: web_sys::WorkerGlobalScope = js_sys::global().unchecked_into();
     let resp: web_sys::Response = JsFuture::from(global.fetch_with_str_and_init(&req.url, &init))
         .await
-        .map_err(js)?
+        .map_err(js_failure)?
         .dyn_into()
-        .map_err(js)?;
+        .map_err(js_failure)?;
     let headers = Headers(resp.headers()).entries().collect();
-    let body = JsFuture::from(resp.array_buffer().map_err(js)?)
+    let body = JsFuture::from(resp.array_buffer().map_err(js_failure)?)
         .await
-        .map_err(js)?;
+        .map_err(js_failure)?;
     Ok(Response {
         status: resp.status(),
         headers,
@@ -74,14 +73,14 @@ async fn send(req: Outbound) -> Result<Response, FetchError> {
 
 /// A rejected fetch or body read: the signal's `TimeoutError` is the deadline, anything else the
 /// network.
-fn js_failure(e: &JsValue) -> FetchError {
-    let name = js_sys::Reflect::get(e, &JsValue::from_str("name"))
+fn js_failure(e: JsValue) -> FetchError {
+    let name = js_sys::Reflect::get(&e, &JsValue::from_str("name"))
         .ok()
         .and_then(|n| n.as_string());
     if name.as_deref() == Some("TimeoutError") {
         return FetchError::Timeout;
     }
-    let message = js_sys::Reflect::get(e, &JsValue::from_str("message"))
+    let message = js_sys::Reflect::get(&e, &JsValue::from_str("message"))
         .ok()
         .and_then(|m| m.as_string());
     FetchError::Network(message.unwrap_or_else(|| format!("{e:?}")))

@@ -143,15 +143,22 @@ struct Entry {
     validation: Validation,
 }
 
-/// jsonwebtoken's checks reduced to the signature and the algorithm.
-fn signature_only(alg: Algorithm) -> Validation {
-    let mut validation = Validation::new(alg);
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
-    validation.leeway = 0;
-    validation.required_spec_claims.clear();
-    validation
+impl Entry {
+    /// jsonwebtoken's checks reduced to the signature and the algorithm.
+    fn new(kid: Option<String>, alg: Algorithm, key: DecodingKey) -> Entry {
+        let mut validation = Validation::new(alg);
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.leeway = 0;
+        validation.required_spec_claims.clear();
+        Entry {
+            kid,
+            alg,
+            key,
+            validation,
+        }
+    }
 }
 
 /// Verifies JWTs against a fixed key set, issuer and audience (see the module docs).
@@ -205,25 +212,18 @@ impl JwtVerifier {
                             "HS256 secret must be at least 32 bytes".into(),
                         ));
                     }
-                    Entry {
-                        kid,
-                        alg: Algorithm::HS256,
-                        key: DecodingKey::from_secret(&secret),
-                        validation: signature_only(Algorithm::HS256),
-                    }
+                    Entry::new(kid, Algorithm::HS256, DecodingKey::from_secret(&secret))
                 }
-                VerifyKey::Rs256Pem { kid, pem } => Entry {
+                VerifyKey::Rs256Pem { kid, pem } => Entry::new(
                     kid,
-                    alg: Algorithm::RS256,
-                    key: DecodingKey::from_rsa_pem(&pem).map_err(key_error)?,
-                    validation: signature_only(Algorithm::RS256),
-                },
-                VerifyKey::EdDsaPem { kid, pem } => Entry {
+                    Algorithm::RS256,
+                    DecodingKey::from_rsa_pem(&pem).map_err(key_error)?,
+                ),
+                VerifyKey::EdDsaPem { kid, pem } => Entry::new(
                     kid,
-                    alg: Algorithm::EdDSA,
-                    key: DecodingKey::from_ed_pem(&pem).map_err(key_error)?,
-                    validation: signature_only(Algorithm::EdDSA),
-                },
+                    Algorithm::EdDSA,
+                    DecodingKey::from_ed_pem(&pem).map_err(key_error)?,
+                ),
             };
             if let Some(kid) = &entry.kid {
                 if entries.iter().any(|e| e.kid.as_ref() == Some(kid)) {

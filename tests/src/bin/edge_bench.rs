@@ -70,6 +70,11 @@ struct Figures {
     upstash_per_req: f64,
 }
 
+/// Where run files and profiles go: `EDGE_BENCH_OUT`, else the working directory.
+fn out_dir() -> std::path::PathBuf {
+    std::env::var_os("EDGE_BENCH_OUT").map_or_else(|| ".".into(), Into::into)
+}
+
 /// `pid` and its descendants that are still running.
 fn process_tree(pid: u32) -> Vec<u32> {
     let (mut all, mut todo) = (Vec::new(), vec![pid]);
@@ -393,8 +398,7 @@ async fn profile(
     secs: u32,
     conns: u32,
 ) -> TestResult {
-    let out =
-        std::path::PathBuf::from(std::env::var("EDGE_BENCH_OUT").unwrap_or_else(|_| ".".into()));
+    let out = out_dir();
     let rt = runtime.name();
     // The process that runs the code: workerd under miniflare's node, or wasmtime itself.
     let pid = match runtime {
@@ -528,7 +532,7 @@ async fn through_loadgen(
     secs: u32,
     capacity: f64,
 ) -> TestResult {
-    let out = std::env::var("EDGE_BENCH_OUT").unwrap_or_else(|_| ".".into());
+    let out = out_dir();
     let offered: u32 = std::env::var("EDGE_BENCH_MIXED_RATE")
         .ok()
         .and_then(|r| r.parse().ok())
@@ -585,7 +589,7 @@ async fn through_loadgen(
         let status = tokio::process::Command::new(loadgen)
             .args(["run", "--quiet", "--base-url", &stack.base])
             .args(["--metrics-url", &metrics, "--out"])
-            .arg(Path::new(&out).join(&name))
+            .arg(out.join(&name))
             .args(&args)
             // The tokens the edge suite's stack accepts.
             .env("JWT_HS256_SECRET", e2e::JWT_SECRET)

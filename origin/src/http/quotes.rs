@@ -72,10 +72,18 @@ pub(crate) fn window_of(start: DateTime<Utc>, end: DateTime<Utc>) -> ApiResult<T
     })
 }
 
-async fn vehicle_facts(state: &AppState, id: &VehicleId) -> ApiResult<PricingFacts> {
+/// The vehicle's pricing facts and whether `window` is taken (advisory: the replica may
+/// answer), or 404.
+async fn vehicle_facts(
+    state: &AppState,
+    id: &VehicleId,
+    window: &TimeWindow,
+    now: DateTime<Utc>,
+    user: &str,
+) -> ApiResult<PricingFacts> {
     crate::http::admin::misdirected_unless_served(state, id.region, || format!("vehicle {id}"))?;
     crate::read_on!(state.reads.stale_ok(), |pool| {
-        store::vehicles::pricing_facts(pool, id).await
+        store::vehicles::quote_facts(pool, id, window, now, user).await
     })?
     .ok_or_else(|| ApiError::NotFound(format!("vehicle {id} not found")))
 }
@@ -171,7 +179,7 @@ async fn make_quote(
             return Ok((cached, "hit", Vec::new()));
         }
     }
-    let facts = vehicle_facts(state, &vehicle_id).await?;
+    let facts = vehicle_facts(state, &vehicle_id, &window, now, &user.id).await?;
     if let Some(bay) = req.destination_bay_id {
         let known = crate::read_on!(state.reads.stale_ok(), |pool| {
             store::vehicles::bay_in_region(pool, bay, vehicle_id.region).await
@@ -183,11 +191,7 @@ async fn make_quote(
             ));
         }
     }
-    // Advisory (the hold's exclusion constraint decides): the replica may answer.
-    let occupied = crate::read_on!(state.reads.stale_ok(), |pool| {
-        store::vehicles::is_occupied(pool, &vehicle_id, &window, now, &user.id).await
-    })?;
-    if occupied {
+    if facts.occupied {
         return Err(ApiError::Conflict(format!(
             "vehicle {vehicle_id} is not available for that window"
         )));

@@ -25,20 +25,40 @@ pub(crate) struct PricingFacts {
     /// Its bay's position (the surge cell).
     pub lat: f64,
     pub lon: f64,
+    /// Whether the vehicle is taken for part of the quoted window at `now`: a booking
+    /// occupies it (a hold past its expiry does not), turnaround buffers included — a
+    /// booking's range runs to its end plus its buffer, and the window is extended by the
+    /// class's buffer (`booking_occupied`, the constraint's own ranges) — or an active
+    /// maintenance block overlaps that range, or the range is offered to another waitlisted
+    /// user than the one asking for now. Advisory: the exclusion constraint, the block rule
+    /// (`bookings_not_blocked`) and the offer rule (`bookings_waitlist_offer`) decide when the
+    /// hold is written. The predicate is the SQL function `vehicle_taken`, shared with the
+    /// waitlist's joins and offers.
+    pub occupied: bool,
 }
 
-/// The pricing facts of `vehicle` if it is active in its region (`None` otherwise).
-#[tracing::instrument(level = "debug", name = "db.vehicles.pricing_facts", skip_all)]
-pub(crate) async fn pricing_facts(
+/// The pricing facts of `vehicle` if it is active in its region (`None` otherwise), with
+/// whether it is taken for part of `window` for `user` at `now`: one statement, so a quote
+/// that misses its cache costs one PostgreSQL round trip before pricing, not two.
+#[tracing::instrument(level = "debug", name = "db.vehicles.quote_facts", skip_all)]
+pub(crate) async fn quote_facts(
     pool: &PgPool,
     vehicle: &VehicleId,
+    window: &TimeWindow,
+    now: DateTime<Utc>,
+    user: &str,
 ) -> sqlx::Result<Option<PricingFacts>> {
     let row = sqlx::query!(
-        "select v.class, b.timezone, b.lat, b.lon
-           from vehicles v join parking_bays b on b.id = v.bay_id
-          where v.id = $1 and v.region = $2 and v.status = 'active'",
+        r#"select v.class, b.timezone, b.lat, b.lon,
+                  vehicle_taken(v.id, $3, $4, $5, $6) as "occupied!"
+             from vehicles v join parking_bays b on b.id = v.bay_id
+            where v.id = $1 and v.region = $2 and v.status = 'active'"#,
         vehicle.uuid,
         vehicle.region.code(),
+        window.start(),
+        window.end(),
+        now,
+        user,
     )
     .fetch_optional(pool)
     .await?;
@@ -48,6 +68,7 @@ pub(crate) async fn pricing_facts(
             timezone: row.timezone,
             lat: row.lat,
             lon: row.lon,
+            occupied: row.occupied,
         })
     })
     .transpose()
@@ -60,34 +81,6 @@ pub(crate) async fn bay_in_region(pool: &PgPool, bay: Uuid, region: Region) -> s
         r#"select exists(select 1 from parking_bays where id = $1 and region = $2) as "exists!""#,
         bay,
         region.code(),
-    )
-    .fetch_one(pool)
-    .await
-}
-
-/// Whether a booking occupies `vehicle` for part of `window` at `now` (a hold past its expiry
-/// does not), turnaround buffers included: a booking's range runs to its end plus its buffer,
-/// and `window` is extended by the class's buffer (`booking_occupied`, the constraint's own
-/// ranges), or an active maintenance block overlaps that range, or the range is offered to
-/// another waitlisted user than `user` for now. Advisory: the exclusion constraint, the block
-/// rule (`bookings_not_blocked`) and the offer rule (`bookings_waitlist_offer`) decide when the
-/// hold is written. The predicate is the SQL function `vehicle_taken`, shared with the
-/// waitlist's joins and offers.
-#[tracing::instrument(level = "debug", name = "db.vehicles.is_occupied", skip_all)]
-pub(crate) async fn is_occupied(
-    pool: &PgPool,
-    vehicle: &VehicleId,
-    window: &TimeWindow,
-    now: DateTime<Utc>,
-    user: &str,
-) -> sqlx::Result<bool> {
-    sqlx::query_scalar!(
-        r#"select vehicle_taken($1, $2, $3, $4, $5) as "occupied!""#,
-        vehicle.uuid,
-        window.start(),
-        window.end(),
-        now,
-        user,
     )
     .fetch_one(pool)
     .await
@@ -106,7 +99,7 @@ pub(crate) struct Taken {
 
 /// Every range that takes a vehicle after `now` — of `region`'s vehicles, or of one `vehicle`
 /// — ordered by vehicle and start: the occupancy the availability index mirrors
-/// ([`crate::redis::availability`]). The same predicates as [`is_occupied`].
+/// ([`crate::redis::availability`]). The same predicates as [`quote_facts`]' `occupied`.
 #[tracing::instrument(level = "debug", name = "db.vehicles.taken", skip_all)]
 pub(crate) async fn taken<'c>(
     conn: impl sqlx::PgExecutor<'c>,

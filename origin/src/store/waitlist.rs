@@ -208,7 +208,7 @@ pub(crate) async fn join(
 
 /// Whether `vehicle` is taken for part of `window`: an occupying booking (not an expired
 /// hold), an active block or anyone's live offer (the SQL function `vehicle_taken`, which
-/// `vehicles::is_occupied` and the offers the database makes share).
+/// `vehicles::quote_facts` and the offers the database makes share).
 async fn taken(
     conn: &mut PgConnection,
     vehicle: Uuid,

@@ -129,3 +129,77 @@ async fn promo_codes_and_membership_lower_the_quote(pool: PgPool) -> TestResult 
     assert_eq!(reply.body["field"], "promo_code");
     app.stop().await
 }
+
+/// What a quote that misses its cache checks, in this order: the vehicle is active in its
+/// region (404), the destination bay is one of that region's (422 naming the field), the window
+/// is free (409). One statement reads the vehicle and its occupancy
+/// (`store::vehicles::quote_facts`); the order of the answers is the API's, whatever the
+/// statements.
+#[sqlx::test(migrations = "../migrations")]
+async fn a_quote_refuses_an_unknown_vehicle_then_a_foreign_bay_then_a_taken_window(
+    pool: PgPool,
+) -> TestResult {
+    let app = spawn_app(pool).await?;
+    let vehicles = app.vehicles("EUW").await?;
+    let (taken, free, in_maintenance) = (&vehicles[3], &vehicles[4], &vehicles[5]);
+    let (start, end) = window(3, 2);
+    app.confirmed("tara", taken, (start, end)).await?;
+    sqlx::query("update vehicles set status = 'maintenance' where id = $1")
+        .bind(uuid_of(in_maintenance)?)
+        .execute(&app.pool)
+        .await?;
+    let bay_of = |region: &'static str| {
+        sqlx::query_scalar::<_, uuid::Uuid>(
+            "select id from parking_bays where region = $1 order by id limit 1",
+        )
+        .bind(region)
+        .fetch_one(&app.pool)
+    };
+    let (euw_bay, eun_bay) = (bay_of("EUW").await?, bay_of("EUN").await?);
+    let unknown = format!("veh_euw_{}", uuid::Uuid::new_v4().simple());
+    let quote = |vehicle: String, bay: Option<uuid::Uuid>, start, end| {
+        let mut body = json!({ "vehicle_id": vehicle, "start": start, "end": end });
+        if let Some(bay) = bay {
+            body["destination_bay_id"] = json!(bay);
+        }
+        let app = &app;
+        async move {
+            app.post("/v1/quotes", Some(&token("quin")), &body, None)
+                .await
+        }
+    };
+
+    // No such vehicle, or one out of service: 404, before anything else is looked at.
+    for vehicle in [&unknown, in_maintenance] {
+        quote(vehicle.clone(), Some(eun_bay), start, end)
+            .await?
+            .assert_problem(404);
+    }
+    // A bay of another region, or none at all: 422 naming the field, even over a taken window.
+    for bay in [eun_bay, uuid::Uuid::new_v4()] {
+        let reply = quote(taken.clone(), Some(bay), start, end).await?;
+        reply.assert_problem(422);
+        assert_eq!(reply.body["field"], "destination_bay_id", "{}", reply.body);
+    }
+    // The window is taken: 409, with or without a valid bay.
+    for bay in [None, Some(euw_bay)] {
+        quote(taken.clone(), bay, start, end)
+            .await?
+            .assert_problem(409);
+    }
+    // The same vehicle later that day, and another vehicle in the same window, are quoted.
+    let later = (
+        end + chrono::Duration::hours(6),
+        end + chrono::Duration::hours(8),
+    );
+    for (vehicle, (s, e)) in [(taken, later), (free, (start, end))] {
+        let reply = quote(vehicle.clone(), Some(euw_bay), s, e).await?;
+        assert_eq!(reply.status.as_u16(), 201, "{}", reply.body);
+    }
+    assert_eq!(
+        app.count("bookings", "true").await?,
+        1,
+        "quotes write no booking"
+    );
+    app.stop().await
+}

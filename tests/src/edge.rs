@@ -398,6 +398,12 @@ impl EdgeStack {
             ("JWT_AUDIENCE", AUDIENCE),
             ("JWT_HS256_SECRET", JWT_SECRET),
             ("EDGE_ORIGIN_TIMEOUT_MS", "3000"),
+            // The gateway and the origin share the test's one-thread runtime, and CI runs
+            // several stacks at once on two cores: under a test's 200 parallel requests a
+            // 1 s deadline (production's) measured the box, fired, and the edge failed open,
+            // which turns a counting test into a no-op (it detects that and fails). No edge
+            // test is about this deadline; production's default stays 1 s.
+            ("EDGE_REDIS_TIMEOUT_MS", "10000"),
             ("EDGE_SIGNING_KID", crate::edge_signing::EDGE_KID),
             ("EDGE_SIGNING_KEY", crate::edge_signing::EDGE_KEY),
         ]
